@@ -1,0 +1,262 @@
+//! Configuration: from `conf/tollgate.toml` plus `TOLLGATE__*` overrides to a validated model.
+//!
+//! Loading happens in three steps, each in its own module: [`file`] parses the TOML syntax into
+//! structs that reject unknown keys, [`env`] applies environment overrides to the parsed
+//! document, and [`validate`] checks every value and builds the typed [`Config`] below. Nothing
+//! outside this module sees raw strings: URLs are parsed, keys decoded, secrets read from their
+//! files, durations converted. Every error names the key it is about.
+
+pub mod env;
+pub mod file;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+/// Why a configuration was refused. The message always names the key (or variable, or file).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: {problem}")]
+    Env { var: String, problem: String },
+    #[error("`{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A value that must never be printed: client secrets, private keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The validated configuration every other module works from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub oidc: OidcConfig,
+    pub session: SessionConfig,
+    pub csrf: CsrfConfig,
+    pub routes: Vec<RouteConfig>,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// The external origin the browser sees, e.g. `https://app.example.com`.
+    pub public_url: Url,
+    /// `public_url` as an origin string (`scheme://host[:port]`), as browsers send in `Origin`.
+    pub public_origin: String,
+    /// Whether cookies get the `Secure` attribute (`public_url` is https).
+    pub secure_cookies: bool,
+    pub threads: usize,
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    ClientSecretJwt,
+    PrivateKeyJwt,
+    None,
+}
+
+impl AuthMethod {
+    pub const NAMES: [&'static str; 5] = [
+        "client_secret_basic",
+        "client_secret_post",
+        "client_secret_jwt",
+        "private_key_jwt",
+        "none",
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "client_secret_basic" => AuthMethod::ClientSecretBasic,
+            "client_secret_post" => AuthMethod::ClientSecretPost,
+            "client_secret_jwt" => AuthMethod::ClientSecretJwt,
+            "private_key_jwt" => AuthMethod::PrivateKeyJwt,
+            "none" => AuthMethod::None,
+            _ => return None,
+        })
+    }
+
+    pub fn needs_client_secret(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::ClientSecretBasic
+                | AuthMethod::ClientSecretPost
+                | AuthMethod::ClientSecretJwt
+        )
+    }
+}
+
+/// The kind of key found in `private_key_file`, which decides the JWT algorithms it can sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrivateKeyKind {
+    Rsa,
+    Ec,
+    Ed25519,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrivateKey {
+    pub kind: PrivateKeyKind,
+    pub pem: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: Url,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub auth_method: AuthMethod,
+    pub private_key: Option<PrivateKey>,
+    pub scopes: Vec<String>,
+    pub callback_path: String,
+    pub extra_auth_params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+}
+
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// The cookie name actually used (without `__Host-` when cookies are not `Secure`).
+    pub cookie_name: String,
+    /// Set when the configured name had to lose its `__Host-` prefix (http `public_url`).
+    pub dropped_host_prefix: bool,
+    /// Sealing keys: the first seals, all open.
+    pub keys: Vec<[u8; 32]>,
+    pub same_site: SameSite,
+    pub max_lifetime: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("cookie_name", &self.cookie_name)
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("same_site", &self.same_site)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CsrfConfig {
+    /// Lower-case header name that authenticated requests must carry.
+    pub header: String,
+    /// Origins accepted in `Origin` besides `public_url`'s.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    Required,
+    Optional,
+    None,
+}
+
+impl RouteAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteAuth::Required => "required",
+            RouteAuth::Optional => "optional",
+            RouteAuth::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Normalised prefix: starts with `/`, no trailing `/` except for the catch-all `/`.
+    pub prefix: String,
+    pub upstream: Url,
+    pub auth: RouteAuth,
+    pub strip_prefix: bool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Reads `path`, applies the process environment's `TOLLGATE__*` overrides and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path, std::env::vars())
+    }
+
+    /// Parses and validates config text with the given environment (tests pass their own).
+    /// Relative `*_file` paths are resolved against the working directory.
+    pub fn from_toml_str<I>(text: &str, origin: &Path, vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut doc: toml::Value = toml::from_str::<toml::Table>(text)
+            .map(toml::Value::Table)
+            .map_err(|e| ConfigError::Syntax {
+                path: origin.to_path_buf(),
+                message: e.message().to_string(),
+            })?;
+        env::apply_overrides(&mut doc, vars)?;
+        let raw: file::FileConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::invalid(
+                if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                e.into_inner().message().to_string(),
+            )
+        })?;
+        validate::validate(raw)
+    }
+}

@@ -1,0 +1,26 @@
+//! tollgate: a backend-for-frontend (BFF) token broker on Pingora.
+//!
+//! The browser never holds an OAuth token. tollgate keeps the tokens in AES-256-GCM sealed,
+//! HttpOnly cookies and, on API calls, swaps the cookie for `Authorization: Bearer …` before
+//! proxying to the upstream.
+//!
+//! The modules follow the flow of a request:
+//! - [`config`]: the TOML file and `TOLLGATE__*` overrides, turned into a validated, typed model;
+//! - [`session`]: the sealed session cookie (wire format, chunking, the session payload);
+//! - [`proxy`]: the Pingora `ProxyHttp` hot path (routing, CSRF, bearer injection, error responses);
+//! - [`ops`]: health, metrics and logging;
+//! - [`server`]: assembles the Pingora server from a validated config.
+
+pub mod config;
+pub mod ops;
+pub mod proxy;
+pub mod server;
+pub mod session;
+
+/// Seconds since the Unix epoch, the clock every expiry in tollgate is measured against.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,96 @@
+//! The `tollgate` command: run the proxy, check a config, or generate a cookie key.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use tollgate::config::Config;
+use tollgate::ops::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Backend-for-frontend token broker on Pingora"
+)]
+struct Cli {
+    /// Path to the configuration file.
+    #[arg(long, global = true, default_value = "conf/tollgate.toml")]
+    config: PathBuf,
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the configuration (file and TOLLGATE__* overrides) and exit.
+    Check,
+    /// Print a new random base64 key for `[session] keys`.
+    Genkey,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Genkey) = cli.command {
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+        println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
+        return ExitCode::SUCCESS;
+    }
+    logging::init(cli.log_format);
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: configuration error: {e}");
+            tracing::error!(error = %e, "configuration error");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        println!(
+            "{}: configuration is valid ({} routes)",
+            cli.config.display(),
+            config.routes.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    announce(&config);
+    let server = match tollgate::server::build(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tollgate: cannot start: {e}");
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(2);
+        }
+    };
+    server.run_forever()
+}
+
+/// Logs what this instance will do, so a misconfiguration is visible at a glance.
+fn announce(config: &Config) {
+    let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        listen = %listen.join(","),
+        public_url = %config.server.public_url,
+        threads = config.server.threads,
+        metrics = ?config.metrics.listen.map(|a| a.to_string()),
+        cookie = %config.session.cookie_name,
+        keys = config.session.keys.len(),
+        "tollgate starting"
+    );
+    for r in &config.routes {
+        tracing::info!(prefix = %r.prefix, upstream = %r.upstream, auth = r.auth.as_str(), strip_prefix = r.strip_prefix, "route");
+    }
+    if config.session.dropped_host_prefix {
+        tracing::warn!(
+            cookie = %config.session.cookie_name,
+            "server.public_url is http: the session cookie is not Secure and is named without the __Host- prefix (local development only; use https in production)"
+        );
+    }
+}

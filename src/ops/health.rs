@@ -1,0 +1,65 @@
+//! Liveness (`/healthz`) and readiness (`/readyz`).
+//!
+//! Liveness only says the process serves HTTP. Readiness says tollgate can do its job: the
+//! config is loaded (always true once serving) and, once login lands, the provider metadata
+//! has been fetched. Conditions are named so that `/readyz` can say what it is waiting for.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+/// Readiness conditions, all of which must hold for `/readyz` to answer 200.
+#[derive(Debug)]
+pub struct Readiness {
+    config_loaded: AtomicBool,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            config_loaded: AtomicBool::new(true),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    status: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    waiting_for: Vec<&'a str>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.waiting_for().is_empty()
+    }
+
+    fn waiting_for(&self) -> Vec<&'static str> {
+        let mut w = Vec::new();
+        if !self.config_loaded.load(Ordering::Acquire) {
+            w.push("config");
+        }
+        w
+    }
+
+    /// `(status, JSON body)` for `/readyz`.
+    pub fn readyz(&self) -> (u16, Vec<u8>) {
+        let waiting_for = self.waiting_for();
+        let (status, text) = if waiting_for.is_empty() {
+            (200, "ready")
+        } else {
+            (503, "not_ready")
+        };
+        let body = serde_json::to_vec(&Report {
+            status: text,
+            waiting_for,
+        })
+        .unwrap_or_default();
+        (status, body)
+    }
+}
+
+/// `(status, JSON body)` for `/healthz`.
+pub fn healthz() -> (u16, Vec<u8>) {
+    (200, br#"{"status":"ok"}"#.to_vec())
+}

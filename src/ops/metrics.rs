@@ -1,0 +1,130 @@
+//! Prometheus metrics, served on `[metrics] listen`, away from the public port.
+//!
+//! - `tollgate_requests_total{route, status}`: every request tollgate answered or proxied;
+//! - `tollgate_upstream_duration_seconds{route}`: time from choosing the upstream to its
+//!   response header;
+//! - `tollgate_session_open_failures_total{reason}`: session cookies that were present but did
+//!   not open (tampered, expired, unknown key, …).
+//!
+//! A registry of our own (not the process-global one) keeps tests independent.
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    upstream_latency: HistogramVec,
+    session_failures: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("tollgate_requests_total", "Requests by route and status"),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_duration_seconds",
+                "Time from choosing the upstream to its response header",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let session_failures = IntCounterVec::new(
+            Opts::new(
+                "tollgate_session_open_failures_total",
+                "Session cookies that were present but could not be used, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_latency.clone()),
+            Box::new(session_failures.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            requests,
+            upstream_latency,
+            session_failures,
+        }
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        let status = status.to_string();
+        self.requests.with_label_values(&[route, &status]).inc();
+    }
+
+    pub fn upstream_latency(&self, route: &str, seconds: f64) {
+        self.upstream_latency
+            .with_label_values(&[route])
+            .observe(seconds);
+    }
+
+    pub fn session_failure(&self, reason: &str) {
+        self.session_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// The Pingora app behind `[metrics] listen`: `GET /metrics`.
+pub struct MetricsApp {
+    pub metrics: Metrics,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        let (status, ctype, body) = if path == "/metrics" {
+            (200, "text/plain; version=0.0.4", self.metrics.render())
+        } else {
+            (
+                404,
+                "text/plain",
+                b"not found: metrics are at /metrics\n".to_vec(),
+            )
+        };
+        Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .header("content-length", body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,223 @@
+//! The upstream request rewrite: what the API sees instead of what the browser sent.
+//!
+//! - `Authorization` is always the session's bearer token, or absent: whatever the client sent
+//!   is dropped on authenticated routes (a browser never holds a token worth forwarding).
+//! - tollgate's own cookies (the session, its chunks, login helpers) are removed from `Cookie`;
+//!   all other cookies pass, joined into one header as HTTP/1.1 requires.
+//! - `X-Forwarded-For` gains the client address, `X-Forwarded-Proto`/`-Host` say how the
+//!   browser reached tollgate, `X-Request-Id` carries the id in our logs.
+//! - `Host` becomes the upstream's authority (what an https upstream's certificate and virtual
+//!   hosting expect), and the path is rewritten for `strip_prefix` and the upstream's base path.
+//!
+//! Hop-by-hop fields (`Connection`, `Keep-Alive`, `TE`, `Upgrade` except a valid WebSocket
+//! handshake, …) are removed by Pingora's standard upstream request policy before this runs.
+//! Everything here is synchronous and allocation-light: it runs on every proxied request.
+
+use std::net::IpAddr;
+
+use http::header::{AUTHORIZATION, COOKIE, HOST};
+use http::{HeaderValue, Uri};
+use pingora::http::RequestHeader;
+
+use crate::session::cookie::{is_own_cookie, pairs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    #[error("the rewritten request line is not a valid URI")]
+    Uri,
+    #[error("a rewritten header value is not valid")]
+    Header,
+}
+
+/// Everything the rewrite needs for one request.
+#[derive(Debug)]
+pub struct UpstreamRewrite<'a> {
+    /// The access token to inject, if the request has a session.
+    pub bearer: Option<&'a str>,
+    /// Drop a client-sent `Authorization` (all routes with `auth` other than `none`).
+    pub drop_client_authorization: bool,
+    pub cookie_name: &'a str,
+    pub client_ip: Option<IpAddr>,
+    /// `http` or `https`, from `public_url`.
+    pub proto: &'static str,
+    pub request_id: &'a str,
+    /// The upstream authority for `Host`.
+    pub upstream_host: &'a str,
+    /// The new path, when it differs from the downstream one.
+    pub path: Option<&'a str>,
+}
+
+pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), RewriteError> {
+    if rw.drop_client_authorization || rw.bearer.is_some() {
+        req.remove_header(&AUTHORIZATION);
+    }
+    if let Some(token) = rw.bearer {
+        let mut v = String::with_capacity(7 + token.len());
+        v.push_str("Bearer ");
+        v.push_str(token);
+        let mut value = HeaderValue::from_str(&v).map_err(|_| RewriteError::Header)?;
+        value.set_sensitive(true);
+        req.insert_header(AUTHORIZATION, value)
+            .map_err(|_| RewriteError::Header)?;
+    }
+    strip_own_cookies(req, rw.cookie_name)?;
+
+    let original_host = req.headers.get(HOST).cloned().or_else(|| {
+        req.uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(host) = original_host {
+        req.insert_header("x-forwarded-host", host)
+            .map_err(|_| RewriteError::Header)?;
+    }
+    req.insert_header("x-forwarded-proto", rw.proto)
+        .map_err(|_| RewriteError::Header)?;
+    if let Some(ip) = rw.client_ip {
+        let xff = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+            Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        req.insert_header("x-forwarded-for", xff)
+            .map_err(|_| RewriteError::Header)?;
+    }
+    req.insert_header(super::request_id::HEADER, rw.request_id)
+        .map_err(|_| RewriteError::Header)?;
+    req.insert_header(HOST, rw.upstream_host)
+        .map_err(|_| RewriteError::Header)?;
+
+    if let Some(path) = rw.path {
+        let uri = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let uri: Uri = uri.parse().map_err(|_| RewriteError::Uri)?;
+        req.set_uri(uri);
+    } else if req.uri.authority().is_some() {
+        // Absolute-form request target: send origin-form upstream.
+        let pq = req
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let uri: Uri = pq.parse().map_err(|_| RewriteError::Uri)?;
+        req.set_uri(uri);
+    }
+    Ok(())
+}
+
+/// Removes tollgate's cookies from `Cookie`, leaving every other cookie as it was.
+fn strip_own_cookies(req: &mut RequestHeader, name: &str) -> Result<(), RewriteError> {
+    let values = req.headers.get_all(COOKIE);
+    let mut any_own = false;
+    let mut count = 0;
+    for v in values.iter() {
+        count += 1;
+        match v.to_str() {
+            Ok(s) => any_own |= pairs(s).any(|(n, _)| is_own_cookie(n, name)),
+            // Not text: cannot be ours, but cannot be filtered either; drop it below.
+            Err(_) => any_own = true,
+        }
+    }
+    if !any_own && count <= 1 {
+        return Ok(());
+    }
+    let mut kept = String::new();
+    for v in values.iter() {
+        let Ok(s) = v.to_str() else { continue };
+        for part in s.split(';') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let n = part.split_once('=').map_or(part, |(n, _)| n.trim());
+            if !is_own_cookie(n, name) {
+                if !kept.is_empty() {
+                    kept.push_str("; ");
+                }
+                kept.push_str(part);
+            }
+        }
+    }
+    req.remove_header(&COOKIE);
+    if !kept.is_empty() {
+        req.insert_header(COOKIE, kept)
+            .map_err(|_| RewriteError::Header)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/api/items?x=1", None).unwrap();
+        r.insert_header("host", "app.example.com").unwrap();
+        r.insert_header("authorization", "Bearer client-supplied")
+            .unwrap();
+        r.append_header("cookie", "theme=dark; tg=sealed; tg.0=2.a")
+            .unwrap();
+        r.append_header("cookie", "tg.1=b; lang=en; tg-login.s1=x")
+            .unwrap();
+        r.insert_header("x-forwarded-for", "203.0.113.9").unwrap();
+        r
+    }
+
+    fn rw<'a>(bearer: Option<&'a str>, path: Option<&'a str>) -> UpstreamRewrite<'a> {
+        UpstreamRewrite {
+            bearer,
+            drop_client_authorization: true,
+            cookie_name: "tg",
+            client_ip: Some("127.0.0.7".parse().unwrap()),
+            proto: "https",
+            request_id: "rid-1",
+            upstream_host: "api.internal:8080",
+            path,
+        }
+    }
+
+    #[test]
+    fn injects_bearer_and_strips_own_cookies() {
+        let mut r = request();
+        rewrite(&mut r, &rw(Some("tok"), None)).unwrap();
+        let h = |n: &str| r.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(h("authorization").as_deref(), Some("Bearer tok"));
+        assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
+        assert_eq!(h("cookie").as_deref(), Some("theme=dark; lang=en"));
+        assert_eq!(r.headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(
+            h("x-forwarded-for").as_deref(),
+            Some("203.0.113.9, 127.0.0.7")
+        );
+        assert_eq!(h("x-forwarded-proto").as_deref(), Some("https"));
+        assert_eq!(h("x-forwarded-host").as_deref(), Some("app.example.com"));
+        assert_eq!(h("x-request-id").as_deref(), Some("rid-1"));
+        assert_eq!(h("host").as_deref(), Some("api.internal:8080"));
+        assert_eq!(r.uri.to_string(), "/api/items?x=1");
+    }
+
+    #[test]
+    fn anonymous_drops_client_authorization_and_rewrites_path() {
+        let mut r = request();
+        rewrite(&mut r, &rw(None, Some("/v1/items"))).unwrap();
+        assert!(r.headers.get("authorization").is_none());
+        assert_eq!(r.uri.to_string(), "/v1/items?x=1");
+    }
+
+    #[test]
+    fn only_own_cookies_means_no_cookie_header() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("cookie", "tg=x; tg.0=1.y").unwrap();
+        rewrite(&mut r, &rw(None, None)).unwrap();
+        assert!(r.headers.get("cookie").is_none());
+    }
+
+    #[test]
+    fn untouched_cookie_header_is_kept_as_is() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("cookie", "a=1;b=2").unwrap();
+        rewrite(&mut r, &rw(None, None)).unwrap();
+        assert_eq!(r.headers.get("cookie").unwrap(), "a=1;b=2");
+    }
+}

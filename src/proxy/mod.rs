@@ -1,0 +1,411 @@
+//! The hot path: tollgate's Pingora `ProxyHttp` implementation.
+//!
+//! Each phase does one thing, in the shape of Pingora's own examples:
+//! - `request_filter` decides: built-in endpoints, routing, session and CSRF checks; it answers
+//!   refusals itself (via [`errors::Reject`]) so a refused request never reaches an upstream;
+//! - `upstream_peer` only picks the route's prepared peer;
+//! - `upstream_request_filter` only rewrites the request ([`headers`]);
+//! - `response_filter` tags the response with the request id;
+//! - `fail_to_proxy` turns upstream failures into 502/504 JSON;
+//! - `logging` writes the access log line and the metrics.
+//!
+//! Per-request state lives in [`Ctx`].
+
+pub mod csrf;
+pub mod errors;
+pub mod headers;
+pub mod request_id;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+
+use crate::config::{Config, RouteAuth};
+use crate::ops::health::{self, Readiness};
+use crate::ops::metrics::Metrics;
+use crate::session::{SessionCodec, SessionError};
+use csrf::CsrfPolicy;
+use errors::Reject;
+use headers::UpstreamRewrite;
+use routes::{ResolveError, RouteTable};
+
+/// Everything the hot path needs, built once from the validated config.
+#[derive(Debug)]
+pub struct Tollgate {
+    routes: RouteTable,
+    codec: SessionCodec,
+    csrf: CsrfPolicy,
+    metrics: Metrics,
+    readiness: Arc<Readiness>,
+    proto: &'static str,
+    callback_path: String,
+}
+
+/// Per-request state.
+#[derive(Debug)]
+pub struct Ctx {
+    pub request_id: String,
+    started: Instant,
+    route: Option<usize>,
+    bearer: Option<String>,
+    /// Set-Cookie lines to add to the response (clearing a session that did not open).
+    set_cookies: Vec<String>,
+    upstream_started: Option<Instant>,
+    upstream_latency: Option<Duration>,
+    /// Why tollgate answered itself, for the access log.
+    outcome: &'static str,
+}
+
+impl Tollgate {
+    pub fn new(
+        config: &Config,
+        metrics: Metrics,
+        readiness: Arc<Readiness>,
+    ) -> Result<Self, ResolveError> {
+        Ok(Tollgate {
+            routes: RouteTable::new(&config.routes)?,
+            codec: SessionCodec::new(&config.session, config.server.secure_cookies),
+            csrf: CsrfPolicy::new(&config.csrf, &config.server.public_origin),
+            metrics,
+            readiness,
+            proto: if config.server.secure_cookies {
+                "https"
+            } else {
+                "http"
+            },
+            callback_path: config.oidc.callback_path.clone(),
+        })
+    }
+
+    pub fn codec(&self) -> &SessionCodec {
+        &self.codec
+    }
+
+    /// Answers a built-in endpoint, if `path` is one.
+    fn builtin(&self, path: &str) -> Option<Result<(u16, Vec<u8>), Reject>> {
+        Some(match path {
+            "/healthz" => Ok(health::healthz()),
+            "/readyz" => Ok(self.readiness.readyz()),
+            "/login" | "/logout" | "/session" => Err(Reject::NotImplemented),
+            p if p == self.callback_path => Err(Reject::NotImplemented),
+            _ => return None,
+        })
+    }
+
+    /// Decides what to do with a request; `Err` is the refusal to send.
+    fn decide(&self, req: &RequestHeader, ctx: &mut Ctx) -> Result<(), Reject> {
+        let path = req.uri.path();
+        if has_dot_segments(path) {
+            return Err(Reject::BadPath);
+        }
+        let (index, route) = self.routes.find(path).ok_or(Reject::NotFound)?;
+        ctx.route = Some(index);
+        if route.auth == RouteAuth::None {
+            return Ok(());
+        }
+        let cookies = req
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let now = crate::unix_now();
+        let opened = self.codec.open_request(cookies, now).and_then(|s| {
+            if s.access_expires_at <= now {
+                // Refresh lands with the token lifecycle; until then an expired access token
+                // means logging in again.
+                Err(SessionError::Expired)
+            } else {
+                Ok(s)
+            }
+        });
+        match opened {
+            Ok(session) => {
+                self.csrf.check(&req.headers).map_err(Reject::Csrf)?;
+                ctx.bearer = Some(session.access_token);
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(
+                    e,
+                    SessionError::Cookie(crate::session::cookie::ChunkError::Missing)
+                ) {
+                    self.metrics.session_failure(e.reason());
+                    tracing::info!(request_id = %ctx.request_id, reason = e.reason(), "session did not open");
+                    if route.auth == RouteAuth::Required {
+                        let present = crate::session::cookie::SessionCookies::scan(
+                            self.codec.cookie_name(),
+                            req.headers
+                                .get_all(COOKIE)
+                                .iter()
+                                .filter_map(|v| v.to_str().ok()),
+                        );
+                        ctx.set_cookies = self.codec.clear_cookie_lines(&present);
+                    }
+                }
+                match route.auth {
+                    RouteAuth::Required => Err(Reject::Unauthenticated),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        body: Bytes,
+    ) -> pingora::Result<()> {
+        let mut resp = errors::json_response_header(status, &ctx.request_id, body.len())?;
+        for line in ctx.set_cookies.drain(..) {
+            resp.append_header("set-cookie", line)?;
+        }
+        let req = session.req_header();
+        let has_body = req.headers.contains_key(TRANSFER_ENCODING)
+            || req
+                .headers
+                .get(CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        let head_only = req.method == http::Method::HEAD;
+        if has_body {
+            // Do not read (drain) an unwanted upload just to keep the connection alive.
+            session.set_keepalive(None);
+        }
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Ctx {
+    fn reject(&mut self, r: Reject) -> (u16, Bytes) {
+        self.outcome = r.code();
+        (r.status(), r.body(&self.request_id))
+    }
+}
+
+/// Whether a path contains `.` or `..` segments, literally or percent-encoded. Upstreams
+/// normalise those, so routing on such a path could disagree with what the upstream serves.
+fn has_dot_segments(path: &str) -> bool {
+    let decoded;
+    let path = if path.contains('%') {
+        decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        decoded.as_ref()
+    } else {
+        path
+    };
+    path.split(['/', '\\']).any(|seg| seg == "." || seg == "..")
+}
+
+#[async_trait]
+impl ProxyHttp for Tollgate {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: String::new(),
+            started: Instant::now(),
+            route: None,
+            bearer: None,
+            set_cookies: Vec::new(),
+            upstream_started: None,
+            upstream_latency: None,
+            outcome: "proxied",
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        ctx.request_id = request_id::from_headers(&session.req_header().headers);
+        let req = session.req_header();
+        if let Some(answer) = self.builtin(req.uri.path()) {
+            let (status, body) = match answer {
+                Ok((status, body)) => {
+                    ctx.outcome = "builtin";
+                    (status, Bytes::from(body))
+                }
+                Err(r) => ctx.reject(r),
+            };
+            self.respond(session, ctx, status, body).await?;
+            return Ok(true);
+        }
+        match self.decide(session.req_header(), ctx) {
+            Ok(()) => Ok(false),
+            Err(r) => {
+                let (status, body) = ctx.reject(r);
+                self.respond(session, ctx, status, body).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .and_then(|i| self.routes.get(i))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(route.peer())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let route = ctx
+            .route
+            .and_then(|i| self.routes.get(i))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let new_path = route.upstream_path(session.req_header().uri.path());
+        let changed = new_path.as_ref() != session.req_header().uri.path();
+        headers::rewrite(
+            upstream_request,
+            &UpstreamRewrite {
+                bearer: ctx.bearer.as_deref(),
+                drop_client_authorization: route.auth != RouteAuth::None,
+                cookie_name: self.codec.cookie_name(),
+                client_ip,
+                proto: self.proto,
+                request_id: &ctx.request_id,
+                upstream_host: &route.host,
+                path: changed.then_some(new_path.as_ref()),
+            },
+        )
+        .map_err(|e| {
+            Error::because(
+                ErrorType::InternalError,
+                "rewriting the upstream request",
+                e,
+            )
+        })
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if ctx.upstream_latency.is_none() {
+            ctx.upstream_latency = ctx.upstream_started.map(|t| t.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        upstream_response.insert_header(request_id::HEADER, &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let reject = Reject::from_proxy_error(e);
+        let mut code = reject.map_or(0, Reject::status);
+        if session.response_written().is_some() {
+            // Headers already went out (failure mid-body): the connection just ends.
+            code = 0;
+        } else if let Some(r) = reject {
+            let (status, body) = ctx.reject(r);
+            if let Err(write_err) = self.respond(session, ctx, status, body).await {
+                tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        // Pingora's default summary includes the query string, which can carry secrets
+        // (an authorization code on the callback). Ours does not.
+        let req = session.req_header();
+        format!(
+            "{} {} request_id={}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id
+        )
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route = ctx
+            .route
+            .and_then(|i| self.routes.get(i))
+            .map_or("-", |r| r.prefix.as_str());
+        self.metrics.request(route, status);
+        if let Some(l) = ctx.upstream_latency {
+            self.metrics.upstream_latency(route, l.as_secs_f64());
+        }
+        let req = session.req_header();
+        let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        let upstream_ms = ctx.upstream_latency.map(|l| l.as_secs_f64() * 1000.0);
+        let error = e.map(|e| e.etype().as_str());
+        tracing::info!(
+            target: "tollgate::access",
+            request_id = %ctx.request_id,
+            method = %req.method,
+            path = req.uri.path(),
+            route,
+            status,
+            latency_ms,
+            upstream_ms,
+            outcome = ctx.outcome,
+            error,
+            "request"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments() {
+        for p in [
+            "/a/../b",
+            "/..",
+            "/a/./b",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a%2f..%2fb",
+            "/a\\..\\b",
+        ] {
+            assert!(has_dot_segments(p), "{p}");
+        }
+        for p in ["/", "/a/b", "/a/..b", "/a/.well-known/x", "/a/b.c"] {
+            assert!(!has_dot_segments(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Assembles the Pingora server from a validated [`Config`].
+//!
+//! One proxy service listens on every `[server] listen` address; the metrics service gets its
+//! own port so that scraping never shares a listener with browser traffic. Shutdown follows
+//! Pingora's signals: SIGTERM stops accepting, lets in-flight requests finish for
+//! `grace_period`, then exits; SIGINT exits at once.
+
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+
+use crate::config::Config;
+use crate::ops::health::Readiness;
+use crate::ops::metrics::{Metrics, MetricsApp};
+use crate::proxy::routes::ResolveError;
+use crate::proxy::Tollgate;
+
+/// How long runtimes get to wind down after the grace period.
+const RUNTIME_SHUTDOWN_SECS: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+}
+
+/// Builds the server; call `run_forever()` on the result.
+pub fn build(config: &Config) -> Result<Server, StartError> {
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+    let app = Tollgate::new(config, metrics.clone(), readiness)?;
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, app, "tollgate");
+    for addr in &config.server.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = config.metrics.listen {
+        let mut service = Service::new("tollgate metrics".to_string(), MetricsApp { metrics });
+        service.add_tcp(&addr.to_string());
+        server.add_service(service);
+    }
+    Ok(server)
+}

@@ -1,0 +1,402 @@
+//! Carrying a sealed value in cookies: reading, chunking and `Set-Cookie` lines.
+//!
+//! Browsers cap one cookie at about 4 KB, and a session with three real-world JWTs seals to more
+//! than that. A sealed value up to [`CHUNK_SIZE`] bytes travels as one cookie `NAME`; a longer
+//! one is split over `NAME.0`, `NAME.1`, …, and `NAME.0`'s value starts with the chunk count and
+//! a dot (`3.xxxx`; the dot is outside the base64url alphabet) so that a missing chunk is
+//! reported as such instead of as a decryption failure. Every write also expires the cookies
+//! of the previous layout that the new one does not overwrite (stale chunks, or the single
+//! cookie after a switch to chunks), so no leftovers confuse the next read.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use cookie::Cookie;
+
+use crate::config::SameSite;
+
+/// The longest value put in one cookie; with the name and attributes it stays under 4096 bytes.
+pub const CHUNK_SIZE: usize = 3800;
+/// Chunks beyond this are ignored on read and never written (≈ 38 KB of session).
+pub const MAX_CHUNKS: usize = 10;
+
+/// Why the session cookie(s) could not be reassembled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("no session cookie")]
+    Missing,
+    #[error("session chunk {0} is missing")]
+    MissingChunk(usize),
+    #[error("session chunk header is malformed")]
+    Malformed,
+    #[error("sealed session is too large for {MAX_CHUNKS} cookies")]
+    TooLarge,
+}
+
+/// The session cookies found in a request, borrowed from its `Cookie` headers.
+#[derive(Debug, Default)]
+pub struct SessionCookies<'a> {
+    single: Option<&'a str>,
+    chunks: [Option<&'a str>; MAX_CHUNKS],
+}
+
+/// Whether `candidate` is one of tollgate's cookies for the session named `name`: the name
+/// itself, one of its chunks `name.N`, or a helper cookie `name-…` (login state).
+pub fn is_own_cookie(candidate: &str, name: &str) -> bool {
+    match candidate.strip_prefix(name) {
+        Some("") => true,
+        Some(rest) => rest.starts_with('.') || rest.starts_with('-'),
+        None => false,
+    }
+}
+
+/// Splits a `Cookie` header value into `(name, value)` pairs, trimmed, without decoding.
+pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
+    header.split(';').filter_map(|part| {
+        let (n, v) = part.split_once('=')?;
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        Some((n.trim(), v))
+    })
+}
+
+impl<'a> SessionCookies<'a> {
+    /// Finds the session cookie `name` and its chunks in the given `Cookie` header values.
+    pub fn scan<I>(name: &str, headers: I) -> Self
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        let mut found = SessionCookies::default();
+        for header in headers {
+            for (n, v) in pairs(header) {
+                let Some(rest) = n.strip_prefix(name) else {
+                    continue;
+                };
+                if rest.is_empty() {
+                    found.single.get_or_insert(v);
+                } else if let Some(idx) = rest.strip_prefix('.') {
+                    if let Some(slot) = idx
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| found.chunks.get_mut(i))
+                    {
+                        slot.get_or_insert(v);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.single.is_none() && self.chunks.iter().all(Option::is_none)
+    }
+
+    /// Reassembles the sealed value. Chunks win over a single cookie (a writer that switches to
+    /// chunks expires the single cookie, but a browser may still send both once).
+    pub fn value(&self) -> Result<Cow<'a, str>, ChunkError> {
+        let Some(first) = self.chunks[0] else {
+            if self.chunks.iter().any(Option::is_some) {
+                return Err(ChunkError::MissingChunk(0));
+            }
+            return self.single.map(Cow::Borrowed).ok_or(ChunkError::Missing);
+        };
+        let (count, data) = first.split_once('.').ok_or(ChunkError::Malformed)?;
+        let count: usize = count.parse().map_err(|_| ChunkError::Malformed)?;
+        if count == 0 || count > MAX_CHUNKS {
+            return Err(ChunkError::Malformed);
+        }
+        let mut out = String::with_capacity(count * CHUNK_SIZE);
+        out.push_str(data);
+        for (i, chunk) in self.chunks.iter().enumerate().take(count).skip(1) {
+            out.push_str(chunk.ok_or(ChunkError::MissingChunk(i))?);
+        }
+        Ok(Cow::Owned(out))
+    }
+
+    /// The names of the session cookies present, as `Set-Cookie` deletions need them.
+    fn present(&self, name: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.single.is_some() {
+            names.push(name.to_string());
+        }
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.is_some() {
+                names.push(format!("{name}.{i}"));
+            }
+        }
+        names
+    }
+}
+
+/// Cookie attributes shared by every cookie tollgate writes.
+#[derive(Debug, Clone)]
+pub struct CookieAttrs {
+    pub secure: bool,
+    pub same_site: SameSite,
+}
+
+impl CookieAttrs {
+    fn build(&self, name: String, value: String, max_age: Duration) -> String {
+        Cookie::build((name, value))
+            .http_only(true)
+            .path("/")
+            .secure(self.secure)
+            .same_site(match self.same_site {
+                SameSite::Lax => cookie::SameSite::Lax,
+                SameSite::Strict => cookie::SameSite::Strict,
+            })
+            .max_age(cookie::time::Duration::seconds(
+                i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX),
+            ))
+            .build()
+            .to_string()
+    }
+
+    /// `Set-Cookie` lines that store `sealed` under `name` for `max_age`, and expire whatever
+    /// session cookies in `previous` the new layout does not overwrite.
+    pub fn store(
+        &self,
+        name: &str,
+        sealed: &str,
+        max_age: Duration,
+        previous: &SessionCookies<'_>,
+    ) -> Result<Vec<String>, ChunkError> {
+        let mut written: Vec<(String, String)> = Vec::new();
+        if sealed.len() <= CHUNK_SIZE {
+            written.push((name.to_string(), sealed.to_string()));
+        } else {
+            let count = sealed.len().div_ceil(CHUNK_SIZE);
+            // The count prefix of chunk 0 may push one more chunk: recompute with it included.
+            let prefix_len = count.to_string().len() + 1;
+            let count = (sealed.len() + prefix_len).div_ceil(CHUNK_SIZE);
+            if count > MAX_CHUNKS {
+                return Err(ChunkError::TooLarge);
+            }
+            let first_len = CHUNK_SIZE - prefix_len;
+            written.push((
+                format!("{name}.0"),
+                format!("{count}.{}", &sealed[..first_len]),
+            ));
+            for (i, part) in sealed.as_bytes()[first_len..]
+                .chunks(CHUNK_SIZE)
+                .enumerate()
+            {
+                // base64url is ASCII, so any byte boundary is a char boundary.
+                let part = String::from_utf8_lossy(part).into_owned();
+                written.push((format!("{name}.{}", i + 1), part));
+            }
+        }
+        let mut lines: Vec<String> = Vec::with_capacity(written.len() + 2);
+        for stale in previous.present(name) {
+            if !written.iter().any(|(n, _)| *n == stale) {
+                lines.push(self.build(stale, String::new(), Duration::ZERO));
+            }
+        }
+        for (n, v) in written {
+            lines.push(self.build(n, v, max_age));
+        }
+        Ok(lines)
+    }
+
+    /// `Set-Cookie` lines that expire every session cookie in `previous` (logout, bad session).
+    pub fn clear(&self, name: &str, previous: &SessionCookies<'_>) -> Vec<String> {
+        previous
+            .present(name)
+            .into_iter()
+            .map(|n| self.build(n, String::new(), Duration::ZERO))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ATTRS: CookieAttrs = CookieAttrs {
+        secure: true,
+        same_site: SameSite::Lax,
+    };
+
+    /// Turns `Set-Cookie` lines into the `Cookie` header a browser would send next.
+    fn browser_cookie_header(lines: &[String]) -> String {
+        lines
+            .iter()
+            .filter_map(|l| {
+                let c = Cookie::parse(l.as_str()).unwrap();
+                (c.max_age() != Some(cookie::time::Duration::ZERO))
+                    .then(|| format!("{}={}", c.name(), c.value()))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn sealed_of_len(n: usize) -> String {
+        (0..n).map(|i| (b'A' + (i % 26) as u8) as char).collect()
+    }
+
+    #[test]
+    fn small_value_is_one_cookie_with_attributes() {
+        let lines = ATTRS
+            .store(
+                "__Host-tg",
+                "abc",
+                Duration::from_secs(60),
+                &SessionCookies::default(),
+            )
+            .unwrap();
+        assert_eq!(lines.len(), 1);
+        let l = &lines[0];
+        for attr in [
+            "__Host-tg=abc",
+            "HttpOnly",
+            "Path=/",
+            "SameSite=Lax",
+            "Secure",
+            "Max-Age=60",
+        ] {
+            assert!(l.contains(attr), "{l} lacks {attr}");
+        }
+        let header = browser_cookie_header(&lines);
+        let scan = SessionCookies::scan("__Host-tg", [header.as_str()]);
+        assert_eq!(scan.value().unwrap(), "abc");
+    }
+
+    #[test]
+    fn large_value_is_chunked_and_reassembled() {
+        for len in [CHUNK_SIZE + 1, 3 * CHUNK_SIZE - 2, 3 * CHUNK_SIZE, 9000] {
+            let sealed = sealed_of_len(len);
+            let lines = ATTRS
+                .store(
+                    "tg",
+                    &sealed,
+                    Duration::from_secs(60),
+                    &SessionCookies::default(),
+                )
+                .unwrap();
+            assert!(lines.len() >= 2);
+            for l in &lines {
+                assert!(l.len() < 4096, "cookie line too long: {}", l.len());
+            }
+            let header = format!("other=1; {}; last=2", browser_cookie_header(&lines));
+            let scan = SessionCookies::scan("tg", [header.as_str()]);
+            assert_eq!(scan.value().unwrap(), sealed, "len {len}");
+        }
+    }
+
+    #[test]
+    fn missing_chunk_is_reported() {
+        let sealed = sealed_of_len(3 * CHUNK_SIZE);
+        let lines = ATTRS
+            .store(
+                "tg",
+                &sealed,
+                Duration::from_secs(60),
+                &SessionCookies::default(),
+            )
+            .unwrap();
+        let header = browser_cookie_header(&lines);
+        let without_1: String = pairs(&header)
+            .filter(|(n, _)| *n != "tg.1")
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let scan = SessionCookies::scan("tg", [without_1.as_str()]);
+        assert_eq!(scan.value(), Err(ChunkError::MissingChunk(1)));
+        let without_0: String = pairs(&header)
+            .filter(|(n, _)| *n != "tg.0")
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let scan = SessionCookies::scan("tg", [without_0.as_str()]);
+        assert_eq!(scan.value(), Err(ChunkError::MissingChunk(0)));
+        assert_eq!(
+            SessionCookies::scan("tg", ["tg.0=x"]).value(),
+            Err(ChunkError::Malformed)
+        );
+        assert_eq!(
+            SessionCookies::scan("tg", ["other=1"]).value(),
+            Err(ChunkError::Missing)
+        );
+    }
+
+    #[test]
+    fn stale_chunks_are_cleared() {
+        // Previously three chunks; now a small value: the single cookie is written and all
+        // three chunks expire.
+        let old = "tg.0=3.a; tg.1=b; tg.2=c";
+        let prev = SessionCookies::scan("tg", [old]);
+        let lines = ATTRS
+            .store("tg", "small", Duration::from_secs(60), &prev)
+            .unwrap();
+        for stale in ["tg.0=;", "tg.1=;", "tg.2=;"] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(stale) && l.contains("Max-Age=0")),
+                "{stale} not expired in {lines:?}"
+            );
+        }
+        // Previously a single cookie and four chunks; now two chunks: the single cookie and
+        // chunks 2 and 3 expire.
+        let prev = SessionCookies::scan("tg", ["tg=x; tg.0=4.a; tg.1=b; tg.2=c; tg.3=d"]);
+        let lines = ATTRS
+            .store(
+                "tg",
+                &sealed_of_len(CHUNK_SIZE + 10),
+                Duration::from_secs(60),
+                &prev,
+            )
+            .unwrap();
+        let expired: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.contains("Max-Age=0"))
+            .map(|l| l.split('=').next().unwrap())
+            .collect();
+        assert_eq!(expired, ["tg", "tg.2", "tg.3"]);
+        let header = browser_cookie_header(&lines);
+        assert_eq!(
+            SessionCookies::scan("tg", [header.as_str()])
+                .value()
+                .unwrap(),
+            sealed_of_len(CHUNK_SIZE + 10)
+        );
+    }
+
+    #[test]
+    fn clear_expires_everything_present() {
+        let prev = SessionCookies::scan("tg", ["tg=x; a=1", "tg.0=2.a; tg.1=b"]);
+        let lines = ATTRS.clear("tg", &prev);
+        assert_eq!(lines.len(), 3);
+        assert!(lines
+            .iter()
+            .all(|l| l.contains("Max-Age=0") && l.contains("Secure")));
+    }
+
+    #[test]
+    fn too_large_is_an_error() {
+        let sealed = sealed_of_len(CHUNK_SIZE * MAX_CHUNKS + 1);
+        assert_eq!(
+            ATTRS.store(
+                "tg",
+                &sealed,
+                Duration::from_secs(1),
+                &SessionCookies::default()
+            ),
+            Err(ChunkError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn own_cookie_names() {
+        for n in ["tg", "tg.0", "tg.12", "tg-login.abc"] {
+            assert!(is_own_cookie(n, "tg"), "{n}");
+        }
+        for n in ["tgx", "other", "t", "xtg"] {
+            assert!(!is_own_cookie(n, "tg"), "{n}");
+        }
+    }
+}
