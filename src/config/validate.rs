@@ -318,12 +318,14 @@ fn session(s: file::SessionSection, secure: bool) -> Result<SessionConfig, Confi
     let same_site = match s.same_site.as_deref().unwrap_or("lax") {
         "lax" | "Lax" => SameSite::Lax,
         "strict" | "Strict" => SameSite::Strict,
-        other => return Err(ConfigError::invalid(
-            "session.same_site",
-            format!(
+        other => {
+            return Err(ConfigError::invalid(
+                "session.same_site",
+                format!(
                 "{other:?} is not \"lax\" or \"strict\" (\"none\" would defeat the CSRF defence)"
             ),
-        )),
+            ))
+        }
     };
     let max_lifetime = duration("session.max_lifetime", s.max_lifetime, "24h")?;
     let idle_timeout = duration("session.idle_timeout", s.idle_timeout, "8h")?;

@@ -6,7 +6,27 @@
 //! tollgate contains a token, a secret or a cookie value: request lines carry the path without
 //! its query string.
 
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+/// Libraries whose debug and trace output prints whole requests (headers with the bearer
+/// token, bodies with tokens from the provider). They are capped at INFO whatever
+/// `TOLLGATE_LOG` asks for, so no filter setting can make a token reach the log.
+const CAPPED_TARGETS: [&str; 6] = [
+    "pingora",
+    "hyper",
+    "h2",
+    "reqwest",
+    "rustls",
+    "tokio_rustls",
+];
+
+fn is_capped(target: &str, level: &Level) -> bool {
+    *level > Level::INFO && CAPPED_TARGETS.iter().any(|t| target.starts_with(t))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -17,15 +37,31 @@ pub enum LogFormat {
 /// Installs the global subscriber. Safe to call once; later calls are ignored.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
+    let cap = filter_fn(|meta| !is_capped(meta.target(), meta.level()));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Pretty => fmt.compact().boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(cap).with_filter(filter))
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatty_libraries_are_capped_at_info() {
+        assert!(is_capped("pingora_proxy::proxy_h1", &Level::DEBUG));
+        assert!(is_capped("hyper::proto", &Level::TRACE));
+        assert!(!is_capped("pingora_core::server", &Level::INFO));
+        assert!(!is_capped("tollgate::access", &Level::DEBUG));
+    }
 }

@@ -1,0 +1,511 @@
+//! The hot path end to end: the real `tollgate` binary between a client and a real upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Generous bound so a hang fails the test instead of blocking CI; not a speed assertion.
+const HANG: Duration = Duration::from_secs(20);
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(HANG)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn start() -> (Echo, Tollgate) {
+    let echo = Echo::start().await;
+    let down = free_port();
+    let api = echo.url();
+    let tg = Tollgate::start(|port, metrics| config_text(port, metrics, &api, down)).await;
+    (echo, tg)
+}
+
+async fn json(resp: reqwest::Response) -> serde_json::Value {
+    resp.json().await.expect("a JSON body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_never_reach_the_upstream() {
+    let (echo, tg) = start().await;
+    let c = client();
+    let token = access_token(1200);
+    let cookie = tg.mint_cookie(&token);
+
+    // No cookie: 401 with the login hint.
+    let r = c
+        .get(tg.url("/api/items"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("x-request-id").is_some());
+    let body = json(r).await;
+    assert_eq!(body["error"], "unauthenticated");
+    assert_eq!(body["login"], "/login");
+
+    // A valid cookie without the CSRF header: 403.
+    let r = c
+        .get(tg.url("/api/items"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(json(r).await["error"], "csrf_header_missing");
+
+    // A valid cookie and header, but a foreign Origin: 403.
+    let r = c
+        .post(tg.url("/api/items"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .header("origin", "https://evil.example")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(json(r).await["error"], "origin_not_allowed");
+
+    // A tampered cookie: 401, and the broken cookies are cleared.
+    let mut tampered = cookie.clone().into_bytes();
+    let pos = tampered.len() - 10;
+    tampered[pos] = if tampered[pos] == b'A' { b'B' } else { b'A' };
+    let r = c
+        .get(tg.url("/api/items"))
+        .header("cookie", String::from_utf8(tampered).unwrap())
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let cleared: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+    assert!(
+        !cleared.is_empty(),
+        "a cookie that does not open is cleared"
+    );
+    assert!(cleared
+        .iter()
+        .all(|v| v.to_str().unwrap().contains("Max-Age=0")));
+
+    // A cookie sealed under another key (e.g. after a botched rotation): 401.
+    let r = c
+        .get(tg.url("/api/items"))
+        .header(
+            "cookie",
+            "tollgate=AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    assert_eq!(echo.count(), 0, "no refused request may reach the upstream");
+
+    // Metrics count the refusals and the failed opens by reason.
+    let m = c
+        .get(tg.metrics_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"tollgate_requests_total{route="/api",status="401"} 3"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"tollgate_requests_total{route="/api",status="403"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"tollgate_session_open_failures_total{reason="tampered"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"tollgate_session_open_failures_total{reason="unknown_key"} 1"#),
+        "{m}"
+    );
+
+    let log = tg.log();
+    assert!(
+        !log.contains(&token[30..60]),
+        "the access token leaked into the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_gets_bearer_not_cookies() {
+    let (echo, tg) = start().await;
+    let c = client();
+    // Three ~1.2 KB JWTs: the session spans several cookies.
+    let token = access_token(1200);
+    let cookie = tg.mint_cookie(&token);
+    assert!(
+        cookie.contains("tollgate.1="),
+        "expected a chunked session: {}",
+        &cookie[..40]
+    );
+
+    let r = c
+        .get(tg.url("/api/items?page=2"))
+        .header("cookie", format!("theme=dark; {cookie}; lang=en"))
+        .header("x-csrf", "1")
+        .header("authorization", "Bearer client-forged")
+        .header("origin", tg.url(""))
+        .header("x-request-id", "client-id-42")
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "client-id-42");
+    let seen = echo.last();
+    assert_eq!(seen.path, "/api/items?page=2");
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert_eq!(seen.header_count("authorization"), 1);
+    assert_eq!(seen.header("cookie"), Some("theme=dark; lang=en"));
+    assert_eq!(seen.header("x-csrf"), Some("1"));
+    assert_eq!(seen.header("x-request-id"), Some("client-id-42"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("198.51.100.7, 127.0.0.1")
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(format!("127.0.0.1:{}", tg.port).as_str())
+    );
+    assert_eq!(seen.header("host"), Some(echo.addr.to_string().as_str()));
+
+    // An allowed extra origin passes too; an invalid request id is replaced.
+    let r = c
+        .get(tg.url("/api/x"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .header("origin", "http://localhost:3000")
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(rid.len(), 32);
+    assert_eq!(echo.last().header("x-request-id"), Some(rid.as_str()));
+
+    // Optional route: anonymous requests pass without any Authorization.
+    let r = c
+        .get(tg.url("/opt/public"))
+        .header("authorization", "Bearer client-forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(echo.last().header("authorization"), None);
+    // ... and logged-in ones get the bearer token.
+    let r = c
+        .get(tg.url("/opt/public"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        echo.last().header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+
+    // auth = none (the SPA): tollgate's cookies are still stripped.
+    let r = c
+        .get(tg.url("/index.html"))
+        .header("cookie", format!("{cookie}; theme=dark"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(echo.last().header("cookie"), Some("theme=dark"));
+    assert_eq!(echo.last().header("authorization"), None);
+
+    let log = tg.log();
+    assert!(
+        log.contains("\"request_id\":\"client-id-42\""),
+        "access log line with request id"
+    );
+    assert!(
+        !log.contains(&token[30..60]),
+        "the access token leaked into the log"
+    );
+    assert!(
+        !log.contains(&cookie[20..50]),
+        "a cookie value leaked into the log"
+    );
+    assert!(
+        !log.contains(CLIENT_SECRET),
+        "the client secret leaked into the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_pass_intact_both_ways() {
+    let (echo, tg) = start().await;
+    let c = client();
+    let cookie = tg.mint_cookie(&access_token(800));
+
+    // A 10 MB upload arrives byte for byte.
+    let upload: Vec<u8> = (0..10 * 1024 * 1024u32)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let expected = hex(&Sha256::digest(&upload));
+    let r = c
+        .post(tg.url("/api/upload"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = echo.last();
+    assert_eq!(seen.body_len, 10 * 1024 * 1024);
+    assert_eq!(seen.body_sha256, expected);
+
+    // A streamed response: the first chunk arrives while the upstream is still holding the
+    // rest back, so tollgate is streaming, not buffering.
+    let mut r = c
+        .get(tg.url("/api/stream"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut received = Vec::new();
+    while received.len() < STREAM_CHUNK {
+        let chunk = tokio::time::timeout(HANG, r.chunk())
+            .await
+            .expect("first chunk should arrive before the upstream finishes")
+            .unwrap()
+            .expect("stream ended early");
+        received.extend_from_slice(&chunk);
+    }
+    echo.release_stream();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        received.extend_from_slice(&chunk);
+    }
+    assert_eq!(received.len(), STREAM_CHUNK * STREAM_CHUNKS);
+    for (i, part) in received.chunks(STREAM_CHUNK).enumerate() {
+        assert!(
+            part.iter().all(|&b| b == b'a' + i as u8),
+            "chunk {i} corrupted"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_gateway_errors() {
+    let (echo, tg) = start().await;
+    let c = client();
+
+    // Nothing listens behind /down: 502 with the request id, not a hang.
+    let r = c.get(tg.url("/down/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = json(r).await;
+    assert_eq!(body["error"], "upstream_unavailable");
+    assert_eq!(body["request_id"], rid.as_str());
+
+    // The upstream accepts but answers after read_timeout (1 s): 504.
+    let cookie = tg.mint_cookie(&access_token(100));
+    let r = c
+        .get(tg.url("/api/slow"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(json(r).await["error"], "upstream_timeout");
+    assert_eq!(echo.last().path, "/api/slow");
+
+    let log = tg.log();
+    assert!(log.contains(&rid), "the 502 is logged with its request id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_endpoints_and_bad_paths() {
+    let (echo, tg) = start().await;
+    let c = client();
+    let r = c.get(tg.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r).await["status"], "ok");
+    let r = c.get(tg.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Login lands in a later version: a clear 501, never a silent pass-through.
+    let r = c.get(tg.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), 501);
+    assert_eq!(json(r).await["error"], "not_implemented");
+    // Dot segments could make routing and the upstream disagree: refused. (Raw TCP, because
+    // HTTP clients normalise such paths before sending.)
+    for path in ["/static/%2e%2e/api/items", "/static/../api/items"] {
+        let mut s = TcpStream::connect(tg.addr()).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{path}: {head}");
+        assert!(String::from_utf8_lossy(&body).contains("bad_path"));
+    }
+    assert_eq!(echo.count(), 0);
+    let m = c.get(tg.metrics_url()).send().await.unwrap();
+    assert_eq!(m.status(), 200);
+    assert!(m.text().await.unwrap().contains("tollgate_requests_total"));
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from `s`.
+async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut tmp).await.unwrap();
+                assert!(n > 0, "connection closed mid-body");
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            return (head, buf[end + 4..end + 4 + len].to_vec());
+        }
+        let n = tokio::time::timeout(HANG, s.read(&mut tmp))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_and_websocket_upgrade() {
+    let (echo, tg) = start().await;
+    let cookie = tg.mint_cookie(&access_token(300));
+
+    // Two requests on one downstream connection.
+    let mut s = TcpStream::connect(tg.addr()).await.unwrap();
+    for i in 0..2 {
+        let req = format!(
+            "GET /api/ka/{i} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nx-csrf: 1\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(echo.last().path, format!("/api/ka/{i}"));
+    }
+
+    // A WebSocket handshake goes through with the bearer token, then bytes flow both ways.
+    let mut s = TcpStream::connect(tg.addr()).await.unwrap();
+    let req = format!(
+        "GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nx-csrf: 1\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(HANG, s.read(&mut tmp))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let seen = echo.last();
+    assert_eq!(seen.path, "/api/ws");
+    assert!(seen.header("authorization").unwrap().starts_with("Bearer "));
+    s.write_all(b"ping-through-tollgate").await.unwrap();
+    let mut echoed = vec![0u8; 21];
+    tokio::time::timeout(HANG, s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"ping-through-tollgate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests() {
+    let (echo, mut tg) = start().await;
+    let cookie = tg.mint_cookie(&access_token(100));
+    // /opt has the default read timeout (60 s), so the 3 s slow answer is awaited.
+    let c = client();
+    let url = tg.url("/opt/slow");
+    let in_flight = tokio::spawn(async move {
+        c.get(url)
+            .header("cookie", cookie)
+            .header("x-csrf", "1")
+            .send()
+            .await
+    });
+    tokio::time::timeout(HANG, echo.slow_started.notified())
+        .await
+        .unwrap();
+    let pid = tg.child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The listener closes: new connections are refused while the request is still running.
+    let deadline = std::time::Instant::now() + HANG;
+    while TcpStream::connect(tg.addr()).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request should still be in flight"
+    );
+    let r = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(r.status(), 200);
+    // tollgate then exits by itself, successfully.
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        if let Some(status) = tg.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tollgate did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
