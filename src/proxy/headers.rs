@@ -19,7 +19,7 @@ use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::{HeaderValue, Uri};
 use pingora::http::RequestHeader;
 
-use crate::session::cookie::{is_own_cookie, pairs};
+use crate::session::cookie::is_own_cookie;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RewriteError {
@@ -106,38 +106,41 @@ pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), 
     Ok(())
 }
 
-/// Removes tollgate's cookies from `Cookie`, leaving every other cookie as it was.
+/// Removes tollgate's cookies from `Cookie`, leaving every other cookie as it was. One pass
+/// over the header(s); the header is replaced only if something was removed or several
+/// `Cookie` fields had to be joined.
 fn strip_own_cookies(req: &mut RequestHeader, name: &str) -> Result<(), RewriteError> {
     let values = req.headers.get_all(COOKIE);
-    let mut any_own = false;
-    let mut count = 0;
-    for v in values.iter() {
-        count += 1;
-        match v.to_str() {
-            Ok(s) => any_own |= pairs(s).any(|(n, _)| is_own_cookie(n, name)),
-            // Not text: cannot be ours, but cannot be filtered either; drop it below.
-            Err(_) => any_own = true,
-        }
-    }
-    if !any_own && count <= 1 {
-        return Ok(());
-    }
     let mut kept = String::new();
-    for v in values.iter() {
-        let Ok(s) = v.to_str() else { continue };
+    let mut changed = false;
+    for (i, v) in values.iter().enumerate() {
+        changed |= i > 0;
+        let Ok(s) = v.to_str() else {
+            // Not text: cannot be ours, but cannot be filtered either; drop it.
+            changed = true;
+            continue;
+        };
+        if kept.capacity() == 0 {
+            kept.reserve(s.len());
+        }
         for part in s.split(';') {
             let part = part.trim();
             if part.is_empty() {
                 continue;
             }
-            let n = part.split_once('=').map_or(part, |(n, _)| n.trim());
-            if !is_own_cookie(n, name) {
+            let n = part.split_once('=').map_or(part, |(n, _)| n.trim_end());
+            if is_own_cookie(n, name) {
+                changed = true;
+            } else {
                 if !kept.is_empty() {
                     kept.push_str("; ");
                 }
                 kept.push_str(part);
             }
         }
+    }
+    if !changed {
+        return Ok(());
     }
     req.remove_header(&COOKIE);
     if !kept.is_empty() {
