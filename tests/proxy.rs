@@ -324,6 +324,11 @@ async fn upstream_failures_are_gateway_errors() {
     let r = c.get(tg.url("/down/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(
+        r.headers()["connection"],
+        "close",
+        "the connection is not reused after a failure"
+    );
     let body = json(r).await;
     assert_eq!(body["error"], "upstream_unavailable");
     assert_eq!(body["request_id"], rid.as_str());

@@ -331,6 +331,9 @@ impl ProxyHttp for Tollgate {
             // Headers already went out (failure mid-body): the connection just ends.
             code = 0;
         } else if let Some(r) = reject {
+            // Pingora does not reuse a connection after a proxy failure; say so in the
+            // response (`Connection: close`) so that clients do not send the next request on it.
+            session.set_keepalive(None);
             let (status, body) = ctx.reject(r);
             if let Err(write_err) = self.respond(session, ctx, status, body).await {
                 tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send error response");

@@ -32,8 +32,6 @@ pub struct Route {
     pub base_path: String,
     /// `Host` for the upstream request: the upstream URL's authority.
     pub host: String,
-    /// The upstream URL, for logs.
-    pub upstream: String,
     peer: HttpPeer,
 }
 
@@ -116,7 +114,6 @@ impl RouteTable {
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),
                 host: authority,
-                upstream: c.upstream.to_string(),
                 peer,
             });
         }

@@ -32,6 +32,8 @@ use tollgate::session::{Claims, Session, SessionCodec};
 /// What the echo upstream saw of one request.
 #[derive(Debug, Clone, Serialize)]
 pub struct Seen {
+    /// The TLS server name the client asked for (TLS upstreams only).
+    pub sni: Option<String>,
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
@@ -61,6 +63,7 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// - a WebSocket handshake: answers 101 and echoes bytes on the upgraded connection.
 pub struct Echo {
     pub addr: SocketAddr,
+    tls: bool,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     pub slow_started: Arc<Notify>,
@@ -71,8 +74,18 @@ pub const STREAM_CHUNKS: usize = 8;
 
 impl Echo {
     pub async fn start() -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), None).await
+    }
+
+    /// An echo upstream speaking TLS with `acceptor`'s certificate, on `bind`.
+    pub async fn start_tls(bind: SocketAddr, acceptor: tokio_rustls::TlsAcceptor) -> Echo {
+        Self::start_on(bind, Some(acceptor)).await
+    }
+
+    async fn start_on(bind: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Echo {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let is_tls = tls.is_some();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(Notify::new());
         let slow_started = Arc::new(Notify::new());
@@ -83,17 +96,39 @@ impl Echo {
                     continue;
                 };
                 let (s, r, ss) = (s.clone(), r.clone(), ss.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, s.clone(), r.clone(), ss.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let svc = service_fn(move |req| {
+                                handle(req, None, s.clone(), r.clone(), ss.clone())
+                            });
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let sni = stream.get_ref().1.server_name().map(String::from);
+                            let svc = service_fn(move |req| {
+                                handle(req, sni.clone(), s.clone(), r.clone(), ss.clone())
+                            });
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await;
+                        }
+                    }
                 });
             }
         });
         Echo {
             addr,
+            tls: is_tls,
             seen,
             release,
             slow_started,
@@ -101,7 +136,11 @@ impl Echo {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -130,6 +169,7 @@ fn full(body: impl Into<Bytes>) -> BoxBody {
 
 async fn handle(
     mut req: Request<Incoming>,
+    sni: Option<String>,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     slow_started: Arc<Notify>,
@@ -156,6 +196,7 @@ async fn handle(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if is_ws {
         seen.lock().unwrap().push(Seen {
+            sni,
             method,
             path,
             headers,
@@ -194,6 +235,7 @@ async fn handle(
         }
     }
     let record = Seen {
+        sni,
         method,
         path: path.clone(),
         headers,
@@ -314,6 +356,14 @@ impl Tollgate {
     /// Starts tollgate with `config_text` (built by `make(port, metrics_port)`) and waits
     /// until `/readyz` answers 200.
     pub async fn start(make: impl Fn(u16, u16) -> String) -> Tollgate {
+        Self::start_with_env(make, &[]).await
+    }
+
+    /// As [`Self::start`], with extra environment variables for the process.
+    pub async fn start_with_env(
+        make: impl Fn(u16, u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Tollgate {
         let mut last_err = String::new();
         for _ in 0..3 {
             let (port, metrics_port) = (free_port(), free_port());
@@ -329,6 +379,7 @@ impl Tollgate {
                 .arg("--log-format")
                 .arg("json")
                 .env("TOLLGATE_LOG", "debug")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
