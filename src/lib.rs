@@ -6,12 +6,14 @@
 //!
 //! The modules follow the flow of a request:
 //! - [`config`]: the TOML file and `TOLLGATE__*` overrides, turned into a validated, typed model;
+//! - [`oidc`]: provider metadata, `/login` and `/callback`, the token client and ID token checks;
 //! - [`session`]: the sealed session cookie (wire format, chunking, the session payload);
 //! - [`proxy`]: the Pingora `ProxyHttp` hot path (routing, CSRF, bearer injection, error responses);
 //! - [`ops`]: health, metrics and logging;
 //! - [`server`]: assembles the Pingora server from a validated config.
 
 pub mod config;
+pub mod oidc;
 pub mod ops;
 pub mod proxy;
 pub mod server;

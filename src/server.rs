@@ -12,6 +12,9 @@ use pingora::server::Server;
 use pingora::services::listening::Service;
 
 use crate::config::Config;
+use crate::oidc::client_auth::ClientAuthError;
+use crate::oidc::discovery::{MetadataRefresher, ProviderStore};
+use crate::oidc::Oidc;
 use crate::ops::health::Readiness;
 use crate::ops::metrics::{Metrics, MetricsApp};
 use crate::proxy::routes::ResolveError;
@@ -24,6 +27,8 @@ const RUNTIME_SHUTDOWN_SECS: u64 = 2;
 pub enum StartError {
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    #[error("client authentication: {0}")]
+    ClientAuth(#[from] ClientAuthError),
 }
 
 /// Builds the server; call `run_forever()` on the result.
@@ -39,7 +44,19 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
 
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
-    let app = Tollgate::new(config, metrics.clone(), readiness)?;
+    let http = crate::oidc::http_client(config);
+    let provider = Arc::new(ProviderStore::default());
+    let oidc = Arc::new(Oidc::new(config, http.clone(), provider.clone())?);
+    server.add_service(pingora::services::background::background_service(
+        "provider metadata",
+        MetadataRefresher {
+            store: provider,
+            http,
+            config: config.oidc.clone(),
+            readiness: readiness.clone(),
+        },
+    ));
+    let app = Tollgate::new(config, metrics.clone(), readiness, oidc)?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, app, "tollgate");
     for addr in &config.server.listen {

@@ -357,10 +357,21 @@ async fn builtin_endpoints_and_bad_paths() {
     let r = c.get(tg.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json(r).await["status"], "ok");
+    // No provider behind the configured issuer: not ready, and saying why.
     let r = c.get(tg.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    // Login lands in a later version: a clear 501, never a silent pass-through.
-    let r = c.get(tg.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(json(r).await["waiting_for"][0], "provider_metadata");
+    // Login cannot start without provider metadata: a clear 503.
+    let r = c
+        .get(tg.url("/login"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(json(r).await["error"], "provider_unavailable");
+    // Logout lands with the token lifecycle: a clear 501, never a silent pass-through.
+    let r = c.post(tg.url("/logout")).send().await.unwrap();
     assert_eq!(r.status(), 501);
     assert_eq!(json(r).await["error"], "not_implemented");
     // Dot segments could make routing and the upstream disagree: refused. (Raw TCP, because

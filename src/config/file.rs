@@ -50,6 +50,15 @@ pub struct OidcSection {
     pub callback_path: Option<String>,
     #[serde(default)]
     pub extra_auth_params: BTreeMap<String, String>,
+    pub private_key_alg: Option<String>,
+    pub private_key_id: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub end_session_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    pub http_timeout: Option<DurationValue>,
+    pub metadata_refresh: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]

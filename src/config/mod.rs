@@ -137,6 +137,29 @@ pub enum PrivateKeyKind {
 pub struct PrivateKey {
     pub kind: PrivateKeyKind,
     pub pem: Secret,
+    /// The JWS algorithm for client assertions (RS256, PS256, ES256 or EdDSA).
+    pub alg: jsonwebtoken::Algorithm,
+    /// `kid` for the assertion header, when the provider needs it to pick the key.
+    pub kid: Option<String>,
+}
+
+/// Provider endpoints set in the config; each replaces the discovered one.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointOverrides {
+    pub authorization_endpoint: Option<Url>,
+    pub token_endpoint: Option<Url>,
+    pub jwks_uri: Option<Url>,
+    pub end_session_endpoint: Option<Url>,
+    pub revocation_endpoint: Option<Url>,
+}
+
+impl EndpointOverrides {
+    /// With these three set, tollgate needs no discovery document.
+    pub fn skip_discovery(&self) -> bool {
+        self.authorization_endpoint.is_some()
+            && self.token_endpoint.is_some()
+            && self.jwks_uri.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +172,11 @@ pub struct OidcConfig {
     pub scopes: Vec<String>,
     pub callback_path: String,
     pub extra_auth_params: BTreeMap<String, String>,
+    pub endpoints: EndpointOverrides,
+    /// Timeout of every request to the provider (discovery, JWKS, token).
+    pub http_timeout: Duration,
+    /// How often provider metadata and keys are fetched again.
+    pub metadata_refresh: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

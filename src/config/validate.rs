@@ -150,7 +150,11 @@ fn oidc(o: file::OidcSection) -> Result<OidcConfig, ConfigError> {
                 "auth_method \"private_key_jwt\" needs a private key file (PEM)",
             ))
         }
-        (AuthMethod::PrivateKeyJwt, Some(path)) => Some(private_key(path)?),
+        (AuthMethod::PrivateKeyJwt, Some(path)) => Some(private_key(
+            path,
+            o.private_key_alg.as_deref(),
+            o.private_key_id,
+        )?),
         (_, Some(_)) => {
             return Err(ConfigError::invalid(
                 "oidc.private_key_file",
@@ -207,6 +211,29 @@ fn oidc(o: file::OidcSection) -> Result<OidcConfig, ConfigError> {
             "is set by tollgate itself and cannot be overridden",
         ));
     }
+    let endpoint =
+        |key: &str, v: Option<String>| v.map(|v| http_url(&format!("oidc.{key}"), &v)).transpose();
+    let endpoints = EndpointOverrides {
+        authorization_endpoint: endpoint("authorization_endpoint", o.authorization_endpoint)?,
+        token_endpoint: endpoint("token_endpoint", o.token_endpoint)?,
+        jwks_uri: endpoint("jwks_uri", o.jwks_uri)?,
+        end_session_endpoint: endpoint("end_session_endpoint", o.end_session_endpoint)?,
+        revocation_endpoint: endpoint("revocation_endpoint", o.revocation_endpoint)?,
+    };
+    let http_timeout = duration("oidc.http_timeout", o.http_timeout, "10s")?;
+    if http_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "oidc.http_timeout",
+            "must be greater than zero",
+        ));
+    }
+    let metadata_refresh = duration("oidc.metadata_refresh", o.metadata_refresh, "1h")?;
+    if metadata_refresh < Duration::from_secs(10) {
+        return Err(ConfigError::invalid(
+            "oidc.metadata_refresh",
+            "must be at least 10s",
+        ));
+    }
     Ok(OidcConfig {
         issuer,
         client_id: o.client_id,
@@ -216,10 +243,17 @@ fn oidc(o: file::OidcSection) -> Result<OidcConfig, ConfigError> {
         scopes,
         callback_path,
         extra_auth_params: o.extra_auth_params,
+        endpoints,
+        http_timeout,
+        metadata_refresh,
     })
 }
 
-fn private_key(path: &str) -> Result<PrivateKey, ConfigError> {
+fn private_key(
+    path: &str,
+    alg: Option<&str>,
+    kid: Option<String>,
+) -> Result<PrivateKey, ConfigError> {
     let key = "oidc.private_key_file";
     let pem = std::fs::read(path)
         .map_err(|e| ConfigError::invalid(key, format!("cannot read {path}: {e}")))?;
@@ -238,9 +272,24 @@ fn private_key(path: &str) -> Result<PrivateKey, ConfigError> {
     };
     let pem = String::from_utf8(pem)
         .map_err(|_| ConfigError::invalid(key, format!("{path} is not a text PEM file")))?;
+    use jsonwebtoken::Algorithm;
+    let alg = match (kind, alg) {
+        (PrivateKeyKind::Rsa, None | Some("RS256")) => Algorithm::RS256,
+        (PrivateKeyKind::Rsa, Some("PS256")) => Algorithm::PS256,
+        (PrivateKeyKind::Ec, None | Some("ES256")) => Algorithm::ES256,
+        (PrivateKeyKind::Ed25519, None | Some("EdDSA")) => Algorithm::EdDSA,
+        (kind, Some(other)) => {
+            return Err(ConfigError::invalid(
+                "oidc.private_key_alg",
+                format!("{other:?} does not fit the {kind:?} key in {path} (RSA: RS256 or PS256; EC: ES256; Ed25519: EdDSA)"),
+            ))
+        }
+    };
     Ok(PrivateKey {
         kind,
         pem: Secret::new(pem),
+        alg,
+        kid,
     })
 }
 

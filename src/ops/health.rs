@@ -1,8 +1,9 @@
 //! Liveness (`/healthz`) and readiness (`/readyz`).
 //!
 //! Liveness only says the process serves HTTP. Readiness says tollgate can do its job: the
-//! config is loaded (always true once serving) and, once login lands, the provider metadata
-//! has been fetched. Conditions are named so that `/readyz` can say what it is waiting for.
+//! config is loaded (always true once serving) and the provider metadata and keys have been
+//! fetched, without which nobody can log in. Conditions are named so that `/readyz` can say
+//! what it is waiting for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,12 +13,14 @@ use serde::Serialize;
 #[derive(Debug)]
 pub struct Readiness {
     config_loaded: AtomicBool,
+    provider_loaded: AtomicBool,
 }
 
 impl Default for Readiness {
     fn default() -> Self {
         Readiness {
             config_loaded: AtomicBool::new(true),
+            provider_loaded: AtomicBool::new(false),
         }
     }
 }
@@ -30,6 +33,14 @@ struct Report<'a> {
 }
 
 impl Readiness {
+    pub fn set_provider_loaded(&self) {
+        self.provider_loaded.store(true, Ordering::Release);
+    }
+
+    pub fn provider_loaded(&self) -> bool {
+        self.provider_loaded.load(Ordering::Acquire)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.waiting_for().is_empty()
     }
@@ -38,6 +49,9 @@ impl Readiness {
         let mut w = Vec::new();
         if !self.config_loaded.load(Ordering::Acquire) {
             w.push("config");
+        }
+        if !self.provider_loaded() {
+            w.push("provider_metadata");
         }
         w
     }

@@ -29,6 +29,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
 use crate::config::{Config, RouteAuth};
+use crate::oidc::callback::CallbackRequest;
+use crate::oidc::pages::{wants_json, Page};
+use crate::oidc::Oidc;
 use crate::ops::health::{self, Readiness};
 use crate::ops::metrics::Metrics;
 use crate::session::{SessionCodec, SessionError};
@@ -45,8 +48,16 @@ pub struct Tollgate {
     csrf: CsrfPolicy,
     metrics: Metrics,
     readiness: Arc<Readiness>,
+    oidc: Arc<Oidc>,
     proto: &'static str,
     callback_path: String,
+}
+
+/// The login endpoints tollgate answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Login,
+    Callback,
 }
 
 /// Per-request state.
@@ -69,6 +80,7 @@ impl Tollgate {
         config: &Config,
         metrics: Metrics,
         readiness: Arc<Readiness>,
+        oidc: Arc<Oidc>,
     ) -> Result<Self, ResolveError> {
         Ok(Tollgate {
             routes: RouteTable::new(&config.routes)?,
@@ -76,6 +88,7 @@ impl Tollgate {
             csrf: CsrfPolicy::new(&config.csrf, &config.server.public_origin),
             metrics,
             readiness,
+            oidc,
             proto: if config.server.secure_cookies {
                 "https"
             } else {
@@ -94,10 +107,80 @@ impl Tollgate {
         Some(match path {
             "/healthz" => Ok(health::healthz()),
             "/readyz" => Ok(self.readiness.readyz()),
-            "/login" | "/logout" | "/session" => Err(Reject::NotImplemented),
-            p if p == self.callback_path => Err(Reject::NotImplemented),
+            "/logout" | "/session" => Err(Reject::NotImplemented),
             _ => return None,
         })
+    }
+
+    fn endpoint(&self, path: &str) -> Option<Endpoint> {
+        if path == "/login" {
+            Some(Endpoint::Login)
+        } else if path == self.callback_path {
+            Some(Endpoint::Callback)
+        } else {
+            None
+        }
+    }
+
+    /// Runs `/login` or `/callback`.
+    async fn run_endpoint(
+        &self,
+        session: &Session,
+        endpoint: Endpoint,
+        ctx: &Ctx,
+    ) -> Result<Page, Reject> {
+        let req = session.req_header();
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            return Err(Reject::MethodNotAllowed);
+        }
+        let json = wants_json(req.headers.get("accept").and_then(|v| v.to_str().ok()));
+        let query = req.uri.query().map(str::to_string);
+        Ok(match endpoint {
+            Endpoint::Login => self.oidc.login(query.as_deref(), json, &ctx.request_id),
+            Endpoint::Callback => {
+                let cookie_headers: Vec<String> = req
+                    .headers
+                    .get_all(COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok().map(String::from))
+                    .collect();
+                self.oidc
+                    .callback(
+                        CallbackRequest {
+                            query: query.as_deref(),
+                            cookie_headers: &cookie_headers,
+                            json,
+                            request_id: &ctx.request_id,
+                        },
+                        &self.codec,
+                    )
+                    .await
+            }
+        })
+    }
+
+    async fn write_page(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        page: Page,
+    ) -> pingora::Result<()> {
+        let mut resp = ResponseHeader::build(page.status, Some(page.headers.len() + 3))?;
+        for (name, value) in page.headers {
+            resp.append_header(name, value)?;
+        }
+        resp.insert_header("content-length", page.body.len().to_string())?;
+        resp.insert_header(request_id::HEADER, &ctx.request_id)?;
+        let head_only = session.req_header().method == http::Method::HEAD || page.body.is_empty();
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session
+                .write_response_body(Some(Bytes::from(page.body)), true)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Decides what to do with a request; `Err` is the refusal to send.
@@ -229,6 +312,22 @@ impl ProxyHttp for Tollgate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         ctx.request_id = request_id::from_headers(&session.req_header().headers);
+        if let Some(endpoint) = self.endpoint(session.req_header().uri.path()) {
+            match self.run_endpoint(session, endpoint, ctx).await {
+                Ok(page) => {
+                    ctx.outcome = match endpoint {
+                        Endpoint::Login => "login",
+                        Endpoint::Callback => "callback",
+                    };
+                    self.write_page(session, ctx, page).await?;
+                }
+                Err(r) => {
+                    let (status, body) = ctx.reject(r);
+                    self.respond(session, ctx, status, body).await?;
+                }
+            }
+            return Ok(true);
+        }
         let req = session.req_header();
         if let Some(answer) = self.builtin(req.uri.path()) {
             let (status, body) = match answer {

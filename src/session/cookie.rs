@@ -63,6 +63,18 @@ pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
     })
 }
 
+/// The value of the first cookie named exactly `name` in the given `Cookie` header values.
+pub fn find<'a, I>(name: &str, headers: I) -> Option<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    headers
+        .into_iter()
+        .flat_map(pairs)
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
 impl<'a> SessionCookies<'a> {
     /// Finds the session cookie `name` and its chunks in the given `Cookie` header values.
     pub fn scan<I>(name: &str, headers: I) -> Self

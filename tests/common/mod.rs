@@ -400,9 +400,16 @@ impl Tollgate {
         panic!("tollgate did not become ready: {last_err}");
     }
 
+    /// Waits until the proxy serves (`/healthz`); `/readyz` additionally needs the provider,
+    /// which tests without one never have.
     async fn wait_ready(&mut self) -> Result<(), String> {
+        self.wait_for("/healthz").await
+    }
+
+    /// Waits until `path` answers 200 (bounded), failing if the process exits.
+    pub async fn wait_for(&mut self, path: &str) -> Result<(), String> {
         let client = reqwest::Client::new();
-        let url = self.url("/readyz");
+        let url = self.url(path);
         for _ in 0..300 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exited with {status}: {}", self.log()));
@@ -415,7 +422,7 @@ impl Tollgate {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = self.child.kill();
-        Err(format!("no 200 from /readyz within 30 s: {}", self.log()))
+        Err(format!("no 200 from {path} within 30 s: {}", self.log()))
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,249 @@
+//! The login state that travels from `/login` to `/callback` in a sealed, short-lived cookie.
+//!
+//! Every login gets its own `state`, `nonce` and PKCE verifier (256 bits each from the OS
+//! RNG) and its own cookie, named after the state (`NAME-login-STATE`), so two tabs logging in
+//! at once do not overwrite each other. The cookie is sealed like the session (the cookie name,
+//! hence the state, is bound in), lives ten minutes, and is `SameSite=Lax` whatever the session
+//! uses: the provider's redirect back is a cross-site top-level navigation, which `Strict`
+//! cookies would not survive.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::session::seal::Sealer;
+
+/// How long a login may take, from `/login` to `/callback`.
+pub const LOGIN_TTL: Duration = Duration::from_secs(600);
+const PAYLOAD_VERSION: u8 = 1;
+
+/// What `/callback` needs to finish the login `/login` started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginState {
+    pub nonce: String,
+    pub code_verifier: String,
+    pub return_to: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoginStateError {
+    #[error("no login cookie for this state")]
+    Missing,
+    #[error("the login cookie does not open")]
+    Invalid,
+    #[error("the login took longer than ten minutes")]
+    Expired,
+}
+
+/// 256 random bits, base64url (43 characters).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The S256 PKCE challenge for `verifier` (RFC 7636 §4.2).
+pub fn code_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// Whether `state` could have come from [`random_token`] (and so is safe in a cookie name).
+pub fn is_plausible_state(state: &str) -> bool {
+    (16..=64).contains(&state.len())
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The login cookie's name for `state`.
+pub fn cookie_name(session_cookie: &str, state: &str) -> String {
+    format!("{session_cookie}-login-{state}")
+}
+
+impl LoginState {
+    pub fn seal(&self, sealer: &Sealer, cookie_name: &str) -> Option<String> {
+        let payload = postcard::to_extend(self, vec![PAYLOAD_VERSION]).ok()?;
+        sealer.seal(&payload, cookie_name.as_bytes()).ok()
+    }
+
+    pub fn open(
+        sealer: &Sealer,
+        cookie_name: &str,
+        value: Option<&str>,
+        now: u64,
+    ) -> Result<LoginState, LoginStateError> {
+        let value = value.ok_or(LoginStateError::Missing)?;
+        let payload = sealer
+            .open(value, cookie_name.as_bytes())
+            .map_err(|_| LoginStateError::Invalid)?;
+        let state: LoginState = match payload.split_first() {
+            Some((&PAYLOAD_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|_| LoginStateError::Invalid)?
+            }
+            _ => return Err(LoginStateError::Invalid),
+        };
+        if now >= state.created_at.saturating_add(LOGIN_TTL.as_secs()) {
+            return Err(LoginStateError::Expired);
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_s256_known_vector() {
+        // RFC 7636, Appendix B.
+        assert_eq!(
+            code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn tokens_are_random_and_long() {
+        let a = random_token();
+        assert_eq!(a.len(), 43);
+        assert!(is_plausible_state(&a));
+        assert_ne!(a, random_token());
+        assert!(!is_plausible_state("short"));
+        assert!(!is_plausible_state("has;semicolon-and-is-long-enough"));
+    }
+
+    #[test]
+    fn sealed_state_round_trip_binding_and_expiry() {
+        let sealer = Sealer::new(&[[5u8; 32]]);
+        let s = LoginState {
+            nonce: random_token(),
+            code_verifier: random_token(),
+            return_to: "/app".into(),
+            created_at: 1000,
+        };
+        let name = cookie_name("tg", "state-aaaaaaaaaaaaaaaa");
+        let sealed = s.seal(&sealer, &name).unwrap();
+        assert_eq!(
+            LoginState::open(&sealer, &name, Some(&sealed), 1001).unwrap(),
+            s
+        );
+        let other = cookie_name("tg", "state-bbbbbbbbbbbbbbbb");
+        assert_eq!(
+            LoginState::open(&sealer, &other, Some(&sealed), 1001),
+            Err(LoginStateError::Invalid),
+            "a login cookie only opens under its own state"
+        );
+        assert_eq!(
+            LoginState::open(&sealer, &name, Some(&sealed), 1600),
+            Err(LoginStateError::Expired)
+        );
+        assert_eq!(
+            LoginState::open(&sealer, &name, None, 1001),
+            Err(LoginStateError::Missing)
+        );
+    }
+}
+
+/// `/login?return_to=…&prompt=…` query parameters.
+#[derive(Debug, Default, Deserialize)]
+struct LoginQuery {
+    return_to: Option<String>,
+    prompt: Option<String>,
+}
+
+/// `prompt` values passed on to the provider (OpenID Connect Core §3.1.2.1).
+const ALLOWED_PROMPTS: [&str; 4] = ["none", "login", "consent", "select_account"];
+
+fn allowed_prompt(p: &str) -> bool {
+    !p.is_empty() && p.split(' ').all(|v| ALLOWED_PROMPTS.contains(&v))
+}
+
+/// A `Set-Cookie` line for a login cookie (`value` empty and `max_age` zero to delete it).
+pub fn login_cookie_line(name: &str, value: &str, max_age: Duration, secure: bool) -> String {
+    cookie::Cookie::build((name.to_string(), value.to_string()))
+        .http_only(true)
+        .path("/")
+        .secure(secure)
+        .same_site(cookie::SameSite::Lax)
+        .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
+        .build()
+        .to_string()
+}
+
+impl super::Oidc {
+    /// `GET /login`: a redirect to the provider's authorization endpoint.
+    pub fn login(&self, query: Option<&str>, json: bool, request_id: &str) -> super::pages::Page {
+        use super::pages::{login_error, Page};
+        let Some(provider) = self.provider() else {
+            return login_error(
+                503,
+                "provider_unavailable",
+                "The identity provider's configuration has not been loaded yet. Try again in a moment.",
+                request_id,
+                json,
+            );
+        };
+        let q: LoginQuery = serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
+        let now = crate::unix_now();
+        let state = random_token();
+        let login = LoginState {
+            nonce: random_token(),
+            code_verifier: random_token(),
+            return_to: super::return_to::safe_return_to(q.return_to.as_deref()),
+            created_at: now,
+        };
+        let name = cookie_name(&self.session_cookie, &state);
+        let Some(sealed) = login.seal(&self.sealer, &name) else {
+            return login_error(
+                500,
+                "internal_error",
+                "The login could not be started.",
+                request_id,
+                json,
+            );
+        };
+        let mut url = provider.metadata.authorization_endpoint.clone();
+        {
+            let mut p = url.query_pairs_mut();
+            p.append_pair("response_type", "code")
+                .append_pair("client_id", &self.client_id)
+                .append_pair("redirect_uri", &self.redirect_uri)
+                .append_pair("scope", &self.scope)
+                .append_pair("state", &state)
+                .append_pair("nonce", &login.nonce)
+                .append_pair("code_challenge", &code_challenge(&login.code_verifier))
+                .append_pair("code_challenge_method", "S256");
+            for (k, v) in &self.extra_auth_params {
+                p.append_pair(k, v);
+            }
+            if let Some(prompt) = q.prompt.as_deref().filter(|p| allowed_prompt(p)) {
+                p.append_pair("prompt", prompt);
+            }
+        }
+        Page::redirect(url.as_str()).with_cookies(vec![login_cookie_line(
+            &name,
+            &sealed,
+            LOGIN_TTL,
+            self.secure_cookies,
+        )])
+    }
+}
+
+#[cfg(test)]
+mod prompt_tests {
+    use super::*;
+
+    #[test]
+    fn prompts() {
+        assert!(allowed_prompt("login"));
+        assert!(allowed_prompt("login consent"));
+        assert!(!allowed_prompt("create"));
+        assert!(!allowed_prompt(""));
+        assert!(!allowed_prompt("login&evil=1"));
+    }
+}

@@ -1,0 +1,163 @@
+//! The token endpoint client: code exchange (and, later, refresh), server-side only.
+//!
+//! One shared `reqwest` client (connection reuse, the `[oidc] http_timeout`) serves every
+//! request. A code exchange is never retried: a code is single-use, and a retry after a lost
+//! response would only turn into `invalid_grant`. Responses are checked before anything is
+//! stored: JSON, an `access_token`, and `token_type` Bearer. Errors keep the provider's error
+//! code (safe to log) and drop everything else the provider said.
+
+use serde::Deserialize;
+
+use super::client_auth::{ClientAuth, ClientAuthError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the provider could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the provider answered {status} with error {error:?}")]
+    Provider { status: u16, error: String },
+    #[error("the provider's token response is not usable: {0}")]
+    Invalid(&'static str),
+    #[error(transparent)]
+    ClientAuth(#[from] ClientAuthError),
+}
+
+impl TokenError {
+    /// The provider's OAuth error code, when it gave one.
+    pub fn provider_error(&self) -> Option<&str> {
+        match self {
+            TokenError::Provider { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// A successful token response (RFC 6749 §5.1, OpenID Connect Core §3.1.3.3).
+#[derive(Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: Option<u64>,
+    pub refresh_token: Option<String>,
+    /// Some providers (Keycloak and others) say how long the refresh token lives.
+    pub refresh_expires_in: Option<u64>,
+    pub id_token: Option<String>,
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("has_id_token", &self.id_token.is_some())
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+#[derive(Debug)]
+pub struct TokenClient {
+    http: reqwest::Client,
+    auth: ClientAuth,
+}
+
+impl TokenClient {
+    pub fn new(http: reqwest::Client, auth: ClientAuth) -> Self {
+        TokenClient { http, auth }
+    }
+
+    /// Exchanges an authorization code (with its PKCE verifier) for tokens.
+    pub async fn exchange_code(
+        &self,
+        token_endpoint: &str,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<TokenResponse, TokenError> {
+        self.request(
+            token_endpoint,
+            vec![
+                ("grant_type", "authorization_code".to_string()),
+                ("code", code.to_string()),
+                ("redirect_uri", redirect_uri.to_string()),
+                ("code_verifier", code_verifier.to_string()),
+            ],
+        )
+        .await
+    }
+
+    async fn request(
+        &self,
+        token_endpoint: &str,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<TokenResponse, TokenError> {
+        let creds = self.auth.credentials(token_endpoint, crate::unix_now())?;
+        form.extend(creds.form);
+        let mut req = self
+            .http
+            .post(token_endpoint)
+            .header("accept", "application/json")
+            .form(&form);
+        if let Some(a) = creds.authorization {
+            req = req.header("authorization", a);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| TokenError::Unreachable(describe(&e)))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| TokenError::Unreachable(describe(&e)))?;
+        if !(200..300).contains(&status) {
+            let error = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| sanitize(&b.error))
+                .unwrap_or_else(|_| "unparseable_error".to_string());
+            return Err(TokenError::Provider { status, error });
+        }
+        let tokens: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| TokenError::Invalid("not a JSON token response"))?;
+        if !tokens.token_type.eq_ignore_ascii_case("bearer") {
+            return Err(TokenError::Invalid("token_type is not Bearer"));
+        }
+        if tokens.access_token.is_empty()
+            || !tokens
+                .access_token
+                .bytes()
+                .all(|b| (0x21..0x7f).contains(&b))
+        {
+            return Err(TokenError::Invalid(
+                "access_token is empty or not a header-safe string",
+            ));
+        }
+        Ok(tokens)
+    }
+}
+
+/// An error description without URLs or query strings (reqwest's Display includes the URL).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    kind.to_string()
+}
+
+/// Provider error codes are logged and shown: keep them to the RFC 6749 character set.
+pub fn sanitize(code: &str) -> String {
+    code.chars()
+        .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
+        .take(64)
+        .collect()
+}
