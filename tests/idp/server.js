@@ -1,0 +1,221 @@
+// The OpenID Provider that tollgate's integration tests (and the local demo) run against:
+// the OpenID Certified npm package `oidc-provider`, configured for tests. Test-only: fixed
+// secrets, a fixed user, automatic login. Never expose it beyond 127.0.0.1.
+//
+// Environment:
+//   IDP_PORT                   port on 127.0.0.1 (required)
+//   IDP_ISSUER_PATH            issuer path (default /test/as): issuer http://127.0.0.1:PORT/test/as
+//   REDIRECT_URIS              comma-separated redirect URIs for every client
+//   POST_LOGOUT_REDIRECT_URIS  comma-separated post-logout redirect URIs for every client
+//   ACCESS_TOKEN_TTL           access token lifetime in seconds (default 3600)
+//   IDP_INTERACTIVE            "1": show a login form instead of logging in automatically
+import http from 'node:http';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Provider from 'oidc-provider';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const port = Number(process.env.IDP_PORT);
+if (!port) {
+  console.error('IDP_PORT is required');
+  process.exit(2);
+}
+const issuerPath = (process.env.IDP_ISSUER_PATH || '/test/as').replace(/\/$/, '');
+const origin = `http://127.0.0.1:${port}`;
+const issuer = `${origin}${issuerPath}`;
+const list = (v, d) => (v || d).split(',').map((s) => s.trim()).filter(Boolean);
+const redirectUris = list(process.env.REDIRECT_URIS, 'http://127.0.0.1:8080/callback');
+const postLogoutRedirectUris = list(process.env.POST_LOGOUT_REDIRECT_URIS, 'http://127.0.0.1:8080/');
+const accessTokenTtl = Number(process.env.ACCESS_TOKEN_TTL || 3600);
+const interactive = process.env.IDP_INTERACTIVE === '1';
+
+// Client keys for private_key_jwt: the public halves of the PEM files in keys/.
+const publicJwk = (file, kid) => ({
+  ...crypto.createPublicKey(fs.readFileSync(path.join(here, 'keys', file))).export({ format: 'jwk' }),
+  kid,
+  use: 'sig',
+});
+
+// The provider's own signing keys, fresh at every start.
+const signingJwk = (type, options, kid, alg) => ({
+  ...crypto.generateKeyPairSync(type, options).privateKey.export({ format: 'jwk' }),
+  kid,
+  alg,
+  use: 'sig',
+});
+
+const common = {
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  redirect_uris: redirectUris,
+  post_logout_redirect_uris: postLogoutRedirectUris,
+};
+
+export const clients = [
+  { ...common, client_id: 'tollgate-basic', client_secret: 'basic-secret-0123456789abcdef0123456789', token_endpoint_auth_method: 'client_secret_basic' },
+  { ...common, client_id: 'tollgate-post', client_secret: 'post-secret-0123456789abcdef0123456789', token_endpoint_auth_method: 'client_secret_post' },
+  { ...common, client_id: 'tollgate-jwt', client_secret: 'jwt-secret-0123456789abcdef0123456789abcdef', token_endpoint_auth_method: 'client_secret_jwt', token_endpoint_auth_signing_alg: 'HS256' },
+  { ...common, client_id: 'tollgate-pkjwt-rs256', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [publicJwk('client_rsa.pem', 'rsa-1')] } },
+  { ...common, client_id: 'tollgate-pkjwt-es256', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [publicJwk('client_ec.pem', 'ec-1')] } },
+  { ...common, client_id: 'tollgate-pkjwt-eddsa', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [publicJwk('client_ed25519.pem', 'ed-1')] } },
+  { ...common, client_id: 'tollgate-public', token_endpoint_auth_method: 'none' },
+];
+
+const user = {
+  sub: 'test-user',
+  name: 'Test User',
+  given_name: 'Test',
+  family_name: 'User',
+  email: 'test.user@example.com',
+  email_verified: true,
+};
+
+const provider = new Provider(issuer, {
+  clients,
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt', 'none'],
+  enabledJWA: {
+    clientAuthSigningAlgValues: ['HS256', 'RS256', 'PS256', 'ES256', 'EdDSA'],
+    idTokenSigningAlgValues: ['RS256', 'ES256'],
+  },
+  jwks: {
+    keys: [
+      signingJwk('rsa', { modulusLength: 2048 }, 'idp-rs256', 'RS256'),
+      signingJwk('ec', { namedCurve: 'P-256' }, 'idp-es256', 'ES256'),
+    ],
+  },
+  cookies: { keys: ['tollgate-test-idp-cookie-key-not-secret'] },
+  claims: {
+    openid: ['sub'],
+    profile: ['name', 'given_name', 'family_name'],
+    email: ['email', 'email_verified'],
+  },
+  conformIdTokenClaims: false,
+  findAccount: async (ctx, id) =>
+    id === user.sub ? { accountId: id, claims: async () => ({ ...user }) } : undefined,
+  features: {
+    devInteractions: { enabled: false },
+    revocation: { enabled: true },
+    userinfo: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // The confirmation form submits itself in a browser; tests POST it (see README).
+      logoutSource: async (ctx, form) => {
+        ctx.body = `<!doctype html><title>Logout</title><body>${form}<button form="op.logoutForm" name="logout" value="yes">Log out</button><script>document.forms[0].submit()</script></body>`;
+      },
+    },
+  },
+  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  pkce: { required: () => true },
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken: true,
+  routes: {
+    authorization: '/authorize',
+    token: '/token',
+    userinfo: '/userinfo',
+    jwks: '/jwks',
+    revocation: '/revoke',
+    end_session: '/logout',
+  },
+  ttl: {
+    AccessToken: accessTokenTtl,
+    AuthorizationCode: 60,
+    IdToken: 3600,
+    RefreshToken: 86400,
+    Interaction: 600,
+    Session: 86400,
+    Grant: 86400,
+  },
+});
+provider.proxy = false;
+
+const stats = { token_requests: { authorization_code: 0, refresh_token: 0 }, refresh_failures: 0 };
+provider.on('grant.success', (ctx) => {
+  const type = ctx.oidc.params.grant_type;
+  stats.token_requests[type] = (stats.token_requests[type] || 0) + 1;
+});
+provider.on('grant.error', (ctx) => {
+  if (ctx.oidc?.params?.grant_type === 'refresh_token') stats.refresh_failures += 1;
+});
+provider.on('server_error', (ctx, err) => console.error('idp server_error:', err));
+
+const send = (res, status, body, type = 'application/json') => {
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+  res.end(typeof body === 'string' ? body : JSON.stringify(body));
+};
+
+const readForm = (req) =>
+  new Promise((resolve) => {
+    let data = '';
+    req.on('data', (c) => { data += c; });
+    req.on('end', () => resolve(new URLSearchParams(data)));
+  });
+
+async function interaction(req, res) {
+  const details = await provider.interactionDetails(req, res);
+  const { prompt, params, session } = details;
+  if (prompt.name === 'login') {
+    if (interactive && req.method === 'GET') {
+      return send(res, 200, `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in</title></head>
+<body style="font-family:system-ui,sans-serif;max-width:22rem;margin:4rem auto">
+<h1>Test provider</h1><p>Signing in to <b>${params.client_id}</b></p>
+<form method="post"><label>User <input name="login" value="test-user"></label><br><br>
+<label>Password <input name="password" type="password" value="anything"></label><br><br>
+<button type="submit">Sign in</button></form></body></html>`, 'text/html; charset=utf-8');
+    }
+    if (interactive) {
+      const form = await readForm(req);
+      if (form.get('login') !== user.sub) {
+        return send(res, 401, `<!doctype html><p>Unknown user. <a href="">Try again</a> with test-user.</p>`, 'text/html');
+      }
+    }
+    return provider.interactionFinished(req, res, { login: { accountId: user.sub } }, { mergeWithLastSubmission: false });
+  }
+  if (prompt.name === 'consent') {
+    const grant = details.grantId
+      ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+    const d = prompt.details;
+    if (d.missingOIDCScope) grant.addOIDCScope(d.missingOIDCScope.join(' '));
+    if (d.missingOIDCClaims) grant.addOIDCClaims(d.missingOIDCClaims);
+    for (const [indicator, scopes] of Object.entries(d.missingResourceScopes || {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    const grantId = await grant.save();
+    return provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+  }
+  return send(res, 400, { error: 'unsupported_prompt', prompt: prompt.name });
+}
+
+const callback = provider.callback();
+const server = http.createServer(async (req, res) => {
+  try {
+    const url = new URL(req.url, origin);
+    if (url.pathname === '/__test/health') return send(res, 200, { status: 'ok' });
+    if (url.pathname === '/__test/stats') return send(res, 200, stats);
+    if (url.pathname === '/__test/reset' && req.method === 'POST') {
+      stats.token_requests = { authorization_code: 0, refresh_token: 0 };
+      stats.refresh_failures = 0;
+      return send(res, 200, stats);
+    }
+    if (url.pathname.startsWith('/interaction/')) return await interaction(req, res);
+    if (url.pathname === issuerPath || url.pathname.startsWith(`${issuerPath}/`)) {
+      // Mount the provider under the issuer path.
+      req.originalUrl = req.url;
+      req.url = req.url.slice(issuerPath.length) || '/';
+      return callback(req, res);
+    }
+    return send(res, 404, { error: 'not_found' });
+  } catch (err) {
+    console.error('idp error:', err);
+    if (!res.headersSent) send(res, 500, { error: 'server_error', message: String(err.message || err) });
+  }
+});
+
+server.listen(port, '127.0.0.1', () => {
+  console.log(`idp listening on ${origin} issuer=${issuer}`);
+});
+const stop = () => server.close(() => process.exit(0));
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
