@@ -66,14 +66,19 @@ async fn idp_for(ports: &[u16]) -> Idp {
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}/callback"))
         .collect();
-    let post_logout: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}/")).collect();
+    let post_logout: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/"))
+        .collect();
     Idp::start(&redirects.join(","), &post_logout.join(","), None).await
 }
 
 async fn start_tollgate(port: u16, idp: &Idp, client: &TestClient, echo: &Echo) -> Tollgate {
     let api = echo.url();
     let mut tg = Tollgate::start_on(port, |p, m| tollgate_config(p, m, idp, client, &api)).await;
-    tg.wait_for("/readyz").await.expect("ready once the provider metadata is loaded");
+    tg.wait_for("/readyz")
+        .await
+        .expect("ready once the provider metadata is loaded");
     tg
 }
 
@@ -85,14 +90,32 @@ async fn login_with_every_client_auth_method() {
     let idp = idp_for(&ports).await;
 
     for (client, port) in clients.iter().zip(&ports) {
-        let what = format!("{} ({}{})", client.id, client.auth_method, client.key.map(|k| format!(", {}", k.1)).unwrap_or_default());
+        let what = format!(
+            "{} ({}{})",
+            client.id,
+            client.auth_method,
+            client.key.map(|k| format!(", {}", k.1)).unwrap_or_default()
+        );
         let tg = start_tollgate(*port, &idp, client, &echo).await;
         let b = browser();
         // /login → provider → /callback → return_to (the SPA route, served by the upstream).
-        let r = b.get(tg.url("/login?return_to=/landing")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{what}: login did not complete: {}", tg.log());
+        let r = b
+            .get(tg.url("/login?return_to=/landing"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{what}: login did not complete: {}",
+            tg.log()
+        );
         assert_eq!(r.url().path(), "/landing", "{what}");
-        assert_eq!(echo.last().header("authorization"), None, "{what}: auth = none route");
+        assert_eq!(
+            echo.last().header("authorization"),
+            None,
+            "{what}: auth = none route"
+        );
 
         // An API call carries the bearer token, which the provider's userinfo accepts.
         let r = b
@@ -109,25 +132,42 @@ async fn login_with_every_client_auth_method() {
             .unwrap_or_else(|| panic!("{what}: no bearer token upstream"))
             .to_string();
         let cookie = seen.header("cookie").unwrap_or_default();
-        assert!(!cookie.contains("tollgate"), "{what}: tollgate cookies reached the upstream");
+        assert!(
+            !cookie.contains("tollgate"),
+            "{what}: tollgate cookies reached the upstream"
+        );
         let (status, info) = idp.userinfo(&bearer).await;
         assert_eq!(status, 200, "{what}: userinfo refused the token: {info}");
         assert_eq!(info["sub"], "test-user", "{what}");
 
         let log = tg.log();
         assert!(log.contains("login complete"), "{what}");
-        assert!(!log.contains(&bearer), "{what}: the access token leaked into the log");
+        assert!(
+            !log.contains(&bearer),
+            "{what}: the access token leaked into the log"
+        );
         if let Some(secret) = client.secret {
-            assert!(!log.contains(secret), "{what}: the client secret leaked into the log");
+            assert!(
+                !log.contains(secret),
+                "{what}: the client secret leaked into the log"
+            );
         }
     }
     let stats = idp.stats().await;
-    assert_eq!(stats["token_requests"]["authorization_code"], clients.len(), "{stats}");
+    assert_eq!(
+        stats["token_requests"]["authorization_code"],
+        clients.len(),
+        "{stats}"
+    );
 }
 
 /// Drives a login up to the provider's redirect back to tollgate, without following it.
 /// Returns the login cookie (`name=value`) and the callback URL.
-async fn login_until_callback(tg: &Tollgate, login_path: &str, edit_authorize: impl Fn(&mut Url)) -> (String, Url) {
+async fn login_until_callback(
+    tg: &Tollgate,
+    login_path: &str,
+    edit_authorize: impl Fn(&mut Url),
+) -> (String, Url) {
     let r = plain().get(tg.url(login_path)).send().await.unwrap();
     assert_eq!(r.status(), 302, "{}", tg.log());
     let login_cookie = r
@@ -154,7 +194,11 @@ async fn login_until_callback(tg: &Tollgate, login_path: &str, edit_authorize: i
         .build()
         .unwrap();
     let r = provider_side.get(authorize).send().await.unwrap();
-    assert!(r.status().is_redirection(), "the provider should redirect back, got {}", r.status());
+    assert!(
+        r.status().is_redirection(),
+        "the provider should redirect back, got {}",
+        r.status()
+    );
     let callback = Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     assert_eq!(callback.path(), "/callback");
     (login_cookie, callback)
@@ -165,14 +209,21 @@ fn replace_param(url: &mut Url, name: &str, value: &str) {
     let pairs: Vec<(String, String)> = url
         .query_pairs()
         .map(|(k, v)| {
-            let v = if k == name { value.to_string() } else { v.into_owned() };
+            let v = if k == name {
+                value.to_string()
+            } else {
+                v.into_owned()
+            };
             (k.into_owned(), v)
         })
         .collect();
     url.query_pairs_mut().clear().extend_pairs(pairs);
 }
 
-async fn get_json(url: &str, cookie: Option<&str>) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+async fn get_json(
+    url: &str,
+    cookie: Option<&str>,
+) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
     let mut req = plain().get(url).header("accept", "application/json");
     if let Some(c) = cookie {
         req = req.header("cookie", c);
@@ -194,10 +245,16 @@ async fn callback_refuses_what_it_must() {
     // No state, an unknown state, and a provider error.
     let (s, b, _) = get_json(&tg.url("/callback?code=abc"), None).await;
     assert_eq!((s, b["error"].as_str()), (400, Some("invalid_state")));
-    let (s, b, _) = get_json(&tg.url("/callback?code=abc&state=AAAAAAAAAAAAAAAAAAAAAAAA"), None).await;
+    let (s, b, _) = get_json(
+        &tg.url("/callback?code=abc&state=AAAAAAAAAAAAAAAAAAAAAAAA"),
+        None,
+    )
+    .await;
     assert_eq!((s, b["error"].as_str()), (400, Some("unknown_state")));
     let (s, b, _) = get_json(
-        &tg.url("/callback?error=access_denied&error_description=no&state=AAAAAAAAAAAAAAAAAAAAAAAA"),
+        &tg.url(
+            "/callback?error=access_denied&error_description=no&state=AAAAAAAAAAAAAAAAAAAAAAAA",
+        ),
         None,
     )
     .await;
@@ -212,7 +269,10 @@ async fn callback_refuses_what_it_must() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let html = r.text().await.unwrap();
-    assert!(html.contains("access_denied") && html.contains("href=\"/login\""), "{html}");
+    assert!(
+        html.contains("access_denied") && html.contains("href=\"/login\""),
+        "{html}"
+    );
 
     // A login cookie older than ten minutes.
     let codec_keys = [tollgate::config::validate::decode_key(KEY).unwrap()];
@@ -236,14 +296,38 @@ async fn callback_refuses_what_it_must() {
 
     // Replayed code: the second exchange fails cleanly at the provider.
     let (login_cookie, callback) = login_until_callback(&tg, "/login", |_| {}).await;
-    let r = plain().get(callback.as_str()).header("cookie", &login_cookie).send().await.unwrap();
+    let r = plain()
+        .get(callback.as_str())
+        .header("cookie", &login_cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()["location"], "/");
-    let set: Vec<String> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
-    assert!(set.iter().any(|c| c.starts_with("tollgate=") || c.starts_with("tollgate.0=")), "{set:?}");
-    assert!(set.iter().any(|c| c.starts_with(login_cookie.split('=').next().unwrap()) && c.contains("Max-Age=0")), "login cookie deleted: {set:?}");
+    let set: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with("tollgate=") || c.starts_with("tollgate.0=")),
+        "{set:?}"
+    );
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with(login_cookie.split('=').next().unwrap())
+                && c.contains("Max-Age=0")),
+        "login cookie deleted: {set:?}"
+    );
     let (s, b, _) = get_json(callback.as_str(), Some(&login_cookie)).await;
-    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_grant")), "{}", tg.log());
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{}",
+        tg.log()
+    );
 
     // iss that is not the issuer (mix-up): refused before any exchange.
     let (login_cookie, mut callback) = login_until_callback(&tg, "/login", |_| {}).await;
@@ -251,11 +335,29 @@ async fn callback_refuses_what_it_must() {
     let (s, b, _) = get_json(callback.as_str(), Some(&login_cookie)).await;
     assert_eq!((s, b["error"].as_str()), (400, Some("issuer_mismatch")));
 
-    // An ID token whose nonce is not the one this login sent.
-    let (login_cookie, callback) =
-        login_until_callback(&tg, "/login", |u| replace_param(u, "nonce", "attacker-nonce")).await;
+    // The provider advertises RFC 9207, so a response without iss is refused too.
+    let (login_cookie, mut callback) = login_until_callback(&tg, "/login", |_| {}).await;
+    let pairs: Vec<(String, String)> = callback
+        .query_pairs()
+        .filter(|(k, _)| k != "iss")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    callback.query_pairs_mut().clear().extend_pairs(pairs);
     let (s, b, _) = get_json(callback.as_str(), Some(&login_cookie)).await;
-    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_id_token")), "{}", tg.log());
+    assert_eq!((s, b["error"].as_str()), (400, Some("issuer_missing")));
+
+    // An ID token whose nonce is not the one this login sent.
+    let (login_cookie, callback) = login_until_callback(&tg, "/login", |u| {
+        replace_param(u, "nonce", "attacker-nonce")
+    })
+    .await;
+    let (s, b, _) = get_json(callback.as_str(), Some(&login_cookie)).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_id_token")),
+        "{}",
+        tg.log()
+    );
 
     // Open redirects: every form falls back to "/".
     for bad in [
@@ -268,19 +370,33 @@ async fn callback_refuses_what_it_must() {
     ] {
         let path = format!("/login?return_to={}", bad.replace('\\', "%5C"));
         let (login_cookie, callback) = login_until_callback(&tg, &path, |_| {}).await;
-        let r = plain().get(callback.as_str()).header("cookie", &login_cookie).send().await.unwrap();
+        let r = plain()
+            .get(callback.as_str())
+            .header("cookie", &login_cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 302, "{bad}");
         assert_eq!(r.headers()["location"], "/", "{bad}");
     }
-    let (login_cookie, callback) = login_until_callback(&tg, "/login?return_to=/app/items%3Fid%3D3", |_| {}).await;
-    let r = plain().get(callback.as_str()).header("cookie", &login_cookie).send().await.unwrap();
+    let (login_cookie, callback) =
+        login_until_callback(&tg, "/login?return_to=/app/items%3Fid%3D3", |_| {}).await;
+    let r = plain()
+        .get(callback.as_str())
+        .header("cookie", &login_cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["location"], "/app/items?id=3");
 
     // The provider goes down between login and callback: a clean 502, and tollgate serves on.
     let (login_cookie, callback) = login_until_callback(&tg, "/login", |_| {}).await;
     idp.stop();
     let (s, b, _) = get_json(callback.as_str(), Some(&login_cookie)).await;
-    assert_eq!((s, b["error"].as_str()), (502, Some("provider_unreachable")));
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("provider_unreachable"))
+    );
     let r = plain().get(tg.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = plain().get(tg.url("/landing")).send().await.unwrap();
@@ -295,17 +411,45 @@ async fn two_tabs_log_in_at_once() {
     let tg = start_tollgate(port, &idp, &CLIENTS[1], &echo).await;
     let (cookie_a, callback_a) = login_until_callback(&tg, "/login?return_to=/a", |_| {}).await;
     let (cookie_b, callback_b) = login_until_callback(&tg, "/login?return_to=/b", |_| {}).await;
-    assert_ne!(cookie_a.split('=').next(), cookie_b.split('=').next(), "one login cookie per state");
+    assert_ne!(
+        cookie_a.split('=').next(),
+        cookie_b.split('=').next(),
+        "one login cookie per state"
+    );
     let both = format!("{cookie_a}; {cookie_b}");
-    let r = plain().get(callback_b.as_str()).header("cookie", &both).send().await.unwrap();
+    let r = plain()
+        .get(callback_b.as_str())
+        .header("cookie", &both)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["location"], "/b");
-    let r = plain().get(callback_a.as_str()).header("cookie", &both).send().await.unwrap();
+    let r = plain()
+        .get(callback_a.as_str())
+        .header("cookie", &both)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["location"], "/a");
     // The authorization request carried everything the flow needs.
-    let r = plain().get(tg.url("/login?prompt=login")).send().await.unwrap();
+    let r = plain()
+        .get(tg.url("/login?prompt=login"))
+        .send()
+        .await
+        .unwrap();
     let authorize = Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
-    for k in ["response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge", "code_challenge_method", "prompt"] {
+    for k in [
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "prompt",
+    ] {
         assert!(q.contains_key(k), "authorization request lacks {k}");
     }
     assert_eq!(q["code_challenge_method"], "S256");
