@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod idp;
+
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -359,6 +361,44 @@ impl Tollgate {
         Self::start_with_env(make, &[]).await
     }
 
+    /// Starts tollgate on `port` (chosen beforehand, e.g. because the provider must know the
+    /// redirect URI) and waits until it serves.
+    pub async fn start_on(port: u16, make: impl Fn(u16, u16) -> String) -> Tollgate {
+        let metrics_port = free_port();
+        let mut t = Self::spawn(port, metrics_port, make(port, metrics_port), &[]);
+        if let Err(e) = t.wait_ready().await {
+            panic!("tollgate did not start: {e}");
+        }
+        t
+    }
+
+    fn spawn(port: u16, metrics_port: u16, text: String, env: &[(&str, &str)]) -> Tollgate {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tollgate.toml");
+        std::fs::write(&config, &text).unwrap();
+        let log_path = dir.path().join("tollgate.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--log-format")
+            .arg("json")
+            .env("TOLLGATE_LOG", "debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tollgate");
+        Tollgate {
+            child,
+            port,
+            metrics_port,
+            config_text: text,
+            log_path,
+            _dir: dir,
+        }
+    }
+
     /// As [`Self::start`], with extra environment variables for the process.
     pub async fn start_with_env(
         make: impl Fn(u16, u16) -> String,
@@ -367,31 +407,7 @@ impl Tollgate {
         let mut last_err = String::new();
         for _ in 0..3 {
             let (port, metrics_port) = (free_port(), free_port());
-            let text = make(port, metrics_port);
-            let dir = tempfile::tempdir().unwrap();
-            let config = dir.path().join("tollgate.toml");
-            std::fs::write(&config, &text).unwrap();
-            let log_path = dir.path().join("tollgate.log");
-            let log = std::fs::File::create(&log_path).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-                .arg("--config")
-                .arg(&config)
-                .arg("--log-format")
-                .arg("json")
-                .env("TOLLGATE_LOG", "debug")
-                .envs(env.iter().copied())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start tollgate");
-            let mut t = Tollgate {
-                child,
-                port,
-                metrics_port,
-                config_text: text,
-                log_path,
-                _dir: dir,
-            };
+            let mut t = Self::spawn(port, metrics_port, make(port, metrics_port), env);
             match t.wait_ready().await {
                 Ok(()) => return t,
                 Err(e) => last_err = e,

@@ -1,0 +1,187 @@
+//! The test OpenID Provider (`tests/idp/`, the npm package `oidc-provider`) as a child process.
+//!
+//! It logs in a fixed test user without a human, so a plain HTTP client that follows redirects
+//! and keeps cookies can drive a whole login. `.ci/run` installs it with `npm ci`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::free_port;
+
+/// One registered client per token endpoint authentication method.
+pub struct TestClient {
+    pub id: &'static str,
+    pub auth_method: &'static str,
+    pub secret: Option<&'static str>,
+    /// `(file under tests/idp/keys, alg)` for private_key_jwt.
+    pub key: Option<(&'static str, &'static str, &'static str)>,
+}
+
+pub const CLIENTS: [TestClient; 7] = [
+    TestClient {
+        id: "tollgate-basic",
+        auth_method: "client_secret_basic",
+        secret: Some("basic-secret-0123456789abcdef0123456789"),
+        key: None,
+    },
+    TestClient {
+        id: "tollgate-post",
+        auth_method: "client_secret_post",
+        secret: Some("post-secret-0123456789abcdef0123456789"),
+        key: None,
+    },
+    TestClient {
+        id: "tollgate-jwt",
+        auth_method: "client_secret_jwt",
+        secret: Some("jwt-secret-0123456789abcdef0123456789abcdef"),
+        key: None,
+    },
+    TestClient {
+        id: "tollgate-pkjwt-rs256",
+        auth_method: "private_key_jwt",
+        secret: None,
+        key: Some(("client_rsa.pem", "RS256", "rsa-1")),
+    },
+    TestClient {
+        id: "tollgate-pkjwt-rs256",
+        auth_method: "private_key_jwt",
+        secret: None,
+        key: Some(("client_rsa.pem", "PS256", "rsa-1")),
+    },
+    TestClient {
+        id: "tollgate-pkjwt-es256",
+        auth_method: "private_key_jwt",
+        secret: None,
+        key: Some(("client_ec.pem", "ES256", "ec-1")),
+    },
+    TestClient {
+        id: "tollgate-pkjwt-eddsa",
+        auth_method: "private_key_jwt",
+        secret: None,
+        key: Some(("client_ed25519.pem", "EdDSA", "ed-1")),
+    },
+];
+
+pub const PUBLIC_CLIENT: TestClient = TestClient {
+    id: "tollgate-public",
+    auth_method: "none",
+    secret: None,
+    key: None,
+};
+
+impl TestClient {
+    /// The `[oidc]` lines for this client.
+    pub fn oidc_toml(&self) -> String {
+        let mut s = format!(
+            "client_id = \"{}\"\nauth_method = \"{}\"\n",
+            self.id, self.auth_method
+        );
+        if let Some(secret) = self.secret {
+            s.push_str(&format!("client_secret = \"{secret}\"\n"));
+        }
+        if let Some((file, alg, kid)) = self.key {
+            let path = idp_dir().join("keys").join(file);
+            s.push_str(&format!(
+                "private_key_file = {:?}\nprivate_key_alg = \"{alg}\"\nprivate_key_id = \"{kid}\"\n",
+                path.display().to_string()
+            ));
+        }
+        s
+    }
+}
+
+pub fn idp_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("idp")
+}
+
+pub struct Idp {
+    child: Child,
+    pub port: u16,
+    pub issuer: String,
+}
+
+impl Idp {
+    /// Starts the provider accepting `redirect_uri`; `access_token_ttl` in seconds.
+    pub async fn start(
+        redirect_uri: &str,
+        post_logout_redirect_uri: &str,
+        access_token_ttl: Option<u64>,
+    ) -> Idp {
+        let dir = idp_dir();
+        assert!(
+            dir.join("node_modules").join("oidc-provider").exists(),
+            "the test provider is not installed: run `npm ci` in tests/idp (.ci/run does)"
+        );
+        let port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("server.js"))
+            .env("IDP_PORT", port.to_string())
+            .env("REDIRECT_URIS", redirect_uri)
+            .env("POST_LOGOUT_REDIRECT_URIS", post_logout_redirect_uri)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(ttl) = access_token_ttl {
+            cmd.env("ACCESS_TOKEN_TTL", ttl.to_string());
+        }
+        let child = cmd.spawn().expect("start node (is Node.js installed?)");
+        let mut idp = Idp {
+            child,
+            port,
+            issuer: format!("http://127.0.0.1:{port}/test/as"),
+        };
+        let client = reqwest::Client::new();
+        let url = format!("{}/.well-known/openid-configuration", idp.issuer);
+        for _ in 0..200 {
+            if let Ok(Some(status)) = idp.child.try_wait() {
+                panic!("the test provider exited: {status}");
+            }
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status() == 200 {
+                    return idp;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the test provider did not answer discovery within 20 s");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Token endpoint grants counted by the provider.
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(self.url("/__test/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Calls the provider's userinfo endpoint with `access_token`.
+    pub async fn userinfo(&self, access_token: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .get(format!("{}/userinfo", self.issuer))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
