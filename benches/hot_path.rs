@@ -32,6 +32,7 @@ fn codec() -> SessionCodec {
             same_site: SameSite::Lax,
             max_lifetime: Duration::from_secs(86400),
             idle_timeout: Duration::from_secs(28800),
+            refresh_skew: Duration::from_secs(30),
         },
         true,
     )

@@ -4,83 +4,11 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::idp::{Idp, TestClient, CLIENTS, PUBLIC_CLIENT};
+use common::flow::*;
+use common::idp::{TestClient, CLIENTS, PUBLIC_CLIENT};
 use common::*;
 use reqwest::redirect::Policy;
 use reqwest::Url;
-
-const HANG: Duration = Duration::from_secs(30);
-
-fn tollgate_config(port: u16, metrics: u16, idp: &Idp, client: &TestClient, api: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-public_url = "http://127.0.0.1:{port}"
-threads = 1
-[oidc]
-issuer = "{issuer}"
-{client}
-scopes = ["openid", "profile", "email"]
-[session]
-keys = ["{KEY}"]
-[[routes]]
-prefix = "/api"
-upstream = "{api}"
-[[routes]]
-prefix = "/"
-upstream = "{api}"
-auth = "none"
-[metrics]
-listen = "127.0.0.1:{metrics}"
-"#,
-        issuer = idp.issuer,
-        client = client.oidc_toml(),
-    )
-}
-
-/// A browser-like client: keeps cookies, follows redirects.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(Policy::limited(20))
-        .timeout(HANG)
-        .build()
-        .unwrap()
-}
-
-/// A client that does not follow redirects and keeps no cookies.
-fn plain() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .timeout(HANG)
-        .build()
-        .unwrap()
-}
-
-/// Starts a provider that accepts `/callback` on each of `ports`.
-async fn idp_for(ports: &[u16]) -> Idp {
-    let redirects: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}/callback"))
-        .collect();
-    let post_logout: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}/"))
-        .collect();
-    Idp::start(&redirects.join(","), &post_logout.join(","), None).await
-}
-
-async fn start_tollgate(port: u16, idp: &Idp, client: &TestClient, echo: &Echo) -> Tollgate {
-    let api = echo.url();
-    let mut tg = Tollgate::start_on(port, |p, m| tollgate_config(p, m, idp, client, &api)).await;
-    tg.wait_for("/readyz")
-        .await
-        .expect("ready once the provider metadata is loaded");
-    tg
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_with_every_client_auth_method() {

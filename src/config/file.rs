@@ -59,6 +59,9 @@ pub struct OidcSection {
     pub revocation_endpoint: Option<String>,
     pub http_timeout: Option<DurationValue>,
     pub metadata_refresh: Option<DurationValue>,
+    pub post_logout_redirect_uri: Option<String>,
+    #[serde(default, deserialize_with = "opt_lenient")]
+    pub allow_get_logout: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +74,7 @@ pub struct SessionSection {
     pub same_site: Option<String>,
     pub max_lifetime: Option<DurationValue>,
     pub idle_timeout: Option<DurationValue>,
+    pub refresh_skew: Option<DurationValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]

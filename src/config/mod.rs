@@ -177,6 +177,10 @@ pub struct OidcConfig {
     pub http_timeout: Duration,
     /// How often provider metadata and keys are fetched again.
     pub metadata_refresh: Duration,
+    /// Where the provider sends the browser after logout (and tollgate, without one).
+    pub post_logout_redirect_uri: Url,
+    /// Whether `GET /logout` works (besides `POST /logout` with the CSRF header).
+    pub allow_get_logout: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +200,8 @@ pub struct SessionConfig {
     pub same_site: SameSite,
     pub max_lifetime: Duration,
     pub idle_timeout: Duration,
+    /// Refresh the access token when it expires within this long.
+    pub refresh_skew: Duration,
 }
 
 impl fmt::Debug for SessionConfig {
@@ -206,6 +212,7 @@ impl fmt::Debug for SessionConfig {
             .field("same_site", &self.same_site)
             .field("max_lifetime", &self.max_lifetime)
             .field("idle_timeout", &self.idle_timeout)
+            .field("refresh_skew", &self.refresh_skew)
             .finish()
     }
 }

@@ -20,7 +20,7 @@ pub const RESERVED_PATHS: [&str; 5] = ["/healthz", "/readyz", "/login", "/logout
 
 pub fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let server = server(raw.server)?;
-    let oidc = oidc(raw.oidc)?;
+    let oidc = oidc(raw.oidc, &server.public_url)?;
     let session = session(raw.session, server.secure_cookies)?;
     let csrf = csrf(raw.csrf)?;
     let routes = routes(raw.routes, &oidc.callback_path)?;
@@ -89,7 +89,7 @@ fn server(s: file::ServerSection) -> Result<ServerConfig, ConfigError> {
     })
 }
 
-fn oidc(o: file::OidcSection) -> Result<OidcConfig, ConfigError> {
+fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigError> {
     let issuer = http_url("oidc.issuer", &o.issuer)?;
     if issuer.query().is_some() || issuer.fragment().is_some() {
         return Err(ConfigError::invalid(
@@ -234,7 +234,13 @@ fn oidc(o: file::OidcSection) -> Result<OidcConfig, ConfigError> {
             "must be at least 10s",
         ));
     }
+    let post_logout_redirect_uri = match o.post_logout_redirect_uri {
+        Some(u) => http_url("oidc.post_logout_redirect_uri", &u)?,
+        None => public_url.clone(),
+    };
     Ok(OidcConfig {
+        post_logout_redirect_uri,
+        allow_get_logout: o.allow_get_logout.unwrap_or(false),
         issuer,
         client_id: o.client_id,
         client_secret,
@@ -378,6 +384,7 @@ fn session(s: file::SessionSection, secure: bool) -> Result<SessionConfig, Confi
     };
     let max_lifetime = duration("session.max_lifetime", s.max_lifetime, "24h")?;
     let idle_timeout = duration("session.idle_timeout", s.idle_timeout, "8h")?;
+    let refresh_skew = duration("session.refresh_skew", s.refresh_skew, "30s")?;
     if max_lifetime.is_zero() || idle_timeout.is_zero() {
         return Err(ConfigError::invalid(
             if max_lifetime.is_zero() {
@@ -395,6 +402,7 @@ fn session(s: file::SessionSection, secure: bool) -> Result<SessionConfig, Confi
         same_site,
         max_lifetime,
         idle_timeout,
+        refresh_skew,
     })
 }
 

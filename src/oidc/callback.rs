@@ -17,7 +17,7 @@ use crate::session::cookie::SessionCookies;
 use crate::session::{Claims, Session, SessionCodec};
 
 /// Default access-token lifetime when the provider omits `expires_in`.
-const DEFAULT_EXPIRES_IN: u64 = 3600;
+pub const DEFAULT_EXPIRES_IN: u64 = 3600;
 
 #[derive(Debug, Default, Deserialize)]
 struct CallbackQuery {

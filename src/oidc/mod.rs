@@ -13,7 +13,9 @@ pub mod discovery;
 pub mod id_token;
 pub mod jwks;
 pub mod login;
+pub mod logout;
 pub mod pages;
+pub mod refresh;
 pub mod return_to;
 pub mod token_client;
 
@@ -55,6 +57,10 @@ pub struct Oidc {
     session_cookie: String,
     secure_cookies: bool,
     last_jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
+    flights: refresh::Flights,
+    http_timeout: Duration,
+    post_logout_redirect_uri: String,
+    allow_get_logout: bool,
 }
 
 impl Oidc {
@@ -82,6 +88,10 @@ impl Oidc {
             session_cookie: config.session.cookie_name.clone(),
             secure_cookies: config.server.secure_cookies,
             last_jwks_refetch: tokio::sync::Mutex::new(None),
+            flights: refresh::Flights::default(),
+            http_timeout: config.oidc.http_timeout,
+            post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.to_string(),
+            allow_get_logout: config.oidc.allow_get_logout,
         })
     }
 

@@ -93,6 +93,55 @@ impl TokenClient {
         .await
     }
 
+    /// Uses a refresh token (RFC 6749 §6) with the same client authentication.
+    pub async fn refresh(
+        &self,
+        token_endpoint: &str,
+        refresh_token: &str,
+    ) -> Result<TokenResponse, TokenError> {
+        self.request(
+            token_endpoint,
+            vec![
+                ("grant_type", "refresh_token".to_string()),
+                ("refresh_token", refresh_token.to_string()),
+            ],
+        )
+        .await
+    }
+
+    /// Revokes a refresh token (RFC 7009). The provider answers 200 even for unknown tokens.
+    pub async fn revoke(
+        &self,
+        revocation_endpoint: &str,
+        refresh_token: &str,
+    ) -> Result<(), TokenError> {
+        let creds = self
+            .auth
+            .credentials(revocation_endpoint, crate::unix_now())?;
+        let mut form = vec![
+            ("token", refresh_token.to_string()),
+            ("token_type_hint", "refresh_token".to_string()),
+        ];
+        form.extend(creds.form);
+        let mut req = self.http.post(revocation_endpoint).form(&form);
+        if let Some(a) = creds.authorization {
+            req = req.header("authorization", a);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| TokenError::Unreachable(describe(&e)))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        let error = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| sanitize(&b.error))
+            .unwrap_or_else(|_| "unparseable_error".to_string());
+        Err(TokenError::Provider { status, error })
+    }
+
     async fn request(
         &self,
         token_endpoint: &str,

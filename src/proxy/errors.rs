@@ -20,6 +20,10 @@ pub enum Reject {
     BadPath,
     /// `auth = required` and no session (missing, invalid, expired).
     Unauthenticated,
+    /// The provider refused to refresh the session (revoked, expired, reused refresh token).
+    SessionExpired,
+    /// The access token needs a refresh and the provider cannot be reached.
+    ProviderUnavailable,
     Csrf(CsrfError),
     /// An endpoint tollgate reserves but has not implemented yet.
     NotImplemented,
@@ -45,7 +49,8 @@ impl Reject {
         match self {
             Reject::NotFound => 404,
             Reject::BadPath | Reject::BadRequest => 400,
-            Reject::Unauthenticated => 401,
+            Reject::Unauthenticated | Reject::SessionExpired => 401,
+            Reject::ProviderUnavailable => 503,
             Reject::Csrf(_) => 403,
             Reject::NotImplemented => 501,
             Reject::MethodNotAllowed => 405,
@@ -62,6 +67,8 @@ impl Reject {
             Reject::BadPath => "bad_path",
             Reject::BadRequest => "bad_request",
             Reject::Unauthenticated => "unauthenticated",
+            Reject::SessionExpired => "session_expired",
+            Reject::ProviderUnavailable => "provider_unavailable",
             Reject::Csrf(CsrfError::MissingHeader) => "csrf_header_missing",
             Reject::Csrf(CsrfError::ForeignOrigin) => "origin_not_allowed",
             Reject::NotImplemented => "not_implemented",
@@ -81,6 +88,9 @@ impl Reject {
             Reject::NotImplemented => "this endpoint is not available in this version of tollgate",
             Reject::UpstreamUnavailable => "the upstream could not be reached",
             Reject::UpstreamTimeout => "the upstream did not answer in time",
+            Reject::ProviderUnavailable => {
+                "the identity provider cannot be reached to refresh the session; retry shortly"
+            }
             _ => return None,
         })
     }
@@ -90,7 +100,8 @@ impl Reject {
         let body = Body {
             error: self.code(),
             message: self.message(),
-            login: (self == Reject::Unauthenticated).then_some("/login"),
+            login: matches!(self, Reject::Unauthenticated | Reject::SessionExpired)
+                .then_some("/login"),
             request_id,
         };
         serde_json::to_vec(&body)
@@ -139,6 +150,10 @@ pub fn json_response_header(
     resp.insert_header("content-length", body_len.to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header(super::request_id::HEADER, request_id)?;
+    if status == 503 {
+        // Every 503 tollgate makes is transient (provider metadata loading or unreachable).
+        resp.insert_header("retry-after", "5")?;
+    }
     Ok(resp)
 }
 

@@ -31,10 +31,23 @@ use pingora::{Error, ErrorType};
 use crate::config::{Config, RouteAuth};
 use crate::oidc::callback::CallbackRequest;
 use crate::oidc::pages::{wants_json, Page};
+use crate::oidc::refresh::{self, RefreshOutcome};
 use crate::oidc::Oidc;
 use crate::ops::health::{self, Readiness};
 use crate::ops::metrics::Metrics;
-use crate::session::{SessionCodec, SessionError};
+use crate::session::cookie::{ChunkError, SessionCookies};
+use crate::session::{Session as UserSession, SessionCodec, SessionError};
+
+/// The session cookie is re-sealed to move its idle window at most this often (seconds).
+const IDLE_RESEAL_AFTER: u64 = 60;
+
+/// The `Cookie` header values of a request, as text.
+fn cookie_values(req: &RequestHeader) -> impl Iterator<Item = &str> {
+    req.headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+}
 use csrf::CsrfPolicy;
 use errors::Reject;
 use headers::UpstreamRewrite;
@@ -51,6 +64,7 @@ pub struct Tollgate {
     oidc: Arc<Oidc>,
     proto: &'static str,
     callback_path: String,
+    refresh_skew: u64,
 }
 
 /// The login endpoints tollgate answers itself.
@@ -58,6 +72,8 @@ pub struct Tollgate {
 enum Endpoint {
     Login,
     Callback,
+    Logout,
+    Session,
 }
 
 /// Per-request state.
@@ -95,6 +111,7 @@ impl Tollgate {
                 "http"
             },
             callback_path: config.oidc.callback_path.clone(),
+            refresh_skew: config.session.refresh_skew.as_secs(),
         })
     }
 
@@ -107,7 +124,6 @@ impl Tollgate {
         Some(match path {
             "/healthz" => Ok(health::healthz()),
             "/readyz" => Ok(self.readiness.readyz()),
-            "/logout" | "/session" => Err(Reject::NotImplemented),
             _ => return None,
         })
     }
@@ -115,6 +131,10 @@ impl Tollgate {
     fn endpoint(&self, path: &str) -> Option<Endpoint> {
         if path == "/login" {
             Some(Endpoint::Login)
+        } else if path == "/logout" {
+            Some(Endpoint::Logout)
+        } else if path == "/session" {
+            Some(Endpoint::Session)
         } else if path == self.callback_path {
             Some(Endpoint::Callback)
         } else {
@@ -130,13 +150,18 @@ impl Tollgate {
         ctx: &Ctx,
     ) -> Result<Page, Reject> {
         let req = session.req_header();
+        let json = wants_json(req.headers.get("accept").and_then(|v| v.to_str().ok()));
+        if endpoint == Endpoint::Logout {
+            return self.logout(req, ctx, json).await;
+        }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
             return Err(Reject::MethodNotAllowed);
         }
-        let json = wants_json(req.headers.get("accept").and_then(|v| v.to_str().ok()));
         let query = req.uri.query().map(str::to_string);
         Ok(match endpoint {
             Endpoint::Login => self.oidc.login(query.as_deref(), json, &ctx.request_id),
+            Endpoint::Session => self.session_info(req, ctx)?,
+            Endpoint::Logout => unreachable!("handled above"),
             Endpoint::Callback => {
                 let cookie_headers: Vec<String> = req
                     .headers
@@ -183,8 +208,31 @@ impl Tollgate {
         Ok(())
     }
 
-    /// Decides what to do with a request; `Err` is the refusal to send.
-    fn decide(&self, req: &RequestHeader, ctx: &mut Ctx) -> Result<(), Reject> {
+    /// Finds and opens the request's session; `None` when there is none or it does not open
+    /// (counted and logged here).
+    fn open_session<'r>(
+        &self,
+        req: &'r RequestHeader,
+        ctx: &Ctx,
+        now: u64,
+    ) -> (SessionCookies<'r>, Result<UserSession, SessionError>) {
+        let present = SessionCookies::scan(self.codec.cookie_name(), cookie_values(req));
+        let opened = present
+            .value()
+            .map_err(SessionError::from)
+            .and_then(|v| self.codec.open_value(&v, now));
+        if let Err(e) = &opened {
+            if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
+                self.metrics.session_failure(e.reason());
+                tracing::info!(request_id = %ctx.request_id, reason = e.reason(), "session did not open");
+            }
+        }
+        (present, opened)
+    }
+
+    /// Decides what to do with a request; `Err` is the refusal to send. Refreshes the access
+    /// token when it is due, and re-seals the cookie when the session changed.
+    async fn decide(&self, req: &RequestHeader, ctx: &mut Ctx) -> Result<(), Reject> {
         let path = req.uri.path();
         if has_dot_segments(path) {
             return Err(Reject::BadPath);
@@ -194,51 +242,105 @@ impl Tollgate {
         if route.auth == RouteAuth::None {
             return Ok(());
         }
-        let cookies = req
-            .headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok());
         let now = crate::unix_now();
-        let opened = self.codec.open_request(cookies, now).and_then(|s| {
-            if s.access_expires_at <= now {
-                // Refresh lands with the token lifecycle; until then an expired access token
-                // means logging in again.
-                Err(SessionError::Expired)
-            } else {
-                Ok(s)
-            }
-        });
-        match opened {
-            Ok(session) => {
-                self.csrf.check(&req.headers).map_err(Reject::Csrf)?;
-                ctx.bearer = Some(session.access_token);
-                Ok(())
-            }
+        let (present, opened) = self.open_session(req, ctx, now);
+        let mut session = match opened {
+            Ok(s) => s,
             Err(e) => {
-                if !matches!(
-                    e,
-                    SessionError::Cookie(crate::session::cookie::ChunkError::Missing)
-                ) {
-                    self.metrics.session_failure(e.reason());
-                    tracing::info!(request_id = %ctx.request_id, reason = e.reason(), "session did not open");
-                    if route.auth == RouteAuth::Required {
-                        let present = crate::session::cookie::SessionCookies::scan(
-                            self.codec.cookie_name(),
-                            req.headers
-                                .get_all(COOKIE)
-                                .iter()
-                                .filter_map(|v| v.to_str().ok()),
-                        );
-                        ctx.set_cookies = self.codec.clear_cookie_lines(&present);
+                if route.auth == RouteAuth::Optional {
+                    return Ok(());
+                }
+                if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
+                    ctx.set_cookies = self.codec.clear_cookie_lines(&present);
+                }
+                return Err(Reject::Unauthenticated);
+            }
+        };
+        self.csrf.check(&req.headers).map_err(Reject::Csrf)?;
+
+        let mut changed = false;
+        if session.access_expires_at <= now + self.refresh_skew {
+            let still_valid = session.access_expires_at > now;
+            match session.refresh_token.clone() {
+                Some(refresh_token) => {
+                    match self.oidc.refresh(&refresh_token, &ctx.request_id).await {
+                        RefreshOutcome::Refreshed(tokens) => {
+                            refresh::apply(&mut session, &tokens, now);
+                            changed = true;
+                        }
+                        RefreshOutcome::Rejected(_) => {
+                            ctx.set_cookies = self.codec.clear_cookie_lines(&present);
+                            return Err(Reject::SessionExpired);
+                        }
+                        // Keep the session; use the current token while it lasts.
+                        RefreshOutcome::Unavailable if still_valid => {}
+                        RefreshOutcome::Unavailable => return Err(Reject::ProviderUnavailable),
                     }
                 }
-                match route.auth {
-                    RouteAuth::Required => Err(Reject::Unauthenticated),
-                    _ => Ok(()),
+                None if still_valid => {}
+                None => {
+                    ctx.set_cookies = self.codec.clear_cookie_lines(&present);
+                    return Err(Reject::SessionExpired);
                 }
             }
         }
+        if now.saturating_sub(session.last_seen) >= IDLE_RESEAL_AFTER {
+            session.last_seen = now;
+            changed = true;
+        }
+        if changed {
+            match self.codec.set_cookie_lines(&session, &present, now) {
+                Ok(lines) => ctx.set_cookies = lines,
+                Err(e) => {
+                    tracing::error!(request_id = %ctx.request_id, error = %e, "session could not be re-sealed")
+                }
+            }
+        }
+        ctx.bearer = Some(session.access_token);
+        Ok(())
+    }
+
+    /// `/session`: what the SPA may know about the user; never a token.
+    fn session_info(&self, req: &RequestHeader, ctx: &Ctx) -> Result<Page, Reject> {
+        self.csrf.check(&req.headers).map_err(Reject::Csrf)?;
+        let now = crate::unix_now();
+        let session = self
+            .open_session(req, ctx, now)
+            .1
+            .map_err(|_| Reject::Unauthenticated)?;
+        let body = serde_json::json!({
+            "sub": session.claims.sub,
+            "name": session.claims.name,
+            "email": session.claims.email,
+            "sid": session.claims.sid,
+            "expires_at": self.codec.expires_at(&session),
+            "logout_url": "/logout",
+        });
+        Ok(Page {
+            status: 200,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("cache-control", "no-store".into()),
+            ],
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+        })
+    }
+
+    /// `/logout` (POST with the CSRF header; GET only when allowed).
+    async fn logout(&self, req: &RequestHeader, ctx: &Ctx, json: bool) -> Result<Page, Reject> {
+        if req.method == http::Method::POST {
+            self.csrf.check(&req.headers).map_err(Reject::Csrf)?;
+        } else if !(req.method == http::Method::GET && self.oidc.allow_get_logout()) {
+            return Err(Reject::MethodNotAllowed);
+        }
+        let now = crate::unix_now();
+        let (present, opened) = self.open_session(req, ctx, now);
+        let clear = self.codec.clear_cookie_lines(&present);
+        let json = json && req.method == http::Method::POST;
+        Ok(self
+            .oidc
+            .logout(opened.ok().as_ref(), clear, json, &ctx.request_id)
+            .await)
     }
 
     async fn respond(
@@ -318,6 +420,8 @@ impl ProxyHttp for Tollgate {
                     ctx.outcome = match endpoint {
                         Endpoint::Login => "login",
                         Endpoint::Callback => "callback",
+                        Endpoint::Logout => "logout",
+                        Endpoint::Session => "session",
                     };
                     self.write_page(session, ctx, page).await?;
                 }
@@ -340,7 +444,7 @@ impl ProxyHttp for Tollgate {
             self.respond(session, ctx, status, body).await?;
             return Ok(true);
         }
-        match self.decide(session.req_header(), ctx) {
+        match self.decide(session.req_header(), ctx).await {
             Ok(()) => Ok(false),
             Err(r) => {
                 let (status, body) = ctx.reject(r);
@@ -420,6 +524,10 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         upstream_response.insert_header(request_id::HEADER, &ctx.request_id)?;
+        // A refreshed or re-sealed session travels back on the proxied response.
+        for line in ctx.set_cookies.drain(..) {
+            upstream_response.append_header("set-cookie", line)?;
+        }
         Ok(())
     }
 

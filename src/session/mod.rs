@@ -126,6 +126,14 @@ impl SessionCodec {
         }
     }
 
+    /// When `session` ends if unused: the earlier of its absolute and idle limits.
+    pub fn expires_at(&self, session: &Session) -> u64 {
+        session
+            .created_at
+            .saturating_add(self.max_lifetime)
+            .min(session.last_seen.saturating_add(self.idle_timeout))
+    }
+
     /// The session cookie's name (chunks are `NAME.0`, `NAME.1`, …).
     pub fn cookie_name(&self) -> &str {
         &self.name
@@ -200,6 +208,7 @@ mod tests {
             same_site: SameSite::Lax,
             max_lifetime: Duration::from_secs(3600),
             idle_timeout: Duration::from_secs(600),
+            refresh_skew: Duration::from_secs(30),
         }
     }
 

@@ -98,13 +98,16 @@ pub fn idp_dir() -> PathBuf {
 }
 
 pub struct Idp {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
     pub issuer: String,
+    env: Vec<(&'static str, String)>,
+    _state_dir: tempfile::TempDir,
 }
 
 impl Idp {
-    /// Starts the provider accepting `redirect_uri`; `access_token_ttl` in seconds.
+    /// Starts the provider accepting `redirect_uri`; `access_token_ttl` in seconds. Its state
+    /// is kept in a file, so [`Idp::restart`] brings back the same grants and tokens.
     pub async fn start(
         redirect_uri: &str,
         post_logout_redirect_uri: &str,
@@ -116,31 +119,53 @@ impl Idp {
             "the test provider is not installed: run `npm ci` in tests/idp (.ci/run does)"
         );
         let port = free_port();
-        let mut cmd = Command::new("node");
-        cmd.arg(dir.join("server.js"))
-            .env("IDP_PORT", port.to_string())
-            .env("REDIRECT_URIS", redirect_uri)
-            .env("POST_LOGOUT_REDIRECT_URIS", post_logout_redirect_uri)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        let state_dir = tempfile::tempdir().unwrap();
+        let mut env = vec![
+            ("IDP_PORT", port.to_string()),
+            ("REDIRECT_URIS", redirect_uri.to_string()),
+            (
+                "POST_LOGOUT_REDIRECT_URIS",
+                post_logout_redirect_uri.to_string(),
+            ),
+            (
+                "IDP_STATE_FILE",
+                state_dir.path().join("state.json").display().to_string(),
+            ),
+        ];
         if let Some(ttl) = access_token_ttl {
-            cmd.env("ACCESS_TOKEN_TTL", ttl.to_string());
+            env.push(("ACCESS_TOKEN_TTL", ttl.to_string()));
         }
-        let child = cmd.spawn().expect("start node (is Node.js installed?)");
         let mut idp = Idp {
-            child,
+            child: None,
             port,
             issuer: format!("http://127.0.0.1:{port}/test/as"),
+            env,
+            _state_dir: state_dir,
         };
+        idp.restart().await;
+        idp
+    }
+
+    /// Starts the provider process (again) and waits for its discovery document.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("node")
+            .arg(idp_dir().join("server.js"))
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node (is Node.js installed?)");
+        self.child = Some(child);
         let client = reqwest::Client::new();
-        let url = format!("{}/.well-known/openid-configuration", idp.issuer);
+        let url = format!("{}/.well-known/openid-configuration", self.issuer);
         for _ in 0..200 {
-            if let Ok(Some(status)) = idp.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("the test provider exited: {status}");
             }
             if let Ok(r) = client.get(&url).send().await {
                 if r.status() == 200 {
-                    return idp;
+                    return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -175,8 +200,55 @@ impl Idp {
     }
 
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Resets the provider's grant counters.
+    pub async fn reset_stats(&self) {
+        reqwest::Client::new()
+            .post(self.url("/__test/reset"))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Calls the token endpoint directly: a refresh with `refresh_token` as client `client`.
+    pub async fn try_refresh(
+        &self,
+        client_id: &str,
+        secret: &str,
+        refresh_token: &str,
+    ) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client_id, Some(secret))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Revokes `refresh_token` at the provider as client `client`.
+    pub async fn revoke(&self, client_id: &str, secret: &str, refresh_token: &str) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/revoke", self.issuer))
+            .basic_auth(client_id, Some(secret))
+            .form(&[
+                ("token", refresh_token),
+                ("token_type_hint", "refresh_token"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
     }
 }
 

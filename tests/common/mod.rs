@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod flow;
 pub mod idp;
 
 use std::convert::Infallible;

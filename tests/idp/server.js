@@ -9,6 +9,8 @@
 //   POST_LOGOUT_REDIRECT_URIS  comma-separated post-logout redirect URIs for every client
 //   ACCESS_TOKEN_TTL           access token lifetime in seconds (default 3600)
 //   IDP_INTERACTIVE            "1": show a login form instead of logging in automatically
+//   IDP_STATE_FILE             keep grants, tokens and sessions in this JSON file, so a restarted
+//                              provider still knows them (tests stop and start it)
 import http from 'node:http';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -30,6 +32,50 @@ const redirectUris = list(process.env.REDIRECT_URIS, 'http://127.0.0.1:8080/call
 const postLogoutRedirectUris = list(process.env.POST_LOGOUT_REDIRECT_URIS, 'http://127.0.0.1:8080/');
 const accessTokenTtl = Number(process.env.ACCESS_TOKEN_TTL || 3600);
 const interactive = process.env.IDP_INTERACTIVE === '1';
+const stateFile = process.env.IDP_STATE_FILE;
+
+// A storage adapter (oidc-provider's interface) kept in memory and, with IDP_STATE_FILE,
+// written through to a JSON file and read back at start.
+const store = new Map();
+if (stateFile && fs.existsSync(stateFile)) {
+  for (const [k, v] of Object.entries(JSON.parse(fs.readFileSync(stateFile, 'utf8')))) store.set(k, v);
+}
+const persist = () => {
+  if (stateFile) fs.writeFileSync(stateFile, JSON.stringify(Object.fromEntries(store)));
+};
+class FileAdapter {
+  constructor(model) { this.model = model; }
+  key(id) { return `${this.model}:${id}`; }
+  async upsert(id, payload, expiresIn) {
+    store.set(this.key(id), { payload, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : null });
+    if (payload.grantId) {
+      const g = `grant:${payload.grantId}`;
+      const keys = store.get(g)?.payload || [];
+      keys.push(this.key(id));
+      store.set(g, { payload: keys, expiresAt: null });
+    }
+    if (payload.uid) store.set(`${this.model}:uid:${payload.uid}`, { payload: id, expiresAt: null });
+    if (payload.userCode) store.set(`${this.model}:userCode:${payload.userCode}`, { payload: id, expiresAt: null });
+    persist();
+  }
+  async find(id) {
+    const e = store.get(this.key(id));
+    if (!e || (e.expiresAt && e.expiresAt < Date.now())) return undefined;
+    return e.payload;
+  }
+  async findByUid(uid) { const id = store.get(`${this.model}:uid:${uid}`)?.payload; return id && this.find(id); }
+  async findByUserCode(code) { const id = store.get(`${this.model}:userCode:${code}`)?.payload; return id && this.find(id); }
+  async consume(id) {
+    const e = store.get(this.key(id));
+    if (e) { e.payload.consumed = Math.floor(Date.now() / 1000); persist(); }
+  }
+  async destroy(id) { store.delete(this.key(id)); persist(); }
+  async revokeByGrantId(grantId) {
+    for (const k of store.get(`grant:${grantId}`)?.payload || []) store.delete(k);
+    store.delete(`grant:${grantId}`);
+    persist();
+  }
+}
 
 // Client keys for private_key_jwt: the public halves of the PEM files in keys/.
 const publicJwk = (file, kid) => ({
@@ -73,6 +119,7 @@ const user = {
 };
 
 const provider = new Provider(issuer, {
+  adapter: FileAdapter,
   clients,
   clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt', 'none'],
   enabledJWA: {

@@ -1,0 +1,143 @@
+//! Refreshing access tokens on the hot path, one provider call per session at a time.
+//!
+//! When an SPA wakes up it fires many API calls at once, all carrying the same cookie with the
+//! same expiring token. Each calling the provider would multiply the load and, with refresh
+//! token rotation, break the session: the second use of a rotated refresh token is
+//! `invalid_grant` (and some providers then revoke the whole family). So concurrent refreshes
+//! of the same refresh token share one call (single flight, keyed by the token's SHA-256), and
+//! a successful result is kept for [`RESULT_TTL`] so that requests still carrying the old
+//! cookie, sent before the browser saw the new one, get the same new tokens instead of a second
+//! refresh. A failure because the provider is unreachable is not kept: the next request tries
+//! again. Waiting is bounded by the HTTP timeout.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+use super::token_client::{TokenError, TokenResponse};
+use super::Oidc;
+use crate::session::Session;
+
+/// Puts refreshed tokens into `session`. A rotated refresh token replaces the old one; a new
+/// ID token replaces the old one as the logout hint (the claims stay those validated at login).
+pub fn apply(session: &mut Session, tokens: &TokenResponse, now: u64) {
+    session.access_token = tokens.access_token.clone();
+    session.access_expires_at = now
+        + tokens
+            .expires_in
+            .unwrap_or(super::callback::DEFAULT_EXPIRES_IN);
+    if let Some(rt) = &tokens.refresh_token {
+        session.refresh_token = Some(rt.clone());
+        session.refresh_expires_at = tokens.refresh_expires_in.map(|s| now + s);
+    }
+    if let Some(id) = &tokens.id_token {
+        session.id_token = Some(id.clone());
+    }
+}
+
+/// How long a successful refresh result answers for the old refresh token.
+pub const RESULT_TTL: Duration = Duration::from_secs(60);
+
+/// The outcome of a refresh, shared by every request that waited for it.
+#[derive(Debug, Clone)]
+pub enum RefreshOutcome {
+    Refreshed(Arc<TokenResponse>),
+    /// The provider refused the refresh token (revoked, expired, reused): log in again.
+    Rejected(String),
+    /// The provider could not be reached or failed: try again later, keep the session.
+    Unavailable,
+}
+
+struct Flight {
+    cell: Arc<OnceCell<RefreshOutcome>>,
+    started: Instant,
+}
+
+/// Single-flight table of refreshes in progress or recently done.
+#[derive(Default)]
+pub struct Flights {
+    table: Mutex<HashMap<[u8; 32], Flight>>,
+}
+
+impl std::fmt::Debug for Flights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.table.lock().map(|t| t.len()).unwrap_or(0);
+        write!(f, "Flights({n})")
+    }
+}
+
+impl Flights {
+    fn join(&self, key: [u8; 32]) -> Arc<OnceCell<RefreshOutcome>> {
+        let Ok(mut table) = self.table.lock() else {
+            return Arc::new(OnceCell::new());
+        };
+        table.retain(|_, f| f.started.elapsed() < RESULT_TTL);
+        table
+            .entry(key)
+            .or_insert_with(|| Flight {
+                cell: Arc::new(OnceCell::new()),
+                started: Instant::now(),
+            })
+            .cell
+            .clone()
+    }
+
+    fn forget(&self, key: &[u8; 32], cell: &Arc<OnceCell<RefreshOutcome>>) {
+        if let Ok(mut table) = self.table.lock() {
+            if table.get(key).is_some_and(|f| Arc::ptr_eq(&f.cell, cell)) {
+                table.remove(key);
+            }
+        }
+    }
+}
+
+impl Oidc {
+    /// Refreshes with `refresh_token`, sharing the call with concurrent requests.
+    pub async fn refresh(&self, refresh_token: &str, request_id: &str) -> RefreshOutcome {
+        let key: [u8; 32] = Sha256::digest(refresh_token.as_bytes()).into();
+        let cell = self.flights.join(key);
+        let wait = self.http_timeout + Duration::from_secs(2);
+        let outcome = tokio::time::timeout(
+            wait,
+            cell.get_or_init(|| self.call_refresh(refresh_token, request_id)),
+        )
+        .await
+        .cloned()
+        .unwrap_or(RefreshOutcome::Unavailable);
+        if matches!(outcome, RefreshOutcome::Unavailable) {
+            self.flights.forget(&key, &cell);
+        }
+        outcome
+    }
+
+    async fn call_refresh(&self, refresh_token: &str, request_id: &str) -> RefreshOutcome {
+        let Some(provider) = self.provider() else {
+            return RefreshOutcome::Unavailable;
+        };
+        match self
+            .tokens
+            .refresh(provider.metadata.token_endpoint.as_str(), refresh_token)
+            .await
+        {
+            Ok(tokens) => {
+                tracing::info!(
+                    request_id,
+                    rotated = tokens.refresh_token.is_some(),
+                    "access token refreshed"
+                );
+                RefreshOutcome::Refreshed(Arc::new(tokens))
+            }
+            Err(TokenError::Provider { status, error }) if (400..500).contains(&status) => {
+                tracing::info!(request_id, provider_error = %error, "refresh refused by the provider");
+                RefreshOutcome::Rejected(error)
+            }
+            Err(e) => {
+                tracing::warn!(request_id, error = %e, "refresh failed: provider unavailable");
+                RefreshOutcome::Unavailable
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The session's life after login: refresh on the hot path (single flight), the provider
+//! refusing or being down, `/session`, and logout — against the real test provider.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::flow::*;
+use common::idp::{Idp, CLIENTS};
+use common::*;
+use reqwest::cookie::CookieStore;
+use tollgate::session::cookie::SessionCookies;
+use tollgate::session::Session;
+
+const CLIENT: usize = 0; // tollgate-basic
+
+struct Setup {
+    echo: Echo,
+    idp: Idp,
+    tg: Tollgate,
+    jar: Arc<reqwest::cookie::Jar>,
+    browser: reqwest::Client,
+}
+
+/// Provider, upstream and tollgate, and a browser that has logged in.
+async fn logged_in(extra_oidc: &str) -> Setup {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let tg = start_tollgate_with(port, &idp, &CLIENTS[CLIENT], &echo, extra_oidc).await;
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let browser = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .timeout(HANG)
+        .build()
+        .unwrap();
+    let r = browser
+        .get(tg.url("/login?return_to=/landing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "login failed: {}", tg.log());
+    Setup {
+        echo,
+        idp,
+        tg,
+        jar,
+        browser,
+    }
+}
+
+impl Setup {
+    /// The browser's `Cookie` header for tollgate.
+    fn cookie_header(&self) -> String {
+        let url = self.tg.url("/").parse().unwrap();
+        self.jar
+            .cookies(&url)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The session in the browser's cookies, opened with the library.
+    fn session(&self) -> Session {
+        self.session_in(&self.cookie_header())
+    }
+
+    fn session_in(&self, cookie_header: &str) -> Session {
+        self.tg
+            .codec()
+            .open_request([cookie_header], tollgate::unix_now())
+            .expect("the browser holds a session")
+    }
+
+    /// A `Cookie` header carrying `session` (re-sealed with the library, e.g. to backdate it).
+    fn cookie_for(&self, session: &Session) -> String {
+        let lines = self
+            .tg
+            .codec()
+            .set_cookie_lines(session, &SessionCookies::default(), tollgate::unix_now())
+            .unwrap();
+        cookie_header(&lines)
+    }
+
+    fn secret(&self) -> &'static str {
+        CLIENTS[CLIENT].secret.unwrap()
+    }
+}
+
+async fn api(client: &reqwest::Client, tg: &Tollgate, cookie: Option<&str>) -> reqwest::Response {
+    let mut req = client.get(tg.url("/api/data")).header("x-csrf", "1");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.send().await.unwrap()
+}
+
+fn set_cookies(r: &reqwest::Response) -> Vec<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+/// A session whose access token has expired (the provider issued it; only the recorded expiry
+/// is moved into the past, as time would).
+fn expired(mut s: Session) -> Session {
+    s.access_expires_at = tollgate::unix_now() - 1;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_access_token_is_refreshed_once_for_a_burst() {
+    let s = logged_in("").await;
+    let original = s.session();
+    assert!(
+        original.refresh_token.is_some(),
+        "the provider issued a refresh token"
+    );
+    s.idp.reset_stats().await;
+
+    // One call with an expired token: refreshed, forwarded with the new token, new cookie set.
+    let cookie = s.cookie_for(&expired(original.clone()));
+    let c = plain();
+    let r = api(&c, &s.tg, Some(&cookie)).await;
+    assert_eq!(r.status(), 200, "{}", s.tg.log());
+    let new_cookies = set_cookies(&r);
+    assert!(
+        !new_cookies.is_empty(),
+        "the refreshed session comes back as a cookie"
+    );
+    let upstream_token = s.echo.last().header("authorization").unwrap().to_string();
+    assert_ne!(upstream_token, format!("Bearer {}", original.access_token));
+    let refreshed = s.session_in(&cookie_header(&new_cookies));
+    assert_eq!(upstream_token, format!("Bearer {}", refreshed.access_token));
+    assert!(refreshed.access_expires_at > tollgate::unix_now());
+    assert_ne!(
+        refreshed.refresh_token, original.refresh_token,
+        "rotated refresh token kept"
+    );
+    let (status, _) = s.idp.userinfo(&refreshed.access_token).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.idp.stats().await["token_requests"]["refresh_token"], 1);
+
+    // 100 parallel calls with one expired token: exactly one refresh at the provider.
+    s.idp.reset_stats().await;
+    let burst_cookie = s.cookie_for(&expired(refreshed));
+    let calls = (0..100).map(|_| {
+        let (c, url, cookie) = (c.clone(), s.tg.url("/api/burst"), burst_cookie.clone());
+        tokio::spawn(async move {
+            c.get(url)
+                .header("cookie", cookie)
+                .header("x-csrf", "1")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert!(statuses.iter().all(|&st| st == 200), "{statuses:?}");
+    let stats = s.idp.stats().await;
+    assert_eq!(stats["token_requests"]["refresh_token"], 1, "{stats}");
+    assert_eq!(stats["refresh_failures"], 0, "{stats}");
+    let tokens: std::collections::HashSet<String> = s
+        .echo
+        .seen()
+        .iter()
+        .filter(|r| r.path == "/api/burst")
+        .map(|r| r.header("authorization").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "every request of the burst carried the one new token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_refresh_token_ends_the_session() {
+    let s = logged_in("").await;
+    let session = s.session();
+    s.idp
+        .revoke(
+            CLIENTS[CLIENT].id,
+            s.secret(),
+            session.refresh_token.as_deref().unwrap(),
+        )
+        .await;
+    let r = api(&plain(), &s.tg, Some(&s.cookie_for(&expired(session)))).await;
+    assert_eq!(r.status(), 401);
+    let cleared = set_cookies(&r);
+    assert!(
+        !cleared.is_empty() && cleared.iter().all(|c| c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "session_expired");
+    assert_eq!(
+        s.echo
+            .seen()
+            .iter()
+            .filter(|r| r.path == "/api/data")
+            .count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_down_gives_503_and_the_session_survives() {
+    let mut s = logged_in("http_timeout = \"3s\"").await;
+    let cookie = s.cookie_for(&expired(s.session()));
+    s.idp.stop();
+    let r = api(&plain(), &s.tg, Some(&cookie)).await;
+    assert_eq!(r.status(), 503, "{}", s.tg.log());
+    assert!(r.headers().get("retry-after").is_some());
+    assert!(set_cookies(&r).is_empty(), "the session is kept");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "provider_unavailable");
+
+    // The provider comes back (with its state): the same cookie works again.
+    s.idp.restart().await;
+    let r = api(&plain(), &s.tg, Some(&cookie)).await;
+    assert_eq!(r.status(), 200, "{}", s.tg.log());
+    assert!(!set_cookies(&r).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_endpoint_and_logout() {
+    let s = logged_in("").await;
+    let session = s.session();
+
+    // /session: the claims, never a token; the CSRF header is required.
+    let r = s.browser.get(s.tg.url("/session")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = s
+        .browser
+        .get(s.tg.url("/session"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(info["sub"], "test-user");
+    assert_eq!(info["name"], "Test User");
+    assert_eq!(info["email"], "test.user@example.com");
+    assert_eq!(info["logout_url"], "/logout");
+    assert!(info["expires_at"].as_u64().unwrap() > tollgate::unix_now());
+    assert!(!text.contains(&session.access_token));
+    assert!(!text.contains(session.refresh_token.as_deref().unwrap()));
+
+    // GET /logout is off by default; POST without the CSRF header is refused.
+    let r = s.browser.get(s.tg.url("/logout")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = s.browser.post(s.tg.url("/logout")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+
+    // POST /logout from the SPA: revoke, clear, and the provider's logout URL.
+    let r = s
+        .browser
+        .post(s.tg.url("/logout"))
+        .header("x-csrf", "1")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cleared = set_cookies(&r);
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("tollgate") && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    let url = reqwest::Url::parse(body["logout_url"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        url.as_str().split('?').next().unwrap(),
+        format!("{}/logout", s.idp.issuer)
+    );
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert_eq!(q.get("id_token_hint"), session.id_token.as_ref());
+    assert_eq!(q["post_logout_redirect_uri"], s.tg.url("/"));
+    assert!(q.contains_key("state"));
+
+    // The refresh token no longer works at the provider; /session is 401 now.
+    let (status, body) = s
+        .idp
+        .try_refresh(
+            CLIENTS[CLIENT].id,
+            s.secret(),
+            session.refresh_token.as_deref().unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let r = s
+        .browser
+        .get(s.tg.url("/session"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The provider's own logout page accepts the hint (RP-initiated logout).
+    let r = plain().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
