@@ -370,10 +370,17 @@ async fn builtin_endpoints_and_bad_paths() {
         .unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(json(r).await["error"], "provider_unavailable");
-    // Logout lands with the token lifecycle: a clear 501, never a silent pass-through.
+    // Logout is a POST with the CSRF header; /session needs a session.
     let r = c.post(tg.url("/logout")).send().await.unwrap();
-    assert_eq!(r.status(), 501);
-    assert_eq!(json(r).await["error"], "not_implemented");
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(tg.url("/session"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(json(r).await["error"], "unauthenticated");
     // Dot segments could make routing and the upstream disagree: refused. (Raw TCP, because
     // HTTP clients normalise such paths before sending.)
     for path in ["/static/%2e%2e/api/items", "/static/../api/items"] {

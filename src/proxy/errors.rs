@@ -25,8 +25,6 @@ pub enum Reject {
     /// The access token needs a refresh and the provider cannot be reached.
     ProviderUnavailable,
     Csrf(CsrfError),
-    /// An endpoint tollgate reserves but has not implemented yet.
-    NotImplemented,
     MethodNotAllowed,
     UpstreamUnavailable,
     UpstreamTimeout,
@@ -52,7 +50,6 @@ impl Reject {
             Reject::Unauthenticated | Reject::SessionExpired => 401,
             Reject::ProviderUnavailable => 503,
             Reject::Csrf(_) => 403,
-            Reject::NotImplemented => 501,
             Reject::MethodNotAllowed => 405,
             Reject::UpstreamUnavailable => 502,
             Reject::UpstreamTimeout => 504,
@@ -71,7 +68,6 @@ impl Reject {
             Reject::ProviderUnavailable => "provider_unavailable",
             Reject::Csrf(CsrfError::MissingHeader) => "csrf_header_missing",
             Reject::Csrf(CsrfError::ForeignOrigin) => "origin_not_allowed",
-            Reject::NotImplemented => "not_implemented",
             Reject::MethodNotAllowed => "method_not_allowed",
             Reject::UpstreamUnavailable => "upstream_unavailable",
             Reject::UpstreamTimeout => "upstream_timeout",
@@ -85,7 +81,6 @@ impl Reject {
                 "authenticated requests must carry the CSRF header (x-csrf: 1 by default)"
             }
             Reject::Csrf(CsrfError::ForeignOrigin) => "requests from this Origin are not allowed",
-            Reject::NotImplemented => "this endpoint is not available in this version of tollgate",
             Reject::UpstreamUnavailable => "the upstream could not be reached",
             Reject::UpstreamTimeout => "the upstream did not answer in time",
             Reject::ProviderUnavailable => {

@@ -120,12 +120,12 @@ impl Tollgate {
     }
 
     /// Answers a built-in endpoint, if `path` is one.
-    fn builtin(&self, path: &str) -> Option<Result<(u16, Vec<u8>), Reject>> {
-        Some(match path {
-            "/healthz" => Ok(health::healthz()),
-            "/readyz" => Ok(self.readiness.readyz()),
-            _ => return None,
-        })
+    fn builtin(&self, path: &str) -> Option<(u16, Vec<u8>)> {
+        match path {
+            "/healthz" => Some(health::healthz()),
+            "/readyz" => Some(self.readiness.readyz()),
+            _ => None,
+        }
     }
 
     fn endpoint(&self, path: &str) -> Option<Endpoint> {
@@ -433,15 +433,10 @@ impl ProxyHttp for Tollgate {
             return Ok(true);
         }
         let req = session.req_header();
-        if let Some(answer) = self.builtin(req.uri.path()) {
-            let (status, body) = match answer {
-                Ok((status, body)) => {
-                    ctx.outcome = "builtin";
-                    (status, Bytes::from(body))
-                }
-                Err(r) => ctx.reject(r),
-            };
-            self.respond(session, ctx, status, body).await?;
+        if let Some((status, body)) = self.builtin(req.uri.path()) {
+            ctx.outcome = "builtin";
+            self.respond(session, ctx, status, Bytes::from(body))
+                .await?;
             return Ok(true);
         }
         match self.decide(session.req_header(), ctx).await {
