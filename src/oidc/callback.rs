@@ -145,6 +145,7 @@ impl Oidc {
             );
         };
 
+        let exchange_started = std::time::Instant::now();
         let tokens = match self
             .tokens
             .exchange_code(
@@ -186,6 +187,8 @@ impl Oidc {
                 };
             }
         };
+        // The provider's share of the callback (the load benchmark subtracts it).
+        let provider_ms = exchange_started.elapsed().as_secs_f64() * 1000.0;
         let Some(raw_id_token) = tokens.id_token.as_deref() else {
             tracing::warn!(
                 request_id = rid,
@@ -259,7 +262,7 @@ impl Oidc {
             std::time::Duration::ZERO,
             self.secure_cookies,
         ));
-        tracing::info!(request_id = rid, sub = %session.claims.sub, "login complete");
+        tracing::info!(request_id = rid, sub = %session.claims.sub, provider_ms, "login complete");
         Page::redirect(&login.return_to).with_cookies(cookies)
     }
 

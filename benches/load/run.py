@@ -1,0 +1,470 @@
+#!/usr/bin/env python3
+"""tollgate's load benchmark: the hot path side by side with its baselines, in one run.
+
+Everything listens on 127.0.0.1. One nginx (`return 200` + a small JSON body) is the upstream
+of every contender:
+
+  upstream      the upstream itself, direct
+  bare-pingora  examples/bare_pingora.rs: same Pingora version and thread count as tollgate
+  nginx         nginx as a plain keep-alive reverse proxy
+  apache-oidc   Apache httpd + mod_auth_openidc, logged in at the test provider, bearer header
+  tollgate      tollgate with a session from a real login at the test provider
+
+Each contender is driven by wrk at each concurrency, rounds alternating between contenders,
+and the table shows the median round. Then tollgate's RSS with 10,000 idle keep-alive
+connections, and login throughput (full /login -> provider -> /callback round trips) with
+the share of each callback that is tollgate's own work. Results go to benches/RESULTS.md.
+
+Needs (Debian): nginx wrk apache2 libapache2-mod-auth-openidc, Node.js with
+`npm ci` in tests/idp, and the Rust toolchain. Usage: python3 benches/load/run.py [--quick]
+"""
+
+import argparse
+import http.cookiejar
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HOST = "127.0.0.1"
+PORTS = {
+    "upstream": 18080,
+    "nginx": 18081,
+    "bare-pingora": 18082,
+    "apache-oidc": 18083,
+    "tollgate": 18084,
+    "tollgate-metrics": 18094,
+    "idp": 18090,
+}
+THREADS = 2
+CLIENT_ID = "tollgate-basic"
+CLIENT_SECRET = "basic-secret-0123456789abcdef0123456789"
+KEY = "bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q="
+ISSUER = f"http://{HOST}:{PORTS['idp']}/test/as"
+WRK_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.lua")
+
+procs = {}
+
+
+def log(msg):
+    print(f"[load] {msg}", file=sys.stderr, flush=True)
+
+
+def start(name, argv, **kw):
+    log(f"starting {name}: {' '.join(argv[:3])} ...")
+    out = open(os.path.join(WORK, f"{name}.log"), "wb")
+    procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    return procs[name]
+
+
+def stop_all():
+    for name, p in list(procs.items()):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.time() + 10
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def wait_http(name, url, expect=(200,), timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = procs.get(name)
+        if p is not None and p.poll() is not None:
+            raise SystemExit(f"{name} exited with {p.returncode}; see {WORK}/{name}.log")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status in expect:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code in expect:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{name} did not answer {url} within {timeout}s")
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def nginx_conf(name, port, body):
+    d = os.path.join(WORK, name)
+    os.makedirs(os.path.join(d, "logs"), exist_ok=True)
+    return write(os.path.join(d, "nginx.conf"), f"""
+worker_processes {THREADS};
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  {body}
+}}
+""")
+
+
+def apache_conf():
+    d = os.path.join(WORK, "apache")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(WORK, 0o755)
+    os.chmod(d, 0o777)
+    m = "/usr/lib/apache2/modules"
+    return write(os.path.join(d, "httpd.conf"), f"""
+ServerRoot {d}
+Listen {HOST}:{PORTS['apache-oidc']}
+ServerName {HOST}
+PidFile {d}/httpd.pid
+ErrorLog {d}/error.log
+LogLevel warn
+User www-data
+Group www-data
+LoadModule mpm_event_module {m}/mod_mpm_event.so
+LoadModule authn_core_module {m}/mod_authn_core.so
+LoadModule authz_core_module {m}/mod_authz_core.so
+LoadModule authz_user_module {m}/mod_authz_user.so
+LoadModule headers_module {m}/mod_headers.so
+LoadModule proxy_module {m}/mod_proxy.so
+LoadModule proxy_http_module {m}/mod_proxy_http.so
+LoadModule auth_openidc_module {m}/mod_auth_openidc.so
+StartServers {THREADS}
+ServerLimit 16
+ThreadsPerChild 64
+MaxRequestWorkers 1024
+KeepAlive On
+MaxKeepAliveRequests 0
+OIDCProviderMetadataURL {ISSUER}/.well-known/openid-configuration
+OIDCClientID {CLIENT_ID}
+OIDCClientSecret {CLIENT_SECRET}
+OIDCProviderTokenEndpointAuth client_secret_basic
+OIDCRedirectURI http://{HOST}:{PORTS['apache-oidc']}/redirect_uri
+OIDCCryptoPassphrase load-benchmark-passphrase
+OIDCPKCEMethod S256
+OIDCScope "openid profile email"
+OIDCSessionInactivityTimeout 3600
+ProxyPass /api/ http://{HOST}:{PORTS['upstream']}/api/ keepalive=On
+<Location />
+  AuthType openid-connect
+  Require valid-user
+  RequestHeader set Authorization "Bearer %{{OIDC_access_token}}e"
+</Location>
+""")
+
+
+def tollgate_conf():
+    return write(os.path.join(WORK, "tollgate.toml"), f"""
+[server]
+listen = ["{HOST}:{PORTS['tollgate']}"]
+public_url = "http://{HOST}:{PORTS['tollgate']}"
+threads = {THREADS}
+[oidc]
+issuer = "{ISSUER}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+scopes = ["openid", "profile", "email"]
+[session]
+keys = ["{KEY}"]
+[[routes]]
+prefix = "/api"
+upstream = "http://{HOST}:{PORTS['upstream']}"
+[[routes]]
+prefix = "/"
+upstream = "http://{HOST}:{PORTS['upstream']}"
+auth = "none"
+[metrics]
+listen = "{HOST}:{PORTS['tollgate-metrics']}"
+""")
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a, **kw):
+        return None
+
+
+def login(start_url, cookie_prefix):
+    """A full login through the provider; returns the Cookie header of the proxy's cookies."""
+    jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy())
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(start_url, timeout=30) as r:
+        if r.status != 200:
+            raise SystemExit(f"login at {start_url} ended with {r.status}")
+    cookies = [f"{c.name}={c.value}" for c in jar if c.name.startswith(cookie_prefix)]
+    if not cookies:
+        raise SystemExit(f"login at {start_url} left no {cookie_prefix}* cookie")
+    return "; ".join(cookies)
+
+
+def timed_login():
+    """One tollgate login, following redirects by hand to time the callback hop.
+    Returns (callback seconds, request id)."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
+    url = f"http://{HOST}:{PORTS['tollgate']}/login?return_to=/landing"
+    callback = None
+    for _ in range(20):
+        t0 = time.perf_counter()
+        try:
+            r = opener.open(url, timeout=30)
+            status, headers = r.status, r.headers
+            r.read()
+        except urllib.error.HTTPError as e:
+            status, headers = e.code, e.headers
+        elapsed = time.perf_counter() - t0
+        if url.startswith(f"http://{HOST}:{PORTS['tollgate']}/callback"):
+            callback = (elapsed, headers.get("x-request-id"))
+        if status in (301, 302, 303, 307, 308):
+            url = urllib.parse.urljoin(url, headers["location"])
+            continue
+        if status != 200 or callback is None:
+            raise SystemExit(f"timed login ended with {status} at {url}")
+        return callback
+    raise SystemExit("timed login: too many redirects")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def wrk(url, conns, seconds, headers):
+    argv = ["wrk", "-t", str(THREADS), "-c", str(conns), "-d", f"{seconds}s", "--latency", "-s", WRK_LUA]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 60)
+    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not line:
+        raise SystemExit(f"wrk failed for {url}: {out.stdout}\n{out.stderr}")
+    r = json.loads(line[-1])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def idle_connections_rss(pid, n):
+    """Opens n keep-alive connections to tollgate, each after one request, and reads its RSS."""
+    socks = []
+    req = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    try:
+        for i in range(n):
+            s = socket.create_connection((HOST, PORTS["tollgate"]), timeout=10)
+            s.sendall(req)
+            socks.append(s)
+            if i % 500 == 499:
+                for t in socks[-500:]:
+                    t.recv(4096)
+        for t in socks[(len(socks) // 500) * 500:]:
+            t.recv(4096)
+        time.sleep(1)
+        open_now = len(os.listdir(f"/proc/{pid}/fd"))
+        return status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"), open_now
+    finally:
+        for s in socks:
+            s.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    ap.add_argument("--connections", default="64,512", help="wrk concurrencies (default 64,512)")
+    ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive connections (default 10000)")
+    ap.add_argument("--logins", type=int, default=100, help="timed logins (default 100)")
+    ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round, 1000 idle, 20 logins")
+    ap.add_argument("--results", default=os.path.join(ROOT, "benches", "RESULTS.md"))
+    args = ap.parse_args()
+    if args.quick:
+        args.duration, args.rounds, args.idle, args.logins = 3, 1, 1000, 20
+    conns = [int(c) for c in args.connections.split(",")]
+
+    missing = [t for t in ("nginx", "wrk", "node", "cargo") if not shutil.which(t)]
+    if not os.path.exists("/usr/sbin/apache2") or not os.path.exists("/usr/lib/apache2/modules/mod_auth_openidc.so"):
+        missing.append("apache2 libapache2-mod-auth-openidc")
+    if missing:
+        raise SystemExit(f"missing: {', '.join(missing)} (apt-get install nginx wrk apache2 libapache2-mod-auth-openidc nodejs)")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
+
+    log("building tollgate and the bare Pingora baseline (release)")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "tollgate", "--example", "bare_pingora"], cwd=ROOT, check=True)
+    idp_dir = os.path.join(ROOT, "tests", "idp")
+    if not os.path.exists(os.path.join(idp_dir, "node_modules", "oidc-provider")):
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=idp_dir, check=True)
+
+    results = {}
+    try:
+        start("upstream", ["nginx", "-p", WORK, "-c", nginx_conf("upstream", PORTS["upstream"], f"""
+  server {{ listen {HOST}:{PORTS['upstream']};
+    location / {{ default_type application/json; return 200 '{{"ok":true,"from":"upstream"}}'; }} }}"""), "-g", "daemon off;"])
+        start("nginx", ["nginx", "-p", WORK, "-c", nginx_conf("nginx", PORTS["nginx"], f"""
+  upstream up {{ server {HOST}:{PORTS['upstream']}; keepalive 256; }}
+  server {{ listen {HOST}:{PORTS['nginx']};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""), "-g", "daemon off;"])
+        start("idp", ["node", os.path.join(idp_dir, "server.js")], env={**os.environ,
+            "IDP_PORT": str(PORTS["idp"]),
+            "REDIRECT_URIS": f"http://{HOST}:{PORTS['tollgate']}/callback,http://{HOST}:{PORTS['apache-oidc']}/redirect_uri",
+            "POST_LOGOUT_REDIRECT_URIS": f"http://{HOST}:{PORTS['tollgate']}/"})
+        start("bare-pingora", [os.path.join(ROOT, "target", "release", "examples", "bare_pingora"),
+                               f"{HOST}:{PORTS['bare-pingora']}", f"{HOST}:{PORTS['upstream']}", str(THREADS)])
+        wait_http("upstream", f"http://{HOST}:{PORTS['upstream']}/")
+        wait_http("idp", f"{ISSUER}/.well-known/openid-configuration")
+        start("tollgate", [os.path.join(ROOT, "target", "release", "tollgate"), "--config", tollgate_conf(), "--log-format", "json"],
+              env={**os.environ, "TOLLGATE_LOG": "warn,tollgate::oidc=info"})
+        start("apache-oidc", ["/usr/sbin/apache2", "-f", apache_conf(), "-DFOREGROUND"])
+        wait_http("nginx", f"http://{HOST}:{PORTS['nginx']}/")
+        wait_http("bare-pingora", f"http://{HOST}:{PORTS['bare-pingora']}/")
+        wait_http("tollgate", f"http://{HOST}:{PORTS['tollgate']}/readyz")
+        wait_http("apache-oidc", f"http://{HOST}:{PORTS['apache-oidc']}/api/", expect=(200, 302))
+
+        log("logging in through tollgate and through Apache + mod_auth_openidc")
+        tg_cookie = login(f"http://{HOST}:{PORTS['tollgate']}/login?return_to=/landing", "tollgate")
+        ap_cookie = login(f"http://{HOST}:{PORTS['apache-oidc']}/api/landing", "mod_auth_openidc_session")
+
+        contenders = [
+            ("upstream", f"http://{HOST}:{PORTS['upstream']}/api/items", []),
+            ("bare-pingora", f"http://{HOST}:{PORTS['bare-pingora']}/api/items", []),
+            ("nginx", f"http://{HOST}:{PORTS['nginx']}/api/items", []),
+            ("apache-oidc", f"http://{HOST}:{PORTS['apache-oidc']}/api/items", [f"Cookie: {ap_cookie}"]),
+            ("tollgate", f"http://{HOST}:{PORTS['tollgate']}/api/items", [f"Cookie: {tg_cookie}", "x-csrf: 1"]),
+        ]
+        # Each must answer 200 with its credentials before the load starts.
+        for name, url, headers in contenders:
+            req = urllib.request.Request(url, headers=dict(h.split(": ", 1) for h in headers))
+            with urllib.request.build_opener(NoRedirect).open(req, timeout=10) as r:
+                if r.status != 200:
+                    raise SystemExit(f"{name}: {url} answered {r.status}")
+
+        tg_pid = procs["tollgate"].pid
+        runs = {}
+        tg_cpu, tg_requests = 0.0, 0
+        for c in conns:
+            for rnd in range(args.rounds):
+                for name, url, headers in contenders:
+                    cpu0 = cpu_seconds(tg_pid)
+                    r = wrk(url, c, args.duration, headers)
+                    if name == "tollgate":
+                        tg_cpu += cpu_seconds(tg_pid) - cpu0
+                        tg_requests += r["requests"]
+                    log(f"c={c} round {rnd + 1} {name:13} {r['rps']:>10.0f} req/s  p99 {r['p99'] / 1000:.2f} ms  errors {r['errors']} non-2xx {r['non2xx']}")
+                    runs.setdefault((name, c), []).append(r)
+        failed = [f"{n} c={c}" for (n, c), rs in runs.items() if any(r["non2xx"] or r["errors"] for r in rs)]
+
+        def median_run(name, c):
+            rs = sorted(runs[(name, c)], key=lambda r: r["rps"])
+            return rs[len(rs) // 2]
+
+        table = {(n, c): median_run(n, c) for (n, c) in runs}
+        results["table"] = table
+        results["tg_cpu_us_per_req"] = tg_cpu / max(1, tg_requests) * 1e6
+        results["tg_peak_rss_kib_load"] = status_kib(tg_pid, "VmHWM")
+
+        log(f"opening {args.idle} idle keep-alive connections to tollgate")
+        rss, hwm, fds = idle_connections_rss(tg_pid, args.idle)
+        results["idle"] = (args.idle, rss, hwm, fds)
+
+        log(f"timing {args.logins} logins")
+        t0 = time.perf_counter()
+        callbacks = [timed_login() for _ in range(args.logins)]
+        wall = time.perf_counter() - t0
+        provider_ms = {}
+        with open(os.path.join(WORK, "tollgate.log")) as f:
+            for line in f:
+                if '"login complete"' in line:
+                    j = json.loads(line)
+                    provider_ms[j.get("request_id")] = float(j.get("provider_ms", 0))
+        own = [cb * 1000 - provider_ms[rid] for cb, rid in callbacks if rid in provider_ms]
+        results["login"] = (args.logins / wall, statistics.median(cb * 1000 for cb, _ in callbacks),
+                            statistics.median(own) if own else float("nan"), len(own))
+        report(args, conns, results, failed)
+        if failed:
+            log(f"FAILED: non-2xx or socket errors for {', '.join(failed)}")
+            return 1
+        return 0
+    finally:
+        stop_all()
+
+
+def report(args, conns, results, failed):
+    t = results["table"]
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        "# Load benchmark results",
+        "",
+        f"Machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}. "
+        f"Every process on this machine, loopback only; wrk -t{THREADS}, {args.duration} s per run, "
+        f"{args.rounds} alternating rounds, median round shown. tollgate, bare Pingora and nginx use {THREADS} threads/workers.",
+        "",
+        f"Command: `python3 benches/load/run.py{' --quick' if args.quick else ''}`",
+        "",
+        "| contender | conns | req/s | p50 ms | p99 ms | p99.9 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in conns:
+        for name in ("upstream", "bare-pingora", "nginx", "apache-oidc", "tollgate"):
+            r = t[(name, c)]
+            lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50'] / 1000:.2f} | {r['p99'] / 1000:.2f} | {r['p999'] / 1000:.2f} |")
+    lines += ["", "| ratio (req/s) | " + " | ".join(f"c={c}" for c in conns) + " |", "|---|" + "---|" * len(conns)]
+    for base in ("bare-pingora", "nginx", "apache-oidc"):
+        lines.append(f"| tollgate / {base} | " + " | ".join(f"{t[('tollgate', c)]['rps'] / t[(base, c)]['rps']:.2f}" for c in conns) + " |")
+    lines.append("| tollgate p99 / bare-pingora p99 | " + " | ".join(f"{t[('tollgate', c)]['p99'] / max(1, t[('bare-pingora', c)]['p99']):.2f}" for c in conns) + " |")
+    n, rss, hwm, fds = results["idle"]
+    lps, cb_ms, own_ms, own_n = results["login"]
+    lines += [
+        "",
+        f"- tollgate CPU time per proxied request (all load runs): {results['tg_cpu_us_per_req']:.1f} µs",
+        f"- tollgate peak RSS under load: {results['tg_peak_rss_kib_load'] / 1024:.1f} MiB",
+        f"- tollgate with {n} idle keep-alive connections ({fds} open fds): RSS {rss / 1024:.1f} MiB, peak {hwm / 1024:.1f} MiB",
+        f"- login throughput (sequential full /login → provider → /callback round trips): {lps:.1f} logins/s",
+        f"- callback: median {cb_ms:.2f} ms, of which tollgate's own work (callback minus the token request to the provider) median {own_ms:.2f} ms ({own_n} logins)",
+    ]
+    if failed:
+        lines.append(f"- FAILED runs (non-2xx or socket errors): {', '.join(failed)}")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write(args.results, text)
+    log(f"written {args.results}")
+
+
+if __name__ == "__main__":
+    WORK = tempfile.mkdtemp(prefix="tollgate-load-")
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(130)
