@@ -38,9 +38,6 @@ use crate::ops::metrics::Metrics;
 use crate::session::cookie::{ChunkError, SessionCookies};
 use crate::session::{Session as UserSession, SessionCodec, SessionError};
 
-/// The session cookie is re-sealed to move its idle window at most this often (seconds).
-const IDLE_RESEAL_AFTER: u64 = 60;
-
 /// The `Cookie` header values of a request, as text.
 fn cookie_values(req: &RequestHeader) -> impl Iterator<Item = &str> {
     req.headers
@@ -65,6 +62,7 @@ pub struct Tollgate {
     proto: &'static str,
     callback_path: String,
     refresh_skew: u64,
+    idle_reseal_after: u64,
 }
 
 /// The login endpoints tollgate answers itself.
@@ -112,6 +110,7 @@ impl Tollgate {
             },
             callback_path: config.oidc.callback_path.clone(),
             refresh_skew: config.session.refresh_skew.as_secs(),
+            idle_reseal_after: (config.session.idle_timeout.as_secs() / 2).max(1),
         })
     }
 
@@ -284,7 +283,11 @@ impl Tollgate {
                 }
             }
         }
-        if now.saturating_sub(session.last_seen) >= IDLE_RESEAL_AFTER {
+        // Sliding expiration renews at half-life: the cookie is re-sealed once more than half of
+        // the idle window has passed, not on every request (a client that never stores the new
+        // cookie, like a load generator or a script, would otherwise cause a re-seal and an
+        // 8 KB Set-Cookie on every call).
+        if now.saturating_sub(session.last_seen) >= self.idle_reseal_after {
             session.last_seen = now;
             changed = true;
         }
