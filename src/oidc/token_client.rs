@@ -115,43 +115,51 @@ impl TokenClient {
         revocation_endpoint: &str,
         refresh_token: &str,
     ) -> Result<(), TokenError> {
-        let creds = self
-            .auth
-            .credentials(revocation_endpoint, crate::unix_now())?;
-        let mut form = vec![
+        let form = vec![
             ("token", refresh_token.to_string()),
             ("token_type_hint", "refresh_token".to_string()),
         ];
-        form.extend(creds.form);
-        let mut req = self.http.post(revocation_endpoint).form(&form);
-        if let Some(a) = creds.authorization {
-            req = req.header("authorization", a);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| TokenError::Unreachable(describe(&e)))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(());
-        }
-        let body = resp.bytes().await.unwrap_or_default();
-        let error = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|b| sanitize(&b.error))
-            .unwrap_or_else(|_| "unparseable_error".to_string());
-        Err(TokenError::Provider { status, error })
+        self.post_form(revocation_endpoint, form).await.map(|_| ())
     }
 
     async fn request(
         &self,
         token_endpoint: &str,
-        mut form: Vec<(&'static str, String)>,
+        form: Vec<(&'static str, String)>,
     ) -> Result<TokenResponse, TokenError> {
-        let creds = self.auth.credentials(token_endpoint, crate::unix_now())?;
+        let body = self.post_form(token_endpoint, form).await?;
+        let tokens: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| TokenError::Invalid("not a JSON token response"))?;
+        if !tokens.token_type.eq_ignore_ascii_case("bearer") {
+            return Err(TokenError::Invalid("token_type is not Bearer"));
+        }
+        if tokens.access_token.is_empty()
+            || !tokens
+                .access_token
+                .bytes()
+                .all(|b| (0x21..0x7f).contains(&b))
+        {
+            return Err(TokenError::Invalid(
+                "access_token is empty or not a header-safe string",
+            ));
+        }
+        Ok(tokens)
+    }
+}
+
+impl TokenClient {
+    /// POSTs `form` with the client's credentials; the body of a 2xx answer, else the
+    /// provider's error code.
+    async fn post_form(
+        &self,
+        endpoint: &str,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<bytes::Bytes, TokenError> {
+        let creds = self.auth.credentials(endpoint, crate::unix_now())?;
         form.extend(creds.form);
         let mut req = self
             .http
-            .post(token_endpoint)
+            .post(endpoint)
             .header("accept", "application/json")
             .form(&form);
         if let Some(a) = creds.authorization {
@@ -172,22 +180,7 @@ impl TokenClient {
                 .unwrap_or_else(|_| "unparseable_error".to_string());
             return Err(TokenError::Provider { status, error });
         }
-        let tokens: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| TokenError::Invalid("not a JSON token response"))?;
-        if !tokens.token_type.eq_ignore_ascii_case("bearer") {
-            return Err(TokenError::Invalid("token_type is not Bearer"));
-        }
-        if tokens.access_token.is_empty()
-            || !tokens
-                .access_token
-                .bytes()
-                .all(|b| (0x21..0x7f).contains(&b))
-        {
-            return Err(TokenError::Invalid(
-                "access_token is empty or not a header-safe string",
-            ));
-        }
-        Ok(tokens)
+        Ok(body)
     }
 }
 
