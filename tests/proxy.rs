@@ -112,30 +112,13 @@ async fn refusals_never_reach_the_upstream() {
     assert_eq!(echo.count(), 0, "no refused request may reach the upstream");
 
     // Metrics count the refusals and the failed opens by reason.
-    let m = c
-        .get(tg.metrics_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        m.contains(r#"tollgate_requests_total{route="/api",status="401"} 3"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"tollgate_requests_total{route="/api",status="403"} 2"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"tollgate_session_open_failures_total{reason="tampered"} 1"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"tollgate_session_open_failures_total{reason="unknown_key"} 1"#),
-        "{m}"
-    );
+    tg.wait_metrics(&[
+        r#"tollgate_requests_total{route="/api",status="401"} 3"#,
+        r#"tollgate_requests_total{route="/api",status="403"} 2"#,
+        r#"tollgate_session_open_failures_total{reason="tampered"} 1"#,
+        r#"tollgate_session_open_failures_total{reason="unknown_key"} 1"#,
+    ])
+    .await;
 
     let log = tg.log();
     assert!(
@@ -392,9 +375,7 @@ async fn builtin_endpoints_and_bad_paths() {
         assert!(String::from_utf8_lossy(&body).contains("bad_path"));
     }
     assert_eq!(echo.count(), 0);
-    let m = c.get(tg.metrics_url()).send().await.unwrap();
-    assert_eq!(m.status(), 200);
-    assert!(m.text().await.unwrap().contains("tollgate_requests_total"));
+    tg.wait_metrics(&["tollgate_requests_total{"]).await;
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body from `s`.

@@ -454,6 +454,24 @@ impl Tollgate {
         format!("http://127.0.0.1:{}/metrics", self.metrics_port)
     }
 
+    /// Scrapes `/metrics` until every line in `expected` is present (bounded at 10 s) and
+    /// returns the last scrape. Metrics are recorded in Pingora's logging phase, which can run
+    /// just after the client already holds its response, so a single scrape may be early.
+    pub async fn wait_metrics(&self, expected: &[&str]) -> String {
+        let client = reqwest::Client::new();
+        let mut last = String::new();
+        for _ in 0..100 {
+            if let Ok(r) = client.get(self.metrics_url()).send().await {
+                last = r.text().await.unwrap_or_default();
+                if expected.iter().all(|e| last.contains(e)) {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("metrics never showed {expected:?}; last scrape:\n{last}");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
