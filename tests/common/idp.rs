@@ -113,6 +113,23 @@ impl Idp {
         post_logout_redirect_uri: &str,
         access_token_ttl: Option<u64>,
     ) -> Idp {
+        Self::start_with(
+            redirect_uri,
+            post_logout_redirect_uri,
+            access_token_ttl,
+            false,
+        )
+        .await
+    }
+
+    /// As [`Idp::start`]; with `interactive`, the provider shows a login form (for a browser)
+    /// instead of logging the test user in automatically.
+    pub async fn start_with(
+        redirect_uri: &str,
+        post_logout_redirect_uri: &str,
+        access_token_ttl: Option<u64>,
+        interactive: bool,
+    ) -> Idp {
         let dir = idp_dir();
         assert!(
             dir.join("node_modules").join("oidc-provider").exists(),
@@ -134,6 +151,9 @@ impl Idp {
         ];
         if let Some(ttl) = access_token_ttl {
             env.push(("ACCESS_TOKEN_TTL", ttl.to_string()));
+        }
+        if interactive {
+            env.push(("IDP_INTERACTIVE", "1".to_string()));
         }
         let mut idp = Idp {
             child: None,

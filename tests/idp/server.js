@@ -107,6 +107,8 @@ export const clients = [
   { ...common, client_id: 'tollgate-pkjwt-es256', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [publicJwk('client_ec.pem', 'ec-1')] } },
   { ...common, client_id: 'tollgate-pkjwt-eddsa', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [publicJwk('client_ed25519.pem', 'ed-1')] } },
   { ...common, client_id: 'tollgate-public', token_endpoint_auth_method: 'none' },
+  // The client of the local demo (deploy/demo) and conf/tollgate.toml.
+  { ...common, client_id: 'tollgate-demo', client_secret: 'demo-secret-change-me', token_endpoint_auth_method: 'client_secret_basic' },
 ];
 
 const user = {

@@ -1,0 +1,193 @@
+//! The browser end to end: Debian's Chromium, driven by `playwright-core`
+//! (`tests/e2e/browser.mjs`), logs in through the provider's login form and uses the demo SPA
+//! (`deploy/demo/`) through the real `tollgate` binary. Screenshots of each step land in
+//! `target/e2e/`.
+//!
+//! Needs `chromium` (Debian package) and `npm ci` in `tests/e2e` and `tests/idp`; `.ci/run`
+//! installs all three. Without them this test fails and says what to install.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::idp::{Idp, CLIENTS};
+use common::{free_port, Tollgate, KEY};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The demo's echo API and static SPA (`deploy/demo/apps.js`), stopped on drop.
+struct DemoApps {
+    child: Child,
+    api_port: u16,
+    spa_port: u16,
+}
+
+impl DemoApps {
+    async fn start(userinfo_url: &str) -> DemoApps {
+        let (api_port, spa_port) = (free_port(), free_port());
+        let child = Command::new("node")
+            .arg(repo().join("deploy/demo/apps.js"))
+            .env("API_PORT", api_port.to_string())
+            .env("SPA_PORT", spa_port.to_string())
+            .env("USERINFO_URL", userinfo_url)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start node (is Node.js installed?)");
+        let mut apps = DemoApps {
+            child,
+            api_port,
+            spa_port,
+        };
+        let client = reqwest::Client::new();
+        for port in [api_port, spa_port] {
+            let url = format!("http://127.0.0.1:{port}/");
+            let mut up = false;
+            for _ in 0..200 {
+                if let Ok(Some(status)) = apps.child.try_wait() {
+                    panic!("the demo apps exited: {status}");
+                }
+                if client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(up, "the demo apps did not answer {url} within 20 s");
+        }
+        apps
+    }
+}
+
+impl Drop for DemoApps {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spa_login_api_call_and_logout_in_chromium() {
+    let e2e = repo().join("tests/e2e");
+    assert!(
+        e2e.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run `npm ci` in tests/e2e (.ci/run does)"
+    );
+    assert!(
+        chromium().exists(),
+        "no Chromium at {}: install Debian's chromium (`apt-get install chromium`; .ci/run does) \
+         or point CHROMIUM at one",
+        chromium().display()
+    );
+
+    let port = free_port();
+    let idp = Idp::start_with(
+        &format!("http://127.0.0.1:{port}/callback"),
+        &format!("http://127.0.0.1:{port}/"),
+        None,
+        true,
+    )
+    .await;
+    let apps = DemoApps::start(&format!("{}/userinfo", idp.issuer)).await;
+    let client = &CLIENTS[0];
+    let mut tg = Tollgate::start_on(port, |p, m| {
+        format!(
+            r#"
+[server]
+listen = ["127.0.0.1:{p}"]
+public_url = "http://127.0.0.1:{p}"
+threads = 1
+[oidc]
+issuer = "{issuer}"
+{client}
+scopes = ["openid", "profile", "email", "offline_access"]
+[session]
+keys = ["{KEY}"]
+[[routes]]
+prefix = "/api"
+upstream = "http://127.0.0.1:{api}"
+[[routes]]
+prefix = "/"
+upstream = "http://127.0.0.1:{spa}"
+auth = "none"
+[metrics]
+listen = "127.0.0.1:{m}"
+"#,
+            issuer = idp.issuer,
+            client = client.oidc_toml(),
+            api = apps.api_port,
+            spa = apps.spa_port,
+        )
+    })
+    .await;
+    tg.wait_for("/readyz").await.expect("tollgate ready");
+
+    let shots = repo().join("target/e2e");
+    // Screenshots of an earlier run must not stand in for this one's.
+    let _ = std::fs::remove_dir_all(&shots);
+    let out = tokio::process::Command::new("node")
+        .arg(e2e.join("browser.mjs"))
+        .env("BASE_URL", tg.url(""))
+        .env("CHROMIUM", chromium())
+        .env("SCREENSHOT_DIR", &shots)
+        .current_dir(&e2e)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), out)
+        .await
+        .expect("the browser test finished within 180 s")
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "the browser test failed ({}); screenshots in {}; tollgate's log:\n{}",
+        out.status,
+        shots.display(),
+        tg.log()
+    );
+    for step in [
+        "spa-anonymous",
+        "provider-login-form",
+        "spa-logged-in",
+        "api-call-with-bearer",
+        "document-cookie-empty",
+        "spa-logged-out",
+        "api-call-after-logout-401",
+    ] {
+        assert!(
+            screenshot(&shots, step),
+            "no screenshot of step {step} in {}",
+            shots.display()
+        );
+    }
+    assert!(
+        !tg.log().contains("Bearer "),
+        "tollgate's log must not carry the bearer token"
+    );
+}
+
+fn screenshot(dir: &Path, step: &str) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("-{step}.png"))
+        })
+    })
+}

@@ -1,0 +1,146 @@
+// tollgate's browser end-to-end test: a real Chromium (Debian's, via playwright-core; no
+// browser download) walks the demo SPA through tollgate against the real test provider:
+//
+//   open the SPA → Login → fill the provider's login form → the name shows → call the API →
+//   the API received a bearer token (the provider's userinfo accepts it) → document.cookie
+//   shows no tollgate cookie (HttpOnly) → Logout → the API call now gets 401.
+//
+// A screenshot of each step goes to SCREENSHOT_DIR. Started by tests/browser.rs, which brings
+// up the provider, the demo apps and tollgate; can also be run by hand against the demo:
+//
+//   BASE_URL=http://127.0.0.1:8080 node tests/e2e/browser.mjs
+//
+// Environment: BASE_URL (tollgate's public URL, required), CHROMIUM (default /usr/bin/chromium),
+// SCREENSHOT_DIR (default target/e2e), USER_NAME (the name the provider shows, default Test User).
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const base = (process.env.BASE_URL || '').replace(/\/$/, '');
+if (!base) {
+  console.error('BASE_URL is required (tollgate\'s public URL)');
+  process.exit(2);
+}
+const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+if (!fs.existsSync(executablePath)) {
+  console.error(`no Chromium at ${executablePath}: install Debian's chromium (apt-get install chromium) or set CHROMIUM`);
+  process.exit(2);
+}
+const shots = process.env.SCREENSHOT_DIR || 'target/e2e';
+const userName = process.env.USER_NAME || 'Test User';
+const STEP_TIMEOUT = 15_000;
+fs.mkdirSync(shots, { recursive: true });
+
+let step = 0;
+let page;
+async function snap(name) {
+  step += 1;
+  const file = path.join(shots, `${String(step).padStart(2, '0')}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  console.log(`step ${step}: ${name} (${file})`);
+}
+function check(cond, message) {
+  if (!cond) throw new Error(message);
+}
+async function apiResult() {
+  await page.waitForFunction(
+    () => ['ok', 'error'].includes(document.getElementById('api-status').dataset.state),
+    null,
+    { timeout: STEP_TIMEOUT },
+  );
+  return {
+    status: await page.textContent('#api-status'),
+    body: await page.textContent('#api-result'),
+  };
+}
+const tollgateCookies = async (context) =>
+  (await context.cookies(base)).filter((c) => c.name.includes('tollgate'));
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  // Containers and CI machines often run as root, where Chromium's sandbox cannot start.
+  args: process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [],
+});
+let failed = false;
+try {
+  const context = await browser.newContext({ viewport: { width: 1000, height: 800 } });
+  context.setDefaultTimeout(STEP_TIMEOUT);
+  page = await context.newPage();
+  page.on('pageerror', (err) => console.log(`page error: ${err.message}`));
+
+  // 1. The SPA, anonymous.
+  await page.goto(`${base}/`);
+  await page.waitForSelector('#user[data-state="anonymous"]');
+  check(
+    (await page.isVisible('#login')) && !(await page.isVisible('#logout')),
+    'anonymous: Login shows, Logout does not',
+  );
+  await snap('spa-anonymous');
+
+  // 2. Login → the provider's own login page.
+  await page.click('#login');
+  await page.waitForSelector('input[name="login"]');
+  check(!page.url().startsWith(base), `the login form is the provider's, not tollgate's: ${page.url()}`);
+  await page.fill('input[name="login"]', 'test-user');
+  await page.fill('input[name="password"]', 'correct horse battery staple');
+  await snap('provider-login-form');
+
+  // 3. Submit → consent (automatic) → /callback → back in the SPA, logged in.
+  await page.click('button[type="submit"]');
+  await page.waitForURL(`${base}/`);
+  await page.waitForSelector('#user[data-state="ok"]');
+  const who = await page.textContent('#user');
+  check(who.includes(userName), `the SPA shows the user's name: ${who}`);
+  check(!(await page.isVisible('#login')) && (await page.isVisible('#logout')), 'logged in: Logout shows, Login does not');
+  await snap('spa-logged-in');
+
+  // 4. Call the API through tollgate: the upstream received a bearer token, no cookie.
+  await page.click('#call-api');
+  let r = await apiResult();
+  check(r.status === 'HTTP 200', `the API call succeeds: ${r.status} ${r.body}`);
+  const seen = JSON.parse(r.body);
+  check(seen.bearer_token?.received === true, `the API received a bearer token: ${r.body}`);
+  check(
+    Array.isArray(seen.cookies_received) && !seen.cookies_received.some((n) => n.includes('tollgate')),
+    `no tollgate cookie reached the API: ${r.body}`,
+  );
+  check(seen.userinfo?.sub === 'test-user', `the provider accepts the token at userinfo: ${r.body}`);
+  await snap('api-call-with-bearer');
+
+  // 5. The page cannot read the session: the cookie exists, HttpOnly, absent from document.cookie.
+  const cookies = await tollgateCookies(context);
+  check(cookies.length > 0, 'the browser holds a tollgate session cookie');
+  check(cookies.every((c) => c.httpOnly), `every tollgate cookie is HttpOnly: ${cookies.map((c) => c.name)}`);
+  const visible = await page.evaluate(() => document.cookie);
+  check(!visible.includes('tollgate'), `document.cookie shows no tollgate cookie: ${visible}`);
+  const html = await page.content();
+  check(!/eyJ[\w-]+\.[\w-]+\./.test(html), 'no JWT anywhere in the page');
+  await snap('document-cookie-empty');
+
+  // 6. Logout → the provider's end-session → back in the SPA, anonymous, cookies gone.
+  await page.click('#logout');
+  await page.waitForURL(`${base}/`, { timeout: STEP_TIMEOUT });
+  await page.waitForSelector('#user[data-state="anonymous"]');
+  check((await page.isVisible('#login')) && !(await page.isVisible('#logout')), 'logged out: Login shows again');
+  check((await tollgateCookies(context)).length === 0, 'logout clears every tollgate cookie');
+  await snap('spa-logged-out');
+
+  // 7. The API now refuses: 401.
+  await page.click('#call-api');
+  r = await apiResult();
+  check(r.status === 'HTTP 401', `after logout the API call gets 401: ${r.status} ${r.body}`);
+  check(JSON.parse(r.body).error === 'unauthenticated', `401 says unauthenticated: ${r.body}`);
+  await snap('api-call-after-logout-401');
+  console.log('browser end-to-end: all steps passed');
+} catch (err) {
+  failed = true;
+  console.error(`browser end-to-end failed after step ${step}: ${err.message}`);
+  if (page) {
+    console.error(`page url: ${page.url()}`);
+    await page.screenshot({ path: path.join(shots, 'failure.png'), fullPage: true }).catch(() => {});
+  }
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
