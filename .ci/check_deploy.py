@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Checks the deployment material in deploy/ the way a cluster and a container would use it.
+
+1. Renders each kustomization (deploy/kubernetes/overlays/example, deploy/kubernetes/gateway)
+   with `kubectl kustomize` and validates every object against the Kubernetes OpenAPI schemas
+   (`kubernetes-validate --strict`, which rejects unknown fields).
+2. Checks what the schemas cannot: every tollgate container has the liveness/readiness probes on
+   /healthz and /readyz, the hardened securityContext, the config mounted where the image's CMD
+   reads it (/etc/tollgate/tollgate.toml, as in deploy/Dockerfile), secrets mounted as files
+   where the config's *_file keys point, and a termination grace period that covers the preStop
+   pause plus tollgate's [server] grace_period.
+3. Runs `tollgate check` (the binary given as argv[1]) on each rendered tollgate.toml, with the
+   Deployment's TOLLGATE__ environment overrides and the Secret's files, so a config we ship that
+   the binary would refuse fails here, not at someone's rollout.
+
+Usage: check_deploy.py PATH/TO/tollgate
+"""
+import base64
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S_VERSION = "1.32.0"
+KUSTOMIZATIONS = ["deploy/kubernetes/overlays/example", "deploy/kubernetes/gateway"]
+CONFIG_PATH = "/etc/tollgate/tollgate.toml"
+FAILURES = []
+
+
+def fail(where, problem):
+    FAILURES.append(f"{where}: {problem}")
+    print(f"FAIL {where}: {problem}")
+
+
+def seconds(text):
+    """A humantime duration as tollgate's config uses ("20s", "1m", "1h30m")."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+)\s*(ms|s|m|h|d)", text):
+        total += int(number) * units[unit]
+    return total
+
+
+def render(path):
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / path)], check=True, capture_output=True, text=True
+    ).stdout
+    return out, [d for d in yaml.safe_load_all(out) if d]
+
+
+def validate_schemas(path, rendered):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(rendered)
+    r = subprocess.run(
+        ["kubernetes-validate", "-k", K8S_VERSION, "--strict", "--quiet", f.name],
+        capture_output=True,
+        text=True,
+    )
+    os.unlink(f.name)
+    output = (r.stdout + r.stderr).strip()
+    if r.returncode != 0 or "ERROR" in output:
+        fail(path, f"schema validation against Kubernetes {K8S_VERSION}:\n{output}")
+    else:
+        print(f"ok   {path}: every object valid against Kubernetes {K8S_VERSION} (strict)")
+
+
+def check_tollgate_pod(path, docs, binary):
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    for kind in ["Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler"]:
+        if kind not in by_kind:
+            fail(path, f"no {kind}")
+    for dep in by_kind.get("Deployment", []):
+        spec = dep["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        tg = next((c for c in spec["containers"] if c["name"] == "tollgate"), None)
+        if tg is None:
+            fail(path, "the Deployment has no container named tollgate")
+            continue
+        where = f"{path} Deployment/{dep['metadata']['name']} container tollgate"
+        probes = {
+            "livenessProbe": "/healthz",
+            "readinessProbe": "/readyz",
+        }
+        for probe, want in probes.items():
+            got = tg.get(probe, {}).get("httpGet", {}).get("path")
+            if got != want:
+                fail(where, f"{probe} path is {got!r}, want {want}")
+        sc = tg.get("securityContext", {})
+        for key, want in [
+            ("runAsNonRoot", True),
+            ("readOnlyRootFilesystem", True),
+            ("allowPrivilegeEscalation", False),
+        ]:
+            if sc.get(key) is not want:
+                fail(where, f"securityContext.{key} must be {want}")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            fail(where, "securityContext.capabilities.drop must include ALL")
+        if "resources" not in tg or "limits" not in tg["resources"]:
+            fail(where, "resources.limits missing")
+        args = tg.get("args", [])
+        if args != ["--config", CONFIG_PATH]:
+            fail(where, f"args {args}, want ['--config', '{CONFIG_PATH}'] (the image's CMD)")
+
+        mounts = {m["mountPath"]: m for m in tg.get("volumeMounts", [])}
+        config_mount = mounts.get(os.path.dirname(CONFIG_PATH))
+        if not config_mount:
+            fail(where, f"nothing mounted at {os.path.dirname(CONFIG_PATH)}")
+            continue
+        cm_name = volumes[config_mount["name"]]["configMap"]["name"]
+        cm = next((c for c in by_kind.get("ConfigMap", []) if c["metadata"]["name"] == cm_name), None)
+        if not cm or "tollgate.toml" not in cm.get("data", {}):
+            fail(where, f"ConfigMap {cm_name} with tollgate.toml not rendered")
+            continue
+        toml_text = cm["data"]["tollgate.toml"]
+        config = tomllib.loads(toml_text)
+
+        # Secrets as files, where the config's *_file keys point.
+        secret_files = {}
+        for m in tg.get("volumeMounts", []):
+            vol = volumes.get(m["name"], {})
+            if "secret" in vol:
+                secret_files[m["mountPath"]] = vol["secret"]["secretName"]
+        file_keys = [
+            ("oidc", "client_secret_file"),
+            ("oidc", "private_key_file"),
+            ("session", "keys_file"),
+        ]
+        for section, key in file_keys:
+            value = config.get(section, {}).get(key)
+            if value and os.path.dirname(value) not in secret_files:
+                fail(where, f"{section}.{key} = {value} is not under a mounted Secret")
+        for section, key in [("oidc", "client_secret"), ("session", "keys")]:
+            if key in config.get(section, {}):
+                fail(where, f"{section}.{key} is inline in the ConfigMap; use {key}_file and a Secret")
+
+        grace = seconds(config.get("server", {}).get("grace_period", "0s"))
+        pre_stop = tg.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        termination = spec.get("terminationGracePeriodSeconds", 30)
+        if termination < pre_stop + grace + 1:
+            fail(
+                where,
+                f"terminationGracePeriodSeconds {termination} < preStop {pre_stop} s + grace_period {grace} s + 1",
+            )
+        listen_ports = {int(a.rsplit(":", 1)[1]) for a in config["server"]["listen"]}
+        container_ports = {p["containerPort"] for p in tg.get("ports", [])}
+        if not listen_ports <= container_ports:
+            fail(where, f"listen ports {listen_ports} not all declared as containerPorts {container_ports}")
+        if any(a.startswith("127.") for a in config["server"]["listen"]):
+            fail(where, "listen on loopback is unreachable from the Service")
+
+        run_tollgate_check(where, binary, toml_text, tg, secret_files, by_kind.get("Secret", []))
+
+
+def run_tollgate_check(where, binary, toml_text, container, secret_mounts, secrets):
+    """`tollgate check` on the rendered config, with the container's env and the Secret's files
+    (example placeholders where the Secret is supplied outside kustomize)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        config_file = tmp / "tollgate.toml"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE__")}
+        for e in container.get("env", []):
+            if "value" in e:
+                env[e["name"]] = e["value"]
+        # Put each mounted Secret's files in a temp dir and point the config there.
+        for mount_path, secret_name in secret_mounts.items():
+            d = tmp / secret_name
+            d.mkdir()
+            secret = next((s for s in secrets if s["metadata"]["name"] == secret_name), None)
+            if secret:
+                for name, data in secret.get("data", {}).items():
+                    (d / name).write_bytes(base64.b64decode(data))
+            else:
+                # Supplied outside kustomize (e.g. kubectl create secret): example values.
+                (d / "client_secret").write_text("placeholder-client-secret\n")
+                (d / "cookie_keys").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+            toml_text = toml_text.replace(f'"{mount_path}/', f'"{d}/')
+        config_file.write_text(toml_text)
+        r = subprocess.run([binary, "check", "--config", str(config_file)], env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(where, f"tollgate check refuses the rendered config:\n{r.stdout}{r.stderr}")
+        else:
+            print(f"ok   {where}: tollgate check accepts the rendered config")
+
+
+def has_kustomize():
+    """kubectl with a kustomize that reads today's kustomization.yaml (v4+; Debian's kubectl
+    1.20 embeds v2, which does not)."""
+    try:
+        out = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        return False
+    m = re.search(r"Kustomize Version: v(\d+)", out)
+    return bool(m and int(m.group(1)) >= 4)
+
+
+def validate_raw_files():
+    """Without kustomize: validate each plain manifest file as written (no overlay applied)."""
+    for path in sorted((ROOT / "deploy/kubernetes").rglob("*.yaml")):
+        if path.name == "kustomization.yaml" or path.name.startswith("patch-"):
+            continue
+        validate_schemas(str(path.relative_to(ROOT)), path.read_text())
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    binary = sys.argv[1]
+    if not has_kustomize():
+        print("WARNING: no kubectl with kustomize v4+ on this machine: overlays are NOT rendered;")
+        print("WARNING: validating the plain manifest files only (install kubectl to check fully)")
+        validate_raw_files()
+    for path in KUSTOMIZATIONS if has_kustomize() else []:
+        rendered, docs = render(path)
+        print(f"ok   {path}: rendered {len(docs)} objects with kubectl kustomize")
+        validate_schemas(path, rendered)
+        check_tollgate_pod(path, docs, binary)
+
+    dockerfile = (ROOT / "deploy/Dockerfile").read_text()
+    for needle in [
+        "cargo build --release --locked --bin tollgate",
+        f'CMD ["--config", "{CONFIG_PATH}"]',
+        'ENTRYPOINT ["/usr/local/bin/tollgate"]',
+        "USER 65532:65532",
+    ]:
+        if needle not in dockerfile:
+            fail("deploy/Dockerfile", f"expected {needle!r}")
+    # The image's example config must load.
+    r = subprocess.run([binary, "check", "--config", str(ROOT / "conf/tollgate.toml")], capture_output=True, text=True)
+    if r.returncode != 0:
+        fail("conf/tollgate.toml", f"tollgate check refuses it:\n{r.stdout}{r.stderr}")
+
+    if FAILURES:
+        print(f"\n{len(FAILURES)} deployment check(s) failed")
+        sys.exit(1)
+    print("deployment checks passed")
+
+
+if __name__ == "__main__":
+    main()
