@@ -8,7 +8,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
 use tollgate::config::{SameSite, SessionConfig};
-use tollgate::proxy::headers::{rewrite, UpstreamRewrite};
+use tollgate::proxy::headers::{bearer_value, rewrite, UpstreamRewrite};
 use tollgate::session::cookie::SessionCookies;
 use tollgate::session::{Claims, Session, SessionCodec};
 
@@ -115,6 +115,8 @@ fn bench(c: &mut Criterion) {
             criterion::BatchSize::PerIteration,
         )
     });
+    let bearer = bearer_value(&token).unwrap();
+    let host = http::HeaderValue::from_static("127.0.0.1:9000");
     c.bench_function("upstream header rewrite", |b| {
         b.iter_batched_ref(
             || base.clone(),
@@ -122,13 +124,13 @@ fn bench(c: &mut Criterion) {
                 rewrite(
                     req,
                     &UpstreamRewrite {
-                        bearer: Some(black_box(token.as_str())),
+                        bearer: Some(black_box(&bearer)),
                         drop_client_authorization: true,
                         cookie_name: "__Host-tollgate",
                         client_ip: Some([10, 0, 0, 7].into()),
                         proto: "https",
                         request_id: "0f8e5d0c7b6a49382716a5b4c3d2e1f0",
-                        upstream_host: "127.0.0.1:9000",
+                        upstream_host: &host,
                         path: None,
                     },
                 )

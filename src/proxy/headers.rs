@@ -15,6 +15,7 @@
 
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::{HeaderValue, Uri};
 use pingora::http::RequestHeader;
@@ -32,8 +33,8 @@ pub enum RewriteError {
 /// Everything the rewrite needs for one request.
 #[derive(Debug)]
 pub struct UpstreamRewrite<'a> {
-    /// The access token to inject, if the request has a session.
-    pub bearer: Option<&'a str>,
+    /// `Bearer <access token>` to inject, if the request has a session ([`bearer_value`]).
+    pub bearer: Option<&'a HeaderValue>,
     /// Drop a client-sent `Authorization` (all routes with `auth` other than `none`).
     pub drop_client_authorization: bool,
     pub cookie_name: &'a str,
@@ -42,23 +43,35 @@ pub struct UpstreamRewrite<'a> {
     pub proto: &'static str,
     pub request_id: &'a str,
     /// The upstream authority for `Host`.
-    pub upstream_host: &'a str,
+    pub upstream_host: &'a HeaderValue,
     /// The new path, when it differs from the downstream one.
     pub path: Option<&'a str>,
 }
 
+/// The `Authorization` value for `token`: built in one buffer, no further copy, and marked
+/// sensitive (HTTP/2 encoders never index it; `Debug` hides it).
+pub fn bearer_value(token: &str) -> Result<HeaderValue, RewriteError> {
+    let mut v = BytesMut::with_capacity(7 + token.len());
+    v.extend_from_slice(b"Bearer ");
+    v.extend_from_slice(token.as_bytes());
+    let mut value = HeaderValue::from_maybe_shared(v.freeze()).map_err(|_| RewriteError::Header)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), RewriteError> {
-    if rw.drop_client_authorization || rw.bearer.is_some() {
-        req.remove_header(&AUTHORIZATION);
-    }
-    if let Some(token) = rw.bearer {
-        let mut v = String::with_capacity(7 + token.len());
-        v.push_str("Bearer ");
-        v.push_str(token);
-        let mut value = HeaderValue::from_str(&v).map_err(|_| RewriteError::Header)?;
-        value.set_sensitive(true);
-        req.insert_header(AUTHORIZATION, value)
-            .map_err(|_| RewriteError::Header)?;
+    // Names are given as static, title-cased strings: Pingora keeps the case for the wire and,
+    // unlike a `HeaderName`, a static string needs no allocation to do so. `insert_header`
+    // replaces every earlier value, so a client's `Authorization` is only removed explicitly
+    // when no bearer replaces it.
+    match rw.bearer {
+        Some(value) => req
+            .insert_header("Authorization", value.clone())
+            .map_err(|_| RewriteError::Header)?,
+        None if rw.drop_client_authorization => {
+            req.remove_header(&AUTHORIZATION);
+        }
+        None => {}
     }
     strip_own_cookies(req, rw.cookie_name)?;
 
@@ -68,22 +81,24 @@ pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), 
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     if let Some(host) = original_host {
-        req.insert_header("x-forwarded-host", host)
+        req.insert_header("X-Forwarded-Host", host)
             .map_err(|_| RewriteError::Header)?;
     }
-    req.insert_header("x-forwarded-proto", rw.proto)
+    req.insert_header("X-Forwarded-Proto", HeaderValue::from_static(rw.proto))
         .map_err(|_| RewriteError::Header)?;
     if let Some(ip) = rw.client_ip {
         let xff = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-            Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
+            Some(Ok(prev)) if !prev.trim().is_empty() => {
+                HeaderValue::try_from(format!("{prev}, {ip}")).map_err(|_| RewriteError::Header)?
+            }
+            _ => ip_header_value(ip),
         };
-        req.insert_header("x-forwarded-for", xff)
+        req.insert_header("X-Forwarded-For", xff)
             .map_err(|_| RewriteError::Header)?;
     }
-    req.insert_header(super::request_id::HEADER, rw.request_id)
+    req.insert_header(super::request_id::HEADER_TITLE, rw.request_id)
         .map_err(|_| RewriteError::Header)?;
-    req.insert_header(HOST, rw.upstream_host)
+    req.insert_header("Host", rw.upstream_host.clone())
         .map_err(|_| RewriteError::Header)?;
 
     if let Some(path) = rw.path {
@@ -104,6 +119,35 @@ pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), 
         req.set_uri(uri);
     }
     Ok(())
+}
+
+/// An IP address as a header value. IPv4, the common case, is written by hand: `Display` for
+/// `IpAddr` goes through the formatting machinery and cost more than the rest of the header.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    if let IpAddr::V4(v4) = ip {
+        let mut buf = [0u8; 15];
+        let mut len = 0;
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                buf[len] = b'.';
+                len += 1;
+            }
+            if octet >= 100 {
+                buf[len] = b'0' + octet / 100;
+                len += 1;
+            }
+            if octet >= 10 {
+                buf[len] = b'0' + octet / 10 % 10;
+                len += 1;
+            }
+            buf[len] = b'0' + octet % 10;
+            len += 1;
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
+            return v;
+        }
+    }
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Removes tollgate's cookies from `Cookie`, leaving every other cookie as it was. One pass
@@ -144,7 +188,7 @@ fn strip_own_cookies(req: &mut RequestHeader, name: &str) -> Result<(), RewriteE
     }
     req.remove_header(&COOKIE);
     if !kept.is_empty() {
-        req.insert_header(COOKIE, kept)
+        req.insert_header("Cookie", kept)
             .map_err(|_| RewriteError::Header)?;
     }
     Ok(())
@@ -167,7 +211,25 @@ mod tests {
         r
     }
 
-    fn rw<'a>(bearer: Option<&'a str>, path: Option<&'a str>) -> UpstreamRewrite<'a> {
+    static HOST_VALUE: HeaderValue = HeaderValue::from_static("api.internal:8080");
+
+    #[test]
+    fn ipv4_is_written_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.10.99",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(ip).to_str().unwrap(), ip.to_string());
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(ip_header_value(v6).to_str().unwrap(), "2001:db8::1");
+    }
+
+    fn rw<'a>(bearer: Option<&'a HeaderValue>, path: Option<&'a str>) -> UpstreamRewrite<'a> {
         UpstreamRewrite {
             bearer,
             drop_client_authorization: true,
@@ -175,7 +237,7 @@ mod tests {
             client_ip: Some("127.0.0.7".parse().unwrap()),
             proto: "https",
             request_id: "rid-1",
-            upstream_host: "api.internal:8080",
+            upstream_host: &HOST_VALUE,
             path,
         }
     }
@@ -183,7 +245,9 @@ mod tests {
     #[test]
     fn injects_bearer_and_strips_own_cookies() {
         let mut r = request();
-        rewrite(&mut r, &rw(Some("tok"), None)).unwrap();
+        let tok = bearer_value("tok").unwrap();
+        assert!(tok.is_sensitive());
+        rewrite(&mut r, &rw(Some(&tok), None)).unwrap();
         let h = |n: &str| r.headers.get(n).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(h("authorization").as_deref(), Some("Bearer tok"));
         assert_eq!(r.headers.get_all("authorization").iter().count(), 1);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING};
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -36,7 +37,7 @@ use crate::oidc::Oidc;
 use crate::ops::health::{self, Readiness};
 use crate::ops::metrics::Metrics;
 use crate::session::cookie::{ChunkError, SessionCookies};
-use crate::session::{Session as UserSession, SessionCodec, SessionError};
+use crate::session::{Payload, Session as UserSession, SessionCodec, SessionError};
 
 /// The `Cookie` header values of a request, as text.
 fn cookie_values(req: &RequestHeader) -> impl Iterator<Item = &str> {
@@ -80,7 +81,8 @@ pub struct Ctx {
     pub request_id: String,
     started: Instant,
     route: Option<usize>,
-    bearer: Option<String>,
+    /// `Bearer <access token>`, ready for the upstream request (marked sensitive).
+    bearer: Option<HeaderValue>,
     /// Set-Cookie lines to add to the response (clearing a session that did not open).
     set_cookies: Vec<String>,
     upstream_started: Option<Instant>,
@@ -215,18 +217,33 @@ impl Tollgate {
         ctx: &Ctx,
         now: u64,
     ) -> (SessionCookies<'r>, Result<UserSession, SessionError>) {
-        let present = SessionCookies::scan(self.codec.cookie_name(), cookie_values(req));
-        let opened = present
-            .value()
-            .map_err(SessionError::from)
-            .and_then(|v| self.codec.open_value(&v, now));
+        let (present, payload) = self.find_payload(req);
+        let opened = payload.and_then(|p| self.codec.view(&p, now).map(|v| v.to_session()));
         if let Err(e) = &opened {
-            if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
-                self.metrics.session_failure(e.reason());
-                tracing::info!(request_id = %ctx.request_id, reason = e.reason(), "session did not open");
-            }
+            self.note_open_failure(ctx, e);
         }
         (present, opened)
+    }
+
+    /// Finds the request's session cookies and decrypts them (not yet decoded).
+    fn find_payload<'r>(
+        &self,
+        req: &'r RequestHeader,
+    ) -> (SessionCookies<'r>, Result<Payload, SessionError>) {
+        let present = SessionCookies::scan(self.codec.cookie_name(), cookie_values(req));
+        let payload = present
+            .value()
+            .map_err(SessionError::from)
+            .and_then(|v| self.codec.open_payload(&v));
+        (present, payload)
+    }
+
+    /// Counts and logs a session that was present but could not be used.
+    fn note_open_failure(&self, ctx: &Ctx, e: &SessionError) {
+        if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
+            self.metrics.session_failure(e.reason());
+            tracing::info!(request_id = %ctx.request_id, reason = e.reason(), "session did not open");
+        }
     }
 
     /// Decides what to do with a request; `Err` is the refusal to send. Refreshes the access
@@ -242,10 +259,15 @@ impl Tollgate {
             return Ok(());
         }
         let now = crate::unix_now();
-        let (present, opened) = self.open_session(req, ctx, now);
-        let mut session = match opened {
-            Ok(s) => s,
+        let (present, payload) = self.find_payload(req);
+        let opened = payload
+            .as_ref()
+            .map_err(|e| *e)
+            .and_then(|p| self.codec.view(p, now));
+        let view = match opened {
+            Ok(v) => v,
             Err(e) => {
+                self.note_open_failure(ctx, &e);
                 if route.auth == RouteAuth::Optional {
                     return Ok(());
                 }
@@ -256,6 +278,20 @@ impl Tollgate {
             }
         };
         self.csrf.check(&req.headers).map_err(Reject::Csrf)?;
+
+        // The common case: a valid token, no renewal due. The token goes from the decrypted
+        // payload straight into the header value, with no owned copy of the session.
+        let refresh_due = view.access_expires_at <= now + self.refresh_skew;
+        let reseal_due = now.saturating_sub(view.last_seen) >= self.idle_reseal_after;
+        if !refresh_due && !reseal_due {
+            ctx.bearer = Some(headers::bearer_value(view.access_token).map_err(|_| {
+                tracing::error!(request_id = %ctx.request_id, "the access token is not a valid header value");
+                Reject::Internal
+            })?);
+            return Ok(());
+        }
+        let mut session = view.to_session();
+        drop(payload);
 
         let mut changed = false;
         if session.access_expires_at <= now + self.refresh_skew {
@@ -299,7 +335,10 @@ impl Tollgate {
                 }
             }
         }
-        ctx.bearer = Some(session.access_token);
+        ctx.bearer = Some(headers::bearer_value(&session.access_token).map_err(|_| {
+            tracing::error!(request_id = %ctx.request_id, "the access token is not a valid header value");
+            Reject::Internal
+        })?);
         Ok(())
     }
 
@@ -484,13 +523,13 @@ impl ProxyHttp for Tollgate {
         headers::rewrite(
             upstream_request,
             &UpstreamRewrite {
-                bearer: ctx.bearer.as_deref(),
+                bearer: ctx.bearer.as_ref(),
                 drop_client_authorization: route.auth != RouteAuth::None,
                 cookie_name: self.codec.cookie_name(),
                 client_ip,
                 proto: self.proto,
                 request_id: &ctx.request_id,
-                upstream_host: &route.host,
+                upstream_host: &route.host_header,
                 path: changed.then_some(new_path.as_ref()),
             },
         )

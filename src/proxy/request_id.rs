@@ -7,6 +7,8 @@
 use rand::RngCore;
 
 pub const HEADER: &str = "x-request-id";
+/// The same name, title-cased, as written on upstream requests.
+pub const HEADER_TITLE: &str = "X-Request-Id";
 
 /// Whether a client-supplied id may be kept.
 pub fn is_valid(id: &[u8]) -> bool {

@@ -7,6 +7,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
+use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{RouteAuth, RouteConfig};
@@ -32,6 +33,8 @@ pub struct Route {
     pub base_path: String,
     /// `Host` for the upstream request: the upstream URL's authority.
     pub host: String,
+    /// The same, as a header value built once (cloning it shares the bytes).
+    pub host_header: HeaderValue,
     peer: HttpPeer,
 }
 
@@ -108,7 +111,13 @@ impl RouteTable {
             o.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
             o.verify_cert = true;
             o.verify_hostname = true;
+            let host_header = HeaderValue::from_str(&authority).map_err(|_| ResolveError {
+                index,
+                authority: authority.clone(),
+                problem: "not a valid Host header value".to_string(),
+            })?;
             routes.push(Route {
+                host_header,
                 prefix: c.prefix.clone(),
                 auth: c.auth,
                 strip_prefix: c.strip_prefix,

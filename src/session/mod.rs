@@ -62,6 +62,73 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// A [`Session`] read on the hot path, borrowing its strings from the opened payload: a
+/// request that needs neither a refresh nor a re-seal copies no token out of it. Same wire
+/// layout as [`Session`] (a unit test keeps the two in step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct SessionView<'a> {
+    #[serde(borrow)]
+    pub access_token: &'a str,
+    pub access_expires_at: u64,
+    #[serde(borrow)]
+    pub refresh_token: Option<&'a str>,
+    pub refresh_expires_at: Option<u64>,
+    #[serde(borrow)]
+    pub id_token: Option<&'a str>,
+    pub id_expires_at: Option<u64>,
+    #[serde(borrow)]
+    pub claims: ClaimsView<'a>,
+    pub created_at: u64,
+    pub last_seen: u64,
+}
+
+/// [`Claims`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct ClaimsView<'a> {
+    #[serde(borrow)]
+    pub sub: &'a str,
+    #[serde(borrow)]
+    pub sid: Option<&'a str>,
+    #[serde(borrow)]
+    pub name: Option<&'a str>,
+    #[serde(borrow)]
+    pub email: Option<&'a str>,
+}
+
+impl SessionView<'_> {
+    /// An owned copy, for the paths that change the session (refresh, re-seal).
+    pub fn to_session(&self) -> Session {
+        let own = |s: Option<&str>| s.map(str::to_owned);
+        Session {
+            access_token: self.access_token.to_owned(),
+            access_expires_at: self.access_expires_at,
+            refresh_token: own(self.refresh_token),
+            refresh_expires_at: self.refresh_expires_at,
+            id_token: own(self.id_token),
+            id_expires_at: self.id_expires_at,
+            claims: Claims {
+                sub: self.claims.sub.to_owned(),
+                sid: own(self.claims.sid),
+                name: own(self.claims.name),
+                email: own(self.claims.email),
+            },
+            created_at: self.created_at,
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+/// A decrypted session payload, not yet decoded; [`SessionCodec::view`] reads it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload(Vec<u8>);
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // It holds tokens in the clear.
+        write!(f, "Payload({} bytes)", self.0.len())
+    }
+}
+
 /// The first byte of every serialized payload, checked before deserializing.
 pub const PAYLOAD_VERSION: u8 = 1;
 
@@ -148,22 +215,38 @@ impl SessionCodec {
             .map_err(|_| SessionError::Seal)
     }
 
-    /// Opens one sealed value and checks the session's lifetimes against `now`.
-    pub fn open_value(&self, sealed: &str, now: u64) -> Result<Session, SessionError> {
-        let payload = self.sealer.open(sealed, self.name.as_bytes())?;
-        let session: Session = match payload.split_first() {
+    /// Decrypts one sealed value (authenticity only; [`Self::view`] decodes and checks the
+    /// lifetimes).
+    pub fn open_payload(&self, sealed: &str) -> Result<Payload, SessionError> {
+        Ok(Payload(self.sealer.open(sealed, self.name.as_bytes())?))
+    }
+
+    /// Decodes `payload` without copying its strings and checks the session's lifetimes
+    /// against `now`.
+    pub fn view<'p>(
+        &self,
+        payload: &'p Payload,
+        now: u64,
+    ) -> Result<SessionView<'p>, SessionError> {
+        let view: SessionView<'p> = match payload.0.split_first() {
             Some((&PAYLOAD_VERSION, rest)) => {
                 postcard::from_bytes(rest).map_err(|_| SessionError::Payload)?
             }
             _ => return Err(SessionError::Payload),
         };
-        if now >= session.created_at.saturating_add(self.max_lifetime) {
+        if now >= view.created_at.saturating_add(self.max_lifetime) {
             return Err(SessionError::Expired);
         }
-        if now >= session.last_seen.saturating_add(self.idle_timeout) {
+        if now >= view.last_seen.saturating_add(self.idle_timeout) {
             return Err(SessionError::Idle);
         }
-        Ok(session)
+        Ok(view)
+    }
+
+    /// Opens one sealed value and checks the session's lifetimes against `now`.
+    pub fn open_value(&self, sealed: &str, now: u64) -> Result<Session, SessionError> {
+        let payload = self.open_payload(sealed)?;
+        Ok(self.view(&payload, now)?.to_session())
     }
 
     /// Finds, reassembles and opens the session in a request's `Cookie` header values.
@@ -268,6 +351,27 @@ mod tests {
             codec.open_value(&sealed, now + 3600),
             Err(SessionError::Expired)
         );
+    }
+
+    #[test]
+    fn view_reads_the_session_wire_layout() {
+        let codec = SessionCodec::new(&config(), true);
+        let now = 1_700_000_000;
+        for s in [session(now), {
+            let mut bare = session(now);
+            bare.refresh_token = None;
+            bare.id_token = None;
+            bare.claims = Claims {
+                sub: "u".into(),
+                ..Claims::default()
+            };
+            bare
+        }] {
+            let payload = codec.open_payload(&codec.seal(&s).unwrap()).unwrap();
+            let view = codec.view(&payload, now + 1).unwrap();
+            assert_eq!(view.access_token, s.access_token);
+            assert_eq!(view.to_session(), s);
+        }
     }
 
     #[test]
