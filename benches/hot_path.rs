@@ -1,13 +1,19 @@
 //! Micro benchmarks of the per-request work tollgate adds on authenticated routes:
-//! opening a realistic session (three ~1.2 KB JWTs, chunked over two cookies) and rewriting
-//! the upstream request headers. The load benchmark against bare Pingora and nginx lives in
-//! `benches/load/`.
+//! opening a realistic session (three ~1.2 KB JWTs, chunked over two cookies), rewriting
+//! the upstream request headers, and the refresh single-flight path (a burst of requests with
+//! one expiring token sharing one refresh; the provider call itself is replaced by a task that
+//! yields once, so what is measured is tollgate's coordination, not the network). The load
+//! benchmark against bare Pingora and nginx lives in `benches/load/`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
 use tollgate::config::{SameSite, SessionConfig};
+use tollgate::oidc::refresh::{self, flight_key, Flights, RefreshOutcome};
+use tollgate::oidc::token_client::TokenResponse;
 use tollgate::proxy::headers::{bearer_value, rewrite, UpstreamRewrite};
 use tollgate::session::cookie::SessionCookies;
 use tollgate::session::{Claims, Session, SessionCodec};
@@ -88,6 +94,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("session_open (3 x 1.2 KB JWTs, chunked)", |b| {
         b.iter(|| codec.open_request([black_box(header.as_str())], now))
     });
+    // What the hot path does: find, decrypt, and decode into a borrowed view (no token copies).
+    c.bench_function(
+        "session_view (hot path: open without copying tokens)",
+        |b| {
+            b.iter(|| {
+                let found = SessionCookies::scan(codec.cookie_name(), [black_box(header.as_str())]);
+                let payload = codec.open_payload(&found.value().unwrap()).unwrap();
+                codec
+                    .view(&payload, now)
+                    .map(|v| v.access_expires_at)
+                    .unwrap()
+            })
+        },
+    );
     c.bench_function("session_seal (3 x 1.2 KB JWTs, chunked)", |b| {
         let s = session();
         b.iter(|| codec.set_cookie_lines(black_box(&s), &SessionCookies::default(), now))
@@ -140,5 +160,83 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+fn bench_refresh(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let tokens = Arc::new(TokenResponse {
+        access_token: jwt(1200, 4),
+        token_type: "Bearer".into(),
+        expires_in: Some(300),
+        refresh_token: Some(jwt(1200, 5)),
+        refresh_expires_in: None,
+        id_token: Some(jwt(1200, 6)),
+        scope: None,
+    });
+    let old_refresh = jwt(1200, 2);
+    let wait = Duration::from_secs(12);
+    let calls = Arc::new(AtomicUsize::new(0));
+    // The stand-in for the provider call: yields once (so the other requests of the burst
+    // arrive while it is in flight) and counts how often it ran.
+    let provider = |calls: &Arc<AtomicUsize>, tokens: &Arc<TokenResponse>| {
+        let (calls, tokens) = (calls.clone(), tokens.clone());
+        async move {
+            tokio::task::yield_now().await;
+            calls.fetch_add(1, Ordering::Relaxed);
+            RefreshOutcome::Refreshed(tokens)
+        }
+    };
+
+    let mut iterations = 0;
+    c.bench_function(
+        "refresh single flight: burst of 64 requests, one refresh",
+        |b| {
+            b.iter(|| {
+                iterations += 1;
+                let flights = Flights::default();
+                let key = flight_key(black_box(&old_refresh));
+                rt.block_on(futures_util::future::join_all(
+                    (0..64).map(|_| flights.run(key, wait, provider(&calls, &tokens))),
+                ))
+            })
+        },
+    );
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        iterations,
+        "exactly one provider call per burst"
+    );
+
+    let warm = Flights::default();
+    let key = flight_key(&old_refresh);
+    rt.block_on(warm.run(key, wait, provider(&calls, &tokens)));
+    c.bench_function(
+        "refresh single flight: late request answered from the kept result",
+        |b| {
+            b.iter(|| {
+                rt.block_on(warm.run(
+                    flight_key(black_box(&old_refresh)),
+                    wait,
+                    provider(&calls, &tokens),
+                ))
+            })
+        },
+    );
+
+    let codec = codec();
+    let now = tollgate::unix_now();
+    c.bench_function("refresh: apply new tokens and re-seal the session", |b| {
+        b.iter_batched_ref(
+            session,
+            |s| {
+                refresh::apply(s, black_box(&tokens), now);
+                codec.set_cookie_lines(s, &SessionCookies::default(), now)
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+}
+
+criterion_group!(benches, bench, bench_refresh);
 criterion_main!(benches);

@@ -51,6 +51,11 @@ pub enum RefreshOutcome {
     Unavailable,
 }
 
+/// The single-flight key of a refresh token: its SHA-256 (the token itself is not kept).
+pub fn flight_key(refresh_token: &str) -> [u8; 32] {
+    Sha256::digest(refresh_token.as_bytes()).into()
+}
+
 struct Flight {
     cell: Arc<OnceCell<RefreshOutcome>>,
     started: Instant,
@@ -85,6 +90,25 @@ impl Flights {
             .clone()
     }
 
+    /// Runs `work` for `key` unless a flight for it is in progress or recently succeeded, in
+    /// which case its outcome is shared. Waits at most `wait`; an `Unavailable` outcome is not
+    /// kept, so the next caller tries again. The key is the refresh token's SHA-256
+    /// ([`flight_key`]).
+    pub async fn run<F>(&self, key: [u8; 32], wait: Duration, work: F) -> RefreshOutcome
+    where
+        F: std::future::Future<Output = RefreshOutcome>,
+    {
+        let cell = self.join(key);
+        let outcome = tokio::time::timeout(wait, cell.get_or_init(|| work))
+            .await
+            .cloned()
+            .unwrap_or(RefreshOutcome::Unavailable);
+        if matches!(outcome, RefreshOutcome::Unavailable) {
+            self.forget(&key, &cell);
+        }
+        outcome
+    }
+
     fn forget(&self, key: &[u8; 32], cell: &Arc<OnceCell<RefreshOutcome>>) {
         if let Ok(mut table) = self.table.lock() {
             if table.get(key).is_some_and(|f| Arc::ptr_eq(&f.cell, cell)) {
@@ -97,20 +121,14 @@ impl Flights {
 impl Oidc {
     /// Refreshes with `refresh_token`, sharing the call with concurrent requests.
     pub async fn refresh(&self, refresh_token: &str, request_id: &str) -> RefreshOutcome {
-        let key: [u8; 32] = Sha256::digest(refresh_token.as_bytes()).into();
-        let cell = self.flights.join(key);
         let wait = self.http_timeout + Duration::from_secs(2);
-        let outcome = tokio::time::timeout(
-            wait,
-            cell.get_or_init(|| self.call_refresh(refresh_token, request_id)),
-        )
-        .await
-        .cloned()
-        .unwrap_or(RefreshOutcome::Unavailable);
-        if matches!(outcome, RefreshOutcome::Unavailable) {
-            self.flights.forget(&key, &cell);
-        }
-        outcome
+        self.flights
+            .run(
+                flight_key(refresh_token),
+                wait,
+                self.call_refresh(refresh_token, request_id),
+            )
+            .await
     }
 
     async fn call_refresh(&self, refresh_token: &str, request_id: &str) -> RefreshOutcome {
