@@ -274,13 +274,13 @@ def wrk(url, conns, seconds, headers):
     return r
 
 
-def idle_connections_rss(pid, n):
-    """Opens n keep-alive connections to tollgate, each after one request, and reads its RSS."""
+def idle_connections_rss(pid, n, port, path="/healthz"):
+    """Opens n keep-alive connections to the process, each after one request, and reads its RSS."""
     socks = []
-    req = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    req = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
     try:
         for i in range(n):
-            s = socket.create_connection((HOST, PORTS["tollgate"]), timeout=10)
+            s = socket.create_connection((HOST, port), timeout=10)
             s.sendall(req)
             socks.append(s)
             if i % 500 == 499:
@@ -369,16 +369,21 @@ def main():
                     raise SystemExit(f"{name}: {url} answered {r.status}")
 
         tg_pid = procs["tollgate"].pid
+        bp_pid = procs["bare-pingora"].pid
         runs = {}
         tg_cpu, tg_requests = 0.0, 0
+        bp_cpu, bp_requests = 0.0, 0
         for c in conns:
             for rnd in range(args.rounds):
                 for name, url, headers in contenders:
-                    cpu0 = cpu_seconds(tg_pid)
+                    cpu0, bp0 = cpu_seconds(tg_pid), cpu_seconds(bp_pid)
                     r = wrk(url, c, args.duration, headers)
                     if name == "tollgate":
                         tg_cpu += cpu_seconds(tg_pid) - cpu0
                         tg_requests += r["requests"]
+                    if name == "bare-pingora":
+                        bp_cpu += cpu_seconds(bp_pid) - bp0
+                        bp_requests += r["requests"]
                     log(f"c={c} round {rnd + 1} {name:13} {r['rps']:>10.0f} req/s  p99 {r['p99'] / 1000:.2f} ms  errors {r['errors']} non-2xx {r['non2xx']}")
                     runs.setdefault((name, c), []).append(r)
         # Wrong answers fail the run; socket errors (timeouts under overload) are reported.
@@ -391,11 +396,16 @@ def main():
         table = {(n, c): median_run(n, c) for (n, c) in runs}
         results["table"] = table
         results["tg_cpu_us_per_req"] = tg_cpu / max(1, tg_requests) * 1e6
+        results["bp_cpu_us_per_req"] = bp_cpu / max(1, bp_requests) * 1e6
         results["tg_peak_rss_kib_load"] = status_kib(tg_pid, "VmHWM")
 
         log(f"opening {args.idle} idle keep-alive connections to tollgate")
-        rss, hwm, fds = idle_connections_rss(tg_pid, args.idle)
+        rss, hwm, fds = idle_connections_rss(tg_pid, args.idle, PORTS["tollgate"])
         results["idle"] = (args.idle, rss, hwm, fds)
+        log(f"opening {args.idle} idle keep-alive connections to bare Pingora (baseline)")
+        bp_rss0 = status_kib(bp_pid, "VmRSS")
+        bp_rss, _, _ = idle_connections_rss(bp_pid, args.idle, PORTS["bare-pingora"], "/api/items")
+        results["idle_bp"] = (bp_rss0, bp_rss)
 
         log(f"timing {args.logins} logins")
         t0 = time.perf_counter()
@@ -451,9 +461,10 @@ def report(args, conns, results, failed):
     lps, cb_ms, own_ms, own_n = results["login"]
     lines += [
         "",
-        f"- tollgate CPU time per proxied request (all load runs): {results['tg_cpu_us_per_req']:.1f} µs",
+        f"- CPU time per proxied request (all load runs): tollgate {results['tg_cpu_us_per_req']:.1f} µs, bare Pingora {results['bp_cpu_us_per_req']:.1f} µs",
         f"- tollgate peak RSS under load: {results['tg_peak_rss_kib_load'] / 1024:.1f} MiB",
         f"- tollgate with {n} idle keep-alive connections ({fds} open fds): RSS {rss / 1024:.1f} MiB, peak {hwm / 1024:.1f} MiB",
+        f"- bare Pingora (Pingora's default 64 KiB read buffer) with {n} idle keep-alive connections: RSS {results['idle_bp'][1] / 1024:.1f} MiB (from {results['idle_bp'][0] / 1024:.1f} MiB)",
         f"- login throughput (sequential full /login → provider → /callback round trips): {lps:.1f} logins/s",
         f"- callback: median {cb_ms:.2f} ms, of which tollgate's own work (callback minus the token request to the provider) median {own_ms:.2f} ms ({own_n} logins)",
     ]

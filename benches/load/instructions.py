@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Instructions and allocations per proxied request: tollgate vs bare Pingora, under callgrind.
+
+Wall-clock load figures on a shared VM drift by ±20 % between rounds; instruction counts do
+not. This runs each proxy under `valgrind --tool=callgrind` in front of the same nginx
+upstream, sends the same keep-alive request N times (tollgate with a session from a real
+login at the test provider, bare Pingora with the same headers), and counts, for those N
+requests only (counters zeroed after a warm-up): instructions, heap allocations, and, for
+tollgate, the inclusive cost of its own hooks. Needs valgrind, nginx and the test provider
+(`npm ci` in tests/idp). Loopback only.
+
+Usage: python3 benches/load/instructions.py [--requests 2000]
+"""
+
+import argparse
+import collections
+import http.client
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as R  # noqa: E402  (the load benchmark's process helpers and config)
+
+
+def drive(port, n, headers):
+    c = http.client.HTTPConnection(R.HOST, port, timeout=120)
+    for _ in range(n):
+        c.request("GET", "/api/items", headers=headers)
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise SystemExit(f"port {port} answered {r.status}")
+    c.close()
+
+
+def callgrind_control(pid, what):
+    subprocess.run(["callgrind_control", what, str(pid)], check=True, capture_output=True)
+
+
+def parse(path):
+    """Self cost per function, calls per callee, inclusive cost per callee."""
+    self_cost, calls, inclusive = collections.Counter(), collections.Counter(), collections.Counter()
+    fn = cfn = None
+    pending = False
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith("fn="):
+                fn = line[3:].strip()
+            elif line.startswith("cfn="):
+                cfn = line[4:].strip()
+            elif line.startswith("calls="):
+                calls[cfn] += int(line[6:].split()[0])
+                pending = True
+            elif line[:1] in "0123456789+-*":
+                cost = int(line.split()[1])
+                if pending:
+                    pending = False
+                    if fn != cfn:
+                        inclusive[cfn] += cost
+                else:
+                    self_cost[fn] += cost
+    return self_cost, calls, inclusive
+
+
+def measure(name, argv, port, ready_url, n, headers_for, env=None):
+    out = os.path.join(R.WORK, f"callgrind.{name}.out")
+    R.start(name, ["valgrind", "--tool=callgrind", "--compress-strings=no", "--compress-pos=no",
+                   f"--callgrind-out-file={out}"] + argv, env=env)
+    R.wait_http(name, ready_url, timeout=180)
+    headers = headers_for()
+    drive(port, 200, headers)
+    pid = R.procs[name].pid
+    callgrind_control(pid, "--zero")
+    drive(port, n, headers)
+    callgrind_control(pid, "--dump")
+    time.sleep(1)
+    dumps = sorted(p for p in os.listdir(R.WORK) if p.startswith(f"callgrind.{name}.out."))
+    self_cost, calls, inclusive = parse(os.path.join(R.WORK, dumps[-1]))
+    return {
+        "instructions": sum(self_cost.values()) / n,
+        "allocations": calls.get("malloc", 0) / n,
+        "hooks": {f: c / n for f, c in inclusive.items()
+                  if "<tollgate::proxy::Tollgate as" in f and f.endswith("::{{closure}}") and c / n >= 50},
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=2000)
+    args = ap.parse_args()
+    R.log("building tollgate and the bare Pingora baseline (release)")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "tollgate", "--example", "bare_pingora"],
+                   cwd=R.ROOT, check=True)
+    idp_dir = os.path.join(R.ROOT, "tests", "idp")
+    try:
+        R.start("upstream", ["nginx", "-p", R.WORK, "-c", R.nginx_conf("upstream", R.PORTS["upstream"], f"""
+  server {{ listen {R.HOST}:{R.PORTS['upstream']};
+    location / {{ default_type application/json; return 200 '{{"ok":true,"from":"upstream"}}'; }} }}"""), "-g", "daemon off;"])
+        R.start("idp", ["node", os.path.join(idp_dir, "server.js")], env={**os.environ,
+                "IDP_PORT": str(R.PORTS["idp"]),
+                "REDIRECT_URIS": f"http://{R.HOST}:{R.PORTS['tollgate']}/callback"})
+        R.wait_http("upstream", f"http://{R.HOST}:{R.PORTS['upstream']}/")
+        R.wait_http("idp", f"{R.ISSUER}/.well-known/openid-configuration")
+        cookie = {}
+
+        def tollgate_headers():
+            cookie["v"] = R.login(f"http://{R.HOST}:{R.PORTS['tollgate']}/login?return_to=/landing", "tollgate")
+            return {"Cookie": cookie["v"], "x-csrf": "1"}
+
+        tg = measure("tollgate", [os.path.join(R.ROOT, "target", "release", "tollgate"), "--config", R.tollgate_conf()],
+                     R.PORTS["tollgate"], f"http://{R.HOST}:{R.PORTS['tollgate']}/readyz", args.requests,
+                     tollgate_headers, env={**os.environ, "TOLLGATE_LOG": "warn"})
+        bp = measure("bare-pingora", [os.path.join(R.ROOT, "target", "release", "examples", "bare_pingora"),
+                                      f"{R.HOST}:{R.PORTS['bare-pingora']}", f"{R.HOST}:{R.PORTS['upstream']}", "2"],
+                     R.PORTS["bare-pingora"], f"http://{R.HOST}:{R.PORTS['bare-pingora']}/", args.requests,
+                     lambda: {"Cookie": cookie["v"], "x-csrf": "1"})
+    finally:
+        R.stop_all()
+    print(f"\n| per proxied request ({args.requests} keep-alive requests, callgrind) | tollgate | bare Pingora | ratio |")
+    print("|---|---|---|---|")
+    print(f"| instructions | {tg['instructions']:,.0f} | {bp['instructions']:,.0f} | {tg['instructions'] / bp['instructions']:.2f} |")
+    print(f"| heap allocations | {tg['allocations']:.1f} | {bp['allocations']:.1f} | {tg['allocations'] / bp['allocations']:.2f} |")
+    print("\ntollgate's hooks (inclusive instructions per request):\n")
+    for f, c in sorted(tg["hooks"].items(), key=lambda x: -x[1]):
+        hook = f.split(">::", 1)[-1].replace("::{{closure}}", "")
+        print(f"- {hook}: {c:,.0f}")
+
+
+if __name__ == "__main__":
+    R.WORK = tempfile.mkdtemp(prefix="tollgate-instr-")
+    try:
+        main()
+    except KeyboardInterrupt:
+        R.stop_all()
+        sys.exit(130)
