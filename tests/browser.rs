@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::idp::{Idp, CLIENTS};
-use common::{free_port, Tollgate, KEY};
+use common::{free_port, wait_http, TestConfig, Tollgate};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,26 +42,11 @@ impl DemoApps {
             api_port,
             spa_port,
         };
-        let client = reqwest::Client::new();
         for port in [api_port, spa_port] {
             let url = format!("http://127.0.0.1:{port}/");
-            let mut up = false;
-            for _ in 0..200 {
-                if let Ok(Some(status)) = apps.child.try_wait() {
-                    panic!("the demo apps exited: {status}");
-                }
-                if client
-                    .get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-                {
-                    up = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Err(e) = wait_http(&mut apps.child, &url, Duration::from_secs(20)).await {
+                panic!("the demo apps did not serve: {e}");
             }
-            assert!(up, "the demo apps did not answer {url} within 20 s");
         }
         apps
     }
@@ -103,37 +88,15 @@ async fn spa_login_api_call_and_logout_in_chromium() {
     )
     .await;
     let apps = DemoApps::start(&format!("{}/userinfo", idp.issuer)).await;
-    let client = &CLIENTS[0];
-    let mut tg = Tollgate::start_on(port, |p, m| {
-        format!(
-            r#"
-[server]
-listen = ["127.0.0.1:{p}"]
-public_url = "http://127.0.0.1:{p}"
-threads = 1
-[oidc]
-issuer = "{issuer}"
-{client}
-scopes = ["openid", "profile", "email", "offline_access"]
-[session]
-keys = ["{KEY}"]
-[[routes]]
-prefix = "/api"
-upstream = "http://127.0.0.1:{api}"
-[[routes]]
-prefix = "/"
-upstream = "http://127.0.0.1:{spa}"
-auth = "none"
-[metrics]
-listen = "127.0.0.1:{m}"
-"#,
-            issuer = idp.issuer,
-            client = client.oidc_toml(),
-            api = apps.api_port,
-            spa = apps.spa_port,
-        )
-    })
-    .await;
+    let config = TestConfig::for_client(&idp, &CLIENTS[0])
+        .scopes(&["openid", "profile", "email", "offline_access"])
+        .route("/api", &format!("http://127.0.0.1:{}", apps.api_port), "")
+        .route(
+            "/",
+            &format!("http://127.0.0.1:{}", apps.spa_port),
+            "auth = \"none\"",
+        );
+    let mut tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
     tg.wait_for("/readyz").await.expect("tollgate ready");
 
     let shots = repo().join("target/e2e");

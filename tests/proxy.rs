@@ -24,7 +24,21 @@ async fn start() -> (Echo, Tollgate) {
     let echo = Echo::start().await;
     let down = free_port();
     let api = echo.url();
-    let tg = Tollgate::start(|port, metrics| config_text(port, metrics, &api, down)).await;
+    // `/api` (required) and `/opt` (optional) on the echo upstream, `/down` to a closed port,
+    // `/` (none) on the echo upstream too.
+    let config = TestConfig::without_provider()
+        .threads(2)
+        .server(r#"grace_period = "5s""#)
+        .section("[csrf]\nallowed_origins = [\"http://localhost:3000\"]")
+        .route("/api", &api, "auth = \"required\"\nread_timeout = \"1s\"")
+        .route("/opt", &api, "auth = \"optional\"")
+        .route(
+            "/down",
+            &format!("http://127.0.0.1:{down}"),
+            "auth = \"none\"\nconnect_timeout = \"2s\"",
+        )
+        .route("/", &api, "auth = \"none\"");
+    let tg = Tollgate::start(|port, metrics| config.render(port, metrics)).await;
     (echo, tg)
 }
 

@@ -66,32 +66,15 @@ async fn https_upstream_is_verified_with_sni() {
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &good.ca_pem).unwrap();
     let (good_port, wrong_port) = (echo.addr.port(), wrong_name.addr.port());
+    let config = TestConfig::without_provider()
+        .route("/api", &format!("https://localhost:{good_port}"), "")
+        .route(
+            "/wrong-name",
+            &format!("https://localhost:{wrong_port}"),
+            "auth = \"none\"",
+        );
     let tg = Tollgate::start_with_env(
-        |port, metrics| {
-            format!(
-                r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-public_url = "http://127.0.0.1:{port}"
-threads = 1
-[oidc]
-issuer = "http://127.0.0.1:1/as"
-client_id = "t"
-client_secret = "s"
-[session]
-keys = ["{KEY}"]
-[[routes]]
-prefix = "/api"
-upstream = "https://localhost:{good_port}"
-[[routes]]
-prefix = "/wrong-name"
-upstream = "https://localhost:{wrong_port}"
-auth = "none"
-[metrics]
-listen = "127.0.0.1:{metrics}"
-"#
-            )
-        },
+        |port, metrics| config.render(port, metrics),
         &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
     )
     .await;

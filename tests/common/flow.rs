@@ -5,45 +5,17 @@ use std::time::Duration;
 use reqwest::redirect::Policy;
 
 use super::idp::{Idp, TestClient};
-use super::{Echo, Tollgate, KEY};
+use super::{Echo, TestConfig, Tollgate};
 
 pub const HANG: Duration = Duration::from_secs(30);
 
-/// A tollgate config for `client` of `idp`; `extra_oidc` lines go into `[oidc]`.
-pub fn tollgate_config(
-    port: u16,
-    metrics: u16,
-    idp: &Idp,
-    client: &TestClient,
-    api: &str,
-    extra_oidc: &str,
-) -> String {
-    format!(
-        r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-public_url = "http://127.0.0.1:{port}"
-threads = 1
-[oidc]
-issuer = "{issuer}"
-{client}
-scopes = ["openid", "profile", "email"]
-{extra_oidc}
-[session]
-keys = ["{KEY}"]
-[[routes]]
-prefix = "/api"
-upstream = "{api}"
-[[routes]]
-prefix = "/"
-upstream = "{api}"
-auth = "none"
-[metrics]
-listen = "127.0.0.1:{metrics}"
-"#,
-        issuer = idp.issuer,
-        client = client.oidc_toml(),
-    )
+/// A tollgate config for `client` of `idp`: `/api` (required) and `/` (none) on `api`;
+/// `extra_oidc` lines go into `[oidc]`.
+pub fn tollgate_config(idp: &Idp, client: &TestClient, api: &str, extra_oidc: &str) -> TestConfig {
+    TestConfig::for_client(idp, client)
+        .oidc(extra_oidc)
+        .route("/api", api, "")
+        .route("/", api, "auth = \"none\"")
 }
 
 /// A browser-like client: keeps cookies, follows redirects.
@@ -89,11 +61,8 @@ pub async fn start_tollgate_with(
     echo: &Echo,
     extra_oidc: &str,
 ) -> Tollgate {
-    let api = echo.url();
-    let mut tg = Tollgate::start_on(port, |p, m| {
-        tollgate_config(p, m, idp, client, &api, extra_oidc)
-    })
-    .await;
+    let config = tollgate_config(idp, client, &echo.url(), extra_oidc);
+    let mut tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
     tg.wait_for("/readyz")
         .await
         .expect("ready once the provider metadata is loaded");

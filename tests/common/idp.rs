@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::free_port;
+use super::{free_port, wait_http};
 
 /// One registered client per token endpoint authentication method.
 pub struct TestClient {
@@ -176,21 +176,11 @@ impl Idp {
             .stderr(Stdio::null())
             .spawn()
             .expect("start node (is Node.js installed?)");
-        self.child = Some(child);
-        let client = reqwest::Client::new();
+        let child = self.child.insert(child);
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
-        for _ in 0..200 {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("the test provider exited: {status}");
-            }
-            if let Ok(r) = client.get(&url).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(e) = wait_http(child, &url, Duration::from_secs(20)).await {
+            panic!("the test provider did not serve its discovery document: {e}");
         }
-        panic!("the test provider did not answer discovery within 20 s");
     }
 
     pub fn url(&self, path: &str) -> String {

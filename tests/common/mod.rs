@@ -6,8 +6,11 @@
 
 #![allow(dead_code)]
 
+pub mod config;
 pub mod flow;
 pub mod idp;
+
+pub use config::TestConfig;
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -283,6 +286,33 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Polls `url` every 100 ms until it answers 200, for at most `within`, and fails at once if
+/// `child` exits. Tests wait on readiness this way, never on a fixed sleep.
+pub async fn wait_http(child: &mut Child, url: &str, within: Duration) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no 200 from {url} within {within:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A port that was free a moment ago (the OS hands out ports round-robin, so reuse is rare).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -294,56 +324,6 @@ pub fn free_port() -> u16 {
 
 pub const KEY: &str = "bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=";
 pub const CLIENT_SECRET: &str = "integration-client-secret";
-
-/// A tollgate config for tests: `/api` (required) and `/opt` (optional) on `api`, `/down` to a
-/// closed port, `/` (none) on `api` too.
-pub fn config_text(port: u16, metrics_port: u16, api: &str, down_port: u16) -> String {
-    format!(
-        r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-public_url = "http://127.0.0.1:{port}"
-threads = 2
-grace_period = "5s"
-
-[oidc]
-issuer = "http://127.0.0.1:1/as"
-client_id = "tollgate-test"
-client_secret = "{CLIENT_SECRET}"
-
-[session]
-keys = ["{KEY}"]
-
-[csrf]
-allowed_origins = ["http://localhost:3000"]
-
-[[routes]]
-prefix = "/api"
-upstream = "{api}"
-auth = "required"
-read_timeout = "1s"
-
-[[routes]]
-prefix = "/opt"
-upstream = "{api}"
-auth = "optional"
-
-[[routes]]
-prefix = "/down"
-upstream = "http://127.0.0.1:{down_port}"
-auth = "none"
-connect_timeout = "2s"
-
-[[routes]]
-prefix = "/"
-upstream = "{api}"
-auth = "none"
-
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-"#
-    )
-}
 
 /// The `tollgate` binary running as a child process.
 pub struct Tollgate {
@@ -425,21 +405,14 @@ impl Tollgate {
 
     /// Waits until `path` answers 200 (bounded), failing if the process exits.
     pub async fn wait_for(&mut self, path: &str) -> Result<(), String> {
-        let client = reqwest::Client::new();
         let url = self.url(path);
-        for _ in 0..300 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited with {status}: {}", self.log()));
+        match wait_http(&mut self.child, &url, Duration::from_secs(30)).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.child.kill();
+                Err(format!("{e}: {}", self.log()))
             }
-            if let Ok(r) = client.get(&url).send().await {
-                if r.status() == 200 {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let _ = self.child.kill();
-        Err(format!("no 200 from {path} within 30 s: {}", self.log()))
     }
 
     pub fn url(&self, path: &str) -> String {
