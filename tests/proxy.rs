@@ -378,18 +378,80 @@ async fn builtin_endpoints_and_bad_paths() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(json(r).await["error"], "unauthenticated");
-    // Dot segments could make routing and the upstream disagree: refused. (Raw TCP, because
-    // HTTP clients normalise such paths before sending.)
+    // Dot segments could make routing and the upstream disagree: refused.
     for path in ["/static/%2e%2e/api/items", "/static/../api/items"] {
-        let mut s = TcpStream::connect(tg.addr()).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let (head, body) = read_response(&mut s).await;
+        let (head, body) = raw_request(
+            &tg,
+            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+        )
+        .await;
         assert!(head.starts_with("HTTP/1.1 400"), "{path}: {head}");
         assert!(String::from_utf8_lossy(&body).contains("bad_path"));
     }
     assert_eq!(echo.count(), 0);
     tg.wait_metrics(&["tollgate_requests_total{"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_targets_are_routed_as_the_upstream_reads_them() {
+    let (echo, tg) = start().await;
+    let cookie = tg.mint_cookie(&access_token(300));
+    let get = |target: &str, extra: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-csrf: 1\r\n{extra}\r\n")
+    };
+    let with_cookie = format!("Cookie: {cookie}\r\n");
+
+    // Refused before routing, session or not: a target that is not origin-form (Pingora would
+    // route it as `/` and forward it as written), and paths an upstream could resolve to
+    // another route than tollgate's (`%2F`, `;params`, `..;`).
+    for target in [
+        "x:/api/items",
+        "api/items",
+        "/api%2Fitems",
+        "/api;v=1/items",
+        "/static/..;/api/items",
+    ] {
+        let (head, body) = raw_request(&tg, &get(target, &with_cookie)).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{target}: {head}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("bad_path"),
+            "{target}"
+        );
+    }
+    assert_eq!(echo.count(), 0, "a refused target reached the upstream");
+
+    // An escaped letter names the same path: `/%61pi` is `/api`, under `/api`'s rule...
+    let (head, _) = raw_request(&tg, &get("/%61pi/items", "")).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert_eq!(echo.count(), 0);
+    // ...and goes upstream as the path it was routed on.
+    let (head, _) = raw_request(&tg, &get("/%61pi/it%65ms?q=%61", &with_cookie)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(echo.last().path, "/api/items?q=%61");
+
+    // Absolute-form is routed on its path and sent upstream in origin-form.
+    let authority = format!("127.0.0.1:{}", tg.port);
+    let request = format!(
+        "GET http://{authority}/api/items HTTP/1.1\r\nHost: {authority}\r\nx-csrf: 1\r\n{with_cookie}\r\n"
+    );
+    let (head, _) = raw_request(&tg, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(echo.last().path, "/api/items");
+
+    // An escaped slash that stays within one route passes as written (e.g. GitLab's
+    // `projects/group%2Fname`).
+    let (head, _) = raw_request(&tg, &get("/api/projects/group%2Fname", &with_cookie)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(echo.last().path, "/api/projects/group%2Fname");
+    assert_eq!(echo.count(), 3);
+}
+
+/// Sends `request` as written on a new connection and reads the response. (Raw TCP, because
+/// HTTP clients normalise request targets before sending.)
+async fn raw_request(tg: &Tollgate, request: &str) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(tg.addr()).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    read_response(&mut s).await
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body from `s`.

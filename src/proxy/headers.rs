@@ -108,15 +108,18 @@ pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), 
         };
         let uri: Uri = uri.parse().map_err(|_| RewriteError::Uri)?;
         req.set_uri(uri);
-    } else if req.uri.authority().is_some() {
-        // Absolute-form request target: send origin-form upstream.
+    } else {
+        // Pingora forwards the target as received; an absolute-form one (the only other form
+        // tollgate accepts) goes upstream as the origin-form path it was routed on.
         let pq = req
             .uri
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
-        let uri: Uri = pq.parse().map_err(|_| RewriteError::Uri)?;
-        req.set_uri(uri);
+        if req.raw_path() != pq.as_bytes() {
+            let uri: Uri = pq.parse().map_err(|_| RewriteError::Uri)?;
+            req.set_uri(uri);
+        }
     }
     Ok(())
 }

@@ -1,0 +1,228 @@
+//! The request target: the one path tollgate routes on, checks, and sends upstream.
+//!
+//! A route's auth rule protects only what the upstream serves under that path, so the path
+//! tollgate matches must be the path the upstream resolves. Upstreams normalise in ways a
+//! plain prefix match does not see: they decode `%61` to `a`, resolve `.` and `..` (Tomcat also
+//! `..;`), drop `;params` from segments, and some read `\` as `/`. And a request target that is
+//! not origin-form (`x:/api/admin`, `api/admin`) gives Pingora a URI path of `/` while its raw
+//! bytes would be forwarded unchanged. So, before anything is routed:
+//! - the target must be origin-form (`/…`) or absolute-form (`http(s)://host/…`), else 400;
+//! - percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2: the same URI), and
+//!   that normalised path is what is routed, answered or proxied;
+//! - a dot segment (also percent-encoded or with `;params`), a backslash, a control character
+//!   (also encoded) or a malformed `%` escape is refused with 400;
+//! - [`Target::canonical`] is the path fully decoded with `;params` dropped, kept only when it
+//!   differs: a path that routes differently in that form (`/api%2Fadmin`, `/api;x/admin`)
+//!   is refused by the caller, since tollgate cannot know which one the upstream will serve.
+//!
+//! The common path (no `%`, `;` or dot segments) is one scan without allocation.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("the request target is neither origin-form nor absolute-form")]
+    Form,
+    #[error("the path has a dot segment")]
+    DotSegment,
+    #[error("the path has a backslash, a control character or a malformed escape")]
+    Malformed,
+}
+
+/// A checked request target.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target<'r> {
+    /// The path to route on and send upstream: the request's own when nothing was decoded.
+    pub path: Cow<'r, str>,
+    /// The path fully decoded and without `;params`, when that differs from `path`.
+    pub canonical: Option<String>,
+}
+
+/// Checks `raw_target` (the request line's target as received) whose URI path Pingora parsed
+/// as `uri_path`.
+pub fn check<'r>(raw_target: &[u8], uri_path: &'r str) -> Result<Target<'r>, TargetError> {
+    let origin_form = raw_target.first() == Some(&b'/');
+    if !origin_form && !is_http_absolute_form(raw_target) {
+        return Err(TargetError::Form);
+    }
+    if !uri_path.starts_with('/') {
+        return Err(TargetError::Form);
+    }
+    let bytes = uri_path.as_bytes();
+    let (mut escaped, mut params) = (false, false);
+    for &b in bytes {
+        match b {
+            b'%' => escaped = true,
+            b';' => params = true,
+            b'\\' => return Err(TargetError::Malformed),
+            b if b < 0x20 || b == 0x7f => return Err(TargetError::Malformed),
+            _ => {}
+        }
+    }
+    if !escaped && !params {
+        if has_dot_segment(uri_path) {
+            return Err(TargetError::DotSegment);
+        }
+        return Ok(Target {
+            path: Cow::Borrowed(uri_path),
+            canonical: None,
+        });
+    }
+
+    let path = if escaped {
+        Cow::Owned(decode(bytes, true)?)
+    } else {
+        Cow::Borrowed(uri_path)
+    };
+    let decoded = if escaped {
+        decode(bytes, false)?
+    } else {
+        uri_path.to_string()
+    };
+    if decoded.contains('\\') {
+        return Err(TargetError::Malformed);
+    }
+    let canonical: String = decoded
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("/");
+    if has_dot_segment(&canonical) {
+        return Err(TargetError::DotSegment);
+    }
+    let canonical = (canonical != path).then_some(canonical);
+    Ok(Target { path, canonical })
+}
+
+fn is_http_absolute_form(raw: &[u8]) -> bool {
+    let starts = |p: &[u8]| raw.len() >= p.len() && raw[..p.len()].eq_ignore_ascii_case(p);
+    starts(b"http://") || starts(b"https://")
+}
+
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|s| s == "." || s == "..")
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Decodes `%XX` escapes: only those of unreserved characters when `unreserved_only` (the
+/// others are kept as written), else all of them. Refuses a malformed escape and an escaped
+/// control character; bytes that do not form UTF-8 are replaced (only ever compared).
+fn decode(bytes: &[u8], unreserved_only: bool) -> Result<String, TargetError> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let (Some(h), Some(l)) = (
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(TargetError::Malformed);
+        };
+        let b = h << 4 | l;
+        if b < 0x20 || b == 0x7f {
+            return Err(TargetError::Malformed);
+        }
+        if !unreserved_only || is_unreserved(b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&bytes[i..i + 3]);
+        }
+        i += 3;
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(raw: &str) -> Target<'_> {
+        check(raw.as_bytes(), raw).unwrap()
+    }
+
+    #[test]
+    fn plain_paths_pass_borrowed() {
+        for p in ["/", "/api/items", "/a.b/c..d/.e", "/~user/x-y_z"] {
+            let t = ok(p);
+            assert!(matches!(t.path, Cow::Borrowed(_)), "{p}");
+            assert_eq!(t.path, p);
+            assert_eq!(t.canonical, None);
+        }
+    }
+
+    #[test]
+    fn only_origin_and_http_absolute_form() {
+        for raw in ["x:/api/admin", "api/admin", "*", "foo:bar://evil/admin", ""] {
+            assert_eq!(check(raw.as_bytes(), "/"), Err(TargetError::Form), "{raw}");
+        }
+        let t = check(b"http://app.example/api/x", "/api/x").unwrap();
+        assert_eq!(t.path, "/api/x");
+        assert!(check(b"HTTPS://app.example/", "/").is_ok());
+    }
+
+    #[test]
+    fn dot_segments_in_every_spelling_are_refused() {
+        for p in [
+            "/..",
+            "/api/../admin",
+            "/api/./x",
+            "/api/%2e%2e/admin",
+            "/api/%2E./admin",
+            "/api/..;/admin",
+            "/api/.;x/admin",
+            "/api/%2e%2e%3b/admin",
+            "/api/x%2f..%2fadmin",
+        ] {
+            assert_eq!(check(p.as_bytes(), p), Err(TargetError::DotSegment), "{p}");
+        }
+    }
+
+    #[test]
+    fn backslashes_controls_and_bad_escapes_are_refused() {
+        for p in [
+            "/api\\..\\admin",
+            "/api/%5c..%5cadmin",
+            "/a%00b",
+            "/a%0Ab",
+            "/a%7f",
+            "/a%",
+            "/a%2",
+            "/a%zz",
+        ] {
+            assert_eq!(check(p.as_bytes(), p), Err(TargetError::Malformed), "{p}");
+        }
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_others_kept() {
+        let t = ok("/api/%61dmin/%7Euser/a%2Fb/%20x");
+        assert_eq!(t.path, "/api/admin/~user/a%2Fb/%20x");
+        assert_eq!(t.canonical.as_deref(), Some("/api/admin/~user/a/b/ x"));
+        let t = ok("/%61pi/items");
+        assert_eq!(t.path, "/api/items");
+        assert_eq!(t.canonical, None);
+    }
+
+    #[test]
+    fn params_are_dropped_from_the_canonical_path() {
+        let t = ok("/api;x/admin;jsessionid=1");
+        assert_eq!(t.path, "/api;x/admin;jsessionid=1");
+        assert_eq!(t.canonical.as_deref(), Some("/api/admin"));
+    }
+}
