@@ -184,7 +184,7 @@ fn bench_refresh(c: &mut Criterion) {
         async move {
             tokio::task::yield_now().await;
             calls.fetch_add(1, Ordering::Relaxed);
-            RefreshOutcome::Refreshed(tokens)
+            RefreshOutcome::Refreshed(tokens, 0)
         }
     };
 

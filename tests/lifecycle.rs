@@ -210,6 +210,25 @@ async fn revoked_refresh_token_ends_the_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_invalid_grant_ends_the_session() {
+    let s = logged_in("").await;
+    let cookie = s.cookie_for(&expired(s.session()));
+    // The provider refusing the client (a rotated secret) or rate-limiting says nothing about
+    // the session: 503, the cookies stay, and the next try refreshes.
+    for (status, error) in [(401, "invalid_client"), (429, "slow_down")] {
+        s.idp.refuse_next_token(status, error).await;
+        let r = api(&plain(), &s.tg, Some(&cookie)).await;
+        assert_eq!(r.status(), 503, "{status} {error}: {}", s.tg.log());
+        assert!(r.headers().get("retry-after").is_some());
+        assert!(set_cookies(&r).is_empty(), "the session is kept");
+    }
+    let r = api(&plain(), &s.tg, Some(&cookie)).await;
+    assert_eq!(r.status(), 200, "{}", s.tg.log());
+    assert!(!set_cookies(&r).is_empty(), "refreshed and re-sealed");
+    // invalid_grant, and only it, ends the session: revoked_refresh_token_ends_the_session.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_down_gives_503_and_the_session_survives() {
     let mut s = logged_in("http_timeout = \"3s\"").await;
     let cookie = s.cookie_for(&expired(s.session()));

@@ -18,6 +18,13 @@ use crate::session::{Claims, Session, SessionCodec};
 
 /// Default access-token lifetime when the provider omits `expires_in`.
 pub const DEFAULT_EXPIRES_IN: u64 = 3600;
+/// Longer lifetimes from the provider are taken as this (a year): no overflow, no absurd dates.
+const MAX_EXPIRES_IN: u64 = 366 * 24 * 3600;
+
+/// When a token issued at `issued_at` with the provider's `expires_in` expires.
+pub fn expires_at(issued_at: u64, expires_in: Option<u64>) -> u64 {
+    issued_at.saturating_add(expires_in.unwrap_or(DEFAULT_EXPIRES_IN).min(MAX_EXPIRES_IN))
+}
 
 #[derive(Debug, Default, Deserialize)]
 struct CallbackQuery {
@@ -225,9 +232,9 @@ impl Oidc {
         };
 
         let session = Session {
-            access_expires_at: now + tokens.expires_in.unwrap_or(DEFAULT_EXPIRES_IN),
+            access_expires_at: expires_at(now, tokens.expires_in),
             access_token: tokens.access_token,
-            refresh_expires_at: tokens.refresh_expires_in.map(|s| now + s),
+            refresh_expires_at: tokens.refresh_expires_in.map(|s| expires_at(now, Some(s))),
             refresh_token: tokens.refresh_token,
             id_token: Some(raw_id_token.to_string()),
             id_expires_at: Some(claims.exp),

@@ -21,17 +21,18 @@ use super::token_client::{TokenError, TokenResponse};
 use super::Oidc;
 use crate::session::Session;
 
-/// Puts refreshed tokens into `session`. A rotated refresh token replaces the old one; a new
-/// ID token replaces the old one as the logout hint (the claims stay those validated at login).
-pub fn apply(session: &mut Session, tokens: &TokenResponse, now: u64) {
+/// Puts tokens refreshed at `issued_at` (Unix seconds; lifetimes count from then, not from when
+/// a later request picks up the shared result) into `session`. A rotated refresh token replaces
+/// the old one; a new ID token replaces the old one as the logout hint (the claims stay those
+/// validated at login).
+pub fn apply(session: &mut Session, tokens: &TokenResponse, issued_at: u64) {
     session.access_token = tokens.access_token.clone();
-    session.access_expires_at = now
-        + tokens
-            .expires_in
-            .unwrap_or(super::callback::DEFAULT_EXPIRES_IN);
+    session.access_expires_at = super::callback::expires_at(issued_at, tokens.expires_in);
     if let Some(rt) = &tokens.refresh_token {
         session.refresh_token = Some(rt.clone());
-        session.refresh_expires_at = tokens.refresh_expires_in.map(|s| now + s);
+        session.refresh_expires_at = tokens
+            .refresh_expires_in
+            .map(|s| super::callback::expires_at(issued_at, Some(s)));
     }
     if let Some(id) = &tokens.id_token {
         session.id_token = Some(id.clone());
@@ -44,7 +45,8 @@ pub const RESULT_TTL: Duration = Duration::from_secs(60);
 /// The outcome of a refresh, shared by every request that waited for it.
 #[derive(Debug, Clone)]
 pub enum RefreshOutcome {
-    Refreshed(Arc<TokenResponse>),
+    /// New tokens, and when they were issued (Unix seconds).
+    Refreshed(Arc<TokenResponse>, u64),
     /// The provider refused the refresh token (revoked, expired, reused): log in again.
     Rejected(String),
     /// The provider could not be reached or failed: try again later, keep the session.
@@ -146,16 +148,84 @@ impl Oidc {
                     rotated = tokens.refresh_token.is_some(),
                     "access token refreshed"
                 );
-                RefreshOutcome::Refreshed(Arc::new(tokens))
+                RefreshOutcome::Refreshed(Arc::new(tokens), crate::unix_now())
             }
-            Err(TokenError::Provider { status, error }) if (400..500).contains(&status) => {
+            // Only `invalid_grant` says the refresh token itself is dead (RFC 6749 §5.2).
+            // `invalid_client`, a rate limit or a firewall's 403 are the provider's or our
+            // configuration's problem: the session is kept and the request answered 503.
+            Err(TokenError::Provider { error, .. }) if error == "invalid_grant" => {
                 tracing::info!(request_id, provider_error = %error, "refresh refused by the provider");
                 RefreshOutcome::Rejected(error)
+            }
+            Err(TokenError::Provider { status, error }) => {
+                tracing::error!(
+                    request_id,
+                    status,
+                    provider_error = %error,
+                    "refresh failed: the provider refused the client or the request; session kept"
+                );
+                RefreshOutcome::Unavailable
             }
             Err(e) => {
                 tracing::warn!(request_id, error = %e, "refresh failed: provider unavailable");
                 RefreshOutcome::Unavailable
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Claims;
+
+    fn tokens(expires_in: Option<u64>, refresh_expires_in: Option<u64>) -> TokenResponse {
+        TokenResponse {
+            access_token: "new-at".into(),
+            token_type: "Bearer".into(),
+            expires_in,
+            refresh_token: Some("new-rt".into()),
+            refresh_expires_in,
+            id_token: None,
+            scope: None,
+        }
+    }
+
+    fn session() -> Session {
+        Session {
+            access_token: "old-at".into(),
+            access_expires_at: 10,
+            refresh_token: Some("old-rt".into()),
+            refresh_expires_at: None,
+            id_token: Some("id".into()),
+            id_expires_at: None,
+            claims: Claims::default(),
+            created_at: 0,
+            last_seen: 0,
+        }
+    }
+
+    #[test]
+    fn lifetimes_count_from_the_refresh_not_from_the_late_request() {
+        let mut s = session();
+        apply(&mut s, &tokens(Some(300), Some(3600)), 1_000);
+        assert_eq!(s.access_token, "new-at");
+        assert_eq!(s.access_expires_at, 1_300);
+        assert_eq!(s.refresh_token.as_deref(), Some("new-rt"));
+        assert_eq!(s.refresh_expires_at, Some(4_600));
+        assert_eq!(s.id_token.as_deref(), Some("id"), "kept when none is sent");
+    }
+
+    #[test]
+    fn absurd_lifetimes_neither_overflow_nor_wrap() {
+        let mut s = session();
+        apply(
+            &mut s,
+            &tokens(Some(u64::MAX), Some(u64::MAX)),
+            u64::MAX - 5,
+        );
+        assert_eq!(s.access_expires_at, u64::MAX);
+        apply(&mut s, &tokens(Some(u64::MAX), None), 1_000);
+        assert_eq!(s.access_expires_at, 1_000 + 366 * 24 * 3600);
     }
 }

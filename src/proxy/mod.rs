@@ -310,8 +310,8 @@ impl Tollgate {
             match session.refresh_token.clone() {
                 Some(refresh_token) => {
                     match self.oidc.refresh(&refresh_token, &ctx.request_id).await {
-                        RefreshOutcome::Refreshed(tokens) => {
-                            refresh::apply(&mut session, &tokens, now);
+                        RefreshOutcome::Refreshed(tokens, issued_at) => {
+                            refresh::apply(&mut session, &tokens, issued_at);
                             changed = true;
                         }
                         RefreshOutcome::Rejected(_) => {

@@ -216,6 +216,18 @@ impl Idp {
         }
     }
 
+    /// Makes the provider answer its next token request with `status` and `error`.
+    pub async fn refuse_next_token(&self, status: u16, error: &str) {
+        let r = reqwest::Client::new()
+            .post(self.url(&format!(
+                "/__test/refuse-next-token?status={status}&error={error}"
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
     /// Resets the provider's grant counters.
     pub async fn reset_stats(&self) {
         reqwest::Client::new()

@@ -180,6 +180,7 @@ const provider = new Provider(issuer, {
 provider.proxy = false;
 
 const stats = { token_requests: { authorization_code: 0, refresh_token: 0 }, refresh_failures: 0 };
+let refuseNextToken = null;
 provider.on('grant.success', (ctx) => {
   const type = ctx.oidc.params.grant_type;
   stats.token_requests[type] = (stats.token_requests[type] || 0) + 1;
@@ -247,6 +248,20 @@ const server = http.createServer(async (req, res) => {
       stats.token_requests = { authorization_code: 0, refresh_token: 0 };
       stats.refresh_failures = 0;
       return send(res, 200, stats);
+    }
+    // Test hook: the next token request is answered with this error instead (a provider that
+    // refuses the client, rate-limits, or sits behind a firewall that says no).
+    if (url.pathname === '/__test/refuse-next-token' && req.method === 'POST') {
+      refuseNextToken = {
+        status: Number(url.searchParams.get('status') || 400),
+        error: url.searchParams.get('error') || 'invalid_request',
+      };
+      return send(res, 200, refuseNextToken);
+    }
+    if (refuseNextToken && req.method === 'POST' && url.pathname === `${issuerPath}/token`) {
+      const { status, error } = refuseNextToken;
+      refuseNextToken = null;
+      return send(res, status, { error, error_description: 'refused by the test hook' });
     }
     if (url.pathname.startsWith('/interaction/')) return await interaction(req, res);
     if (url.pathname === issuerPath || url.pathname.startsWith(`${issuerPath}/`)) {
