@@ -82,7 +82,7 @@ fn announce(config: &Config) {
         metrics = ?config.metrics.listen.map(|a| a.to_string()),
         cookie = %config.session.cookie_name,
         keys = config.session.keys.len(),
-        issuer = %config.oidc.issuer,
+        issuer = %config.oidc.issuer_id,
         client_id = %config.oidc.client_id,
         redirect_uri = %format!("{}{}", config.server.public_origin, config.oidc.callback_path),
         "tollgate starting"

@@ -165,6 +165,9 @@ impl EndpointOverrides {
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
     pub issuer: Url,
+    /// The issuer exactly as configured (trailing slash and all): discovery documents and ID
+    /// tokens must carry this string, compared as written (OpenID Connect Discovery §4.3).
+    pub issuer_id: String,
     pub client_id: String,
     pub client_secret: Option<Secret>,
     pub auth_method: AuthMethod,

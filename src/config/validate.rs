@@ -241,6 +241,7 @@ fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigErro
     Ok(OidcConfig {
         post_logout_redirect_uri,
         allow_get_logout: o.allow_get_logout.unwrap_or(false),
+        issuer_id: o.issuer.trim().to_string(),
         issuer,
         client_id: o.client_id,
         client_secret,
@@ -640,6 +641,20 @@ mod tests {
         let from = format!("\n{from}");
         assert!(EXAMPLE.contains(&from), "example lacks {from}");
         EXAMPLE.replacen(&from, &format!("\n{to}"), 1)
+    }
+
+    #[test]
+    fn issuer_is_kept_as_written() {
+        for issuer in [
+            "https://tenant.auth0.com/",
+            "https://idp.example.com/realms/x",
+        ] {
+            let text = EXAMPLE.replace(
+                "issuer = \"http://127.0.0.1:9090/as\"",
+                &format!("issuer = \"{issuer}\""),
+            );
+            assert_eq!(load(&text, &[]).unwrap().oidc.issuer_id, issuer);
+        }
     }
 
     #[test]

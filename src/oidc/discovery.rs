@@ -73,22 +73,12 @@ pub struct Metadata {
     pub iss_parameter_supported: bool,
 }
 
-/// The issuer string as it must appear in tokens and the discovery document.
-pub fn issuer_string(issuer: &Url) -> String {
-    let s = issuer.as_str();
-    // `Url` adds a trailing slash to a bare origin; issuers are compared as written.
-    if issuer.path() == "/" {
-        s.trim_end_matches('/').to_string()
-    } else {
-        s.to_string()
-    }
-}
-
-/// `{issuer}/.well-known/openid-configuration`.
-pub fn discovery_url(issuer: &Url) -> String {
+/// `{issuer}/.well-known/openid-configuration`, the issuer's trailing `/` removed first
+/// (OpenID Connect Discovery §4).
+pub fn discovery_url(issuer_id: &str) -> String {
     format!(
         "{}/.well-known/openid-configuration",
-        issuer_string(issuer).trim_end_matches('/')
+        issuer_id.trim_end_matches('/')
     )
 }
 
@@ -114,7 +104,7 @@ pub async fn fetch_metadata(
     http: &reqwest::Client,
     cfg: &OidcConfig,
 ) -> Result<Metadata, DiscoveryError> {
-    let expected_issuer = issuer_string(&cfg.issuer);
+    let expected_issuer = cfg.issuer_id.clone();
     let doc = if cfg.endpoints.skip_discovery() {
         Document {
             issuer: expected_issuer.clone(),
@@ -128,7 +118,7 @@ pub async fn fetch_metadata(
             authorization_response_iss_parameter_supported: false,
         }
     } else {
-        let url = discovery_url(&cfg.issuer);
+        let url = discovery_url(&cfg.issuer_id);
         let resp = http
             .get(&url)
             .header("accept", "application/json")
@@ -168,7 +158,7 @@ pub async fn fetch_metadata(
         discovered
             .map(|d| {
                 Url::parse(&d).map_err(|e| DiscoveryError::Document {
-                    url: discovery_url(&cfg.issuer),
+                    url: discovery_url(&cfg.issuer_id),
                     problem: format!("{name} {d:?}: {e}"),
                 })
             })
@@ -176,7 +166,7 @@ pub async fn fetch_metadata(
     };
     let required = |name: &str, v: Option<Url>| {
         v.ok_or_else(|| DiscoveryError::Document {
-            url: discovery_url(&cfg.issuer),
+            url: discovery_url(&cfg.issuer_id),
             problem: format!("no {name} (and none set in [oidc])"),
         })
     };
@@ -273,7 +263,7 @@ impl BackgroundService for MetadataRefresher {
             let wait = match self.store.load(&self.http, &self.config).await {
                 Ok(()) => {
                     if !self.readiness.provider_loaded() {
-                        tracing::info!(issuer = %self.config.issuer, "provider metadata and keys loaded");
+                        tracing::info!(issuer = %self.config.issuer_id, "provider metadata and keys loaded");
                     }
                     self.readiness.set_provider_loaded();
                     backoff = BACKOFF_START;
@@ -301,20 +291,18 @@ mod tests {
 
     #[test]
     fn issuer_and_discovery_urls() {
-        let with_path: Url = "https://idp.example.com/realms/x".parse().unwrap();
         assert_eq!(
-            issuer_string(&with_path),
-            "https://idp.example.com/realms/x"
-        );
-        assert_eq!(
-            discovery_url(&with_path),
+            discovery_url("https://idp.example.com/realms/x"),
             "https://idp.example.com/realms/x/.well-known/openid-configuration"
         );
-        let bare: Url = "https://idp.example.com".parse().unwrap();
-        assert_eq!(issuer_string(&bare), "https://idp.example.com");
         assert_eq!(
-            discovery_url(&bare),
+            discovery_url("https://idp.example.com"),
             "https://idp.example.com/.well-known/openid-configuration"
+        );
+        // Auth0 writes its issuer with a trailing slash; it is kept for comparison only.
+        assert_eq!(
+            discovery_url("https://tenant.auth0.com/"),
+            "https://tenant.auth0.com/.well-known/openid-configuration"
         );
     }
 
