@@ -39,7 +39,11 @@ impl Oidc {
         if let (Some(s), Some(p)) = (session, provider.as_ref()) {
             match (&s.refresh_token, &p.metadata.revocation_endpoint) {
                 (Some(rt), Some(endpoint)) => {
-                    match self.tokens.revoke(endpoint.as_str(), rt).await {
+                    match self
+                        .tokens
+                        .revoke(endpoint.as_str(), p.metadata.token_endpoint.as_str(), rt)
+                        .await
+                    {
                         Ok(()) => tracing::info!(request_id, "refresh token revoked"),
                         Err(e) => {
                             tracing::warn!(request_id, error = %e, "revoking the refresh token failed; logging out anyway")

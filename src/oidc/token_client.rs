@@ -110,16 +110,22 @@ impl TokenClient {
     }
 
     /// Revokes a refresh token (RFC 7009). The provider answers 200 even for unknown tokens.
+    /// A client assertion names `token_endpoint` as its audience here too: RFC 7523 §3 and
+    /// OpenID Connect Core §9 name the token endpoint (or the issuer), and strict providers
+    /// refuse an assertion addressed to the revocation endpoint.
     pub async fn revoke(
         &self,
         revocation_endpoint: &str,
+        token_endpoint: &str,
         refresh_token: &str,
     ) -> Result<(), TokenError> {
         let form = vec![
             ("token", refresh_token.to_string()),
             ("token_type_hint", "refresh_token".to_string()),
         ];
-        self.post_form(revocation_endpoint, form).await.map(|_| ())
+        self.post_form(revocation_endpoint, token_endpoint, form)
+            .await
+            .map(|_| ())
     }
 
     async fn request(
@@ -127,7 +133,7 @@ impl TokenClient {
         token_endpoint: &str,
         form: Vec<(&'static str, String)>,
     ) -> Result<TokenResponse, TokenError> {
-        let body = self.post_form(token_endpoint, form).await?;
+        let body = self.post_form(token_endpoint, token_endpoint, form).await?;
         let tokens: TokenResponse = serde_json::from_slice(&body)
             .map_err(|_| TokenError::Invalid("not a JSON token response"))?;
         if !tokens.token_type.eq_ignore_ascii_case("bearer") {
@@ -148,14 +154,15 @@ impl TokenClient {
 }
 
 impl TokenClient {
-    /// POSTs `form` with the client's credentials; the body of a 2xx answer, else the
-    /// provider's error code.
+    /// POSTs `form` to `endpoint` with the client's credentials (an assertion's audience is
+    /// `audience`); the body of a 2xx answer, else the provider's error code.
     async fn post_form(
         &self,
         endpoint: &str,
+        audience: &str,
         mut form: Vec<(&'static str, String)>,
     ) -> Result<bytes::Bytes, TokenError> {
-        let creds = self.auth.credentials(endpoint, crate::unix_now())?;
+        let creds = self.auth.credentials(audience, crate::unix_now())?;
         form.extend(creds.form);
         let mut req = self
             .http
