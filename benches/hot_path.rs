@@ -137,6 +137,7 @@ fn bench(c: &mut Criterion) {
     });
     let bearer = bearer_value(&token).unwrap();
     let host = http::HeaderValue::from_static("127.0.0.1:9000");
+    let public_host = http::HeaderValue::from_static("app.example.com");
     c.bench_function("upstream header rewrite", |b| {
         b.iter_batched_ref(
             || base.clone(),
@@ -149,6 +150,7 @@ fn bench(c: &mut Criterion) {
                         cookie_name: "__Host-tollgate",
                         client_ip: Some([10, 0, 0, 7].into()),
                         proto: "https",
+                        forwarded_host: &public_host,
                         request_id: "0f8e5d0c7b6a49382716a5b4c3d2e1f0",
                         upstream_host: &host,
                         path: None,

@@ -162,6 +162,8 @@ async fn upstream_gets_bearer_not_cookies() {
         .header("origin", tg.url(""))
         .header("x-request-id", "client-id-42")
         .header("x-forwarded-for", "198.51.100.7")
+        // tollgate answers any Host; the upstream hears public_url's.
+        .header("host", "evil.example")
         .send()
         .await
         .unwrap();

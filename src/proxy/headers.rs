@@ -5,7 +5,8 @@
 //! - tollgate's own cookies (the session, its chunks, login helpers) are removed from `Cookie`;
 //!   all other cookies pass, joined into one header as HTTP/1.1 requires.
 //! - `X-Forwarded-For` gains the client address, `X-Forwarded-Proto`/`-Host` say how the
-//!   browser reached tollgate, `X-Request-Id` carries the id in our logs.
+//!   browser reached tollgate (from `public_url`, never from the client's `Host`),
+//!   `X-Request-Id` carries the id in our logs.
 //! - `Host` becomes the upstream's authority (what an https upstream's certificate and virtual
 //!   hosting expect), and the path is rewritten for `strip_prefix` and the upstream's base path.
 //!
@@ -16,7 +17,7 @@
 use std::net::IpAddr;
 
 use bytes::BytesMut;
-use http::header::{AUTHORIZATION, COOKIE, HOST};
+use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderValue, Uri};
 use pingora::http::RequestHeader;
 
@@ -41,6 +42,9 @@ pub struct UpstreamRewrite<'a> {
     pub client_ip: Option<IpAddr>,
     /// `http` or `https`, from `public_url`.
     pub proto: &'static str,
+    /// `X-Forwarded-Host`: `public_url`'s authority, not the client's `Host` (tollgate answers
+    /// any `Host`, so a client could otherwise steer links and redirects the upstream builds).
+    pub forwarded_host: &'a HeaderValue,
     pub request_id: &'a str,
     /// The upstream authority for `Host`.
     pub upstream_host: &'a HeaderValue,
@@ -75,15 +79,8 @@ pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), 
     }
     strip_own_cookies(req, rw.cookie_name)?;
 
-    let original_host = req.headers.get(HOST).cloned().or_else(|| {
-        req.uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    if let Some(host) = original_host {
-        req.insert_header("X-Forwarded-Host", host)
-            .map_err(|_| RewriteError::Header)?;
-    }
+    req.insert_header("X-Forwarded-Host", rw.forwarded_host.clone())
+        .map_err(|_| RewriteError::Header)?;
     req.insert_header("X-Forwarded-Proto", HeaderValue::from_static(rw.proto))
         .map_err(|_| RewriteError::Header)?;
     if let Some(ip) = rw.client_ip {
@@ -203,7 +200,7 @@ mod tests {
 
     fn request() -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/api/items?x=1", None).unwrap();
-        r.insert_header("host", "app.example.com").unwrap();
+        r.insert_header("host", "evil.example").unwrap();
         r.insert_header("authorization", "Bearer client-supplied")
             .unwrap();
         r.append_header("cookie", "theme=dark; tg=sealed; tg.0=2.a")
@@ -215,6 +212,7 @@ mod tests {
     }
 
     static HOST_VALUE: HeaderValue = HeaderValue::from_static("api.internal:8080");
+    static PUBLIC_HOST: HeaderValue = HeaderValue::from_static("app.example.com");
 
     #[test]
     fn ipv4_is_written_like_display() {
@@ -239,6 +237,7 @@ mod tests {
             cookie_name: "tg",
             client_ip: Some("127.0.0.7".parse().unwrap()),
             proto: "https",
+            forwarded_host: &PUBLIC_HOST,
             request_id: "rid-1",
             upstream_host: &HOST_VALUE,
             path,

@@ -62,6 +62,8 @@ pub struct Tollgate {
     readiness: Arc<Readiness>,
     oidc: Arc<Oidc>,
     proto: &'static str,
+    /// `public_url`'s authority, for `X-Forwarded-Host`.
+    forwarded_host: HeaderValue,
     callback_path: String,
     refresh_skew: u64,
     idle_reseal_after: u64,
@@ -113,6 +115,7 @@ impl Tollgate {
             } else {
                 "http"
             },
+            forwarded_host: public_authority(&config.server.public_url),
             callback_path: config.oidc.callback_path.clone(),
             refresh_skew: config.session.refresh_skew.as_secs(),
             idle_reseal_after: (config.session.idle_timeout.as_secs() / 2).max(1),
@@ -428,6 +431,16 @@ impl Tollgate {
     }
 }
 
+/// `host[:port]` of `url` as a header value (the port only when not the scheme's default).
+fn public_authority(url: &url::Url) -> HeaderValue {
+    let host = url.host_str().unwrap_or_default();
+    let text = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+}
+
 impl Ctx {
     /// The path to answer, route and proxy: normalised ([`target`]).
     fn path<'a>(&'a self, req: &'a RequestHeader) -> &'a str {
@@ -548,6 +561,7 @@ impl ProxyHttp for Tollgate {
                 cookie_name: self.codec.cookie_name(),
                 client_ip,
                 proto: self.proto,
+                forwarded_host: &self.forwarded_host,
                 request_id: &ctx.request_id,
                 upstream_host: &route.host_header,
                 path: changed.then_some(new_path.as_ref()),
