@@ -24,8 +24,16 @@ where
         .into_iter()
         .filter(|(k, _)| k.starts_with(PREFIX))
         .collect();
-    // Sorted so that `ROUTES__0__…` is applied before `ROUTES__1__…` (appending in order).
-    vars.sort();
+    // Sorted so that `ROUTES__2__…` is applied before `ROUTES__10__…` (appending in order):
+    // numeric segments compare as numbers.
+    vars.sort_by_cached_key(|(name, _)| {
+        name.split("__")
+            .map(|segment| match segment.parse::<usize>() {
+                Ok(n) => (0, n, String::new()),
+                Err(_) => (1, 0, segment.to_string()),
+            })
+            .collect::<Vec<_>>()
+    });
     for (name, raw) in vars {
         let path: Vec<String> = name[PREFIX.len()..]
             .split("__")
@@ -49,8 +57,13 @@ where
 fn parse_value(raw: &str) -> Result<Value, String> {
     let trimmed = raw.trim_start();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        let doc: toml::Table =
-            toml::from_str(&format!("v = {raw}")).map_err(|e| format!("not a TOML value: {e}"))?;
+        // The parser's message only: its full text quotes the input, which may be a secret.
+        let doc: toml::Table = toml::from_str(&format!("v = {raw}")).map_err(|e| {
+            format!(
+                "not a TOML inline array or table ({}; the value is not shown)",
+                e.message()
+            )
+        })?;
         Ok(doc
             .get("v")
             .cloned()
@@ -122,6 +135,34 @@ mod tests {
         assert_eq!(d["routes"][0]["prefix"].as_str(), Some("/v2"));
         assert_eq!(d["routes"][1]["prefix"].as_str(), Some("/"));
         assert_eq!(d["server"]["listen"][0].as_str(), Some("127.0.0.1:1"));
+    }
+
+    #[test]
+    fn array_entries_are_appended_in_numeric_order() {
+        let mut d = doc("");
+        let vars = (0..12)
+            .rev()
+            .map(|i| (format!("TOLLGATE__ROUTES__{i}__PREFIX"), format!("/r{i}")));
+        apply_overrides(&mut d, vars).unwrap();
+        let routes = d["routes"].as_array().unwrap();
+        assert_eq!(routes.len(), 12);
+        assert_eq!(routes[10]["prefix"].as_str(), Some("/r10"));
+    }
+
+    #[test]
+    fn a_bad_value_is_not_quoted_in_the_error() {
+        let mut d = doc("");
+        let e = apply_overrides(
+            &mut d,
+            [(
+                "TOLLGATE__OIDC__CLIENT_SECRET".to_string(),
+                "{s3cr3t-value".to_string(),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TOLLGATE__OIDC__CLIENT_SECRET"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
     }
 
     #[test]

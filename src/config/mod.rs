@@ -261,6 +261,23 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// The process's `TOLLGATE__*` variables. (`std::env::vars` would panic on any variable that
+/// is not UTF-8, ours or not; others are skipped, and one of ours that is not is an error.)
+fn process_overrides() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with(env::PREFIX)) else {
+            continue;
+        };
+        let value = value.into_string().map_err(|_| ConfigError::Env {
+            var: name.to_string(),
+            problem: "the value is not valid UTF-8".into(),
+        })?;
+        vars.push((name.to_string(), value));
+    }
+    Ok(vars)
+}
+
 impl Config {
     /// Reads `path`, applies the process environment's `TOLLGATE__*` overrides and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -268,7 +285,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml_str(&text, path, std::env::vars())
+        Self::from_toml_str(&text, path, process_overrides()?)
     }
 
     /// Parses and validates config text with the given environment (tests pass their own).
