@@ -11,7 +11,7 @@
 //! token and JWKS endpoints all configured no discovery document is needed at all.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -211,7 +211,9 @@ pub async fn fetch_metadata(
 #[derive(Debug)]
 pub struct Provider {
     pub metadata: Metadata,
-    pub jwks: Jwks,
+    pub jwks: Arc<Jwks>,
+    /// When the fetch of `jwks` started: of two racing fetches, the later one's keys win.
+    jwks_fetched: Instant,
 }
 
 /// Shared, swappable view of the provider for the hot path and the background refresher.
@@ -225,10 +227,40 @@ impl ProviderStore {
         self.current.read().ok().and_then(|g| g.clone())
     }
 
-    pub fn set(&self, provider: Provider) {
+    /// Stores freshly loaded metadata and keys, unless the keys already stored were fetched
+    /// later (an unknown-`kid` refetch that finished while this load was under way): then the
+    /// new metadata is kept with those newer keys.
+    fn set(&self, metadata: Metadata, jwks: Jwks, jwks_fetched: Instant) {
         if let Ok(mut g) = self.current.write() {
+            let provider = match g.as_ref() {
+                Some(cur) if cur.jwks_fetched > jwks_fetched => Provider {
+                    metadata,
+                    jwks: cur.jwks.clone(),
+                    jwks_fetched: cur.jwks_fetched,
+                },
+                _ => Provider {
+                    metadata,
+                    jwks: Arc::new(jwks),
+                    jwks_fetched,
+                },
+            };
             *g = Some(Arc::new(provider));
         }
+    }
+
+    /// Replaces only the keys (after an unknown `kid`), keeping the metadata stored now, which
+    /// the background refresher may have renewed meanwhile. Returns the provider as stored.
+    pub fn replace_jwks(&self, jwks: Jwks, fetched: Instant) -> Option<Arc<Provider>> {
+        let mut g = self.current.write().ok()?;
+        let cur = g.as_ref()?;
+        if cur.jwks_fetched < fetched {
+            *g = Some(Arc::new(Provider {
+                metadata: cur.metadata.clone(),
+                jwks: Arc::new(jwks),
+                jwks_fetched: fetched,
+            }));
+        }
+        g.clone()
     }
 
     /// Loads metadata and keys once.
@@ -238,8 +270,9 @@ impl ProviderStore {
         cfg: &OidcConfig,
     ) -> Result<(), DiscoveryError> {
         let metadata = fetch_metadata(http, cfg).await?;
+        let fetched = Instant::now();
         let jwks = Jwks::fetch(http, &metadata.jwks_uri).await?;
-        self.set(Provider { metadata, jwks });
+        self.set(metadata, jwks, fetched);
         Ok(())
     }
 }
@@ -288,6 +321,53 @@ impl BackgroundService for MetadataRefresher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const N: &str = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
+
+    fn jwks(kid: &str) -> Jwks {
+        let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"{kid}","n":"{N}","e":"AQAB"}}]}}"#);
+        Jwks::parse(doc.as_bytes(), "test").unwrap()
+    }
+
+    fn metadata(token_endpoint: &str) -> Metadata {
+        let u = |s: &str| Url::parse(s).unwrap();
+        Metadata {
+            issuer: "https://idp.example".into(),
+            authorization_endpoint: u("https://idp.example/auth"),
+            token_endpoint: u(token_endpoint),
+            jwks_uri: u("https://idp.example/jwks"),
+            end_session_endpoint: None,
+            revocation_endpoint: None,
+            userinfo_endpoint: None,
+            id_token_algs: vec![jsonwebtoken::Algorithm::RS256],
+            iss_parameter_supported: false,
+        }
+    }
+
+    #[test]
+    fn the_later_key_fetch_wins_and_metadata_is_never_rolled_back() {
+        let rs = jsonwebtoken::Algorithm::RS256;
+        let store = ProviderStore::default();
+        let t0 = Instant::now();
+        let (t1, t2) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2));
+        store.set(metadata("https://idp.example/token-v1"), jwks("old"), t0);
+
+        // An unknown-kid refetch keeps the metadata stored now.
+        store.set(metadata("https://idp.example/token-v2"), jwks("old"), t0);
+        let p = store.replace_jwks(jwks("new"), t2).unwrap();
+        assert!(p.jwks.find(Some("new"), rs).is_some());
+        assert_eq!(p.metadata.token_endpoint.path(), "/token-v2");
+
+        // A periodic load whose key fetch started before that refetch keeps the newer keys.
+        store.set(metadata("https://idp.example/token-v3"), jwks("old"), t1);
+        let p = store.get().unwrap();
+        assert!(p.jwks.find(Some("new"), rs).is_some());
+        assert_eq!(p.metadata.token_endpoint.path(), "/token-v3");
+
+        // An older refetch result does not replace newer keys either.
+        let p = store.replace_jwks(jwks("stale"), t1).unwrap();
+        assert!(p.jwks.find(Some("new"), rs).is_some());
+    }
 
     #[test]
     fn issuer_and_discovery_urls() {

@@ -125,18 +125,17 @@ impl Oidc {
         if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
             return provider;
         }
-        *last = Some(Instant::now());
+        let fetched = Instant::now();
+        *last = Some(fetched);
         match Jwks::fetch(&self.http, &provider.metadata.jwks_uri).await {
             Ok(jwks) => {
                 tracing::info!(
                     kid = kid.unwrap_or("-"),
                     "unknown kid: provider keys fetched again"
                 );
-                self.provider.set(Provider {
-                    metadata: provider.metadata.clone(),
-                    jwks,
-                });
-                self.provider.get().unwrap_or(provider)
+                self.provider
+                    .replace_jwks(jwks, fetched)
+                    .unwrap_or(provider)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "refetching provider keys failed");
