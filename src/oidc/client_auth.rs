@@ -68,10 +68,21 @@ impl std::fmt::Debug for ClientAuth {
 }
 
 /// What to add to a token request: an `Authorization` header and/or form fields.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Credentials {
     pub authorization: Option<String>,
     pub form: Vec<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The header and the fields carry the secret or a signed assertion: names only.
+        let fields: Vec<&str> = self.form.iter().map(|(k, _)| *k).collect();
+        f.debug_struct("Credentials")
+            .field("authorization", &self.authorization.as_ref().map(|_| "…"))
+            .field("form", &fields)
+            .finish()
+    }
 }
 
 #[derive(Serialize)]
@@ -195,6 +206,22 @@ mod tests {
         c.client_id = id.into();
         c.client_secret = Some(Secret::new(secret.into()));
         c
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        for method in [
+            AuthMethod::ClientSecretBasic,
+            AuthMethod::ClientSecretPost,
+            AuthMethod::ClientSecretJwt,
+        ] {
+            let a = ClientAuth::new(&cfg(method, "app", "very-secret-value")).unwrap();
+            let c = a.credentials("https://idp.example/token", 1_000).unwrap();
+            let text = format!("{a:?} {c:?}");
+            assert!(!text.contains("very-secret"), "{text}");
+            assert!(!text.contains("eyJ"), "no assertion: {text}");
+            assert!(!text.contains("Basic "), "{text}");
+        }
     }
 
     #[test]

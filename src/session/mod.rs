@@ -65,7 +65,7 @@ impl std::fmt::Debug for Session {
 /// A [`Session`] read on the hot path, borrowing its strings from the opened payload: a
 /// request that needs neither a refresh nor a re-seal copies no token out of it. Same wire
 /// layout as [`Session`] (a unit test keeps the two in step).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct SessionView<'a> {
     #[serde(borrow)]
     pub access_token: &'a str,
@@ -80,6 +80,19 @@ pub struct SessionView<'a> {
     pub claims: ClaimsView<'a>,
     pub created_at: u64,
     pub last_seen: u64,
+}
+
+impl std::fmt::Debug for SessionView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // As for `Session`: no token in any `{:?}`.
+        f.debug_struct("SessionView")
+            .field("sub", &self.claims.sub)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("created_at", &self.created_at)
+            .field("last_seen", &self.last_seen)
+            .finish_non_exhaustive()
+    }
 }
 
 /// [`Claims`], borrowed.
