@@ -141,6 +141,9 @@ async fn expired_access_token_is_refreshed_once_for_a_burst() {
     let (status, _) = s.idp.userinfo(&refreshed.access_token).await;
     assert_eq!(status, 200);
     assert_eq!(s.idp.stats().await["token_requests"]["refresh_token"], 1);
+    // The provider's ID token from the refresh passed validation (else a warning is logged).
+    assert!(refreshed.id_token.is_some());
+    assert!(!s.tg.log().contains("new ID token"), "{}", s.tg.log());
 
     // 100 parallel calls with one expired token: exactly one refresh at the provider.
     s.idp.reset_stats().await;

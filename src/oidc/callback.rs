@@ -212,7 +212,7 @@ impl Oidc {
             .validate_id_token(
                 raw_id_token,
                 &provider,
-                &login.nonce,
+                Some(&login.nonce),
                 &tokens.access_token,
                 now,
             )
@@ -273,11 +273,11 @@ impl Oidc {
         Page::redirect(&login.return_to).with_cookies(cookies)
     }
 
-    async fn validate_id_token(
+    pub(super) async fn validate_id_token(
         &self,
         token: &str,
         provider: &std::sync::Arc<super::discovery::Provider>,
-        nonce: &str,
+        nonce: Option<&str>,
         access_token: &str,
         now: u64,
     ) -> Result<id_token::IdClaims, IdTokenError> {

@@ -62,7 +62,9 @@ pub struct IdClaims {
 pub struct Expected<'a> {
     pub issuer: &'a str,
     pub client_id: &'a str,
-    pub nonce: &'a str,
+    /// The login's nonce, which the token must carry; `None` for an ID token from a refresh,
+    /// which has none to match (OpenID Connect Core §12.2).
+    pub nonce: Option<&'a str>,
     pub algorithms: &'a [Algorithm],
     pub access_token: &'a str,
     pub now: u64,
@@ -103,8 +105,10 @@ pub fn validate(
     if claims.iat > expected.now + LEEWAY_SECS {
         return Err(IdTokenError::IssuedInFuture);
     }
-    if claims.nonce.as_deref() != Some(expected.nonce) {
-        return Err(IdTokenError::Nonce);
+    if let Some(nonce) = expected.nonce {
+        if claims.nonce.as_deref() != Some(nonce) {
+            return Err(IdTokenError::Nonce);
+        }
     }
     if let Some(at_hash) = &claims.at_hash {
         if *at_hash != token_hash(alg, expected.access_token) {
@@ -184,12 +188,43 @@ mod tests {
             &Expected {
                 issuer: "https://idp.example",
                 client_id: "app",
-                nonce: "n-1",
+                nonce: Some("n-1"),
                 algorithms: &[Algorithm::HS256],
                 access_token: "the-access-token",
                 now,
             },
         )
+    }
+
+    #[test]
+    fn a_refresh_id_token_needs_no_nonce_but_every_other_check() {
+        let now = crate::unix_now();
+        let mut c = claims(now);
+        c.as_object_mut().unwrap().remove("nonce");
+        let expected = |issuer| Expected {
+            issuer,
+            client_id: "app",
+            nonce: None,
+            algorithms: &[Algorithm::HS256],
+            access_token: "the-access-token",
+            now,
+        };
+        let token = sign(c, Algorithm::HS256);
+        let key = DecodingKey::from_secret(SECRET);
+        assert!(validate(
+            &token,
+            Algorithm::HS256,
+            &key,
+            &expected("https://idp.example")
+        )
+        .is_ok());
+        assert!(validate(
+            &token,
+            Algorithm::HS256,
+            &key,
+            &expected("https://other.example")
+        )
+        .is_err());
     }
 
     #[test]

@@ -121,19 +121,30 @@ impl Flights {
 }
 
 impl Oidc {
-    /// Refreshes with `refresh_token`, sharing the call with concurrent requests.
-    pub async fn refresh(&self, refresh_token: &str, request_id: &str) -> RefreshOutcome {
+    /// Refreshes with `refresh_token` (of the session of user `sub`), sharing the call with
+    /// concurrent requests.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        sub: &str,
+        request_id: &str,
+    ) -> RefreshOutcome {
         let wait = self.http_timeout + Duration::from_secs(2);
         self.flights
             .run(
                 flight_key(refresh_token),
                 wait,
-                self.call_refresh(refresh_token, request_id),
+                self.call_refresh(refresh_token, sub, request_id),
             )
             .await
     }
 
-    async fn call_refresh(&self, refresh_token: &str, request_id: &str) -> RefreshOutcome {
+    async fn call_refresh(
+        &self,
+        refresh_token: &str,
+        sub: &str,
+        request_id: &str,
+    ) -> RefreshOutcome {
         let Some(provider) = self.provider() else {
             return RefreshOutcome::Unavailable;
         };
@@ -142,7 +153,33 @@ impl Oidc {
             .refresh(provider.metadata.token_endpoint.as_str(), refresh_token)
             .await
         {
-            Ok(tokens) => {
+            Ok(mut tokens) => {
+                // A new ID token only replaces the logout hint once it passes the login's
+                // checks (but the nonce) and names the same user (OpenID Connect Core §12.2);
+                // otherwise the one from login stays. The refresh itself stands either way.
+                if let Some(id_token) = tokens.id_token.take() {
+                    let checked = self
+                        .validate_id_token(
+                            &id_token,
+                            &provider,
+                            None,
+                            &tokens.access_token,
+                            crate::unix_now(),
+                        )
+                        .await;
+                    match checked {
+                        Ok(claims) if claims.sub == sub => tokens.id_token = Some(id_token),
+                        Ok(_) => tracing::warn!(
+                            request_id,
+                            "refresh: the new ID token names another subject; keeping the old one"
+                        ),
+                        Err(e) => tracing::warn!(
+                            request_id,
+                            error = %e,
+                            "refresh: the new ID token did not validate; keeping the old one"
+                        ),
+                    }
+                }
                 tracing::info!(
                     request_id,
                     rotated = tokens.refresh_token.is_some(),

@@ -312,7 +312,11 @@ impl Tollgate {
             let still_valid = session.access_expires_at > now;
             match session.refresh_token.clone() {
                 Some(refresh_token) => {
-                    match self.oidc.refresh(&refresh_token, &ctx.request_id).await {
+                    match self
+                        .oidc
+                        .refresh(&refresh_token, &session.claims.sub, &ctx.request_id)
+                        .await
+                    {
                         RefreshOutcome::Refreshed(tokens, issued_at) => {
                             refresh::apply(&mut session, &tokens, issued_at);
                             changed = true;
