@@ -49,16 +49,37 @@ pub struct Session {
     pub last_seen: u64,
 }
 
+/// The `Debug` text of a session, owned or borrowed: tokens never reach a log line, even
+/// through a stray `{:?}`.
+fn debug_session(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    sub: &str,
+    access_expires_at: u64,
+    has_refresh_token: bool,
+    created_at: u64,
+    last_seen: u64,
+) -> std::fmt::Result {
+    f.debug_struct(name)
+        .field("sub", &sub)
+        .field("access_expires_at", &access_expires_at)
+        .field("has_refresh_token", &has_refresh_token)
+        .field("created_at", &created_at)
+        .field("last_seen", &last_seen)
+        .finish_non_exhaustive()
+}
+
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Tokens never reach a log line, even through a stray `{:?}`.
-        f.debug_struct("Session")
-            .field("sub", &self.claims.sub)
-            .field("access_expires_at", &self.access_expires_at)
-            .field("has_refresh_token", &self.refresh_token.is_some())
-            .field("created_at", &self.created_at)
-            .field("last_seen", &self.last_seen)
-            .finish_non_exhaustive()
+        debug_session(
+            f,
+            "Session",
+            &self.claims.sub,
+            self.access_expires_at,
+            self.refresh_token.is_some(),
+            self.created_at,
+            self.last_seen,
+        )
     }
 }
 
@@ -84,14 +105,15 @@ pub struct SessionView<'a> {
 
 impl std::fmt::Debug for SessionView<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // As for `Session`: no token in any `{:?}`.
-        f.debug_struct("SessionView")
-            .field("sub", &self.claims.sub)
-            .field("access_expires_at", &self.access_expires_at)
-            .field("has_refresh_token", &self.refresh_token.is_some())
-            .field("created_at", &self.created_at)
-            .field("last_seen", &self.last_seen)
-            .finish_non_exhaustive()
+        debug_session(
+            f,
+            "SessionView",
+            self.claims.sub,
+            self.access_expires_at,
+            self.refresh_token.is_some(),
+            self.created_at,
+            self.last_seen,
+        )
     }
 }
 
