@@ -435,14 +435,10 @@ impl Tollgate {
     }
 }
 
-/// `host[:port]` of `url` as a header value (the port only when not the scheme's default).
+/// [`routes::authority`] of `url` as a header value.
 fn public_authority(url: &url::Url) -> HeaderValue {
-    let host = url.host_str().unwrap_or_default();
-    let text = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    };
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+    HeaderValue::try_from(routes::authority(url))
+        .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
 impl Ctx {

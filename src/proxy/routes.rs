@@ -70,6 +70,16 @@ pub struct RouteTable {
     routes: Vec<Route>,
 }
 
+/// `host[:port]` of `url`, the port only when it is not the scheme's default: what `Host`
+/// carries for it.
+pub fn authority(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || path
@@ -84,10 +94,7 @@ impl RouteTable {
             let tls = c.upstream.scheme() == "https";
             let host = c.upstream.host_str().unwrap_or_default().to_string();
             let port = c.upstream.port_or_known_default().unwrap_or(80);
-            let authority = match c.upstream.port() {
-                Some(p) => format!("{host}:{p}"),
-                None => host.clone(),
-            };
+            let authority = authority(&c.upstream);
             let addr: SocketAddr = (host.trim_matches(['[', ']']), port)
                 .to_socket_addrs()
                 .map_err(|e| e.to_string())
