@@ -13,9 +13,12 @@
 //! - [`server`]: assembles the Pingora server from a validated config.
 
 pub mod config;
+pub(crate) mod endpoints;
 pub mod oidc;
 pub mod ops;
 pub mod proxy;
+pub(crate) mod reply;
+pub(crate) mod request;
 pub mod server;
 pub mod session;
 

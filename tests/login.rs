@@ -206,7 +206,7 @@ async fn callback_refuses_what_it_must() {
     let codec_keys = [tollgate::config::validate::decode_key(KEY).unwrap()];
     let sealer = tollgate::session::seal::Sealer::new(&codec_keys);
     let state = "BBBBBBBBBBBBBBBBBBBBBBBB";
-    let name = tollgate::oidc::login::cookie_name("tollgate", state);
+    let name = tollgate::session::cookie::login_cookie_name("tollgate", state);
     let old = tollgate::oidc::login::LoginState {
         nonce: "n".into(),
         code_verifier: "v".repeat(43),

@@ -2,18 +2,20 @@
 //!
 //! In order: the provider's `error`, the `state` and its login cookie, the RFC 9207 `iss`
 //! (mix-up defence), the code exchange, the ID token; only then is a session stored. Every
-//! failure is a page that says what happened, with the provider's error code where there is
-//! one, and a log line with the request id; the login cookie of a known state is deleted
-//! whatever the outcome (it is single-use).
+//! failure is a [`Fault`] (a page for a person, JSON for a program) that says what happened,
+//! with the provider's error code where there is one (capped to a plain word), and a log line
+//! with the request id; the login cookie of a known state is deleted whatever the outcome (it
+//! is single-use).
 
 use serde::Deserialize;
 
 use super::id_token::{self, Expected, IdTokenError};
 use super::login::{self, LoginState, LoginStateError};
-use super::pages::{login_error, Page};
-use super::token_client::{sanitize, TokenError};
+use super::token_client::TokenError;
 use super::Oidc;
-use crate::session::cookie::SessionCookies;
+use crate::reply::{provider_code, Fault, Format, Reply};
+use crate::request::Facts;
+use crate::session::cookie::{is_plausible_state, login_cookie_name, SessionCookies};
 use crate::session::{Claims, Session, SessionCodec};
 
 /// Default access-token lifetime when the provider omits `expires_in`.
@@ -34,126 +36,93 @@ struct CallbackQuery {
     iss: Option<String>,
 }
 
-/// The request facts the callback needs, copied out of the request before any await.
-pub struct CallbackRequest<'a> {
-    pub query: Option<&'a str>,
-    pub cookie_headers: &'a [String],
-    pub json: bool,
-    pub request_id: &'a str,
-}
-
 impl Oidc {
-    pub async fn callback(&self, req: CallbackRequest<'_>, codec: &SessionCodec) -> Page {
-        let rid = req.request_id;
-        let fail = |status: u16, code: &str, message: &str, clear: Option<&str>| {
-            let page = login_error(status, code, message, rid, req.json);
-            match clear {
-                Some(name) => page.with_cookies(vec![login::login_cookie_line(
-                    name,
-                    "",
-                    std::time::Duration::ZERO,
-                    self.secure_cookies,
-                )]),
-                None => page,
-            }
-        };
-        let Ok(q) = serde_urlencoded::from_str::<CallbackQuery>(req.query.unwrap_or("")) else {
+    /// `GET /callback`. Whatever the outcome, the login cookie of a known state is expired.
+    pub(crate) async fn callback(&self, facts: &Facts<'_>, codec: &SessionCodec) -> Reply {
+        let rid = facts.request_id;
+        let Ok(q) = serde_urlencoded::from_str::<CallbackQuery>(facts.query.unwrap_or("")) else {
             tracing::info!(request_id = rid, "callback: unparseable query");
-            return fail(
-                400,
-                "invalid_request",
-                "The sign-in response could not be read.",
-                None,
+            return Reply::fault(
+                Fault::CallbackUnreadable,
+                Format::for_person(facts.accept()),
             );
         };
-        let state = q.state.as_deref().filter(|s| login::is_plausible_state(s));
-        let login_cookie = state.map(|s| login::cookie_name(&self.session_cookie, s));
-        let clear = login_cookie.as_deref();
-
-        if let Some(error) = q.error.as_deref() {
-            let error = sanitize(error);
-            tracing::info!(request_id = rid, provider_error = %error, "callback: the provider returned an error");
-            return fail(
-                400,
-                &error,
-                "The identity provider did not complete the sign-in.",
-                clear,
-            );
-        }
-        let Some(cookie_name) = login_cookie.as_deref() else {
-            tracing::info!(request_id = rid, "callback: missing or malformed state");
-            return fail(
-                400,
-                "invalid_state",
-                "The sign-in response has no valid state.",
-                None,
-            );
-        };
-        let value = crate::session::cookie::find(
-            cookie_name,
-            req.cookie_headers.iter().map(String::as_str),
-        );
-        let now = crate::unix_now();
-        let login = match LoginState::open(&self.sealer, cookie_name, value, now) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::info!(request_id = rid, reason = %e, "callback: login state not usable");
-                let (code, message) = match e {
-                    LoginStateError::Expired => ("login_expired", "The sign-in took too long."),
-                    _ => (
-                        "unknown_state",
-                        "This sign-in was not started in this browser, or it has expired.",
-                    ),
-                };
-                return fail(400, code, message, clear);
+        let login_cookie = q
+            .state
+            .as_deref()
+            .filter(|s| is_plausible_state(s))
+            .map(|s| login_cookie_name(&self.session_cookie, s));
+        match self
+            .finish_login(facts, codec, &q, login_cookie.as_deref())
+            .await
+        {
+            Ok(reply) => reply,
+            Err(fault) => {
+                let reply = Reply::fault(fault, Format::for_person(facts.accept()));
+                match login_cookie {
+                    Some(name) => reply.with_cookies([self.expire_login_cookie(&name)]),
+                    None => reply,
+                }
             }
+        }
+    }
+
+    fn expire_login_cookie(&self, name: &str) -> String {
+        login::login_cookie_line(name, "", std::time::Duration::ZERO, self.secure_cookies)
+    }
+
+    async fn finish_login(
+        &self,
+        facts: &Facts<'_>,
+        codec: &SessionCodec,
+        q: &CallbackQuery,
+        login_cookie: Option<&str>,
+    ) -> Result<Reply, Fault> {
+        let rid = facts.request_id;
+        if let Some(error) = q.error.as_deref() {
+            let error = provider_code(error);
+            tracing::info!(request_id = rid, provider_error = %error, "callback: the provider returned an error");
+            return Err(Fault::ProviderError(error));
+        }
+        let Some(cookie_name) = login_cookie else {
+            tracing::info!(request_id = rid, "callback: missing or malformed state");
+            return Err(Fault::InvalidState);
         };
-        let Some(provider) = self.provider() else {
-            return fail(
-                503,
-                "provider_unavailable",
-                "The identity provider is not available yet.",
-                clear,
-            );
-        };
+        let value = crate::session::cookie::find(cookie_name, facts.cookie_headers());
+        let now = facts.now;
+        let login = LoginState::open(&self.sealer, cookie_name, value, now).map_err(|e| {
+            tracing::info!(request_id = rid, reason = %e, "callback: login state not usable");
+            match e {
+                LoginStateError::Expired => Fault::LoginExpired,
+                _ => Fault::UnknownState,
+            }
+        })?;
+        let provider = self.provider().ok_or(Fault::ProviderUnavailable)?;
         match q.iss.as_deref() {
             Some(iss) if iss != provider.metadata.issuer => {
                 tracing::warn!(
                     request_id = rid,
                     "callback: iss does not match the issuer (mix-up?)"
                 );
-                return fail(
-                    400,
-                    "issuer_mismatch",
-                    "The sign-in response came from another issuer.",
-                    clear,
-                );
+                return Err(Fault::IssuerMismatch);
             }
             None if provider.metadata.iss_parameter_supported => {
                 tracing::warn!(
                     request_id = rid,
                     "callback: iss missing although the provider promises it"
                 );
-                return fail(
-                    400,
-                    "issuer_missing",
-                    "The sign-in response lacks its issuer.",
-                    clear,
-                );
+                return Err(Fault::IssuerMissing);
             }
             _ => {}
         }
-        let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
-            return fail(
-                400,
-                "invalid_request",
-                "The sign-in response has no code.",
-                clear,
-            );
-        };
+        let code = q
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or(Fault::MissingCode)?;
 
         let exchange_started = std::time::Instant::now();
-        let tokens = match self
+        let tokens = self
             .tokens
             .exchange_code(
                 provider.metadata.token_endpoint.as_str(),
@@ -162,38 +131,19 @@ impl Oidc {
                 &login.code_verifier,
             )
             .await
-        {
-            Ok(t) => t,
-            Err(e) => {
+            .map_err(|e| {
                 tracing::warn!(request_id = rid, error = %e, provider_error = e.provider_error(), "callback: code exchange failed");
-                return match &e {
-                    TokenError::Provider { status, error } if *status == 400 && error == "invalid_grant" => fail(
-                        400,
-                        "invalid_grant",
-                        "The sign-in could not be completed: the code was already used or has expired.",
-                        clear,
-                    ),
-                    TokenError::Provider { error, .. } => fail(
-                        502,
-                        error,
-                        "The identity provider refused to issue tokens.",
-                        clear,
-                    ),
-                    TokenError::Unreachable(_) => fail(
-                        502,
-                        "provider_unreachable",
-                        "The identity provider could not be reached.",
-                        clear,
-                    ),
-                    TokenError::Invalid(_) | TokenError::ClientAuth(_) => fail(
-                        502,
-                        "invalid_token_response",
-                        "The identity provider's answer could not be used.",
-                        clear,
-                    ),
-                };
-            }
-        };
+                match e {
+                    TokenError::Provider { status: 400, error } if error == "invalid_grant" => {
+                        Fault::CodeRejected
+                    }
+                    TokenError::Provider { error, .. } => Fault::TokenRefused(provider_code(&error)),
+                    TokenError::Unreachable(_) => Fault::ProviderUnreachable,
+                    TokenError::Invalid(_) | TokenError::ClientAuth(_) => {
+                        Fault::InvalidTokenResponse
+                    }
+                }
+            })?;
         // The provider's share of the callback (the load benchmark subtracts it).
         let provider_ms = exchange_started.elapsed().as_secs_f64() * 1000.0;
         let Some(raw_id_token) = tokens.id_token.as_deref() else {
@@ -201,14 +151,9 @@ impl Oidc {
                 request_id = rid,
                 "callback: no id_token in the token response"
             );
-            return fail(
-                502,
-                "missing_id_token",
-                "The identity provider sent no ID token.",
-                clear,
-            );
+            return Err(Fault::MissingIdToken);
         };
-        let claims = match self
+        let claims = self
             .validate_id_token(
                 raw_id_token,
                 &provider,
@@ -217,19 +162,12 @@ impl Oidc {
                 now,
             )
             .await
-        {
-            Ok(c) => c,
-            Err(e) => {
+            .map_err(|e| {
                 tracing::warn!(request_id = rid, error = %e, "callback: ID token rejected");
-                let status = if e == IdTokenError::Nonce { 400 } else { 502 };
-                return fail(
-                    status,
-                    "invalid_id_token",
-                    "The identity provider's ID token is not valid for this sign-in.",
-                    clear,
-                );
-            }
-        };
+                Fault::InvalidIdToken {
+                    nonce: e == IdTokenError::Nonce,
+                }
+            })?;
 
         let session = Session {
             access_expires_at: expires_at(now, tokens.expires_in),
@@ -247,30 +185,18 @@ impl Oidc {
             created_at: now,
             last_seen: now,
         };
-        let previous = SessionCookies::scan(
-            codec.cookie_name(),
-            req.cookie_headers.iter().map(String::as_str),
-        );
-        let mut cookies = match codec.set_cookie_lines(&session, &previous, now) {
-            Ok(c) => c,
-            Err(e) => {
+        let previous = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
+        let mut cookies = codec
+            .set_cookie_lines(&session, &previous, now)
+            .map_err(|e| {
                 tracing::error!(request_id = rid, error = %e, "callback: session could not be stored");
-                return fail(
-                    500,
-                    "session_too_large",
-                    "The session could not be stored.",
-                    clear,
-                );
-            }
-        };
-        cookies.push(login::login_cookie_line(
-            cookie_name,
-            "",
-            std::time::Duration::ZERO,
-            self.secure_cookies,
-        ));
+                Fault::SessionTooLarge
+            })?;
+        cookies.push(self.expire_login_cookie(cookie_name));
         tracing::info!(request_id = rid, sub = %session.claims.sub, provider_ms, "login complete");
-        Page::redirect(&login.return_to).with_cookies(cookies)
+        Ok(Reply::redirect(302, login.return_to)
+            .with_cookies(cookies)
+            .with_outcome("callback"))
     }
 
     pub(super) async fn validate_id_token(

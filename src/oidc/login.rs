@@ -2,7 +2,10 @@
 //!
 //! Every login gets its own `state`, `nonce` and PKCE verifier (256 bits each from the OS
 //! RNG) and its own cookie, named after the state (`NAME-login-STATE`), so two tabs logging in
-//! at once do not overwrite each other. The cookie is sealed like the session (the cookie name,
+//! at once do not overwrite each other. A browser keeps at most [`MAX_PENDING_LOGINS`] of
+//! them (the newest; older ones are expired by the next `/login`), so that repeated `/login`
+//! calls — a cross-site page can trigger them — cannot grow the `Cookie` header past what a
+//! server in front accepts and lock the user out. The cookie is sealed like the session (the cookie name,
 //! hence the state, is bound in), lives ten minutes, and is `SameSite=Lax` whatever the session
 //! uses: the provider's redirect back is a cross-site top-level navigation, which `Strict`
 //! cookies would not survive.
@@ -15,11 +18,15 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::reply::{Fault, Reply};
+use crate::request::Facts;
 use crate::session::seal::Sealer;
 
 /// How long a login may take, from `/login` to `/callback`.
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 const PAYLOAD_VERSION: u8 = 1;
+
+use crate::session::cookie::login_cookie_name as cookie_name;
 
 /// What `/callback` needs to finish the login `/login` started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,18 +59,8 @@ pub fn code_challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
-/// Whether `state` could have come from [`random_token`] (and so is safe in a cookie name).
-pub fn is_plausible_state(state: &str) -> bool {
-    (16..=64).contains(&state.len())
-        && state
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// The login cookie's name for `state`.
-pub fn cookie_name(session_cookie: &str, state: &str) -> String {
-    format!("{session_cookie}-login-{state}")
-}
+/// Login cookies a browser keeps at once, the new one included (several tabs may log in).
+pub const MAX_PENDING_LOGINS: usize = 3;
 
 impl LoginState {
     pub fn seal(&self, sealer: &Sealer, cookie_name: &str) -> Option<String> {
@@ -111,10 +108,12 @@ mod tests {
     fn tokens_are_random_and_long() {
         let a = random_token();
         assert_eq!(a.len(), 43);
-        assert!(is_plausible_state(&a));
+        assert!(crate::session::cookie::is_plausible_state(&a));
         assert_ne!(a, random_token());
-        assert!(!is_plausible_state("short"));
-        assert!(!is_plausible_state("has;semicolon-and-is-long-enough"));
+        assert!(!crate::session::cookie::is_plausible_state("short"));
+        assert!(!crate::session::cookie::is_plausible_state(
+            "has;semicolon-and-is-long-enough"
+        ));
     }
 
     #[test]
@@ -176,20 +175,13 @@ pub fn login_cookie_line(name: &str, value: &str, max_age: Duration, secure: boo
 }
 
 impl super::Oidc {
-    /// `GET /login`: a redirect to the provider's authorization endpoint.
-    pub fn login(&self, query: Option<&str>, json: bool, request_id: &str) -> super::pages::Page {
-        use super::pages::{login_error, Page};
-        let Some(provider) = self.provider() else {
-            return login_error(
-                503,
-                "provider_unavailable",
-                "The identity provider's configuration has not been loaded yet. Try again in a moment.",
-                request_id,
-                json,
-            );
-        };
-        let q: LoginQuery = serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
-        let now = crate::unix_now();
+    /// `GET /login`: a redirect to the provider's authorization endpoint, with the login
+    /// cookie, and the expiry of the oldest pending logins beyond [`MAX_PENDING_LOGINS`].
+    pub(crate) fn login(&self, facts: &Facts<'_>) -> Result<Reply, Fault> {
+        let provider = self.provider().ok_or(Fault::ProviderUnavailable)?;
+        let q: LoginQuery =
+            serde_urlencoded::from_str(facts.query.unwrap_or("")).unwrap_or_default();
+        let now = facts.now;
         let state = random_token();
         let login = LoginState {
             nonce: random_token(),
@@ -198,15 +190,7 @@ impl super::Oidc {
             created_at: now,
         };
         let name = cookie_name(&self.session_cookie, &state);
-        let Some(sealed) = login.seal(&self.sealer, &name) else {
-            return login_error(
-                500,
-                "internal_error",
-                "The login could not be started.",
-                request_id,
-                json,
-            );
-        };
+        let sealed = login.seal(&self.sealer, &name).ok_or(Fault::Internal)?;
         let mut url = provider.metadata.authorization_endpoint.clone();
         {
             let mut p = url.query_pairs_mut();
@@ -225,12 +209,48 @@ impl super::Oidc {
                 p.append_pair("prompt", prompt);
             }
         }
-        Page::redirect(url.as_str()).with_cookies(vec![login_cookie_line(
+        let mut cookies: Vec<String> = self
+            .stale_logins(facts.cookie_headers(), now)
+            .into_iter()
+            .map(|old| login_cookie_line(&old, "", Duration::ZERO, self.secure_cookies))
+            .collect();
+        cookies.push(login_cookie_line(
             &name,
             &sealed,
             LOGIN_TTL,
             self.secure_cookies,
-        )])
+        ));
+        Ok(Reply::redirect(302, url.as_str())
+            .with_cookies(cookies)
+            .with_outcome("login"))
+    }
+
+    /// The names of the pending login cookies to expire so that, with a new one, at most
+    /// [`MAX_PENDING_LOGINS`] remain: the oldest, and any that do not open.
+    fn stale_logins<'c>(
+        &self,
+        cookie_headers: impl Iterator<Item = &'c str>,
+        now: u64,
+    ) -> Vec<String> {
+        let mut pending: Vec<(u64, &str)> = Vec::new();
+        let mut stale = Vec::new();
+        for (name, value) in cookie_headers.flat_map(crate::session::cookie::pairs) {
+            if crate::session::cookie::login_cookie_state(name, &self.session_cookie).is_none() {
+                continue;
+            }
+            match LoginState::open(&self.sealer, name, Some(value), now) {
+                Ok(login) => pending.push((login.created_at, name)),
+                Err(_) => stale.push(name.to_string()),
+            }
+        }
+        pending.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        stale.extend(
+            pending
+                .iter()
+                .skip(MAX_PENDING_LOGINS - 1)
+                .map(|(_, n)| n.to_string()),
+        );
+        stale
     }
 }
 

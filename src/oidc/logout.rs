@@ -1,94 +1,189 @@
 //! `/logout`: end the session here and at the provider.
 //!
 //! The refresh token is revoked (RFC 7009) when the provider has a revocation endpoint, so the
-//! session cannot be revived from a copied cookie; a failed revocation is logged and does not
-//! block the logout. Every tollgate cookie is cleared, and the browser goes to the provider's
+//! session cannot be revived from a copied cookie, and any refresh result kept for it (see
+//! [`super::refresh`]) is forgotten; a failed revocation is logged and does not block the
+//! logout. Every tollgate cookie is cleared, and the browser goes to the provider's
 //! `end_session_endpoint` (RP-initiated logout, with `id_token_hint`, `post_logout_redirect_uri`,
 //! `state` and `client_id`) or, without one, straight to `post_logout_redirect_uri`.
 //!
 //! `POST /logout` needs the CSRF header like an API call; `GET /logout` is off unless
 //! `[oidc] allow_get_logout` is set, because a cross-site page could trigger it. A POST that
-//! asks for JSON (the SPA's `fetch`) gets `{"logout_url": …}` to navigate to; otherwise the
-//! answer is a redirect.
+//! asks for JSON (the SPA's `fetch`) gets `{"logout_url": "/logout/continue"}` to navigate to:
+//! the provider URL carries the ID token as `id_token_hint`, which must never reach page
+//! script, so it waits sealed in a short-lived HttpOnly cookie until that navigation, which
+//! answers with the redirect. Otherwise the answer is the redirect itself.
 
-use serde::Serialize;
+use std::time::Duration;
 
-use super::pages::Page;
+use http::Method;
+use serde::{Deserialize, Serialize};
+
 use super::Oidc;
+use crate::proxy::gate::Gate;
+use crate::reply::{wants_json, Fault, Reply};
+use crate::request::Facts;
+use crate::session::cookie::{self, logout_cookie_name, SessionCookies};
 use crate::session::Session;
+
+/// Where `POST /logout` with `Accept: application/json` sends the SPA.
+pub(crate) const CONTINUE_PATH: &str = "/logout/continue";
+/// How long a pending provider logout waits for the browser.
+const PENDING_TTL: Duration = Duration::from_secs(300);
+const PAYLOAD_VERSION: u8 = 1;
 
 #[derive(Serialize)]
 struct LogoutJson<'a> {
     logout_url: &'a str,
 }
 
+/// The provider logout URL waiting for `/logout/continue`.
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    url: String,
+    created_at: u64,
+}
+
 impl Oidc {
-    pub fn allow_get_logout(&self) -> bool {
-        self.allow_get_logout
+    /// `/logout`: revokes, clears every session cookie, and answers with where to go.
+    pub(crate) async fn logout(&self, facts: &Facts<'_>, gate: &Gate) -> Result<Reply, Fault> {
+        if facts.method == Method::POST {
+            gate.csrf()
+                .check(facts.headers, false)
+                .map_err(Fault::Csrf)?;
+        } else if !(facts.method == Method::GET && self.allow_get_logout) {
+            return Err(Fault::MethodNotAllowed);
+        }
+        let rid = facts.request_id;
+        let codec = gate.codec();
+        let present = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
+        let session = match present
+            .value()
+            .map_err(Into::into)
+            .and_then(|v| codec.open_value(&v, facts.now))
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                gate.note_open_failure(rid, &e);
+                None
+            }
+        };
+        let clear = codec.clear_cookie_lines(&present);
+        if let Some(s) = &session {
+            self.forget_refreshes(s.refresh_token.as_deref(), &s.access_token);
+            self.revoke(s, rid).await;
+        }
+        tracing::info!(request_id = rid, had_session = session.is_some(), "logout");
+        let with_hint = self.end_session_url(session.as_ref(), true);
+        if facts.method == Method::POST && wants_json(facts.accept()) {
+            let pending = self.pending_cookie(&with_hint, facts.now).or_else(|| {
+                tracing::info!(
+                    request_id = rid,
+                    "the ID token is too large for the pending-logout cookie; logging out without id_token_hint"
+                );
+                self.pending_cookie(&self.end_session_url(None, false), facts.now)
+            });
+            let reply = Reply::json(
+                200,
+                &LogoutJson {
+                    logout_url: CONTINUE_PATH,
+                },
+            );
+            return Ok(reply
+                .with_cookies(clear)
+                .with_cookies(pending)
+                .with_outcome("logout"));
+        }
+        Ok(Reply::redirect(303, with_hint)
+            .with_cookies(clear)
+            .with_outcome("logout"))
     }
 
-    /// Ends `session` (if any): revokes, clears `clear_cookies`, and answers with where to go.
-    pub async fn logout(
-        &self,
-        session: Option<&Session>,
-        clear_cookies: Vec<String>,
-        json: bool,
-        request_id: &str,
-    ) -> Page {
-        let provider = self.provider();
-        if let (Some(s), Some(p)) = (session, provider.as_ref()) {
-            match (&s.refresh_token, &p.metadata.revocation_endpoint) {
-                (Some(rt), Some(endpoint)) => {
-                    match self
-                        .tokens
-                        .revoke(endpoint.as_str(), p.metadata.token_endpoint.as_str(), rt)
-                        .await
-                    {
-                        Ok(()) => tracing::info!(request_id, "refresh token revoked"),
-                        Err(e) => {
-                            tracing::warn!(request_id, error = %e, "revoking the refresh token failed; logging out anyway")
-                        }
-                    }
-                }
-                (Some(_), None) => {
-                    tracing::info!(request_id, "provider has no revocation endpoint")
-                }
-                _ => {}
+    /// `GET /logout/continue`: the redirect to the provider that a JSON `/logout` prepared.
+    /// Without one pending (used already, expired), the browser goes to
+    /// `post_logout_redirect_uri`.
+    pub(crate) fn logout_continue(&self, facts: &Facts<'_>) -> Result<Reply, Fault> {
+        if facts.method != Method::GET {
+            return Err(Fault::MethodNotAllowed);
+        }
+        let name = logout_cookie_name(&self.session_cookie);
+        let Some(value) = cookie::find(&name, facts.cookie_headers()) else {
+            return Ok(Reply::redirect(303, self.post_logout_redirect_uri.clone()));
+        };
+        let expire =
+            super::login::login_cookie_line(&name, "", Duration::ZERO, self.secure_cookies);
+        let url = self
+            .sealer
+            .open(value, name.as_bytes())
+            .ok()
+            .and_then(|payload| match payload.split_first() {
+                Some((&PAYLOAD_VERSION, rest)) => postcard::from_bytes::<Pending>(rest).ok(),
+                _ => None,
+            })
+            .filter(|p| facts.now < p.created_at.saturating_add(PENDING_TTL.as_secs()))
+            .map_or_else(|| self.post_logout_redirect_uri.clone(), |p| p.url);
+        Ok(Reply::redirect(303, url)
+            .with_cookies([expire])
+            .with_outcome("logout"))
+    }
+
+    /// The sealed `Set-Cookie` line holding `url` for `/logout/continue`, if it fits one cookie.
+    fn pending_cookie(&self, url: &str, now: u64) -> Option<String> {
+        let name = logout_cookie_name(&self.session_cookie);
+        let payload = postcard::to_extend(
+            &Pending {
+                url: url.to_string(),
+                created_at: now,
+            },
+            vec![PAYLOAD_VERSION],
+        )
+        .ok()?;
+        let sealed = self.sealer.seal(&payload, name.as_bytes()).ok()?;
+        (sealed.len() <= cookie::CHUNK_SIZE).then(|| {
+            super::login::login_cookie_line(&name, &sealed, PENDING_TTL, self.secure_cookies)
+        })
+    }
+
+    /// RFC 7009 revocation of the session's refresh token; failures are logged only.
+    async fn revoke(&self, session: &Session, request_id: &str) {
+        let (Some(rt), Some(p)) = (&session.refresh_token, self.provider()) else {
+            return;
+        };
+        let Some(endpoint) = &p.metadata.revocation_endpoint else {
+            tracing::info!(request_id, "provider has no revocation endpoint");
+            return;
+        };
+        match self
+            .tokens
+            .revoke(endpoint.as_str(), p.metadata.token_endpoint.as_str(), rt)
+            .await
+        {
+            Ok(()) => tracing::info!(request_id, "refresh token revoked"),
+            Err(e) => {
+                tracing::warn!(request_id, error = %e, "revoking the refresh token failed; logging out anyway")
             }
         }
-        let url = match provider
+    }
+
+    /// The provider's end-session URL for `session` (with its ID token as the hint when
+    /// `hint`), or `post_logout_redirect_uri` when the provider has none.
+    fn end_session_url(&self, session: Option<&Session>, hint: bool) -> String {
+        let provider = self.provider();
+        let Some(mut url) = provider
             .as_ref()
             .and_then(|p| p.metadata.end_session_endpoint.clone())
+        else {
+            return self.post_logout_redirect_uri.clone();
+        };
         {
-            Some(mut url) => {
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(hint) = session.and_then(|s| s.id_token.as_deref()) {
-                        q.append_pair("id_token_hint", hint);
-                    }
-                    q.append_pair("post_logout_redirect_uri", &self.post_logout_redirect_uri)
-                        .append_pair("client_id", &self.client_id)
-                        .append_pair("state", &super::login::random_token());
-                }
-                url.to_string()
+            let mut q = url.query_pairs_mut();
+            if let Some(id_token) = session.and_then(|s| s.id_token.as_deref()).filter(|_| hint) {
+                q.append_pair("id_token_hint", id_token);
             }
-            None => self.post_logout_redirect_uri.clone(),
-        };
-        tracing::info!(request_id, had_session = session.is_some(), "logout");
-        let page = if json {
-            Page {
-                status: 200,
-                headers: vec![
-                    ("content-type", "application/json".into()),
-                    ("cache-control", "no-store".into()),
-                ],
-                body: serde_json::to_vec(&LogoutJson { logout_url: &url }).unwrap_or_default(),
-            }
-        } else {
-            let mut p = Page::redirect(&url);
-            p.status = 303;
-            p
-        };
-        page.with_cookies(clear_cookies)
+            q.append_pair("post_logout_redirect_uri", &self.post_logout_redirect_uri)
+                .append_pair("client_id", &self.client_id)
+                .append_pair("state", &super::login::random_token());
+        }
+        url.to_string()
     }
 }

@@ -5,7 +5,8 @@
 //! → `/login` builds the authorization request and seals the per-login state ([`login`],
 //! [`return_to`]) → `/callback` checks it, exchanges the code server-side ([`token_client`],
 //! authenticating per [`client_auth`]), validates the ID token ([`id_token`]) and stores the
-//! session ([`callback`]). Failures become pages ([`pages`]).
+//! session ([`callback`]); [`refresh`] and [`logout`] run the rest of its life. Failures are
+//! [`crate::reply::Fault`]s.
 
 pub mod callback;
 pub mod client_auth;
@@ -14,7 +15,6 @@ pub mod id_token;
 pub mod jwks;
 pub mod login;
 pub mod logout;
-pub mod pages;
 pub mod refresh;
 pub mod return_to;
 pub mod token_client;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 use super::token_client::{TokenError, TokenResponse};
 use super::Oidc;
@@ -59,14 +59,16 @@ pub fn flight_key(refresh_token: &str) -> [u8; 32] {
 }
 
 struct Flight {
-    cell: Arc<OnceCell<RefreshOutcome>>,
+    outcome: watch::Receiver<Option<RefreshOutcome>>,
     started: Instant,
 }
+
+type Table = Mutex<HashMap<[u8; 32], Flight>>;
 
 /// Single-flight table of refreshes in progress or recently done.
 #[derive(Default)]
 pub struct Flights {
-    table: Mutex<HashMap<[u8; 32], Flight>>,
+    table: Arc<Table>,
 }
 
 impl std::fmt::Debug for Flights {
@@ -77,45 +79,92 @@ impl std::fmt::Debug for Flights {
 }
 
 impl Flights {
-    fn join(&self, key: [u8; 32]) -> Arc<OnceCell<RefreshOutcome>> {
+    /// The flight for `key`, and the sender when this caller started it.
+    fn join(
+        &self,
+        key: [u8; 32],
+    ) -> (
+        watch::Receiver<Option<RefreshOutcome>>,
+        Option<watch::Sender<Option<RefreshOutcome>>>,
+    ) {
+        let (tx, rx) = watch::channel(None);
         let Ok(mut table) = self.table.lock() else {
-            return Arc::new(OnceCell::new());
+            return (rx, Some(tx));
         };
         table.retain(|_, f| f.started.elapsed() < RESULT_TTL);
-        table
-            .entry(key)
-            .or_insert_with(|| Flight {
-                cell: Arc::new(OnceCell::new()),
+        if let Some(f) = table.get(&key) {
+            return (f.outcome.clone(), None);
+        }
+        table.insert(
+            key,
+            Flight {
+                outcome: rx.clone(),
                 started: Instant::now(),
-            })
-            .cell
-            .clone()
+            },
+        );
+        (rx, Some(tx))
     }
 
     /// Runs `work` for `key` unless a flight for it is in progress or recently succeeded, in
-    /// which case its outcome is shared. Waits at most `wait`; an `Unavailable` outcome is not
-    /// kept, so the next caller tries again. The key is the refresh token's SHA-256
-    /// ([`flight_key`]).
+    /// which case its outcome is shared. The work runs as a task of its own, so a refresh the
+    /// provider accepted is kept even when every request that waited for it is gone (the
+    /// next request must not spend the old refresh token again). Waits at most `wait`; an
+    /// `Unavailable` outcome is not kept, so the next caller tries again. The key is the
+    /// refresh token's SHA-256 ([`flight_key`]).
     pub async fn run<F>(&self, key: [u8; 32], wait: Duration, work: F) -> RefreshOutcome
     where
-        F: std::future::Future<Output = RefreshOutcome>,
+        F: std::future::Future<Output = RefreshOutcome> + Send + 'static,
     {
-        let cell = self.join(key);
-        let outcome = tokio::time::timeout(wait, cell.get_or_init(|| work))
-            .await
-            .cloned()
-            .unwrap_or(RefreshOutcome::Unavailable);
-        if matches!(outcome, RefreshOutcome::Unavailable) {
-            self.forget(&key, &cell);
+        let (mut rx, start) = self.join(key);
+        if let Some(tx) = start {
+            let table = self.table.clone();
+            let kept = rx.clone();
+            tokio::spawn(async move {
+                let outcome = tokio::time::timeout(wait, work)
+                    .await
+                    .unwrap_or(RefreshOutcome::Unavailable);
+                if matches!(outcome, RefreshOutcome::Unavailable) {
+                    forget_flight(&table, &key, &kept);
+                }
+                let _ = tx.send(Some(outcome));
+            });
         }
-        outcome
+        let outcome = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => outcome.clone(),
+            _ => None,
+        };
+        outcome.unwrap_or(RefreshOutcome::Unavailable)
     }
 
-    fn forget(&self, key: &[u8; 32], cell: &Arc<OnceCell<RefreshOutcome>>) {
-        if let Ok(mut table) = self.table.lock() {
-            if table.get(key).is_some_and(|f| Arc::ptr_eq(&f.cell, cell)) {
-                table.remove(key);
+    /// Forgets every kept refresh of a session that ends (logout): the flight of its refresh
+    /// token, and any flight whose result handed out its current tokens, so that a copy of an
+    /// older cookie does not get the session's tokens back from the cache.
+    pub(crate) fn forget_session(&self, refresh_token: Option<&str>, access_token: &str) {
+        let Ok(mut table) = self.table.lock() else {
+            return;
+        };
+        let own = refresh_token.map(flight_key);
+        table.retain(|key, flight| {
+            if Some(*key) == own {
+                return false;
             }
+            match &*flight.outcome.borrow() {
+                Some(RefreshOutcome::Refreshed(tokens, _)) => {
+                    tokens.access_token != access_token
+                        && (refresh_token.is_none()
+                            || tokens.refresh_token.as_deref() != refresh_token)
+                }
+                _ => true,
+            }
+        });
+    }
+}
+
+/// Removes `key`'s flight if it is still the one `rx` belongs to.
+fn forget_flight(table: &Table, key: &[u8; 32], rx: &watch::Receiver<Option<RefreshOutcome>>) {
+    if let Ok(mut table) = table.lock() {
+        if table.get(key).is_some_and(|f| f.outcome.same_channel(rx)) {
+            table.remove(key);
         }
     }
 }
@@ -123,20 +172,29 @@ impl Flights {
 impl Oidc {
     /// Refreshes with `refresh_token` (of the session of user `sub`), sharing the call with
     /// concurrent requests.
-    pub async fn refresh(
-        &self,
+    pub(crate) async fn refresh(
+        self: &Arc<Self>,
         refresh_token: &str,
         sub: &str,
         request_id: &str,
     ) -> RefreshOutcome {
         let wait = self.http_timeout + Duration::from_secs(2);
+        let this = self.clone();
+        let (token, sub, rid) = (
+            refresh_token.to_owned(),
+            sub.to_owned(),
+            request_id.to_owned(),
+        );
         self.flights
-            .run(
-                flight_key(refresh_token),
-                wait,
-                self.call_refresh(refresh_token, sub, request_id),
-            )
+            .run(flight_key(refresh_token), wait, async move {
+                this.call_refresh(&token, &sub, &rid).await
+            })
             .await
+    }
+
+    /// Forgets kept refresh results of a session that is logging out.
+    pub(crate) fn forget_refreshes(&self, refresh_token: Option<&str>, access_token: &str) {
+        self.flights.forget_session(refresh_token, access_token);
     }
 
     async fn call_refresh(
@@ -264,5 +322,65 @@ mod tests {
         assert_eq!(s.access_expires_at, u64::MAX);
         apply(&mut s, &tokens(Some(u64::MAX), None), 1_000);
         assert_eq!(s.access_expires_at, 1_000 + 366 * 24 * 3600);
+    }
+
+    fn refreshed(at: &str, rt: &str) -> RefreshOutcome {
+        let mut t = tokens(Some(300), None);
+        t.access_token = at.into();
+        t.refresh_token = Some(rt.into());
+        RefreshOutcome::Refreshed(Arc::new(t), 0)
+    }
+
+    #[tokio::test]
+    async fn a_refresh_outlives_the_request_that_started_it() {
+        let flights = Flights::default();
+        let key = flight_key("old-rt");
+        let wait = Duration::from_secs(5);
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        // The first request starts the refresh and is dropped (client gone) before the
+        // provider answers.
+        let first = flights.run(key, wait, async move {
+            let _ = released.await;
+            refreshed("at-2", "rt-2")
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), first)
+                .await
+                .is_err(),
+            "still waiting for the provider"
+        );
+        let _ = release.send(());
+        // The next request with the same old refresh token gets the accepted result and does
+        // not call the provider again.
+        let second = flights
+            .run(key, wait, async {
+                panic!("the old refresh token was spent again")
+            })
+            .await;
+        match second {
+            RefreshOutcome::Refreshed(t, _) => assert_eq!(t.access_token, "at-2"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn logout_forgets_the_kept_result() {
+        let flights = Flights::default();
+        let wait = Duration::from_secs(5);
+        let old = flight_key("old-rt");
+        flights
+            .run(old, wait, async { refreshed("at-2", "rt-2") })
+            .await;
+        // Logout with the refreshed session (its tokens are the kept result's).
+        flights.forget_session(Some("rt-2"), "at-2");
+        let again = flights
+            .run(old, wait, async {
+                RefreshOutcome::Rejected("invalid_grant".into())
+            })
+            .await;
+        assert!(
+            matches!(again, RefreshOutcome::Rejected(_)),
+            "a replayed pre-refresh cookie must not get the new tokens after logout"
+        );
     }
 }

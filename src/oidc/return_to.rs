@@ -6,8 +6,9 @@
 //! percent-decoded once more (so `%2F%2Fevil.example` cannot become `//evil.example` in a
 //! lenient browser). Anything else falls back to `/`.
 
-/// The longest `return_to` kept; longer ones fall back to `/`.
-pub const MAX_LEN: usize = 2048;
+/// The longest `return_to` kept; longer ones fall back to `/`. It travels sealed in the login
+/// cookie, and a few pending logins must fit in a browser's `Cookie` header beside the session.
+pub const MAX_LEN: usize = 512;
 
 /// `raw` is the already query-decoded parameter value.
 pub fn safe_return_to(raw: Option<&str>) -> String {

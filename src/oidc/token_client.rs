@@ -183,7 +183,7 @@ impl TokenClient {
             .map_err(|e| TokenError::Unreachable(describe(&e)))?;
         if !(200..300).contains(&status) {
             let error = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|b| sanitize(&b.error))
+                .map(|b| crate::reply::provider_code(&b.error))
                 .unwrap_or_else(|_| "unparseable_error".to_string());
             return Err(TokenError::Provider { status, error });
         }
@@ -201,12 +201,4 @@ fn describe(e: &reqwest::Error) -> String {
         "request failed"
     };
     kind.to_string()
-}
-
-/// Provider error codes are logged and shown: keep them to the RFC 6749 character set.
-pub fn sanitize(code: &str) -> String {
-    code.chars()
-        .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
-        .take(64)
-        .collect()
 }

@@ -6,6 +6,10 @@
 //! default), which a cross-site form or simple request cannot set without a CORS preflight that
 //! tollgate never approves; and a present `Origin` must be tollgate's own public origin or one
 //! explicitly allowed.
+//!
+//! A WebSocket handshake is the exception: browsers cannot set custom headers on it, so an
+//! authenticated upgrade needs an `Origin` (which browsers always send on one) that is allowed,
+//! the defence against Cross-Site WebSocket Hijacking.
 
 use http::header::ORIGIN;
 use http::{HeaderMap, HeaderName};
@@ -18,6 +22,8 @@ pub enum CsrfError {
     MissingHeader,
     #[error("the Origin is not allowed")]
     ForeignOrigin,
+    #[error("a WebSocket handshake without Origin")]
+    MissingOrigin,
 }
 
 #[derive(Debug)]
@@ -43,8 +49,13 @@ impl CsrfPolicy {
         self.header.as_str()
     }
 
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), CsrfError> {
-        if headers
+    /// Checks an authenticated request; `websocket` for an upgrade handshake.
+    pub(crate) fn check(&self, headers: &HeaderMap, websocket: bool) -> Result<(), CsrfError> {
+        if websocket {
+            if headers.get(ORIGIN).is_none() {
+                return Err(CsrfError::MissingOrigin);
+            }
+        } else if headers
             .get(&self.header)
             .is_none_or(|v| v.as_bytes().iter().all(u8::is_ascii_whitespace))
         {
@@ -89,24 +100,24 @@ mod tests {
     #[test]
     fn header_and_origin_rules() {
         let p = policy();
-        assert_eq!(p.check(&headers(&[])), Err(CsrfError::MissingHeader));
+        assert_eq!(p.check(&headers(&[]), false), Err(CsrfError::MissingHeader));
         assert_eq!(
-            p.check(&headers(&[("x-csrf", " ")])),
+            p.check(&headers(&[("x-csrf", " ")]), false),
             Err(CsrfError::MissingHeader)
         );
-        assert_eq!(p.check(&headers(&[("x-csrf", "1")])), Ok(()));
+        assert_eq!(p.check(&headers(&[("x-csrf", "1")]), false), Ok(()));
         assert_eq!(
-            p.check(&headers(&[
-                ("x-csrf", "1"),
-                ("origin", "https://app.example.com")
-            ])),
+            p.check(
+                &headers(&[("x-csrf", "1"), ("origin", "https://app.example.com")]),
+                false
+            ),
             Ok(())
         );
         assert_eq!(
-            p.check(&headers(&[
-                ("x-csrf", "1"),
-                ("origin", "https://admin.example.com")
-            ])),
+            p.check(
+                &headers(&[("x-csrf", "1"), ("origin", "https://admin.example.com")]),
+                false
+            ),
             Ok(())
         );
         for bad in [
@@ -117,7 +128,27 @@ mod tests {
         ] {
             let mut h = headers(&[("x-csrf", "1")]);
             h.insert(ORIGIN, bad.parse().unwrap());
-            assert_eq!(p.check(&h), Err(CsrfError::ForeignOrigin), "{bad}");
+            assert_eq!(p.check(&h, false), Err(CsrfError::ForeignOrigin), "{bad}");
+            assert_eq!(p.check(&h, true), Err(CsrfError::ForeignOrigin), "{bad}");
         }
+    }
+
+    #[test]
+    fn websocket_handshakes_need_an_allowed_origin_not_the_header() {
+        let p = policy();
+        assert_eq!(p.check(&headers(&[]), true), Err(CsrfError::MissingOrigin));
+        assert_eq!(
+            p.check(&headers(&[("x-csrf", "1")]), true),
+            Err(CsrfError::MissingOrigin)
+        );
+        assert_eq!(
+            p.check(&headers(&[("origin", "https://app.example.com")]), true),
+            Ok(())
+        );
+        assert_eq!(
+            p.check(&headers(&[("origin", "https://app.example.com")]), false),
+            Err(CsrfError::MissingHeader),
+            "a plain request still needs the header"
+        );
     }
 }

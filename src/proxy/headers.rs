@@ -1,25 +1,35 @@
 //! The upstream request rewrite: what the API sees instead of what the browser sent.
 //!
 //! - `Authorization` is always the session's bearer token, or absent: whatever the client sent
-//!   is dropped on authenticated routes (a browser never holds a token worth forwarding).
-//! - tollgate's own cookies (the session, its chunks, login helpers) are removed from `Cookie`;
-//!   all other cookies pass, joined into one header as HTTP/1.1 requires.
-//! - `X-Forwarded-For` gains the client address, `X-Forwarded-Proto`/`-Host` say how the
-//!   browser reached tollgate (from `public_url`, never from the client's `Host`),
-//!   `X-Request-Id` carries the id in our logs.
+//!   is dropped (a browser never holds a token worth forwarding), on `auth = "none"` routes
+//!   too unless the route says `keep_authorization`.
+//! - tollgate's own cookies (the session, its chunks, login and logout helpers; exactly the
+//!   names it writes) are removed from `Cookie`; all other cookies pass, joined into one header
+//!   as HTTP/1.1 requires.
+//! - Forwarding headers are tollgate's to write: a client's `Forwarded`, `X-Real-IP`,
+//!   `X-Original-URL`, `X-Rewrite-URL`, `X-Forwarded-Port`/`-Prefix` and any of them spelled
+//!   with underscores (which some servers read as dashes) are dropped. `X-Forwarded-For` keeps
+//!   every line the client sent, joined, and gains the client address; `X-Forwarded-Proto`/
+//!   `-Host` say how the browser reached tollgate (from `public_url`, never from the client's
+//!   `Host`), `X-Request-Id` carries the id in our logs.
 //! - `Host` becomes the upstream's authority (what an https upstream's certificate and virtual
 //!   hosting expect), and the path is rewritten for `strip_prefix` and the upstream's base path.
 //!
 //! Hop-by-hop fields (`Connection`, `Keep-Alive`, `TE`, `Upgrade` except a valid WebSocket
 //! handshake, …) are removed by Pingora's standard upstream request policy before this runs.
+//! On the way back, [`rewrite_response`] drops an upstream `Set-Cookie` under one of
+//! tollgate's names (an upstream must not end or replace a session) and marks a response that
+//! carries tollgate's own `Set-Cookie` `Cache-Control: private, no-store`, so that no shared
+//! cache hands one user's session to another.
+//!
 //! Everything here is synchronous and allocation-light: it runs on every proxied request.
 
 use std::net::IpAddr;
 
 use bytes::BytesMut;
-use http::header::{AUTHORIZATION, COOKIE};
-use http::{HeaderValue, Uri};
-use pingora::http::RequestHeader;
+use http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use http::{HeaderName, HeaderValue, Uri};
+use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::session::cookie::is_own_cookie;
 
@@ -36,7 +46,7 @@ pub enum RewriteError {
 pub struct UpstreamRewrite<'a> {
     /// `Bearer <access token>` to inject, if the request has a session ([`bearer_value`]).
     pub bearer: Option<&'a HeaderValue>,
-    /// Drop a client-sent `Authorization` (all routes with `auth` other than `none`).
+    /// Drop a client-sent `Authorization` (every route unless it says `keep_authorization`).
     pub drop_client_authorization: bool,
     pub cookie_name: &'a str,
     pub client_ip: Option<IpAddr>,
@@ -78,18 +88,14 @@ pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), 
         None => {}
     }
     strip_own_cookies(req, rw.cookie_name)?;
+    strip_forwarding(req);
 
     req.insert_header("X-Forwarded-Host", rw.forwarded_host.clone())
         .map_err(|_| RewriteError::Header)?;
     req.insert_header("X-Forwarded-Proto", HeaderValue::from_static(rw.proto))
         .map_err(|_| RewriteError::Header)?;
     if let Some(ip) = rw.client_ip {
-        let xff = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-            Some(Ok(prev)) if !prev.trim().is_empty() => {
-                HeaderValue::try_from(format!("{prev}, {ip}")).map_err(|_| RewriteError::Header)?
-            }
-            _ => ip_header_value(ip),
-        };
+        let xff = forwarded_for(req, ip)?;
         req.insert_header("X-Forwarded-For", xff)
             .map_err(|_| RewriteError::Header)?;
     }
@@ -119,6 +125,104 @@ pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Forwarding headers only tollgate may write, in addition to those it sets itself.
+const FORWARDING: [&str; 6] = [
+    "forwarded",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+];
+
+/// Whether a client-sent header named `name` (lower case) must not reach the upstream: one of
+/// [`FORWARDING`], or any forwarding header or `X-Request-Id` spelled with underscores.
+fn is_spoofable(name: &str) -> bool {
+    if FORWARDING.contains(&name) {
+        return true;
+    }
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-");
+    FORWARDING.contains(&dashed.as_str())
+        || matches!(
+            dashed.as_str(),
+            "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto" | "x-request-id"
+        )
+}
+
+/// Drops the client's [`is_spoofable`] headers. Allocates only when there is one.
+fn strip_forwarding(req: &mut RequestHeader) {
+    let found: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| is_spoofable(n.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
+        req.remove_header(&name);
+    }
+}
+
+/// `X-Forwarded-For`: every line the client sent, joined, then `ip`.
+fn forwarded_for(req: &RequestHeader, ip: IpAddr) -> Result<HeaderValue, RewriteError> {
+    let mut prev = String::new();
+    for v in req.headers.get_all("x-forwarded-for") {
+        let Ok(v) = v.to_str() else { continue };
+        let v = v.trim();
+        if v.is_empty() {
+            continue;
+        }
+        if !prev.is_empty() {
+            prev.push_str(", ");
+        }
+        prev.push_str(v);
+    }
+    if prev.is_empty() {
+        return Ok(ip_header_value(ip));
+    }
+    HeaderValue::try_from(format!("{prev}, {ip}")).map_err(|_| RewriteError::Header)
+}
+
+/// The response side: drops an upstream `Set-Cookie` that uses one of tollgate's cookie names,
+/// adds tollgate's own `set_cookies`, and when there are any, makes the response
+/// `Cache-Control: private, no-store`.
+pub fn rewrite_response(
+    resp: &mut ResponseHeader,
+    cookie_name: &str,
+    set_cookies: Vec<String>,
+) -> Result<(), RewriteError> {
+    let own = |v: &HeaderValue| {
+        let line = String::from_utf8_lossy(v.as_bytes());
+        let name = line.split_once('=').map_or(&*line, |(n, _)| n).trim();
+        is_own_cookie(name, cookie_name)
+    };
+    if resp.headers.get_all(SET_COOKIE).iter().any(own) {
+        let kept: Vec<HeaderValue> = resp
+            .headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter(|v| !own(v))
+            .cloned()
+            .collect();
+        resp.remove_header(&SET_COOKIE);
+        for v in kept {
+            resp.append_header("Set-Cookie", v)
+                .map_err(|_| RewriteError::Header)?;
+        }
+    }
+    if set_cookies.is_empty() {
+        return Ok(());
+    }
+    for line in set_cookies {
+        resp.append_header("Set-Cookie", line)
+            .map_err(|_| RewriteError::Header)?;
+    }
+    resp.insert_header("Cache-Control", "private, no-store")
+        .map_err(|_| RewriteError::Header)
 }
 
 /// An IP address as a header value. IPv4, the common case, is written by hand: `Display` for
@@ -205,9 +309,24 @@ mod tests {
             .unwrap();
         r.append_header("cookie", "theme=dark; tg=sealed; tg.0=2.a")
             .unwrap();
-        r.append_header("cookie", "tg.1=b; lang=en; tg-login.s1=x")
-            .unwrap();
+        r.append_header(
+            "cookie",
+            "tg.1=b; lang=en; tg-login-Zm9vYmFyYmF6cXV4cXV1eA=x; tg-theme=light",
+        )
+        .unwrap();
         r.insert_header("x-forwarded-for", "203.0.113.9").unwrap();
+        r.append_header("x-forwarded-for", "198.51.100.2").unwrap();
+        for spoof in [
+            "forwarded",
+            "x-real-ip",
+            "x-original-url",
+            "x-rewrite-url",
+            "x_forwarded_for",
+            "x-forwarded_host",
+            "x_real_ip",
+        ] {
+            r.insert_header(spoof.to_string(), "evil").unwrap();
+        }
         r
     }
 
@@ -253,12 +372,30 @@ mod tests {
         let h = |n: &str| r.headers.get(n).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(h("authorization").as_deref(), Some("Bearer tok"));
         assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
-        assert_eq!(h("cookie").as_deref(), Some("theme=dark; lang=en"));
+        assert_eq!(
+            h("cookie").as_deref(),
+            Some("theme=dark; lang=en; tg-theme=light")
+        );
         assert_eq!(r.headers.get_all("cookie").iter().count(), 1);
         assert_eq!(
             h("x-forwarded-for").as_deref(),
-            Some("203.0.113.9, 127.0.0.7")
+            Some("203.0.113.9, 198.51.100.2, 127.0.0.7")
         );
+        assert_eq!(r.headers.get_all("x-forwarded-for").iter().count(), 1);
+        for spoof in [
+            "forwarded",
+            "x-real-ip",
+            "x-original-url",
+            "x-rewrite-url",
+            "x_forwarded_for",
+            "x-forwarded_host",
+            "x_real_ip",
+        ] {
+            assert!(
+                r.headers.get(spoof).is_none(),
+                "{spoof} reached the upstream"
+            );
+        }
         assert_eq!(h("x-forwarded-proto").as_deref(), Some("https"));
         assert_eq!(h("x-forwarded-host").as_deref(), Some("app.example.com"));
         assert_eq!(h("x-request-id").as_deref(), Some("rid-1"));
@@ -288,5 +425,27 @@ mod tests {
         r.insert_header("cookie", "a=1;b=2").unwrap();
         rewrite(&mut r, &rw(None, None)).unwrap();
         assert_eq!(r.headers.get("cookie").unwrap(), "a=1;b=2");
+    }
+
+    #[test]
+    fn upstream_cannot_set_own_cookies_and_session_cookies_are_private() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("set-cookie", "tg=evil; Path=/").unwrap();
+        resp.append_header("set-cookie", "tg.1=evil").unwrap();
+        resp.append_header("set-cookie", "tg-theme=dark").unwrap();
+        resp.insert_header("cache-control", "public, max-age=600")
+            .unwrap();
+        rewrite_response(&mut resp, "tg", Vec::new()).unwrap();
+        let lines: Vec<&str> = resp
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(lines, ["tg-theme=dark"]);
+        assert_eq!(resp.headers["cache-control"], "public, max-age=600");
+        rewrite_response(&mut resp, "tg", vec!["tg=sealed; HttpOnly".into()]).unwrap();
+        assert_eq!(resp.headers["cache-control"], "private, no-store");
+        assert_eq!(resp.headers.get_all("set-cookie").iter().count(), 2);
     }
 }

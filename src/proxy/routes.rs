@@ -10,7 +10,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 
+use super::target::Target;
 use crate::config::{RouteAuth, RouteConfig};
+use crate::reply::Fault;
 
 /// How long an idle pooled upstream connection is kept.
 const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -28,6 +30,8 @@ pub struct ResolveError {
 pub struct Route {
     pub prefix: String,
     pub auth: RouteAuth,
+    /// Pass a client-sent `Authorization` on (only on `auth = "none"` routes).
+    pub keep_authorization: bool,
     pub strip_prefix: bool,
     /// The upstream URL's path without a trailing `/` (empty for `/`), prepended to the path.
     pub base_path: String,
@@ -127,6 +131,7 @@ impl RouteTable {
                 host_header,
                 prefix: c.prefix.clone(),
                 auth: c.auth,
+                keep_authorization: false, // FIXME(config merge): c.keep_authorization
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),
                 host: authority,
@@ -149,8 +154,17 @@ impl RouteTable {
         self.routes.get(index)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter()
+    /// The route index for a checked request target: `404` when no route matches, `400` when
+    /// its fully decoded form (`/api%2Fadmin`, `/api;x/admin`) would route elsewhere, since
+    /// tollgate cannot know which of the two the upstream will serve.
+    pub(crate) fn resolve(&self, target: &Target<'_>) -> Result<usize, Fault> {
+        let (index, _) = self.find(&target.path).ok_or(Fault::NotFound)?;
+        if let Some(c) = &target.canonical {
+            if self.find(c).map(|(i, _)| i) != Some(index) {
+                return Err(Fault::BadPath);
+            }
+        }
+        Ok(index)
     }
 }
 

@@ -9,8 +9,11 @@
 //! - the target must be origin-form (`/…`) or absolute-form (`http(s)://host/…`), else 400;
 //! - percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2: the same URI), and
 //!   that normalised path is what is routed, answered or proxied;
-//! - a dot segment (also percent-encoded or with `;params`), a backslash, a control character
-//!   (also encoded) or a malformed `%` escape is refused with 400;
+//! - a dot segment (also percent-encoded or with `;params`), an empty segment (`//api`, also
+//!   as `/%2F/api` or `/;/api`: nginx, Tomcat and Spring merge slashes, so `//api/admin` is
+//!   served by the `/api` handler while a prefix match sends it to the catch-all route), a
+//!   backslash, a control character (also encoded) or a malformed `%` escape is refused with
+//!   400;
 //! - [`Target::canonical`] is the path fully decoded with `;params` dropped, kept only when it
 //!   differs: a path that routes differently in that form (`/api%2Fadmin`, `/api;x/admin`)
 //!   is refused by the caller, since tollgate cannot know which one the upstream will serve.
@@ -25,6 +28,8 @@ pub enum TargetError {
     Form,
     #[error("the path has a dot segment")]
     DotSegment,
+    #[error("the path has an empty segment")]
+    EmptySegment,
     #[error("the path has a backslash, a control character or a malformed escape")]
     Malformed,
 }
@@ -49,15 +54,17 @@ pub fn check<'r>(raw_target: &[u8], uri_path: &'r str) -> Result<Target<'r>, Tar
         return Err(TargetError::Form);
     }
     let bytes = uri_path.as_bytes();
-    let (mut escaped, mut params) = (false, false);
+    let (mut escaped, mut params, mut slash) = (false, false, false);
     for &b in bytes {
         match b {
+            b'/' if slash => return Err(TargetError::EmptySegment),
             b'%' => escaped = true,
             b';' => params = true,
             b'\\' => return Err(TargetError::Malformed),
             b if b < 0x20 || b == 0x7f => return Err(TargetError::Malformed),
             _ => {}
         }
+        slash = b == b'/';
     }
     if !escaped && !params {
         if has_dot_segment(uri_path) {
@@ -89,6 +96,9 @@ pub fn check<'r>(raw_target: &[u8], uri_path: &'r str) -> Result<Target<'r>, Tar
         .join("/");
     if has_dot_segment(&canonical) {
         return Err(TargetError::DotSegment);
+    }
+    if canonical.contains("//") {
+        return Err(TargetError::EmptySegment);
     }
     let canonical = (canonical != path).then_some(canonical);
     Ok(Target { path, canonical })
@@ -224,5 +234,32 @@ mod tests {
         let t = ok("/api;x/admin;jsessionid=1");
         assert_eq!(t.path, "/api;x/admin;jsessionid=1");
         assert_eq!(t.canonical.as_deref(), Some("/api/admin"));
+    }
+
+    #[test]
+    fn empty_segments_in_every_spelling_are_refused() {
+        for p in [
+            "//api/admin",
+            "///api/admin",
+            "/api//admin",
+            "/%2F/api/admin",
+            "/%2f%2fapi/admin",
+            "/;/api/admin",
+            "/api/;x/admin",
+            "/api/x%2F/admin",
+        ] {
+            assert_eq!(
+                check(p.as_bytes(), p),
+                Err(TargetError::EmptySegment),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            check(b"http://app.example//api/admin", "//api/admin"),
+            Err(TargetError::EmptySegment)
+        );
+        for p in ["/", "/api/", "/api/x/"] {
+            assert!(check(p.as_bytes(), p).is_ok(), "{p}");
+        }
     }
 }

@@ -40,14 +40,60 @@ pub struct SessionCookies<'a> {
     chunks: [Option<&'a str>; MAX_CHUNKS],
 }
 
-/// Whether `candidate` is one of tollgate's cookies for the session named `name`: the name
-/// itself, one of its chunks `name.N`, or a helper cookie `name-…` (login state).
+/// Whether `candidate` is one of the cookies tollgate writes for the session named `name`:
+/// the name itself, a chunk `name.N` (N below [`MAX_CHUNKS`]), a login cookie
+/// `name-login-STATE` or the pending-logout cookie `name-logout`. Nothing else: an app's own
+/// `name-theme` is the app's, passes to the upstream and may be set by it.
 pub fn is_own_cookie(candidate: &str, name: &str) -> bool {
-    match candidate.strip_prefix(name) {
-        Some("") => true,
-        Some(rest) => rest.starts_with('.') || rest.starts_with('-'),
-        None => false,
+    let Some(rest) = candidate.strip_prefix(name) else {
+        return false;
+    };
+    if rest.is_empty() || rest == LOGOUT_SUFFIX {
+        return true;
     }
+    if let Some(index) = rest.strip_prefix('.') {
+        return chunk_index(index).is_some();
+    }
+    rest.strip_prefix(LOGIN_INFIX)
+        .is_some_and(is_plausible_state)
+}
+
+/// `N` of a chunk name `NAME.N`: plain decimal digits, below [`MAX_CHUNKS`].
+fn chunk_index(index: &str) -> Option<usize> {
+    if index.is_empty() || index.len() > 2 || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    index.parse().ok().filter(|i| *i < MAX_CHUNKS)
+}
+
+const LOGIN_INFIX: &str = "-login-";
+const LOGOUT_SUFFIX: &str = "-logout";
+
+/// The login cookie of the login with `state` (see `oidc::login`).
+pub fn login_cookie_name(session_cookie: &str, state: &str) -> String {
+    format!("{session_cookie}{LOGIN_INFIX}{state}")
+}
+
+/// The `state` of a login cookie named `candidate`, if it is one.
+pub fn login_cookie_state<'c>(candidate: &'c str, session_cookie: &str) -> Option<&'c str> {
+    candidate
+        .strip_prefix(session_cookie)?
+        .strip_prefix(LOGIN_INFIX)
+        .filter(|s| is_plausible_state(s))
+}
+
+/// The cookie that carries a pending provider logout (see `oidc::logout`).
+pub fn logout_cookie_name(session_cookie: &str) -> String {
+    format!("{session_cookie}{LOGOUT_SUFFIX}")
+}
+
+/// Whether `state` could have come from tollgate's random tokens (and so is safe in a cookie
+/// name): 16 to 64 base64url characters.
+pub fn is_plausible_state(state: &str) -> bool {
+    (16..=64).contains(&state.len())
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Splits a `Cookie` header value into `(name, value)` pairs, trimmed, without decoding.
@@ -90,11 +136,7 @@ impl<'a> SessionCookies<'a> {
                 if rest.is_empty() {
                     found.single.get_or_insert(v);
                 } else if let Some(idx) = rest.strip_prefix('.') {
-                    if let Some(slot) = idx
-                        .parse::<usize>()
-                        .ok()
-                        .and_then(|i| found.chunks.get_mut(i))
-                    {
+                    if let Some(slot) = chunk_index(idx).and_then(|i| found.chunks.get_mut(i)) {
                         slot.get_or_insert(v);
                     }
                 }
@@ -403,12 +445,36 @@ mod tests {
     }
 
     #[test]
-    fn own_cookie_names() {
-        for n in ["tg", "tg.0", "tg.12", "tg-login.abc"] {
-            assert!(is_own_cookie(n, "tg"), "{n}");
+    fn own_cookie_names_are_exactly_those_tollgate_writes() {
+        let state = "Zm9vYmFyYmF6cXV4cXV1eA";
+        for n in [
+            "tg".to_string(),
+            "tg.0".into(),
+            "tg.9".into(),
+            login_cookie_name("tg", state),
+            logout_cookie_name("tg"),
+        ] {
+            assert!(is_own_cookie(&n, "tg"), "{n}");
         }
-        for n in ["tgx", "other", "t", "xtg"] {
+        // An app's cookies that merely start with the session cookie's name are the app's.
+        for n in [
+            "tgx",
+            "other",
+            "t",
+            "xtg",
+            "tg-theme",
+            "tg.12",
+            "tg.x",
+            "tg.+1",
+            "tg-login-short",
+            "tg-login.abc",
+            "tg-logout-x",
+        ] {
             assert!(!is_own_cookie(n, "tg"), "{n}");
         }
+        assert_eq!(
+            login_cookie_state(&login_cookie_name("tg", state), "tg"),
+            Some(state)
+        );
     }
 }

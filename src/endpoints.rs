@@ -1,0 +1,137 @@
+//! tollgate's own endpoints: `/login`, `/callback`, `/logout` (and `/logout/continue`),
+//! `/session`, `/healthz` and `/readyz`.
+//!
+//! Which path is which endpoint, which methods each takes, and how a failure is shown (a page
+//! for a person in the login flow, JSON otherwise) are decided here; the work is done where it
+//! belongs ([`crate::oidc`] for the login flow, [`crate::ops::health`] for health). Each
+//! endpoint takes the request's [`Facts`] and returns a [`Reply`], so the proxy adapter only
+//! writes what comes back.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use serde::Serialize;
+
+use crate::oidc::logout::CONTINUE_PATH;
+use crate::oidc::Oidc;
+use crate::ops::health::{self, Readiness};
+use crate::proxy::gate::Gate;
+use crate::reply::{Fault, Format, Reply};
+use crate::request::Facts;
+use crate::session::cookie::SessionCookies;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Login,
+    Callback,
+    Logout,
+    LogoutContinue,
+    Session,
+    Healthz,
+    Readyz,
+}
+
+/// The endpoints, built once from the config.
+#[derive(Debug)]
+pub(crate) struct Endpoints {
+    oidc: Arc<Oidc>,
+    readiness: Arc<Readiness>,
+    callback_path: String,
+}
+
+#[derive(Serialize)]
+struct SessionInfo<'a> {
+    sub: &'a str,
+    name: Option<&'a str>,
+    email: Option<&'a str>,
+    sid: Option<&'a str>,
+    expires_at: u64,
+    logout_url: &'a str,
+}
+
+impl Endpoints {
+    pub(crate) fn new(oidc: Arc<Oidc>, readiness: Arc<Readiness>, callback_path: String) -> Self {
+        Endpoints {
+            oidc,
+            readiness,
+            callback_path,
+        }
+    }
+
+    fn endpoint(&self, path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/login" => Endpoint::Login,
+            "/logout" => Endpoint::Logout,
+            CONTINUE_PATH => Endpoint::LogoutContinue,
+            "/session" => Endpoint::Session,
+            "/healthz" => Endpoint::Healthz,
+            "/readyz" => Endpoint::Readyz,
+            p if p == self.callback_path => Endpoint::Callback,
+            _ => return None,
+        })
+    }
+
+    /// Answers the request if its path is an endpoint.
+    pub(crate) async fn answer(&self, facts: &Facts<'_>, gate: &Gate) -> Option<Reply> {
+        let endpoint = self.endpoint(facts.path)?;
+        let read_only = facts.method == Method::GET || facts.method == Method::HEAD;
+        let person = Format::for_person(facts.accept());
+        Some(match endpoint {
+            Endpoint::Logout => self
+                .oidc
+                .logout(facts, gate)
+                .await
+                .unwrap_or_else(Reply::from),
+            _ if !read_only => Reply::from(Fault::MethodNotAllowed),
+            Endpoint::Login => self
+                .oidc
+                .login(facts)
+                .unwrap_or_else(|f| Reply::fault(f, person)),
+            Endpoint::Callback => self.oidc.callback(facts, gate.codec()).await,
+            Endpoint::LogoutContinue => self
+                .oidc
+                .logout_continue(facts)
+                .unwrap_or_else(|f| Reply::fault(f, person)),
+            Endpoint::Session => session_info(facts, gate).unwrap_or_else(Reply::from),
+            Endpoint::Healthz => {
+                let (status, body) = health::healthz();
+                Reply::body(status, "application/json", Bytes::from(body))
+            }
+            Endpoint::Readyz => {
+                let (status, body) = self.readiness.readyz();
+                Reply::body(status, "application/json", Bytes::from(body))
+            }
+        })
+    }
+}
+
+/// `/session`: what the SPA may know about the user; never a token.
+fn session_info(facts: &Facts<'_>, gate: &Gate) -> Result<Reply, Fault> {
+    gate.csrf()
+        .check(facts.headers, false)
+        .map_err(Fault::Csrf)?;
+    let codec = gate.codec();
+    let present = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
+    let session = present
+        .value()
+        .map_err(Into::into)
+        .and_then(|v| codec.open_value(&v, facts.now))
+        .map_err(|e| {
+            gate.note_open_failure(facts.request_id, &e);
+            Fault::Unauthenticated
+        })?;
+    let c = &session.claims;
+    Ok(Reply::json(
+        200,
+        &SessionInfo {
+            sub: &c.sub,
+            name: c.name.as_deref(),
+            email: c.email.as_deref(),
+            sid: c.sid.as_deref(),
+            expires_at: codec.expires_at(&session),
+            logout_url: "/logout",
+        },
+    )
+    .with_outcome("session"))
+}

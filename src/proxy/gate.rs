@@ -1,0 +1,519 @@
+//! The decision core: what to do with a request, without Pingora.
+//!
+//! [`screen`] refuses requests that no route may see (`TRACE`, an HTTP/1.1 request without
+//! `Host`, a request target that could route differently upstream). [`Gate::decide`] takes
+//! the route's auth rule, the request's [`Facts`] and the time, and returns either a
+//! [`Grant`] — the bearer value for the upstream and the cookies to set on its response — or
+//! the [`Reply`] to send instead. The provider is reached only through [`Refresher`], so a
+//! unit test drives every branch (missing, forged, expired session; CSRF; refresh refused,
+//! unavailable, accepted; idle renewal) with a stand-in, and the Pingora adapter in
+//! [`super`] only moves facts in and results out.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method, Version};
+
+use super::csrf::CsrfPolicy;
+use super::headers;
+use super::target::{self, Target};
+use crate::config::RouteAuth;
+use crate::oidc::refresh::{self, RefreshOutcome};
+use crate::oidc::Oidc;
+use crate::ops::metrics::Metrics;
+use crate::reply::{Fault, Reply};
+use crate::request::Facts;
+use crate::session::cookie::{ChunkError, SessionCookies};
+use crate::session::{SessionCodec, SessionError};
+
+/// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]).
+pub(crate) trait Refresher: Sync {
+    fn refresh(
+        &self,
+        refresh_token: &str,
+        sub: &str,
+        request_id: &str,
+    ) -> impl Future<Output = RefreshOutcome> + Send;
+}
+
+impl Refresher for Arc<Oidc> {
+    fn refresh(
+        &self,
+        refresh_token: &str,
+        sub: &str,
+        request_id: &str,
+    ) -> impl Future<Output = RefreshOutcome> + Send {
+        Oidc::refresh(self, refresh_token, sub, request_id)
+    }
+}
+
+/// What an allowed request takes upstream.
+#[derive(Debug, Default)]
+pub(crate) struct Grant {
+    /// `Bearer <access token>` for the upstream request (marked sensitive).
+    pub(crate) bearer: Option<HeaderValue>,
+    /// `Set-Cookie` lines for the response (a refreshed or renewed session).
+    pub(crate) set_cookies: Vec<String>,
+}
+
+/// Refuses what no route may see, before routing: `TRACE` (it would echo the request,
+/// cookies included, back to a script), an HTTP/1.1 request without `Host` (RFC 9112 §3.2),
+/// and a request target that is not safe to route on ([`target::check`]).
+pub(crate) fn screen<'r>(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+    raw_target: &[u8],
+    uri_path: &'r str,
+    request_id: &str,
+) -> Result<Target<'r>, Fault> {
+    if method == Method::TRACE {
+        return Err(Fault::MethodNotAllowed);
+    }
+    if version == Version::HTTP_11 && !headers.contains_key(http::header::HOST) {
+        tracing::info!(request_id, "HTTP/1.1 request without Host");
+        return Err(Fault::BadRequest);
+    }
+    target::check(raw_target, uri_path).map_err(|e| {
+        tracing::info!(request_id, reason = %e, "request target refused");
+        Fault::BadPath
+    })
+}
+
+/// The session and CSRF rules of the hot path, built once from the config.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    codec: SessionCodec,
+    csrf: CsrfPolicy,
+    metrics: Metrics,
+    refresh_skew: u64,
+    idle_reseal_after: u64,
+}
+
+impl Gate {
+    pub(crate) fn new(
+        codec: SessionCodec,
+        csrf: CsrfPolicy,
+        metrics: Metrics,
+        refresh_skew: u64,
+        idle_timeout: u64,
+    ) -> Gate {
+        Gate {
+            codec,
+            csrf,
+            metrics,
+            refresh_skew,
+            idle_reseal_after: (idle_timeout / 2).max(1),
+        }
+    }
+
+    pub(crate) fn codec(&self) -> &SessionCodec {
+        &self.codec
+    }
+
+    pub(crate) fn csrf(&self) -> &CsrfPolicy {
+        &self.csrf
+    }
+
+    /// Counts and logs a session that was present but could not be used.
+    pub(crate) fn note_open_failure(&self, request_id: &str, e: &SessionError) {
+        if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
+            self.metrics.session_failure(e.reason());
+            tracing::info!(request_id, reason = e.reason(), "session did not open");
+        }
+    }
+
+    /// Decides a request on a route with rule `auth`. Refreshes the access token when it is
+    /// due and re-seals the cookie when the session changed.
+    pub(crate) async fn decide(
+        &self,
+        auth: RouteAuth,
+        facts: &Facts<'_>,
+        refresher: &impl Refresher,
+    ) -> Result<Grant, Reply> {
+        if auth == RouteAuth::None {
+            return Ok(Grant::default());
+        }
+        let now = facts.now;
+        let rid = facts.request_id;
+        let present = SessionCookies::scan(self.codec.cookie_name(), facts.cookie_headers());
+        let payload = present
+            .value()
+            .map_err(SessionError::from)
+            .and_then(|v| self.codec.open_payload(&v));
+        let opened = payload
+            .as_ref()
+            .map_err(|e| *e)
+            .and_then(|p| self.codec.view(p, now));
+        let view = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                self.note_open_failure(rid, &e);
+                if auth == RouteAuth::Optional {
+                    return Ok(Grant::default());
+                }
+                let mut reply = Reply::from(Fault::Unauthenticated);
+                if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
+                    reply = reply.with_cookies(self.codec.clear_cookie_lines(&present));
+                }
+                return Err(reply);
+            }
+        };
+        self.csrf
+            .check(facts.headers, facts.is_websocket())
+            .map_err(|e| Reply::from(Fault::Csrf(e)))?;
+
+        // The common case: a valid token, no renewal due. The token goes from the decrypted
+        // payload straight into the header value, with no owned copy of the session.
+        let refresh_due = view.access_expires_at <= now + self.refresh_skew;
+        let reseal_due = now.saturating_sub(view.last_seen) >= self.idle_reseal_after;
+        if !refresh_due && !reseal_due {
+            return Ok(Grant {
+                bearer: Some(bearer(view.access_token, rid)?),
+                set_cookies: Vec::new(),
+            });
+        }
+        let mut session = view.to_session();
+        drop(payload);
+
+        let mut changed = false;
+        if refresh_due {
+            let still_valid = session.access_expires_at > now;
+            let expired = || {
+                Reply::from(Fault::SessionExpired)
+                    .with_cookies(self.codec.clear_cookie_lines(&present))
+            };
+            match session.refresh_token.as_deref() {
+                Some(refresh_token) => {
+                    match refresher
+                        .refresh(refresh_token, &session.claims.sub, rid)
+                        .await
+                    {
+                        RefreshOutcome::Refreshed(tokens, issued_at) => {
+                            refresh::apply(&mut session, &tokens, issued_at);
+                            changed = true;
+                        }
+                        RefreshOutcome::Rejected(_) => return Err(expired()),
+                        // Keep the session; use the current token while it lasts.
+                        RefreshOutcome::Unavailable if still_valid => {}
+                        RefreshOutcome::Unavailable => {
+                            return Err(Reply::from(Fault::ProviderUnavailable))
+                        }
+                    }
+                }
+                None if still_valid => {}
+                None => return Err(expired()),
+            }
+        }
+        // Sliding expiration renews at half-life: the cookie is re-sealed once more than half of
+        // the idle window has passed, not on every request (a client that never stores the new
+        // cookie, like a load generator or a script, would otherwise cause a re-seal and an
+        // 8 KB Set-Cookie on every call).
+        if now.saturating_sub(session.last_seen) >= self.idle_reseal_after {
+            session.last_seen = now;
+            changed = true;
+        }
+        let mut set_cookies = Vec::new();
+        if changed {
+            match self.codec.set_cookie_lines(&session, &present, now) {
+                Ok(lines) => set_cookies = lines,
+                Err(e) => {
+                    tracing::error!(request_id = rid, error = %e, "session could not be re-sealed")
+                }
+            }
+        }
+        Ok(Grant {
+            bearer: Some(bearer(&session.access_token, rid)?),
+            set_cookies,
+        })
+    }
+}
+
+fn bearer(token: &str, request_id: &str) -> Result<HeaderValue, Reply> {
+    headers::bearer_value(token).map_err(|_| {
+        tracing::error!(request_id, "the access token is not a valid header value");
+        Reply::from(Fault::Internal)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{CsrfConfig, SameSite, SessionConfig};
+    use crate::oidc::token_client::TokenResponse;
+    use crate::proxy::csrf::CsrfError;
+    use crate::session::{Claims, Session};
+
+    const NOW: u64 = 1_800_000_000;
+
+    struct Provider {
+        outcome: RefreshOutcome,
+        calls: AtomicUsize,
+    }
+
+    impl Provider {
+        fn answering(outcome: RefreshOutcome) -> Provider {
+            Provider {
+                outcome,
+                calls: AtomicUsize::new(0),
+            }
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Refresher for Provider {
+        fn refresh(
+            &self,
+            refresh_token: &str,
+            _sub: &str,
+            _rid: &str,
+        ) -> impl Future<Output = RefreshOutcome> + Send {
+            assert_eq!(refresh_token, "rt-1");
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(self.outcome.clone())
+        }
+    }
+
+    fn gate() -> Gate {
+        let codec = SessionCodec::new(
+            &SessionConfig {
+                cookie_name: "tg".into(),
+                dropped_host_prefix: false,
+                keys: vec![[7u8; 32]],
+                same_site: SameSite::Lax,
+                max_lifetime: Duration::from_secs(86_400),
+                idle_timeout: Duration::from_secs(3_600),
+                refresh_skew: Duration::from_secs(30),
+            },
+            true,
+        );
+        let csrf = CsrfPolicy::new(
+            &CsrfConfig {
+                header: "x-csrf".into(),
+                allowed_origins: vec![],
+            },
+            "https://app.example.com",
+        );
+        Gate::new(codec, csrf, Metrics::new(), 30, 3_600)
+    }
+
+    fn session() -> Session {
+        Session {
+            access_token: "at-1".into(),
+            access_expires_at: NOW + 600,
+            refresh_token: Some("rt-1".into()),
+            refresh_expires_at: None,
+            id_token: None,
+            id_expires_at: None,
+            claims: Claims {
+                sub: "user-1".into(),
+                ..Claims::default()
+            },
+            created_at: NOW - 10,
+            last_seen: NOW - 10,
+        }
+    }
+
+    fn headers_with(gate: &Gate, session: Option<&Session>, extra: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(s) = session {
+            let lines = gate
+                .codec
+                .set_cookie_lines(s, &SessionCookies::default(), NOW)
+                .unwrap();
+            let cookie: Vec<&str> = lines.iter().map(|l| l.split(';').next().unwrap()).collect();
+            h.insert("cookie", cookie.join("; ").parse().unwrap());
+        }
+        for (k, v) in extra {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    async fn decide(
+        gate: &Gate,
+        auth: RouteAuth,
+        method: &Method,
+        headers: &HeaderMap,
+        provider: &Provider,
+    ) -> Result<Grant, Reply> {
+        let facts = Facts {
+            method,
+            path: "/api/x",
+            query: None,
+            headers,
+            request_id: "rid",
+            now: NOW,
+        };
+        gate.decide(auth, &facts, provider).await
+    }
+
+    fn refused(r: Result<Grant, Reply>) -> (u16, String, usize) {
+        let reply = r.expect_err("refused");
+        let code = reply.as_fault().map(|f| f.code().to_string()).unwrap();
+        (reply.status(), code, reply.set_cookies().len())
+    }
+
+    fn untouched() -> Provider {
+        Provider::answering(RefreshOutcome::Unavailable)
+    }
+
+    #[tokio::test]
+    async fn a_valid_session_gets_its_bearer_and_no_cookie() {
+        let g = gate();
+        let h = headers_with(&g, Some(&session()), &[("x-csrf", "1")]);
+        let p = untouched();
+        let grant = decide(&g, RouteAuth::Required, &Method::GET, &h, &p)
+            .await
+            .unwrap();
+        assert_eq!(grant.bearer.unwrap(), "Bearer at-1");
+        assert!(grant.set_cookies.is_empty());
+        assert_eq!(p.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn no_session_is_401_without_cookies_and_optional_passes() {
+        let g = gate();
+        let h = headers_with(&g, None, &[("x-csrf", "1")]);
+        let p = untouched();
+        let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &p).await;
+        assert_eq!(refused(r), (401, "unauthenticated".into(), 0));
+        let grant = decide(&g, RouteAuth::Optional, &Method::GET, &h, &p)
+            .await
+            .unwrap();
+        assert!(grant.bearer.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_forged_session_is_401_and_cleared() {
+        let g = gate();
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "tg=AAAAforged".parse().unwrap());
+        h.insert("x-csrf", "1".parse().unwrap());
+        let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &untouched()).await;
+        assert_eq!(refused(r), (401, "unauthenticated".into(), 1));
+    }
+
+    #[tokio::test]
+    async fn csrf_header_and_websocket_origin() {
+        let g = gate();
+        let p = untouched();
+        let h = headers_with(&g, Some(&session()), &[]);
+        let r = decide(&g, RouteAuth::Required, &Method::POST, &h, &p).await;
+        assert_eq!(refused(r).1, "csrf_header_missing");
+        // A browser's WebSocket handshake cannot carry x-csrf; its Origin decides.
+        let ws = headers_with(
+            &g,
+            Some(&session()),
+            &[
+                ("upgrade", "websocket"),
+                ("origin", "https://app.example.com"),
+            ],
+        );
+        assert!(decide(&g, RouteAuth::Required, &Method::GET, &ws, &p)
+            .await
+            .is_ok());
+        let ws = headers_with(
+            &g,
+            Some(&session()),
+            &[("upgrade", "websocket"), ("origin", "https://evil.example")],
+        );
+        let r = decide(&g, RouteAuth::Required, &Method::GET, &ws, &p).await;
+        assert_eq!(refused(r).1, Fault::Csrf(CsrfError::ForeignOrigin).code());
+        let ws = headers_with(&g, Some(&session()), &[("upgrade", "websocket")]);
+        let r = decide(&g, RouteAuth::Required, &Method::GET, &ws, &p).await;
+        assert_eq!(refused(r).1, "origin_missing");
+    }
+
+    fn due() -> Session {
+        let mut s = session();
+        s.access_expires_at = NOW + 5;
+        s
+    }
+
+    #[tokio::test]
+    async fn a_due_token_is_refreshed_and_resealed() {
+        let g = gate();
+        let h = headers_with(&g, Some(&due()), &[("x-csrf", "1")]);
+        let tokens = TokenResponse {
+            access_token: "at-2".into(),
+            token_type: "Bearer".into(),
+            expires_in: Some(300),
+            refresh_token: Some("rt-2".into()),
+            refresh_expires_in: None,
+            id_token: None,
+            scope: None,
+        };
+        let p = Provider::answering(RefreshOutcome::Refreshed(Arc::new(tokens), NOW));
+        let grant = decide(&g, RouteAuth::Required, &Method::GET, &h, &p)
+            .await
+            .unwrap();
+        assert_eq!(p.calls(), 1);
+        assert_eq!(grant.bearer.unwrap(), "Bearer at-2");
+        assert!(!grant.set_cookies.is_empty());
+    }
+
+    #[tokio::test]
+    async fn refresh_refused_ends_the_session_unavailable_keeps_it() {
+        let g = gate();
+        let h = headers_with(&g, Some(&due()), &[("x-csrf", "1")]);
+        let p = Provider::answering(RefreshOutcome::Rejected("invalid_grant".into()));
+        let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &p).await;
+        assert_eq!(refused(r), (401, "session_expired".into(), 1));
+        // Provider down: the still-valid token is used.
+        let p = untouched();
+        let grant = decide(&g, RouteAuth::Required, &Method::GET, &h, &p)
+            .await
+            .unwrap();
+        assert_eq!(grant.bearer.unwrap(), "Bearer at-1");
+        // Provider down and the token already expired: 503, session kept.
+        let mut gone = due();
+        gone.access_expires_at = NOW - 1;
+        let h = headers_with(&g, Some(&gone), &[("x-csrf", "1")]);
+        let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &p).await;
+        assert_eq!(refused(r), (503, "provider_unavailable".into(), 0));
+    }
+
+    #[tokio::test]
+    async fn idle_window_is_renewed_at_half_life() {
+        let g = gate();
+        let mut s = session();
+        s.last_seen = NOW - 1_800;
+        let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
+        let grant = decide(&g, RouteAuth::Required, &Method::GET, &h, &untouched())
+            .await
+            .unwrap();
+        assert!(!grant.set_cookies.is_empty());
+    }
+
+    #[test]
+    fn screen_refuses_trace_hostless_http11_and_bad_targets() {
+        let mut h = HeaderMap::new();
+        let s = |m: &Method, v, h: &HeaderMap, t: &str| {
+            screen(m, v, h, t.as_bytes(), t, "rid").map(|_| ())
+        };
+        assert_eq!(
+            s(&Method::GET, Version::HTTP_11, &h, "/api"),
+            Err(Fault::BadRequest)
+        );
+        assert_eq!(s(&Method::GET, Version::HTTP_10, &h, "/api"), Ok(()));
+        h.insert("host", "app".parse().unwrap());
+        assert_eq!(s(&Method::GET, Version::HTTP_11, &h, "/api"), Ok(()));
+        assert_eq!(
+            s(&Method::TRACE, Version::HTTP_11, &h, "/api"),
+            Err(Fault::MethodNotAllowed)
+        );
+        assert_eq!(
+            s(&Method::GET, Version::HTTP_11, &h, "//api/admin"),
+            Err(Fault::BadPath)
+        );
+    }
+}

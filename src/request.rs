@@ -1,0 +1,49 @@
+//! The facts of a request that tollgate's decisions read, without Pingora types.
+//!
+//! The decision core ([`crate::proxy::gate`]) and the endpoints (`/login`, `/callback`,
+//! `/logout`, `/session`) take a [`Facts`] instead of a Pingora `Session`, so a unit test can
+//! build one from a method, a header map and a clock, and the same code runs on the hot path
+//! with everything borrowed from the request Pingora parsed.
+
+use http::header::{ACCEPT, COOKIE, UPGRADE};
+use http::{HeaderMap, Method};
+
+/// One request, as tollgate's decisions see it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Facts<'r> {
+    pub(crate) method: &'r Method,
+    /// The normalised path ([`crate::proxy::target`]).
+    pub(crate) path: &'r str,
+    pub(crate) query: Option<&'r str>,
+    pub(crate) headers: &'r HeaderMap,
+    pub(crate) request_id: &'r str,
+    /// Seconds since the Unix epoch.
+    pub(crate) now: u64,
+}
+
+impl<'r> Facts<'r> {
+    /// The `Cookie` header values, as text (HTTP/2 may send several).
+    pub(crate) fn cookie_headers(&self) -> impl Iterator<Item = &'r str> {
+        self.headers
+            .get_all(COOKIE)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+    }
+
+    pub(crate) fn accept(&self) -> Option<&'r str> {
+        self.headers.get(ACCEPT).and_then(|v| v.to_str().ok())
+    }
+
+    /// Whether this is a WebSocket handshake (`GET` with `Upgrade: websocket`).
+    pub(crate) fn is_websocket(&self) -> bool {
+        is_websocket(self.method, self.headers)
+    }
+}
+
+/// Whether `method` and `headers` make a WebSocket handshake.
+pub(crate) fn is_websocket(method: &Method, headers: &HeaderMap) -> bool {
+    method == Method::GET
+        && headers
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
