@@ -299,16 +299,51 @@ async fn session_endpoint_and_logout() {
             .any(|c| c.starts_with("tollgate") && c.contains("Max-Age=0")),
         "{cleared:?}"
     );
-    let body: serde_json::Value = r.json().await.unwrap();
-    let url = reqwest::Url::parse(body["logout_url"].as_str().unwrap()).unwrap();
+    // The SPA gets a tollgate URL: the provider URL carries the ID token as id_token_hint,
+    // which must never reach page script.
+    let pending = set_cookies(&r)
+        .into_iter()
+        .find(|c| c.starts_with("tollgate-logout=") && !c.contains("Max-Age=0"))
+        .expect("a pending-logout cookie");
+    assert!(pending.contains("HttpOnly"), "{pending}");
+    let text = r.text().await.unwrap();
+    let id_token = session.id_token.clone().unwrap();
+    assert!(!text.contains(&id_token), "the ID token reached page script: {text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["logout_url"], "/logout/continue");
+    // The browser navigates there and is sent on to the provider, with the hint.
+    let r = s
+        .browser
+        .get(s.tg.url("/logout/continue"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| c.starts_with("tollgate-logout=;") && c.contains("Max-Age=0")),
+        "the pending logout is single-use"
+    );
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let url = reqwest::Url::parse(&location).unwrap();
     assert_eq!(
         url.as_str().split('?').next().unwrap(),
         format!("{}/logout", s.idp.issuer)
     );
     let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
-    assert_eq!(q.get("id_token_hint"), session.id_token.as_ref());
+    assert_eq!(q.get("id_token_hint"), Some(&id_token));
     assert_eq!(q["post_logout_redirect_uri"], s.tg.url("/"));
     assert!(q.contains_key("state"));
+    // Used once: again, it only goes to post_logout_redirect_uri.
+    let r = s
+        .browser
+        .get(s.tg.url("/logout/continue"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], s.tg.url("/").as_str());
 
     // The refresh token no longer works at the provider; /session is 401 now.
     let (status, body) = s
