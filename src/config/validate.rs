@@ -1,76 +1,99 @@
-//! Turns the file format into the typed [`Config`], checking every value.
+//! Turns the deserialized file into the typed [`Config`], checking what types cannot express.
 //!
-//! Startup must fail fast and say exactly what is wrong, so each check names the key
-//! (`routes[1].upstream`, `session.keys[0]`) and the problem. Secrets referenced by `*_file`
-//! keys are read here, once, so a missing Kubernetes Secret mount stops the process at startup
-//! instead of failing the first login.
+//! serde has already given every value its type ([`super::file`]); what is left are the rules a
+//! type cannot express: a path without a query, keys that need or exclude each other, secrets
+//! read from their files. Startup must fail fast and say exactly what is wrong, so each check
+//! names the key (`routes[1].upstream`, `session.keys[0]`) and the problem. Secrets referenced
+//! by `*_file` keys are read here, once, so a missing Kubernetes Secret mount stops the process
+//! at startup instead of failing the first login.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use base64::Engine;
+use http::HeaderValue;
+use jsonwebtoken::{Algorithm, EncodingKey};
 use url::Url;
 
-use super::file::{self, DurationValue, FileConfig};
+use super::file::{
+    CsrfSection, FileConfig, OidcSection, RouteSection, SameSiteSetting, ServerSection,
+    SessionSection,
+};
 use super::*;
 
 /// Paths tollgate answers itself; a route may not claim them exactly.
 pub const RESERVED_PATHS: [&str; 5] = ["/healthz", "/readyz", "/login", "/logout", "/session"];
 
-pub fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
+pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let server = server(raw.server)?;
     let oidc = oidc(raw.oidc, &server.public_url)?;
     let session = session(raw.session, server.secure_cookies)?;
     let csrf = csrf(raw.csrf)?;
-    let routes = routes(raw.routes, &oidc.callback_path)?;
+    let routes = routes(raw.routes)?;
     let metrics = MetricsConfig {
-        listen: raw
-            .metrics
-            .listen
-            .map(|l| socket_addr("metrics.listen", &l))
-            .transpose()?,
+        listen: raw.metrics.listen.map(|a| a.0),
     };
-    if let Some(m) = metrics.listen {
-        if server.listen.contains(&m) {
-            return Err(ConfigError::invalid(
-                "metrics.listen",
-                format!("{m} is also in server.listen; metrics need their own port"),
-            ));
-        }
-    }
-    Ok(Config {
+    let config = Config {
         server,
         oidc,
         session,
         csrf,
         routes,
         metrics,
-    })
+    };
+    cross_section(&config)?;
+    Ok(config)
 }
 
-fn server(s: file::ServerSection) -> Result<ServerConfig, ConfigError> {
+/// The checks that need more than one section.
+fn cross_section(c: &Config) -> Result<(), ConfigError> {
+    for (i, r) in c.routes.iter().enumerate() {
+        if RESERVED_PATHS.contains(&r.prefix.as_str()) || r.prefix == c.oidc.callback_path {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].prefix"),
+                format!("{:?} is an endpoint tollgate answers itself", r.prefix),
+            ));
+        }
+    }
+    if let Some(m) = c.metrics.listen {
+        if c.server.listen.contains(&m) {
+            return Err(ConfigError::invalid(
+                "metrics.listen",
+                format!("{m} is also in server.listen; metrics need their own port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `host[:port]` of `url`, the port only when it is not the scheme's default: what `Host` (or
+/// `X-Forwarded-Host`) carries for it; as text and as a header value.
+pub(crate) fn host_header(url: &Url) -> Result<(String, HeaderValue), &'static str> {
+    let host = url.host_str().ok_or("has no host")?;
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let value = HeaderValue::from_str(&authority).map_err(|_| "is not a valid Host header")?;
+    Ok((authority, value))
+}
+
+fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
     if s.listen.is_empty() {
         return Err(ConfigError::invalid(
             "server.listen",
             "at least one address is required",
         ));
     }
-    let listen = s
-        .listen
-        .iter()
-        .enumerate()
-        .map(|(i, a)| socket_addr(&format!("server.listen[{i}]"), a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let public_url = http_url("server.public_url", &s.public_url)?;
+    let public_url = s.public_url.0;
     if public_url.path() != "/" || public_url.query().is_some() {
         return Err(ConfigError::invalid(
             "server.public_url",
             "must be an origin only (scheme, host, optional port), without a path or query",
         ));
     }
-    let public_origin = public_url.origin().ascii_serialization();
-    let secure_cookies = public_url.scheme() == "https";
+    let (_, forwarded_host) =
+        host_header(&public_url).map_err(|p| ConfigError::invalid("server.public_url", p))?;
     let threads = match s.threads {
         Some(0) => return Err(ConfigError::invalid("server.threads", "must be at least 1")),
         Some(n) => n,
@@ -78,19 +101,32 @@ fn server(s: file::ServerSection) -> Result<ServerConfig, ConfigError> {
             .map(|n| n.get())
             .unwrap_or(1),
     };
-    let grace_period = duration("server.grace_period", s.grace_period, "10s")?;
     Ok(ServerConfig {
-        listen,
+        listen: s.listen.into_iter().map(|a| a.0).collect(),
+        public_origin: public_url.origin().ascii_serialization(),
+        secure_cookies: public_url.scheme() == "https",
+        forwarded_host,
         public_url,
-        public_origin,
-        secure_cookies,
         threads,
-        grace_period,
+        grace_period: s.grace_period,
     })
 }
 
-fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigError> {
-    let issuer = http_url("oidc.issuer", &o.issuer)?;
+/// Authorization request parameters tollgate sets itself.
+const PROTOCOL_PARAMS: [&str; 9] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "client_secret",
+];
+
+fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigError> {
+    let issuer = o.issuer.url;
     if issuer.query().is_some() || issuer.fragment().is_some() {
         return Err(ConfigError::invalid(
             "oidc.issuer",
@@ -100,18 +136,7 @@ fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigErro
     if o.client_id.trim().is_empty() {
         return Err(ConfigError::invalid("oidc.client_id", "must not be empty"));
     }
-    let auth_method = match o.auth_method.as_deref() {
-        None => AuthMethod::ClientSecretBasic,
-        Some(m) => AuthMethod::parse(m).ok_or_else(|| {
-            ConfigError::invalid(
-                "oidc.auth_method",
-                format!(
-                    "unknown auth method {m:?}; expected one of {}",
-                    AuthMethod::NAMES.join(", ")
-                ),
-            )
-        })?,
-    };
+    let auth_method = o.auth_method;
     let client_secret = secret_value(
         "oidc.client_secret",
         o.client_secret,
@@ -125,7 +150,7 @@ fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigErro
                 "oidc.client_secret",
                 format!(
                     "auth_method {:?} needs a client secret (client_secret or client_secret_file)",
-                    AuthMethod::NAMES[auth_method as usize]
+                    auth_method.as_str()
                 ),
             ))
         }
@@ -137,7 +162,7 @@ fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigErro
                 "oidc.client_secret",
                 format!(
                     "is set but auth_method {:?} does not use it; remove it",
-                    AuthMethod::NAMES[auth_method as usize]
+                    auth_method.as_str()
                 ),
             ))
         }
@@ -150,11 +175,9 @@ fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigErro
                 "auth_method \"private_key_jwt\" needs a private key file (PEM)",
             ))
         }
-        (AuthMethod::PrivateKeyJwt, Some(path)) => Some(private_key(
-            path,
-            o.private_key_alg.as_deref(),
-            o.private_key_id,
-        )?),
+        (AuthMethod::PrivateKeyJwt, Some(path)) => {
+            Some(private_key(path, o.private_key_alg, o.private_key_id)?)
+        }
         (_, Some(_)) => {
             return Err(ConfigError::invalid(
                 "oidc.private_key_file",
@@ -163,11 +186,7 @@ fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigErro
         }
         (_, None) => None,
     };
-    let scopes = o.scopes.unwrap_or_else(|| {
-        ["openid", "profile", "email", "offline_access"]
-            .map(String::from)
-            .to_vec()
-    });
+    let scopes = o.scopes;
     if !scopes.iter().any(|s| s == "openid") {
         return Err(ConfigError::invalid(
             "oidc.scopes",
@@ -183,24 +202,13 @@ fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigErro
             format!("invalid scope {bad:?}"),
         ));
     }
-    let callback_path = o.callback_path.unwrap_or_else(|| "/callback".into());
+    let callback_path = o.callback_path;
     if !callback_path.starts_with('/') || callback_path.contains(['?', '#']) {
         return Err(ConfigError::invalid(
             "oidc.callback_path",
             "must be a path starting with / (no query or fragment)",
         ));
     }
-    const PROTOCOL_PARAMS: [&str; 9] = [
-        "response_type",
-        "client_id",
-        "redirect_uri",
-        "scope",
-        "state",
-        "nonce",
-        "code_challenge",
-        "code_challenge_method",
-        "client_secret",
-    ];
     if let Some(p) = o
         .extra_auth_params
         .keys()
@@ -211,37 +219,31 @@ fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigErro
             "is set by tollgate itself and cannot be overridden",
         ));
     }
-    let endpoint =
-        |key: &str, v: Option<String>| v.map(|v| http_url(&format!("oidc.{key}"), &v)).transpose();
     let endpoints = EndpointOverrides {
-        authorization_endpoint: endpoint("authorization_endpoint", o.authorization_endpoint)?,
-        token_endpoint: endpoint("token_endpoint", o.token_endpoint)?,
-        jwks_uri: endpoint("jwks_uri", o.jwks_uri)?,
-        end_session_endpoint: endpoint("end_session_endpoint", o.end_session_endpoint)?,
-        revocation_endpoint: endpoint("revocation_endpoint", o.revocation_endpoint)?,
+        authorization_endpoint: o.authorization_endpoint.map(|u| u.0),
+        token_endpoint: o.token_endpoint.map(|u| u.0),
+        jwks_uri: o.jwks_uri.map(|u| u.0),
+        end_session_endpoint: o.end_session_endpoint.map(|u| u.0),
+        revocation_endpoint: o.revocation_endpoint.map(|u| u.0),
     };
-    let http_timeout = duration("oidc.http_timeout", o.http_timeout, "10s")?;
-    if http_timeout.is_zero() {
+    if o.http_timeout.is_zero() {
         return Err(ConfigError::invalid(
             "oidc.http_timeout",
             "must be greater than zero",
         ));
     }
-    let metadata_refresh = duration("oidc.metadata_refresh", o.metadata_refresh, "1h")?;
-    if metadata_refresh < Duration::from_secs(10) {
+    if o.metadata_refresh < Duration::from_secs(10) {
         return Err(ConfigError::invalid(
             "oidc.metadata_refresh",
             "must be at least 10s",
         ));
     }
-    let post_logout_redirect_uri = match o.post_logout_redirect_uri {
-        Some(u) => http_url("oidc.post_logout_redirect_uri", &u)?,
-        None => public_url.clone(),
-    };
     Ok(OidcConfig {
-        post_logout_redirect_uri,
-        allow_get_logout: o.allow_get_logout.unwrap_or(false),
-        issuer_id: o.issuer.trim().to_string(),
+        post_logout_redirect_uri: o
+            .post_logout_redirect_uri
+            .map_or_else(|| public_url.clone(), |u| u.0),
+        allow_get_logout: o.allow_get_logout,
+        issuer_id: o.issuer.id,
         issuer,
         client_id: o.client_id,
         client_secret,
@@ -251,20 +253,20 @@ fn oidc(o: file::OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigErro
         callback_path,
         extra_auth_params: o.extra_auth_params,
         endpoints,
-        http_timeout,
-        metadata_refresh,
+        http_timeout: o.http_timeout,
+        metadata_refresh: o.metadata_refresh,
     })
 }
 
+/// Reads the PEM key at `path` and checks that `alg` (default: the key kind's usual one) fits.
 fn private_key(
     path: &str,
-    alg: Option<&str>,
+    alg: Option<Algorithm>,
     kid: Option<String>,
 ) -> Result<PrivateKey, ConfigError> {
     let key = "oidc.private_key_file";
     let pem = std::fs::read(path)
         .map_err(|e| ConfigError::invalid(key, format!("cannot read {path}: {e}")))?;
-    use jsonwebtoken::EncodingKey;
     let kind = if EncodingKey::from_rsa_pem(&pem).is_ok() {
         PrivateKeyKind::Rsa
     } else if EncodingKey::from_ec_pem(&pem).is_ok() {
@@ -279,12 +281,11 @@ fn private_key(
     };
     let pem = String::from_utf8(pem)
         .map_err(|_| ConfigError::invalid(key, format!("{path} is not a text PEM file")))?;
-    use jsonwebtoken::Algorithm;
     let alg = match (kind, alg) {
-        (PrivateKeyKind::Rsa, None | Some("RS256")) => Algorithm::RS256,
-        (PrivateKeyKind::Rsa, Some("PS256")) => Algorithm::PS256,
-        (PrivateKeyKind::Ec, None | Some("ES256")) => Algorithm::ES256,
-        (PrivateKeyKind::Ed25519, None | Some("EdDSA")) => Algorithm::EdDSA,
+        (PrivateKeyKind::Rsa, None | Some(Algorithm::RS256)) => Algorithm::RS256,
+        (PrivateKeyKind::Rsa, Some(Algorithm::PS256)) => Algorithm::PS256,
+        (PrivateKeyKind::Ec, None | Some(Algorithm::ES256)) => Algorithm::ES256,
+        (PrivateKeyKind::Ed25519, None | Some(Algorithm::EdDSA)) => Algorithm::EdDSA,
         (kind, Some(other)) => {
             return Err(ConfigError::invalid(
                 "oidc.private_key_alg",
@@ -300,8 +301,28 @@ fn private_key(
     })
 }
 
-fn session(s: file::SessionSection, secure: bool) -> Result<SessionConfig, ConfigError> {
-    let configured = s.cookie_name.unwrap_or_else(|| "__Host-tollgate".into());
+/// Reads a secret given either inline or as a file; both at once is an error.
+fn secret_value(
+    key: &str,
+    inline: Option<String>,
+    file_key: &str,
+    file: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            key,
+            format!("set either {key} or {file_key}, not both"),
+        )),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(file_key, format!("cannot read {path}: {e}"))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn session(s: SessionSection, secure: bool) -> Result<SessionConfig, ConfigError> {
+    let configured = s.cookie_name;
     let bare = configured
         .strip_prefix("__Host-")
         .or_else(|| configured.strip_prefix("__Secure-"))
@@ -371,39 +392,32 @@ fn session(s: file::SessionSection, secure: bool) -> Result<SessionConfig, Confi
         keys.push(decode_key(&k).map_err(|p| ConfigError::invalid(key_name, p))?);
     }
 
-    let same_site = match s.same_site.as_deref().unwrap_or("lax") {
-        "lax" | "Lax" => SameSite::Lax,
-        "strict" | "Strict" => SameSite::Strict,
-        other => {
+    let same_site = match s.same_site {
+        SameSiteSetting::Lax => SameSite::Lax,
+        SameSiteSetting::Strict => SameSite::Strict,
+        SameSiteSetting::None => {
             return Err(ConfigError::invalid(
                 "session.same_site",
-                format!(
-                "{other:?} is not \"lax\" or \"strict\" (\"none\" would defeat the CSRF defence)"
-            ),
+                "\"none\" would let every site send the session cookie and defeat the CSRF defence; use \"lax\" or \"strict\"",
             ))
         }
     };
-    let max_lifetime = duration("session.max_lifetime", s.max_lifetime, "24h")?;
-    let idle_timeout = duration("session.idle_timeout", s.idle_timeout, "8h")?;
-    let refresh_skew = duration("session.refresh_skew", s.refresh_skew, "30s")?;
-    if max_lifetime.is_zero() || idle_timeout.is_zero() {
-        return Err(ConfigError::invalid(
-            if max_lifetime.is_zero() {
-                "session.max_lifetime"
-            } else {
-                "session.idle_timeout"
-            },
-            "must be greater than zero",
-        ));
+    for (key, value) in [
+        ("session.max_lifetime", s.max_lifetime),
+        ("session.idle_timeout", s.idle_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(ConfigError::invalid(key, "must be greater than zero"));
+        }
     }
     Ok(SessionConfig {
         cookie_name,
         dropped_host_prefix,
         keys,
         same_site,
-        max_lifetime,
-        idle_timeout,
-        refresh_skew,
+        max_lifetime: s.max_lifetime,
+        idle_timeout: s.idle_timeout,
+        refresh_skew: s.refresh_skew,
     })
 }
 
@@ -425,33 +439,28 @@ pub fn decode_key(k: &str) -> Result<[u8; 32], String> {
     })
 }
 
-fn csrf(c: file::CsrfSection) -> Result<CsrfConfig, ConfigError> {
-    let header = c
-        .header
-        .unwrap_or_else(|| "x-csrf".into())
-        .to_ascii_lowercase();
-    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+/// Headers that browsers or tollgate set themselves: as the CSRF header they would prove nothing.
+const STANDARD_HEADERS: [&str; 5] = ["cookie", "origin", "host", "authorization", "content-type"];
+
+fn csrf(c: CsrfSection) -> Result<CsrfConfig, ConfigError> {
+    if STANDARD_HEADERS.contains(&c.header.as_str()) {
         return Err(ConfigError::invalid(
             "csrf.header",
-            format!("{header:?} is not a valid header name"),
-        ));
-    }
-    if ["cookie", "origin", "host", "authorization", "content-type"].contains(&header.as_str()) {
-        return Err(ConfigError::invalid(
-            "csrf.header",
-            format!("{header:?} is a standard header that browsers or tollgate set; use a custom one such as x-csrf"),
+            format!(
+                "{:?} is a standard header that browsers or tollgate set; use a custom one such as x-csrf",
+                c.header.as_str()
+            ),
         ));
     }
     let allowed_origins = c
         .allowed_origins
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, o)| {
-            let key = format!("csrf.allowed_origins[{i}]");
-            let url = http_url(&key, o)?;
+        .map(|(i, url)| {
+            let url = url.0;
             if url.path() != "/" || url.query().is_some() {
                 return Err(ConfigError::invalid(
-                    key,
+                    format!("csrf.allowed_origins[{i}]"),
                     "must be an origin (scheme://host[:port]) without a path",
                 ));
             }
@@ -459,15 +468,12 @@ fn csrf(c: file::CsrfSection) -> Result<CsrfConfig, ConfigError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(CsrfConfig {
-        header,
+        header: c.header,
         allowed_origins,
     })
 }
 
-fn routes(
-    raw: Vec<file::RouteSection>,
-    callback_path: &str,
-) -> Result<Vec<RouteConfig>, ConfigError> {
+fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::invalid(
             "routes",
@@ -487,15 +493,9 @@ fn routes(
                 ),
             ));
         }
-        let prefix = if r.prefix.len() > 1 {
-            r.prefix.trim_end_matches('/').to_string()
-        } else {
-            r.prefix.clone()
-        };
-        let prefix = if prefix.is_empty() {
-            "/".to_string()
-        } else {
-            prefix
+        let prefix = match r.prefix.trim_end_matches('/') {
+            "" => "/".to_string(),
+            trimmed => trimmed.to_string(),
         };
         if !seen.insert(prefix.clone()) {
             return Err(ConfigError::invalid(
@@ -503,115 +503,27 @@ fn routes(
                 format!("{prefix:?} overlaps an earlier route with the same prefix"),
             ));
         }
-        if RESERVED_PATHS.contains(&prefix.as_str()) || prefix == callback_path {
-            return Err(ConfigError::invalid(
-                key("prefix"),
-                format!("{prefix:?} is an endpoint tollgate answers itself"),
-            ));
-        }
-        let upstream = http_url(&key("upstream"), &r.upstream)?;
+        let upstream = r.upstream.0;
         if upstream.query().is_some() || upstream.fragment().is_some() {
             return Err(ConfigError::invalid(
                 key("upstream"),
                 "must not have a query or fragment",
             ));
         }
-        let auth = match r.auth.as_deref().unwrap_or("required") {
-            "required" => RouteAuth::Required,
-            "optional" => RouteAuth::Optional,
-            "none" => RouteAuth::None,
-            other => {
-                return Err(ConfigError::invalid(
-                    key("auth"),
-                    format!("{other:?} is not one of \"required\", \"optional\", \"none\""),
-                ))
-            }
-        };
+        let (host, host_header) =
+            host_header(&upstream).map_err(|p| ConfigError::invalid(key("upstream"), p))?;
         routes.push(RouteConfig {
             prefix,
             upstream,
-            auth,
-            strip_prefix: r.strip_prefix.unwrap_or(false),
-            connect_timeout: duration(&key("connect_timeout"), r.connect_timeout, "5s")?,
-            read_timeout: duration(&key("read_timeout"), r.read_timeout, "60s")?,
+            host,
+            host_header,
+            auth: r.auth,
+            strip_prefix: r.strip_prefix,
+            connect_timeout: r.connect_timeout,
+            read_timeout: r.read_timeout,
         });
     }
     Ok(routes)
-}
-
-fn http_url(key: &str, value: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(value)
-        .map_err(|e| ConfigError::invalid(key, format!("{value:?} is not a valid URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{value:?} must be an http or https URL"),
-        ));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(ConfigError::invalid(key, format!("{value:?} has no host")));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ConfigError::invalid(
-            key,
-            "must not carry credentials in the URL",
-        ));
-    }
-    Ok(url)
-}
-
-fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            ConfigError::invalid(
-                key,
-                format!("{value:?} is not an address such as \"127.0.0.1:8080\" or \"[::]:8080\""),
-            )
-        })
-}
-
-fn duration(
-    key: &str,
-    value: Option<DurationValue>,
-    default: &str,
-) -> Result<Duration, ConfigError> {
-    let text = match value {
-        None => default.to_string(),
-        Some(DurationValue::Seconds(s)) => return Ok(Duration::from_secs(s)),
-        Some(DurationValue::Text(t)) => t,
-    };
-    if let Ok(secs) = text.trim().parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        ConfigError::invalid(
-            key,
-            format!("{text:?} is not a duration such as \"30s\" or \"8h\": {e}"),
-        )
-    })
-}
-
-/// Reads a secret given either inline or as a file; both at once is an error.
-fn secret_value(
-    key: &str,
-    inline: Option<String>,
-    file_key: &str,
-    file: Option<&str>,
-) -> Result<Option<String>, ConfigError> {
-    match (inline, file) {
-        (Some(_), Some(_)) => Err(ConfigError::invalid(
-            key,
-            format!("set either {key} or {file_key}, not both"),
-        )),
-        (Some(v), None) => Ok(Some(v)),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map(Some)
-            .map_err(|e| ConfigError::invalid(file_key, format!("cannot read {path}: {e}"))),
-        (None, None) => Ok(None),
-    }
 }
 
 #[cfg(test)]
@@ -685,6 +597,86 @@ mod tests {
         .unwrap();
         assert!(c.server.secure_cookies);
         assert_eq!(c.session.cookie_name, "__Host-tollgate");
+        assert_eq!(c.server.forwarded_host, "app.example.com");
+    }
+
+    #[test]
+    fn values_get_their_types() {
+        let c = load(
+            EXAMPLE,
+            &[
+                ("TOLLGATE__CSRF__HEADER", "X-Requested-By"),
+                ("TOLLGATE__SESSION__SAME_SITE", "Strict"),
+                ("TOLLGATE__ROUTES__1__READ_TIMEOUT", "90"),
+                ("TOLLGATE__ROUTES__1__AUTH", "optional"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.csrf.header, "x-requested-by");
+        assert_eq!(c.session.same_site, SameSite::Strict);
+        assert_eq!(c.routes[1].read_timeout, Duration::from_secs(90));
+        assert_eq!(c.routes[1].auth, RouteAuth::Optional);
+        assert_eq!(c.routes[0].host, "127.0.0.1:9000");
+        assert_eq!(c.routes[0].host_header, "127.0.0.1:9000");
+        assert_eq!(c.server.forwarded_host, "127.0.0.1:8080");
+
+        let cases: Vec<(String, &str)> = vec![
+            (
+                edit(
+                    "listen = [\"127.0.0.1:8080\"]",
+                    "listen = [\"127.0.0.1:8080\", \"port 80\"]",
+                ),
+                "`server.listen[1]`: \"port 80\" is not an address",
+            ),
+            (
+                edit("header = \"x-csrf\"", "header = \"x csrf\""),
+                "`csrf.header`: \"x csrf\" is not a valid header name",
+            ),
+            (
+                edit("header = \"x-csrf\"", "header = \"Cookie\""),
+                "`csrf.header`: \"cookie\" is a standard header",
+            ),
+            (
+                edit(
+                    "allowed_origins = []",
+                    "allowed_origins = [\"https://a.example\", \"https://b.example/app\"]",
+                ),
+                "`csrf.allowed_origins[1]`: must be an origin",
+            ),
+            (
+                edit(
+                    "allowed_origins = []",
+                    "allowed_origins = [\"https://a.example\", \"b.example\"]",
+                ),
+                "`csrf.allowed_origins[1]`: \"b.example\" is not a valid URL",
+            ),
+            (
+                edit("read_timeout = \"60s\"", "read_timeout = -1"),
+                "`routes[0].read_timeout`: -1 is negative",
+            ),
+            (
+                edit(
+                    "# private_key_alg = \"RS256\"",
+                    "private_key_alg = \"RS257\"",
+                ),
+                "`oidc.private_key_alg`: unknown variant `RS257`",
+            ),
+            (
+                edit("same_site = \"lax\"", "same_site = \"none\""),
+                "`session.same_site`: \"none\" would let every site send the session cookie",
+            ),
+            (
+                edit(
+                    "upstream = \"http://127.0.0.1:9000\"",
+                    "upstream = \"http://user:pw@127.0.0.1:9000\"",
+                ),
+                "`routes[0].upstream`: must not carry credentials",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = err(&text, &[]);
+            assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+        }
     }
 
     #[test]
@@ -702,7 +694,7 @@ mod tests {
                     "auth_method = \"client_secret_basic\"",
                     "auth_method = \"client_secret_magic\"",
                 ),
-                "`oidc.auth_method`: unknown auth method",
+                "`oidc.auth_method`: unknown variant `client_secret_magic`, expected one of `client_secret_basic`",
             ),
             (
                 edit(

@@ -115,7 +115,7 @@ impl Tollgate {
             } else {
                 "http"
             },
-            forwarded_host: public_authority(&config.server.public_url),
+            forwarded_host: config.server.forwarded_host.clone(),
             callback_path: config.oidc.callback_path.clone(),
             refresh_skew: config.session.refresh_skew.as_secs(),
             idle_reseal_after: (config.session.idle_timeout.as_secs() / 2).max(1),
@@ -433,12 +433,6 @@ impl Tollgate {
         }
         Ok(())
     }
-}
-
-/// [`routes::authority`] of `url` as a header value.
-fn public_authority(url: &url::Url) -> HeaderValue {
-    HeaderValue::try_from(routes::authority(url))
-        .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
 impl Ctx {
