@@ -3,10 +3,10 @@
 //! Loading happens in three steps, each in its own module: [`env`] applies environment
 //! overrides to the parsed TOML document, serde deserializes it into the typed structs of
 //! [`file`] (enums, durations, URLs, addresses and header names get their types there, with the
-//! deserializers of [`de`]), and [`validate`] checks what types cannot express and builds the
-//! [`Config`] below. Nothing outside this module sees raw strings: URLs are parsed, keys
-//! decoded, secrets read from their files, header values built. Every error names the key it is
-//! about.
+//! deserializers of [`de`]), and [`validate`] checks what types cannot express, section by
+//! section, and builds the [`Config`] below. Nothing outside this module sees raw strings: URLs
+//! are parsed, keys decoded, secrets read from their files, header values built. Every error
+//! names the key it is about.
 
 mod de;
 pub mod env;

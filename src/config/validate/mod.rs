@@ -1,0 +1,83 @@
+//! Turns the deserialized file into the typed [`Config`], section by section.
+//!
+//! serde has already given every value its type ([`super::file`]); what is left are the rules a
+//! type cannot express. Each section's rules are in a module of their own, as oauth2-proxy's
+//! `pkg/validation` does, so that the rules for one key are found in one place: [`server`],
+//! [`oidc`], [`session`], [`csrf`], [`routes`]. Rules that tie two sections together are here,
+//! in [`cross_section`], so none hides in a section module that only sees half of it.
+//!
+//! Startup must fail fast and say exactly what is wrong, so each check names the key
+//! (`routes[1].upstream`, `session.keys[0]`) and the problem.
+
+mod csrf;
+mod oidc;
+mod routes;
+mod server;
+mod session;
+#[cfg(test)]
+mod tests;
+
+use http::HeaderValue;
+use url::Url;
+
+use super::file::FileConfig;
+use super::*;
+
+pub use session::decode_key;
+
+/// Paths tollgate answers itself; a route may not claim them exactly.
+pub const RESERVED_PATHS: [&str; 5] = ["/healthz", "/readyz", "/login", "/logout", "/session"];
+
+pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
+    let server = server::server(raw.server)?;
+    let oidc = oidc::oidc(raw.oidc, &server.public_url)?;
+    let session = session::session(raw.session, server.secure_cookies)?;
+    let csrf = csrf::csrf(raw.csrf)?;
+    let routes = routes::routes(raw.routes)?;
+    let metrics = MetricsConfig {
+        listen: raw.metrics.listen.map(|a| a.0),
+    };
+    let config = Config {
+        server,
+        oidc,
+        session,
+        csrf,
+        routes,
+        metrics,
+    };
+    cross_section(&config)?;
+    Ok(config)
+}
+
+/// The checks that need more than one section.
+fn cross_section(c: &Config) -> Result<(), ConfigError> {
+    for (i, r) in c.routes.iter().enumerate() {
+        if RESERVED_PATHS.contains(&r.prefix.as_str()) || r.prefix == c.oidc.callback_path {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].prefix"),
+                format!("{:?} is an endpoint tollgate answers itself", r.prefix),
+            ));
+        }
+    }
+    if let Some(m) = c.metrics.listen {
+        if c.server.listen.contains(&m) {
+            return Err(ConfigError::invalid(
+                "metrics.listen",
+                format!("{m} is also in server.listen; metrics need their own port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `host[:port]` of `url`, the port only when it is not the scheme's default: what `Host` (or
+/// `X-Forwarded-Host`) carries for it; as text and as a header value.
+pub(crate) fn host_header(url: &Url) -> Result<(String, HeaderValue), &'static str> {
+    let host = url.host_str().ok_or("has no host")?;
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let value = HeaderValue::from_str(&authority).map_err(|_| "is not a valid Host header")?;
+    Ok((authority, value))
+}
