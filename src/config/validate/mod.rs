@@ -18,7 +18,7 @@ mod session;
 mod tests;
 
 use http::HeaderValue;
-use url::Url;
+use url::{Host, Url};
 
 use super::file::FileConfig;
 use super::*;
@@ -27,6 +27,18 @@ pub use session::decode_key;
 
 /// Paths tollgate answers itself; a route may not claim them exactly.
 pub const RESERVED_PATHS: [&str; 5] = ["/healthz", "/readyz", "/login", "/logout", "/session"];
+
+/// Every session key published in this repository as an example: `conf/tollgate.toml`,
+/// `benches/load/run.py` and the test suites (`tests/common/mod.rs`), the Kubernetes example
+/// overlay (`deploy/kubernetes/overlays/example/secrets/cookie_keys.example`), and the all-zero
+/// key of the unit tests. Anyone can read them, so anyone could forge sessions sealed with
+/// them: they are accepted only where nobody else can reach tollgate, on a loopback `http`
+/// `public_url`. A new example key elsewhere in the repository belongs in this list.
+pub(crate) const EXAMPLE_SESSION_KEYS: [&str; 3] = [
+    "bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=",
+    "cX/YoznuBp7+yL48hHfkYSHiNy865Fe3gut4ykzT2+E=",
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+];
 
 pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let server = server::server(raw.server)?;
@@ -40,17 +52,17 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let config = Config {
         server,
         oidc,
-        session,
+        session: session.config,
         csrf,
         routes,
         metrics,
     };
-    cross_section(&config)?;
+    cross_section(&config, &session.key_names)?;
     Ok(config)
 }
 
-/// The checks that need more than one section.
-fn cross_section(c: &Config) -> Result<(), ConfigError> {
+/// The checks that need more than one section. `key_names` names each of `session.keys`.
+fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
     for (i, r) in c.routes.iter().enumerate() {
         if RESERVED_PATHS.contains(&r.prefix.as_str()) || r.prefix == c.oidc.callback_path {
             return Err(ConfigError::invalid(
@@ -67,7 +79,38 @@ fn cross_section(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    if !is_loopback_http(&c.server.public_url) {
+        for (key, name) in c.session.keys.iter().zip(key_names) {
+            if EXAMPLE_SESSION_KEYS
+                .iter()
+                .any(|example| decode_key(example).is_ok_and(|e| e == *key))
+            {
+                return Err(ConfigError::invalid(
+                    name.clone(),
+                    format!(
+                        "is an example key published in the tollgate repository, so anyone could \
+                         forge sessions with it; it is accepted only with a loopback http \
+                         server.public_url (local development), and server.public_url is {}. \
+                         Generate a key of your own with `tollgate genkey`",
+                        c.server.public_origin
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// `http://localhost`, `http://127.x.x.x` or `http://[::1]`, any port: reachable from this
+/// machine only.
+fn is_loopback_http(url: &Url) -> bool {
+    url.scheme() == "http"
+        && match url.host() {
+            Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
 }
 
 /// `host[:port]` of `url`, the port only when it is not the scheme's default: what `Host` (or

@@ -1,14 +1,22 @@
 //! `[session]`: the session cookie's name, sealing keys, SameSite and lifetimes.
 //!
 //! The keys are secrets, so they are decoded here rather than by serde: an error names the key
-//! by position (`session.keys[0]`, or its line in `keys_file`) and never quotes it.
+//! by position (`session.keys[0]`, or its line in `keys_file`) and never quotes it. Whether a
+//! key is one of the repository's published examples depends on `server.public_url`, so that
+//! check is with the other cross-section checks in the parent module.
 
 use base64::Engine;
 
 use crate::config::file::{SameSiteSetting, SessionSection};
 use crate::config::{ConfigError, SameSite, SessionConfig};
 
-pub(super) fn session(s: SessionSection, secure: bool) -> Result<SessionConfig, ConfigError> {
+/// The session config and, for each key, the name errors about it use.
+pub(super) struct Session {
+    pub config: SessionConfig,
+    pub key_names: Vec<String>,
+}
+
+pub(super) fn session(s: SessionSection, secure: bool) -> Result<Session, ConfigError> {
     let configured = s.cookie_name;
     let bare = configured
         .strip_prefix("__Host-")
@@ -75,8 +83,13 @@ pub(super) fn session(s: SessionSection, secure: bool) -> Result<SessionConfig, 
         ));
     }
     let mut keys = Vec::with_capacity(encoded.len());
+    let mut key_names = Vec::with_capacity(encoded.len());
     for (key_name, k) in encoded {
-        keys.push(decode_key(&k).map_err(|p| ConfigError::invalid(key_name, p))?);
+        match decode_key(&k) {
+            Ok(key) => keys.push(key),
+            Err(problem) => return Err(ConfigError::invalid(key_name, problem)),
+        }
+        key_names.push(key_name);
     }
 
     let same_site = match s.same_site {
@@ -97,14 +110,17 @@ pub(super) fn session(s: SessionSection, secure: bool) -> Result<SessionConfig, 
             return Err(ConfigError::invalid(key, "must be greater than zero"));
         }
     }
-    Ok(SessionConfig {
-        cookie_name,
-        dropped_host_prefix,
-        keys,
-        same_site,
-        max_lifetime: s.max_lifetime,
-        idle_timeout: s.idle_timeout,
-        refresh_skew: s.refresh_skew,
+    Ok(Session {
+        config: SessionConfig {
+            cookie_name,
+            dropped_host_prefix,
+            keys,
+            same_site,
+            max_lifetime: s.max_lifetime,
+            idle_timeout: s.idle_timeout,
+            refresh_skew: s.refresh_skew,
+        },
+        key_names,
     })
 }
 

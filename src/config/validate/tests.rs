@@ -1,5 +1,5 @@
 //! Loading whole configurations: the shipped example, each section's errors naming their key,
-//! environment overrides, secrets from files.
+//! environment overrides, secrets from files, the example session keys.
 
 use super::*;
 use std::path::Path;
@@ -20,6 +20,12 @@ fn err(text: &str, vars: &[(&str, &str)]) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// A session key of this test's own, not published anywhere else: accepted with any public_url.
+const OWN_KEY: &str = "/62w8jnW+0rc0YLrBpeU67SQwJv6G7z8xG0/TA9YqMA=";
+
+/// The example's session key line.
+const EXAMPLE_KEYS_LINE: &str = "keys = [\"bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=\"]";
 
 /// The example with the first line starting with `from` (a setting, not a comment) edited.
 fn edit(from: &str, to: &str) -> String {
@@ -64,13 +70,113 @@ fn https_keeps_host_prefix() {
         &edit(
             "public_url = \"http://127.0.0.1:8080\"",
             "public_url = \"https://app.example.com\"",
-        ),
+        )
+        .replace(EXAMPLE_KEYS_LINE, &format!("keys = [\"{OWN_KEY}\"]")),
         &[],
     )
     .unwrap();
     assert!(c.server.secure_cookies);
     assert_eq!(c.session.cookie_name, "__Host-tollgate");
     assert_eq!(c.server.forwarded_host, "app.example.com");
+}
+
+#[test]
+fn example_keys_only_with_loopback_http() {
+    for example in EXAMPLE_SESSION_KEYS {
+        assert!(decode_key(example).is_ok(), "{example}");
+        let with_key = |public_url: &str| {
+            edit(
+                "public_url = \"http://127.0.0.1:8080\"",
+                &format!("public_url = \"{public_url}\""),
+            )
+            .replace(
+                EXAMPLE_KEYS_LINE,
+                &format!("keys = [\"{OWN_KEY}\", \"{example}\"]"),
+            )
+        };
+        for public_url in [
+            "https://app.example.com",
+            "http://app.example.com",
+            "https://127.0.0.1:8443",
+            "https://localhost",
+            "http://10.0.0.1:8080",
+        ] {
+            let e = err(&with_key(public_url), &[]);
+            assert!(
+                e.starts_with("`session.keys[1]`: is an example key")
+                    && e.contains("loopback http server.public_url"),
+                "{public_url}: {e}"
+            );
+            assert!(!e.contains(example), "the key is not quoted: {e}");
+        }
+        for public_url in [
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://localhost:3000",
+            "http://127.1.2.3",
+            "http://[::1]:8080",
+        ] {
+            if let Err(e) = load(&with_key(public_url), &[]) {
+                panic!("{public_url}: {e}");
+            }
+        }
+    }
+
+    // The same key spelled differently, from a keys file, or set by an override.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "bdUQR9e39_klNsj8v-uB7pY3l4mG3G-InOMg6tpcX4Q\n").unwrap();
+    let https = edit(
+        "public_url = \"http://127.0.0.1:8080\"",
+        "public_url = \"https://app.example.com\"",
+    );
+    let from_file = https.replace(
+        EXAMPLE_KEYS_LINE,
+        &format!("keys_file = {:?}", keys.display().to_string()),
+    );
+    let e = err(&from_file, &[]);
+    assert!(e.starts_with("`session.keys_file ("), "{e}");
+    assert!(e.contains("is an example key"), "{e}");
+    let e = err(
+        &https.replace(EXAMPLE_KEYS_LINE, &format!("keys = [\"{OWN_KEY}\"]")),
+        &[(
+            "TOLLGATE__SESSION__KEYS",
+            "cX/YoznuBp7+yL48hHfkYSHiNy865Fe3gut4ykzT2+E=",
+        )],
+    );
+    assert!(e.starts_with("`session.keys[0]`: is an example key"), "{e}");
+}
+
+/// Every base64 32-byte key in the repository's example files is in [`EXAMPLE_SESSION_KEYS`].
+#[test]
+fn example_key_list_is_complete() {
+    let files = [
+        include_str!("../../../conf/tollgate.toml"),
+        include_str!("../../../README.md"),
+        include_str!("../../../deploy/kubernetes/overlays/example/secrets/cookie_keys.example"),
+        include_str!("../../../tests/common/mod.rs"),
+        include_str!("../../../benches/load/run.py"),
+    ];
+    let listed: Vec<[u8; 32]> = EXAMPLE_SESSION_KEYS
+        .iter()
+        .map(|k| decode_key(k).unwrap())
+        .collect();
+    let mut found = 0;
+    for text in files {
+        for token in text.split(|c: char| !(c.is_ascii_alphanumeric() || "+/_-=".contains(c))) {
+            if !(43..=44).contains(&token.len()) {
+                continue;
+            }
+            if let Ok(key) = decode_key(token) {
+                assert!(
+                    listed.contains(&key),
+                    "{token} is not in EXAMPLE_SESSION_KEYS"
+                );
+                found += 1;
+            }
+        }
+    }
+    assert!(found >= 4, "found only {found} example keys");
 }
 
 #[test]
