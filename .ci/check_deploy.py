@@ -170,6 +170,7 @@ def run_tollgate_check(where, binary, toml_text, container, secret_mounts, secre
             if "value" in e:
                 env[e["name"]] = e["value"]
         # Put each mounted Secret's files in a temp dir and point the config there.
+        example_keys = []
         for mount_path, secret_name in secret_mounts.items():
             d = tmp / secret_name
             d.mkdir()
@@ -177,13 +178,26 @@ def run_tollgate_check(where, binary, toml_text, container, secret_mounts, secre
             if secret:
                 for name, data in secret.get("data", {}).items():
                     (d / name).write_bytes(base64.b64decode(data))
+                    if name == "cookie_keys" and b"EXAMPLE" in base64.b64decode(data):
+                        example_keys.append(d / name)
             else:
                 # Supplied outside kustomize (e.g. kubectl create secret): example values.
                 (d / "client_secret").write_text("placeholder-client-secret\n")
                 (d / "cookie_keys").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
             toml_text = toml_text.replace(f'"{mount_path}/', f'"{d}/')
         config_file.write_text(toml_text)
-        r = subprocess.run([binary, "check", "--config", str(config_file)], env=env, capture_output=True, text=True)
+        check = [binary, "check", "--config", str(config_file)]
+        if example_keys:
+            # The example Secret's keys are published here: tollgate must refuse them with an
+            # https public_url. Then check the rest of the config with a key of its own.
+            r = subprocess.run(check, env=env, capture_output=True, text=True)
+            if r.returncode == 0 or "is an example key" not in r.stderr:
+                fail(where, f"tollgate check should refuse the example cookie key:\n{r.stdout}{r.stderr}")
+            else:
+                print(f"ok   {where}: tollgate check refuses the example cookie key")
+            for path in example_keys:
+                path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        r = subprocess.run(check, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             fail(where, f"tollgate check refuses the rendered config:\n{r.stdout}{r.stderr}")
         else:

@@ -38,6 +38,8 @@ pub enum StartError {
     Resolve(#[from] ResolveError),
     #[error("client authentication: {0}")]
     ClientAuth(#[from] ClientAuthError),
+    #[error("cannot build the HTTP client for the provider: {0}")]
+    HttpClient(reqwest::Error),
 }
 
 /// Builds the server; call `run_forever()` on the result.
@@ -53,7 +55,7 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
 
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
-    let http = crate::oidc::http_client(config);
+    let http = crate::oidc::http_client(config).map_err(StartError::HttpClient)?;
     let provider = Arc::new(ProviderStore::default());
     let oidc = Arc::new(Oidc::new(config, http.clone(), provider.clone())?);
     server.add_service(pingora::services::background::background_service(

@@ -308,7 +308,10 @@ async fn session_endpoint_and_logout() {
     assert!(pending.contains("HttpOnly"), "{pending}");
     let text = r.text().await.unwrap();
     let id_token = session.id_token.clone().unwrap();
-    assert!(!text.contains(&id_token), "the ID token reached page script: {text}");
+    assert!(
+        !text.contains(&id_token),
+        "the ID token reached page script: {text}"
+    );
     let body: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["logout_url"], "/logout/continue");
     // The browser navigates there and is sent on to the provider, with the hint.

@@ -1,17 +1,26 @@
-//! The configuration file format, exactly as users write it.
+//! The configuration file format, deserialized into typed values.
 //!
 //! These structs mirror `conf/tollgate.toml` one to one and reject unknown keys, so a typo is an
-//! error rather than a silently ignored setting. They carry no meaning beyond syntax: the
-//! checks that give values their meaning live in [`super::validate`], which turns this into the
-//! typed [`super::Config`] the rest of tollgate uses.
+//! error rather than a silently ignored setting. serde gives every value its type here
+//! (enums, durations, URLs, addresses, header names; see [`super::de`]) and fills in the
+//! documented defaults, so a wrong value is refused with its key while parsing. What a type
+//! cannot express (a path without a query, a secret read from a file, two keys that exclude
+//! each other) is checked in [`super::validate`], which builds the [`super::Config`] the rest of
+//! tollgate uses.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use http::HeaderName;
+use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+use super::de::{self, Addr, HttpUrl, Issuer};
+use super::{AuthMethod, RouteAuth};
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     pub server: ServerSection,
     pub oidc: OidcSection,
     pub session: SessionSection,
@@ -23,141 +32,159 @@ pub struct FileConfig {
     pub metrics: MetricsSection,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    #[serde(default = "default_listen", deserialize_with = "string_or_list")]
-    pub listen: Vec<String>,
-    pub public_url: String,
-    #[serde(default, deserialize_with = "opt_lenient")]
+pub(crate) struct ServerSection {
+    #[serde(default = "default_listen", deserialize_with = "de::list")]
+    pub listen: Vec<Addr>,
+    pub public_url: HttpUrl,
+    /// Default: the number of CPUs.
+    #[serde(default, deserialize_with = "de::opt_lenient")]
     pub threads: Option<usize>,
-    #[serde(default)]
-    pub grace_period: Option<DurationValue>,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub grace_period: Duration,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OidcSection {
-    pub issuer: String,
+pub(crate) struct OidcSection {
+    pub issuer: Issuer,
     pub client_id: String,
     pub client_secret: Option<String>,
     pub client_secret_file: Option<String>,
-    #[serde(default)]
-    pub auth_method: Option<String>,
+    #[serde(default = "default_auth_method")]
+    pub auth_method: AuthMethod,
     pub private_key_file: Option<String>,
-    #[serde(default, deserialize_with = "opt_string_or_list")]
-    pub scopes: Option<Vec<String>>,
-    pub callback_path: Option<String>,
+    #[serde(default = "default_scopes", deserialize_with = "de::list")]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_callback_path")]
+    pub callback_path: String,
     #[serde(default)]
     pub extra_auth_params: BTreeMap<String, String>,
-    pub private_key_alg: Option<String>,
+    pub private_key_alg: Option<jsonwebtoken::Algorithm>,
     pub private_key_id: Option<String>,
-    pub authorization_endpoint: Option<String>,
-    pub token_endpoint: Option<String>,
-    pub jwks_uri: Option<String>,
-    pub end_session_endpoint: Option<String>,
-    pub revocation_endpoint: Option<String>,
-    pub http_timeout: Option<DurationValue>,
-    pub metadata_refresh: Option<DurationValue>,
-    pub post_logout_redirect_uri: Option<String>,
-    #[serde(default, deserialize_with = "opt_lenient")]
-    pub allow_get_logout: Option<bool>,
+    pub authorization_endpoint: Option<HttpUrl>,
+    pub token_endpoint: Option<HttpUrl>,
+    pub jwks_uri: Option<HttpUrl>,
+    pub end_session_endpoint: Option<HttpUrl>,
+    pub revocation_endpoint: Option<HttpUrl>,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub http_timeout: Duration,
+    #[serde(default = "secs::<3600>", deserialize_with = "de::duration")]
+    pub metadata_refresh: Duration,
+    /// Default: `server.public_url`.
+    pub post_logout_redirect_uri: Option<HttpUrl>,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub allow_get_logout: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SessionSection {
-    pub cookie_name: Option<String>,
-    #[serde(default, deserialize_with = "opt_string_or_list")]
+pub(crate) struct SessionSection {
+    #[serde(default = "default_cookie_name")]
+    pub cookie_name: String,
+    /// Base64 text: decoded in validation, which names each key without quoting it.
+    #[serde(default, deserialize_with = "de::opt_list")]
     pub keys: Option<Vec<String>>,
     pub keys_file: Option<String>,
-    pub same_site: Option<String>,
-    pub max_lifetime: Option<DurationValue>,
-    pub idle_timeout: Option<DurationValue>,
-    pub refresh_skew: Option<DurationValue>,
+    #[serde(default = "default_same_site")]
+    pub same_site: SameSiteSetting,
+    #[serde(default = "secs::<86400>", deserialize_with = "de::duration")]
+    pub max_lifetime: Duration,
+    #[serde(default = "secs::<28800>", deserialize_with = "de::duration")]
+    pub idle_timeout: Duration,
+    #[serde(default = "secs::<30>", deserialize_with = "de::duration")]
+    pub refresh_skew: Duration,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CsrfSection {
-    pub header: Option<String>,
-    #[serde(default, deserialize_with = "string_or_list")]
-    pub allowed_origins: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteSection {
-    pub prefix: String,
-    pub upstream: String,
-    pub auth: Option<String>,
-    #[serde(default, deserialize_with = "opt_lenient")]
-    pub strip_prefix: Option<bool>,
-    pub connect_timeout: Option<DurationValue>,
-    pub read_timeout: Option<DurationValue>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSection {
-    pub listen: Option<String>,
-}
-
-/// A duration as written in the file: `"30s"`, `"8h"`, `"1h 30m"`, or a bare number of seconds.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum DurationValue {
-    Seconds(u64),
-    Text(String),
-}
-
-fn default_listen() -> Vec<String> {
-    vec!["127.0.0.1:8080".to_string()]
+/// `same_site` as written. `"none"` is a real SameSite value, so it parses, and validation
+/// refuses it with the reason (it would defeat the CSRF defence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SameSiteSetting {
+    #[serde(alias = "Lax")]
+    Lax,
+    #[serde(alias = "Strict")]
+    Strict,
+    #[serde(alias = "None")]
+    None,
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+#[serde(deny_unknown_fields)]
+pub(crate) struct CsrfSection {
+    #[serde(default = "default_csrf_header", deserialize_with = "de::header_name")]
+    pub header: HeaderName,
+    #[serde(default, deserialize_with = "de::list")]
+    pub allowed_origins: Vec<HttpUrl>,
 }
 
-/// Accepts `"a"` as well as `["a", "b"]`; environment overrides are plain strings.
-fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        OneOrMany::Many(v) => v,
-    })
-}
-
-fn opt_string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    string_or_list(d).map(Some)
-}
-
-/// A number or boolean that may also arrive as a string (from an environment override).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Lenient<T> {
-    Native(T),
-    Text(String),
-}
-
-fn opt_lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + std::str::FromStr,
-{
-    match Lenient::<T>::deserialize(d)? {
-        Lenient::Native(v) => Ok(Some(v)),
-        Lenient::Text(s) => s
-            .trim()
-            .parse::<T>()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("invalid value {s:?}"))),
+impl Default for CsrfSection {
+    fn default() -> Self {
+        CsrfSection {
+            header: default_csrf_header(),
+            allowed_origins: Vec::new(),
+        }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteSection {
+    pub prefix: String,
+    pub upstream: HttpUrl,
+    #[serde(default = "default_route_auth")]
+    pub auth: RouteAuth,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub strip_prefix: bool,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub keep_authorization: bool,
+    #[serde(default = "secs::<5>", deserialize_with = "de::duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "secs::<60>", deserialize_with = "de::duration")]
+    pub read_timeout: Duration,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetricsSection {
+    pub listen: Option<Addr>,
+}
+
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
+fn default_listen() -> Vec<Addr> {
+    vec![Addr(SocketAddr::from(([127, 0, 0, 1], 8080)))]
+}
+
+fn default_auth_method() -> AuthMethod {
+    AuthMethod::ClientSecretBasic
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "profile", "email", "offline_access"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_callback_path() -> String {
+    "/callback".into()
+}
+
+fn default_cookie_name() -> String {
+    "__Host-tollgate".into()
+}
+
+fn default_same_site() -> SameSiteSetting {
+    SameSiteSetting::Lax
+}
+
+fn default_csrf_header() -> HeaderName {
+    HeaderName::from_static("x-csrf")
+}
+
+fn default_route_auth() -> RouteAuth {
+    RouteAuth::Required
 }

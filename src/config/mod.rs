@@ -1,13 +1,16 @@
 //! Configuration: from `conf/tollgate.toml` plus `TOLLGATE__*` overrides to a validated model.
 //!
-//! Loading happens in three steps, each in its own module: [`file`] parses the TOML syntax into
-//! structs that reject unknown keys, [`env`] applies environment overrides to the parsed
-//! document, and [`validate`] checks every value and builds the typed [`Config`] below. Nothing
-//! outside this module sees raw strings: URLs are parsed, keys decoded, secrets read from their
-//! files, durations converted. Every error names the key it is about.
+//! Loading happens in three steps, each in its own module: [`env`] applies environment
+//! overrides to the parsed TOML document, serde deserializes it into the typed structs of
+//! [`file`] (enums, durations, URLs, addresses and header names get their types there, with the
+//! deserializers of [`de`]), and [`validate`] checks what types cannot express, section by
+//! section, and builds the [`Config`] below. Nothing outside this module sees raw strings: URLs
+//! are parsed, keys decoded, secrets read from their files, header values built. Every error
+//! names the key it is about.
 
+mod de;
 pub mod env;
-pub mod file;
+pub(crate) mod file;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -16,6 +19,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
 use url::Url;
 
 /// Why a configuration was refused. The message always names the key (or variable, or file).
@@ -82,11 +87,14 @@ pub struct ServerConfig {
     pub public_origin: String,
     /// Whether cookies get the `Secure` attribute (`public_url` is https).
     pub secure_cookies: bool,
+    /// `public_url`'s authority (`host[:port]`), as sent upstream in `X-Forwarded-Host`.
+    pub forwarded_host: HeaderValue,
     pub threads: usize,
     pub grace_period: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
@@ -96,23 +104,15 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
-    pub const NAMES: [&'static str; 5] = [
-        "client_secret_basic",
-        "client_secret_post",
-        "client_secret_jwt",
-        "private_key_jwt",
-        "none",
-    ];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "client_secret_basic" => AuthMethod::ClientSecretBasic,
-            "client_secret_post" => AuthMethod::ClientSecretPost,
-            "client_secret_jwt" => AuthMethod::ClientSecretJwt,
-            "private_key_jwt" => AuthMethod::PrivateKeyJwt,
-            "none" => AuthMethod::None,
-            _ => return None,
-        })
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::ClientSecretJwt => "client_secret_jwt",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::None => "none",
+        }
     }
 
     pub fn needs_client_secret(self) -> bool {
@@ -222,13 +222,14 @@ impl fmt::Debug for SessionConfig {
 
 #[derive(Debug, Clone)]
 pub struct CsrfConfig {
-    /// Lower-case header name that authenticated requests must carry.
-    pub header: String,
+    /// The header that authenticated requests must carry.
+    pub header: HeaderName,
     /// Origins accepted in `Origin` besides `public_url`'s.
     pub allowed_origins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RouteAuth {
     Required,
     Optional,
@@ -250,8 +251,14 @@ pub struct RouteConfig {
     /// Normalised prefix: starts with `/`, no trailing `/` except for the catch-all `/`.
     pub prefix: String,
     pub upstream: Url,
+    /// `Host` for the upstream request: the upstream URL's authority (`host[:port]`).
+    pub host: String,
+    /// The same, as a header value built once.
+    pub host_header: HeaderValue,
     pub auth: RouteAuth,
     pub strip_prefix: bool,
+    /// Pass a client-sent `Authorization` to the upstream (`auth = "none"` routes only).
+    pub keep_authorization: bool,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }

@@ -32,15 +32,15 @@ use token_client::TokenClient;
 /// The least time between two JWKS fetches caused by an unknown `kid`.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The HTTP client for every request to the provider (shared: connection reuse).
-pub fn http_client(config: &Config) -> reqwest::Client {
+/// The HTTP client for every request to the provider (shared: connection reuse). Failing to
+/// build it (no TLS roots, say) is a startup error: a default client would have no timeouts.
+pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .timeout(config.oidc.http_timeout)
         .connect_timeout(config.oidc.http_timeout.min(Duration::from_secs(5)))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_default()
 }
 
 /// Everything the login endpoints need, built once from the config.

@@ -37,9 +37,7 @@ impl CsrfPolicy {
         let mut origins = vec![public_origin.to_string()];
         origins.extend(config.allowed_origins.iter().cloned());
         CsrfPolicy {
-            // Validated at config load; fall back to the default rather than panic.
-            header: HeaderName::from_bytes(config.header.as_bytes())
-                .unwrap_or(HeaderName::from_static("x-csrf")),
+            header: config.header.clone(),
             origins,
         }
     }
@@ -82,7 +80,7 @@ mod tests {
     fn policy() -> CsrfPolicy {
         CsrfPolicy::new(
             &CsrfConfig {
-                header: "x-csrf".into(),
+                header: HeaderName::from_static("x-csrf"),
                 allowed_origins: vec!["https://admin.example.com".into()],
             },
             "https://app.example.com",

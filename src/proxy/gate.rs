@@ -294,7 +294,7 @@ mod tests {
         );
         let csrf = CsrfPolicy::new(
             &CsrfConfig {
-                header: "x-csrf".into(),
+                header: http::HeaderName::from_static("x-csrf"),
                 allowed_origins: vec![],
             },
             "https://app.example.com",

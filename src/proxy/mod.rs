@@ -102,7 +102,7 @@ impl Tollgate {
             } else {
                 "http"
             },
-            forwarded_host: public_authority(&config.server.public_url),
+            forwarded_host: config.server.forwarded_host.clone(),
         })
     }
 
@@ -161,12 +161,6 @@ impl Tollgate {
             }
         }
     }
-}
-
-/// [`routes::authority`] of `url` as a header value.
-fn public_authority(url: &url::Url) -> HeaderValue {
-    HeaderValue::try_from(routes::authority(url))
-        .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
 impl Ctx {

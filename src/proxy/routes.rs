@@ -74,16 +74,6 @@ pub struct RouteTable {
     routes: Vec<Route>,
 }
 
-/// `host[:port]` of `url`, the port only when it is not the scheme's default: what `Host`
-/// carries for it.
-pub fn authority(url: &url::Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    }
-}
-
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || path
@@ -98,14 +88,13 @@ impl RouteTable {
             let tls = c.upstream.scheme() == "https";
             let host = c.upstream.host_str().unwrap_or_default().to_string();
             let port = c.upstream.port_or_known_default().unwrap_or(80);
-            let authority = authority(&c.upstream);
             let addr: SocketAddr = (host.trim_matches(['[', ']']), port)
                 .to_socket_addrs()
                 .map_err(|e| e.to_string())
                 .and_then(|mut a| a.next().ok_or_else(|| "no address found".to_string()))
                 .map_err(|problem| ResolveError {
                     index,
-                    authority: authority.clone(),
+                    authority: c.host.clone(),
                     problem,
                 })?;
             let sni = if tls {
@@ -122,19 +111,14 @@ impl RouteTable {
             o.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
             o.verify_cert = true;
             o.verify_hostname = true;
-            let host_header = HeaderValue::from_str(&authority).map_err(|_| ResolveError {
-                index,
-                authority: authority.clone(),
-                problem: "not a valid Host header value".to_string(),
-            })?;
             routes.push(Route {
-                host_header,
+                host_header: c.host_header.clone(),
                 prefix: c.prefix.clone(),
                 auth: c.auth,
-                keep_authorization: false, // FIXME(config merge): c.keep_authorization
+                keep_authorization: c.keep_authorization,
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),
-                host: authority,
+                host: c.host.clone(),
                 peer,
             });
         }
@@ -174,11 +158,16 @@ mod tests {
     use std::time::Duration;
 
     fn route(prefix: &str, upstream: &str, strip: bool) -> RouteConfig {
+        let upstream: url::Url = upstream.parse().unwrap();
+        let (host, host_header) = crate::config::validate::host_header(&upstream).unwrap();
         RouteConfig {
             prefix: prefix.into(),
-            upstream: upstream.parse().unwrap(),
+            upstream,
+            host,
+            host_header,
             auth: RouteAuth::Required,
             strip_prefix: strip,
+            keep_authorization: false,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
         }

@@ -1,0 +1,133 @@
+//! Turns the deserialized file into the typed [`Config`], section by section.
+//!
+//! serde has already given every value its type ([`super::file`]); what is left are the rules a
+//! type cannot express. Each section's rules are in a module of their own, as oauth2-proxy's
+//! `pkg/validation` does, so that the rules for one key are found in one place: [`server`],
+//! [`oidc`], [`session`], [`csrf`], [`routes`]. Rules that tie two sections together are here,
+//! in [`cross_section`], so none hides in a section module that only sees half of it.
+//!
+//! Startup must fail fast and say exactly what is wrong, so each check names the key
+//! (`routes[1].upstream`, `session.keys[0]`) and the problem.
+
+mod csrf;
+mod oidc;
+mod routes;
+mod server;
+mod session;
+#[cfg(test)]
+mod tests;
+
+use http::HeaderValue;
+use url::{Host, Url};
+
+use super::file::FileConfig;
+use super::*;
+
+pub use session::decode_key;
+
+/// Paths tollgate answers itself; a route may not claim them exactly.
+pub const RESERVED_PATHS: [&str; 6] = [
+    "/healthz",
+    "/readyz",
+    "/login",
+    "/logout",
+    "/logout/continue",
+    "/session",
+];
+
+/// Every session key published in this repository as an example: `conf/tollgate.toml`,
+/// `benches/load/run.py` and the test suites (`tests/common/mod.rs`), the Kubernetes example
+/// overlay (`deploy/kubernetes/overlays/example/secrets/cookie_keys.example`), and the all-zero
+/// key of the unit tests. Anyone can read them, so anyone could forge sessions sealed with
+/// them: they are accepted only where nobody else can reach tollgate, on a loopback `http`
+/// `public_url`. A new example key elsewhere in the repository belongs in this list.
+pub(crate) const EXAMPLE_SESSION_KEYS: [&str; 3] = [
+    "bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=",
+    "cX/YoznuBp7+yL48hHfkYSHiNy865Fe3gut4ykzT2+E=",
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+];
+
+pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
+    let server = server::server(raw.server)?;
+    let oidc = oidc::oidc(raw.oidc, &server.public_url)?;
+    let session = session::session(raw.session, server.secure_cookies)?;
+    let csrf = csrf::csrf(raw.csrf)?;
+    let routes = routes::routes(raw.routes)?;
+    let metrics = MetricsConfig {
+        listen: raw.metrics.listen.map(|a| a.0),
+    };
+    let config = Config {
+        server,
+        oidc,
+        session: session.config,
+        csrf,
+        routes,
+        metrics,
+    };
+    cross_section(&config, &session.key_names)?;
+    Ok(config)
+}
+
+/// The checks that need more than one section. `key_names` names each of `session.keys`.
+fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
+    for (i, r) in c.routes.iter().enumerate() {
+        if RESERVED_PATHS.contains(&r.prefix.as_str()) || r.prefix == c.oidc.callback_path {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].prefix"),
+                format!("{:?} is an endpoint tollgate answers itself", r.prefix),
+            ));
+        }
+    }
+    if let Some(m) = c.metrics.listen {
+        if c.server.listen.contains(&m) {
+            return Err(ConfigError::invalid(
+                "metrics.listen",
+                format!("{m} is also in server.listen; metrics need their own port"),
+            ));
+        }
+    }
+    if !is_loopback_http(&c.server.public_url) {
+        for (key, name) in c.session.keys.iter().zip(key_names) {
+            if EXAMPLE_SESSION_KEYS
+                .iter()
+                .any(|example| decode_key(example).is_ok_and(|e| e == *key))
+            {
+                return Err(ConfigError::invalid(
+                    name.clone(),
+                    format!(
+                        "is an example key published in the tollgate repository, so anyone could \
+                         forge sessions with it; it is accepted only with a loopback http \
+                         server.public_url (local development), and server.public_url is {}. \
+                         Generate a key of your own with `tollgate genkey`",
+                        c.server.public_origin
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `http://localhost`, `http://127.x.x.x` or `http://[::1]`, any port: reachable from this
+/// machine only.
+fn is_loopback_http(url: &Url) -> bool {
+    url.scheme() == "http"
+        && match url.host() {
+            Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
+}
+
+/// `host[:port]` of `url`, the port only when it is not the scheme's default: what `Host` (or
+/// `X-Forwarded-Host`) carries for it; as text and as a header value.
+pub(crate) fn host_header(url: &Url) -> Result<(String, HeaderValue), &'static str> {
+    let host = url.host_str().ok_or("has no host")?;
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let value = HeaderValue::from_str(&authority).map_err(|_| "is not a valid Host header")?;
+    Ok((authority, value))
+}

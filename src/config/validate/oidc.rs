@@ -1,0 +1,226 @@
+//! `[oidc]`: the provider, the client registered there and how it authenticates.
+//!
+//! Most rules here tie keys of this section together: an `auth_method` needs exactly the
+//! credentials it uses (a secret, or a private key whose kind fits `private_key_alg`), and no
+//! unused one is accepted, so a leftover secret is not mistaken for one in use. Secrets named
+//! by `*_file` keys are read here, once, so a missing Kubernetes Secret mount stops the process
+//! at startup instead of failing the first login.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey};
+use url::Url;
+
+use crate::config::file::OidcSection;
+use crate::config::{
+    AuthMethod, ConfigError, EndpointOverrides, OidcConfig, PrivateKey, PrivateKeyKind, Secret,
+};
+
+/// Authorization request parameters tollgate sets itself.
+const PROTOCOL_PARAMS: [&str; 9] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "client_secret",
+];
+
+pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigError> {
+    let issuer = o.issuer.url;
+    if issuer.query().is_some() || issuer.fragment().is_some() {
+        return Err(ConfigError::invalid(
+            "oidc.issuer",
+            "must not have a query or fragment",
+        ));
+    }
+    if o.client_id.trim().is_empty() {
+        return Err(ConfigError::invalid("oidc.client_id", "must not be empty"));
+    }
+    let auth_method = o.auth_method;
+    let client_secret = secret_value(
+        "oidc.client_secret",
+        o.client_secret,
+        "oidc.client_secret_file",
+        o.client_secret_file.as_deref(),
+    )?
+    .map(|s| Secret::new(s.trim_end_matches(['\r', '\n']).to_string()));
+    match (auth_method.needs_client_secret(), &client_secret) {
+        (true, None) => {
+            return Err(ConfigError::invalid(
+                "oidc.client_secret",
+                format!(
+                    "auth_method {:?} needs a client secret (client_secret or client_secret_file)",
+                    auth_method.as_str()
+                ),
+            ))
+        }
+        (true, Some(s)) if s.expose().is_empty() => {
+            return Err(ConfigError::invalid("oidc.client_secret", "is empty"))
+        }
+        (false, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "oidc.client_secret",
+                format!(
+                    "is set but auth_method {:?} does not use it; remove it",
+                    auth_method.as_str()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let private_key = match (auth_method, o.private_key_file.as_deref()) {
+        (AuthMethod::PrivateKeyJwt, None) => {
+            return Err(ConfigError::invalid(
+                "oidc.private_key_file",
+                "auth_method \"private_key_jwt\" needs a private key file (PEM)",
+            ))
+        }
+        (AuthMethod::PrivateKeyJwt, Some(path)) => {
+            Some(private_key(path, o.private_key_alg, o.private_key_id)?)
+        }
+        (_, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "oidc.private_key_file",
+                "is set but only auth_method \"private_key_jwt\" uses it; remove it",
+            ))
+        }
+        (_, None) => None,
+    };
+    let scopes = o.scopes;
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(ConfigError::invalid(
+            "oidc.scopes",
+            "must include \"openid\" (tollgate is an OpenID Connect client)",
+        ));
+    }
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| s.is_empty() || s.chars().any(|c| c == ' ' || c == '"' || c == '\\'))
+    {
+        return Err(ConfigError::invalid(
+            "oidc.scopes",
+            format!("invalid scope {bad:?}"),
+        ));
+    }
+    let callback_path = o.callback_path;
+    if !callback_path.starts_with('/') || callback_path.contains(['?', '#']) {
+        return Err(ConfigError::invalid(
+            "oidc.callback_path",
+            "must be a path starting with / (no query or fragment)",
+        ));
+    }
+    if let Some(p) = o
+        .extra_auth_params
+        .keys()
+        .find(|k| PROTOCOL_PARAMS.contains(&k.as_str()))
+    {
+        return Err(ConfigError::invalid(
+            format!("oidc.extra_auth_params.{p}"),
+            "is set by tollgate itself and cannot be overridden",
+        ));
+    }
+    let endpoints = EndpointOverrides {
+        authorization_endpoint: o.authorization_endpoint.map(|u| u.0),
+        token_endpoint: o.token_endpoint.map(|u| u.0),
+        jwks_uri: o.jwks_uri.map(|u| u.0),
+        end_session_endpoint: o.end_session_endpoint.map(|u| u.0),
+        revocation_endpoint: o.revocation_endpoint.map(|u| u.0),
+    };
+    if o.http_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "oidc.http_timeout",
+            "must be greater than zero",
+        ));
+    }
+    if o.metadata_refresh < Duration::from_secs(10) {
+        return Err(ConfigError::invalid(
+            "oidc.metadata_refresh",
+            "must be at least 10s",
+        ));
+    }
+    Ok(OidcConfig {
+        post_logout_redirect_uri: o
+            .post_logout_redirect_uri
+            .map_or_else(|| public_url.clone(), |u| u.0),
+        allow_get_logout: o.allow_get_logout,
+        issuer_id: o.issuer.id,
+        issuer,
+        client_id: o.client_id,
+        client_secret,
+        auth_method,
+        private_key,
+        scopes,
+        callback_path,
+        extra_auth_params: o.extra_auth_params,
+        endpoints,
+        http_timeout: o.http_timeout,
+        metadata_refresh: o.metadata_refresh,
+    })
+}
+
+/// Reads the PEM key at `path` and checks that `alg` (default: the key kind's usual one) fits.
+fn private_key(
+    path: &str,
+    alg: Option<Algorithm>,
+    kid: Option<String>,
+) -> Result<PrivateKey, ConfigError> {
+    let key = "oidc.private_key_file";
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {path}: {e}")))?;
+    let kind = if EncodingKey::from_rsa_pem(&pem).is_ok() {
+        PrivateKeyKind::Rsa
+    } else if EncodingKey::from_ec_pem(&pem).is_ok() {
+        PrivateKeyKind::Ec
+    } else if EncodingKey::from_ed_pem(&pem).is_ok() {
+        PrivateKeyKind::Ed25519
+    } else {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{path} holds no RSA, EC (P-256) or Ed25519 private key in PEM form"),
+        ));
+    };
+    let pem = String::from_utf8(pem)
+        .map_err(|_| ConfigError::invalid(key, format!("{path} is not a text PEM file")))?;
+    let alg = match (kind, alg) {
+        (PrivateKeyKind::Rsa, None | Some(Algorithm::RS256)) => Algorithm::RS256,
+        (PrivateKeyKind::Rsa, Some(Algorithm::PS256)) => Algorithm::PS256,
+        (PrivateKeyKind::Ec, None | Some(Algorithm::ES256)) => Algorithm::ES256,
+        (PrivateKeyKind::Ed25519, None | Some(Algorithm::EdDSA)) => Algorithm::EdDSA,
+        (kind, Some(other)) => {
+            return Err(ConfigError::invalid(
+                "oidc.private_key_alg",
+                format!("{other:?} does not fit the {kind:?} key in {path} (RSA: RS256 or PS256; EC: ES256; Ed25519: EdDSA)"),
+            ))
+        }
+    };
+    Ok(PrivateKey {
+        kind,
+        pem: Secret::new(pem),
+        alg,
+        kid,
+    })
+}
+
+/// Reads a secret given either inline or as a file; both at once is an error.
+fn secret_value(
+    key: &str,
+    inline: Option<String>,
+    file_key: &str,
+    file: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            key,
+            format!("set either {key} or {file_key}, not both"),
+        )),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(file_key, format!("cannot read {path}: {e}"))),
+        (None, None) => Ok(None),
+    }
+}

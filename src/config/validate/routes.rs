@@ -1,0 +1,73 @@
+//! `[[routes]]`: path prefixes and the upstream each one goes to.
+//!
+//! Prefixes are normalised here (leading `/`, no trailing `/`) so that matching on the hot path
+//! is a plain comparison, and two routes with the same prefix are refused rather than one
+//! silently shadowing the other. The upstream `Host` is computed here as well, so the proxy
+//! never has to build (or guess) it. Prefixes that collide with tollgate's own endpoints are a
+//! cross-section check, in the parent module.
+
+use std::collections::BTreeSet;
+
+use super::host_header;
+use crate::config::file::RouteSection;
+use crate::config::{ConfigError, RouteAuth, RouteConfig};
+
+pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::invalid(
+            "routes",
+            "at least one [[routes]] entry is required",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut routes = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        if !r.prefix.starts_with('/') || r.prefix.contains(['?', '#', '*']) {
+            return Err(ConfigError::invalid(
+                key("prefix"),
+                format!(
+                    "{:?} must be a path starting with / (no query, fragment or wildcard)",
+                    r.prefix
+                ),
+            ));
+        }
+        let prefix = match r.prefix.trim_end_matches('/') {
+            "" => "/".to_string(),
+            trimmed => trimmed.to_string(),
+        };
+        if !seen.insert(prefix.clone()) {
+            return Err(ConfigError::invalid(
+                key("prefix"),
+                format!("{prefix:?} overlaps an earlier route with the same prefix"),
+            ));
+        }
+        let upstream = r.upstream.0;
+        if upstream.query().is_some() || upstream.fragment().is_some() {
+            return Err(ConfigError::invalid(
+                key("upstream"),
+                "must not have a query or fragment",
+            ));
+        }
+        if r.keep_authorization && r.auth != RouteAuth::None {
+            return Err(ConfigError::invalid(
+                key("keep_authorization"),
+                "only applies to auth = \"none\" routes (on the others the session's token is sent)",
+            ));
+        }
+        let (host, host_header) =
+            host_header(&upstream).map_err(|p| ConfigError::invalid(key("upstream"), p))?;
+        routes.push(RouteConfig {
+            prefix,
+            upstream,
+            host,
+            host_header,
+            auth: r.auth,
+            strip_prefix: r.strip_prefix,
+            keep_authorization: r.keep_authorization,
+            connect_timeout: r.connect_timeout,
+            read_timeout: r.read_timeout,
+        });
+    }
+    Ok(routes)
+}

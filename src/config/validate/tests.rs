@@ -1,0 +1,451 @@
+//! Loading whole configurations: the shipped example, each section's errors naming their key,
+//! environment overrides, secrets from files, the example session keys.
+
+use super::*;
+use std::path::Path;
+
+const EXAMPLE: &str = include_str!("../../../conf/tollgate.toml");
+
+fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml_str(
+        text,
+        Path::new("test.toml"),
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+fn err(text: &str, vars: &[(&str, &str)]) -> String {
+    match load(text, vars) {
+        Ok(_) => panic!("config should be refused:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A session key of this test's own, not published anywhere else: accepted with any public_url.
+const OWN_KEY: &str = "/62w8jnW+0rc0YLrBpeU67SQwJv6G7z8xG0/TA9YqMA=";
+
+/// The example's session key line.
+const EXAMPLE_KEYS_LINE: &str = "keys = [\"bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=\"]";
+
+/// The example with the first line starting with `from` (a setting, not a comment) edited.
+fn edit(from: &str, to: &str) -> String {
+    let from = format!("\n{from}");
+    assert!(EXAMPLE.contains(&from), "example lacks {from}");
+    EXAMPLE.replacen(&from, &format!("\n{to}"), 1)
+}
+
+#[test]
+fn issuer_is_kept_as_written() {
+    for issuer in [
+        "https://tenant.auth0.com/",
+        "https://idp.example.com/realms/x",
+    ] {
+        let text = EXAMPLE.replace(
+            "issuer = \"http://127.0.0.1:9090/as\"",
+            &format!("issuer = \"{issuer}\""),
+        );
+        assert_eq!(load(&text, &[]).unwrap().oidc.issuer_id, issuer);
+    }
+}
+
+#[test]
+fn example_config_is_valid() {
+    let c = load(EXAMPLE, &[]).unwrap();
+    assert_eq!(c.server.public_origin, "http://127.0.0.1:8080");
+    assert!(!c.server.secure_cookies);
+    assert_eq!(
+        c.session.cookie_name, "tollgate",
+        "http drops the __Host- prefix"
+    );
+    assert!(c.session.dropped_host_prefix);
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.oidc.auth_method, AuthMethod::ClientSecretBasic);
+    assert_eq!(c.session.idle_timeout, Duration::from_secs(8 * 3600));
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9100".parse().unwrap()));
+}
+
+#[test]
+fn https_keeps_host_prefix() {
+    let c = load(
+        &edit(
+            "public_url = \"http://127.0.0.1:8080\"",
+            "public_url = \"https://app.example.com\"",
+        )
+        .replace(EXAMPLE_KEYS_LINE, &format!("keys = [\"{OWN_KEY}\"]")),
+        &[],
+    )
+    .unwrap();
+    assert!(c.server.secure_cookies);
+    assert_eq!(c.session.cookie_name, "__Host-tollgate");
+    assert_eq!(c.server.forwarded_host, "app.example.com");
+}
+
+#[test]
+fn example_keys_only_with_loopback_http() {
+    for example in EXAMPLE_SESSION_KEYS {
+        assert!(decode_key(example).is_ok(), "{example}");
+        let with_key = |public_url: &str| {
+            edit(
+                "public_url = \"http://127.0.0.1:8080\"",
+                &format!("public_url = \"{public_url}\""),
+            )
+            .replace(
+                EXAMPLE_KEYS_LINE,
+                &format!("keys = [\"{OWN_KEY}\", \"{example}\"]"),
+            )
+        };
+        for public_url in [
+            "https://app.example.com",
+            "http://app.example.com",
+            "https://127.0.0.1:8443",
+            "https://localhost",
+            "http://10.0.0.1:8080",
+        ] {
+            let e = err(&with_key(public_url), &[]);
+            assert!(
+                e.starts_with("`session.keys[1]`: is an example key")
+                    && e.contains("loopback http server.public_url"),
+                "{public_url}: {e}"
+            );
+            assert!(!e.contains(example), "the key is not quoted: {e}");
+        }
+        for public_url in [
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://localhost:3000",
+            "http://127.1.2.3",
+            "http://[::1]:8080",
+        ] {
+            if let Err(e) = load(&with_key(public_url), &[]) {
+                panic!("{public_url}: {e}");
+            }
+        }
+    }
+
+    // The same key spelled differently, from a keys file, or set by an override.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "bdUQR9e39_klNsj8v-uB7pY3l4mG3G-InOMg6tpcX4Q\n").unwrap();
+    let https = edit(
+        "public_url = \"http://127.0.0.1:8080\"",
+        "public_url = \"https://app.example.com\"",
+    );
+    let from_file = https.replace(
+        EXAMPLE_KEYS_LINE,
+        &format!("keys_file = {:?}", keys.display().to_string()),
+    );
+    let e = err(&from_file, &[]);
+    assert!(e.starts_with("`session.keys_file ("), "{e}");
+    assert!(e.contains("is an example key"), "{e}");
+    let e = err(
+        &https.replace(EXAMPLE_KEYS_LINE, &format!("keys = [\"{OWN_KEY}\"]")),
+        &[(
+            "TOLLGATE__SESSION__KEYS",
+            "cX/YoznuBp7+yL48hHfkYSHiNy865Fe3gut4ykzT2+E=",
+        )],
+    );
+    assert!(e.starts_with("`session.keys[0]`: is an example key"), "{e}");
+}
+
+/// Every base64 32-byte key in the repository's example files is in [`EXAMPLE_SESSION_KEYS`].
+#[test]
+fn example_key_list_is_complete() {
+    let files = [
+        include_str!("../../../conf/tollgate.toml"),
+        include_str!("../../../README.md"),
+        include_str!("../../../deploy/kubernetes/overlays/example/secrets/cookie_keys.example"),
+        include_str!("../../../tests/common/mod.rs"),
+        include_str!("../../../benches/load/run.py"),
+    ];
+    let listed: Vec<[u8; 32]> = EXAMPLE_SESSION_KEYS
+        .iter()
+        .map(|k| decode_key(k).unwrap())
+        .collect();
+    let mut found = 0;
+    for text in files {
+        for token in text.split(|c: char| !(c.is_ascii_alphanumeric() || "+/_-=".contains(c))) {
+            if !(43..=44).contains(&token.len()) {
+                continue;
+            }
+            if let Ok(key) = decode_key(token) {
+                assert!(
+                    listed.contains(&key),
+                    "{token} is not in EXAMPLE_SESSION_KEYS"
+                );
+                found += 1;
+            }
+        }
+    }
+    assert!(found >= 4, "found only {found} example keys");
+}
+
+#[test]
+fn values_get_their_types() {
+    let c = load(
+        EXAMPLE,
+        &[
+            ("TOLLGATE__CSRF__HEADER", "X-Requested-By"),
+            ("TOLLGATE__SESSION__SAME_SITE", "Strict"),
+            ("TOLLGATE__ROUTES__1__READ_TIMEOUT", "90"),
+            ("TOLLGATE__ROUTES__1__AUTH", "optional"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.csrf.header, "x-requested-by");
+    assert_eq!(c.session.same_site, SameSite::Strict);
+    assert_eq!(c.routes[1].read_timeout, Duration::from_secs(90));
+    assert_eq!(c.routes[1].auth, RouteAuth::Optional);
+    assert_eq!(c.routes[0].host, "127.0.0.1:9000");
+    assert_eq!(c.routes[0].host_header, "127.0.0.1:9000");
+    assert_eq!(c.server.forwarded_host, "127.0.0.1:8080");
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            edit(
+                "listen = [\"127.0.0.1:8080\"]",
+                "listen = [\"127.0.0.1:8080\", \"port 80\"]",
+            ),
+            "`server.listen[1]`: \"port 80\" is not an address",
+        ),
+        (
+            edit("header = \"x-csrf\"", "header = \"x csrf\""),
+            "`csrf.header`: \"x csrf\" is not a valid header name",
+        ),
+        (
+            edit("header = \"x-csrf\"", "header = \"Cookie\""),
+            "`csrf.header`: \"cookie\" is a standard header",
+        ),
+        (
+            edit(
+                "allowed_origins = []",
+                "allowed_origins = [\"https://a.example\", \"https://b.example/app\"]",
+            ),
+            "`csrf.allowed_origins[1]`: must be an origin",
+        ),
+        (
+            edit(
+                "allowed_origins = []",
+                "allowed_origins = [\"https://a.example\", \"b.example\"]",
+            ),
+            "`csrf.allowed_origins[1]`: \"b.example\" is not a valid URL",
+        ),
+        (
+            edit("read_timeout = \"60s\"", "read_timeout = -1"),
+            "`routes[0].read_timeout`: -1 is negative",
+        ),
+        (
+            edit(
+                "# private_key_alg = \"RS256\"",
+                "private_key_alg = \"RS257\"",
+            ),
+            "`oidc.private_key_alg`: unknown variant `RS257`",
+        ),
+        (
+            edit("same_site = \"lax\"", "same_site = \"none\""),
+            "`session.same_site`: \"none\" would let every site send the session cookie",
+        ),
+        (
+            edit(
+                "upstream = \"http://127.0.0.1:9000\"",
+                "upstream = \"http://user:pw@127.0.0.1:9000\"",
+            ),
+            "`routes[0].upstream`: must not carry credentials",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = err(&text, &[]);
+        assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+    }
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases: Vec<(String, &str)> = vec![
+        (
+            edit(
+                "issuer = \"http://127.0.0.1:9090/as\"",
+                "issuer = \"not a url\"",
+            ),
+            "`oidc.issuer`",
+        ),
+        (
+            edit(
+                "auth_method = \"client_secret_basic\"",
+                "auth_method = \"client_secret_magic\"",
+            ),
+            "`oidc.auth_method`: unknown variant `client_secret_magic`, expected one of `client_secret_basic`",
+        ),
+        (
+            edit(
+                "keys = [\"bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=\"]",
+                "keys = [\"c2hvcnQ=\"]",
+            ),
+            "`session.keys[0]`: key must be 32 bytes",
+        ),
+        (
+            edit(
+                "keys = [\"bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=\"]",
+                "keys = [\"***\"]",
+            ),
+            "`session.keys[0]`: is not valid base64",
+        ),
+        (
+            edit("prefix = \"/\"\n", "prefix = \"/api/\"\n"),
+            "`routes[1].prefix`: \"/api\" overlaps",
+        ),
+        (
+            edit(
+                "upstream = \"http://127.0.0.1:9000\"",
+                "upstream = \"ftp://127.0.0.1:9000\"",
+            ),
+            "`routes[0].upstream`",
+        ),
+        (
+            edit("auth = \"required\"", "auth = \"sometimes\""),
+            "`routes[0].auth`",
+        ),
+        (
+            edit("threads = 2", "threads = 2\nthreeds = 4"),
+            "`server.threeds`: unknown field `threeds`",
+        ),
+        (
+            edit("idle_timeout = \"8h\"", "idle_timeout = \"eight hours\""),
+            "`session.idle_timeout`",
+        ),
+        (
+            edit("same_site = \"lax\"", "same_site = \"none\""),
+            "`session.same_site`",
+        ),
+        (
+            edit("client_secret = \"demo-secret-change-me\"", ""),
+            "`oidc.client_secret`: auth_method",
+        ),
+        (
+            edit("scopes = [\"openid\", ", "scopes = ["),
+            "`oidc.scopes`",
+        ),
+        (
+            edit("listen = \"127.0.0.1:9100\"", "listen = \"127.0.0.1:8080\""),
+            "`metrics.listen`",
+        ),
+        (
+            edit(
+                "public_url = \"http://127.0.0.1:8080\"",
+                "public_url = \"http://127.0.0.1:8080/app\"",
+            ),
+            "`server.public_url`",
+        ),
+        (
+            edit("prefix = \"/api\"", "prefix = \"/healthz\""),
+            "`routes[0].prefix`",
+        ),
+        (
+            edit(
+                "[[routes]]\nprefix = \"/api\"",
+                "[[routes]]\nprefix = \"api\"",
+            ),
+            "`routes[0].prefix`",
+        ),
+        ("this is = not toml".to_string(), "not valid TOML"),
+    ];
+    for (text, expected) in cases {
+        let e = err(&text, &[]);
+        assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+    }
+}
+
+#[test]
+fn env_overrides_apply_and_are_validated() {
+    let c = load(
+        EXAMPLE,
+        &[
+            ("TOLLGATE__OIDC__CLIENT_ID", "12345"),
+            ("TOLLGATE__SERVER__THREADS", "3"),
+            ("TOLLGATE__ROUTES__0__STRIP_PREFIX", "true"),
+            ("TOLLGATE__SERVER__LISTEN", "127.0.0.1:7001,127.0.0.1:7002"),
+            ("TOLLGATE__OIDC__AUTH_METHOD", "none"),
+            ("TOLLGATE__OIDC__CLIENT_SECRET", "[]"),
+        ],
+    );
+    // An inline array is not a string: the override is refused with the key named.
+    let e = c.unwrap_err().to_string();
+    assert!(e.contains("oidc.client_secret"), "{e}");
+
+    let text = edit("client_secret = \"demo-secret-change-me\"", "");
+    let c = load(
+        &text,
+        &[
+            ("TOLLGATE__OIDC__CLIENT_ID", "12345"),
+            ("TOLLGATE__SERVER__THREADS", "3"),
+            ("TOLLGATE__ROUTES__0__STRIP_PREFIX", "true"),
+            ("TOLLGATE__SERVER__LISTEN", "127.0.0.1:7001,127.0.0.1:7002"),
+            ("TOLLGATE__OIDC__AUTH_METHOD", "none"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.oidc.client_id, "12345");
+    assert_eq!(c.server.threads, 3);
+    assert!(c.routes[0].strip_prefix);
+    assert_eq!(c.server.listen.len(), 2);
+    assert_eq!(c.oidc.auth_method, AuthMethod::None);
+
+    let e = err(EXAMPLE, &[("TOLLGATE__SERVER__THREADS", "many")]);
+    assert!(e.contains("server.threads"), "{e}");
+    let e = err(EXAMPLE, &[("TOLLGATE__OIDC__AUTH_METHOD", "password")]);
+    assert!(e.contains("oidc.auth_method"), "{e}");
+}
+
+#[test]
+fn secrets_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cr3t\n").unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        "# newest first\nbdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=\n\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+    )
+    .unwrap();
+    let text = edit(
+        "client_secret = \"demo-secret-change-me\"",
+        &format!("client_secret_file = {:?}", secret.display().to_string()),
+    )
+    .replace(
+        "keys = [\"bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=\"]",
+        &format!("keys_file = {:?}", keys.display().to_string()),
+    );
+    let c = load(&text, &[]).unwrap();
+    assert_eq!(c.oidc.client_secret.as_ref().unwrap().expose(), "s3cr3t");
+    assert_eq!(c.session.keys.len(), 2);
+    assert!(
+        !format!("{c:?}").contains("s3cr3t"),
+        "secrets must not be printed"
+    );
+
+    let e = err(
+        &text.replace(&secret.display().to_string(), "/nonexistent/secret"),
+        &[],
+    );
+    assert!(
+        e.contains("`oidc.client_secret_file`: cannot read /nonexistent/secret"),
+        "{e}"
+    );
+    let both = edit(
+        "client_secret = \"demo-secret-change-me\"",
+        "client_secret = \"a\"\nclient_secret_file = \"/x\"",
+    );
+    assert!(err(&both, &[]).contains("not both"));
+    let pk = edit(
+        "auth_method = \"client_secret_basic\"",
+        "auth_method = \"private_key_jwt\"",
+    )
+    .replace(
+        "client_secret = \"demo-secret-change-me\"",
+        &format!("private_key_file = {:?}", secret.display().to_string()),
+    );
+    let e = err(&pk, &[]);
+    assert!(
+        e.contains("`oidc.private_key_file`") && e.contains("no RSA, EC"),
+        "{e}"
+    );
+}
