@@ -315,8 +315,13 @@ async fn session_endpoint_and_logout() {
     let body: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["logout_url"], "/logout/continue");
     // The browser navigates there and is sent on to the provider, with the hint.
-    let r = s
-        .browser
+    let no_redirects = reqwest::Client::builder()
+        .cookie_provider(s.jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(HANG)
+        .build()
+        .unwrap();
+    let r = no_redirects
         .get(s.tg.url("/logout/continue"))
         .send()
         .await
@@ -339,8 +344,7 @@ async fn session_endpoint_and_logout() {
     assert_eq!(q["post_logout_redirect_uri"], s.tg.url("/"));
     assert!(q.contains_key("state"));
     // Used once: again, it only goes to post_logout_redirect_uri.
-    let r = s
-        .browser
+    let r = no_redirects
         .get(s.tg.url("/logout/continue"))
         .send()
         .await
@@ -372,4 +376,33 @@ async fn session_endpoint_and_logout() {
     // The provider's own logout page accepts the hint (RP-initiated logout).
     let r = plain().get(url).send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// A refresh result is kept for a minute for requests still carrying the old cookie; a logout
+/// forgets it, so a copy of the pre-refresh cookie gets nothing after the user logged out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_forgets_the_kept_refresh_result() {
+    let s = logged_in("").await;
+    let c = plain();
+    let old_cookie = s.cookie_for(&expired(s.session()));
+    let r = api(&c, &s.tg, Some(&old_cookie)).await;
+    assert_eq!(r.status(), 200, "{}", s.tg.log());
+    let new_cookie = cookie_header(&set_cookies(&r));
+    // Within the minute the kept result answers the old cookie...
+    assert_eq!(api(&c, &s.tg, Some(&old_cookie)).await.status(), 200);
+    // ...until the user logs out.
+    let r = c
+        .post(s.tg.url("/logout"))
+        .header("cookie", &new_cookie)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = api(&c, &s.tg, Some(&old_cookie)).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "a pre-refresh cookie came back to life after logout"
+    );
 }

@@ -7,6 +7,7 @@ mod common;
 use common::flow::*;
 use common::idp::{TestClient, CLIENTS, PUBLIC_CLIENT};
 use common::*;
+use reqwest::cookie::CookieStore;
 use reqwest::redirect::Policy;
 use reqwest::Url;
 
@@ -383,4 +384,97 @@ async fn two_tabs_log_in_at_once() {
     assert_eq!(q["code_challenge_method"], "S256");
     assert_eq!(q["redirect_uri"], tg.url("/callback"));
     assert!(q["state"].len() >= 22 && q["nonce"].len() >= 22);
+}
+
+/// Repeated `/login` calls (a cross-site page can trigger them) keep at most three pending
+/// login cookies, newest first, so the `Cookie` header stays small; the newest still logs in.
+/// A long `return_to` is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_logins_are_bounded_per_browser() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let tg = start_tollgate(port, &idp, &CLIENTS[1], &echo).await;
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let browser = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(Policy::none())
+        .timeout(HANG)
+        .build()
+        .unwrap();
+    let long = format!("/{}", "a".repeat(600));
+    let mut last = None;
+    for i in 0..12 {
+        let path = if i == 0 {
+            format!("/login?return_to={long}")
+        } else {
+            format!("/login?return_to=/tab{i}")
+        };
+        let r = browser.get(tg.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 302);
+        for line in r.headers().get_all("set-cookie") {
+            let line = line.to_str().unwrap();
+            if line.contains("-login-") && !line.contains("Max-Age=0") {
+                assert!(line.len() < 700, "a login cookie of {} bytes", line.len());
+            }
+        }
+        last = Some(r.headers()["location"].to_str().unwrap().to_string());
+    }
+    let header = jar
+        .cookies(&tg.url("/").parse().unwrap())
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let pending = header.matches("tollgate-login-").count();
+    assert_eq!(pending, 3, "pending login cookies: {header}");
+    assert!(
+        header.len() < 2048,
+        "Cookie header of {} bytes",
+        header.len()
+    );
+    // The newest login completes.
+    let authorize = Url::parse(&last.unwrap()).unwrap();
+    let tollgate_port = tg.port;
+    let provider_side = reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(HANG)
+        .redirect(Policy::custom(move |attempt| {
+            if attempt.url().port() == Some(tollgate_port) {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()
+        .unwrap();
+    let r = provider_side.get(authorize).send().await.unwrap();
+    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let r = browser.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 302, "{}", tg.log());
+    assert_eq!(r.headers()["location"], "/tab11");
+}
+
+/// The provider's `error` on the callback is shown on tollgate's page only as a plain code:
+/// text meant to mislead the user becomes `provider_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_error_text_is_not_shown_verbatim() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let tg = start_tollgate(port, &idp, &CLIENTS[1], &echo).await;
+    let lure = "Your%20account%20is%20locked.%20Call%20%2B1%20555%200100";
+    let r = plain()
+        .get(tg.url(&format!("/callback?error={lure}&state=x")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let page = r.text().await.unwrap();
+    assert!(page.contains("<code>provider_error</code>"), "{page}");
+    assert!(!page.contains("555"), "{page}");
+    let (status, body, _) = get_json(&tg.url("/callback?error=access_denied"), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("access_denied"))
+    );
 }

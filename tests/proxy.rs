@@ -526,10 +526,11 @@ async fn keepalive_and_websocket_upgrade() {
 /// Opens a WebSocket through tollgate and echoes one message; `Err` when the tunnel closes
 /// right after the handshake (see pingora#946).
 async fn websocket_round_trip(tg: &Tollgate, cookie: &str) -> Result<(), String> {
+    let port = tg.port;
     let mut s = TcpStream::connect(tg.addr()).await.unwrap();
     let req = format!(
-        "GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nx-csrf: 1\r\n\
-         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        "GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\
+         Origin: http://127.0.0.1:{port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -609,4 +610,202 @@ async fn sigterm_finishes_in_flight_requests() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// Regression tests for the review and attack-run findings (issue 10), one per behaviour.
+
+/// Empty path segments (`//api`, `/%2F/api`) must not route around `/api`'s rule to the
+/// catch-all: nginx, Tomcat and Spring merge slashes and serve them as `/api/…`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_segments_cannot_reach_a_protected_route_through_the_catch_all() {
+    let (echo, tg) = start().await;
+    for target in [
+        "//api/items",
+        "///api/items",
+        "/%2F/api/items",
+        "/;/api/items",
+    ] {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer stolen\r\n\r\n"
+        );
+        let (head, body) = raw_request(&tg, &request).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{target}: {head}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("bad_path"),
+            "{target}"
+        );
+    }
+    assert_eq!(
+        echo.count(),
+        0,
+        "an empty-segment path reached the upstream"
+    );
+}
+
+/// `auth = "none"` routes drop a client's `Authorization` too, unless the route keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_authorization_is_dropped_on_anonymous_routes_unless_kept() {
+    let echo = Echo::start().await;
+    let api = echo.url();
+    let config = TestConfig::without_provider()
+        .route("/keep", &api, "auth = \"none\"\nkeep_authorization = true")
+        .route("/", &api, "auth = \"none\"");
+    let tg = Tollgate::start(|port, metrics| config.render(port, metrics)).await;
+    let c = client();
+    for (path, kept) in [("/index.html", false), ("/keep/x", true)] {
+        let r = c
+            .get(tg.url(path))
+            .header("authorization", "Bearer client-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            echo.last().header("authorization"),
+            kept.then_some("Bearer client-token"),
+            "{path}"
+        );
+    }
+}
+
+/// A response that carries tollgate's `Set-Cookie` (here an idle renewal) is never left
+/// cacheable by a shared cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_with_session_cookies_are_private_and_not_stored() {
+    let (_echo, tg) = start().await;
+    let mut session = session_with(&access_token(300));
+    // Past half of the default idle window (8 h): the cookie is re-sealed on this request.
+    session.last_seen -= 5 * 3600;
+    let cookie = tg.mint_cookie_for(session);
+    let r = client()
+        .get(tg.url("/api/cacheable"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("tollgate=")),
+        "the session was renewed"
+    );
+    assert_eq!(r.headers()["cache-control"], "private, no-store");
+    // Without a tollgate cookie on the response, the upstream's caching stands.
+    let r = client().get(tg.url("/cacheable")).send().await.unwrap();
+    assert_eq!(r.headers()["cache-control"], "public, max-age=600");
+}
+
+/// An app's cookie that starts with tollgate's cookie name reaches the app; an upstream cannot
+/// set one of tollgate's cookies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_cookies_pass_and_upstreams_cannot_set_tollgates_cookies() {
+    let (echo, tg) = start().await;
+    let cookie = tg.mint_cookie(&access_token(300));
+    let r = client()
+        .get(tg.url("/api/set-tollgate-cookies"))
+        .header("cookie", format!("{cookie}; tollgate-theme=light"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(echo.last().header("cookie"), Some("tollgate-theme=light"));
+    let set: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set, ["upstream=1; Path=/", "tollgate-theme=dark; Path=/"]);
+}
+
+/// A browser's WebSocket handshake carries cookies and `Origin`, never `x-csrf`: the allowed
+/// Origin is its CSRF defence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_handshakes_are_checked_by_origin() {
+    let (echo, tg) = start().await;
+    let cookie = tg.mint_cookie(&access_token(300));
+    let handshake = |origin: &str| {
+        format!(
+            "GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n{origin}\
+             Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    for (origin, code) in [
+        ("", "origin_missing"),
+        ("Origin: https://evil.example\r\n", "origin_not_allowed"),
+    ] {
+        let (head, body) = raw_request(&tg, &handshake(origin)).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{origin}: {head}");
+        assert!(String::from_utf8_lossy(&body).contains(code), "{origin}");
+    }
+    assert_eq!(echo.count(), 0);
+    let allowed = format!("Origin: http://127.0.0.1:{}\r\n", tg.port);
+    let mut s = TcpStream::connect(tg.addr()).await.unwrap();
+    s.write_all(handshake(&allowed).as_bytes()).await.unwrap();
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(HANG, s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &buf, b"HTTP/1.1 101",
+        "without x-csrf, with the app's Origin"
+    );
+    assert!(echo
+        .last()
+        .header("authorization")
+        .unwrap()
+        .starts_with("Bearer "));
+}
+
+/// Forwarding headers are tollgate's to write; `X-Forwarded-For` keeps every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_from_clients_do_not_reach_the_upstream() {
+    let (echo, tg) = start().await;
+    let request = "GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+        Forwarded: for=1.2.3.4;host=evil\r\nX-Real-IP: 1.2.3.4\r\n\
+        X-Original-URL: /api/admin\r\nX-Rewrite-URL: /api/admin\r\n\
+        X_Forwarded_For: 1.2.3.4\r\nX-Forwarded_Host: evil\r\n\
+        X-Forwarded-For: 203.0.113.1\r\nX-Forwarded-For: 203.0.113.2\r\n\r\n";
+    let (head, _) = raw_request(&tg, request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = echo.last();
+    for name in [
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x_forwarded_for",
+        "x-forwarded_host",
+    ] {
+        assert_eq!(seen.header(name), None, "{name} reached the upstream");
+    }
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.1, 203.0.113.2, 127.0.0.1")
+    );
+    assert_eq!(seen.header_count("x-forwarded-for"), 1);
+}
+
+/// `TRACE` is refused, an HTTP/1.1 request needs `Host`, and tollgate's own replies say
+/// `nosniff`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_and_hostless_requests_are_refused() {
+    let (echo, tg) = start().await;
+    let (head, _) = raw_request(&tg, "TRACE /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    let (head, body) = raw_request(&tg, "GET /index.html HTTP/1.1\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("bad_request"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff"),
+        "{head}"
+    );
+    assert_eq!(echo.count(), 0);
 }

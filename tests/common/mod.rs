@@ -274,12 +274,22 @@ async fn handle(
             .unwrap());
     }
     let json = serde_json::to_vec(&record).unwrap();
-    Ok(Response::builder()
+    let mut resp = Response::builder()
         .status(200)
         .header("content-type", "application/json")
-        .header("set-cookie", "upstream=1; Path=/")
-        .body(full(json))
-        .unwrap())
+        .header("set-cookie", "upstream=1; Path=/");
+    // A response a shared cache may keep.
+    if path.contains("/cacheable") {
+        resp = resp.header("cache-control", "public, max-age=600");
+    }
+    // An upstream that tries to set (end, replace) tollgate's session, beside its own cookie.
+    if path.contains("/set-tollgate-cookies") {
+        resp = resp
+            .header("set-cookie", "tollgate=forged; Path=/")
+            .header("set-cookie", "tollgate.1=forged; Path=/")
+            .header("set-cookie", "tollgate-theme=dark; Path=/");
+    }
+    Ok(resp.body(full(json)).unwrap())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
