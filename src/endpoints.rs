@@ -19,7 +19,6 @@ use crate::ops::health::{self, Readiness};
 use crate::proxy::gate::Gate;
 use crate::reply::{Fault, Format, Reply};
 use crate::request::Facts;
-use crate::session::cookie::SessionCookies;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
@@ -111,16 +110,10 @@ fn session_info(facts: &Facts<'_>, gate: &Gate) -> Result<Reply, Fault> {
     gate.csrf()
         .check(facts.headers, false)
         .map_err(Fault::Csrf)?;
-    let codec = gate.codec();
-    let present = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
-    let session = present
-        .value()
-        .map_err(Into::into)
-        .and_then(|v| codec.open_value(&v, facts.now))
-        .map_err(|e| {
-            gate.note_open_failure(facts.request_id, &e);
-            Fault::Unauthenticated
-        })?;
+    let (_, payload) = gate.open(facts);
+    let session = gate
+        .session(&payload, facts)
+        .map_err(|_| Fault::Unauthenticated)?;
     let c = &session.claims;
     Ok(Reply::json(
         200,
@@ -129,7 +122,7 @@ fn session_info(facts: &Facts<'_>, gate: &Gate) -> Result<Reply, Fault> {
             name: c.name.as_deref(),
             email: c.email.as_deref(),
             sid: c.sid.as_deref(),
-            expires_at: codec.expires_at(&session),
+            expires_at: gate.codec().expires_at(&session),
             logout_url: "/logout",
         },
     )

@@ -60,19 +60,16 @@ impl Setup {
     }
 
     /// The session in the browser's cookies, opened with the library.
-    fn session(&self) -> Session {
+    fn session(&self) -> Session<'static> {
         self.session_in(&self.cookie_header())
     }
 
-    fn session_in(&self, cookie_header: &str) -> Session {
-        self.tg
-            .codec()
-            .open_request([cookie_header], tollgate::unix_now())
-            .expect("the browser holds a session")
+    fn session_in(&self, cookie_header: &str) -> Session<'static> {
+        open_session(&self.tg.codec(), cookie_header).expect("the browser holds a session")
     }
 
     /// A `Cookie` header carrying `session` (re-sealed with the library, e.g. to backdate it).
-    fn cookie_for(&self, session: &Session) -> String {
+    fn cookie_for(&self, session: &Session<'_>) -> String {
         let lines = self
             .tg
             .codec()
@@ -273,7 +270,7 @@ async fn session_endpoint_and_logout() {
     assert_eq!(info["email"], "test.user@example.com");
     assert_eq!(info["logout_url"], "/logout");
     assert!(info["expires_at"].as_u64().unwrap() > tollgate::unix_now());
-    assert!(!text.contains(&session.access_token));
+    assert!(!text.contains(&*session.access_token));
     assert!(!text.contains(session.refresh_token.as_deref().unwrap()));
 
     // GET /logout is off by default; POST without the CSRF header is refused.
@@ -307,7 +304,7 @@ async fn session_endpoint_and_logout() {
         .expect("a pending-logout cookie");
     assert!(pending.contains("HttpOnly"), "{pending}");
     let text = r.text().await.unwrap();
-    let id_token = session.id_token.clone().unwrap();
+    let id_token = session.id_token.clone().unwrap().into_owned();
     assert!(
         !text.contains(&id_token),
         "the ID token reached page script: {text}"

@@ -77,10 +77,8 @@ async fn refusals_never_reach_the_upstream() {
     assert_eq!(json(r).await["error"], "csrf_header_missing");
 
     // A valid cookie and header, but a foreign Origin: 403.
-    let r = c
-        .post(tg.url("/api/items"))
-        .header("cookie", &cookie)
-        .header("x-csrf", "1")
+    let r = tg
+        .with_session(&c, reqwest::Method::POST, "/api/items", &cookie)
         .header("origin", "https://evil.example")
         .body("x")
         .send()
@@ -93,10 +91,13 @@ async fn refusals_never_reach_the_upstream() {
     let mut tampered = cookie.clone().into_bytes();
     let pos = tampered.len() - 10;
     tampered[pos] = if tampered[pos] == b'A' { b'B' } else { b'A' };
-    let r = c
-        .get(tg.url("/api/items"))
-        .header("cookie", String::from_utf8(tampered).unwrap())
-        .header("x-csrf", "1")
+    let r = tg
+        .with_session(
+            &c,
+            reqwest::Method::GET,
+            "/api/items",
+            &String::from_utf8(tampered).unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -154,10 +155,13 @@ async fn upstream_gets_bearer_not_cookies() {
         &cookie[..40]
     );
 
-    let r = c
-        .get(tg.url("/api/items?page=2"))
-        .header("cookie", format!("theme=dark; {cookie}; lang=en"))
-        .header("x-csrf", "1")
+    let r = tg
+        .with_session(
+            &c,
+            reqwest::Method::GET,
+            "/api/items?page=2",
+            &format!("theme=dark; {cookie}; lang=en"),
+        )
         .header("authorization", "Bearer client-forged")
         .header("origin", tg.url(""))
         .header("x-request-id", "client-id-42")
@@ -191,10 +195,8 @@ async fn upstream_gets_bearer_not_cookies() {
     assert_eq!(seen.header("host"), Some(echo.addr.to_string().as_str()));
 
     // An allowed extra origin passes too; an invalid request id is replaced.
-    let r = c
-        .get(tg.url("/api/x"))
-        .header("cookie", &cookie)
-        .header("x-csrf", "1")
+    let r = tg
+        .with_session(&c, reqwest::Method::GET, "/api/x", &cookie)
         .header("origin", "http://localhost:3000")
         .header("x-request-id", "bad id with spaces")
         .send()
@@ -215,10 +217,8 @@ async fn upstream_gets_bearer_not_cookies() {
     assert_eq!(r.status(), 200);
     assert_eq!(echo.last().header("authorization"), None);
     // ... and logged-in ones get the bearer token.
-    let r = c
-        .get(tg.url("/opt/public"))
-        .header("cookie", &cookie)
-        .header("x-csrf", "1")
+    let r = tg
+        .with_session(&c, reqwest::Method::GET, "/opt/public", &cookie)
         .send()
         .await
         .unwrap();
@@ -269,10 +269,8 @@ async fn bodies_pass_intact_both_ways() {
         .map(|i| (i * 31 % 251) as u8)
         .collect();
     let expected = hex(&Sha256::digest(&upload));
-    let r = c
-        .post(tg.url("/api/upload"))
-        .header("cookie", &cookie)
-        .header("x-csrf", "1")
+    let r = tg
+        .with_session(&c, reqwest::Method::POST, "/api/upload", &cookie)
         .body(upload)
         .send()
         .await
@@ -284,10 +282,8 @@ async fn bodies_pass_intact_both_ways() {
 
     // A streamed response: the first chunk arrives while the upstream is still holding the
     // rest back, so tollgate is streaming, not buffering.
-    let mut r = c
-        .get(tg.url("/api/stream"))
-        .header("cookie", &cookie)
-        .header("x-csrf", "1")
+    let mut r = tg
+        .with_session(&c, reqwest::Method::GET, "/api/stream", &cookie)
         .send()
         .await
         .unwrap();
@@ -334,10 +330,8 @@ async fn upstream_failures_are_gateway_errors() {
 
     // The upstream accepts but answers after read_timeout (1 s): 504.
     let cookie = tg.mint_cookie(&access_token(100));
-    let r = c
-        .get(tg.url("/api/slow"))
-        .header("cookie", &cookie)
-        .header("x-csrf", "1")
+    let r = tg
+        .with_session(&c, reqwest::Method::GET, "/api/slow", &cookie)
         .send()
         .await
         .unwrap();
@@ -446,45 +440,6 @@ async fn request_targets_are_routed_as_the_upstream_reads_them() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(echo.last().path, "/api/projects/group%2Fname");
     assert_eq!(echo.count(), 3);
-}
-
-/// Sends `request` as written on a new connection and reads the response. (Raw TCP, because
-/// HTTP clients normalise request targets before sending.)
-async fn raw_request(tg: &Tollgate, request: &str) -> (String, Vec<u8>) {
-    let mut s = TcpStream::connect(tg.addr()).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    read_response(&mut s).await
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length body from `s`.
-async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (n, v) = l.split_once(':')?;
-                    n.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = s.read(&mut tmp).await.unwrap();
-                assert!(n > 0, "connection closed mid-body");
-                buf.extend_from_slice(&tmp[..n]);
-            }
-            return (head, buf[end + 4..end + 4 + len].to_vec());
-        }
-        let n = tokio::time::timeout(HANG, s.read(&mut tmp))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "connection closed before a response");
-        buf.extend_from_slice(&tmp[..n]);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -677,10 +632,8 @@ async fn responses_with_session_cookies_are_private_and_not_stored() {
     // Past half of the default idle window (8 h): the cookie is re-sealed on this request.
     session.last_seen -= 5 * 3600;
     let cookie = tg.mint_cookie_for(session);
-    let r = client()
-        .get(tg.url("/api/cacheable"))
-        .header("cookie", &cookie)
-        .header("x-csrf", "1")
+    let r = tg
+        .with_session(&client(), reqwest::Method::GET, "/api/cacheable", &cookie)
         .send()
         .await
         .unwrap();
@@ -704,10 +657,13 @@ async fn responses_with_session_cookies_are_private_and_not_stored() {
 async fn app_cookies_pass_and_upstreams_cannot_set_tollgates_cookies() {
     let (echo, tg) = start().await;
     let cookie = tg.mint_cookie(&access_token(300));
-    let r = client()
-        .get(tg.url("/api/set-tollgate-cookies"))
-        .header("cookie", format!("{cookie}; tollgate-theme=light"))
-        .header("x-csrf", "1")
+    let r = tg
+        .with_session(
+            &client(),
+            reqwest::Method::GET,
+            "/api/set-tollgate-cookies",
+            &format!("{cookie}; tollgate-theme=light"),
+        )
         .send()
         .await
         .unwrap();

@@ -171,16 +171,15 @@ impl Oidc {
 
         let session = Session {
             access_expires_at: expires_at(now, tokens.expires_in),
-            access_token: tokens.access_token,
             refresh_expires_at: tokens.refresh_expires_in.map(|s| expires_at(now, Some(s))),
-            refresh_token: tokens.refresh_token,
-            id_token: Some(raw_id_token.to_string()),
-            id_expires_at: Some(claims.exp),
+            refresh_token: tokens.refresh_token.map(Into::into),
+            id_token: Some(raw_id_token.to_string().into()),
+            access_token: tokens.access_token.into(),
             claims: Claims {
-                sub: claims.sub,
-                sid: claims.sid,
-                name: claims.name.or(claims.preferred_username),
-                email: claims.email,
+                sub: claims.sub.into(),
+                sid: claims.sid.map(Into::into),
+                name: claims.name.or(claims.preferred_username).map(Into::into),
+                email: claims.email.map(Into::into),
             },
             created_at: now,
             last_seen: now,

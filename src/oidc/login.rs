@@ -243,7 +243,7 @@ impl super::Oidc {
                 Err(_) => stale.push(name.to_string()),
             }
         }
-        pending.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        pending.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
         stale.extend(
             pending
                 .iter()

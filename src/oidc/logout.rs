@@ -23,7 +23,7 @@ use super::Oidc;
 use crate::proxy::gate::Gate;
 use crate::reply::{wants_json, Fault, Reply};
 use crate::request::Facts;
-use crate::session::cookie::{self, logout_cookie_name, SessionCookies};
+use crate::session::cookie::{self, logout_cookie_name};
 use crate::session::Session;
 
 /// Where `POST /logout` with `Accept: application/json` sends the SPA.
@@ -56,18 +56,8 @@ impl Oidc {
         }
         let rid = facts.request_id;
         let codec = gate.codec();
-        let present = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
-        let session = match present
-            .value()
-            .map_err(Into::into)
-            .and_then(|v| codec.open_value(&v, facts.now))
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                gate.note_open_failure(rid, &e);
-                None
-            }
-        };
+        let (present, payload) = gate.open(facts);
+        let session = gate.session(&payload, facts).ok();
         let clear = codec.clear_cookie_lines(&present);
         if let Some(s) = &session {
             self.forget_refreshes(s.refresh_token.as_deref(), &s.access_token);
@@ -145,7 +135,7 @@ impl Oidc {
     }
 
     /// RFC 7009 revocation of the session's refresh token; failures are logged only.
-    async fn revoke(&self, session: &Session, request_id: &str) {
+    async fn revoke(&self, session: &Session<'_>, request_id: &str) {
         let (Some(rt), Some(p)) = (&session.refresh_token, self.provider()) else {
             return;
         };
@@ -167,7 +157,7 @@ impl Oidc {
 
     /// The provider's end-session URL for `session` (with its ID token as the hint when
     /// `hint`), or `post_logout_redirect_uri` when the provider has none.
-    fn end_session_url(&self, session: Option<&Session>, hint: bool) -> String {
+    fn end_session_url(&self, session: Option<&Session<'_>>, hint: bool) -> String {
         let provider = self.provider();
         let Some(mut url) = provider
             .as_ref()

@@ -25,17 +25,17 @@ use crate::session::Session;
 /// a later request picks up the shared result) into `session`. A rotated refresh token replaces
 /// the old one; a new ID token replaces the old one as the logout hint (the claims stay those
 /// validated at login).
-pub fn apply(session: &mut Session, tokens: &TokenResponse, issued_at: u64) {
-    session.access_token = tokens.access_token.clone();
+pub fn apply(session: &mut Session<'static>, tokens: &TokenResponse, issued_at: u64) {
+    session.access_token = tokens.access_token.clone().into();
     session.access_expires_at = super::callback::expires_at(issued_at, tokens.expires_in);
     if let Some(rt) = &tokens.refresh_token {
-        session.refresh_token = Some(rt.clone());
+        session.refresh_token = Some(rt.clone().into());
         session.refresh_expires_at = tokens
             .refresh_expires_in
             .map(|s| super::callback::expires_at(issued_at, Some(s)));
     }
     if let Some(id) = &tokens.id_token {
-        session.id_token = Some(id.clone());
+        session.id_token = Some(id.clone().into());
     }
 }
 
@@ -272,7 +272,6 @@ impl Oidc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::Claims;
 
     fn tokens(expires_in: Option<u64>, refresh_expires_in: Option<u64>) -> TokenResponse {
         TokenResponse {
@@ -286,18 +285,12 @@ mod tests {
         }
     }
 
-    fn session() -> Session {
-        Session {
-            access_token: "old-at".into(),
-            access_expires_at: 10,
-            refresh_token: Some("old-rt".into()),
-            refresh_expires_at: None,
-            id_token: Some("id".into()),
-            id_expires_at: None,
-            claims: Claims::default(),
-            created_at: 0,
-            last_seen: 0,
-        }
+    fn session() -> Session<'static> {
+        let mut s = crate::session::fixture::session(0, "old-at");
+        s.access_expires_at = 10;
+        s.refresh_token = Some("old-rt".into());
+        s.id_token = Some("id".into());
+        s
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
 use crate::session::cookie::{ChunkError, SessionCookies};
-use crate::session::{SessionCodec, SessionError};
+use crate::session::{Payload, Session, SessionCodec, SessionError};
 
 /// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]).
 pub(crate) trait Refresher: Sync {
@@ -115,12 +115,36 @@ impl Gate {
         &self.csrf
     }
 
-    /// Counts and logs a session that was present but could not be used.
-    pub(crate) fn note_open_failure(&self, request_id: &str, e: &SessionError) {
-        if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
-            self.metrics.session_failure(e.reason());
-            tracing::info!(request_id, reason = e.reason(), "session did not open");
+    /// The request's session cookies, decrypted ([`SessionCodec::open`]).
+    pub(crate) fn open<'r>(
+        &self,
+        facts: &Facts<'r>,
+    ) -> (SessionCookies<'r>, Result<Payload, SessionError>) {
+        self.codec.open(facts.cookie_headers())
+    }
+
+    /// The session in `payload`, checked against the time; a session that was present but
+    /// could not be used is counted and logged.
+    pub(crate) fn session<'p>(
+        &self,
+        payload: &'p Result<Payload, SessionError>,
+        facts: &Facts<'_>,
+    ) -> Result<Session<'p>, SessionError> {
+        let session = payload
+            .as_ref()
+            .map_err(|e| *e)
+            .and_then(|p| self.codec.decode(p, facts.now));
+        if let Err(e) = &session {
+            if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
+                self.metrics.session_failure(e.reason());
+                tracing::info!(
+                    request_id = facts.request_id,
+                    reason = e.reason(),
+                    "session did not open"
+                );
+            }
         }
+        session
     }
 
     /// Decides a request on a route with rule `auth`. Refreshes the access token when it is
@@ -136,19 +160,10 @@ impl Gate {
         }
         let now = facts.now;
         let rid = facts.request_id;
-        let present = SessionCookies::scan(self.codec.cookie_name(), facts.cookie_headers());
-        let payload = present
-            .value()
-            .map_err(SessionError::from)
-            .and_then(|v| self.codec.open_payload(&v));
-        let opened = payload
-            .as_ref()
-            .map_err(|e| *e)
-            .and_then(|p| self.codec.view(p, now));
-        let view = match opened {
-            Ok(v) => v,
+        let (present, payload) = self.open(facts);
+        let session = match self.session(&payload, facts) {
+            Ok(s) => s,
             Err(e) => {
-                self.note_open_failure(rid, &e);
                 if auth == RouteAuth::Optional {
                     return Ok(Grant::default());
                 }
@@ -165,15 +180,15 @@ impl Gate {
 
         // The common case: a valid token, no renewal due. The token goes from the decrypted
         // payload straight into the header value, with no owned copy of the session.
-        let refresh_due = view.access_expires_at <= now + self.refresh_skew;
-        let reseal_due = now.saturating_sub(view.last_seen) >= self.idle_reseal_after;
+        let refresh_due = session.access_expires_at <= now + self.refresh_skew;
+        let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
         if !refresh_due && !reseal_due {
             return Ok(Grant {
-                bearer: Some(bearer(view.access_token, rid)?),
+                bearer: Some(bearer(&session.access_token, rid).map_err(Reply::from)?),
                 set_cookies: Vec::new(),
             });
         }
-        let mut session = view.to_session();
+        let mut session = session.into_owned();
         drop(payload);
 
         let mut changed = false;
@@ -183,7 +198,11 @@ impl Gate {
                 Reply::from(Fault::SessionExpired)
                     .with_cookies(self.codec.clear_cookie_lines(&present))
             };
-            match session.refresh_token.as_deref() {
+            let refresh_token = session
+                .refresh_token
+                .as_deref()
+                .filter(|_| session.refresh_expires_at.is_none_or(|at| at > now));
+            match refresh_token {
                 Some(refresh_token) => {
                     match refresher
                         .refresh(refresh_token, &session.claims.sub, rid)
@@ -223,16 +242,16 @@ impl Gate {
             }
         }
         Ok(Grant {
-            bearer: Some(bearer(&session.access_token, rid)?),
+            bearer: Some(bearer(&session.access_token, rid).map_err(Reply::from)?),
             set_cookies,
         })
     }
 }
 
-fn bearer(token: &str, request_id: &str) -> Result<HeaderValue, Reply> {
+fn bearer(token: &str, request_id: &str) -> Result<HeaderValue, Fault> {
     headers::bearer_value(token).map_err(|_| {
         tracing::error!(request_id, "the access token is not a valid header value");
-        Reply::from(Fault::Internal)
+        Fault::Internal
     })
 }
 
@@ -245,7 +264,6 @@ mod tests {
     use crate::config::{CsrfConfig, SameSite, SessionConfig};
     use crate::oidc::token_client::TokenResponse;
     use crate::proxy::csrf::CsrfError;
-    use crate::session::{Claims, Session};
 
     const NOW: u64 = 1_800_000_000;
 
@@ -302,24 +320,18 @@ mod tests {
         Gate::new(codec, csrf, Metrics::new(), 30, 3_600)
     }
 
-    fn session() -> Session {
-        Session {
-            access_token: "at-1".into(),
-            access_expires_at: NOW + 600,
-            refresh_token: Some("rt-1".into()),
-            refresh_expires_at: None,
-            id_token: None,
-            id_expires_at: None,
-            claims: Claims {
-                sub: "user-1".into(),
-                ..Claims::default()
-            },
-            created_at: NOW - 10,
-            last_seen: NOW - 10,
-        }
+    fn session() -> Session<'static> {
+        let mut s = crate::session::fixture::session(NOW - 10, "at-1");
+        s.access_expires_at = NOW + 600;
+        s.refresh_token = Some("rt-1".into());
+        s
     }
 
-    fn headers_with(gate: &Gate, session: Option<&Session>, extra: &[(&str, &str)]) -> HeaderMap {
+    fn headers_with(
+        gate: &Gate,
+        session: Option<&Session<'_>>,
+        extra: &[(&str, &str)],
+    ) -> HeaderMap {
         let mut h = HeaderMap::new();
         if let Some(s) = session {
             let lines = gate
@@ -433,7 +445,7 @@ mod tests {
         assert_eq!(refused(r).1, "origin_missing");
     }
 
-    fn due() -> Session {
+    fn due() -> Session<'static> {
         let mut s = session();
         s.access_expires_at = NOW + 5;
         s
@@ -480,6 +492,24 @@ mod tests {
         let h = headers_with(&g, Some(&gone), &[("x-csrf", "1")]);
         let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &p).await;
         assert_eq!(refused(r), (503, "provider_unavailable".into(), 0));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_past_its_expiry_ends_the_session_without_the_provider() {
+        let g = gate();
+        let mut s = due();
+        s.refresh_expires_at = Some(NOW - 1);
+        let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
+        let p = untouched();
+        let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &p).await;
+        // The current token is still valid for a few seconds: it is used...
+        assert!(r.is_ok());
+        s.access_expires_at = NOW - 1;
+        let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
+        let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &p).await;
+        // ...and once it is gone, so is the session.
+        assert_eq!(refused(r), (401, "session_expired".into(), 1));
+        assert_eq!(p.calls(), 0);
     }
 
     #[tokio::test]

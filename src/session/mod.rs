@@ -10,6 +10,7 @@
 pub mod cookie;
 pub mod seal;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,129 +21,71 @@ use seal::{OpenError, Sealer};
 
 /// The claims from the ID token that the SPA may see (via the session endpoint).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub sid: Option<String>,
-    pub name: Option<String>,
-    pub email: Option<String>,
+pub struct Claims<'a> {
+    #[serde(borrow)]
+    pub sub: Cow<'a, str>,
+    #[serde(borrow, deserialize_with = "borrowed")]
+    pub sid: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "borrowed")]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "borrowed")]
+    pub email: Option<Cow<'a, str>>,
 }
 
 /// A logged-in user's session. Times are seconds since the Unix epoch.
 ///
+/// One type for every use: opened from a request ([`SessionCodec::decode`]) its strings borrow
+/// from the decrypted payload, so the hot path copies no token; a session that changes
+/// (login, refresh) owns them (`Session<'static>`, [`Session::into_owned`]).
+///
 /// Field order is the wire order (postcard); add new fields at the end and bump
 /// [`PAYLOAD_VERSION`] when the layout changes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    pub access_token: String,
+pub struct Session<'a> {
+    #[serde(borrow)]
+    pub access_token: Cow<'a, str>,
     /// When the access token expires (from `expires_in` at issue).
     pub access_expires_at: u64,
-    pub refresh_token: Option<String>,
-    /// When the refresh token expires, if the provider said so.
+    #[serde(borrow, deserialize_with = "borrowed")]
+    pub refresh_token: Option<Cow<'a, str>>,
+    /// When the refresh token expires, if the provider said so: past it, the session ends
+    /// without asking the provider.
     pub refresh_expires_at: Option<u64>,
-    pub id_token: Option<String>,
-    /// The ID token's `exp`.
-    pub id_expires_at: Option<u64>,
-    pub claims: Claims,
+    /// The ID token, kept as the logout hint.
+    #[serde(borrow, deserialize_with = "borrowed")]
+    pub id_token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub claims: Claims<'a>,
     /// When the user logged in; the session ends at `created_at + max_lifetime`.
     pub created_at: u64,
     /// Last time the idle window was moved; the session ends at `last_seen + idle_timeout`.
     pub last_seen: u64,
 }
 
-/// The `Debug` text of a session, owned or borrowed: tokens never reach a log line, even
-/// through a stray `{:?}`.
-fn debug_session(
-    f: &mut std::fmt::Formatter<'_>,
-    name: &str,
-    sub: &str,
-    access_expires_at: u64,
-    has_refresh_token: bool,
-    created_at: u64,
-    last_seen: u64,
-) -> std::fmt::Result {
-    f.debug_struct(name)
-        .field("sub", &sub)
-        .field("access_expires_at", &access_expires_at)
-        .field("has_refresh_token", &has_refresh_token)
-        .field("created_at", &created_at)
-        .field("last_seen", &last_seen)
-        .finish_non_exhaustive()
+/// Deserializes an optional string borrowed from the input (serde's `borrow` attribute alone
+/// borrows a `Cow<str>` field, but copies one inside an `Option`).
+fn borrowed<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<&'de str>::deserialize(d)?.map(Cow::Borrowed))
 }
 
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        debug_session(
-            f,
-            "Session",
-            &self.claims.sub,
-            self.access_expires_at,
-            self.refresh_token.is_some(),
-            self.created_at,
-            self.last_seen,
-        )
-    }
+fn own(s: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+    s.map(|s| Cow::Owned(s.into_owned()))
 }
 
-/// A [`Session`] read on the hot path, borrowing its strings from the opened payload: a
-/// request that needs neither a refresh nor a re-seal copies no token out of it. Same wire
-/// layout as [`Session`] (a unit test keeps the two in step).
-#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct SessionView<'a> {
-    #[serde(borrow)]
-    pub access_token: &'a str,
-    pub access_expires_at: u64,
-    #[serde(borrow)]
-    pub refresh_token: Option<&'a str>,
-    pub refresh_expires_at: Option<u64>,
-    #[serde(borrow)]
-    pub id_token: Option<&'a str>,
-    pub id_expires_at: Option<u64>,
-    #[serde(borrow)]
-    pub claims: ClaimsView<'a>,
-    pub created_at: u64,
-    pub last_seen: u64,
-}
-
-impl std::fmt::Debug for SessionView<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        debug_session(
-            f,
-            "SessionView",
-            self.claims.sub,
-            self.access_expires_at,
-            self.refresh_token.is_some(),
-            self.created_at,
-            self.last_seen,
-        )
-    }
-}
-
-/// [`Claims`], borrowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct ClaimsView<'a> {
-    #[serde(borrow)]
-    pub sub: &'a str,
-    #[serde(borrow)]
-    pub sid: Option<&'a str>,
-    #[serde(borrow)]
-    pub name: Option<&'a str>,
-    #[serde(borrow)]
-    pub email: Option<&'a str>,
-}
-
-impl SessionView<'_> {
-    /// An owned copy, for the paths that change the session (refresh, re-seal).
-    pub fn to_session(&self) -> Session {
-        let own = |s: Option<&str>| s.map(str::to_owned);
+impl Session<'_> {
+    /// The same session owning its strings, for the paths that change it (refresh, re-seal).
+    pub fn into_owned(self) -> Session<'static> {
         Session {
-            access_token: self.access_token.to_owned(),
+            access_token: Cow::Owned(self.access_token.into_owned()),
             access_expires_at: self.access_expires_at,
             refresh_token: own(self.refresh_token),
             refresh_expires_at: self.refresh_expires_at,
             id_token: own(self.id_token),
-            id_expires_at: self.id_expires_at,
             claims: Claims {
-                sub: self.claims.sub.to_owned(),
+                sub: Cow::Owned(self.claims.sub.into_owned()),
                 sid: own(self.claims.sid),
                 name: own(self.claims.name),
                 email: own(self.claims.email),
@@ -153,7 +96,20 @@ impl SessionView<'_> {
     }
 }
 
-/// A decrypted session payload, not yet decoded; [`SessionCodec::view`] reads it.
+impl std::fmt::Debug for Session<'_> {
+    /// Tokens never reach a log line, even through a stray `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("sub", &self.claims.sub)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("created_at", &self.created_at)
+            .field("last_seen", &self.last_seen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A decrypted session payload, not yet decoded; [`SessionCodec::decode`] reads it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Payload(Vec<u8>);
 
@@ -165,7 +121,9 @@ impl std::fmt::Debug for Payload {
 }
 
 /// The first byte of every serialized payload, checked before deserializing.
-pub const PAYLOAD_VERSION: u8 = 1;
+///
+/// 2: the ID token's expiry, never read, is no longer kept.
+pub const PAYLOAD_VERSION: u8 = 2;
 
 /// Why a request's session could not be used. `reason()` is the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -229,7 +187,7 @@ impl SessionCodec {
     }
 
     /// When `session` ends if unused: the earlier of its absolute and idle limits.
-    pub fn expires_at(&self, session: &Session) -> u64 {
+    pub fn expires_at(&self, session: &Session<'_>) -> u64 {
         session
             .created_at
             .saturating_add(self.max_lifetime)
@@ -242,7 +200,7 @@ impl SessionCodec {
     }
 
     /// Serializes and seals `session` into the cookie value (before chunking).
-    pub fn seal(&self, session: &Session) -> Result<String, SessionError> {
+    pub fn seal(&self, session: &Session<'_>) -> Result<String, SessionError> {
         let mut payload = vec![PAYLOAD_VERSION];
         payload = postcard::to_extend(session, payload).map_err(|_| SessionError::Seal)?;
         self.sealer
@@ -250,54 +208,47 @@ impl SessionCodec {
             .map_err(|_| SessionError::Seal)
     }
 
-    /// Decrypts one sealed value (authenticity only; [`Self::view`] decodes and checks the
-    /// lifetimes).
-    pub fn open_payload(&self, sealed: &str) -> Result<Payload, SessionError> {
-        Ok(Payload(self.sealer.open(sealed, self.name.as_bytes())?))
+    /// Finds the session cookies in a request's `Cookie` header values, reassembles and
+    /// decrypts them (one of the two ways to open a session; [`Self::decode`] is the other).
+    /// The cookies found are returned whatever the outcome: a reply that clears or replaces
+    /// the session needs their names.
+    pub fn open<'r, I>(
+        &self,
+        cookie_headers: I,
+    ) -> (SessionCookies<'r>, Result<Payload, SessionError>)
+    where
+        I: IntoIterator<Item = &'r str>,
+    {
+        let found = SessionCookies::scan(&self.name, cookie_headers);
+        let payload = found
+            .value()
+            .map_err(SessionError::from)
+            .and_then(|sealed| Ok(Payload(self.sealer.open(&sealed, self.name.as_bytes())?)));
+        (found, payload)
     }
 
     /// Decodes `payload` without copying its strings and checks the session's lifetimes
     /// against `now`.
-    pub fn view<'p>(
-        &self,
-        payload: &'p Payload,
-        now: u64,
-    ) -> Result<SessionView<'p>, SessionError> {
-        let view: SessionView<'p> = match payload.0.split_first() {
+    pub fn decode<'p>(&self, payload: &'p Payload, now: u64) -> Result<Session<'p>, SessionError> {
+        let session: Session<'p> = match payload.0.split_first() {
             Some((&PAYLOAD_VERSION, rest)) => {
                 postcard::from_bytes(rest).map_err(|_| SessionError::Payload)?
             }
             _ => return Err(SessionError::Payload),
         };
-        if now >= view.created_at.saturating_add(self.max_lifetime) {
+        if now >= session.created_at.saturating_add(self.max_lifetime) {
             return Err(SessionError::Expired);
         }
-        if now >= view.last_seen.saturating_add(self.idle_timeout) {
+        if now >= session.last_seen.saturating_add(self.idle_timeout) {
             return Err(SessionError::Idle);
         }
-        Ok(view)
-    }
-
-    /// Opens one sealed value and checks the session's lifetimes against `now`.
-    pub fn open_value(&self, sealed: &str, now: u64) -> Result<Session, SessionError> {
-        let payload = self.open_payload(sealed)?;
-        Ok(self.view(&payload, now)?.to_session())
-    }
-
-    /// Finds, reassembles and opens the session in a request's `Cookie` header values.
-    pub fn open_request<'a, I>(&self, cookie_headers: I, now: u64) -> Result<Session, SessionError>
-    where
-        I: IntoIterator<Item = &'a str>,
-    {
-        let found = SessionCookies::scan(&self.name, cookie_headers);
-        let value = found.value()?;
-        self.open_value(&value, now)
+        Ok(session)
     }
 
     /// The `Set-Cookie` lines that store `session`, expiring stale chunks in `previous`.
     pub fn set_cookie_lines(
         &self,
-        session: &Session,
+        session: &Session<'_>,
         previous: &SessionCookies<'_>,
         now: u64,
     ) -> Result<Vec<String>, SessionError> {
@@ -310,6 +261,45 @@ impl SessionCodec {
     /// The `Set-Cookie` lines that remove every session cookie in `previous`.
     pub fn clear_cookie_lines(&self, previous: &SessionCookies<'_>) -> Vec<String> {
         self.attrs.clear(&self.name, previous)
+    }
+}
+
+/// A realistic session for tests and benchmarks (unit, integration and `benches/`): three
+/// JWT-shaped tokens of about 1.2 KB, claims as a real provider sends them.
+#[doc(hidden)]
+pub mod fixture {
+    use super::{Claims, Session};
+
+    /// A JWT-shaped string of `len` bytes (base64url alphabet, three dot-separated parts).
+    pub fn jwt(len: usize, seed: u8) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut s: String = (0..len)
+            .map(|i| ALPHABET[(i * 7 + seed as usize) % 64] as char)
+            .collect();
+        if len > 400 {
+            s.replace_range(36..37, ".");
+            s.replace_range(len - 344..len - 343, ".");
+        }
+        s
+    }
+
+    /// A session created at `now` whose access token is `access_token`, valid five minutes.
+    pub fn session(now: u64, access_token: &str) -> Session<'static> {
+        Session {
+            access_token: access_token.to_string().into(),
+            access_expires_at: now + 300,
+            refresh_token: Some(jwt(1200, 2).into()),
+            refresh_expires_at: None,
+            id_token: Some(jwt(1200, 3).into()),
+            claims: Claims {
+                sub: "248289761001".into(),
+                sid: Some("08a5019c-17e1-4977-8f42-65a12843ea02".into()),
+                name: Some("Jane Doe".into()),
+                email: Some("janedoe@example.com".into()),
+            },
+            created_at: now,
+            last_seen: now,
+        }
     }
 }
 
@@ -330,28 +320,29 @@ mod tests {
         }
     }
 
-    fn session(now: u64) -> Session {
-        let jwt = |c: char| c.to_string().repeat(1200);
-        Session {
-            access_token: jwt('a'),
-            access_expires_at: now + 300,
-            refresh_token: Some(jwt('r')),
-            refresh_expires_at: None,
-            id_token: Some(jwt('i')),
-            id_expires_at: Some(now + 300),
-            claims: Claims {
-                sub: "user-1".into(),
-                sid: Some("sid-1".into()),
-                name: Some("Ada".into()),
-                email: Some("ada@example.com".into()),
-            },
-            created_at: now,
-            last_seen: now,
-        }
+    fn session(now: u64) -> Session<'static> {
+        fixture::session(now, &fixture::jwt(1200, 1))
+    }
+
+    /// The `Cookie` header a browser sends back for `lines`.
+    fn header(lines: &[String]) -> String {
+        let parts: Vec<&str> = lines.iter().map(|l| l.split(';').next().unwrap()).collect();
+        parts.join("; ")
+    }
+
+    fn reopen(
+        codec: &SessionCodec,
+        s: &Session<'_>,
+        now: u64,
+    ) -> Result<Session<'static>, SessionError> {
+        let lines = codec.set_cookie_lines(s, &SessionCookies::default(), s.created_at)?;
+        let header = header(&lines);
+        let (_, payload) = codec.open([header.as_str()]);
+        Ok(codec.decode(&payload?, now)?.into_owned())
     }
 
     #[test]
-    fn round_trip_through_chunked_cookies() {
+    fn round_trip_through_chunked_cookies_borrowing_every_string() {
         let codec = SessionCodec::new(&config(), true);
         let now = 1_700_000_000;
         let s = session(now);
@@ -360,53 +351,46 @@ mod tests {
             .unwrap();
         assert!(lines.len() >= 2, "three 1.2 KB tokens need chunks");
         assert!(lines.iter().all(|l| l.contains("Max-Age=3600")));
-        let header: Vec<String> = lines
-            .iter()
-            .map(|l| l.split(';').next().unwrap().to_string())
-            .collect();
-        let header = header.join("; ");
-        let opened = codec.open_request([header.as_str()], now + 1).unwrap();
+        let header = header(&lines);
+        let (found, payload) = codec.open([header.as_str()]);
+        assert!(!found.is_empty());
+        let payload = payload.unwrap();
+        let opened = codec.decode(&payload, now + 1).unwrap();
         assert_eq!(opened, s);
+        for text in [
+            Some(&opened.access_token),
+            opened.refresh_token.as_ref(),
+            opened.id_token.as_ref(),
+            Some(&opened.claims.sub),
+            opened.claims.email.as_ref(),
+        ] {
+            assert!(matches!(text, Some(Cow::Borrowed(_))), "a copied string");
+        }
+        let mut bare = session(now);
+        bare.refresh_token = None;
+        bare.id_token = None;
+        bare.claims = Claims {
+            sub: "u".into(),
+            ..Claims::default()
+        };
+        assert_eq!(reopen(&codec, &bare, now + 1).unwrap(), bare);
     }
 
     #[test]
     fn lifetimes_are_enforced() {
         let codec = SessionCodec::new(&config(), true);
         let now = 1_700_000_000;
-        let sealed = codec.seal(&session(now)).unwrap();
-        assert!(codec.open_value(&sealed, now + 599).is_ok());
+        assert!(reopen(&codec, &session(now), now + 599).is_ok());
         assert_eq!(
-            codec.open_value(&sealed, now + 600),
+            reopen(&codec, &session(now), now + 600),
             Err(SessionError::Idle)
         );
         let mut long = session(now);
         long.last_seen = now + 3500;
-        let sealed = codec.seal(&long).unwrap();
         assert_eq!(
-            codec.open_value(&sealed, now + 3600),
+            reopen(&codec, &long, now + 3600),
             Err(SessionError::Expired)
         );
-    }
-
-    #[test]
-    fn view_reads_the_session_wire_layout() {
-        let codec = SessionCodec::new(&config(), true);
-        let now = 1_700_000_000;
-        for s in [session(now), {
-            let mut bare = session(now);
-            bare.refresh_token = None;
-            bare.id_token = None;
-            bare.claims = Claims {
-                sub: "u".into(),
-                ..Claims::default()
-            };
-            bare
-        }] {
-            let payload = codec.open_payload(&codec.seal(&s).unwrap()).unwrap();
-            let view = codec.view(&payload, now + 1).unwrap();
-            assert_eq!(view.access_token, s.access_token);
-            assert_eq!(view.to_session(), s);
-        }
     }
 
     #[test]
@@ -416,11 +400,19 @@ mod tests {
         other.cookie_name = "other".into();
         let other = SessionCodec::new(&other, true);
         let sealed = codec.seal(&session(1)).unwrap();
+        let header = format!("other={sealed}");
         assert_eq!(
-            other.open_value(&sealed, 2),
+            other.open([header.as_str()]).1,
             Err(SessionError::Open(OpenError::Tampered))
         );
-        let debug = format!("{:?}", session(1));
-        assert!(!debug.contains("aaaa") && !debug.contains("rrrr") && !debug.contains("iiii"));
+        let s = session(1);
+        let debug = format!("{s:?}");
+        for secret in [
+            &s.access_token,
+            s.refresh_token.as_ref().unwrap(),
+            s.id_token.as_ref().unwrap(),
+        ] {
+            assert!(!debug.contains(&secret[..40]), "{debug}");
+        }
     }
 }

@@ -154,7 +154,7 @@ fn example_key_list_is_complete() {
         include_str!("../../../conf/tollgate.toml"),
         include_str!("../../../README.md"),
         include_str!("../../../deploy/kubernetes/overlays/example/secrets/cookie_keys.example"),
-        include_str!("../../../tests/common/mod.rs"),
+        include_str!("../../../tests/common/process.rs"),
         include_str!("../../../benches/load/run.py"),
     ];
     let listed: Vec<[u8; 32]> = EXAMPLE_SESSION_KEYS
