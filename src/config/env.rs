@@ -13,10 +13,10 @@ use toml::Value;
 use super::ConfigError;
 
 /// The prefix that marks a variable as a tollgate override.
-pub const PREFIX: &str = "TOLLGATE__";
+pub(crate) const PREFIX: &str = "TOLLGATE__";
 
 /// Applies every `TOLLGATE__*` variable of `vars` to `doc`.
-pub fn apply_overrides<I>(doc: &mut Value, vars: I) -> Result<(), ConfigError>
+pub(crate) fn apply_overrides<I>(doc: &mut Value, vars: I) -> Result<(), ConfigError>
 where
     I: IntoIterator<Item = (String, String)>,
 {

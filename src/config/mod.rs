@@ -9,7 +9,7 @@
 //! names the key it is about.
 
 mod de;
-pub mod env;
+pub(crate) mod env;
 pub(crate) mod file;
 pub mod validate;
 

@@ -19,12 +19,12 @@ use crate::session::cookie::{is_plausible_state, login_cookie_name, SessionCooki
 use crate::session::{Claims, Session, SessionCodec};
 
 /// Default access-token lifetime when the provider omits `expires_in`.
-pub const DEFAULT_EXPIRES_IN: u64 = 3600;
+pub(crate) const DEFAULT_EXPIRES_IN: u64 = 3600;
 /// Longer lifetimes from the provider are taken as this (a year): no overflow, no absurd dates.
 const MAX_EXPIRES_IN: u64 = 366 * 24 * 3600;
 
 /// When a token issued at `issued_at` with the provider's `expires_in` expires.
-pub fn expires_at(issued_at: u64, expires_in: Option<u64>) -> u64 {
+pub(crate) fn expires_at(issued_at: u64, expires_in: Option<u64>) -> u64 {
     issued_at.saturating_add(expires_in.unwrap_or(DEFAULT_EXPIRES_IN).min(MAX_EXPIRES_IN))
 }
 

@@ -19,7 +19,7 @@ use url::form_urlencoded::byte_serialize;
 
 use crate::config::{AuthMethod, OidcConfig, PrivateKeyKind};
 
-pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const ASSERTION_LIFETIME: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,7 @@ use crate::config::OidcConfig;
 use crate::ops::health::Readiness;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DiscoveryError {
+pub(crate) enum DiscoveryError {
     #[error("fetching {url}: {source}")]
     Http {
         url: String,
@@ -50,7 +50,6 @@ struct Document {
     jwks_uri: Option<String>,
     end_session_endpoint: Option<String>,
     revocation_endpoint: Option<String>,
-    userinfo_endpoint: Option<String>,
     #[serde(default)]
     id_token_signing_alg_values_supported: Vec<String>,
     #[serde(default)]
@@ -59,14 +58,13 @@ struct Document {
 
 /// The provider as tollgate uses it: discovered values with the config's overrides applied.
 #[derive(Debug, Clone)]
-pub struct Metadata {
+pub(crate) struct Metadata {
     pub issuer: String,
     pub authorization_endpoint: Url,
     pub token_endpoint: Url,
     pub jwks_uri: Url,
     pub end_session_endpoint: Option<Url>,
     pub revocation_endpoint: Option<Url>,
-    pub userinfo_endpoint: Option<Url>,
     /// ID token algorithms the provider signs with; anything else is refused.
     pub id_token_algs: Vec<jsonwebtoken::Algorithm>,
     /// RFC 9207: the provider promises `iss` in every authorization response.
@@ -75,7 +73,7 @@ pub struct Metadata {
 
 /// `{issuer}/.well-known/openid-configuration`, the issuer's trailing `/` removed first
 /// (OpenID Connect Discovery §4).
-pub fn discovery_url(issuer_id: &str) -> String {
+pub(crate) fn discovery_url(issuer_id: &str) -> String {
     format!(
         "{}/.well-known/openid-configuration",
         issuer_id.trim_end_matches('/')
@@ -100,7 +98,7 @@ fn parse_algs(names: &[String]) -> Vec<jsonwebtoken::Algorithm> {
 }
 
 /// Fetches (or assembles from overrides) the provider metadata.
-pub async fn fetch_metadata(
+pub(crate) async fn fetch_metadata(
     http: &reqwest::Client,
     cfg: &OidcConfig,
 ) -> Result<Metadata, DiscoveryError> {
@@ -113,7 +111,6 @@ pub async fn fetch_metadata(
             jwks_uri: None,
             end_session_endpoint: None,
             revocation_endpoint: None,
-            userinfo_endpoint: None,
             id_token_signing_alg_values_supported: vec!["RS256".into()],
             authorization_response_iss_parameter_supported: false,
         }
@@ -200,7 +197,6 @@ pub async fn fetch_metadata(
             &e.revocation_endpoint,
             doc.revocation_endpoint,
         )?,
-        userinfo_endpoint: pick("userinfo_endpoint", &None, doc.userinfo_endpoint)?,
         id_token_algs,
         iss_parameter_supported: doc.authorization_response_iss_parameter_supported,
         issuer: doc.issuer,
@@ -209,7 +205,7 @@ pub async fn fetch_metadata(
 
 /// The loaded provider: metadata and signing keys, replaced as a whole on refresh.
 #[derive(Debug)]
-pub struct Provider {
+pub(crate) struct Provider {
     pub metadata: Metadata,
     pub jwks: Arc<Jwks>,
     /// When the fetch of `jwks` started: of two racing fetches, the later one's keys win.
@@ -218,12 +214,12 @@ pub struct Provider {
 
 /// Shared, swappable view of the provider for the hot path and the background refresher.
 #[derive(Debug, Default)]
-pub struct ProviderStore {
+pub(crate) struct ProviderStore {
     current: RwLock<Option<Arc<Provider>>>,
 }
 
 impl ProviderStore {
-    pub fn get(&self) -> Option<Arc<Provider>> {
+    pub(crate) fn get(&self) -> Option<Arc<Provider>> {
         self.current.read().ok().and_then(|g| g.clone())
     }
 
@@ -250,7 +246,7 @@ impl ProviderStore {
 
     /// Replaces only the keys (after an unknown `kid`), keeping the metadata stored now, which
     /// the background refresher may have renewed meanwhile. Returns the provider as stored.
-    pub fn replace_jwks(&self, jwks: Jwks, fetched: Instant) -> Option<Arc<Provider>> {
+    pub(crate) fn replace_jwks(&self, jwks: Jwks, fetched: Instant) -> Option<Arc<Provider>> {
         let mut g = self.current.write().ok()?;
         let cur = g.as_ref()?;
         if cur.jwks_fetched < fetched {
@@ -264,7 +260,7 @@ impl ProviderStore {
     }
 
     /// Loads metadata and keys once.
-    pub async fn load(
+    pub(crate) async fn load(
         &self,
         http: &reqwest::Client,
         cfg: &OidcConfig,
@@ -278,7 +274,7 @@ impl ProviderStore {
 }
 
 /// Background service: first load with backoff, then periodic refresh.
-pub struct MetadataRefresher {
+pub(crate) struct MetadataRefresher {
     pub store: Arc<ProviderStore>,
     pub http: reqwest::Client,
     pub config: OidcConfig,
@@ -338,7 +334,6 @@ mod tests {
             jwks_uri: u("https://idp.example/jwks"),
             end_session_endpoint: None,
             revocation_endpoint: None,
-            userinfo_endpoint: None,
             id_token_algs: vec![jsonwebtoken::Algorithm::RS256],
             iss_parameter_supported: false,
         }

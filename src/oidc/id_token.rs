@@ -12,10 +12,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// Clock skew tolerated between tollgate and the provider.
-pub const LEEWAY_SECS: u64 = 60;
+pub(crate) const LEEWAY_SECS: u64 = 60;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IdTokenError {
+pub(crate) enum IdTokenError {
     #[error("the ID token is malformed")]
     Malformed,
     #[error("the ID token is signed with {0:?}, which the provider does not advertise")]
@@ -44,9 +44,8 @@ enum Audience {
 
 /// The validated claims tollgate keeps.
 #[derive(Debug, Clone, Deserialize)]
-pub struct IdClaims {
+pub(crate) struct IdClaims {
     pub sub: String,
-    pub exp: u64,
     pub iat: u64,
     pub sid: Option<String>,
     pub name: Option<String>,
@@ -59,7 +58,7 @@ pub struct IdClaims {
 }
 
 /// What the ID token must match.
-pub struct Expected<'a> {
+pub(crate) struct Expected<'a> {
     pub issuer: &'a str,
     pub client_id: &'a str,
     /// The login's nonce, which the token must carry; `None` for an ID token from a refresh,
@@ -71,14 +70,14 @@ pub struct Expected<'a> {
 }
 
 /// The header fields needed to pick a key.
-pub fn header(token: &str) -> Result<(Algorithm, Option<String>), IdTokenError> {
+pub(crate) fn header(token: &str) -> Result<(Algorithm, Option<String>), IdTokenError> {
     // `alg: none` and unknown algorithms fail to parse here.
     let h = jsonwebtoken::decode_header(token).map_err(|_| IdTokenError::Malformed)?;
     Ok((h.alg, h.kid))
 }
 
 /// Validates `token` signed with `alg` against `key`.
-pub fn validate(
+pub(crate) fn validate(
     token: &str,
     alg: Algorithm,
     key: &DecodingKey,
@@ -120,7 +119,7 @@ pub fn validate(
 
 /// `at_hash`: base64url of the left half of the hash of the token, with the hash that matches
 /// the signing algorithm's size (OpenID Connect Core §3.1.3.6).
-pub fn token_hash(alg: Algorithm, token: &str) -> String {
+pub(crate) fn token_hash(alg: Algorithm, token: &str) -> String {
     use Algorithm::*;
     let digest: Vec<u8> = match alg {
         HS384 | RS384 | PS384 | ES384 => Sha384::digest(token).to_vec(),

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use url::Url;
 
 #[derive(Debug, thiserror::Error)]
-pub enum JwksError {
+pub(crate) enum JwksError {
     #[error("fetching JWKS {url}: {source}")]
     Http {
         url: String,
@@ -49,7 +49,7 @@ struct Key {
 }
 
 /// A parsed JWK set.
-pub struct Jwks {
+pub(crate) struct Jwks {
     keys: Vec<Key>,
 }
 
@@ -66,7 +66,7 @@ impl std::fmt::Debug for Jwks {
 
 impl Jwks {
     /// Parses a JWK set document, keeping the signing keys tollgate can use.
-    pub fn parse(json: &[u8], url: &str) -> Result<Jwks, JwksError> {
+    pub(crate) fn parse(json: &[u8], url: &str) -> Result<Jwks, JwksError> {
         let set: JwkSet = serde_json::from_slice(json).map_err(|e| JwksError::Document {
             url: url.to_string(),
             problem: e.to_string(),
@@ -97,7 +97,7 @@ impl Jwks {
         Ok(Jwks { keys })
     }
 
-    pub async fn fetch(http: &reqwest::Client, url: &Url) -> Result<Jwks, JwksError> {
+    pub(crate) async fn fetch(http: &reqwest::Client, url: &Url) -> Result<Jwks, JwksError> {
         let u = url.as_str().to_string();
         let resp = http
             .get(url.clone())
@@ -123,7 +123,7 @@ impl Jwks {
 
     /// The key for a token signed with `alg` under `kid`. Without a `kid`, the only key of
     /// the right family is used; with several candidates and no `kid`, nothing is chosen.
-    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&DecodingKey> {
+    pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&DecodingKey> {
         let family = family_of(alg)?;
         let mut candidates = self.keys.iter().filter(|k| k.family == family);
         match kid {

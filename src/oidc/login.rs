@@ -23,7 +23,7 @@ use crate::request::Facts;
 use crate::session::seal::Sealer;
 
 /// How long a login may take, from `/login` to `/callback`.
-pub const LOGIN_TTL: Duration = Duration::from_secs(600);
+pub(crate) const LOGIN_TTL: Duration = Duration::from_secs(600);
 const PAYLOAD_VERSION: u8 = 1;
 
 use crate::session::cookie::login_cookie_name as cookie_name;
@@ -48,7 +48,7 @@ pub enum LoginStateError {
 }
 
 /// 256 random bits, base64url (43 characters).
-pub fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
@@ -60,7 +60,7 @@ pub fn code_challenge(verifier: &str) -> String {
 }
 
 /// Login cookies a browser keeps at once, the new one included (several tabs may log in).
-pub const MAX_PENDING_LOGINS: usize = 3;
+pub(crate) const MAX_PENDING_LOGINS: usize = 3;
 
 impl LoginState {
     pub fn seal(&self, sealer: &Sealer, cookie_name: &str) -> Option<String> {
@@ -163,7 +163,12 @@ fn allowed_prompt(p: &str) -> bool {
 }
 
 /// A `Set-Cookie` line for a login cookie (`value` empty and `max_age` zero to delete it).
-pub fn login_cookie_line(name: &str, value: &str, max_age: Duration, secure: bool) -> String {
+pub(crate) fn login_cookie_line(
+    name: &str,
+    value: &str,
+    max_age: Duration,
+    secure: bool,
+) -> String {
     cookie::Cookie::build((name.to_string(), value.to_string()))
         .http_only(true)
         .path("/")

@@ -8,15 +8,15 @@
 //! session ([`callback`]); [`refresh`] and [`logout`] run the rest of its life. Failures are
 //! [`crate::reply::Fault`]s.
 
-pub mod callback;
-pub mod client_auth;
-pub mod discovery;
-pub mod id_token;
-pub mod jwks;
+pub(crate) mod callback;
+pub(crate) mod client_auth;
+pub(crate) mod discovery;
+pub(crate) mod id_token;
+pub(crate) mod jwks;
 pub mod login;
-pub mod logout;
+pub(crate) mod logout;
 pub mod refresh;
-pub mod return_to;
+pub(crate) mod return_to;
 pub mod token_client;
 
 use std::sync::Arc;
@@ -34,7 +34,7 @@ const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The HTTP client for every request to the provider (shared: connection reuse). Failing to
 /// build it (no TLS roots, say) is a startup error: a default client would have no timeouts.
-pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
+pub(crate) fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .timeout(config.oidc.http_timeout)
         .connect_timeout(config.oidc.http_timeout.min(Duration::from_secs(5)))
@@ -45,7 +45,7 @@ pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
 
 /// Everything the login endpoints need, built once from the config.
 #[derive(Debug)]
-pub struct Oidc {
+pub(crate) struct Oidc {
     pub(crate) provider: Arc<ProviderStore>,
     http: reqwest::Client,
     tokens: TokenClient,
@@ -64,7 +64,7 @@ pub struct Oidc {
 }
 
 impl Oidc {
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         http: reqwest::Client,
         provider: Arc<ProviderStore>,
@@ -95,12 +95,8 @@ impl Oidc {
         })
     }
 
-    pub fn redirect_uri(&self) -> &str {
-        &self.redirect_uri
-    }
-
     /// The provider snapshot, if metadata has loaded.
-    pub fn provider(&self) -> Option<Arc<Provider>> {
+    pub(crate) fn provider(&self) -> Option<Arc<Provider>> {
         self.provider.get()
     }
 

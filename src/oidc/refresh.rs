@@ -40,7 +40,7 @@ pub fn apply(session: &mut Session<'static>, tokens: &TokenResponse, issued_at: 
 }
 
 /// How long a successful refresh result answers for the old refresh token.
-pub const RESULT_TTL: Duration = Duration::from_secs(60);
+pub(crate) const RESULT_TTL: Duration = Duration::from_secs(60);
 
 /// The outcome of a refresh, shared by every request that waited for it.
 #[derive(Debug, Clone)]

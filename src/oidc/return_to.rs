@@ -8,10 +8,10 @@
 
 /// The longest `return_to` kept; longer ones fall back to `/`. It travels sealed in the login
 /// cookie, and a few pending logins must fit in a browser's `Cookie` header beside the session.
-pub const MAX_LEN: usize = 512;
+pub(crate) const MAX_LEN: usize = 512;
 
 /// `raw` is the already query-decoded parameter value.
-pub fn safe_return_to(raw: Option<&str>) -> String {
+pub(crate) fn safe_return_to(raw: Option<&str>) -> String {
     match raw {
         Some(p) if is_safe(p) => p.to_string(),
         _ => "/".to_string(),

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// Readiness conditions, all of which must hold for `/readyz` to answer 200.
 #[derive(Debug)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     config_loaded: AtomicBool,
     provider_loaded: AtomicBool,
 }
@@ -33,16 +33,12 @@ struct Report<'a> {
 }
 
 impl Readiness {
-    pub fn set_provider_loaded(&self) {
+    pub(crate) fn set_provider_loaded(&self) {
         self.provider_loaded.store(true, Ordering::Release);
     }
 
-    pub fn provider_loaded(&self) -> bool {
+    pub(crate) fn provider_loaded(&self) -> bool {
         self.provider_loaded.load(Ordering::Acquire)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.waiting_for().is_empty()
     }
 
     fn waiting_for(&self) -> Vec<&'static str> {
@@ -57,7 +53,7 @@ impl Readiness {
     }
 
     /// `(status, JSON body)` for `/readyz`.
-    pub fn readyz(&self) -> (u16, Vec<u8>) {
+    pub(crate) fn readyz(&self) -> (u16, Vec<u8>) {
         let waiting_for = self.waiting_for();
         let (status, text) = if waiting_for.is_empty() {
             (200, "ready")
@@ -74,6 +70,6 @@ impl Readiness {
 }
 
 /// `(status, JSON body)` for `/healthz`.
-pub fn healthz() -> (u16, Vec<u8>) {
+pub(crate) fn healthz() -> (u16, Vec<u8>) {
     (200, br#"{"status":"ok"}"#.to_vec())
 }

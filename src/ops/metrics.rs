@@ -17,7 +17,7 @@ use prometheus::{
 };
 
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     upstream_latency: HistogramVec,
@@ -37,7 +37,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new("tollgate_requests_total", "Requests by route and status"),
@@ -79,23 +79,23 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: &str, status: u16) {
+    pub(crate) fn request(&self, route: &str, status: u16) {
         let status = status.to_string();
         self.requests.with_label_values(&[route, &status]).inc();
     }
 
-    pub fn upstream_latency(&self, route: &str, seconds: f64) {
+    pub(crate) fn upstream_latency(&self, route: &str, seconds: f64) {
         self.upstream_latency
             .with_label_values(&[route])
             .observe(seconds);
     }
 
-    pub fn session_failure(&self, reason: &str) {
+    pub(crate) fn session_failure(&self, reason: &str) {
         self.session_failures.with_label_values(&[reason]).inc();
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
@@ -103,7 +103,7 @@ impl Metrics {
 }
 
 /// The Pingora app behind `[metrics] listen`: `GET /metrics`.
-pub struct MetricsApp {
+pub(crate) struct MetricsApp {
     pub metrics: Metrics,
 }
 

@@ -3,6 +3,6 @@
 //! [`health`] answers liveness and readiness, [`metrics`] counts requests, upstream latency and
 //! session failures for Prometheus on a separate port, [`logging`] sets up structured logs.
 
-pub mod health;
+pub(crate) mod health;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;

@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderName};
 use crate::config::CsrfConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CsrfError {
+pub(crate) enum CsrfError {
     #[error("the CSRF header is missing")]
     MissingHeader,
     #[error("the Origin is not allowed")]
@@ -27,24 +27,19 @@ pub enum CsrfError {
 }
 
 #[derive(Debug)]
-pub struct CsrfPolicy {
+pub(crate) struct CsrfPolicy {
     header: HeaderName,
     origins: Vec<String>,
 }
 
 impl CsrfPolicy {
-    pub fn new(config: &CsrfConfig, public_origin: &str) -> Self {
+    pub(crate) fn new(config: &CsrfConfig, public_origin: &str) -> Self {
         let mut origins = vec![public_origin.to_string()];
         origins.extend(config.allowed_origins.iter().cloned());
         CsrfPolicy {
             header: config.header.clone(),
             origins,
         }
-    }
-
-    /// The header name the SPA must send (for error messages and docs).
-    pub fn header(&self) -> &str {
-        self.header.as_str()
     }
 
     /// Checks an authenticated request; `websocket` for an upgrade handshake.

@@ -190,7 +190,7 @@ fn forwarded_for(req: &RequestHeader, ip: IpAddr) -> Result<HeaderValue, Rewrite
 /// The response side: drops an upstream `Set-Cookie` that uses one of tollgate's cookie names,
 /// adds tollgate's own `set_cookies`, and when there are any, makes the response
 /// `Cache-Control: private, no-store`.
-pub fn rewrite_response(
+pub(crate) fn rewrite_response(
     resp: &mut ResponseHeader,
     cookie_name: &str,
     set_cookies: Vec<String>,

@@ -14,13 +14,13 @@
 //!
 //! Per-request state lives in [`Ctx`].
 
-pub mod csrf;
+pub(crate) mod csrf;
 pub(crate) mod gate;
 pub mod headers;
-pub mod request_id;
+pub(crate) mod request_id;
 pub(crate) mod respond;
-pub mod routes;
-pub mod target;
+pub(crate) mod routes;
+pub(crate) mod target;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ use routes::{ResolveError, Route, RouteTable};
 
 /// Everything the hot path needs, built once from the validated config.
 #[derive(Debug)]
-pub struct Tollgate {
+pub(crate) struct Tollgate {
     routes: RouteTable,
     gate: Gate,
     endpoints: Endpoints,
@@ -61,7 +61,7 @@ pub struct Tollgate {
 
 /// Per-request state.
 #[derive(Debug)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     request_id: String,
     started: Instant,
     route: Option<usize>,
@@ -78,7 +78,7 @@ pub struct Ctx {
 }
 
 impl Tollgate {
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         metrics: Metrics,
         readiness: Arc<Readiness>,

@@ -6,12 +6,12 @@
 
 use rand::RngCore;
 
-pub const HEADER: &str = "x-request-id";
+pub(crate) const HEADER: &str = "x-request-id";
 /// The same name, title-cased, as written on upstream requests.
-pub const HEADER_TITLE: &str = "X-Request-Id";
+pub(crate) const HEADER_TITLE: &str = "X-Request-Id";
 
 /// Whether a client-supplied id may be kept.
-pub fn is_valid(id: &[u8]) -> bool {
+pub(crate) fn is_valid(id: &[u8]) -> bool {
     (1..=128).contains(&id.len())
         && id
             .iter()
@@ -19,7 +19,7 @@ pub fn is_valid(id: &[u8]) -> bool {
 }
 
 /// A new random id: 128 bits as 32 lower-case hex digits.
-pub fn generate() -> String {
+pub(crate) fn generate() -> String {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
     let mut out = String::with_capacity(32);
@@ -32,7 +32,7 @@ pub fn generate() -> String {
 }
 
 /// The client's id when valid, else a new one.
-pub fn from_headers(headers: &http::HeaderMap) -> String {
+pub(crate) fn from_headers(headers: &http::HeaderMap) -> String {
     match headers.get(HEADER) {
         Some(v) if is_valid(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
         _ => generate(),

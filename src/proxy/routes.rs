@@ -27,7 +27,7 @@ pub struct ResolveError {
 
 /// A route ready for the hot path.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     pub prefix: String,
     pub auth: RouteAuth,
     /// Pass a client-sent `Authorization` on (only on `auth = "none"` routes).
@@ -35,21 +35,20 @@ pub struct Route {
     pub strip_prefix: bool,
     /// The upstream URL's path without a trailing `/` (empty for `/`), prepended to the path.
     pub base_path: String,
-    /// `Host` for the upstream request: the upstream URL's authority.
-    pub host: String,
-    /// The same, as a header value built once (cloning it shares the bytes).
+    /// `Host` for the upstream request: the upstream URL's authority, as a header value built
+    /// once (cloning it shares the bytes).
     pub host_header: HeaderValue,
     peer: HttpPeer,
 }
 
 impl Route {
     /// A fresh peer for one request (cheap clone of the prepared template).
-    pub fn peer(&self) -> Box<HttpPeer> {
+    pub(crate) fn peer(&self) -> Box<HttpPeer> {
         Box::new(self.peer.clone())
     }
 
     /// The path to request upstream for a downstream `path` (which matched this route).
-    pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
+    pub(crate) fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
         let rest = if self.strip_prefix && self.prefix != "/" {
             &path[self.prefix.len()..]
         } else {
@@ -69,7 +68,7 @@ impl Route {
 }
 
 #[derive(Debug)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     /// Sorted longest prefix first.
     routes: Vec<Route>,
 }
@@ -82,7 +81,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 impl RouteTable {
-    pub fn new(configs: &[RouteConfig]) -> Result<Self, ResolveError> {
+    pub(crate) fn new(configs: &[RouteConfig]) -> Result<Self, ResolveError> {
         let mut routes = Vec::with_capacity(configs.len());
         for (index, c) in configs.iter().enumerate() {
             let tls = c.upstream.scheme() == "https";
@@ -118,7 +117,6 @@ impl RouteTable {
                 keep_authorization: c.keep_authorization,
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),
-                host: c.host.clone(),
                 peer,
             });
         }
@@ -127,14 +125,14 @@ impl RouteTable {
     }
 
     /// The route for `path` (longest prefix first) and its index for [`Self::get`].
-    pub fn find(&self, path: &str) -> Option<(usize, &Route)> {
+    pub(crate) fn find(&self, path: &str) -> Option<(usize, &Route)> {
         self.routes
             .iter()
             .enumerate()
             .find(|(_, r)| prefix_matches(&r.prefix, path))
     }
 
-    pub fn get(&self, index: usize) -> Option<&Route> {
+    pub(crate) fn get(&self, index: usize) -> Option<&Route> {
         self.routes.get(index)
     }
 
@@ -206,6 +204,6 @@ mod tests {
         assert_eq!(up("/raw/x"), "/raw/x");
         assert_eq!(up("/strip/x"), "/x");
         assert_eq!(up("/strip"), "/");
-        assert_eq!(t.find("/strip").unwrap().1.host, "localhost:2");
+        assert_eq!(t.find("/strip").unwrap().1.host_header, "localhost:2");
     }
 }

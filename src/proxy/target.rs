@@ -23,7 +23,7 @@
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
+pub(crate) enum TargetError {
     #[error("the request target is neither origin-form nor absolute-form")]
     Form,
     #[error("the path has a dot segment")]
@@ -36,7 +36,7 @@ pub enum TargetError {
 
 /// A checked request target.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Target<'r> {
+pub(crate) struct Target<'r> {
     /// The path to route on and send upstream: the request's own when nothing was decoded.
     pub path: Cow<'r, str>,
     /// The path fully decoded and without `;params`, when that differs from `path`.
@@ -45,7 +45,7 @@ pub struct Target<'r> {
 
 /// Checks `raw_target` (the request line's target as received) whose URI path Pingora parsed
 /// as `uri_path`.
-pub fn check<'r>(raw_target: &[u8], uri_path: &'r str) -> Result<Target<'r>, TargetError> {
+pub(crate) fn check<'r>(raw_target: &[u8], uri_path: &'r str) -> Result<Target<'r>, TargetError> {
     let origin_form = raw_target.first() == Some(&b'/');
     if !origin_form && !is_http_absolute_form(raw_target) {
         return Err(TargetError::Form);

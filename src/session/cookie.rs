@@ -16,7 +16,7 @@ use cookie::Cookie;
 use crate::config::SameSite;
 
 /// The longest value put in one cookie; with the name and attributes it stays under 4096 bytes.
-pub const CHUNK_SIZE: usize = 3800;
+pub(crate) const CHUNK_SIZE: usize = 3800;
 /// Chunks beyond this are ignored on read and never written (≈ 38 KB of session).
 pub const MAX_CHUNKS: usize = 10;
 
@@ -44,7 +44,7 @@ pub struct SessionCookies<'a> {
 /// the name itself, a chunk `name.N` (N below [`MAX_CHUNKS`]), a login cookie
 /// `name-login-STATE` or the pending-logout cookie `name-logout`. Nothing else: an app's own
 /// `name-theme` is the app's, passes to the upstream and may be set by it.
-pub fn is_own_cookie(candidate: &str, name: &str) -> bool {
+pub(crate) fn is_own_cookie(candidate: &str, name: &str) -> bool {
     let Some(rest) = candidate.strip_prefix(name) else {
         return false;
     };
@@ -75,7 +75,7 @@ pub fn login_cookie_name(session_cookie: &str, state: &str) -> String {
 }
 
 /// The `state` of a login cookie named `candidate`, if it is one.
-pub fn login_cookie_state<'c>(candidate: &'c str, session_cookie: &str) -> Option<&'c str> {
+pub(crate) fn login_cookie_state<'c>(candidate: &'c str, session_cookie: &str) -> Option<&'c str> {
     candidate
         .strip_prefix(session_cookie)?
         .strip_prefix(LOGIN_INFIX)
@@ -83,13 +83,13 @@ pub fn login_cookie_state<'c>(candidate: &'c str, session_cookie: &str) -> Optio
 }
 
 /// The cookie that carries a pending provider logout (see `oidc::logout`).
-pub fn logout_cookie_name(session_cookie: &str) -> String {
+pub(crate) fn logout_cookie_name(session_cookie: &str) -> String {
     format!("{session_cookie}{LOGOUT_SUFFIX}")
 }
 
 /// Whether `state` could have come from tollgate's random tokens (and so is safe in a cookie
 /// name): 16 to 64 base64url characters.
-pub fn is_plausible_state(state: &str) -> bool {
+pub(crate) fn is_plausible_state(state: &str) -> bool {
     (16..=64).contains(&state.len())
         && state
             .bytes()
@@ -97,7 +97,7 @@ pub fn is_plausible_state(state: &str) -> bool {
 }
 
 /// Splits a `Cookie` header value into `(name, value)` pairs, trimmed, without decoding.
-pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
     header.split(';').filter_map(|part| {
         let (n, v) = part.split_once('=')?;
         let v = v.trim();
@@ -110,7 +110,7 @@ pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The value of the first cookie named exactly `name` in the given `Cookie` header values.
-pub fn find<'a, I>(name: &str, headers: I) -> Option<&'a str>
+pub(crate) fn find<'a, I>(name: &str, headers: I) -> Option<&'a str>
 where
     I: IntoIterator<Item = &'a str>,
 {
@@ -123,7 +123,7 @@ where
 
 impl<'a> SessionCookies<'a> {
     /// Finds the session cookie `name` and its chunks in the given `Cookie` header values.
-    pub fn scan<I>(name: &str, headers: I) -> Self
+    pub(crate) fn scan<I>(name: &str, headers: I) -> Self
     where
         I: IntoIterator<Item = &'a str>,
     {
@@ -145,13 +145,9 @@ impl<'a> SessionCookies<'a> {
         found
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.single.is_none() && self.chunks.iter().all(Option::is_none)
-    }
-
     /// Reassembles the sealed value. Chunks win over a single cookie (a writer that switches to
     /// chunks expires the single cookie, but a browser may still send both once).
-    pub fn value(&self) -> Result<Cow<'a, str>, ChunkError> {
+    pub(crate) fn value(&self) -> Result<Cow<'a, str>, ChunkError> {
         let Some(first) = self.chunks[0] else {
             if self.chunks.iter().any(Option::is_some) {
                 return Err(ChunkError::MissingChunk(0));
@@ -188,7 +184,7 @@ impl<'a> SessionCookies<'a> {
 
 /// Cookie attributes shared by every cookie tollgate writes.
 #[derive(Debug, Clone)]
-pub struct CookieAttrs {
+pub(crate) struct CookieAttrs {
     pub secure: bool,
     pub same_site: SameSite,
 }
@@ -212,7 +208,7 @@ impl CookieAttrs {
 
     /// `Set-Cookie` lines that store `sealed` under `name` for `max_age`, and expire whatever
     /// session cookies in `previous` the new layout does not overwrite.
-    pub fn store(
+    pub(crate) fn store(
         &self,
         name: &str,
         sealed: &str,
@@ -257,7 +253,7 @@ impl CookieAttrs {
     }
 
     /// `Set-Cookie` lines that expire every session cookie in `previous` (logout, bad session).
-    pub fn clear(&self, name: &str, previous: &SessionCookies<'_>) -> Vec<String> {
+    pub(crate) fn clear(&self, name: &str, previous: &SessionCookies<'_>) -> Vec<String> {
         previous
             .present(name)
             .into_iter()

@@ -25,7 +25,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -68,7 +68,7 @@ impl std::fmt::Debug for Sealer {
 }
 
 /// The stable identifier of a key, as carried in the wire format.
-pub fn key_id(key: &[u8; 32]) -> [u8; KEY_ID_LEN] {
+pub(crate) fn key_id(key: &[u8; 32]) -> [u8; KEY_ID_LEN] {
     let digest = Sha256::new()
         .chain_update(b"tollgate-key-id")
         .chain_update(key)

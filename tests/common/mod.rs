@@ -8,7 +8,8 @@
 //!
 //! Everything listens on 127.0.0.1; tests wait on readiness, never on a fixed time.
 
-#![allow(dead_code, unused_imports)]
+// A test binary is its own crate: `pub` here means "for the test files", not a public API.
+#![allow(dead_code, unused_imports, unreachable_pub)]
 
 pub mod config;
 pub mod echo;
