@@ -105,6 +105,8 @@ async fn spa_login_api_call_and_logout_in_chromium() {
     let out = tokio::process::Command::new("node")
         .arg(e2e.join("browser.mjs"))
         .env("BASE_URL", tg.url(""))
+        // The SPA served directly: another origin, for the cross-site WebSocket check.
+        .env("FOREIGN_URL", format!("http://127.0.0.1:{}", apps.spa_port))
         .env("CHROMIUM", chromium())
         .env("SCREENSHOT_DIR", &shots)
         .current_dir(&e2e)
@@ -142,6 +144,10 @@ async fn spa_login_api_call_and_logout_in_chromium() {
     assert!(
         !tg.log().contains("Bearer "),
         "tollgate's log must not carry the bearer token"
+    );
+    assert!(
+        tg.log().contains("origin_not_allowed"),
+        "the cross-site WebSocket was refused by tollgate's Origin check"
     );
 }
 

@@ -5,6 +5,8 @@
 //     method, path, whether a bearer token arrived (its length and a short fingerprint, never
 //     the token itself), the names of the cookies that arrived, and, when USERINFO_URL is set,
 //     what the provider's userinfo endpoint says about the token (proof it is a real one);
+//     A WebSocket handshake on any API path is accepted and answered with one text message
+//     saying whether a bearer token arrived with the handshake (then the server closes);
 //   - the single-page app (SPA_PORT, default 9001): the static files in ./spa, no build step.
 //
 // Both listen on 127.0.0.1 only. Stop with Ctrl-C or SIGTERM.
@@ -64,6 +66,32 @@ const api = http.createServer(async (req, res) => {
     request_id: req.headers['x-request-id'] || null,
     userinfo: bearer ? await askUserinfo(authorization) : undefined,
   });
+});
+
+// WebSocket (RFC 6455), just enough for the demo: accept the handshake, send one unmasked
+// text frame, close.
+api.on('upgrade', (req, socket) => {
+  const key = req.headers['sec-websocket-key'];
+  if ((req.headers.upgrade || '').toLowerCase() !== 'websocket' || !key) {
+    socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
+    return;
+  }
+  const accept = crypto
+    .createHash('sha1')
+    .update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11')
+    .digest('base64');
+  socket.write(
+    'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n' +
+      `sec-websocket-accept: ${accept}\r\n\r\n`,
+  );
+  const authorization = req.headers.authorization || '';
+  const payload = Buffer.from(
+    JSON.stringify({ websocket: true, bearer: authorization.startsWith('Bearer '), path: req.url }).slice(0, 125),
+  );
+  socket.write(Buffer.concat([Buffer.from([0x81, payload.length]), payload]));
+  socket.on('error', () => {});
+  // Leave the close to the client (it closes after the message).
+  setTimeout(() => socket.destroy(), 10_000).unref();
 });
 
 const types = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css' };
