@@ -8,7 +8,10 @@
 //! - [`config`]: the TOML file and `TOLLGATE__*` overrides, turned into a validated, typed model;
 //! - [`oidc`]: provider metadata, `/login` and `/callback`, the token client and ID token checks;
 //! - [`session`]: the sealed session cookie (wire format, chunking, the session payload);
-//! - [`proxy`]: the Pingora `ProxyHttp` hot path (routing, CSRF, bearer injection, error responses);
+//! - `request` and `reply`: what a decision reads (facts, no Pingora types) and what tollgate
+//!   answers itself (one reply type, one error table);
+//! - `endpoints`: tollgate's own paths (`/login`, `/callback`, `/logout`, `/session`, health);
+//! - [`proxy`]: the Pingora `ProxyHttp` adapter around the decision core (`proxy::gate`);
 //! - [`ops`]: health, metrics and logging;
 //! - [`server`]: assembles the Pingora server from a validated config.
 
