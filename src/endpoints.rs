@@ -20,8 +20,9 @@ use crate::proxy::gate::Gate;
 use crate::reply::{Fault, Format, Reply};
 use crate::request::Facts;
 
+/// One of tollgate's own paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
+pub(crate) enum Endpoint {
     Login,
     Callback,
     Logout,
@@ -58,7 +59,8 @@ impl Endpoints {
         }
     }
 
-    fn endpoint(&self, path: &str) -> Option<Endpoint> {
+    /// The endpoint at `path`, if it is one (checked before routing; never proxied).
+    pub(crate) fn find(&self, path: &str) -> Option<Endpoint> {
         Some(match path {
             "/login" => Endpoint::Login,
             "/logout" => Endpoint::Logout,
@@ -71,12 +73,11 @@ impl Endpoints {
         })
     }
 
-    /// Answers the request if its path is an endpoint.
-    pub(crate) async fn answer(&self, facts: &Facts<'_>, gate: &Gate) -> Option<Reply> {
-        let endpoint = self.endpoint(facts.path)?;
+    /// Answers a request for `endpoint`.
+    pub(crate) async fn answer(&self, endpoint: Endpoint, facts: &Facts<'_>, gate: &Gate) -> Reply {
         let read_only = facts.method == Method::GET || facts.method == Method::HEAD;
         let person = Format::for_person(facts.accept());
-        Some(match endpoint {
+        match endpoint {
             Endpoint::Logout => self
                 .oidc
                 .logout(facts, gate)
@@ -101,14 +102,14 @@ impl Endpoints {
                 let (status, body) = self.readiness.readyz();
                 Reply::body(status, "application/json", Bytes::from(body))
             }
-        })
+        }
     }
 }
 
 /// `/session`: what the SPA may know about the user; never a token.
 fn session_info(facts: &Facts<'_>, gate: &Gate) -> Result<Reply, Fault> {
     gate.csrf()
-        .check(facts.headers, false)
+        .check(facts.headers, facts.method)
         .map_err(Fault::Csrf)?;
     let (_, payload) = gate.open(facts);
     let session = gate

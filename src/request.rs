@@ -33,11 +33,6 @@ impl<'r> Facts<'r> {
     pub(crate) fn accept(&self) -> Option<&'r str> {
         self.headers.get(ACCEPT).and_then(|v| v.to_str().ok())
     }
-
-    /// Whether this is a WebSocket handshake (`GET` with `Upgrade: websocket`).
-    pub(crate) fn is_websocket(&self) -> bool {
-        is_websocket(self.method, self.headers)
-    }
 }
 
 /// Whether `method` and `headers` make a WebSocket handshake.

@@ -247,12 +247,11 @@ async fn provider_down_gives_503_and_the_session_survives() {
     assert!(!set_cookies(&r).is_empty());
 }
 
+/// `/session`: the claims, never a token; the CSRF header is required.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_endpoint_and_logout() {
+async fn session_endpoint_shows_claims_never_tokens() {
     let s = logged_in("").await;
     let session = s.session();
-
-    // /session: the claims, never a token; the CSRF header is required.
     let r = s.browser.get(s.tg.url("/session")).send().await.unwrap();
     assert_eq!(r.status(), 403);
     let r = s
@@ -272,14 +271,27 @@ async fn session_endpoint_and_logout() {
     assert!(info["expires_at"].as_u64().unwrap() > tollgate::unix_now());
     assert!(!text.contains(&*session.access_token));
     assert!(!text.contains(session.refresh_token.as_deref().unwrap()));
+}
 
-    // GET /logout is off by default; POST without the CSRF header is refused.
+/// `GET /logout` is off by default; a POST without the CSRF header is refused; the session
+/// survives both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_needs_post_and_the_csrf_header() {
+    let s = logged_in("").await;
     let r = s.browser.get(s.tg.url("/logout")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     let r = s.browser.post(s.tg.url("/logout")).send().await.unwrap();
     assert_eq!(r.status(), 403);
+    let r = api(&s.browser, &s.tg, None).await;
+    assert_eq!(r.status(), 200, "the session is still there");
+}
 
-    // POST /logout from the SPA: revoke, clear, and the provider's logout URL.
+/// `POST /logout` from the SPA: revoke, clear every cookie, and a tollgate URL that sends the
+/// browser on to the provider's end-session endpoint with the ID token as the hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_clears_and_hands_the_browser_to_the_provider() {
+    let s = logged_in("").await;
+    let session = s.session();
     let r = s
         .browser
         .post(s.tg.url("/logout"))

@@ -5,7 +5,7 @@
 mod common;
 
 use common::flow::*;
-use common::idp::{TestClient, CLIENTS, PUBLIC_CLIENT};
+use common::idp::{Idp, TestClient, CLIENTS, PUBLIC_CLIENT};
 use common::*;
 use reqwest::cookie::CookieStore;
 use reqwest::redirect::Policy;
@@ -108,6 +108,12 @@ async fn login_until_callback(
         .expect("a login cookie");
     let mut authorize = Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     edit_authorize(&mut authorize);
+    (login_cookie, provider_until_callback(tg, authorize).await)
+}
+
+/// Follows an authorization request through the provider (which logs the test user in) and
+/// returns tollgate's callback URL it redirects back to, without following that.
+async fn provider_until_callback(tg: &Tollgate, authorize: Url) -> Url {
     let tollgate_port = tg.port;
     // Follow the provider's redirects, but stop before tollgate's callback.
     let provider_side = reqwest::Client::builder()
@@ -130,7 +136,7 @@ async fn login_until_callback(
     );
     let callback = Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     assert_eq!(callback.path(), "/callback");
-    (login_cookie, callback)
+    callback
 }
 
 /// Replaces the value of query parameter `name` in `url`.
@@ -164,14 +170,19 @@ async fn get_json(
     (status, body, headers)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callback_refuses_what_it_must() {
+/// The provider, an upstream and tollgate for the callback tests.
+async fn callback_setup() -> (Echo, Idp, Tollgate) {
     let echo = Echo::start().await;
     let port = free_port();
-    let mut idp = idp_for(&[port]).await;
+    let idp = idp_for(&[port]).await;
     let tg = start_tollgate(port, &idp, &CLIENTS[0], &echo).await;
+    (echo, idp, tg)
+}
 
-    // No state, an unknown state, and a provider error.
+/// No state, an unknown state, and a provider error: JSON for a program, a page for a person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_without_a_known_state_or_with_a_provider_error_is_refused() {
+    let (_echo, _idp, tg) = callback_setup().await;
     let (s, b, _) = get_json(&tg.url("/callback?code=abc"), None).await;
     assert_eq!((s, b["error"].as_str()), (400, Some("invalid_state")));
     let (s, b, _) = get_json(
@@ -202,8 +213,12 @@ async fn callback_refuses_what_it_must() {
         html.contains("access_denied") && html.contains("href=\"/login\""),
         "{html}"
     );
+}
 
-    // A login cookie older than ten minutes.
+/// A login cookie older than ten minutes is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_login_cookie_is_refused() {
+    let (_echo, _idp, tg) = callback_setup().await;
     let codec_keys = [tollgate::config::validate::decode_key(KEY).unwrap()];
     let sealer = tollgate::session::seal::Sealer::new(&codec_keys);
     let state = "BBBBBBBBBBBBBBBBBBBBBBBB";
@@ -222,8 +237,12 @@ async fn callback_refuses_what_it_must() {
     )
     .await;
     assert_eq!((s, b["error"].as_str()), (400, Some("login_expired")));
+}
 
-    // Replayed code: the second exchange fails cleanly at the provider.
+/// A code is exchanged once: the replay fails cleanly at the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_is_used_once() {
+    let (_echo, _idp, tg) = callback_setup().await;
     let (login_cookie, callback) = login_until_callback(&tg, "/login", |_| {}).await;
     let r = plain()
         .get(callback.as_str())
@@ -257,8 +276,12 @@ async fn callback_refuses_what_it_must() {
         "{}",
         tg.log()
     );
+}
 
-    // iss that is not the issuer (mix-up): refused before any exchange.
+/// RFC 9207: an `iss` that is not the issuer (mix-up) is refused before any exchange, and so is a response without `iss` from a provider that promises it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_from_another_issuer_or_without_iss_is_refused() {
+    let (_echo, _idp, tg) = callback_setup().await;
     let (login_cookie, mut callback) = login_until_callback(&tg, "/login", |_| {}).await;
     replace_param(&mut callback, "iss", "https://evil.example");
     let (s, b, _) = get_json(callback.as_str(), Some(&login_cookie)).await;
@@ -274,8 +297,12 @@ async fn callback_refuses_what_it_must() {
     callback.query_pairs_mut().clear().extend_pairs(pairs);
     let (s, b, _) = get_json(callback.as_str(), Some(&login_cookie)).await;
     assert_eq!((s, b["error"].as_str()), (400, Some("issuer_missing")));
+}
 
-    // An ID token whose nonce is not the one this login sent.
+/// An ID token whose nonce is not the one this login sent is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_token_for_another_login_is_refused() {
+    let (_echo, _idp, tg) = callback_setup().await;
     let (login_cookie, callback) = login_until_callback(&tg, "/login", |u| {
         replace_param(u, "nonce", "attacker-nonce")
     })
@@ -287,8 +314,12 @@ async fn callback_refuses_what_it_must() {
         "{}",
         tg.log()
     );
+}
 
-    // Open redirects: every form falls back to "/".
+/// `return_to` never leaves the origin: every open-redirect form falls back to `/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_to_never_leaves_the_origin() {
+    let (_echo, _idp, tg) = callback_setup().await;
     for bad in [
         "//evil.example",
         "/\\evil.example",
@@ -317,8 +348,12 @@ async fn callback_refuses_what_it_must() {
         .await
         .unwrap();
     assert_eq!(r.headers()["location"], "/app/items?id=3");
+}
 
-    // The provider goes down between login and callback: a clean 502, and tollgate serves on.
+/// The provider goes down between login and callback: a clean 502, and tollgate serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_down_at_the_callback_is_a_clean_502() {
+    let (_echo, mut idp, tg) = callback_setup().await;
     let (login_cookie, callback) = login_until_callback(&tg, "/login", |_| {}).await;
     idp.stop();
     let (s, b, _) = get_json(callback.as_str(), Some(&login_cookie)).await;
@@ -432,23 +467,8 @@ async fn pending_logins_are_bounded_per_browser() {
         header.len()
     );
     // The newest login completes.
-    let authorize = Url::parse(&last.unwrap()).unwrap();
-    let tollgate_port = tg.port;
-    let provider_side = reqwest::Client::builder()
-        .cookie_store(true)
-        .timeout(HANG)
-        .redirect(Policy::custom(move |attempt| {
-            if attempt.url().port() == Some(tollgate_port) {
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
-        }))
-        .build()
-        .unwrap();
-    let r = provider_side.get(authorize).send().await.unwrap();
-    let callback = r.headers()["location"].to_str().unwrap().to_string();
-    let r = browser.get(&callback).send().await.unwrap();
+    let callback = provider_until_callback(&tg, Url::parse(&last.unwrap()).unwrap()).await;
+    let r = browser.get(callback).send().await.unwrap();
     assert_eq!(r.status(), 302, "{}", tg.log());
     assert_eq!(r.headers()["location"], "/tab11");
 }

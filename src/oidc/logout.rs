@@ -49,7 +49,7 @@ impl Oidc {
     pub(crate) async fn logout(&self, facts: &Facts<'_>, gate: &Gate) -> Result<Reply, Fault> {
         if facts.method == Method::POST {
             gate.csrf()
-                .check(facts.headers, false)
+                .check(facts.headers, facts.method)
                 .map_err(Fault::Csrf)?;
         } else if !(facts.method == Method::GET && self.allow_get_logout) {
             return Err(Fault::MethodNotAllowed);

@@ -12,7 +12,9 @@
 //! the defence against Cross-Site WebSocket Hijacking.
 
 use http::header::ORIGIN;
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, Method};
+
+use crate::request::is_websocket;
 
 use crate::config::CsrfConfig;
 
@@ -42,17 +44,19 @@ impl CsrfPolicy {
         }
     }
 
-    /// Checks an authenticated request; `websocket` for an upgrade handshake.
-    pub(crate) fn check(&self, headers: &HeaderMap, websocket: bool) -> Result<(), CsrfError> {
-        if websocket {
+    /// Checks an authenticated request. Without the header, only a WebSocket handshake
+    /// (asked only then, off the common path) may pass, and only with an `Origin`.
+    pub(crate) fn check(&self, headers: &HeaderMap, method: &Method) -> Result<(), CsrfError> {
+        let has_header = headers
+            .get(&self.header)
+            .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
+        if !has_header {
+            if !is_websocket(method, headers) {
+                return Err(CsrfError::MissingHeader);
+            }
             if headers.get(ORIGIN).is_none() {
                 return Err(CsrfError::MissingOrigin);
             }
-        } else if headers
-            .get(&self.header)
-            .is_none_or(|v| v.as_bytes().iter().all(u8::is_ascii_whitespace))
-        {
-            return Err(CsrfError::MissingHeader);
         }
         for origin in headers.get_all(ORIGIN) {
             let ok = origin.to_str().is_ok_and(|o| {
@@ -93,23 +97,26 @@ mod tests {
     #[test]
     fn header_and_origin_rules() {
         let p = policy();
-        assert_eq!(p.check(&headers(&[]), false), Err(CsrfError::MissingHeader));
         assert_eq!(
-            p.check(&headers(&[("x-csrf", " ")]), false),
+            p.check(&headers(&[]), &Method::POST),
             Err(CsrfError::MissingHeader)
         );
-        assert_eq!(p.check(&headers(&[("x-csrf", "1")]), false), Ok(()));
+        assert_eq!(
+            p.check(&headers(&[("x-csrf", " ")]), &Method::POST),
+            Err(CsrfError::MissingHeader)
+        );
+        assert_eq!(p.check(&headers(&[("x-csrf", "1")]), &Method::POST), Ok(()));
         assert_eq!(
             p.check(
                 &headers(&[("x-csrf", "1"), ("origin", "https://app.example.com")]),
-                false
+                &Method::POST
             ),
             Ok(())
         );
         assert_eq!(
             p.check(
                 &headers(&[("x-csrf", "1"), ("origin", "https://admin.example.com")]),
-                false
+                &Method::POST
             ),
             Ok(())
         );
@@ -121,27 +128,51 @@ mod tests {
         ] {
             let mut h = headers(&[("x-csrf", "1")]);
             h.insert(ORIGIN, bad.parse().unwrap());
-            assert_eq!(p.check(&h, false), Err(CsrfError::ForeignOrigin), "{bad}");
-            assert_eq!(p.check(&h, true), Err(CsrfError::ForeignOrigin), "{bad}");
+            assert_eq!(
+                p.check(&h, &Method::POST),
+                Err(CsrfError::ForeignOrigin),
+                "{bad}"
+            );
+            h.insert("upgrade", "websocket".parse().unwrap());
+            assert_eq!(
+                p.check(&h, &Method::GET),
+                Err(CsrfError::ForeignOrigin),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn websocket_handshakes_need_an_allowed_origin_not_the_header() {
         let p = policy();
-        assert_eq!(p.check(&headers(&[]), true), Err(CsrfError::MissingOrigin));
+        let ws = |extra: &[(&'static str, &'static str)]| {
+            let mut h = headers(extra);
+            h.insert("upgrade", "websocket".parse().unwrap());
+            h
+        };
         assert_eq!(
-            p.check(&headers(&[("x-csrf", "1")]), true),
+            p.check(&ws(&[]), &Method::GET),
             Err(CsrfError::MissingOrigin)
         );
         assert_eq!(
-            p.check(&headers(&[("origin", "https://app.example.com")]), true),
+            p.check(&ws(&[("origin", "https://app.example.com")]), &Method::GET),
             Ok(())
         );
         assert_eq!(
-            p.check(&headers(&[("origin", "https://app.example.com")]), false),
-            Err(CsrfError::MissingHeader),
-            "a plain request still needs the header"
+            p.check(&ws(&[("origin", "https://evil.example")]), &Method::GET),
+            Err(CsrfError::ForeignOrigin)
+        );
+        // Not a handshake: the header is still needed, whatever the Origin.
+        assert_eq!(
+            p.check(
+                &headers(&[("origin", "https://app.example.com")]),
+                &Method::GET
+            ),
+            Err(CsrfError::MissingHeader)
+        );
+        assert_eq!(
+            p.check(&ws(&[("origin", "https://app.example.com")]), &Method::POST),
+            Err(CsrfError::MissingHeader)
         );
     }
 }

@@ -175,7 +175,7 @@ impl Gate {
             }
         };
         self.csrf
-            .check(facts.headers, facts.is_websocket())
+            .check(facts.headers, facts.method)
             .map_err(|e| Reply::from(Fault::Csrf(e)))?;
 
         // The common case: a valid token, no renewal due. The token goes from the decrypted

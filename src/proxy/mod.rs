@@ -134,8 +134,8 @@ impl Tollgate {
             request_id: &ctx.request_id,
             now: crate::unix_now(),
         };
-        if let Some(reply) = self.endpoints.answer(&facts, &self.gate).await {
-            return Some(reply);
+        if let Some(endpoint) = self.endpoints.find(facts.path) {
+            return Some(self.endpoints.answer(endpoint, &facts, &self.gate).await);
         }
         let index = match self.routes.resolve(&target) {
             Ok(i) => i,
