@@ -26,6 +26,8 @@ const ASSERTION_LIFETIME: u64 = 60;
 pub enum ClientAuthError {
     #[error("the private key cannot be used: {0}")]
     Key(String),
+    #[error("this auth_method needs a client_secret")]
+    MissingSecret,
     #[error("signing the client assertion failed: {0}")]
     Sign(String),
 }
@@ -97,13 +99,17 @@ struct AssertionClaims<'a> {
 
 impl ClientAuth {
     pub fn new(cfg: &OidcConfig) -> Result<ClientAuth, ClientAuthError> {
-        let secret = cfg
-            .client_secret
-            .as_ref()
-            .map(|s| s.expose().to_string())
-            .unwrap_or_default();
+        // Validation requires a secret for the secret-based methods; checked again here rather
+        // than signing with an empty one.
+        let secret = || {
+            cfg.client_secret
+                .as_ref()
+                .map(|s| s.expose().to_string())
+                .ok_or(ClientAuthError::MissingSecret)
+        };
         let method = match cfg.auth_method {
             AuthMethod::ClientSecretBasic => {
+                let secret = secret()?;
                 let pair = format!(
                     "{}:{}",
                     byte_serialize(cfg.client_id.as_bytes()).collect::<String>(),
@@ -116,9 +122,9 @@ impl ClientAuth {
                     ),
                 }
             }
-            AuthMethod::ClientSecretPost => Method::Post { secret },
+            AuthMethod::ClientSecretPost => Method::Post { secret: secret()? },
             AuthMethod::ClientSecretJwt => Method::Jwt {
-                key: EncodingKey::from_secret(secret.as_bytes()),
+                key: EncodingKey::from_secret(secret()?.as_bytes()),
                 alg: Algorithm::HS256,
                 kid: None,
             },

@@ -18,15 +18,15 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::SameSite;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
+use crate::session::cookie::login_cookie_name as cookie_name;
 use crate::session::seal::Sealer;
 
 /// How long a login may take, from `/login` to `/callback`.
 pub(crate) const LOGIN_TTL: Duration = Duration::from_secs(600);
 const PAYLOAD_VERSION: u8 = 1;
-
-use crate::session::cookie::login_cookie_name as cookie_name;
 
 /// What `/callback` needs to finish the login `/login` started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,8 +64,7 @@ pub(crate) const MAX_PENDING_LOGINS: usize = 3;
 
 impl LoginState {
     pub fn seal(&self, sealer: &Sealer, cookie_name: &str) -> Option<String> {
-        let payload = postcard::to_extend(self, vec![PAYLOAD_VERSION]).ok()?;
-        sealer.seal(&payload, cookie_name.as_bytes()).ok()
+        sealer.seal_value(PAYLOAD_VERSION, self, cookie_name)
     }
 
     pub fn open(
@@ -75,76 +74,13 @@ impl LoginState {
         now: u64,
     ) -> Result<LoginState, LoginStateError> {
         let value = value.ok_or(LoginStateError::Missing)?;
-        let payload = sealer
-            .open(value, cookie_name.as_bytes())
-            .map_err(|_| LoginStateError::Invalid)?;
-        let state: LoginState = match payload.split_first() {
-            Some((&PAYLOAD_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|_| LoginStateError::Invalid)?
-            }
-            _ => return Err(LoginStateError::Invalid),
-        };
+        let state: LoginState = sealer
+            .open_value(PAYLOAD_VERSION, value, cookie_name)
+            .ok_or(LoginStateError::Invalid)?;
         if now >= state.created_at.saturating_add(LOGIN_TTL.as_secs()) {
             return Err(LoginStateError::Expired);
         }
         Ok(state)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pkce_s256_known_vector() {
-        // RFC 7636, Appendix B.
-        assert_eq!(
-            code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
-    }
-
-    #[test]
-    fn tokens_are_random_and_long() {
-        let a = random_token();
-        assert_eq!(a.len(), 43);
-        assert!(crate::session::cookie::is_plausible_state(&a));
-        assert_ne!(a, random_token());
-        assert!(!crate::session::cookie::is_plausible_state("short"));
-        assert!(!crate::session::cookie::is_plausible_state(
-            "has;semicolon-and-is-long-enough"
-        ));
-    }
-
-    #[test]
-    fn sealed_state_round_trip_binding_and_expiry() {
-        let sealer = Sealer::new(&[[5u8; 32]]);
-        let s = LoginState {
-            nonce: random_token(),
-            code_verifier: random_token(),
-            return_to: "/app".into(),
-            created_at: 1000,
-        };
-        let name = cookie_name("tg", "state-aaaaaaaaaaaaaaaa");
-        let sealed = s.seal(&sealer, &name).unwrap();
-        assert_eq!(
-            LoginState::open(&sealer, &name, Some(&sealed), 1001).unwrap(),
-            s
-        );
-        let other = cookie_name("tg", "state-bbbbbbbbbbbbbbbb");
-        assert_eq!(
-            LoginState::open(&sealer, &other, Some(&sealed), 1001),
-            Err(LoginStateError::Invalid),
-            "a login cookie only opens under its own state"
-        );
-        assert_eq!(
-            LoginState::open(&sealer, &name, Some(&sealed), 1600),
-            Err(LoginStateError::Expired)
-        );
-        assert_eq!(
-            LoginState::open(&sealer, &name, None, 1001),
-            Err(LoginStateError::Missing)
-        );
     }
 }
 
@@ -162,21 +98,16 @@ fn allowed_prompt(p: &str) -> bool {
     !p.is_empty() && p.split(' ').all(|v| ALLOWED_PROMPTS.contains(&v))
 }
 
-/// A `Set-Cookie` line for a login cookie (`value` empty and `max_age` zero to delete it).
+/// A `Set-Cookie` line for a login (or pending-logout) cookie: `SameSite=Lax` whatever the
+/// session uses, since the provider's redirect back is a cross-site navigation (`value` empty
+/// and `max_age` zero to delete it).
 pub(crate) fn login_cookie_line(
     name: &str,
     value: &str,
     max_age: Duration,
     secure: bool,
 ) -> String {
-    cookie::Cookie::build((name.to_string(), value.to_string()))
-        .http_only(true)
-        .path("/")
-        .secure(secure)
-        .same_site(cookie::SameSite::Lax)
-        .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
-        .build()
-        .to_string()
+    crate::session::cookie::cookie_line(name, value, max_age, secure, SameSite::Lax)
 }
 
 impl super::Oidc {
@@ -260,8 +191,60 @@ impl super::Oidc {
 }
 
 #[cfg(test)]
-mod prompt_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn pkce_s256_known_vector() {
+        // RFC 7636, Appendix B.
+        assert_eq!(
+            code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn tokens_are_random_and_long() {
+        let a = random_token();
+        assert_eq!(a.len(), 43);
+        assert!(crate::session::cookie::is_plausible_state(&a));
+        assert_ne!(a, random_token());
+        assert!(!crate::session::cookie::is_plausible_state("short"));
+        assert!(!crate::session::cookie::is_plausible_state(
+            "has;semicolon-and-is-long-enough"
+        ));
+    }
+
+    #[test]
+    fn sealed_state_round_trip_binding_and_expiry() {
+        let sealer = Sealer::new(&[[5u8; 32]]);
+        let s = LoginState {
+            nonce: random_token(),
+            code_verifier: random_token(),
+            return_to: "/app".into(),
+            created_at: 1000,
+        };
+        let name = cookie_name("tg", "state-aaaaaaaaaaaaaaaa");
+        let sealed = s.seal(&sealer, &name).unwrap();
+        assert_eq!(
+            LoginState::open(&sealer, &name, Some(&sealed), 1001).unwrap(),
+            s
+        );
+        let other = cookie_name("tg", "state-bbbbbbbbbbbbbbbb");
+        assert_eq!(
+            LoginState::open(&sealer, &other, Some(&sealed), 1001),
+            Err(LoginStateError::Invalid),
+            "a login cookie only opens under its own state"
+        );
+        assert_eq!(
+            LoginState::open(&sealer, &name, Some(&sealed), 1600),
+            Err(LoginStateError::Expired)
+        );
+        assert_eq!(
+            LoginState::open(&sealer, &name, None, 1001),
+            Err(LoginStateError::Missing)
+        );
+    }
 
     #[test]
     fn prompts() {

@@ -58,14 +58,20 @@ impl Oidc {
         let codec = gate.codec();
         let (present, payload) = gate.open(facts);
         let session = gate.session(&payload, facts).ok();
-        let clear = codec.clear_cookie_lines(&present);
+        let json = facts.method == Method::POST && wants_json(facts.accept());
+        let mut clear = codec.clear_cookie_lines(&present);
+        // Every other cookie of tollgate's goes too: pending logins, and an earlier pending
+        // logout unless a new one replaces it.
+        clear.extend(self.helper_cookies(facts, !json).map(|name| {
+            super::login::login_cookie_line(&name, "", Duration::ZERO, self.secure_cookies)
+        }));
         if let Some(s) = &session {
-            self.forget_refreshes(s.refresh_token.as_deref(), &s.access_token);
+            self.end_refreshes(s.refresh_token.as_deref(), &s.access_token);
             self.revoke(s, rid).await;
         }
         tracing::info!(request_id = rid, had_session = session.is_some(), "logout");
         let with_hint = self.end_session_url(session.as_ref(), true);
-        if facts.method == Method::POST && wants_json(facts.accept()) {
+        if json {
             let pending = self.pending_cookie(&with_hint, facts.now).or_else(|| {
                 tracing::info!(
                     request_id = rid,
@@ -89,11 +95,30 @@ impl Oidc {
             .with_outcome("logout"))
     }
 
+    /// The names of the request's pending login cookies, and of its pending-logout cookie when
+    /// `with_logout`.
+    fn helper_cookies<'f>(
+        &self,
+        facts: &Facts<'f>,
+        with_logout: bool,
+    ) -> impl Iterator<Item = String> + 'f {
+        let session_cookie = self.session_cookie.clone();
+        let logout = logout_cookie_name(&session_cookie);
+        facts
+            .cookie_headers()
+            .flat_map(cookie::pairs)
+            .filter(move |(name, _)| {
+                cookie::login_cookie_state(name, &session_cookie).is_some()
+                    || (with_logout && *name == logout)
+            })
+            .map(|(name, _)| name.to_string())
+    }
+
     /// `GET /logout/continue`: the redirect to the provider that a JSON `/logout` prepared.
     /// Without one pending (used already, expired), the browser goes to
     /// `post_logout_redirect_uri`.
     pub(crate) fn logout_continue(&self, facts: &Facts<'_>) -> Result<Reply, Fault> {
-        if facts.method != Method::GET {
+        if facts.method != Method::GET && facts.method != Method::HEAD {
             return Err(Fault::MethodNotAllowed);
         }
         let name = logout_cookie_name(&self.session_cookie);
@@ -104,12 +129,7 @@ impl Oidc {
             super::login::login_cookie_line(&name, "", Duration::ZERO, self.secure_cookies);
         let url = self
             .sealer
-            .open(value, name.as_bytes())
-            .ok()
-            .and_then(|payload| match payload.split_first() {
-                Some((&PAYLOAD_VERSION, rest)) => postcard::from_bytes::<Pending>(rest).ok(),
-                _ => None,
-            })
+            .open_value::<Pending>(PAYLOAD_VERSION, value, &name)
             .filter(|p| facts.now < p.created_at.saturating_add(PENDING_TTL.as_secs()))
             .map_or_else(|| self.post_logout_redirect_uri.clone(), |p| p.url);
         Ok(Reply::redirect(303, url)
@@ -120,15 +140,11 @@ impl Oidc {
     /// The sealed `Set-Cookie` line holding `url` for `/logout/continue`, if it fits one cookie.
     fn pending_cookie(&self, url: &str, now: u64) -> Option<String> {
         let name = logout_cookie_name(&self.session_cookie);
-        let payload = postcard::to_extend(
-            &Pending {
-                url: url.to_string(),
-                created_at: now,
-            },
-            vec![PAYLOAD_VERSION],
-        )
-        .ok()?;
-        let sealed = self.sealer.seal(&payload, name.as_bytes()).ok()?;
+        let pending = Pending {
+            url: url.to_string(),
+            created_at: now,
+        };
+        let sealed = self.sealer.seal_value(PAYLOAD_VERSION, &pending, &name)?;
         (sealed.len() <= cookie::CHUNK_SIZE).then(|| {
             super::login::login_cookie_line(&name, &sealed, PENDING_TTL, self.secure_cookies)
         })

@@ -136,27 +136,47 @@ impl Flights {
         outcome.unwrap_or(RefreshOutcome::Unavailable)
     }
 
-    /// Forgets every kept refresh of a session that ends (logout): the flight of its refresh
-    /// token, and any flight whose result handed out its current tokens, so that a copy of an
-    /// older cookie does not get the session's tokens back from the cache.
-    pub(crate) fn forget_session(&self, refresh_token: Option<&str>, access_token: &str) {
+    /// Ends a session's refreshes (logout): for [`RESULT_TTL`], a refresh with its current
+    /// refresh token, or with any older one whose kept result led to the session's current
+    /// tokens (the whole chain of rotations still kept), is answered `Rejected` without asking
+    /// the provider. So a copy of an older cookie gets nothing back, and a request that races
+    /// the logout cannot refresh the session while its token is being revoked.
+    pub(crate) fn end_session(&self, refresh_token: Option<&str>, access_token: &str) {
         let Ok(mut table) = self.table.lock() else {
             return;
         };
-        let own = refresh_token.map(flight_key);
-        table.retain(|key, flight| {
-            if Some(*key) == own {
-                return false;
-            }
-            match &*flight.outcome.borrow() {
-                Some(RefreshOutcome::Refreshed(tokens, _)) => {
-                    tokens.access_token != access_token
-                        && (refresh_token.is_none()
-                            || tokens.refresh_token.as_deref() != refresh_token)
+        let mut ended: Vec<[u8; 32]> = refresh_token.map(flight_key).into_iter().collect();
+        loop {
+            let before = ended.len();
+            for (key, flight) in table.iter() {
+                if ended.contains(key) {
+                    continue;
                 }
-                _ => true,
+                if let Some(RefreshOutcome::Refreshed(t, _)) = &*flight.outcome.borrow() {
+                    let led_here = t.access_token == access_token
+                        || t.refresh_token
+                            .as_deref()
+                            .is_some_and(|rt| ended.contains(&flight_key(rt)));
+                    if led_here {
+                        ended.push(*key);
+                    }
+                }
             }
-        });
+            if ended.len() == before {
+                break;
+            }
+        }
+        let now = Instant::now();
+        for key in ended {
+            let (_, outcome) = watch::channel(Some(RefreshOutcome::Rejected("logged_out".into())));
+            table.insert(
+                key,
+                Flight {
+                    outcome,
+                    started: now,
+                },
+            );
+        }
     }
 }
 
@@ -192,9 +212,9 @@ impl Oidc {
             .await
     }
 
-    /// Forgets kept refresh results of a session that is logging out.
-    pub(crate) fn forget_refreshes(&self, refresh_token: Option<&str>, access_token: &str) {
-        self.flights.forget_session(refresh_token, access_token);
+    /// Ends the refreshes of a session that is logging out ([`Flights::end_session`]).
+    pub(crate) fn end_refreshes(&self, refresh_token: Option<&str>, access_token: &str) {
+        self.flights.end_session(refresh_token, access_token);
     }
 
     async fn call_refresh(
@@ -357,23 +377,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn logout_forgets_the_kept_result() {
+    async fn logout_ends_every_kept_refresh_of_the_session() {
         let flights = Flights::default();
         let wait = Duration::from_secs(5);
-        let old = flight_key("old-rt");
+        // Two rotations: old-rt → rt-2 → rt-3; the user logs out holding rt-3.
         flights
-            .run(old, wait, async { refreshed("at-2", "rt-2") })
-            .await;
-        // Logout with the refreshed session (its tokens are the kept result's).
-        flights.forget_session(Some("rt-2"), "at-2");
-        let again = flights
-            .run(old, wait, async {
-                RefreshOutcome::Rejected("invalid_grant".into())
+            .run(flight_key("old-rt"), wait, async {
+                refreshed("at-2", "rt-2")
             })
             .await;
-        assert!(
-            matches!(again, RefreshOutcome::Rejected(_)),
-            "a replayed pre-refresh cookie must not get the new tokens after logout"
-        );
+        flights
+            .run(flight_key("rt-2"), wait, async {
+                refreshed("at-3", "rt-3")
+            })
+            .await;
+        flights.end_session(Some("rt-3"), "at-3");
+        for (rt, what) in [
+            ("old-rt", "two rotations back"),
+            ("rt-2", "one rotation back"),
+            ("rt-3", "the current token, racing the logout"),
+        ] {
+            let again = flights
+                .run(flight_key(rt), wait, async {
+                    panic!("the provider was asked after logout")
+                })
+                .await;
+            assert!(
+                matches!(again, RefreshOutcome::Rejected(_)),
+                "{what}: a refresh after logout got {again:?}"
+            );
+        }
+        // Another session's kept result is untouched.
+        flights
+            .run(flight_key("other"), wait, async {
+                refreshed("at-x", "rt-x")
+            })
+            .await;
+        flights.end_session(Some("rt-3"), "at-3");
+        let other = flights
+            .run(flight_key("other"), wait, async { panic!("kept") })
+            .await;
+        assert!(matches!(other, RefreshOutcome::Refreshed(..)));
     }
 }

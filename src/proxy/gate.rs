@@ -1,7 +1,8 @@
 //! The decision core: what to do with a request, without Pingora.
 //!
 //! [`screen`] refuses requests that no route may see (`TRACE`, an HTTP/1.1 request without
-//! `Host`, a request target that could route differently upstream). [`Gate::decide`] takes
+//! `Host`, a request target that is not safe to route on; whether its decoded form would route
+//! elsewhere is `RouteTable::resolve`'s check). [`Gate::decide`] takes
 //! the route's auth rule, the request's [`Facts`] and the time, and returns either a
 //! [`Grant`] — the bearer value for the upstream and the cookies to set on its response — or
 //! the [`Reply`] to send instead. The provider is reached only through [`Refresher`], so a

@@ -127,35 +127,43 @@ pub fn rewrite(req: &mut RequestHeader, rw: &UpstreamRewrite<'_>) -> Result<(), 
     Ok(())
 }
 
-/// Forwarding headers only tollgate may write, in addition to those it sets itself.
-const FORWARDING: [&str; 6] = [
+/// Headers that tell an upstream where a request came from or what it was before a proxy
+/// rewrote it: only tollgate may write them. (Besides these, every `X-Forwarded-*` but `-For`,
+/// which keeps the client's lines.)
+const FORWARDING: [&str; 11] = [
     "forwarded",
     "x-real-ip",
     "x-original-url",
     "x-rewrite-url",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
+    "x-original-host",
+    "x-url-scheme",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "front-end-https",
+    "x-request-id",
 ];
 
-/// Whether a client-sent header named `name` (lower case) must not reach the upstream: one of
-/// [`FORWARDING`], or any forwarding header or `X-Request-Id` spelled with underscores.
+/// Whether a client-sent header named `name` (lower case) must not reach the upstream, spelled
+/// with dashes or underscores (some servers read `_` as `-`).
 fn is_spoofable(name: &str) -> bool {
-    // Every one of them starts with `x` or `f`; most of a browser's headers do not.
-    if !matches!(name.as_bytes().first(), Some(b'x' | b'f')) {
+    // Every one of them starts with `x`, `f` or `t`; most of a browser's headers do not.
+    if !matches!(name.as_bytes().first(), Some(b'x' | b'f' | b't')) {
         return false;
     }
-    if FORWARDING.contains(&name) {
-        return true;
+    if name.contains('_') {
+        return forwarding(&name.replace('_', "-"), true);
     }
-    if !name.contains('_') {
-        return false;
+    forwarding(name, false)
+}
+
+/// `name` (dashed) is a forwarding header; `x-forwarded-for` only when spelled otherwise.
+fn forwarding(name: &str, respelled: bool) -> bool {
+    match name.strip_prefix("x-forwarded-") {
+        Some("for") => respelled,
+        Some(_) => true,
+        None => FORWARDING.contains(&name) && (respelled || name != "x-request-id"),
     }
-    let dashed = name.replace('_', "-");
-    FORWARDING.contains(&dashed.as_str())
-        || matches!(
-            dashed.as_str(),
-            "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto" | "x-request-id"
-        )
 }
 
 /// Drops the client's [`is_spoofable`] headers. Allocates only when there is one.
@@ -199,14 +207,7 @@ pub(crate) fn rewrite_response(
     cookie_name: &str,
     set_cookies: Vec<String>,
 ) -> Result<(), RewriteError> {
-    let own = |v: &HeaderValue| {
-        if !v.as_bytes().starts_with(cookie_name.as_bytes()) {
-            return false;
-        }
-        let line = String::from_utf8_lossy(v.as_bytes());
-        let name = line.split_once('=').map_or(&*line, |(n, _)| n).trim();
-        is_own_cookie(name, cookie_name)
-    };
+    let own = |v: &HeaderValue| set_cookie_is_own(v.as_bytes(), cookie_name);
     if resp.headers.get_all(SET_COOKIE).iter().any(own) {
         let kept: Vec<HeaderValue> = resp
             .headers
@@ -228,8 +229,34 @@ pub(crate) fn rewrite_response(
         resp.append_header("Set-Cookie", line)
             .map_err(|_| RewriteError::Header)?;
     }
+    // CDNs obey their own cache headers over `Cache-Control` (RFC 9213 and vendors').
+    for cdn in [
+        "cdn-cache-control",
+        "cloudflare-cdn-cache-control",
+        "surrogate-control",
+        "expires",
+    ] {
+        resp.remove_header(cdn);
+    }
     resp.insert_header("Cache-Control", "private, no-store")
         .map_err(|_| RewriteError::Header)
+}
+
+/// Whether a `Set-Cookie` line sets one of tollgate's cookies, including a nameless cookie
+/// (`=NAME=value`), which browsers send back as `NAME=value`.
+fn set_cookie_is_own(line: &[u8], cookie_name: &str) -> bool {
+    let start = line
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'='))
+        .unwrap_or(line.len());
+    let line = &line[start..];
+    if !line.starts_with(cookie_name.as_bytes()) {
+        return false;
+    }
+    let line = String::from_utf8_lossy(line);
+    let pair = line.split(';').next().unwrap_or_default();
+    let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+    is_own_cookie(name, cookie_name)
 }
 
 /// An IP address as a header value. IPv4, the common case, is written by hand: `Display` for
@@ -330,14 +357,19 @@ mod tests {
     }
 
     /// Forwarding headers a client may send and the upstream must not see.
-    const SPOOFED: [&str; 7] = [
+    const SPOOFED: [&str; 12] = [
         "forwarded",
         "x-real-ip",
         "x-original-url",
         "x-rewrite-url",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-forwarded-port",
+        "true-client-ip",
         "x_forwarded_for",
         "x-forwarded_host",
         "x_real_ip",
+        "x_request_id",
     ];
 
     static HOST_VALUE: HeaderValue = HeaderValue::from_static("api.internal:8080");
@@ -435,7 +467,14 @@ mod tests {
         resp.append_header("set-cookie", "tg=evil; Path=/").unwrap();
         resp.append_header("set-cookie", "tg.1=evil").unwrap();
         resp.append_header("set-cookie", "tg-theme=dark").unwrap();
+        resp.append_header("set-cookie", "=tg=planted; Path=/api")
+            .unwrap();
+        resp.append_header("set-cookie", " tg.0=1.x").unwrap();
         resp.insert_header("cache-control", "public, max-age=600")
+            .unwrap();
+        resp.insert_header("cdn-cache-control", "max-age=600")
+            .unwrap();
+        resp.insert_header("surrogate-control", "max-age=600")
             .unwrap();
         rewrite_response(&mut resp, "tg", Vec::new()).unwrap();
         let lines: Vec<&str> = resp
@@ -448,6 +487,8 @@ mod tests {
         assert_eq!(resp.headers["cache-control"], "public, max-age=600");
         rewrite_response(&mut resp, "tg", vec!["tg=sealed; HttpOnly".into()]).unwrap();
         assert_eq!(resp.headers["cache-control"], "private, no-store");
+        assert!(resp.headers.get("cdn-cache-control").is_none());
+        assert!(resp.headers.get("surrogate-control").is_none());
         assert_eq!(resp.headers.get_all("set-cookie").iter().count(), 2);
     }
 }

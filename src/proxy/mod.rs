@@ -144,7 +144,9 @@ impl Tollgate {
                 return Some(Reply::from(fault));
             }
         };
-        let auth = self.routes.get(index)?.auth;
+        let Some(auth) = self.routes.get(index).map(|r| r.auth) else {
+            return Some(Reply::from(Fault::Internal));
+        };
         match self.gate.decide(auth, &facts, &self.oidc).await {
             Ok(grant) => {
                 ctx.route = Some(index);

@@ -58,12 +58,13 @@ pub(crate) fn is_own_cookie(candidate: &str, name: &str) -> bool {
         .is_some_and(is_plausible_state)
 }
 
-/// `N` of a chunk name `NAME.N`: plain decimal digits, below [`MAX_CHUNKS`].
+/// `N` of a chunk name `NAME.N`: exactly as tollgate writes it, one decimal digit (there are
+/// at most [`MAX_CHUNKS`] = 10).
 fn chunk_index(index: &str) -> Option<usize> {
-    if index.is_empty() || index.len() > 2 || !index.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    match index.as_bytes() {
+        [d @ b'0'..=b'9'] => Some(usize::from(d - b'0')).filter(|i| *i < MAX_CHUNKS),
+        _ => None,
     }
-    index.parse().ok().filter(|i| *i < MAX_CHUNKS)
 }
 
 const LOGIN_INFIX: &str = "-login-";
@@ -182,7 +183,31 @@ impl<'a> SessionCookies<'a> {
     }
 }
 
-/// Cookie attributes shared by every cookie tollgate writes.
+/// The `Set-Cookie` line of every cookie tollgate writes: HttpOnly, `Path=/`, `Secure` with an
+/// https `public_url`, the given `SameSite`, `Max-Age` (zero deletes).
+pub(crate) fn cookie_line(
+    name: &str,
+    value: &str,
+    max_age: Duration,
+    secure: bool,
+    same_site: SameSite,
+) -> String {
+    Cookie::build((name, value))
+        .http_only(true)
+        .path("/")
+        .secure(secure)
+        .same_site(match same_site {
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::Strict => cookie::SameSite::Strict,
+        })
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX),
+        ))
+        .build()
+        .to_string()
+}
+
+/// Cookie attributes shared by every session cookie tollgate writes.
 #[derive(Debug, Clone)]
 pub(crate) struct CookieAttrs {
     pub secure: bool,
@@ -191,19 +216,7 @@ pub(crate) struct CookieAttrs {
 
 impl CookieAttrs {
     fn build(&self, name: String, value: String, max_age: Duration) -> String {
-        Cookie::build((name, value))
-            .http_only(true)
-            .path("/")
-            .secure(self.secure)
-            .same_site(match self.same_site {
-                SameSite::Lax => cookie::SameSite::Lax,
-                SameSite::Strict => cookie::SameSite::Strict,
-            })
-            .max_age(cookie::time::Duration::seconds(
-                i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX),
-            ))
-            .build()
-            .to_string()
+        cookie_line(&name, &value, max_age, self.secure, self.same_site)
     }
 
     /// `Set-Cookie` lines that store `sealed` under `name` for `max_age`, and expire whatever
@@ -460,6 +473,7 @@ mod tests {
             "xtg",
             "tg-theme",
             "tg.12",
+            "tg.01",
             "tg.x",
             "tg.+1",
             "tg-login-short",

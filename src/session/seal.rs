@@ -154,6 +154,34 @@ impl Sealer {
         raw.truncate(plain_len);
         Ok(raw)
     }
+
+    /// Seals a small value for the cookie named `cookie` (bound in as associated data, so it
+    /// opens under no other name): `version` byte, postcard, AES-256-GCM. For tollgate's helper
+    /// cookies (pending login, pending logout); the session has its own codec.
+    pub(crate) fn seal_value<T: serde::Serialize>(
+        &self,
+        version: u8,
+        value: &T,
+        cookie: &str,
+    ) -> Option<String> {
+        let payload = postcard::to_extend(value, vec![version]).ok()?;
+        self.seal(&payload, cookie.as_bytes()).ok()
+    }
+
+    /// Opens what [`Self::seal_value`] sealed for `cookie` with `version`; `None` when it does
+    /// not open, has another version or does not decode.
+    pub(crate) fn open_value<T: serde::de::DeserializeOwned>(
+        &self,
+        version: u8,
+        sealed: &str,
+        cookie: &str,
+    ) -> Option<T> {
+        let payload = self.open(sealed, cookie.as_bytes()).ok()?;
+        match payload.split_first() {
+            Some((v, rest)) if *v == version => postcard::from_bytes(rest).ok(),
+            _ => None,
+        }
+    }
 }
 
 fn associated_data(header: &[u8], context: &[u8]) -> Vec<u8> {

@@ -21,8 +21,13 @@ fn err(text: &str, vars: &[(&str, &str)]) -> String {
     }
 }
 
-/// A session key of this test's own, not published anywhere else: accepted with any public_url.
-const OWN_KEY: &str = "/62w8jnW+0rc0YLrBpeU67SQwJv6G7z8xG0/TA9YqMA=";
+/// A session key made for this run, published nowhere: accepted with any public_url.
+static OWN_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use base64::Engine;
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    base64::engine::general_purpose::STANDARD.encode(key)
+});
 
 /// The example's session key line.
 const EXAMPLE_KEYS_LINE: &str = "keys = [\"bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=\"]";
@@ -71,7 +76,10 @@ fn https_keeps_host_prefix() {
             "public_url = \"http://127.0.0.1:8080\"",
             "public_url = \"https://app.example.com\"",
         )
-        .replace(EXAMPLE_KEYS_LINE, &format!("keys = [\"{OWN_KEY}\"]")),
+        .replace(
+            EXAMPLE_KEYS_LINE,
+            &format!("keys = [\"{own}\"]", own = &*OWN_KEY),
+        ),
         &[],
     )
     .unwrap();
@@ -91,7 +99,7 @@ fn example_keys_only_with_loopback_http() {
             )
             .replace(
                 EXAMPLE_KEYS_LINE,
-                &format!("keys = [\"{OWN_KEY}\", \"{example}\"]"),
+                &format!("keys = [\"{own}\", \"{example}\"]", own = &*OWN_KEY),
             )
         };
         for public_url in [
@@ -138,7 +146,10 @@ fn example_keys_only_with_loopback_http() {
     assert!(e.starts_with("`session.keys_file ("), "{e}");
     assert!(e.contains("is an example key"), "{e}");
     let e = err(
-        &https.replace(EXAMPLE_KEYS_LINE, &format!("keys = [\"{OWN_KEY}\"]")),
+        &https.replace(
+            EXAMPLE_KEYS_LINE,
+            &format!("keys = [\"{own}\"]", own = &*OWN_KEY),
+        ),
         &[(
             "TOLLGATE__SESSION__KEYS",
             "cX/YoznuBp7+yL48hHfkYSHiNy865Fe3gut4ykzT2+E=",
