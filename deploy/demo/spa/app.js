@@ -51,7 +51,8 @@ async function callApi() {
 }
 
 async function logout() {
-  // POST with the CSRF header; tollgate answers with the provider's logout URL to visit.
+  // POST with the CSRF header; tollgate answers with a URL to visit (/logout/continue, which
+  // sends the browser on to the provider's logout without the ID token ever reaching script).
   const r = await fetch('/logout', { method: 'POST', headers: { ...CSRF, accept: 'application/json' } });
   if (r.ok) {
     const { logout_url: next } = await r.json();
