@@ -27,6 +27,7 @@ pub(crate) enum Endpoint {
     Callback,
     Logout,
     LogoutContinue,
+    BackchannelLogout,
     Session,
     Healthz,
     Readyz,
@@ -38,7 +39,11 @@ pub(crate) struct Endpoints {
     oidc: Arc<Oidc>,
     readiness: Arc<Readiness>,
     callback_path: String,
+    backchannel_logout_path: String,
 }
+
+/// The most tollgate reads of a request body for its own endpoints (a logout token form).
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Serialize)]
 struct SessionInfo<'a> {
@@ -51,12 +56,23 @@ struct SessionInfo<'a> {
 }
 
 impl Endpoints {
-    pub(crate) fn new(oidc: Arc<Oidc>, readiness: Arc<Readiness>, callback_path: String) -> Self {
+    pub(crate) fn new(
+        oidc: Arc<Oidc>,
+        readiness: Arc<Readiness>,
+        callback_path: String,
+        backchannel_logout_path: String,
+    ) -> Self {
         Endpoints {
             oidc,
             readiness,
             callback_path,
+            backchannel_logout_path,
         }
+    }
+
+    /// Whether the endpoint at `path` reads the request body (up to [`MAX_BODY`]).
+    pub(crate) fn takes_body(&self, path: &str) -> bool {
+        path == self.backchannel_logout_path
     }
 
     /// The endpoint at `path`, if it is one (checked before routing; never proxied).
@@ -69,6 +85,7 @@ impl Endpoints {
             "/healthz" => Endpoint::Healthz,
             "/readyz" => Endpoint::Readyz,
             p if p == self.callback_path => Endpoint::Callback,
+            p if p == self.backchannel_logout_path => Endpoint::BackchannelLogout,
             _ => return None,
         })
     }
@@ -78,6 +95,11 @@ impl Endpoints {
         let read_only = facts.method == Method::GET || facts.method == Method::HEAD;
         let person = Format::for_person(facts.accept());
         match endpoint {
+            Endpoint::BackchannelLogout => self
+                .oidc
+                .backchannel_logout(facts, gate)
+                .await
+                .unwrap_or_else(Reply::from),
             Endpoint::Logout => self
                 .oidc
                 .logout(facts, gate)

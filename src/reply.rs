@@ -66,6 +66,10 @@ pub(crate) enum Fault {
     },
     /// The session sealed to more cookies than a browser keeps.
     SessionTooLarge,
+    /// A back-channel logout token failed a check.
+    InvalidLogoutToken,
+    /// A request body over what tollgate reads for its own endpoints.
+    PayloadTooLarge,
 }
 
 impl Fault {
@@ -81,8 +85,11 @@ impl Fault {
             UpstreamUnavailable => 502,
             UpstreamTimeout => 504,
             Internal | SessionTooLarge => 500,
+            PayloadTooLarge => 413,
             ProviderError(_) | CallbackUnreadable | InvalidState | UnknownState | LoginExpired
-            | IssuerMismatch | IssuerMissing | MissingCode | CodeRejected => 400,
+            | IssuerMismatch | IssuerMissing | MissingCode | CodeRejected | InvalidLogoutToken => {
+                400
+            }
             InvalidIdToken { nonce: true } => 400,
             TokenRefused(_)
             | ProviderUnreachable
@@ -134,6 +141,8 @@ impl Fault {
                 "The identity provider's ID token is not valid for this sign-in."
             }
             SessionTooLarge => "The session could not be stored.",
+            InvalidLogoutToken => "the logout token is not valid",
+            PayloadTooLarge => "the request body is too large",
             _ => return None,
         })
     }
@@ -151,6 +160,8 @@ impl Fault {
                 | Fault::UpstreamTimeout
                 | Fault::Internal
                 | Fault::ProviderUnavailable
+                | Fault::InvalidLogoutToken
+                | Fault::PayloadTooLarge
         )
     }
 }
@@ -337,6 +348,8 @@ impl Fault {
             MissingIdToken => "missing_id_token",
             InvalidIdToken { .. } => "invalid_id_token",
             SessionTooLarge => "session_too_large",
+            InvalidLogoutToken => "invalid_request",
+            PayloadTooLarge => "payload_too_large",
         }
     }
 }

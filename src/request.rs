@@ -16,6 +16,8 @@ pub(crate) struct Facts<'r> {
     pub(crate) path: &'r str,
     pub(crate) query: Option<&'r str>,
     pub(crate) headers: &'r HeaderMap,
+    /// The request body, read only for the endpoints that take one.
+    pub(crate) body: Option<&'r [u8]>,
     pub(crate) request_id: &'r str,
     /// Seconds since the Unix epoch.
     pub(crate) now: u64,

@@ -415,3 +415,194 @@ async fn logout_forgets_the_kept_refresh_result() {
         "a pre-refresh cookie came back to life after logout"
     );
 }
+
+/// A copy of the cookie taken before a logout no longer opens: the session id is revoked
+/// (before, it worked until its access token needed a refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_cookie_stops_working_after_logout() {
+    let s = logged_in("").await;
+    let copy = s.cookie_header();
+    let c = plain();
+    assert_eq!(api(&c, &s.tg, Some(&copy)).await.status(), 200);
+    let r = c
+        .post(s.tg.url("/logout"))
+        .header("cookie", &copy)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = api(&c, &s.tg, Some(&copy)).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "unauthenticated"
+    );
+}
+
+/// The value of `attr="…"` after `after` in `html`.
+fn html_attr(html: &str, after: &str, attr: &str) -> String {
+    let from = html
+        .find(after)
+        .unwrap_or_else(|| panic!("{after} in {html}"));
+    let rest = &html[from..];
+    let start = rest.find(&format!("{attr}=\"")).unwrap() + attr.len() + 2;
+    rest[start..start + rest[start..].find('"').unwrap()].to_string()
+}
+
+/// A logout at the provider (its end-session endpoint, without tollgate) reaches tollgate as a
+/// back-channel logout, and the session ends here too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_logout_ends_the_session_through_the_back_channel() {
+    let s = logged_in("").await;
+    let session = s.session();
+    assert!(
+        session.claims.sid.is_some(),
+        "the ID token names the provider session"
+    );
+    let cookie = s.cookie_header();
+    assert_eq!(api(&plain(), &s.tg, Some(&cookie)).await.status(), 200);
+    s.idp.reset_stats().await;
+
+    // The user logs out at the provider: its confirmation form, submitted.
+    let mut end_session = reqwest::Url::parse(&format!("{}/logout", s.idp.issuer)).unwrap();
+    end_session
+        .query_pairs_mut()
+        .append_pair("id_token_hint", session.id_token.as_deref().unwrap())
+        .append_pair("client_id", CLIENTS[CLIENT].id);
+    let page = s
+        .browser
+        .get(end_session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let action = html_attr(&page, "<form", "action");
+    let xsrf = html_attr(&page, "name=\"xsrf\"", "value");
+    let r = s
+        .browser
+        .post(action)
+        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success() || r.status().is_redirection(),
+        "{}",
+        r.status()
+    );
+    // The provider may answer the browser before its back-channel call is done: wait for it.
+    let mut stats = s.idp.stats().await;
+    for _ in 0..100 {
+        if stats["backchannel"]["success"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stats = s.idp.stats().await;
+    }
+    assert_eq!(
+        stats["backchannel"]["success"],
+        1,
+        "{stats}; {}",
+        s.tg.log()
+    );
+    // tollgate has revoked the provider session: the browser's cookie opens to nothing.
+    let r = api(&plain(), &s.tg, Some(&cookie)).await;
+    assert_eq!(r.status(), 401, "{}", s.tg.log());
+}
+
+/// Logout tokens that fail a check of OpenID Connect Back-Channel Logout §2.6 get `400
+/// invalid_request` and revoke nothing; a good one gets `200` once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_logout_tokens_are_refused() {
+    let s = logged_in("").await;
+    let session = s.session();
+    let sid = session.claims.sid.clone().unwrap().into_owned();
+    let event = serde_json::json!({ "http://schemas.openid.net/event/backchannel-logout": {} });
+    let good = serde_json::json!({ "aud": CLIENTS[CLIENT].id, "sid": sid, "events": event });
+    let with = |extra: serde_json::Value| {
+        let mut c = good.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let post = |token: String| {
+        plain()
+            .post(s.tg.url("/backchannel-logout"))
+            .form(&[("logout_token", token)])
+            .send()
+    };
+    let now = tollgate::unix_now();
+    let mut no_event = good.clone();
+    no_event.as_object_mut().unwrap().remove("events");
+    let mut no_subject = good.clone();
+    no_subject.as_object_mut().unwrap().remove("sid");
+    for (what, token) in [
+        ("forged", s.idp.logout_token(good.clone(), true).await),
+        (
+            "wrong aud",
+            s.idp
+                .logout_token(with(serde_json::json!({"aud": "someone-else"})), false)
+                .await,
+        ),
+        (
+            "nonce",
+            s.idp
+                .logout_token(with(serde_json::json!({"nonce": "n"})), false)
+                .await,
+        ),
+        ("no event", s.idp.logout_token(no_event, false).await),
+        (
+            "neither sid nor sub",
+            s.idp.logout_token(no_subject, false).await,
+        ),
+        (
+            "stale",
+            s.idp
+                .logout_token(with(serde_json::json!({"iat": now - 3600})), false)
+                .await,
+        ),
+        (
+            "expired",
+            s.idp
+                .logout_token(with(serde_json::json!({"exp": now - 600})), false)
+                .await,
+        ),
+        (
+            "other issuer",
+            s.idp
+                .logout_token(
+                    with(serde_json::json!({"iss": "https://evil.example"})),
+                    false,
+                )
+                .await,
+        ),
+    ] {
+        let r = post(token).await.unwrap();
+        assert_eq!(r.status(), 400, "{what}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{what}");
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["error"],
+            "invalid_request",
+            "{what}"
+        );
+    }
+    let r = post("not-a-jwt".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        api(&s.browser, &s.tg, None).await.status(),
+        200,
+        "nothing was revoked"
+    );
+
+    // A good token: 200, the session ends; the same token again (replay): 400.
+    let token = s.idp.logout_token(good.clone(), false).await;
+    let r = post(token.clone()).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", s.tg.log());
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(api(&s.browser, &s.tg, None).await.status(), 401);
+    assert_eq!(post(token).await.unwrap().status(), 400, "replayed jti");
+}

@@ -59,6 +59,8 @@ pub(crate) struct OidcSection {
     pub scopes: Vec<String>,
     #[serde(default = "default_callback_path")]
     pub callback_path: String,
+    #[serde(default = "default_backchannel_logout_path")]
+    pub backchannel_logout_path: String,
     #[serde(default)]
     pub extra_auth_params: BTreeMap<String, String>,
     pub private_key_alg: Option<jsonwebtoken::Algorithm>,
@@ -167,6 +169,10 @@ fn default_scopes() -> Vec<String> {
     ["openid", "profile", "email", "offline_access"]
         .map(String::from)
         .to_vec()
+}
+
+fn default_backchannel_logout_path() -> String {
+    "/backchannel-logout".to_string()
 }
 
 fn default_callback_path() -> String {

@@ -174,6 +174,9 @@ pub struct OidcConfig {
     pub private_key: Option<PrivateKey>,
     pub scopes: Vec<String>,
     pub callback_path: String,
+    /// Where the provider posts back-channel logout tokens (`{public_url}{path}` is registered
+    /// as `backchannel_logout_uri`).
+    pub backchannel_logout_path: String,
     pub extra_auth_params: BTreeMap<String, String>,
     pub endpoints: EndpointOverrides,
     /// Timeout of every request to the provider (discovery, JWKS, token).

@@ -183,6 +183,7 @@ impl Oidc {
             },
             created_at: now,
             last_seen: now,
+            id: rand::random(),
         };
         let previous = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
         let mut cookies = codec

@@ -131,7 +131,7 @@ pub(crate) fn token_hash(alg: Algorithm, token: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..digest.len() / 2])
 }
 
-trait KindDescription {
+pub(crate) trait KindDescription {
     fn kind_description(&self) -> String;
 }
 

@@ -66,6 +66,9 @@ impl Oidc {
             super::login::login_cookie_line(&name, "", Duration::ZERO, self.secure_cookies)
         }));
         if let Some(s) = &session {
+            // A copy of this cookie taken before the logout opens to nothing from now on.
+            gate.revocations()
+                .revoke_session(s.id, codec.lives_until(s.created_at), facts.now);
             self.end_refreshes(s.refresh_token.as_deref(), &s.access_token);
             self.revoke(s, rid).await;
         }

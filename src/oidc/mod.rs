@@ -8,6 +8,7 @@
 //! session ([`callback`]); [`refresh`] and [`logout`] run the rest of its life. Failures are
 //! [`crate::reply::Fault`]s.
 
+pub(crate) mod backchannel;
 pub(crate) mod callback;
 pub(crate) mod client_auth;
 pub(crate) mod discovery;
@@ -58,6 +59,7 @@ pub(crate) struct Oidc {
     secure_cookies: bool,
     last_jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
     flights: refresh::Flights,
+    seen_jtis: backchannel::SeenJtis,
     http_timeout: Duration,
     post_logout_redirect_uri: String,
     allow_get_logout: bool,
@@ -89,6 +91,7 @@ impl Oidc {
             secure_cookies: config.server.secure_cookies,
             last_jwks_refetch: tokio::sync::Mutex::new(None),
             flights: refresh::Flights::default(),
+            seen_jtis: backchannel::SeenJtis::default(),
             http_timeout: config.oidc.http_timeout,
             post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.to_string(),
             allow_get_logout: config.oidc.allow_get_logout,

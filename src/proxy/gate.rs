@@ -25,6 +25,7 @@ use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
 use crate::session::cookie::{ChunkError, SessionCookies};
+use crate::session::revocations::Revocations;
 use crate::session::{Payload, Session, SessionCodec, SessionError};
 
 /// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]).
@@ -85,6 +86,7 @@ pub(crate) fn screen<'r>(
 #[derive(Debug)]
 pub(crate) struct Gate {
     codec: SessionCodec,
+    revocations: Arc<Revocations>,
     csrf: CsrfPolicy,
     metrics: Metrics,
     refresh_skew: u64,
@@ -94,6 +96,7 @@ pub(crate) struct Gate {
 impl Gate {
     pub(crate) fn new(
         codec: SessionCodec,
+        revocations: Arc<Revocations>,
         csrf: CsrfPolicy,
         metrics: Metrics,
         refresh_skew: u64,
@@ -101,6 +104,7 @@ impl Gate {
     ) -> Gate {
         Gate {
             codec,
+            revocations,
             csrf,
             metrics,
             refresh_skew,
@@ -114,6 +118,10 @@ impl Gate {
 
     pub(crate) fn csrf(&self) -> &CsrfPolicy {
         &self.csrf
+    }
+
+    pub(crate) fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// The request's session cookies, decrypted ([`SessionCodec::open`]).
@@ -134,7 +142,14 @@ impl Gate {
         let session = payload
             .as_ref()
             .map_err(|e| *e)
-            .and_then(|p| self.codec.decode(p, facts.now));
+            .and_then(|p| self.codec.decode(p, facts.now))
+            .and_then(|s| {
+                if self.revocations.is_revoked(&s, facts.now) {
+                    Err(SessionError::Revoked)
+                } else {
+                    Ok(s)
+                }
+            });
         if let Err(e) = &session {
             if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
                 self.metrics.session_failure(e.reason());
@@ -318,7 +333,7 @@ mod tests {
             },
             "https://app.example.com",
         );
-        Gate::new(codec, csrf, Metrics::new(), 30, 3_600)
+        Gate::new(codec, Arc::default(), csrf, Metrics::new(), 30, 3_600)
     }
 
     fn session() -> Session<'static> {
@@ -363,6 +378,7 @@ mod tests {
             path: "/api/x",
             query: None,
             headers,
+            body: None,
             request_id: "rid",
             now: NOW,
         };
@@ -511,6 +527,16 @@ mod tests {
         // ...and once it is gone, so is the session.
         assert_eq!(refused(r), (401, "session_expired".into(), 1));
         assert_eq!(p.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_session_is_401_and_cleared() {
+        let g = gate();
+        let s = session();
+        let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
+        g.revocations().revoke_session(s.id, NOW + 3_600, NOW);
+        let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &untouched()).await;
+        assert_eq!(refused(r), (401, "unauthenticated".into(), 1));
     }
 
     #[tokio::test]

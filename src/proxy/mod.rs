@@ -34,7 +34,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::Config;
-use crate::endpoints::Endpoints;
+use crate::endpoints::{Endpoints, MAX_BODY};
 use crate::oidc::Oidc;
 use crate::ops::health::Readiness;
 use crate::ops::metrics::Metrics;
@@ -86,6 +86,7 @@ impl Tollgate {
     ) -> Result<Self, ResolveError> {
         let gate = Gate::new(
             SessionCodec::new(&config.session, config.server.secure_cookies),
+            Arc::default(),
             CsrfPolicy::new(&config.csrf, &config.server.public_origin),
             metrics.clone(),
             config.session.refresh_skew.as_secs(),
@@ -94,7 +95,12 @@ impl Tollgate {
         Ok(Tollgate {
             routes: RouteTable::new(&config.routes)?,
             gate,
-            endpoints: Endpoints::new(oidc.clone(), readiness, config.oidc.callback_path.clone()),
+            endpoints: Endpoints::new(
+                oidc.clone(),
+                readiness,
+                config.oidc.callback_path.clone(),
+                config.oidc.backchannel_logout_path.clone(),
+            ),
             metrics,
             oidc,
             proto: if config.server.secure_cookies {
@@ -113,7 +119,7 @@ impl Tollgate {
     }
 
     /// Everything `request_filter` decides, as a reply to send or `None` to proxy.
-    async fn handle(&self, session: &Session, ctx: &mut Ctx) -> Option<Reply> {
+    async fn handle(&self, session: &Session, ctx: &mut Ctx, body: Option<&[u8]>) -> Option<Reply> {
         let req = session.req_header();
         let target = match gate::screen(
             &req.method,
@@ -131,6 +137,7 @@ impl Tollgate {
             path: &target.path,
             query: req.uri.query(),
             headers: &req.headers,
+            body,
             request_id: &ctx.request_id,
             now: crate::unix_now(),
         };
@@ -170,6 +177,22 @@ impl Ctx {
     fn path<'a>(&'a self, req: &'a RequestHeader) -> &'a str {
         self.path.as_deref().unwrap_or(req.uri.path())
     }
+}
+
+/// Reads the whole request body, at most `limit` bytes (for tollgate's own endpoints).
+async fn read_body(session: &mut Session, limit: usize) -> Result<bytes::Bytes, Fault> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|_| Fault::BadRequest)?
+    {
+        if buf.len() + chunk.len() > limit {
+            return Err(Fault::PayloadTooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// Classifies a proxying failure reported by Pingora; `None` when nobody is left to answer.
@@ -216,7 +239,19 @@ impl ProxyHttp for Tollgate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         ctx.request_id = request_id::from_headers(&session.req_header().headers);
-        let Some(reply) = self.handle(session, ctx).await else {
+        let mut body = None;
+        if self.endpoints.takes_body(session.req_header().uri.path()) {
+            match read_body(session, MAX_BODY).await {
+                Ok(b) => body = Some(b),
+                Err(fault) => {
+                    let reply = Reply::from(fault);
+                    ctx.outcome = reply.outcome();
+                    respond::write(session, &reply, &ctx.request_id).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let Some(reply) = self.handle(session, ctx, body.as_deref()).await else {
             return Ok(false);
         };
         ctx.outcome = reply.outcome();

@@ -8,6 +8,7 @@
 //! (`idle_timeout`) limits, so an expired session opens to an error exactly like a forged one.
 
 pub mod cookie;
+pub mod revocations;
 pub mod seal;
 
 use std::borrow::Cow;
@@ -60,6 +61,8 @@ pub struct Session<'a> {
     pub created_at: u64,
     /// Last time the idle window was moved; the session ends at `last_seen + idle_timeout`.
     pub last_seen: u64,
+    /// Random, chosen at login: what a logout revokes ([`revocations`]).
+    pub id: u128,
 }
 
 /// Deserializes an optional string borrowed from the input (serde's `borrow` attribute alone
@@ -92,6 +95,7 @@ impl Session<'_> {
             },
             created_at: self.created_at,
             last_seen: self.last_seen,
+            id: self.id,
         }
     }
 }
@@ -122,7 +126,7 @@ impl std::fmt::Debug for Payload {
 
 /// The first byte of every serialized payload, checked before deserializing.
 ///
-/// 2: the ID token's expiry, never read, is no longer kept.
+/// 2: the ID token's expiry, never read, is no longer kept; the session has an id.
 pub(crate) const PAYLOAD_VERSION: u8 = 2;
 
 /// Why a request's session could not be used. `reason()` is the metrics label.
@@ -140,6 +144,8 @@ pub enum SessionError {
     Idle,
     #[error("session could not be sealed")]
     Seal,
+    #[error("session was logged out")]
+    Revoked,
 }
 
 impl SessionError {
@@ -158,6 +164,7 @@ impl SessionError {
             SessionError::Expired => "expired",
             SessionError::Idle => "idle",
             SessionError::Seal => "seal",
+            SessionError::Revoked => "revoked",
         }
     }
 }
@@ -192,6 +199,11 @@ impl SessionCodec {
             .created_at
             .saturating_add(self.max_lifetime)
             .min(session.last_seen.saturating_add(self.idle_timeout))
+    }
+
+    /// The latest a session created at `created_at` can still open (renewals included).
+    pub(crate) fn lives_until(&self, created_at: u64) -> u64 {
+        created_at.saturating_add(self.max_lifetime)
     }
 
     /// The session cookie's name (chunks are `NAME.0`, `NAME.1`, …).
@@ -299,6 +311,7 @@ pub mod fixture {
             },
             created_at: now,
             last_seen: now,
+            id: rand::random(),
         }
     }
 }

@@ -149,6 +149,17 @@ impl Idp {
                 state_dir.path().join("state.json").display().to_string(),
             ),
         ];
+        // Back-channel logouts go to tollgate beside the first redirect URI.
+        if let Some(origin) = redirect_uri
+            .split(',')
+            .next()
+            .and_then(|u| u.strip_suffix("/callback"))
+        {
+            env.push((
+                "BACKCHANNEL_LOGOUT_URI",
+                format!("{origin}/backchannel-logout"),
+            ));
+        }
         if let Some(ttl) = access_token_ttl {
             env.push(("ACCESS_TOKEN_TTL", ttl.to_string()));
         }
@@ -185,6 +196,26 @@ impl Idp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A logout token with `claims` (over the provider's defaults: `iss`, a fresh `iat` and
+    /// `jti`), signed with the provider's key, or with another key under its kid (`forged`).
+    pub async fn logout_token(&self, claims: serde_json::Value, forged: bool) -> String {
+        let url = self.url(if forged {
+            "/__test/logout-token?forged=1"
+        } else {
+            "/__test/logout-token"
+        });
+        let r: serde_json::Value = reqwest::Client::new()
+            .post(url)
+            .json(&claims)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["token"].as_str().unwrap().to_string()
     }
 
     /// Token endpoint grants counted by the provider.

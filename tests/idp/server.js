@@ -11,6 +11,8 @@
 //   IDP_INTERACTIVE            "1": show a login form instead of logging in automatically
 //   IDP_STATE_FILE             keep grants, tokens and sessions in this JSON file, so a restarted
 //                              provider still knows them (tests stop and start it)
+//   BACKCHANNEL_LOGOUT_URI     every client's backchannel_logout_uri: a logout at the provider's
+//                              end-session endpoint is then sent there (OIDC Back-Channel Logout)
 import http from 'node:http';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -33,6 +35,7 @@ const postLogoutRedirectUris = list(process.env.POST_LOGOUT_REDIRECT_URIS, 'http
 const accessTokenTtl = Number(process.env.ACCESS_TOKEN_TTL || 3600);
 const interactive = process.env.IDP_INTERACTIVE === '1';
 const stateFile = process.env.IDP_STATE_FILE;
+const backchannelLogoutUri = process.env.BACKCHANNEL_LOGOUT_URI;
 
 // A storage adapter (oidc-provider's interface) kept in memory and, with IDP_STATE_FILE,
 // written through to a JSON file and read back at start.
@@ -92,11 +95,27 @@ const signingJwk = (type, options, kid, alg) => ({
   use: 'sig',
 });
 
+const rsaSigningKey = signingJwk('rsa', { modulusLength: 2048 }, 'idp-rs256', 'RS256');
+
+// Signs `claims` as an RS256 JWT with the provider's key (or, `forged`, with a throwaway key
+// under the same kid): logout tokens for the tests of what a relying party must refuse.
+const signJwt = (claims, forged, typ) => {
+  const key = forged
+    ? crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
+    : crypto.createPrivateKey({ key: rsaSigningKey, format: 'jwk' });
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const input = `${b64({ alg: 'RS256', kid: 'idp-rs256', typ })}.${b64(claims)}`;
+  return `${input}.${crypto.sign('sha256', Buffer.from(input), key).toString('base64url')}`;
+};
+
 const common = {
   grant_types: ['authorization_code', 'refresh_token'],
   response_types: ['code'],
   redirect_uris: redirectUris,
   post_logout_redirect_uris: postLogoutRedirectUris,
+  ...(backchannelLogoutUri
+    ? { backchannel_logout_uri: backchannelLogoutUri, backchannel_logout_session_required: true }
+    : {}),
 };
 
 export const clients = [
@@ -128,12 +147,7 @@ const provider = new Provider(issuer, {
     clientAuthSigningAlgValues: ['HS256', 'RS256', 'PS256', 'ES256', 'EdDSA'],
     idTokenSigningAlgValues: ['RS256', 'ES256'],
   },
-  jwks: {
-    keys: [
-      signingJwk('rsa', { modulusLength: 2048 }, 'idp-rs256', 'RS256'),
-      signingJwk('ec', { namedCurve: 'P-256' }, 'idp-es256', 'ES256'),
-    ],
-  },
+  jwks: { keys: [rsaSigningKey, signingJwk('ec', { namedCurve: 'P-256' }, 'idp-es256', 'ES256')] },
   cookies: { keys: ['tollgate-test-idp-cookie-key-not-secret'] },
   claims: {
     openid: ['sub'],
@@ -146,6 +160,7 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
+    backchannelLogout: { enabled: true },
     userinfo: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
@@ -156,6 +171,12 @@ const provider = new Provider(issuer, {
     },
   },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  // Test provider on loopback: let it send back-channel logouts to 127.0.0.1 (its SSRF guard
+  // refuses special-use addresses by default).
+  fetch: (url, options) => {
+    delete options.dispatcher;
+    return globalThis.fetch(url, options);
+  },
   pkce: { required: () => true },
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
   rotateRefreshToken: true,
@@ -179,7 +200,11 @@ const provider = new Provider(issuer, {
 });
 provider.proxy = false;
 
-const stats = { token_requests: { authorization_code: 0, refresh_token: 0 }, refresh_failures: 0 };
+const stats = {
+  token_requests: { authorization_code: 0, refresh_token: 0 },
+  refresh_failures: 0,
+  backchannel: { success: 0, error: 0 },
+};
 let refuseNextToken = null;
 provider.on('grant.success', (ctx) => {
   const type = ctx.oidc.params.grant_type;
@@ -189,6 +214,11 @@ provider.on('grant.error', (ctx) => {
   if (ctx.oidc?.params?.grant_type === 'refresh_token') stats.refresh_failures += 1;
 });
 provider.on('server_error', (ctx, err) => console.error('idp server_error:', err));
+provider.on('backchannel.success', () => { stats.backchannel.success += 1; });
+provider.on('backchannel.error', (ctx, err) => {
+  stats.backchannel.error += 1;
+  console.error('idp backchannel.error:', err, err?.cause);
+});
 
 const send = (res, status, body, type = 'application/json') => {
   res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
@@ -247,7 +277,17 @@ const server = http.createServer(async (req, res) => {
     if (url.pathname === '/__test/reset' && req.method === 'POST') {
       stats.token_requests = { authorization_code: 0, refresh_token: 0 };
       stats.refresh_failures = 0;
+      stats.backchannel = { success: 0, error: 0 };
       return send(res, 200, stats);
+    }
+    // Test hook: a logout token with the given claims (JSON body), signed with the provider's
+    // key, or with another key under the same kid (`?forged=1`).
+    if (url.pathname === '/__test/logout-token' && req.method === 'POST') {
+      let data = '';
+      for await (const chunk of req) data += chunk;
+      const claims = { iss: issuer, iat: Math.floor(Date.now() / 1000), jti: crypto.randomUUID(), ...JSON.parse(data || '{}') };
+      const token = signJwt(claims, url.searchParams.get('forged') === '1', 'logout+jwt');
+      return send(res, 200, { token, claims });
     }
     // Test hook: the next token request is answered with this error instead (a provider that
     // refuses the client, rate-limits, or sits behind a firewall that says no).

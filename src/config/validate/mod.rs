@@ -71,7 +71,10 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
 /// The checks that need more than one section. `key_names` names each of `session.keys`.
 fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
     for (i, r) in c.routes.iter().enumerate() {
-        if RESERVED_PATHS.contains(&r.prefix.as_str()) || r.prefix == c.oidc.callback_path {
+        if RESERVED_PATHS.contains(&r.prefix.as_str())
+            || r.prefix == c.oidc.callback_path
+            || r.prefix == c.oidc.backchannel_logout_path
+        {
             return Err(ConfigError::invalid(
                 format!("routes[{i}].prefix"),
                 format!("{:?} is an endpoint tollgate answers itself", r.prefix),

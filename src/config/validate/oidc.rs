@@ -106,13 +106,24 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
             format!("invalid scope {bad:?}"),
         ));
     }
-    let callback_path = o.callback_path;
-    if !callback_path.starts_with('/') || callback_path.contains(['?', '#']) {
+    for (key, path) in [
+        ("oidc.callback_path", &o.callback_path),
+        ("oidc.backchannel_logout_path", &o.backchannel_logout_path),
+    ] {
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            return Err(ConfigError::invalid(
+                key,
+                "must be a path starting with / (no query or fragment)",
+            ));
+        }
+    }
+    if o.backchannel_logout_path == o.callback_path {
         return Err(ConfigError::invalid(
-            "oidc.callback_path",
-            "must be a path starting with / (no query or fragment)",
+            "oidc.backchannel_logout_path",
+            "must differ from oidc.callback_path",
         ));
     }
+    let callback_path = o.callback_path;
     if let Some(p) = o
         .extra_auth_params
         .keys()
@@ -155,6 +166,7 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         private_key,
         scopes,
         callback_path,
+        backchannel_logout_path: o.backchannel_logout_path,
         extra_auth_params: o.extra_auth_params,
         endpoints,
         http_timeout: o.http_timeout,

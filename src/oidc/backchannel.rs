@@ -1,0 +1,197 @@
+//! `POST {backchannel_logout_path}`: OpenID Connect Back-Channel Logout 1.0.
+//!
+//! When the user logs out at the provider (or an administrator ends their session there), the
+//! provider posts a signed logout token to every client of that provider session. tollgate
+//! checks it as the specification's §2.6 asks — signature against the provider's keys with an
+//! advertised asymmetric algorithm, `iss`, `aud` containing our `client_id`, a recent `iat`, `exp`
+//! when present, the back-channel logout event, `sid` and/or `sub`, no `nonce`, and a `jti` not
+//! seen before — and then revokes ([`crate::session::revocations`]) every session of that
+//! provider session (`sid`), or, with only a `sub`, every session of that user that started
+//! before the token was issued.
+//!
+//! Answers: `200` (empty JSON object, `Cache-Control: no-store`); `400 {"error":"invalid_request"}`
+//! for a token that fails any check; `503` while the provider's keys are not loaded, so the
+//! provider retries.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use http::Method;
+use jsonwebtoken::Validation;
+use serde::Deserialize;
+
+use super::id_token::{self, KindDescription, LEEWAY_SECS};
+use super::Oidc;
+use crate::proxy::gate::Gate;
+use crate::reply::{Fault, Reply};
+use crate::request::Facts;
+
+/// The event a logout token must carry.
+const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// How old a logout token may be (its `iat`), besides the clock leeway.
+const MAX_AGE_SECS: u64 = 300;
+/// `jti`s remembered at most; past it, the oldest half is dropped (they are also dropped once
+/// too old to be accepted anyway).
+const MAX_JTIS: usize = 100_000;
+
+#[derive(Debug, Deserialize)]
+struct LogoutClaims {
+    iat: u64,
+    jti: String,
+    sub: Option<String>,
+    sid: Option<String>,
+    events: serde_json::Map<String, serde_json::Value>,
+    nonce: Option<serde_json::Value>,
+}
+
+/// Why a logout token was refused (logged; the answer is always `invalid_request`).
+#[derive(Debug, thiserror::Error)]
+enum LogoutTokenError {
+    #[error("the request has no logout_token")]
+    Missing,
+    #[error("the token's header: {0}")]
+    Header(id_token::IdTokenError),
+    #[error("the token is signed with an algorithm the provider does not advertise")]
+    Algorithm,
+    #[error("no provider key matches the token's kid")]
+    UnknownKey,
+    #[error("the token failed validation: {0}")]
+    Invalid(String),
+    #[error("the token's iat is not recent")]
+    Stale,
+    #[error("the token lacks the back-channel logout event")]
+    Event,
+    #[error("the token names neither sid nor sub")]
+    Subject,
+    #[error("the token carries a nonce")]
+    Nonce,
+    #[error("the token's jti was seen before")]
+    Replayed,
+}
+
+/// Logout token ids already accepted, with when they may be forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct SeenJtis(Mutex<HashMap<String, u64>>);
+
+impl SeenJtis {
+    /// Records `jti`; `false` when it was seen before.
+    fn first_use(&self, jti: &str, now: u64) -> bool {
+        let Ok(mut seen) = self.0.lock() else {
+            return false;
+        };
+        seen.retain(|_, until| *until > now);
+        if seen.len() >= MAX_JTIS {
+            let mut ends: Vec<u64> = seen.values().copied().collect();
+            ends.sort_unstable();
+            let cut = ends[ends.len() / 2];
+            seen.retain(|_, until| *until > cut);
+        }
+        let until = now + MAX_AGE_SECS + 2 * LEEWAY_SECS;
+        seen.insert(jti.to_string(), until).is_none()
+    }
+}
+
+#[derive(Deserialize)]
+struct Form {
+    logout_token: Option<String>,
+}
+
+impl Oidc {
+    /// `POST {backchannel_logout_path}` with a form `logout_token`.
+    pub(crate) async fn backchannel_logout(
+        &self,
+        facts: &Facts<'_>,
+        gate: &Gate,
+    ) -> Result<Reply, Fault> {
+        if facts.method != Method::POST {
+            return Err(Fault::MethodNotAllowed);
+        }
+        let rid = facts.request_id;
+        let provider = self.provider().ok_or(Fault::ProviderUnavailable)?;
+        let claims = match self.logout_claims(facts, &provider).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(request_id = rid, reason = %e, "back-channel logout refused");
+                return Err(Fault::InvalidLogoutToken);
+            }
+        };
+        if !self.seen_jtis.first_use(&claims.jti, facts.now) {
+            tracing::warn!(request_id = rid, reason = %LogoutTokenError::Replayed, "back-channel logout refused");
+            return Err(Fault::InvalidLogoutToken);
+        }
+        // Any session this ends was created before now, so it opens until at most this.
+        let until = gate.codec().lives_until(facts.now);
+        let revocations = gate.revocations();
+        match (&claims.sid, &claims.sub) {
+            (Some(sid), _) => revocations.revoke_provider_session(sid, until, facts.now),
+            (None, Some(sub)) => revocations.revoke_user_before(sub, claims.iat, until, facts.now),
+            (None, None) => return Err(Fault::InvalidLogoutToken),
+        }
+        tracing::info!(
+            request_id = rid,
+            by = if claims.sid.is_some() { "sid" } else { "sub" },
+            "back-channel logout: sessions revoked"
+        );
+        Ok(Reply::json(200, &serde_json::json!({})).with_outcome("backchannel_logout"))
+    }
+
+    /// The checked claims of the request's logout token.
+    async fn logout_claims(
+        &self,
+        facts: &Facts<'_>,
+        provider: &std::sync::Arc<super::discovery::Provider>,
+    ) -> Result<LogoutClaims, LogoutTokenError> {
+        let form: Form = serde_urlencoded::from_bytes(facts.body.unwrap_or_default())
+            .map_err(|_| LogoutTokenError::Missing)?;
+        let token = form.logout_token.ok_or(LogoutTokenError::Missing)?;
+        let (alg, kid) = id_token::header(&token).map_err(LogoutTokenError::Header)?;
+        // The provider's advertised ID token algorithms: asymmetric only (never none or HMAC).
+        if !provider.metadata.id_token_algs.contains(&alg) {
+            return Err(LogoutTokenError::Algorithm);
+        }
+        let provider = self
+            .provider_with_kid(provider.clone(), kid.as_deref(), alg)
+            .await;
+        let key = provider
+            .jwks
+            .find(kid.as_deref(), alg)
+            .ok_or(LogoutTokenError::UnknownKey)?;
+        let mut v = Validation::new(alg);
+        v.set_issuer(&[&provider.metadata.issuer]);
+        v.set_audience(&[&self.client_id]);
+        v.set_required_spec_claims(&["iss", "aud", "iat"]);
+        v.leeway = LEEWAY_SECS;
+        v.validate_exp = true;
+        let claims = jsonwebtoken::decode::<LogoutClaims>(&token, key, &v)
+            .map_err(|e| LogoutTokenError::Invalid(e.kind_description()))?
+            .claims;
+        let now = facts.now;
+        if claims.iat > now + LEEWAY_SECS || claims.iat + MAX_AGE_SECS + LEEWAY_SECS < now {
+            return Err(LogoutTokenError::Stale);
+        }
+        if !claims.events.get(EVENT).is_some_and(|e| e.is_object()) {
+            return Err(LogoutTokenError::Event);
+        }
+        if claims.sid.is_none() && claims.sub.is_none() {
+            return Err(LogoutTokenError::Subject);
+        }
+        if claims.nonce.is_some() {
+            return Err(LogoutTokenError::Nonce);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jti_is_accepted_once_and_forgotten_when_too_old_to_matter() {
+        let seen = SeenJtis::default();
+        assert!(seen.first_use("a", 1_000));
+        assert!(!seen.first_use("a", 1_001));
+        assert!(seen.first_use("b", 1_001));
+        assert!(seen.first_use("a", 1_000 + MAX_AGE_SECS + 2 * LEEWAY_SECS + 1));
+    }
+}
