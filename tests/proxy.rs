@@ -639,13 +639,10 @@ async fn responses_with_session_cookies_are_private_and_not_stored() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(
-        r.headers()
-            .get_all("set-cookie")
-            .iter()
-            .any(|v| {
-                let v = v.to_str().unwrap();
-                v.starts_with("tollgate=") || v.starts_with("tollgate.0=")
-            }),
+        r.headers().get_all("set-cookie").iter().any(|v| {
+            let v = v.to_str().unwrap();
+            v.starts_with("tollgate=") || v.starts_with("tollgate.0=")
+        }),
         "the session was renewed"
     );
     assert_eq!(r.headers()["cache-control"], "private, no-store");
