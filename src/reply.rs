@@ -70,6 +70,8 @@ pub(crate) enum Fault {
     InvalidLogoutToken,
     /// A request body over what tollgate reads for its own endpoints.
     PayloadTooLarge,
+    /// The shared store is needed and cannot be reached.
+    StoreUnavailable,
 }
 
 impl Fault {
@@ -79,7 +81,7 @@ impl Fault {
             NotFound => 404,
             BadPath | BadRequest => 400,
             Unauthenticated | SessionExpired => 401,
-            ProviderUnavailable => 503,
+            ProviderUnavailable | StoreUnavailable => 503,
             Csrf(_) => 403,
             MethodNotAllowed => 405,
             UpstreamUnavailable => 502,
@@ -143,6 +145,7 @@ impl Fault {
             SessionTooLarge => "The session could not be stored.",
             InvalidLogoutToken => "the logout token is not valid",
             PayloadTooLarge => "the request body is too large",
+            StoreUnavailable => "the shared store cannot be reached; retry shortly",
             _ => return None,
         })
     }
@@ -162,6 +165,7 @@ impl Fault {
                 | Fault::ProviderUnavailable
                 | Fault::InvalidLogoutToken
                 | Fault::PayloadTooLarge
+                | Fault::StoreUnavailable
         )
     }
 }
@@ -350,6 +354,7 @@ impl Fault {
             SessionTooLarge => "session_too_large",
             InvalidLogoutToken => "invalid_request",
             PayloadTooLarge => "payload_too_large",
+            StoreUnavailable => "store_unavailable",
         }
     }
 }

@@ -21,6 +21,8 @@ use crate::ops::health::Readiness;
 use crate::ops::metrics::{Metrics, MetricsApp};
 use crate::proxy::routes::ResolveError;
 use crate::proxy::Tollgate;
+use crate::session::revocations::Revocations;
+use crate::store::{Store, StoreSync};
 
 /// How long runtimes get to wind down after the grace period.
 const RUNTIME_SHUTDOWN_SECS: u64 = 2;
@@ -38,6 +40,8 @@ pub enum StartError {
     Resolve(#[from] ResolveError),
     #[error("client authentication: {0}")]
     ClientAuth(#[from] ClientAuthError),
+    #[error("store.url: {0}")]
+    Store(String),
     #[error("cannot build the HTTP client for the provider: {0}")]
     HttpClient(reqwest::Error),
 }
@@ -67,7 +71,22 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
             readiness: readiness.clone(),
         },
     ));
-    let app = Tollgate::new(config, metrics.clone(), readiness, oidc)?;
+    let revocations = Arc::new(Revocations::default());
+    let store = match &config.store {
+        Some(c) => {
+            let store = Arc::new(Store::new(c).map_err(|e| StartError::Store(e.to_string()))?);
+            server.add_service(pingora::services::background::background_service(
+                "shared store",
+                StoreSync {
+                    store: store.clone(),
+                    revocations: revocations.clone(),
+                },
+            ));
+            Some(store)
+        }
+        None => None,
+    };
+    let app = Tollgate::new(config, metrics.clone(), readiness, oidc, revocations, store)?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, app, "tollgate");
     for addr in &config.server.listen {

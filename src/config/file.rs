@@ -30,6 +30,28 @@ pub(crate) struct FileConfig {
     pub routes: Vec<RouteSection>,
     #[serde(default)]
     pub metrics: MetricsSection,
+    pub store: Option<StoreSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreSection {
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    #[serde(default)]
+    pub cluster_urls: Vec<String>,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "millis::<500>", deserialize_with = "de::duration")]
+    pub timeout: Duration,
+}
+
+fn default_key_prefix() -> String {
+    "tollgate:".to_string()
+}
+
+fn millis<const N: u64>() -> Duration {
+    Duration::from_millis(N)
 }
 
 #[derive(Deserialize)]

@@ -76,6 +76,19 @@ pub struct Config {
     pub csrf: CsrfConfig,
     pub routes: Vec<RouteConfig>,
     pub metrics: MetricsConfig,
+    /// `[store]`: the shared store replicas use (Redis or Valkey); `None` for one process.
+    pub store: Option<StoreConfig>,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `redis://` or `rediss://`, possibly with `user:password@` (hence a secret).
+    pub url: Secret,
+    /// Prepended to every key and channel.
+    pub key_prefix: String,
+    /// The longest one store operation may take.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -10,11 +10,8 @@
 //! before the token was issued.
 //!
 //! Answers: `200` (empty JSON object, `Cache-Control: no-store`); `400 {"error":"invalid_request"}`
-//! for a token that fails any check; `503` while the provider's keys are not loaded, so the
-//! provider retries.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! for a token that fails any check; `503` while the provider's keys are not loaded or the
+//! shared store cannot record the revocation, so the provider retries.
 
 use http::Method;
 use jsonwebtoken::Validation;
@@ -25,14 +22,12 @@ use super::Oidc;
 use crate::proxy::gate::Gate;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
+use crate::session::revocations::Revocation;
 
 /// The event a logout token must carry.
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// How old a logout token may be (its `iat`), besides the clock leeway.
 const MAX_AGE_SECS: u64 = 300;
-/// `jti`s remembered at most; past it, the oldest half is dropped (they are also dropped once
-/// too old to be accepted anyway).
-const MAX_JTIS: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 struct LogoutClaims {
@@ -69,28 +64,6 @@ enum LogoutTokenError {
     Replayed,
 }
 
-/// Logout token ids already accepted, with when they may be forgotten.
-#[derive(Debug, Default)]
-pub(crate) struct SeenJtis(Mutex<HashMap<String, u64>>);
-
-impl SeenJtis {
-    /// Records `jti`; `false` when it was seen before.
-    fn first_use(&self, jti: &str, now: u64) -> bool {
-        let Ok(mut seen) = self.0.lock() else {
-            return false;
-        };
-        seen.retain(|_, until| *until > now);
-        if seen.len() >= MAX_JTIS {
-            let mut ends: Vec<u64> = seen.values().copied().collect();
-            ends.sort_unstable();
-            let cut = ends[ends.len() / 2];
-            seen.retain(|_, until| *until > cut);
-        }
-        let until = now + MAX_AGE_SECS + 2 * LEEWAY_SECS;
-        seen.insert(jti.to_string(), until).is_none()
-    }
-}
-
 #[derive(Deserialize)]
 struct Form {
     logout_token: Option<String>,
@@ -115,17 +88,37 @@ impl Oidc {
                 return Err(Fault::InvalidLogoutToken);
             }
         };
-        if !self.seen_jtis.first_use(&claims.jti, facts.now) {
-            tracing::warn!(request_id = rid, reason = %LogoutTokenError::Replayed, "back-channel logout refused");
-            return Err(Fault::InvalidLogoutToken);
+        // Kept as long as the token could be accepted at all.
+        let jti_ttl = MAX_AGE_SECS + 2 * LEEWAY_SECS;
+        match gate.first_use(&claims.jti, jti_ttl, facts.now).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(request_id = rid, reason = %LogoutTokenError::Replayed, "back-channel logout refused");
+                return Err(Fault::InvalidLogoutToken);
+            }
+            Err(e) => {
+                tracing::error!(request_id = rid, error = %e, "back-channel logout: the store cannot check the token id");
+                return Err(Fault::StoreUnavailable);
+            }
         }
         // Any session this ends was created before now, so it opens until at most this.
         let until = gate.codec().lives_until(facts.now);
-        let revocations = gate.revocations();
-        match (&claims.sid, &claims.sub) {
-            (Some(sid), _) => revocations.revoke_provider_session(sid, until, facts.now),
-            (None, Some(sub)) => revocations.revoke_user_before(sub, claims.iat, until, facts.now),
+        let revocation = match (&claims.sid, &claims.sub) {
+            (Some(sid), _) => Revocation::ProviderSession {
+                sid: sid.clone(),
+                until,
+            },
+            (None, Some(sub)) => Revocation::UserBefore {
+                sub: sub.clone(),
+                before: claims.iat,
+                until,
+            },
             (None, None) => return Err(Fault::InvalidLogoutToken),
+        };
+        if let Err(e) = gate.revoke(revocation, facts.now).await {
+            // Enforced here; the provider retries, so every replica learns of it later.
+            tracing::error!(request_id = rid, error = %e, "back-channel logout: the store did not record the revocation");
+            return Err(Fault::StoreUnavailable);
         }
         tracing::info!(
             request_id = rid,
@@ -179,19 +172,5 @@ impl Oidc {
             return Err(LogoutTokenError::Nonce);
         }
         Ok(claims)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_jti_is_accepted_once_and_forgotten_when_too_old_to_matter() {
-        let seen = SeenJtis::default();
-        assert!(seen.first_use("a", 1_000));
-        assert!(!seen.first_use("a", 1_001));
-        assert!(seen.first_use("b", 1_001));
-        assert!(seen.first_use("a", 1_000 + MAX_AGE_SECS + 2 * LEEWAY_SECS + 1));
     }
 }

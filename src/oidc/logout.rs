@@ -24,6 +24,7 @@ use crate::proxy::gate::Gate;
 use crate::reply::{wants_json, Fault, Reply};
 use crate::request::Facts;
 use crate::session::cookie::{self, logout_cookie_name};
+use crate::session::revocations::Revocation;
 use crate::session::Session;
 
 /// Where `POST /logout` with `Accept: application/json` sends the SPA.
@@ -67,8 +68,13 @@ impl Oidc {
         }));
         if let Some(s) = &session {
             // A copy of this cookie taken before the logout opens to nothing from now on.
-            gate.revocations()
-                .revoke_session(s.id, codec.lives_until(s.created_at), facts.now);
+            let revocation = Revocation::Session {
+                id: s.id,
+                until: codec.lives_until(s.created_at),
+            };
+            if let Err(e) = gate.revoke(revocation, facts.now).await {
+                tracing::warn!(request_id = rid, error = %e, "logout: the store did not record the revocation; other replicas may accept copies of this cookie");
+            }
             self.end_refreshes(s.refresh_token.as_deref(), &s.access_token);
             self.revoke(s, rid).await;
         }

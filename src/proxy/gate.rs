@@ -25,8 +25,9 @@ use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
 use crate::session::cookie::{ChunkError, SessionCookies};
-use crate::session::revocations::Revocations;
+use crate::session::revocations::{Revocation, Revocations, SeenJtis};
 use crate::session::{Payload, Session, SessionCodec, SessionError};
+use crate::store::{Store, StoreError};
 
 /// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]).
 pub(crate) trait Refresher: Sync {
@@ -87,6 +88,8 @@ pub(crate) fn screen<'r>(
 pub(crate) struct Gate {
     codec: SessionCodec,
     revocations: Arc<Revocations>,
+    store: Option<Arc<Store>>,
+    seen_jtis: SeenJtis,
     csrf: CsrfPolicy,
     metrics: Metrics,
     refresh_skew: u64,
@@ -97,6 +100,7 @@ impl Gate {
     pub(crate) fn new(
         codec: SessionCodec,
         revocations: Arc<Revocations>,
+        store: Option<Arc<Store>>,
         csrf: CsrfPolicy,
         metrics: Metrics,
         refresh_skew: u64,
@@ -105,6 +109,8 @@ impl Gate {
         Gate {
             codec,
             revocations,
+            store,
+            seen_jtis: SeenJtis::default(),
             csrf,
             metrics,
             refresh_skew,
@@ -120,8 +126,29 @@ impl Gate {
         &self.csrf
     }
 
-    pub(crate) fn revocations(&self) -> &Revocations {
-        &self.revocations
+    /// Records `r` here at once, then in the shared store when there is one (within its
+    /// timeout). `Err` means the other replicas may not learn of it.
+    pub(crate) async fn revoke(&self, r: Revocation, now: u64) -> Result<(), StoreError> {
+        self.revocations.apply(&r, now);
+        match &self.store {
+            Some(store) => store.publish(&r, now).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this is the first use of a logout token id, here and (with a store) on every
+    /// replica. `Err` when the store cannot say.
+    pub(crate) async fn first_use(
+        &self,
+        jti: &str,
+        ttl: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let here = self.seen_jtis.first_use(jti, now, ttl);
+        match &self.store {
+            Some(store) => Ok(store.first_use(jti, ttl).await? && here),
+            None => Ok(here),
+        }
     }
 
     /// The request's session cookies, decrypted ([`SessionCodec::open`]).
@@ -333,7 +360,7 @@ mod tests {
             },
             "https://app.example.com",
         );
-        Gate::new(codec, Arc::default(), csrf, Metrics::new(), 30, 3_600)
+        Gate::new(codec, Arc::default(), None, csrf, Metrics::new(), 30, 3_600)
     }
 
     fn session() -> Session<'static> {
@@ -534,7 +561,15 @@ mod tests {
         let g = gate();
         let s = session();
         let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
-        g.revocations().revoke_session(s.id, NOW + 3_600, NOW);
+        g.revoke(
+            Revocation::Session {
+                id: s.id,
+                until: NOW + 3_600,
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
         let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &untouched()).await;
         assert_eq!(refused(r), (401, "unauthenticated".into(), 1));
     }

@@ -40,7 +40,9 @@ use crate::ops::health::Readiness;
 use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
+use crate::session::revocations::Revocations;
 use crate::session::SessionCodec;
+use crate::store::Store;
 use csrf::CsrfPolicy;
 use gate::Gate;
 use headers::UpstreamRewrite;
@@ -83,10 +85,13 @@ impl Tollgate {
         metrics: Metrics,
         readiness: Arc<Readiness>,
         oidc: Arc<Oidc>,
+        revocations: Arc<Revocations>,
+        store: Option<Arc<Store>>,
     ) -> Result<Self, ResolveError> {
         let gate = Gate::new(
             SessionCodec::new(&config.session, config.server.secure_cookies),
-            Arc::default(),
+            revocations,
+            store,
             CsrfPolicy::new(&config.csrf, &config.server.public_origin),
             metrics.clone(),
             config.session.refresh_skew.as_secs(),

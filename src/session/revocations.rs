@@ -16,7 +16,53 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
+use serde::{Deserialize, Serialize};
+
 use super::Session;
+
+/// One revocation, as recorded and as shared between replicas (JSON in the store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Revocation {
+    /// One session, by its id (as hex text: serde's tagged enums cannot carry a `u128`).
+    Session {
+        #[serde(with = "hex_id")]
+        id: u128,
+        until: u64,
+    },
+    /// Every session of a provider session.
+    ProviderSession { sid: String, until: u64 },
+    /// Every session of a user created before `before`.
+    UserBefore {
+        sub: String,
+        before: u64,
+        until: u64,
+    },
+}
+
+mod hex_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{id:032x}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let text = String::deserialize(d)?;
+        u128::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Revocation {
+    /// Until when it matters (after that, no session it covers can open).
+    pub fn until(&self) -> u64 {
+        match self {
+            Revocation::Session { until, .. }
+            | Revocation::ProviderSession { until, .. }
+            | Revocation::UserBefore { until, .. } => *until,
+        }
+    }
+}
 
 /// The most entries kept of each kind; past it, the entries closest to expiry go first (a
 /// flood of back-channel logouts cannot grow memory without bound).
@@ -82,6 +128,19 @@ impl Revocations {
         }
     }
 
+    /// Records `r` (from this process or from another replica through the store).
+    pub fn apply(&self, r: &Revocation, now: u64) {
+        match r {
+            Revocation::Session { id, until } => self.revoke_session(*id, *until, now),
+            Revocation::ProviderSession { sid, until } => {
+                self.revoke_provider_session(sid, *until, now)
+            }
+            Revocation::UserBefore { sub, before, until } => {
+                self.revoke_user_before(sub, *before, *until, now)
+            }
+        }
+    }
+
     /// Revokes the session with this id until `until`.
     pub fn revoke_session(&self, id: u128, until: u64, now: u64) {
         self.write(now, |s| {
@@ -103,6 +162,22 @@ impl Revocations {
             entry.0 = entry.0.max(before);
             entry.1 = entry.1.max(until);
         });
+    }
+}
+
+/// Logout token ids already accepted (OpenID Connect Back-Channel Logout: a `jti` is used
+/// once), with when each may be forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct SeenJtis(std::sync::Mutex<HashMap<String, u64>>);
+
+impl SeenJtis {
+    /// Records `jti` for `ttl` seconds; `false` when it was seen before.
+    pub(crate) fn first_use(&self, jti: &str, now: u64, ttl: u64) -> bool {
+        let Ok(mut seen) = self.0.lock() else {
+            return false;
+        };
+        keep(&mut seen, |u| *u, now);
+        seen.insert(jti.to_string(), now + ttl).is_none()
     }
 }
 
@@ -143,5 +218,40 @@ mod tests {
             !r.is_revoked(&later, 2_001),
             "a login after the logout is a new session"
         );
+    }
+
+    #[test]
+    fn a_jti_is_accepted_once_and_forgotten_after_its_ttl() {
+        let seen = SeenJtis::default();
+        assert!(seen.first_use("a", 1_000, 60));
+        assert!(!seen.first_use("a", 1_001, 60));
+        assert!(seen.first_use("b", 1_001, 60));
+        assert!(seen.first_use("a", 1_061, 60));
+    }
+
+    #[test]
+    fn revocations_travel_as_json() {
+        for r in [
+            Revocation::Session {
+                id: u128::MAX - 7,
+                until: 9,
+            },
+            Revocation::ProviderSession {
+                sid: "s 1".into(),
+                until: 9,
+            },
+            Revocation::UserBefore {
+                sub: "u".into(),
+                before: 3,
+                until: 9,
+            },
+        ] {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Revocation>(&text).unwrap(),
+                r,
+                "{text}"
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! - [`process`]: the real `tollgate` binary as a child process, readiness and metrics waits;
 //! - [`session`]: minting sessions with the library and sending requests with one;
 //! - [`raw`]: requests written byte for byte (HTTP clients normalise request targets);
+//! - [`redis`]: a real `redis-server` for the shared-store tests;
 //! - [`config`]: one builder for every test's config text;
 //! - [`idp`] and [`flow`]: the real OpenID Provider (npm `oidc-provider`) and login flows.
 //!
@@ -17,6 +18,7 @@ pub mod flow;
 pub mod idp;
 pub mod process;
 pub mod raw;
+pub mod redis;
 pub mod session;
 
 pub use config::TestConfig;

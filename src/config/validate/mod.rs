@@ -14,6 +14,7 @@ mod oidc;
 mod routes;
 mod server;
 mod session;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -56,6 +57,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let metrics = MetricsConfig {
         listen: raw.metrics.listen.map(|a| a.0),
     };
+    let store = raw.store.map(store::store).transpose()?;
     let config = Config {
         server,
         oidc,
@@ -63,6 +65,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
         csrf,
         routes,
         metrics,
+        store,
     };
     cross_section(&config, &session.key_names)?;
     Ok(config)

@@ -218,7 +218,7 @@ fn private_key(
 }
 
 /// Reads a secret given either inline or as a file; both at once is an error.
-fn secret_value(
+pub(super) fn secret_value(
     key: &str,
     inline: Option<String>,
     file_key: &str,

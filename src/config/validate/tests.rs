@@ -460,3 +460,26 @@ fn secrets_from_files() {
         "{e}"
     );
 }
+
+#[test]
+fn store_section() {
+    let with = |lines: &str| format!("{EXAMPLE}\n[store]\n{lines}\n");
+    let c = load(&with("url = \"redis://user:pw@127.0.0.1:6379/0\""), &[]).unwrap();
+    let store = c.store.unwrap();
+    assert_eq!(store.key_prefix, "tollgate:");
+    assert_eq!(store.timeout, std::time::Duration::from_millis(500));
+    assert!(
+        !format!("{store:?}").contains("pw"),
+        "the URL's password is redacted"
+    );
+    let e = err(&with("url = \"http://127.0.0.1:6379\""), &[]);
+    assert!(e.contains("store.url"), "{e}");
+    let e = err(&with("cluster_urls = [\"redis://a:1\"]"), &[]);
+    assert!(
+        e.contains("store.cluster_urls") && e.contains("not supported yet"),
+        "{e}"
+    );
+    let e = err(&with("key_prefix = \"t:\""), &[]);
+    assert!(e.contains("store.url"), "{e}");
+    assert!(load(EXAMPLE, &[]).unwrap().store.is_none());
+}
