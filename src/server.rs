@@ -61,16 +61,6 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     let readiness = Arc::new(Readiness::default());
     let http = crate::oidc::http_client(config).map_err(StartError::HttpClient)?;
     let provider = Arc::new(ProviderStore::default());
-    let oidc = Arc::new(Oidc::new(config, http.clone(), provider.clone())?);
-    server.add_service(pingora::services::background::background_service(
-        "provider metadata",
-        MetadataRefresher {
-            store: provider,
-            http,
-            config: config.oidc.clone(),
-            readiness: readiness.clone(),
-        },
-    ));
     let revocations = Arc::new(Revocations::default());
     let store = match &config.store {
         Some(c) => {
@@ -86,6 +76,21 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         }
         None => None,
     };
+    let oidc = Arc::new(Oidc::new(
+        config,
+        http.clone(),
+        provider.clone(),
+        store.clone(),
+    )?);
+    server.add_service(pingora::services::background::background_service(
+        "provider metadata",
+        MetadataRefresher {
+            store: provider,
+            http,
+            config: config.oidc.clone(),
+            readiness: readiness.clone(),
+        },
+    ));
     let app = Tollgate::new(config, metrics.clone(), readiness, oidc, revocations, store)?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, app, "tollgate");

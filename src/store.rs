@@ -1,7 +1,8 @@
 //! The shared store (`[store]`, Redis or Valkey): what makes several replicas act as one.
 //!
-//! This part carries revocations (logout, back-channel logout) and logout token ids between
-//! replicas. The hot path never waits for the store: each replica keeps the revocation set in
+//! It carries refresh results (one refresh per refresh token across replicas: a short lock,
+//! the result sealed with the session keys) and revocations (logout, back-channel logout) and
+//! logout token ids between replicas. The hot path never waits for the store: each replica keeps the revocation set in
 //! memory ([`Revocations`]), and [`StoreSync`] keeps it current — every revocation is written as
 //! a key that expires with it (so a replica that (re)connects reloads the whole set) and
 //! published on a channel (so the others learn of it within a moment). A replica that records a
@@ -9,8 +10,8 @@
 //!
 //! Store faults: while the store is down, sessions keep being served, revocations are still
 //! enforced by the replica that received them and by every replica for what it had already
-//! learned, and the set is reloaded in full once the store is back. Refresh results are not
-//! shared yet (each replica keeps its own single flight); Redis Cluster is not supported yet.
+//! learned, and the set is reloaded in full once the store is back; refreshes fall back to each
+//! replica's own single flight. Redis Cluster is not supported yet.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +147,61 @@ impl Store {
             )
             .await?;
         Ok(set.is_some())
+    }
+
+    fn refresh_key(&self, what: &str, flight: &str) -> String {
+        format!("{}refresh-{what}:{flight}", self.prefix)
+    }
+
+    /// Takes the cluster-wide refresh lock of `flight` for `ttl`; `false` when another replica
+    /// holds it.
+    pub(crate) async fn try_lock(&self, flight: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(self.refresh_key("lock", flight))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Releases the refresh lock of `flight` (after a refresh that did not succeed, so the next
+    /// replica need not wait for it to expire).
+    pub(crate) async fn unlock(&self, flight: &str) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(conn.del::<_, i64>(self.refresh_key("lock", flight)))
+            .await?;
+        Ok(())
+    }
+
+    /// The sealed refresh result published for `flight`, if any.
+    pub(crate) async fn result(&self, flight: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(conn.get(self.refresh_key("result", flight)))
+            .await
+    }
+
+    /// Publishes the sealed refresh result of `flight` for `ttl` seconds.
+    pub(crate) async fn put_result(
+        &self,
+        flight: &str,
+        sealed: &str,
+        ttl: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(conn.set_ex::<_, _, ()>(
+            self.refresh_key("result", flight),
+            sealed,
+            ttl.max(1),
+        ))
+        .await
     }
 
     /// Every revocation still in the store.

@@ -204,3 +204,36 @@ async fn a_store_outage_degrades_to_one_replica_and_recovers() {
         c.replicas[1].log()
     );
 }
+
+/// A burst of 100 calls spread round-robin over three replicas, all with one access token due
+/// for refresh, against a provider that rotates refresh tokens and revokes the grant when a
+/// used one comes back: exactly one refresh at the provider, every call 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refresh_across_replicas_for_a_burst() {
+    let c = cluster(3).await;
+    let cookie = log_in(&c.replicas[0]).await;
+    let mut session = open_session(&c.replicas[0].codec(), &cookie).expect("a session");
+    assert!(session.refresh_token.is_some());
+    session.access_expires_at = tollgate::unix_now() - 1;
+    let expired = c.replicas[0].mint_cookie_for(session);
+    c.idp.reset_stats().await;
+    let client = plain();
+    let calls = (0..100).map(|i| {
+        let tg = &c.replicas[i % c.replicas.len()];
+        tg.with_session(&client, reqwest::Method::GET, "/api/burst", &expired)
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let stats = c.idp.stats().await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{statuses:?} {stats}\n{}",
+        c.replicas[1].log()
+    );
+    assert_eq!(stats["token_requests"]["refresh_token"], 1, "{stats}");
+    assert_eq!(stats["refresh_failures"], 0, "{stats}");
+}

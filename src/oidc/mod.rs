@@ -59,6 +59,7 @@ pub(crate) struct Oidc {
     secure_cookies: bool,
     last_jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
     flights: refresh::Flights,
+    store: Option<Arc<crate::store::Store>>,
     http_timeout: Duration,
     post_logout_redirect_uri: String,
     allow_get_logout: bool,
@@ -69,6 +70,7 @@ impl Oidc {
         config: &Config,
         http: reqwest::Client,
         provider: Arc<ProviderStore>,
+        store: Option<Arc<crate::store::Store>>,
     ) -> Result<Oidc, ClientAuthError> {
         let auth = ClientAuth::new(&config.oidc)?;
         let public = config.server.public_origin.trim_end_matches('/');
@@ -90,6 +92,7 @@ impl Oidc {
             secure_cookies: config.server.secure_cookies,
             last_jwks_refetch: tokio::sync::Mutex::new(None),
             flights: refresh::Flights::default(),
+            store,
             http_timeout: config.oidc.http_timeout,
             post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.to_string(),
             allow_get_logout: config.oidc.allow_get_logout,

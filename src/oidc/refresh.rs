@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::token_client::{TokenError, TokenResponse};
 use super::Oidc;
 use crate::session::Session;
+use crate::store::{Store, StoreError};
 
 /// Puts tokens refreshed at `issued_at` (Unix seconds; lifetimes count from then, not from when
 /// a later request picks up the shared result) into `session`. A rotated refresh token replaces
@@ -38,6 +39,11 @@ pub fn apply(session: &mut Session<'static>, tokens: &TokenResponse, issued_at: 
         session.id_token = Some(id.clone().into());
     }
 }
+
+/// The wire version of a refresh result shared through the store.
+const RESULT_VERSION: u8 = 1;
+/// How often a replica looks for another replica's refresh result while it waits.
+const WAIT_STEP: Duration = Duration::from_millis(25);
 
 /// How long a successful refresh result answers for the old refresh token.
 pub(crate) const RESULT_TTL: Duration = Duration::from_secs(60);
@@ -198,7 +204,11 @@ impl Oidc {
         sub: &str,
         request_id: &str,
     ) -> RefreshOutcome {
-        let wait = self.http_timeout + Duration::from_secs(2);
+        // With a store, a replica may first wait out another's lock, then refresh itself.
+        let wait = match self.store {
+            Some(_) => 2 * self.http_timeout + Duration::from_secs(2),
+            None => self.http_timeout + Duration::from_secs(2),
+        };
         let this = self.clone();
         let (token, sub, rid) = (
             refresh_token.to_owned(),
@@ -207,7 +217,7 @@ impl Oidc {
         );
         self.flights
             .run(flight_key(refresh_token), wait, async move {
-                this.call_refresh(&token, &sub, &rid).await
+                this.refresh_shared(&token, &sub, &rid).await
             })
             .await
     }
@@ -215,6 +225,91 @@ impl Oidc {
     /// Ends the refreshes of a session that is logging out ([`Flights::end_session`]).
     pub(crate) fn end_refreshes(&self, refresh_token: Option<&str>, access_token: &str) {
         self.flights.end_session(refresh_token, access_token);
+    }
+
+    /// One refresh per refresh token across replicas, when there is a store: a published result
+    /// is reused; otherwise the replica that takes the lock refreshes and publishes the result
+    /// (sealed with the session keys: the store never holds a token in clear) and the others
+    /// wait for it. Any store failure falls back to this replica's own single flight.
+    async fn refresh_shared(
+        &self,
+        refresh_token: &str,
+        sub: &str,
+        request_id: &str,
+    ) -> RefreshOutcome {
+        let Some(store) = self.store.as_ref() else {
+            return self.call_refresh(refresh_token, sub, request_id).await;
+        };
+        match self
+            .shared_refresh(store, refresh_token, sub, request_id)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(request_id, error = %e, "refresh: the store is unavailable; refreshing without it");
+                self.call_refresh(refresh_token, sub, request_id).await
+            }
+        }
+    }
+
+    async fn shared_refresh(
+        &self,
+        store: &Store,
+        refresh_token: &str,
+        sub: &str,
+        request_id: &str,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let flight: String = flight_key(refresh_token)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        loop {
+            if let Some(outcome) = self.published(store, &flight).await? {
+                return Ok(outcome);
+            }
+            if store.try_lock(&flight, self.http_timeout).await? {
+                let outcome = self.call_refresh(refresh_token, sub, request_id).await;
+                match &outcome {
+                    RefreshOutcome::Refreshed(tokens, issued_at) => {
+                        let sealed = self.sealer.seal_value(
+                            RESULT_VERSION,
+                            &(tokens.as_ref(), *issued_at),
+                            &flight,
+                        );
+                        if let Some(sealed) = sealed {
+                            store
+                                .put_result(&flight, &sealed, RESULT_TTL.as_secs())
+                                .await?;
+                        }
+                    }
+                    // The lock may have expired under a slow call and another replica refreshed
+                    // first: its result is the session's, not this refusal.
+                    RefreshOutcome::Rejected(_) => {
+                        if let Some(published) = self.published(store, &flight).await? {
+                            return Ok(published);
+                        }
+                        store.unlock(&flight).await?;
+                    }
+                    RefreshOutcome::Unavailable => store.unlock(&flight).await?,
+                }
+                return Ok(outcome);
+            }
+            // Another replica is refreshing: wait for its result (or for its lock to lapse).
+            tokio::time::sleep(WAIT_STEP).await;
+        }
+    }
+
+    /// The result another replica published for `flight`, unsealed.
+    async fn published(
+        &self,
+        store: &Store,
+        flight: &str,
+    ) -> Result<Option<RefreshOutcome>, StoreError> {
+        Ok(store.result(flight).await?.and_then(|sealed| {
+            self.sealer
+                .open_value::<(TokenResponse, u64)>(RESULT_VERSION, &sealed, flight)
+                .map(|(tokens, at)| RefreshOutcome::Refreshed(Arc::new(tokens), at))
+        }))
     }
 
     async fn call_refresh(

@@ -33,7 +33,7 @@ impl TokenError {
 }
 
 /// A successful token response (RFC 6749 §5.1, OpenID Connect Core §3.1.3.3).
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: String,
