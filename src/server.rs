@@ -64,7 +64,9 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     let revocations = Arc::new(Revocations::default());
     let store = match &config.store {
         Some(c) => {
-            let store = Arc::new(Store::new(c).map_err(|e| StartError::Store(e.to_string()))?);
+            let store = Arc::new(
+                Store::new(c, metrics.clone()).map_err(|e| StartError::Store(e.to_string()))?,
+            );
             server.add_service(pingora::services::background::background_service(
                 "shared store",
                 StoreSync {
@@ -81,6 +83,7 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         http.clone(),
         provider.clone(),
         store.clone(),
+        metrics.clone(),
     )?);
     server.add_service(pingora::services::background::background_service(
         "provider metadata",

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 
 use crate::config::StoreConfig;
+use crate::ops::metrics::Metrics;
 use crate::session::revocations::{Revocation, Revocations};
 
 /// Why a store operation did not happen.
@@ -42,6 +43,7 @@ pub(crate) enum StoreError {
 /// A connection to the shared store, made and remade in the background.
 pub(crate) struct Store {
     client: redis::Client,
+    metrics: Metrics,
     conn: RwLock<Option<ConnectionManager>>,
     prefix: String,
     timeout: Duration,
@@ -61,11 +63,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Store {
-    pub(crate) fn new(config: &StoreConfig) -> Result<Store, StoreError> {
+    pub(crate) fn new(config: &StoreConfig, metrics: Metrics) -> Result<Store, StoreError> {
         let client = redis::Client::open(config.url.expose())
             .map_err(|e| StoreError::Redis(format!("{:?}", e.kind())))?;
         Ok(Store {
             client,
+            metrics,
             conn: RwLock::new(None),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
@@ -104,12 +107,17 @@ impl Store {
         Ok(conn)
     }
 
+    /// Runs one store operation named `name` within `[store] timeout`, timed in the metrics.
     async fn bounded<T>(
         &self,
+        name: &'static str,
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, op)
-            .await
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, op).await;
+        self.metrics
+            .store_operation(name, started.elapsed().as_secs_f64());
+        result
             .map_err(|_| StoreError::Timeout(self.timeout))?
             .map_err(|e| StoreError::Redis(format!("{:?}", e.kind())))
     }
@@ -120,9 +128,9 @@ impl Store {
         let body = serde_json::to_string(r).map_err(|e| StoreError::Redis(e.to_string()))?;
         let mut conn = self.connection().await?;
         let key = self.revocation_key(r);
-        self.bounded(conn.set_ex::<_, _, ()>(&key, &body, ttl))
+        self.bounded("set", conn.set_ex::<_, _, ()>(&key, &body, ttl))
             .await?;
-        self.bounded(conn.publish::<_, _, i64>(self.channel(), &body))
+        self.bounded("publish", conn.publish::<_, _, i64>(self.channel(), &body))
             .await?;
         Ok(())
     }
@@ -137,6 +145,7 @@ impl Store {
         let mut conn = self.connection().await?;
         let set: Option<String> = self
             .bounded(
+                "first_use",
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(1)
@@ -160,6 +169,7 @@ impl Store {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let set: Option<String> = self
             .bounded(
+                "lock",
                 redis::cmd("SET")
                     .arg(self.refresh_key("lock", flight))
                     .arg(1)
@@ -176,15 +186,18 @@ impl Store {
     /// replica need not wait for it to expire).
     pub(crate) async fn unlock(&self, flight: &str) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
-        self.bounded(conn.del::<_, i64>(self.refresh_key("lock", flight)))
-            .await?;
+        self.bounded(
+            "unlock",
+            conn.del::<_, i64>(self.refresh_key("lock", flight)),
+        )
+        .await?;
         Ok(())
     }
 
     /// The sealed refresh result published for `flight`, if any.
     pub(crate) async fn result(&self, flight: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.connection().await?;
-        self.bounded(conn.get(self.refresh_key("result", flight)))
+        self.bounded("get_result", conn.get(self.refresh_key("result", flight)))
             .await
     }
 
@@ -196,11 +209,10 @@ impl Store {
         ttl: u64,
     ) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
-        self.bounded(conn.set_ex::<_, _, ()>(
-            self.refresh_key("result", flight),
-            sealed,
-            ttl.max(1),
-        ))
+        self.bounded(
+            "put_result",
+            conn.set_ex::<_, _, ()>(self.refresh_key("result", flight), sealed, ttl.max(1)),
+        )
         .await
     }
 
@@ -213,6 +225,7 @@ impl Store {
         loop {
             let (next, batch): (u64, Vec<String>) = self
                 .bounded(
+                    "scan",
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
@@ -230,7 +243,7 @@ impl Store {
         }
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
-            let values: Vec<Option<String>> = self.bounded(conn.mget(chunk)).await?;
+            let values: Vec<Option<String>> = self.bounded("mget", conn.mget(chunk)).await?;
             out.extend(
                 values
                     .into_iter()
@@ -260,7 +273,7 @@ impl StoreSync {
                 .map_err(|_| StoreError::Timeout(self.store.timeout))?
                 .map_err(|_| StoreError::Down)?;
         self.store
-            .bounded(pubsub.subscribe(self.store.channel()))
+            .bounded("subscribe", pubsub.subscribe(self.store.channel()))
             .await?;
         // Subscribed first, then loaded: nothing published in between is missed.
         let all = self.store.load_all().await?;
@@ -275,6 +288,7 @@ impl StoreSync {
             );
             *up = true;
         }
+        self.store.metrics.store_up(true);
         let mut messages = pubsub.into_on_message();
         while let Some(msg) = messages.next().await {
             let Ok(body) = msg.get_payload::<String>() else {
@@ -300,6 +314,7 @@ impl BackgroundService for StoreSync {
                 _ = shutdown.changed() => return,
             };
             if let Err(e) = result {
+                self.store.metrics.store_up(false);
                 if up || first {
                     // Logged once per outage, not per retry.
                     tracing::warn!(error = %e, "store unreachable; serving with the revocations known so far");

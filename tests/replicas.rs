@@ -107,6 +107,9 @@ async fn a_logout_on_one_replica_is_enforced_by_all() {
         );
     }
     logout(&c.replicas[0], &cookie).await;
+    c.replicas[0]
+        .wait_metrics(&["tollgate_revocations_total{source=\"logout\"} 1"])
+        .await;
     for (i, tg) in c.replicas.iter().enumerate() {
         assert_eq!(
             until_status(tg, &cookie, 401).await,
@@ -171,7 +174,9 @@ async fn a_back_channel_logout_reaches_every_replica_once() {
 async fn a_store_outage_degrades_to_one_replica_and_recovers() {
     let mut c = cluster(2).await;
     let first = log_in(&c.replicas[0]).await;
+    c.replicas[1].wait_metrics(&["tollgate_store_up 1"]).await;
     c.redis.stop();
+    c.replicas[1].wait_metrics(&["tollgate_store_up 0"]).await;
     for tg in &c.replicas {
         assert_eq!(
             api_status(tg, &first).await,
@@ -236,4 +241,14 @@ async fn one_refresh_across_replicas_for_a_burst() {
     );
     assert_eq!(stats["token_requests"]["refresh_token"], 1, "{stats}");
     assert_eq!(stats["refresh_failures"], 0, "{stats}");
+    // Exactly one replica won the lock; the outcomes are in the metrics.
+    let mut won = 0;
+    for tg in &c.replicas {
+        let text = tg.wait_metrics(&["tollgate_store_up 1"]).await;
+        won += text
+            .lines()
+            .filter(|l| l.starts_with("tollgate_refresh_total{outcome=\"won\"} 1"))
+            .count();
+    }
+    assert_eq!(won, 1);
 }

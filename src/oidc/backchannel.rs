@@ -115,7 +115,7 @@ impl Oidc {
             },
             (None, None) => return Err(Fault::InvalidLogoutToken),
         };
-        if let Err(e) = gate.revoke(revocation, facts.now).await {
+        if let Err(e) = gate.revoke(revocation, "backchannel", facts.now).await {
             // Enforced here; the provider retries, so every replica learns of it later.
             tracing::error!(request_id = rid, error = %e, "back-channel logout: the store did not record the revocation");
             return Err(Fault::StoreUnavailable);

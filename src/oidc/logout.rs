@@ -72,7 +72,7 @@ impl Oidc {
                 id: s.id,
                 until: codec.lives_until(s.created_at),
             };
-            if let Err(e) = gate.revoke(revocation, facts.now).await {
+            if let Err(e) = gate.revoke(revocation, "logout", facts.now).await {
                 tracing::warn!(request_id = rid, error = %e, "logout: the store did not record the revocation; other replicas may accept copies of this cookie");
             }
             self.end_refreshes(s.refresh_token.as_deref(), &s.access_token);

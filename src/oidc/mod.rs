@@ -60,6 +60,7 @@ pub(crate) struct Oidc {
     last_jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
     flights: refresh::Flights,
     store: Option<Arc<crate::store::Store>>,
+    metrics: crate::ops::metrics::Metrics,
     http_timeout: Duration,
     post_logout_redirect_uri: String,
     allow_get_logout: bool,
@@ -71,6 +72,7 @@ impl Oidc {
         http: reqwest::Client,
         provider: Arc<ProviderStore>,
         store: Option<Arc<crate::store::Store>>,
+        metrics: crate::ops::metrics::Metrics,
     ) -> Result<Oidc, ClientAuthError> {
         let auth = ClientAuth::new(&config.oidc)?;
         let public = config.server.public_origin.trim_end_matches('/');
@@ -93,6 +95,7 @@ impl Oidc {
             last_jwks_refetch: tokio::sync::Mutex::new(None),
             flights: refresh::Flights::default(),
             store,
+            metrics,
             http_timeout: config.oidc.http_timeout,
             post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.to_string(),
             allow_get_logout: config.oidc.allow_get_logout,

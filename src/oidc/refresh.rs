@@ -246,6 +246,7 @@ impl Oidc {
         {
             Ok(outcome) => outcome,
             Err(e) => {
+                self.metrics.refresh("fallback");
                 tracing::warn!(request_id, error = %e, "refresh: the store is unavailable; refreshing without it");
                 self.call_refresh(refresh_token, sub, request_id).await
             }
@@ -263,11 +264,15 @@ impl Oidc {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        let mut waited = false;
         loop {
             if let Some(outcome) = self.published(store, &flight).await? {
+                self.metrics
+                    .refresh(if waited { "waited" } else { "reused" });
                 return Ok(outcome);
             }
             if store.try_lock(&flight, self.http_timeout).await? {
+                self.metrics.refresh("won");
                 let outcome = self.call_refresh(refresh_token, sub, request_id).await;
                 match &outcome {
                     RefreshOutcome::Refreshed(tokens, issued_at) => {
@@ -295,6 +300,7 @@ impl Oidc {
                 return Ok(outcome);
             }
             // Another replica is refreshing: wait for its result (or for its lock to lapse).
+            waited = true;
             tokio::time::sleep(WAIT_STEP).await;
         }
     }

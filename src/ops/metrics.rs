@@ -4,7 +4,13 @@
 //! - `tollgate_upstream_duration_seconds{route}`: time from choosing the upstream to its
 //!   response header;
 //! - `tollgate_session_open_failures_total{reason}`: session cookies that were present but did
-//!   not open (tampered, expired, unknown key, …).
+//!   not open (tampered, expired, unknown key, revoked, …);
+//! - `tollgate_store_up`: 1 while the shared store (`[store]`) is connected, else 0;
+//! - `tollgate_store_operation_duration_seconds{op}`: each store operation;
+//! - `tollgate_refresh_total{outcome}`: refreshes with a store — `won` (this replica called the
+//!   provider), `waited` (another replica's result, after waiting), `reused` (a result already
+//!   published), `fallback` (the store failed; refreshed locally);
+//! - `tollgate_revocations_total{source}`: sessions revoked here, by `logout` or `backchannel`.
 //!
 //! A registry of our own (not the process-global one) keeps tests independent.
 
@@ -13,7 +19,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -22,6 +28,10 @@ pub(crate) struct Metrics {
     requests: IntCounterVec,
     upstream_latency: HistogramVec,
     session_failures: IntCounterVec,
+    store_up: IntGauge,
+    store_latency: HistogramVec,
+    refreshes: IntCounterVec,
+    revocations: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -64,10 +74,46 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let store_up = IntGauge::new(
+            "tollgate_store_up",
+            "1 while the shared store is connected, else 0",
+        )
+        .expect("valid metric");
+        let store_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_store_operation_duration_seconds",
+                "Shared store operations",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["op"],
+        )
+        .expect("valid metric");
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_refresh_total",
+                "Refreshes with a shared store, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let revocations = IntCounterVec::new(
+            Opts::new(
+                "tollgate_revocations_total",
+                "Sessions revoked here, by source",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_latency.clone()),
             Box::new(session_failures.clone()),
+            Box::new(store_up.clone()),
+            Box::new(store_latency.clone()),
+            Box::new(refreshes.clone()),
+            Box::new(revocations.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -76,7 +122,27 @@ impl Metrics {
             requests,
             upstream_latency,
             session_failures,
+            store_up,
+            store_latency,
+            refreshes,
+            revocations,
         }
+    }
+
+    pub(crate) fn store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    pub(crate) fn store_operation(&self, op: &str, seconds: f64) {
+        self.store_latency.with_label_values(&[op]).observe(seconds);
+    }
+
+    pub(crate) fn refresh(&self, outcome: &str) {
+        self.refreshes.with_label_values(&[outcome]).inc();
+    }
+
+    pub(crate) fn revocation(&self, source: &str) {
+        self.revocations.with_label_values(&[source]).inc();
     }
 
     pub(crate) fn request(&self, route: &str, status: u16) {

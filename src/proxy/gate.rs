@@ -128,8 +128,14 @@ impl Gate {
 
     /// Records `r` here at once, then in the shared store when there is one (within its
     /// timeout). `Err` means the other replicas may not learn of it.
-    pub(crate) async fn revoke(&self, r: Revocation, now: u64) -> Result<(), StoreError> {
+    pub(crate) async fn revoke(
+        &self,
+        r: Revocation,
+        source: &'static str,
+        now: u64,
+    ) -> Result<(), StoreError> {
         self.revocations.apply(&r, now);
+        self.metrics.revocation(source);
         match &self.store {
             Some(store) => store.publish(&r, now).await,
             None => Ok(()),
@@ -566,6 +572,7 @@ mod tests {
                 id: s.id,
                 until: NOW + 3_600,
             },
+            "logout",
             NOW,
         )
         .await
