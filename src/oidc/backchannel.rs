@@ -44,12 +44,8 @@ struct LogoutClaims {
 enum LogoutTokenError {
     #[error("the request has no logout_token")]
     Missing,
-    #[error("the token's header: {0}")]
-    Header(id_token::IdTokenError),
-    #[error("the token is signed with an algorithm the provider does not advertise")]
-    Algorithm,
-    #[error("no provider key matches the token's kid")]
-    UnknownKey,
+    #[error("the token's signature key: {0}")]
+    Key(id_token::IdTokenError),
     #[error("the token failed validation: {0}")]
     Invalid(String),
     #[error("the token's iat is not recent")]
@@ -137,27 +133,20 @@ impl Oidc {
         let form: Form = serde_urlencoded::from_bytes(facts.body.unwrap_or_default())
             .map_err(|_| LogoutTokenError::Missing)?;
         let token = form.logout_token.ok_or(LogoutTokenError::Missing)?;
-        let (alg, kid) = id_token::header(&token).map_err(LogoutTokenError::Header)?;
-        // The provider's advertised ID token algorithms: asymmetric only (never none or HMAC).
-        if !provider.metadata.id_token_algs.contains(&alg) {
-            return Err(LogoutTokenError::Algorithm);
-        }
-        let provider = self
-            .provider_with_kid(provider.clone(), kid.as_deref(), alg)
-            .await;
-        let key = provider
-            .jwks
-            .find(kid.as_deref(), alg)
-            .ok_or(LogoutTokenError::UnknownKey)?;
-        let mut v = Validation::new(alg);
-        v.set_issuer(&[&provider.metadata.issuer]);
-        v.set_audience(&[&self.client_id]);
-        v.set_required_spec_claims(&["iss", "aud", "iat"]);
-        v.leeway = LEEWAY_SECS;
-        v.validate_exp = true;
-        let claims = jsonwebtoken::decode::<LogoutClaims>(&token, key, &v)
-            .map_err(|e| LogoutTokenError::Invalid(e.kind_description()))?
-            .claims;
+        let claims = self
+            .with_signing_key(&token, provider, |key, alg, provider| {
+                let mut v = Validation::new(alg);
+                v.set_issuer(&[&provider.metadata.issuer]);
+                v.set_audience(&[&self.client_id]);
+                v.set_required_spec_claims(&["iss", "aud", "iat"]);
+                v.leeway = LEEWAY_SECS;
+                v.validate_exp = true;
+                jsonwebtoken::decode::<LogoutClaims>(&token, key, &v)
+                    .map(|t| t.claims)
+                    .map_err(|e| LogoutTokenError::Invalid(e.kind_description()))
+            })
+            .await
+            .map_err(LogoutTokenError::Key)??;
         let now = facts.now;
         if claims.iat > now + LEEWAY_SECS || claims.iat + MAX_AGE_SECS + LEEWAY_SECS < now {
             return Err(LogoutTokenError::Stale);

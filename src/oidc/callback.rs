@@ -207,29 +207,21 @@ impl Oidc {
         access_token: &str,
         now: u64,
     ) -> Result<id_token::IdClaims, IdTokenError> {
-        let (alg, kid) = id_token::header(token)?;
-        if !provider.metadata.id_token_algs.contains(&alg) {
-            return Err(IdTokenError::Algorithm(alg));
-        }
-        let provider = self
-            .provider_with_kid(provider.clone(), kid.as_deref(), alg)
-            .await;
-        let key = provider
-            .jwks
-            .find(kid.as_deref(), alg)
-            .ok_or(IdTokenError::UnknownKey)?;
-        id_token::validate(
-            token,
-            alg,
-            key,
-            &Expected {
-                issuer: &provider.metadata.issuer,
-                client_id: &self.client_id,
-                nonce,
-                algorithms: &provider.metadata.id_token_algs,
-                access_token,
-                now,
-            },
-        )
+        self.with_signing_key(token, provider, |key, alg, provider| {
+            id_token::validate(
+                token,
+                alg,
+                key,
+                &Expected {
+                    issuer: &provider.metadata.issuer,
+                    client_id: &self.client_id,
+                    nonce,
+                    algorithms: &provider.metadata.id_token_algs,
+                    access_token,
+                    now,
+                },
+            )
+        })
+        .await?
     }
 }

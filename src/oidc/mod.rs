@@ -107,6 +107,30 @@ impl Oidc {
         self.provider.get()
     }
 
+    /// Runs `check` with the provider key that signed `token` (a JWT from the provider: ID
+    /// token or logout token): its algorithm must be one the provider advertises for ID tokens
+    /// (asymmetric only, never `none` or HMAC), and an unknown `kid` fetches the keys again
+    /// first (rate-limited).
+    pub(crate) async fn with_signing_key<R>(
+        &self,
+        token: &str,
+        provider: &Arc<Provider>,
+        check: impl FnOnce(&jsonwebtoken::DecodingKey, jsonwebtoken::Algorithm, &Provider) -> R,
+    ) -> Result<R, id_token::IdTokenError> {
+        let (alg, kid) = id_token::header(token)?;
+        if !provider.metadata.id_token_algs.contains(&alg) {
+            return Err(id_token::IdTokenError::Algorithm(alg));
+        }
+        let provider = self
+            .provider_with_kid(provider.clone(), kid.as_deref(), alg)
+            .await;
+        let key = provider
+            .jwks
+            .find(kid.as_deref(), alg)
+            .ok_or(id_token::IdTokenError::UnknownKey)?;
+        Ok(check(key, alg, &provider))
+    }
+
     /// The provider as it is now, after fetching the JWKS again if `kid` is unknown (key
     /// rotation), at most once per [`JWKS_REFETCH_INTERVAL`] whatever the traffic.
     async fn provider_with_kid(
