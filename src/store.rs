@@ -2,16 +2,24 @@
 //!
 //! It carries refresh results (one refresh per refresh token across replicas: a short lock,
 //! the result sealed with the session keys) and revocations (logout, back-channel logout) and
-//! logout token ids between replicas. The hot path never waits for the store: each replica keeps the revocation set in
-//! memory ([`Revocations`]), and [`StoreSync`] keeps it current — every revocation is written as
-//! a key that expires with it (so a replica that (re)connects reloads the whole set) and
-//! published on a channel (so the others learn of it within a moment). A replica that records a
-//! revocation applies it locally first, then writes it to the store within `[store] timeout`.
+//! logout token ids between replicas. The hot path never waits for the store: each replica keeps
+//! the revocation set in memory ([`Revocations`]), and [`StoreSync`] keeps it current — every
+//! revocation is added to one sorted set scored by when it lapses (so a replica that
+//! (re)connects reloads the whole set with `ZSCAN`, and lapsed ones are trimmed on each write)
+//! and published on a channel (so the others learn of it within a moment). A replica that
+//! records a revocation applies it locally first, then writes it to the store within
+//! `[store] timeout`.
+//!
+//! One server (`url`) or a Redis Cluster (`cluster_urls`): every operation names one key (the
+//! refresh lock and result of one refresh token, one logout token id, the revocation set), so
+//! the cluster client routes each to the node that owns it, and nothing needs a multi-key
+//! command or a scan across nodes. Classic pub/sub messages reach every node of a cluster, so
+//! [`StoreSync`] subscribes on any one seed node, moving to the next when it fails.
 //!
 //! Store faults: while the store is down, sessions keep being served, revocations are still
 //! enforced by the replica that received them and by every replica for what it had already
 //! learned, and the set is reloaded in full once the store is back; refreshes fall back to each
-//! replica's own single flight. Redis Cluster is not supported yet.
+//! replica's own single flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +28,14 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 
-use crate::config::StoreConfig;
+use crate::config::{StoreConfig, StoreTarget};
 use crate::ops::metrics::Metrics;
 use crate::session::revocations::{Revocation, Revocations};
 
@@ -40,11 +50,61 @@ pub(crate) enum StoreError {
     Redis(String),
 }
 
+/// How the store is reached: one server, or a Redis Cluster (its client and, for pub/sub, a
+/// client per seed node).
+// One per process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Clients {
+    Single(redis::Client),
+    Cluster {
+        client: ClusterClient,
+        nodes: Vec<redis::Client>,
+    },
+}
+
+/// A connection to either kind of store; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// A connection to the shared store, made and remade in the background.
 pub(crate) struct Store {
-    client: redis::Client,
+    clients: Clients,
     metrics: Metrics,
-    conn: RwLock<Option<ConnectionManager>>,
+    conn: RwLock<Option<Conn>>,
     prefix: String,
     timeout: Duration,
 }
@@ -64,10 +124,29 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Store {
     pub(crate) fn new(config: &StoreConfig, metrics: Metrics) -> Result<Store, StoreError> {
-        let client = redis::Client::open(config.url.expose())
-            .map_err(|e| StoreError::Redis(format!("{:?}", e.kind())))?;
+        let refused = |e: redis::RedisError| StoreError::Redis(format!("{:?}", e.kind()));
+        let clients = match &config.target {
+            StoreTarget::Single(url) => {
+                Clients::Single(redis::Client::open(url.expose()).map_err(refused)?)
+            }
+            StoreTarget::Cluster(urls) => {
+                let client =
+                    redis::cluster::ClusterClientBuilder::new(urls.iter().map(|u| u.expose()))
+                        .connection_timeout(config.timeout)
+                        .response_timeout(config.timeout)
+                        .retries(1)
+                        .build()
+                        .map_err(refused)?;
+                let nodes = urls
+                    .iter()
+                    .map(|u| redis::Client::open(u.expose()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(refused)?;
+                Clients::Cluster { client, nodes }
+            }
+        };
         Ok(Store {
-            client,
+            clients,
             metrics,
             conn: RwLock::new(None),
             prefix: config.key_prefix.clone(),
@@ -79,12 +158,12 @@ impl Store {
         format!("{}revocations", self.prefix)
     }
 
-    fn revocation_key(&self, r: &Revocation) -> String {
-        let digest = Sha256::digest(serde_json::to_vec(r).unwrap_or_default());
-        format!("{}revoked:{}", self.prefix, hex(&digest))
+    /// The sorted set of revocations, scored by when each lapses.
+    fn revocations_key(&self) -> String {
+        format!("{}revoked", self.prefix)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.conn.read().await.as_ref() {
             return Ok(c.clone());
         }
@@ -92,19 +171,45 @@ impl Store {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.timeout))?
-        .map_err(|_| StoreError::Down)?;
+        let conn = match &self.clients {
+            Clients::Single(client) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1);
+                tokio::time::timeout(
+                    self.timeout,
+                    client.get_connection_manager_with_config(config),
+                )
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))?
+                .map_err(|_| StoreError::Down)
+                .map(Conn::Single)?
+            }
+            Clients::Cluster { client, .. } => {
+                // Discovering the slots takes a round trip or two more than one operation.
+                tokio::time::timeout(2 * self.timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| StoreError::Timeout(self.timeout))?
+                    .map_err(|_| StoreError::Down)
+                    .map(Conn::Cluster)?
+            }
+        };
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// A fresh pub/sub connection; in a cluster, to the seed node `attempt` picks (any node
+    /// relays every message).
+    async fn pubsub(&self, attempt: usize) -> Result<redis::aio::PubSub, StoreError> {
+        let client = match &self.clients {
+            Clients::Single(client) => client,
+            Clients::Cluster { nodes, .. } => &nodes[attempt % nodes.len()],
+        };
+        tokio::time::timeout(self.timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(|_| StoreError::Down)
     }
 
     /// Runs one store operation named `name` within `[store] timeout`, timed in the metrics.
@@ -117,21 +222,37 @@ impl Store {
         let result = tokio::time::timeout(self.timeout, op).await;
         self.metrics
             .store_operation(name, started.elapsed().as_secs_f64());
-        result
-            .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(|e| StoreError::Redis(format!("{:?}", e.kind())))
+        match result {
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if matches!(self.clients, Clients::Cluster { .. })
+                    && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+                {
+                    // The cluster client retries within a topology it knows; after a fault
+                    // of the whole cluster, start over from the seed nodes.
+                    *self.conn.write().await = None;
+                }
+                Err(StoreError::Redis(format!("{:?}", e.kind())))
+            }
+        }
     }
 
-    /// Records `r` for every replica: a key that expires with it, and a message.
+    /// Records `r` for every replica: a member of the revocation set, and a message.
     pub(crate) async fn publish(&self, r: &Revocation, now: u64) -> Result<(), StoreError> {
-        let ttl = r.until().saturating_sub(now).max(1);
         let body = serde_json::to_string(r).map_err(|e| StoreError::Redis(e.to_string()))?;
         let mut conn = self.connection().await?;
-        let key = self.revocation_key(r);
-        self.bounded("set", conn.set_ex::<_, _, ()>(&key, &body, ttl))
+        let key = self.revocations_key();
+        self.bounded("set", conn.zadd::<_, _, _, ()>(&key, &body, r.until()))
             .await?;
         self.bounded("publish", conn.publish::<_, _, i64>(self.channel(), &body))
             .await?;
+        // Lapsed revocations leave the set here rather than by a key expiry.
+        self.bounded(
+            "trim",
+            conn.zrembyscore::<_, _, _, i64>(&key, "-inf", format!("({now}")),
+        )
+        .await?;
         Ok(())
     }
 
@@ -216,40 +337,34 @@ impl Store {
         .await
     }
 
-    /// Every revocation still in the store.
-    async fn load_all(&self) -> Result<Vec<Revocation>, StoreError> {
+    /// Every revocation still in the store. `ZSCAN` returns every member present for the
+    /// whole scan, in pages, so a large set never arrives as one reply.
+    async fn load_all(&self, now: u64) -> Result<Vec<Revocation>, StoreError> {
         let mut conn = self.connection().await?;
-        let pattern = format!("{}revoked:*", self.prefix);
-        let mut keys: Vec<String> = Vec::new();
+        let key = self.revocations_key();
+        let mut out = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<String>) = self
+            let (next, page): (u64, Vec<(String, f64)>) = self
                 .bounded(
                     "scan",
-                    redis::cmd("SCAN")
+                    redis::cmd("ZSCAN")
+                        .arg(&key)
                         .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
                         .arg("COUNT")
                         .arg(1000)
                         .query_async(&mut conn),
                 )
                 .await?;
-            keys.extend(batch);
+            out.extend(
+                page.into_iter()
+                    .filter_map(|(member, _)| serde_json::from_str::<Revocation>(&member).ok())
+                    .filter(|r| r.until() >= now),
+            );
             if next == 0 {
                 break;
             }
             cursor = next;
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(500) {
-            let values: Vec<Option<String>> = self.bounded("mget", conn.mget(chunk)).await?;
-            out.extend(
-                values
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| serde_json::from_str(&v).ok()),
-            );
         }
         Ok(out)
     }
@@ -266,18 +381,14 @@ const RETRY: Duration = Duration::from_secs(1);
 
 impl StoreSync {
     /// One connected stretch: returns when the subscription ends or fails.
-    async fn follow(&self, up: &mut bool) -> Result<(), StoreError> {
-        let mut pubsub =
-            tokio::time::timeout(self.store.timeout, self.store.client.get_async_pubsub())
-                .await
-                .map_err(|_| StoreError::Timeout(self.store.timeout))?
-                .map_err(|_| StoreError::Down)?;
+    async fn follow(&self, up: &mut bool, attempt: usize) -> Result<(), StoreError> {
+        let mut pubsub = self.store.pubsub(attempt).await?;
         self.store
             .bounded("subscribe", pubsub.subscribe(self.store.channel()))
             .await?;
         // Subscribed first, then loaded: nothing published in between is missed.
-        let all = self.store.load_all().await?;
         let now = crate::unix_now();
+        let all = self.store.load_all(now).await?;
         for r in &all {
             self.revocations.apply(r, now);
         }
@@ -308,9 +419,11 @@ impl BackgroundService for StoreSync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut up = false;
         let mut first = true;
+        // Replicas start on different seed nodes, so subscriptions spread over a cluster.
+        let mut attempt = std::process::id() as usize;
         loop {
             let result = tokio::select! {
-                r = self.follow(&mut up) => r,
+                r = self.follow(&mut up, attempt) => r,
                 _ = shutdown.changed() => return,
             };
             if let Err(e) = result {
@@ -320,6 +433,7 @@ impl BackgroundService for StoreSync {
                     tracing::warn!(error = %e, "store unreachable; serving with the revocations known so far");
                 }
                 up = false;
+                attempt = attempt.wrapping_add(1);
             }
             first = false;
             tokio::select! {

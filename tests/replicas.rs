@@ -1,6 +1,9 @@
-//! Several tollgate processes sharing one `redis-server` (`[store]`): a logout or a
-//! back-channel logout received by one replica is enforced by all of them, and a store outage
-//! neither stops the sessions being served nor, once the store is back, the sharing.
+//! Several tollgate processes sharing one store (`[store]`): a logout or a back-channel logout
+//! received by one replica is enforced by all of them, a burst on a token due for refresh
+//! costs one refresh at the provider, a replica that dies holding the refresh lock delays the
+//! others only until the lock lapses, and a store outage neither stops the sessions being
+//! served nor, once the store is back, the sharing. The refresh and revocation paths run
+//! against one `redis-server` and against a three-node Redis Cluster.
 
 mod common;
 
@@ -9,38 +12,74 @@ use std::time::Duration;
 
 use common::flow::*;
 use common::idp::{Idp, CLIENTS};
-use common::redis::Redis;
+use common::redis::{Redis, RedisCluster};
 use common::*;
 use reqwest::cookie::CookieStore;
 
-struct Cluster {
+/// The store the replicas share.
+enum Backend {
+    Single(Redis),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    fn section(&self) -> String {
+        let target = match self {
+            Backend::Single(r) => format!("url = \"{}\"", r.url()),
+            Backend::Cluster(c) => format!(
+                "cluster_urls = [{}]",
+                c.urls()
+                    .iter()
+                    .map(|u| format!("\"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        format!("[store]\n{target}\nkey_prefix = \"test:\"\ntimeout = \"300ms\"\n")
+    }
+
+    fn redis(&mut self) -> &mut Redis {
+        match self {
+            Backend::Single(r) => r,
+            Backend::Cluster(_) => panic!("a single redis-server was expected"),
+        }
+    }
+}
+
+struct Replicas {
     _echo: Echo,
     idp: Idp,
-    redis: Redis,
+    store: Backend,
     replicas: Vec<Tollgate>,
 }
 
-/// A provider, an upstream, a redis-server and `n` replicas with the same config and keys.
-async fn cluster(n: usize) -> Cluster {
+/// A provider, an upstream, one redis-server and `n` replicas with the same config and keys.
+async fn replicas(n: usize) -> Replicas {
+    start(n, Backend::Single(Redis::start().await), "").await
+}
+
+/// The same on a three-node Redis Cluster.
+async fn replicas_on_cluster(n: usize) -> Replicas {
+    start(n, Backend::Cluster(RedisCluster::start().await), "").await
+}
+
+async fn start(n: usize, store: Backend, extra_oidc: &str) -> Replicas {
     let echo = Echo::start().await;
-    let redis = Redis::start().await;
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let idp = idp_for(&ports).await;
-    let store = format!(
-        "[store]\nurl = \"{}\"\nkey_prefix = \"test:\"\ntimeout = \"300ms\"\n",
-        redis.url()
-    );
+    let section = store.section();
     let mut replicas = Vec::new();
     for port in &ports {
-        let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "").section(&store);
+        let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), extra_oidc).section(&section);
         let mut tg = Tollgate::start_on(*port, |p, m| config.render(p, m)).await;
         tg.wait_for("/readyz").await.expect("replica ready");
+        tg.wait_metrics(&["tollgate_store_up 1"]).await;
         replicas.push(tg);
     }
-    Cluster {
+    Replicas {
         _echo: echo,
         idp,
-        redis,
+        store,
         replicas,
     }
 }
@@ -97,7 +136,15 @@ async fn logout(tg: &Tollgate, cookie: &str) {
 /// A logout on one replica: the copied cookie gets 401 on the others too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_on_one_replica_is_enforced_by_all() {
-    let c = cluster(3).await;
+    logout_is_enforced_by_all(replicas(3).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_replica_is_enforced_by_all_on_a_redis_cluster() {
+    logout_is_enforced_by_all(replicas_on_cluster(3).await).await;
+}
+
+async fn logout_is_enforced_by_all(c: Replicas) {
     let cookie = log_in(&c.replicas[0]).await;
     for tg in &c.replicas {
         assert_eq!(
@@ -120,12 +167,9 @@ async fn a_logout_on_one_replica_is_enforced_by_all() {
     }
     // A replica started after the logout loads it from the store.
     let late = {
-        let store = format!(
-            "[store]\nurl = \"{}\"\nkey_prefix = \"test:\"\n",
-            c.redis.url()
-        );
         let echo = Echo::start().await;
-        let config = tollgate_config(&c.idp, &CLIENTS[0], &echo.url(), "").section(&store);
+        let config =
+            tollgate_config(&c.idp, &CLIENTS[0], &echo.url(), "").section(&c.store.section());
         let mut tg = Tollgate::start(|p, m| config.render(p, m)).await;
         tg.wait_for("/readyz").await.unwrap();
         (echo, tg)
@@ -142,7 +186,7 @@ async fn a_logout_on_one_replica_is_enforced_by_all() {
 /// token cannot be replayed at another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_back_channel_logout_reaches_every_replica_once() {
-    let c = cluster(2).await;
+    let c = replicas(2).await;
     let cookie = log_in(&c.replicas[0]).await;
     let session = open_session(&c.replicas[0].codec(), &cookie).expect("a session");
     let claims = serde_json::json!({
@@ -172,10 +216,9 @@ async fn a_back_channel_logout_reaches_every_replica_once() {
 /// happened; once the store is back, logouts reach every replica again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_degrades_to_one_replica_and_recovers() {
-    let mut c = cluster(2).await;
+    let mut c = replicas(2).await;
     let first = log_in(&c.replicas[0]).await;
-    c.replicas[1].wait_metrics(&["tollgate_store_up 1"]).await;
-    c.redis.stop();
+    c.store.redis().stop();
     c.replicas[1].wait_metrics(&["tollgate_store_up 0"]).await;
     for tg in &c.replicas {
         assert_eq!(
@@ -191,7 +234,7 @@ async fn a_store_outage_degrades_to_one_replica_and_recovers() {
         "enforced where it happened"
     );
 
-    c.redis.restart().await;
+    c.store.redis().restart().await;
     // The replicas reconnect by themselves; a logout after that reaches both.
     let mut reached = false;
     for _ in 0..50 {
@@ -215,12 +258,35 @@ async fn a_store_outage_degrades_to_one_replica_and_recovers() {
 /// used one comes back: exactly one refresh at the provider, every call 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_refresh_across_replicas_for_a_burst() {
-    let c = cluster(3).await;
-    let cookie = log_in(&c.replicas[0]).await;
-    let mut session = open_session(&c.replicas[0].codec(), &cookie).expect("a session");
+    one_refresh_for_a_burst(replicas(3).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refresh_across_replicas_for_a_burst_on_a_redis_cluster() {
+    one_refresh_for_a_burst(replicas_on_cluster(3).await).await;
+}
+
+/// A cookie of a fresh session whose access token is due for refresh.
+async fn due_for_refresh(tg: &Tollgate) -> String {
+    let cookie = log_in(tg).await;
+    let mut session = open_session(&tg.codec(), &cookie).expect("a session");
     assert!(session.refresh_token.is_some());
     session.access_expires_at = tollgate::unix_now() - 1;
-    let expired = c.replicas[0].mint_cookie_for(session);
+    tg.mint_cookie_for(session)
+}
+
+/// How many times `outcome` appears in `tg`'s `tollgate_refresh_total`.
+async fn refreshes(tg: &Tollgate, outcome: &str) -> u64 {
+    let text = tg.wait_metrics(&["tollgate_store_up"]).await;
+    let prefix = format!("tollgate_refresh_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn one_refresh_for_a_burst(c: Replicas) {
+    let expired = due_for_refresh(&c.replicas[0]).await;
     c.idp.reset_stats().await;
     let client = plain();
     let calls = (0..100).map(|i| {
@@ -244,11 +310,57 @@ async fn one_refresh_across_replicas_for_a_burst() {
     // Exactly one replica won the lock; the outcomes are in the metrics.
     let mut won = 0;
     for tg in &c.replicas {
-        let text = tg.wait_metrics(&["tollgate_store_up 1"]).await;
-        won += text
-            .lines()
-            .filter(|l| l.starts_with("tollgate_refresh_total{outcome=\"won\"} 1"))
-            .count();
+        won += refreshes(tg, "won").await;
     }
     assert_eq!(won, 1);
+}
+
+/// A replica killed while it holds the refresh lock (its token request never reached the
+/// provider's grant logic): another replica waits for the lock to lapse — at most its lifetime,
+/// `http_timeout` — then refreshes itself, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_holding_the_refresh_lock_delays_the_others_only_until_it_lapses() {
+    let mut c = start(
+        2,
+        Backend::Single(Redis::start().await),
+        "http_timeout = \"2s\"",
+    )
+    .await;
+    let expired = due_for_refresh(&c.replicas[0]).await;
+    c.idp.reset_stats().await;
+    c.idp.stall_next_token().await;
+
+    // Replica 0 takes the lock and calls the provider, which never answers.
+    let doomed = {
+        let request =
+            c.replicas[0].with_session(&plain(), reqwest::Method::GET, "/api/a", &expired);
+        tokio::spawn(request.send())
+    };
+    let mut stalled = false;
+    for _ in 0..200 {
+        if c.idp.stats().await["stalled"] == 1 {
+            stalled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        stalled,
+        "replica 0 never called the provider: {}",
+        c.replicas[0].log()
+    );
+    c.replicas[0].child.kill().unwrap();
+    c.replicas[0].child.wait().unwrap();
+    assert!(
+        doomed.await.unwrap().is_err(),
+        "the killed replica answered"
+    );
+
+    // Replica 1 finds the lock taken, waits it out, then refreshes.
+    let status = api_status(&c.replicas[1], &expired).await;
+    let stats = c.idp.stats().await;
+    assert_eq!(status, 200, "{stats}\n{}", c.replicas[1].log());
+    assert_eq!(stats["token_requests"]["refresh_token"], 1, "{stats}");
+    assert_eq!(stats["refresh_failures"], 0, "{stats}");
+    assert_eq!(refreshes(&c.replicas[1], "won").await, 1);
 }

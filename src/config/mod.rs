@@ -83,12 +83,20 @@ pub struct Config {
 /// `[store]`.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `redis://` or `rediss://`, possibly with `user:password@` (hence a secret).
-    pub url: Secret,
+    /// Where the store is: one server, or the seed nodes of a Redis Cluster.
+    pub target: StoreTarget,
     /// Prepended to every key and channel.
     pub key_prefix: String,
     /// The longest one store operation may take.
     pub timeout: Duration,
+}
+
+/// `[store] url` (one Redis or Valkey server) or `[store] cluster_urls` (Redis Cluster seed
+/// nodes). Each URL is `redis://` or `rediss://`, possibly with `user:password@` (hence secrets).
+#[derive(Debug, Clone)]
+pub enum StoreTarget {
+    Single(Secret),
+    Cluster(Vec<Secret>),
 }
 
 #[derive(Debug, Clone)]

@@ -259,6 +259,16 @@ impl Idp {
         assert_eq!(r.status(), 200);
     }
 
+    /// Makes the provider leave its next token request unanswered and unprocessed.
+    pub async fn stall_next_token(&self) {
+        let r = reqwest::Client::new()
+            .post(self.url("/__test/stall-next-token"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
     /// Resets the provider's grant counters.
     pub async fn reset_stats(&self) {
         reqwest::Client::new()

@@ -70,3 +70,110 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// A three-node Redis Cluster (no replicas) on free loopback ports, made with
+/// `redis-cli --cluster create`, stopped on drop.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for port in &ports {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--cluster-node-timeout", "2000"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server (apt-get install redis-server; .ci/run does)");
+            nodes.push(child);
+        }
+        let cluster = RedisCluster {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        for port in &cluster.ports {
+            let node = Redis {
+                child: None,
+                port: *port,
+            };
+            let mut up = false;
+            for _ in 0..100 {
+                if node.ping().await {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(up, "redis-server (cluster node) did not answer on {port}");
+        }
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addresses)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output(),
+        )
+        .await
+        .expect("redis-cli --cluster create finished within 30 s")
+        .expect("run redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Ready when every node says the cluster is ok (all slots served).
+        for port in &cluster.ports {
+            let mut ok = false;
+            for _ in 0..200 {
+                let info = tokio::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .await
+                    .expect("run redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(ok, "cluster node {port} never reported cluster_state:ok");
+        }
+        cluster
+    }
+
+    /// `cluster_urls` for `[store]`.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -204,8 +204,10 @@ const stats = {
   token_requests: { authorization_code: 0, refresh_token: 0 },
   refresh_failures: 0,
   backchannel: { success: 0, error: 0 },
+  stalled: 0,
 };
 let refuseNextToken = null;
+let stallNextToken = false;
 provider.on('grant.success', (ctx) => {
   const type = ctx.oidc.params.grant_type;
   stats.token_requests[type] = (stats.token_requests[type] || 0) + 1;
@@ -278,6 +280,7 @@ const server = http.createServer(async (req, res) => {
       stats.token_requests = { authorization_code: 0, refresh_token: 0 };
       stats.refresh_failures = 0;
       stats.backchannel = { success: 0, error: 0 };
+      stats.stalled = 0;
       return send(res, 200, stats);
     }
     // Test hook: a logout token with the given claims (JSON body), signed with the provider's
@@ -297,6 +300,17 @@ const server = http.createServer(async (req, res) => {
         error: url.searchParams.get('error') || 'invalid_request',
       };
       return send(res, 200, refuseNextToken);
+    }
+    // Test hook: the next token request is never answered nor processed (its refresh token
+    // stays unused), as when the client that sent it dies before the provider acts on it.
+    if (url.pathname === '/__test/stall-next-token' && req.method === 'POST') {
+      stallNextToken = true;
+      return send(res, 200, { stall: true });
+    }
+    if (stallNextToken && req.method === 'POST' && url.pathname === `${issuerPath}/token`) {
+      stallNextToken = false;
+      stats.stalled += 1;
+      return undefined;
     }
     if (refuseNextToken && req.method === 'POST' && url.pathname === `${issuerPath}/token`) {
       const { status, error } = refuseNextToken;

@@ -1,30 +1,57 @@
 //! `[store]`: where replicas share refresh results and revocations.
 //!
-//! The URL may carry a password, so it is read like the other secrets (inline or from a file,
-//! never echoed in an error). Redis Cluster (`cluster_urls`) is part of the interface but not
-//! built yet: it is refused with that reason rather than ignored.
+//! The URLs may carry a password, so they are read like the other secrets (inline or from a
+//! file) and never echoed in an error. One server (`url`/`url_file`) or a Redis Cluster
+//! (`cluster_urls`, its seed nodes), not both: a config naming both would leave it unclear which
+//! store the replicas share.
 
 use super::oidc::secret_value;
 use crate::config::file::StoreSection;
-use crate::config::{ConfigError, Secret, StoreConfig};
+use crate::config::{ConfigError, Secret, StoreConfig, StoreTarget};
+
+const URL_SHAPE: &str =
+    "must be redis://HOST[:PORT][/DB] or rediss:// (TLS), optionally with user:password@";
 
 pub(super) fn store(s: StoreSection) -> Result<StoreConfig, ConfigError> {
-    if !s.cluster_urls.is_empty() {
-        return Err(ConfigError::invalid(
-            "store.cluster_urls",
-            "Redis Cluster is not supported yet; use store.url (standalone Redis or Valkey)",
-        ));
-    }
     let url = secret_value("store.url", s.url, "store.url_file", s.url_file.as_deref())?
-        .map(|u| u.trim().to_string())
-        .ok_or_else(|| ConfigError::invalid("store.url", "set store.url or store.url_file"))?;
-    let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
-    if !scheme_ok || redis_url_host(&url).is_none() {
-        return Err(ConfigError::invalid(
-            "store.url",
-            "must be redis://HOST[:PORT][/DB] or rediss:// (TLS), optionally with user:password@",
-        ));
-    }
+        .map(|u| u.trim().to_string());
+    let target =
+        match (url, s.cluster_urls.is_empty()) {
+            (Some(_), false) => return Err(ConfigError::invalid(
+                "store.cluster_urls",
+                "set either store.url (one server) or store.cluster_urls (Redis Cluster), not both",
+            )),
+            (None, true) => {
+                return Err(ConfigError::invalid(
+                    "store.url",
+                    "set store.url, store.url_file or store.cluster_urls",
+                ))
+            }
+            (Some(url), true) => {
+                if !url_ok(&url) {
+                    return Err(ConfigError::invalid("store.url", URL_SHAPE));
+                }
+                StoreTarget::Single(Secret::new(url))
+            }
+            (None, false) => {
+                let mut nodes = Vec::with_capacity(s.cluster_urls.len());
+                for (i, url) in s.cluster_urls.into_iter().enumerate() {
+                    let key = format!("store.cluster_urls[{i}]");
+                    let url = url.trim().to_string();
+                    if !url_ok(&url) {
+                        return Err(ConfigError::invalid(&key, URL_SHAPE));
+                    }
+                    if !matches!(redis_url_db(&url), None | Some("0")) {
+                        return Err(ConfigError::invalid(
+                            &key,
+                            "Redis Cluster has only database 0; leave the /DB out",
+                        ));
+                    }
+                    nodes.push(Secret::new(url));
+                }
+                StoreTarget::Cluster(nodes)
+            }
+        };
     if s.key_prefix.is_empty() || s.key_prefix.contains(char::is_whitespace) {
         return Err(ConfigError::invalid(
             "store.key_prefix",
@@ -38,10 +65,14 @@ pub(super) fn store(s: StoreSection) -> Result<StoreConfig, ConfigError> {
         ));
     }
     Ok(StoreConfig {
-        url: Secret::new(url),
+        target,
         key_prefix: s.key_prefix,
         timeout: s.timeout,
     })
+}
+
+fn url_ok(url: &str) -> bool {
+    (url.starts_with("redis://") || url.starts_with("rediss://")) && redis_url_host(url).is_some()
 }
 
 /// The host of a redis URL (after any `user:password@`), if it has one.
@@ -50,4 +81,12 @@ fn redis_url_host(url: &str) -> Option<&str> {
     let authority = rest.split('/').next()?;
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     (!host.is_empty()).then_some(host)
+}
+
+/// The database number of a redis URL (its path without the `/`), if it names one.
+fn redis_url_db(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let path = rest.split_once('/')?.1;
+    let db = path.split(['?', '#']).next().unwrap_or("");
+    (!db.is_empty()).then_some(db)
 }

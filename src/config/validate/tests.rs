@@ -474,11 +474,29 @@ fn store_section() {
     );
     let e = err(&with("url = \"http://127.0.0.1:6379\""), &[]);
     assert!(e.contains("store.url"), "{e}");
-    let e = err(&with("cluster_urls = [\"redis://a:1\"]"), &[]);
+    let c = load(
+        &with("cluster_urls = [\"redis://a:1\", \"rediss://u:pw@b:2/0\"]"),
+        &[],
+    )
+    .unwrap();
+    let store = c.store.unwrap();
     assert!(
-        e.contains("store.cluster_urls") && e.contains("not supported yet"),
+        matches!(&store.target, crate::config::StoreTarget::Cluster(n) if n.len() == 2),
+        "{store:?}"
+    );
+    assert!(!format!("{store:?}").contains("pw"));
+    let e = err(
+        &with("url = \"redis://a:1\"\ncluster_urls = [\"redis://a:1\"]"),
+        &[],
+    );
+    assert!(
+        e.contains("store.cluster_urls") && e.contains("not both"),
         "{e}"
     );
+    let e = err(&with("cluster_urls = [\"redis://a:1\", \"b:2\"]"), &[]);
+    assert!(e.contains("store.cluster_urls[1]"), "{e}");
+    let e = err(&with("cluster_urls = [\"redis://a:1/3\"]"), &[]);
+    assert!(e.contains("database 0"), "{e}");
     let e = err(&with("key_prefix = \"t:\""), &[]);
     assert!(e.contains("store.url"), "{e}");
     assert!(load(EXAMPLE, &[]).unwrap().store.is_none());
