@@ -44,6 +44,8 @@ use crate::session::revocations::{Revocation, Revocations};
 pub(crate) enum StoreError {
     #[error("the store is not connected")]
     Down,
+    #[error("cannot connect to the store: {0}")]
+    Connect(String),
     #[error("the store did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the store refused: {0}")]
@@ -118,6 +120,12 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Why a connection failed, for the log: the client's message (refused, TLS certificate,
+/// `WRONGPASS`), which names neither the URL nor its password.
+fn connect_error(e: redis::RedisError) -> StoreError {
+    StoreError::Connect(format!("{:?}: {e}", e.kind()))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -183,7 +191,7 @@ impl Store {
                 )
                 .await
                 .map_err(|_| StoreError::Timeout(self.timeout))?
-                .map_err(|_| StoreError::Down)
+                .map_err(connect_error)
                 .map(Conn::Single)?
             }
             Clients::Cluster { client, .. } => {
@@ -191,7 +199,7 @@ impl Store {
                 tokio::time::timeout(2 * self.timeout, client.get_async_connection())
                     .await
                     .map_err(|_| StoreError::Timeout(self.timeout))?
-                    .map_err(|_| StoreError::Down)
+                    .map_err(connect_error)
                     .map(Conn::Cluster)?
             }
         };
@@ -209,7 +217,7 @@ impl Store {
         tokio::time::timeout(self.timeout, client.get_async_pubsub())
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(|_| StoreError::Down)
+            .map_err(connect_error)
     }
 
     /// Runs one store operation named `name` within `[store] timeout`, timed in the metrics.

@@ -50,20 +50,22 @@ struct Replicas {
     _echo: Echo,
     idp: Idp,
     store: Backend,
+    /// The replicas' extra environment, for one started later.
+    env: Vec<(String, String)>,
     replicas: Vec<Tollgate>,
 }
 
 /// A provider, an upstream, one redis-server and `n` replicas with the same config and keys.
 async fn replicas(n: usize) -> Replicas {
-    start(n, Backend::Single(Redis::start().await), "").await
+    start(n, Backend::Single(Redis::start().await), "", &[]).await
 }
 
 /// The same on a three-node Redis Cluster.
 async fn replicas_on_cluster(n: usize) -> Replicas {
-    start(n, Backend::Cluster(RedisCluster::start().await), "").await
+    start(n, Backend::Cluster(RedisCluster::start().await), "", &[]).await
 }
 
-async fn start(n: usize, store: Backend, extra_oidc: &str) -> Replicas {
+async fn start(n: usize, store: Backend, extra_oidc: &str, env: &[(&str, &str)]) -> Replicas {
     let echo = Echo::start().await;
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let idp = idp_for(&ports).await;
@@ -71,7 +73,7 @@ async fn start(n: usize, store: Backend, extra_oidc: &str) -> Replicas {
     let mut replicas = Vec::new();
     for port in &ports {
         let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), extra_oidc).section(&section);
-        let mut tg = Tollgate::start_on(*port, |p, m| config.render(p, m)).await;
+        let mut tg = Tollgate::start_on_with_env(*port, |p, m| config.render(p, m), env).await;
         tg.wait_for("/readyz").await.expect("replica ready");
         tg.wait_metrics(&["tollgate_store_up 1"]).await;
         replicas.push(tg);
@@ -80,6 +82,10 @@ async fn start(n: usize, store: Backend, extra_oidc: &str) -> Replicas {
         _echo: echo,
         idp,
         store,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         replicas,
     }
 }
@@ -170,7 +176,12 @@ async fn logout_is_enforced_by_all(c: Replicas) {
         let echo = Echo::start().await;
         let config =
             tollgate_config(&c.idp, &CLIENTS[0], &echo.url(), "").section(&c.store.section());
-        let mut tg = Tollgate::start(|p, m| config.render(p, m)).await;
+        let env: Vec<(&str, &str)> = c
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut tg = Tollgate::start_with_env(|p, m| config.render(p, m), &env).await;
         tg.wait_for("/readyz").await.unwrap();
         (echo, tg)
     };
@@ -180,6 +191,48 @@ async fn logout_is_enforced_by_all(c: Replicas) {
         "{}",
         late.1.log()
     );
+}
+
+/// `rediss://` with an ACL user (the default user off), the server's certificate from a private
+/// CA trusted through `SSL_CERT_FILE`: revocations and refreshes are shared as over plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_over_tls_with_an_acl_user_is_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let path = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (ca_file, cert_file, key_file) = (
+        path("ca.pem", ca.pem()),
+        path("redis.crt", cert.pem()),
+        path("redis.key", key.serialize_pem()),
+    );
+    let redis = Redis::start_tls(&cert_file, &key_file, "tollgate", "s3cret-pw").await;
+    assert!(redis.url().starts_with("rediss://tollgate:s3cret-pw@"));
+    let c = start(
+        2,
+        Backend::Single(redis),
+        "",
+        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
+    )
+    .await;
+    for tg in &c.replicas {
+        assert!(
+            !tg.log().contains("s3cret-pw"),
+            "the store password is not logged"
+        );
+    }
+    logout_is_enforced_by_all(c).await;
 }
 
 /// A back-channel logout posted to one replica ends the session on every replica, and its
@@ -324,6 +377,7 @@ async fn a_replica_killed_holding_the_refresh_lock_delays_the_others_only_until_
         2,
         Backend::Single(Redis::start().await),
         "http_timeout = \"2s\"",
+        &[],
     )
     .await;
     let expired = due_for_refresh(&c.replicas[0]).await;

@@ -65,8 +65,17 @@ impl Tollgate {
     /// Starts tollgate on `port` (chosen beforehand, e.g. because the provider must know the
     /// redirect URI) and waits until it serves.
     pub async fn start_on(port: u16, make: impl Fn(u16, u16) -> String) -> Tollgate {
+        Self::start_on_with_env(port, make, &[]).await
+    }
+
+    /// As [`Self::start_on`], with extra environment variables for the process.
+    pub async fn start_on_with_env(
+        port: u16,
+        make: impl Fn(u16, u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Tollgate {
         let metrics_port = free_port();
-        let mut t = Self::spawn(port, metrics_port, make(port, metrics_port), &[]);
+        let mut t = Self::spawn(port, metrics_port, make(port, metrics_port), env);
         if let Err(e) = t.wait_ready().await {
             panic!("tollgate did not start: {e}");
         }

@@ -1,6 +1,7 @@
 //! A real `redis-server` (Debian's package) on a free loopback port, stopped on drop; tests can
 //! stop and start it again to see tollgate ride out a store outage.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -8,29 +9,91 @@ use super::process::free_port;
 
 pub struct Redis {
     child: Option<Child>,
+    /// The plain port (readiness; with TLS, clients use `tls`'s port).
     pub port: u16,
+    tls: Option<Tls>,
+}
+
+/// A TLS listener with an ACL user (the default user is off).
+struct Tls {
+    port: u16,
+    args: Vec<String>,
+    user: String,
+    password: String,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        let mut r = Redis::on(free_port());
+        r.restart().await;
+        r
+    }
+
+    fn on(port: u16) -> Redis {
+        Redis {
+            child: None,
+            port,
+            tls: None,
+        }
+    }
+
+    /// A server whose clients must use TLS (certificate and key in PEM files) and log in as
+    /// `user` with `password`.
+    pub async fn start_tls(cert: &Path, key: &Path, user: &str, password: &str) -> Redis {
+        let port = free_port();
+        let args = [
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            user,
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
+            "--user",
+            "default",
+            "off",
+        ];
         let mut r = Redis {
             child: None,
             port: free_port(),
+            tls: Some(Tls {
+                port,
+                args: args.iter().map(|a| a.to_string()).collect(),
+                user: user.to_string(),
+                password: password.to_string(),
+            }),
         };
         r.restart().await;
         r
     }
 
+    /// The URL tollgate's `[store] url` takes: `rediss://user:password@…` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.tls {
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(t) => format!("rediss://{}:{}@127.0.0.1:{}/0", t.user, t.password, t.port),
+        }
     }
 
     /// Starts the server (again) on the same port and waits until it answers `PING`.
     pub async fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some(t) = &self.tls {
+            command
+                .args(["--tls-port", &t.port.to_string()])
+                .args(&t.args);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -53,8 +116,10 @@ impl Redis {
         if s.write_all(b"PING\r\n").await.is_err() {
             return false;
         }
+        // With the default user off, a live server answers `-NOAUTH …`.
         let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n"
+        s.read_exact(&mut buf).await.is_ok()
+            && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
     }
 
     pub fn stop(&mut self) {
@@ -105,10 +170,7 @@ impl RedisCluster {
             _dir: dir,
         };
         for port in &cluster.ports {
-            let node = Redis {
-                child: None,
-                port: *port,
-            };
+            let node = Redis::on(*port);
             let mut up = false;
             for _ in 0..100 {
                 if node.ping().await {
