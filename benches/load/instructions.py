@@ -6,8 +6,11 @@ not. This runs each proxy under `valgrind --tool=callgrind` in front of the same
 upstream, sends the same keep-alive request N times (tollgate with a session from a real
 login at the test provider, bare Pingora with the same headers), and counts, for those N
 requests only (counters zeroed after a warm-up): instructions, heap allocations, and, for
-tollgate, the inclusive cost of its own hooks. Needs valgrind, nginx and the test provider
-(`npm ci` in tests/idp). Loopback only.
+tollgate, the inclusive cost of its own hooks. tollgate is measured twice: alone, and with
+`[store]` on a local redis-server (the shared-store issue's budget: at most 3 % more, since
+the revocation check never leaves the process); the second run is skipped when redis-server
+is not installed. Needs valgrind, nginx and the test provider (`npm ci` in tests/idp).
+Loopback only.
 
 Usage: python3 benches/load/instructions.py [--requests 2000]
 """
@@ -16,6 +19,9 @@ import argparse
 import collections
 import http.client
 import os
+import shutil
+import signal
+import urllib.request
 import subprocess
 import sys
 import tempfile
@@ -87,6 +93,30 @@ def measure(name, argv, port, ready_url, n, headers_for, env=None):
     }
 
 
+def stop(name):
+    p = R.procs.pop(name)
+    os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def wait_store_up(timeout=60):
+    url = f"http://{R.HOST}:{R.PORTS['tollgate-metrics']}/metrics"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if b"tollgate_store_up 1" in r.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("tollgate never connected to the store")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000)
@@ -110,9 +140,27 @@ def main():
             cookie["v"] = R.login(f"http://{R.HOST}:{R.PORTS['tollgate']}/login?return_to=/landing", "tollgate")
             return {"Cookie": cookie["v"], "x-csrf": "1"}
 
-        tg = measure("tollgate", [os.path.join(R.ROOT, "target", "release", "tollgate"), "--config", R.tollgate_conf()],
-                     R.PORTS["tollgate"], f"http://{R.HOST}:{R.PORTS['tollgate']}/readyz", args.requests,
-                     tollgate_headers, env={**os.environ, "TOLLGATE_LOG": "warn"})
+        tollgate_bin = os.path.join(R.ROOT, "target", "release", "tollgate")
+        ready = f"http://{R.HOST}:{R.PORTS['tollgate']}/readyz"
+        quiet = {**os.environ, "TOLLGATE_LOG": "warn"}
+        tg = measure("tollgate", [tollgate_bin, "--config", R.tollgate_conf()],
+                     R.PORTS["tollgate"], ready, args.requests, tollgate_headers, env=quiet)
+        stop("tollgate")
+        ts = None
+        if shutil.which("redis-server"):
+            R.start("redis", ["redis-server", "--port", str(R.PORTS["redis"]), "--bind", R.HOST,
+                              "--save", "", "--appendonly", "no"])
+
+            def store_headers():
+                wait_store_up()
+                return tollgate_headers()
+
+            ts = measure("tollgate-store",
+                         [tollgate_bin, "--config", R.tollgate_conf(f"redis://{R.HOST}:{R.PORTS['redis']}/0")],
+                         R.PORTS["tollgate"], ready, args.requests, store_headers, env=quiet)
+            stop("tollgate-store")
+        else:
+            R.log("redis-server not installed: the [store] run is skipped")
         bp = measure("bare-pingora", [os.path.join(R.ROOT, "target", "release", "examples", "bare_pingora"),
                                       f"{R.HOST}:{R.PORTS['bare-pingora']}", f"{R.HOST}:{R.PORTS['upstream']}", "2"],
                      R.PORTS["bare-pingora"], f"http://{R.HOST}:{R.PORTS['bare-pingora']}/", args.requests,
@@ -123,6 +171,11 @@ def main():
     print("|---|---|---|---|")
     print(f"| instructions | {tg['instructions']:,.0f} | {bp['instructions']:,.0f} | {tg['instructions'] / bp['instructions']:.2f} |")
     print(f"| heap allocations | {tg['allocations']:.1f} | {bp['allocations']:.1f} | {tg['allocations'] / bp['allocations']:.2f} |")
+    if ts:
+        print(f"\n| with [store] (redis-server on loopback) | tollgate + [store] | tollgate | ratio |")
+        print("|---|---|---|---|")
+        print(f"| instructions | {ts['instructions']:,.0f} | {tg['instructions']:,.0f} | {ts['instructions'] / tg['instructions']:.3f} |")
+        print(f"| heap allocations | {ts['allocations']:.1f} | {tg['allocations']:.1f} | {ts['allocations'] / tg['allocations']:.3f} |")
     print("\ntollgate's hooks (inclusive instructions per request):\n")
     for f, c in sorted(tg["hooks"].items(), key=lambda x: -x[1]):
         hook = f.split(">::", 1)[-1].replace("::{{closure}}", "")

@@ -47,6 +47,7 @@ PORTS = {
     "tollgate": 18084,
     "tollgate-metrics": 18094,
     "idp": 18090,
+    "redis": 18095,
 }
 THREADS = 2
 CLIENT_ID = "tollgate-basic"
@@ -175,8 +176,11 @@ ProxyPass /api/ http://{HOST}:{PORTS['upstream']}/api/ keepalive=On
 """)
 
 
-def tollgate_conf():
-    return write(os.path.join(WORK, "tollgate.toml"), f"""
+def tollgate_conf(store_url=None):
+    """tollgate's config; with `store_url`, a `[store]` section too (written beside the other)."""
+    store = f'\n[store]\nurl = "{store_url}"\nkey_prefix = "bench:"\n' if store_url else ""
+    name = "tollgate-store.toml" if store_url else "tollgate.toml"
+    return write(os.path.join(WORK, name), f"""
 [server]
 listen = ["{HOST}:{PORTS['tollgate']}"]
 public_url = "http://{HOST}:{PORTS['tollgate']}"
@@ -197,7 +201,7 @@ upstream = "http://{HOST}:{PORTS['upstream']}"
 auth = "none"
 [metrics]
 listen = "{HOST}:{PORTS['tollgate-metrics']}"
-""")
+{store}""")
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
