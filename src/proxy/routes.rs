@@ -155,7 +155,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn route(prefix: &str, upstream: &str, strip: bool) -> RouteConfig {
+    pub(super) fn route(prefix: &str, upstream: &str, strip: bool) -> RouteConfig {
         let upstream: url::Url = upstream.parse().unwrap();
         let (host, host_header) = crate::config::validate::host_header(&upstream).unwrap();
         RouteConfig {
@@ -205,5 +205,178 @@ mod tests {
         assert_eq!(up("/strip/x"), "/x");
         assert_eq!(up("/strip"), "/");
         assert_eq!(t.find("/strip").unwrap().1.host_header, "localhost:2");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::tests::route;
+    use super::*;
+    use crate::proxy::target;
+    use proptest::prelude::*;
+
+    /// Segments from a tiny alphabet, so that prefixes and paths overlap often.
+    fn segments(max: usize) -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::vec("[ab]{1,2}", 0..=max)
+    }
+
+    fn path(segments: &[String]) -> String {
+        format!("/{}", segments.join("/"))
+    }
+
+    fn table(prefixes: &std::collections::BTreeSet<String>) -> RouteTable {
+        let configs: Vec<RouteConfig> = prefixes
+            .iter()
+            .map(|p| route(p, "http://127.0.0.1:1", false))
+            .collect();
+        RouteTable::new(&configs).unwrap()
+    }
+
+    fn prefixes() -> impl Strategy<Value = std::collections::BTreeSet<String>> {
+        proptest::collection::btree_set(segments(3).prop_map(|s| path(&s)), 1..6)
+    }
+
+    /// The reference: the longest prefix whose segments begin the path's segments.
+    fn longest_whole_segment_match<'p>(
+        prefixes: &'p std::collections::BTreeSet<String>,
+        path: &str,
+    ) -> Option<&'p str> {
+        let path_segments: Vec<&str> = path.split('/').skip(1).collect();
+        prefixes
+            .iter()
+            .filter(|p| {
+                let ps: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+                path_segments.len() >= ps.len() && path_segments[..ps.len()] == ps[..]
+            })
+            .max_by_key(|p| p.len())
+            .map(String::as_str)
+    }
+
+    /// One way a client could write the same path differently.
+    #[derive(Debug, Clone)]
+    enum Variant {
+        /// `%XX` (upper or lower case hex) for the byte at this position.
+        Encode(prop::sample::Index, bool),
+        /// `//` for the slash at this position.
+        DoubleSlash(prop::sample::Index),
+        /// `;x` appended to the segment ending at this position.
+        Param(prop::sample::Index),
+        /// A `.`, `..`, `%2e` or `%2E%2E` segment inserted at this slash.
+        Dot(prop::sample::Index, u8),
+        /// A backslash for the slash at this position.
+        Backslash(prop::sample::Index),
+    }
+
+    fn variant() -> impl Strategy<Value = Variant> {
+        prop_oneof![
+            (any::<prop::sample::Index>(), any::<bool>()).prop_map(|(i, u)| Variant::Encode(i, u)),
+            any::<prop::sample::Index>().prop_map(Variant::DoubleSlash),
+            any::<prop::sample::Index>().prop_map(Variant::Param),
+            (any::<prop::sample::Index>(), 0u8..4).prop_map(|(i, k)| Variant::Dot(i, k)),
+            any::<prop::sample::Index>().prop_map(Variant::Backslash),
+        ]
+    }
+
+    fn apply(path: &str, variants: &[Variant]) -> String {
+        let mut p = path.to_string();
+        for v in variants {
+            let slashes: Vec<usize> = p.match_indices('/').map(|(i, _)| i).collect();
+            if slashes.is_empty() && !matches!(v, Variant::Encode(..)) {
+                continue;
+            }
+            match v {
+                Variant::Encode(at, upper) => {
+                    let i = at.index(p.len());
+                    let b = p.as_bytes()[i];
+                    if b == b'%' {
+                        // `%25XX` is another path (`%XX` literally), not the same one written
+                        // differently: upstreams decode once.
+                        continue;
+                    }
+                    let e = if *upper {
+                        format!("%{b:02X}")
+                    } else {
+                        format!("%{b:02x}")
+                    };
+                    p.replace_range(i..=i, &e);
+                }
+                Variant::DoubleSlash(at) => {
+                    let i = slashes[at.index(slashes.len())];
+                    p.insert(i, '/');
+                }
+                Variant::Param(at) => {
+                    let i = slashes[at.index(slashes.len())];
+                    if i > 0 {
+                        p.insert_str(i, ";x");
+                    } else {
+                        p.push_str(";x");
+                    }
+                }
+                Variant::Dot(at, kind) => {
+                    let i = slashes[at.index(slashes.len())];
+                    let dot = ["/.", "/..", "/%2e", "/%2E%2E"][*kind as usize];
+                    p.insert_str(i, dot);
+                }
+                Variant::Backslash(at) => {
+                    let i = slashes[at.index(slashes.len())];
+                    p.replace_range(i..=i, "\\");
+                }
+            }
+        }
+        p
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// For any prefix table and path, the route is the longest whole-segment match.
+        #[test]
+        fn the_longest_whole_segment_prefix_wins(
+            prefixes in prefixes(),
+            segs in segments(4),
+            trailing_slash in any::<bool>(),
+        ) {
+            let table = table(&prefixes);
+            let mut p = path(&segs);
+            if trailing_slash && p != "/" {
+                p.push('/');
+            }
+            let got = table.find(&p).map(|(_, r)| r.prefix.as_str());
+            prop_assert_eq!(got, longest_whole_segment_match(&prefixes, &p));
+        }
+
+        /// A path written any other way (escapes, doubled slashes, `;params`, dot segments,
+        /// backslashes) is refused or reaches the same route as the plain path, never another.
+        #[test]
+        fn no_variant_of_a_path_reaches_another_route(
+            prefixes in prefixes(),
+            segs in segments(4),
+            variants in proptest::collection::vec(variant(), 1..4),
+        ) {
+            let table = table(&prefixes);
+            let plain = path(&segs);
+            let expected = table.find(&plain).map(|(i, _)| i);
+            let written = apply(&plain, &variants);
+            if let Ok(t) = target::check(written.as_bytes(), &written) {
+                if let Ok(i) = table.resolve(&t) {
+                    prop_assert_eq!(Some(i), expected, "{} routed as {}", written, t.path);
+                }
+            }
+        }
+
+        /// Whatever the target, a path that passes the check has no empty or dot segment,
+        /// backslash or control character, in its routed form or its fully decoded one.
+        #[test]
+        fn a_checked_path_is_normal(raw in "/[ -~\\x00-\\x1f]{0,40}") {
+            if let Ok(t) = target::check(raw.as_bytes(), &raw) {
+                for p in std::iter::once(t.path.as_ref()).chain(t.canonical.as_deref()) {
+                    prop_assert!(p.starts_with('/'));
+                    prop_assert!(!p.contains("//"), "{p}");
+                    prop_assert!(!p.split('/').any(|s| s == "." || s == ".."), "{p}");
+                    prop_assert!(!p.contains('\\'), "{p}");
+                    prop_assert!(!p.chars().any(|c| c.is_control()), "{p}");
+                }
+            }
+        }
     }
 }

@@ -232,10 +232,14 @@ impl CookieAttrs {
         if sealed.len() <= CHUNK_SIZE {
             written.push((name.to_string(), sealed.to_string()));
         } else {
-            let count = sealed.len().div_ceil(CHUNK_SIZE);
-            // The count prefix of chunk 0 may push one more chunk: recompute with it included.
-            let prefix_len = count.to_string().len() + 1;
-            let count = (sealed.len() + prefix_len).div_ceil(CHUNK_SIZE);
+            // Chunk 0 carries the count (`N.`), which may push one more chunk, whose count may
+            // be one digit wider: settle on the count that holds value and prefix together.
+            let mut count = sealed.len().div_ceil(CHUNK_SIZE);
+            let mut prefix_len = count.to_string().len() + 1;
+            while (sealed.len() + prefix_len).div_ceil(CHUNK_SIZE) != count {
+                count = (sealed.len() + prefix_len).div_ceil(CHUNK_SIZE);
+                prefix_len = count.to_string().len() + 1;
+            }
             if count > MAX_CHUNKS {
                 return Err(ChunkError::TooLarge);
             }
@@ -486,5 +490,95 @@ mod tests {
             login_cookie_state(&login_cookie_name("tg", state), "tg"),
             Some(state)
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ATTRS: CookieAttrs = CookieAttrs {
+        secure: true,
+        same_site: SameSite::Lax,
+    };
+
+    /// The largest sealed value that fits the chunk cap.
+    fn cap() -> usize {
+        let digits = MAX_CHUNKS.to_string().len() + 1;
+        MAX_CHUNKS * CHUNK_SIZE - digits
+    }
+
+    /// The `Cookie` header a browser sends back for the `Set-Cookie` lines.
+    fn sent_back(lines: &[String]) -> (String, Vec<usize>) {
+        let mut pairs = Vec::new();
+        let mut sizes = Vec::new();
+        for l in lines {
+            let c = ::cookie::Cookie::parse(l.as_str()).unwrap();
+            if c.max_age() != Some(::cookie::time::Duration::ZERO) {
+                sizes.push(c.value().len());
+                pairs.push(format!("{}={}", c.name(), c.value()));
+            }
+        }
+        (pairs.join("; "), sizes)
+    }
+
+    fn base64url(len: usize, seed: u64) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        (0..len)
+            .map(|i| A[((i as u64).wrapping_mul(31).wrapping_add(seed) % 64) as usize] as char)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any sealed value up to the cap is written as cookies no larger than a chunk and
+        /// reads back whole; one byte more is refused.
+        #[test]
+        fn chunks_round_trip_up_to_the_cap(len in 1..=cap(), seed in any::<u64>()) {
+            let sealed = base64url(len, seed);
+            let lines = ATTRS
+                .store("__Host-tg", &sealed, Duration::from_secs(60), &SessionCookies::default())
+                .unwrap();
+            let (header, sizes) = sent_back(&lines);
+            prop_assert!(sizes.iter().all(|s| *s <= CHUNK_SIZE), "{sizes:?}");
+            let found = SessionCookies::scan("__Host-tg", [header.as_str()]);
+            prop_assert_eq!(found.value().unwrap(), sealed.as_str());
+        }
+
+        /// Any value longer than the cap is refused, never silently cut.
+        #[test]
+        fn beyond_the_cap_is_refused(extra in 1usize..5000) {
+            let sealed = base64url(cap() + extra, 0);
+            let stored = ATTRS.store("__Host-tg", &sealed, Duration::from_secs(60), &SessionCookies::default());
+            prop_assert!(matches!(stored, Err(ChunkError::TooLarge)));
+        }
+    }
+
+    /// The sizes where the chunk count (and the width of its prefix) changes, exactly.
+    #[test]
+    fn every_chunk_boundary_round_trips() {
+        for count in 1..=MAX_CHUNKS {
+            let edge = count * CHUNK_SIZE;
+            for len in edge.saturating_sub(4)..=edge + 4 {
+                if len == 0 || len > cap() {
+                    continue;
+                }
+                let sealed = base64url(len, 7);
+                let lines = ATTRS
+                    .store(
+                        "__Host-tg",
+                        &sealed,
+                        Duration::from_secs(60),
+                        &SessionCookies::default(),
+                    )
+                    .unwrap();
+                let (header, sizes) = sent_back(&lines);
+                assert!(sizes.iter().all(|s| *s <= CHUNK_SIZE), "{len}: {sizes:?}");
+                let found = SessionCookies::scan("__Host-tg", [header.as_str()]);
+                assert_eq!(found.value().unwrap(), sealed, "{len}");
+            }
+        }
     }
 }

@@ -428,3 +428,125 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::config::SameSite;
+    use proptest::prelude::*;
+
+    fn codec(keys: Vec<[u8; 32]>) -> SessionCodec {
+        SessionCodec::new(
+            &SessionConfig {
+                cookie_name: "__Host-tg".into(),
+                dropped_host_prefix: false,
+                keys,
+                same_site: SameSite::Lax,
+                max_lifetime: Duration::from_secs(3600),
+                idle_timeout: Duration::from_secs(600),
+                refresh_skew: Duration::from_secs(30),
+            },
+            true,
+        )
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        // Tokens are ASCII in practice; claims may be any Unicode.
+        prop_oneof!["[ -~]{0,1500}", any::<String>()]
+    }
+
+    fn opt_text() -> impl Strategy<Value = Option<Cow<'static, str>>> {
+        proptest::option::of(text().prop_map(Cow::Owned))
+    }
+
+    prop_compose! {
+        fn any_session()(
+            access in text(), refresh in opt_text(), id_token in opt_text(),
+            sub in text(), sid in opt_text(), name in opt_text(), email in opt_text(),
+            access_expires_at in any::<u64>(), refresh_expires_at in any::<Option<u64>>(),
+            age in 0u64..3600, idle in 0u64..600, id in any::<u128>(),
+        ) -> (Session<'static>, u64) {
+            let now = 1_700_000_000;
+            (Session {
+                access_token: Cow::Owned(access),
+                access_expires_at,
+                refresh_token: refresh,
+                refresh_expires_at,
+                id_token,
+                claims: Claims { sub: Cow::Owned(sub), sid, name, email },
+                created_at: now - age,
+                last_seen: now - idle,
+                id,
+            }, now)
+        }
+    }
+
+    /// A key ring of distinct keys.
+    fn ring(min: usize, max: usize) -> impl Strategy<Value = Vec<[u8; 32]>> {
+        proptest::collection::btree_set(any::<[u8; 32]>(), min..=max)
+            .prop_map(|keys| keys.into_iter().collect::<Vec<_>>())
+            .prop_shuffle()
+    }
+
+    /// The `Cookie` header a browser sends back for `Set-Cookie` lines.
+    fn header(lines: &[String]) -> String {
+        let parts: Vec<&str> = lines.iter().map(|l| l.split(';').next().unwrap()).collect();
+        parts.join("; ")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any session sealed under any key ring opens, whole, under any ring that still holds
+        /// the sealing key, in any order (a rotation puts the new key first, keeps the old).
+        #[test]
+        fn any_session_round_trips_under_any_rotation(
+            (session, now) in any_session(),
+            keys in ring(1, 4),
+            newer in ring(1, 2),
+            order in any::<u64>(),
+        ) {
+            let sealing = codec(keys.clone());
+            let Ok(lines) = sealing.set_cookie_lines(&session, &SessionCookies::default(), now) else {
+                // Only a session beyond the cookie cap may be refused.
+                prop_assert!(sealing.seal(&session).unwrap().len() > cookie::MAX_CHUNKS * cookie::CHUNK_SIZE - 3);
+                return Ok(());
+            };
+            let mut opening: Vec<[u8; 32]> = newer.into_iter().chain(keys).collect();
+            let n = opening.len();
+            opening.rotate_left((order % n as u64) as usize);
+            opening.dedup();
+            let header = header(&lines);
+            let opener = codec(opening);
+            let (_, payload) = opener.open([header.as_str()]);
+            let payload = payload.unwrap();
+            let opened = opener.decode(&payload, now).unwrap();
+            prop_assert!(opened == session);
+        }
+
+        /// A session sealed under a key that left the ring never opens.
+        #[test]
+        fn a_retired_key_never_opens((session, _now) in any_session(), keys in ring(2, 4)) {
+            let sealed = codec(keys.clone()).seal(&session).unwrap();
+            let (_, payload) = codec(keys[1..].to_vec()).open([format!("__Host-tg={sealed}").as_str()]);
+            prop_assert!(matches!(payload, Err(SessionError::Open(_)) | Err(SessionError::Cookie(_))), "{payload:?}");
+        }
+
+        /// Changing any one character of a seal (to another base64url one) never opens.
+        #[test]
+        fn a_mutated_seal_never_opens(
+            (session, _now) in any_session(),
+            at in any::<prop::sample::Index>(),
+            to in "[A-Za-z0-9_-]",
+        ) {
+            let codec = codec(vec![[5u8; 32]]);
+            let sealed = codec.seal(&session).unwrap();
+            let i = at.index(sealed.len());
+            let mut mutated = sealed.clone();
+            mutated.replace_range(i..=i, &to);
+            prop_assume!(mutated != sealed);
+            let (_, payload) = codec.open([format!("__Host-tg={mutated}").as_str()]);
+            prop_assert!(payload.is_err());
+        }
+    }
+}
