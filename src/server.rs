@@ -1,14 +1,14 @@
 //! Assembles the Pingora server from a validated [`Config`].
 //!
-//! One proxy service listens on every `[server] listen` address; the metrics service gets its
-//! own port so that scraping never shares a listener with browser traffic. Shutdown follows
-//! Pingora's signals: SIGTERM stops accepting, lets in-flight requests finish for
-//! `grace_period`, then exits; SIGINT exits at once.
+//! One proxy service ([`FrontDoor`]: tollgate's accept loop and limits in front of Pingora's
+//! HTTP handling) listens on every `[server] listen` address; the metrics service gets its own
+//! port so that scraping never shares a listener with browser traffic. Shutdown follows
+//! Pingora's signals: SIGTERM stops accepting (after serving what the kernel had already
+//! queued), lets in-flight requests finish for `grace_period`, then exits; SIGINT exits at
+//! once.
 
 use std::sync::Arc;
 
-use pingora::listeners::ListenerConfig;
-use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
@@ -19,6 +19,7 @@ use crate::oidc::discovery::{MetadataRefresher, ProviderStore};
 use crate::oidc::Oidc;
 use crate::ops::health::Readiness;
 use crate::ops::metrics::{Metrics, MetricsApp};
+use crate::proxy::front::{self, FrontDoor};
 use crate::proxy::routes::ResolveError;
 use crate::proxy::Tollgate;
 use crate::session::revocations::Revocations;
@@ -26,13 +27,6 @@ use crate::store::{Store, StoreSync};
 
 /// How long runtimes get to wind down after the grace period.
 const RUNTIME_SHUTDOWN_SECS: u64 = 2;
-
-/// Per-connection socket read buffer: none. Pingora's default is a 64 KiB buffer allocated for
-/// every connection for as long as it lives (640 MiB for 10,000 idle keep-alive browsers), in
-/// front of a request-header buffer and body buffers that Pingora reads into anyway: without it,
-/// reads go straight into those (one copy less) and an idle connection costs 4 KiB less than
-/// with a 4 KiB buffer (measured with DHAT, see benches/RESULTS.md).
-const DOWNSTREAM_READ_BUFFER: usize = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,6 +38,8 @@ pub enum StartError {
     Store(String),
     #[error("cannot build the HTTP client for the provider: {0}")]
     HttpClient(reqwest::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
 }
 
 /// Builds the server; call `run_forever()` on the result.
@@ -94,16 +90,28 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
             readiness: readiness.clone(),
         },
     ));
-    let app = Tollgate::new(config, metrics.clone(), readiness, oidc, revocations, store)?;
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, app, "tollgate");
-    for addr in &config.server.listen {
-        proxy.add_listener(
-            ListenerConfig::tcp(addr.to_string())
-                .l4_buffer(L4BufferSettings::default().read(DOWNSTREAM_READ_BUFFER)),
-        );
-    }
-    server.add_service(proxy);
+    let app = Tollgate::new(
+        config,
+        metrics.clone(),
+        readiness.clone(),
+        oidc,
+        revocations,
+        store,
+    )?;
+    let listeners = config
+        .server
+        .listen
+        .iter()
+        .map(|addr| front::bind(*addr).map_err(|e| StartError::Listen(*addr, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let proxy = pingora::proxy::http_proxy(&server.configuration, app);
+    server.add_service(FrontDoor::new(
+        proxy,
+        listeners,
+        config.server.limits.clone(),
+        metrics.clone(),
+        readiness,
+    ));
 
     if let Some(addr) = config.metrics.listen {
         let mut service = Service::new("tollgate metrics".to_string(), MetricsApp { metrics });

@@ -65,6 +65,28 @@ pub(crate) struct ServerSection {
     pub threads: Option<usize>,
     #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
     pub grace_period: Duration,
+    #[serde(default = "secs::<60>", deserialize_with = "de::duration")]
+    pub keepalive_timeout: Duration,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub header_read_timeout: Duration,
+    #[serde(default = "max_connections", deserialize_with = "de::lenient")]
+    pub max_connections: usize,
+    #[serde(default = "bytes::<16384>", deserialize_with = "de::lenient")]
+    pub max_header_bytes: usize,
+    #[serde(default = "bytes::<100>", deserialize_with = "de::lenient")]
+    pub max_headers: usize,
+    #[serde(default = "bytes::<12288>", deserialize_with = "de::lenient")]
+    pub max_cookie_bytes: usize,
+    #[serde(default = "bytes::<65536>", deserialize_with = "de::lenient")]
+    pub max_body_bytes: usize,
+}
+
+fn max_connections() -> usize {
+    4096
+}
+
+fn bytes<const N: usize>() -> usize {
+    N
 }
 
 #[derive(Deserialize)]
@@ -94,6 +116,8 @@ pub(crate) struct OidcSection {
     pub revocation_endpoint: Option<HttpUrl>,
     #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
     pub http_timeout: Duration,
+    #[serde(default = "bytes::<1048576>", deserialize_with = "de::lenient")]
+    pub max_response_bytes: usize,
     #[serde(default = "secs::<3600>", deserialize_with = "de::duration")]
     pub metadata_refresh: Duration,
     /// Default: `server.public_url`.

@@ -112,6 +112,28 @@ pub struct ServerConfig {
     pub forwarded_host: HeaderValue,
     pub threads: usize,
     pub grace_period: Duration,
+    /// What one client may hold or send (`[server]` limits).
+    pub limits: Limits,
+}
+
+/// `[server]` limits on what one client can hold or send before tollgate answers for it.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// An idle keep-alive connection is closed after this long.
+    pub keepalive_timeout: Duration,
+    /// A whole request head must arrive within this long (not reset per byte).
+    pub header_read_timeout: Duration,
+    /// Open client connections per process; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Request line and headers together, in bytes (`431` beyond).
+    pub max_header_bytes: usize,
+    /// Header fields per request (`431` beyond).
+    pub max_headers: usize,
+    /// All `Cookie` header values together, in bytes (`431` beyond); sessions that would not
+    /// fit are refused at login.
+    pub max_cookie_bytes: usize,
+    /// Request bodies of tollgate's own endpoints (`413` beyond).
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -202,6 +224,8 @@ pub struct OidcConfig {
     pub endpoints: EndpointOverrides,
     /// Timeout of every request to the provider (discovery, JWKS, token).
     pub http_timeout: Duration,
+    /// The largest response body read from the provider.
+    pub max_response_bytes: usize,
     /// How often provider metadata and keys are fetched again.
     pub metadata_refresh: Duration,
     /// Where the provider sends the browser after logout (and tollgate, without one).

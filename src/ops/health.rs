@@ -14,6 +14,8 @@ use serde::Serialize;
 pub(crate) struct Readiness {
     config_loaded: AtomicBool,
     provider_loaded: AtomicBool,
+    /// Set at shutdown: the load balancer should stop sending new clients.
+    draining: AtomicBool,
 }
 
 impl Default for Readiness {
@@ -21,6 +23,7 @@ impl Default for Readiness {
         Readiness {
             config_loaded: AtomicBool::new(true),
             provider_loaded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
     }
 }
@@ -35,6 +38,10 @@ struct Report<'a> {
 impl Readiness {
     pub(crate) fn set_provider_loaded(&self) {
         self.provider_loaded.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     pub(crate) fn provider_loaded(&self) -> bool {
@@ -55,7 +62,9 @@ impl Readiness {
     /// `(status, JSON body)` for `/readyz`.
     pub(crate) fn readyz(&self) -> (u16, Vec<u8>) {
         let waiting_for = self.waiting_for();
-        let (status, text) = if waiting_for.is_empty() {
+        let (status, text) = if self.draining.load(Ordering::Acquire) {
+            (503, "draining")
+        } else if waiting_for.is_empty() {
             (200, "ready")
         } else {
             (503, "not_ready")

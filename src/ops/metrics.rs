@@ -10,7 +10,12 @@
 //! - `tollgate_refresh_total{outcome}`: refreshes with a store — `won` (this replica called the
 //!   provider), `waited` (another replica's result, after waiting), `reused` (a result already
 //!   published), `fallback` (the store failed; refreshed locally);
-//! - `tollgate_revocations_total{source}`: sessions revoked here, by `logout` or `backchannel`.
+//! - `tollgate_revocations_total{source}`: sessions revoked here, by `logout` or `backchannel`;
+//! - `tollgate_connections`: client connections open now;
+//! - `tollgate_limits_total{limit}`: connections or requests stopped by a `[server]`/`[oidc]`
+//!   limit — `max_connections` (an accept had to wait for a free slot), `header_read_timeout`,
+//!   `keepalive_timeout` (an idle connection closed), `header_bytes`, `header_count`,
+//!   `cookie_bytes` (`431`), `body_bytes` (`413`), `provider_response_bytes`.
 //!
 //! A registry of our own (not the process-global one) keeps tests independent.
 
@@ -32,6 +37,8 @@ pub(crate) struct Metrics {
     store_latency: HistogramVec,
     refreshes: IntCounterVec,
     revocations: IntCounterVec,
+    connections: IntGauge,
+    limits: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,6 +113,16 @@ impl Metrics {
             &["source"],
         )
         .expect("valid metric");
+        let connections = IntGauge::new("tollgate_connections", "Client connections open now")
+            .expect("valid metric");
+        let limits = IntCounterVec::new(
+            Opts::new(
+                "tollgate_limits_total",
+                "Connections or requests stopped by a configured limit",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_latency.clone()),
@@ -114,6 +131,8 @@ impl Metrics {
             Box::new(store_latency.clone()),
             Box::new(refreshes.clone()),
             Box::new(revocations.clone()),
+            Box::new(connections.clone()),
+            Box::new(limits.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -126,7 +145,21 @@ impl Metrics {
             store_latency,
             refreshes,
             revocations,
+            connections,
+            limits,
         }
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections.dec();
+    }
+
+    pub(crate) fn limit(&self, limit: &str) {
+        self.limits.with_label_values(&[limit]).inc();
     }
 
     pub(crate) fn store_up(&self, up: bool) {

@@ -15,6 +15,7 @@
 //! Per-request state lives in [`Ctx`].
 
 pub(crate) mod csrf;
+pub(crate) mod front;
 pub(crate) mod gate;
 pub mod headers;
 pub(crate) mod request_id;

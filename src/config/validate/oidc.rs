@@ -141,6 +141,12 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         end_session_endpoint: o.end_session_endpoint.map(|u| u.0),
         revocation_endpoint: o.revocation_endpoint.map(|u| u.0),
     };
+    if o.max_response_bytes < 4096 {
+        return Err(ConfigError::invalid(
+            "oidc.max_response_bytes",
+            "must be at least 4096 (a discovery document or a key set is a few KB)",
+        ));
+    }
     if o.http_timeout.is_zero() {
         return Err(ConfigError::invalid(
             "oidc.http_timeout",
@@ -170,6 +176,7 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         extra_auth_params: o.extra_auth_params,
         endpoints,
         http_timeout: o.http_timeout,
+        max_response_bytes: o.max_response_bytes,
         metadata_refresh: o.metadata_refresh,
     })
 }

@@ -6,7 +6,11 @@
 
 use super::host_header;
 use crate::config::file::ServerSection;
-use crate::config::{ConfigError, ServerConfig};
+use crate::config::{ConfigError, Limits, ServerConfig};
+use crate::session::cookie::{CHUNK_SIZE, MAX_CHUNKS};
+
+/// Pingora parses at most this many header fields; more must be refused before it sees them.
+pub(crate) const MAX_HEADERS_CEILING: usize = 256;
 
 pub(super) fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
     if s.listen.is_empty() {
@@ -15,6 +19,7 @@ pub(super) fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
             "at least one address is required",
         ));
     }
+    let limits = limits(&s)?;
     let public_url = s.public_url.0;
     if public_url.path() != "/" || public_url.query().is_some() {
         return Err(ConfigError::invalid(
@@ -39,5 +44,54 @@ pub(super) fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
         public_url,
         threads,
         grace_period: s.grace_period,
+        limits,
+    })
+}
+
+fn limits(s: &ServerSection) -> Result<Limits, ConfigError> {
+    let positive = |key: &str, zero: bool| {
+        if zero {
+            Err(ConfigError::invalid(key, "must be greater than zero"))
+        } else {
+            Ok(())
+        }
+    };
+    positive("server.keepalive_timeout", s.keepalive_timeout.is_zero())?;
+    positive(
+        "server.header_read_timeout",
+        s.header_read_timeout.is_zero(),
+    )?;
+    positive("server.max_connections", s.max_connections == 0)?;
+    positive("server.max_body_bytes", s.max_body_bytes == 0)?;
+    if s.max_header_bytes < 1024 {
+        return Err(ConfigError::invalid(
+            "server.max_header_bytes",
+            "must be at least 1024",
+        ));
+    }
+    if s.max_headers == 0 || s.max_headers > MAX_HEADERS_CEILING {
+        return Err(ConfigError::invalid(
+            "server.max_headers",
+            format!("must be between 1 and {MAX_HEADERS_CEILING}"),
+        ));
+    }
+    let cookie_ceiling = (MAX_CHUNKS * CHUNK_SIZE).min(s.max_header_bytes.saturating_sub(512));
+    if s.max_cookie_bytes < 4096 || s.max_cookie_bytes > cookie_ceiling {
+        return Err(ConfigError::invalid(
+            "server.max_cookie_bytes",
+            format!(
+                "must be between 4096 and {cookie_ceiling} (server.max_header_bytes less 512, \
+                 and at most {MAX_CHUNKS} session chunks)"
+            ),
+        ));
+    }
+    Ok(Limits {
+        keepalive_timeout: s.keepalive_timeout,
+        header_read_timeout: s.header_read_timeout,
+        max_connections: s.max_connections,
+        max_header_bytes: s.max_header_bytes,
+        max_headers: s.max_headers,
+        max_cookie_bytes: s.max_cookie_bytes,
+        max_body_bytes: s.max_body_bytes,
     })
 }

@@ -1,0 +1,500 @@
+//! The front door: tollgate's own accept loop and request-head reading, in front of Pingora's
+//! HTTP handling ([`HttpServerApp::process_new_http`]).
+//!
+//! Why not Pingora's listening service: in 0.9 it has no connection limit; no deadline for a
+//! whole request head (a head dribbled a byte every 20 s is kept forever); no idle timeout on
+//! a reused keep-alive connection (its keep-alive `Some(0)` means "forever"); it answers too
+//! many header fields with `400` and accepts any head up to 1 MB; and on SIGTERM it closes the
+//! listening socket at once, which resets every connection still in the kernel's accept queue
+//! and drops connections whose request had not fully arrived. Here, per listener:
+//!
+//! - **`max_connections`**: a connection is accepted only with a free slot, so clients beyond
+//!   the limit wait in the kernel's listen backlog (not refused, not reset) and the open ones
+//!   are unaffected; a slot is given back when its connection closes.
+//! - **Request heads** are read here first ([`head`]): the whole head within
+//!   `header_read_timeout` of its first byte (of the accept, for the first request), at most
+//!   `max_header_bytes` and `max_headers` fields, else `431` (or the connection is closed, on
+//!   a timeout). The complete head is then put back in front of the stream, so Pingora's
+//!   parse reads it at once and never waits on the network.
+//! - **Between requests** an idle keep-alive connection is closed after `keepalive_timeout`,
+//!   or at shutdown.
+//! - **Shutdown** (SIGTERM): new handshakes are refused first (on Linux a socket filter drops
+//!   SYNs on the listening socket), then everything the kernel had already accepted is taken
+//!   from the queue and served with `Connection: close`, then the listener closes and new
+//!   clients are refused. `/readyz` answers `503` from the signal on.
+
+pub(crate) mod head;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::server::ListenFds;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Limits;
+use crate::ops::health::Readiness;
+use crate::ops::metrics::Metrics;
+use head::{HeadScanner, Scan};
+
+/// How long the drain waits for handshakes already under way to reach the accept queue
+/// after new ones are refused (a few round trips on any network tollgate sits in).
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+/// The longest the accept queue is drained at shutdown.
+const DRAIN_MAX: Duration = Duration::from_secs(2);
+/// How long a refused client's remaining request bytes are read (and discarded) after the
+/// `431`, so that closing does not reset the connection before the client reads the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+/// Room reserved for each read of a request head.
+const READ_CHUNK: usize = 4096;
+
+/// Binds the listening sockets (before the server runs, so a port in use is a start error).
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    // The backlog is where clients wait while `max_connections` are open.
+    socket.listen(65535)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The proxy service: listeners, the connection limit, head reading, then Pingora.
+pub(crate) struct FrontDoor<A> {
+    app: Option<A>,
+    listeners: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    limits: Limits,
+    metrics: Metrics,
+    readiness: Arc<Readiness>,
+    slots: Arc<Semaphore>,
+    draining: AtomicBool,
+}
+
+impl<A> FrontDoor<A> {
+    pub(crate) fn new(
+        app: A,
+        listeners: Vec<std::net::TcpListener>,
+        limits: Limits,
+        metrics: Metrics,
+        readiness: Arc<Readiness>,
+    ) -> Self {
+        FrontDoor {
+            app: Some(app),
+            listeners,
+            shared: Arc::new(Shared {
+                slots: Arc::new(Semaphore::new(limits.max_connections)),
+                limits,
+                metrics,
+                readiness,
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl<A> pingora::services::Service for FrontDoor<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let Some(app) = self.app.take() else {
+            return;
+        };
+        let app = Arc::new(app);
+        let mut loops = Vec::new();
+        for listener in std::mem::take(&mut self.listeners) {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot use a listening socket");
+                    continue;
+                }
+            };
+            loops.push(tokio::spawn(accept_loop(
+                listener,
+                app.clone(),
+                self.shared.clone(),
+                shutdown.clone(),
+            )));
+        }
+        for l in loops {
+            let _ = l.await;
+        }
+        app.http_cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        "tollgate"
+    }
+}
+
+async fn accept_loop<A>(
+    listener: TcpListener,
+    app: Arc<A>,
+    shared: Arc<Shared>,
+    mut shutdown: ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let permit = match shared.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                shared.metrics.limit("max_connections");
+                tokio::select! {
+                    p = shared.slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.changed() => continue,
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => continue,
+        };
+        match accepted {
+            Ok((tcp, peer)) => spawn_connection(tcp, peer, Some(permit), &app, &shared, &shutdown),
+            Err(e) => accept_failed(e).await,
+        }
+    }
+    drain(listener, &app, &shared, &shutdown).await;
+}
+
+/// Shutdown: no new handshakes, serve what the kernel already accepted, then close.
+async fn drain<A>(
+    listener: TcpListener,
+    app: &Arc<A>,
+    shared: &Arc<Shared>,
+    shutdown: &ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    shared.draining.store(true, Ordering::Release);
+    shared.readiness.set_draining();
+    if let Err(e) = refuse_new_handshakes(&listener) {
+        tracing::warn!(error = %e, "cannot refuse new handshakes while draining; connections arriving now may be reset");
+    }
+    let started = tokio::time::Instant::now();
+    let mut drained = 0usize;
+    while started.elapsed() < DRAIN_MAX {
+        match tokio::time::timeout(DRAIN_QUIET, listener.accept()).await {
+            Ok(Ok((tcp, peer))) => {
+                drained += 1;
+                // Over the limit if need be: these clients were already accepted by the kernel.
+                spawn_connection(tcp, peer, None, app, shared, shutdown);
+            }
+            Ok(Err(e)) => accept_failed(e).await,
+            Err(_) => break,
+        }
+    }
+    tracing::info!(
+        listener = ?listener.local_addr().ok(),
+        drained,
+        "listener closed; queued connections are being answered with Connection: close"
+    );
+}
+
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) {
+        // Out of descriptors: accept would fail again at once; let connections close first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Drops SYN segments (without ACK) on the listening socket: new clients are not taken into
+/// the queue any more, while handshakes already under way complete.
+#[cfg(target_os = "linux")]
+fn refuse_new_handshakes(listener: &TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // Classic BPF over the TCP header (the socket filter sees the segment from its TCP header):
+    // load the flags byte, keep SYN|ACK bits, drop when it is exactly SYN.
+    const BPF_LD_B_ABS: u16 = 0x30;
+    const BPF_ALU_AND_K: u16 = 0x54;
+    const BPF_JMP_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    let filter = [
+        libc::sock_filter {
+            code: BPF_LD_B_ABS,
+            jt: 0,
+            jf: 0,
+            k: 13,
+        },
+        libc::sock_filter {
+            code: BPF_ALU_AND_K,
+            jt: 0,
+            jf: 0,
+            k: 0x12,
+        },
+        libc::sock_filter {
+            code: BPF_JMP_JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: 0x02,
+        },
+        libc::sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: u32::MAX,
+        },
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `program` points at `filter`, both alive for the call; the kernel copies them.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&program as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn refuse_new_handshakes(_listener: &TcpListener) -> std::io::Result<()> {
+    Err(std::io::Error::other("only on Linux"))
+}
+
+fn spawn_connection<A>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    app: &Arc<A>,
+    shared: &Arc<Shared>,
+    shutdown: &ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let app = app.clone();
+    let shared = shared.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let _open = Open::new(&shared.metrics, permit);
+        let _ = tcp.set_nodelay(true);
+        let mut stream = L4Stream::from(tcp);
+        let digest = {
+            use std::os::fd::AsRawFd;
+            SocketDigest::from_raw_fd(stream.as_raw_fd())
+        };
+        let _ = digest.peer_addr.set(Some(peer.into()));
+        stream.set_socket_digest(digest);
+        serve(Box::new(stream), &app, &shared, &shutdown).await;
+    });
+}
+
+/// One open client connection: counted while it lives, its slot given back when it ends.
+struct Open {
+    metrics: Metrics,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Open {
+    fn new(metrics: &Metrics, permit: Option<OwnedSemaphorePermit>) -> Self {
+        metrics.connection_opened();
+        Open {
+            metrics: metrics.clone(),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
+    }
+}
+
+/// Why no request head was handed to Pingora.
+#[derive(Debug)]
+enum NoHead {
+    /// The client closed, or the connection broke.
+    Gone,
+    /// Idle past `keepalive_timeout`, or shutting down between requests.
+    Idle,
+    /// The head did not arrive within `header_read_timeout`.
+    Slow,
+    /// Too large or too many fields: answer `431`.
+    TooLarge(&'static str),
+}
+
+/// Requests on one connection: read a head, hand it to Pingora, repeat while it keeps alive.
+async fn serve<A>(
+    mut stream: Box<L4Stream>,
+    app: &Arc<A>,
+    shared: &Shared,
+    shutdown: &ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let mut settings: Option<HttpPersistentSettings> = None;
+    let mut first = true;
+    loop {
+        match read_head(&mut stream, first, shared, shutdown).await {
+            Ok(head) => stream.rewind(&head),
+            Err(NoHead::Gone) => return,
+            Err(NoHead::Idle) => {
+                if !first {
+                    shared.metrics.limit("keepalive_timeout");
+                }
+                return;
+            }
+            Err(NoHead::Slow) => {
+                shared.metrics.limit("header_read_timeout");
+                tracing::info!(
+                    "connection closed: the request head did not arrive within header_read_timeout"
+                );
+                return;
+            }
+            Err(NoHead::TooLarge(limit)) => {
+                shared.metrics.limit(limit);
+                too_large(&mut stream, limit, shared).await;
+                return;
+            }
+        }
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(s) = settings.take() {
+            s.apply_to_session(&mut session);
+        }
+        let closing = *shutdown.borrow() || shared.draining.load(Ordering::Acquire);
+        // Only whether to keep the connection: the idle wait itself is `read_head`'s.
+        session.set_keepalive(if closing { None } else { Some(60) });
+        let Some(reused) = app.process_new_http(session, shutdown).await else {
+            return;
+        };
+        let (next, persisted) = reused.consume();
+        let Ok(next) = next.into_any().downcast::<L4Stream>() else {
+            return;
+        };
+        stream = next;
+        settings = persisted;
+        first = false;
+    }
+}
+
+/// Reads one whole request head (and whatever came with it), within the limits.
+async fn read_head(
+    stream: &mut L4Stream,
+    first: bool,
+    shared: &Shared,
+    shutdown: &ShutdownWatch,
+) -> Result<BytesMut, NoHead> {
+    let limits = &shared.limits;
+    let mut buf = BytesMut::new();
+    let mut scanner = HeadScanner::new(limits.max_header_bytes, limits.max_headers);
+    let deadline = if first {
+        tokio::time::Instant::now() + limits.header_read_timeout
+    } else {
+        // Idle until the next request's first byte, at most keepalive_timeout; the head's
+        // own deadline starts then.
+        let mut closing = shutdown.clone();
+        buf.reserve(READ_CHUNK);
+        let n = tokio::select! {
+            r = tokio::time::timeout(limits.keepalive_timeout, stream.read_buf(&mut buf)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Gone),
+                Ok(Ok(n)) => n,
+                Err(_) => return Err(NoHead::Idle),
+            },
+            _ = closing.wait_for(|down| *down) => return Err(NoHead::Idle),
+        };
+        debug_assert!(n > 0);
+        tokio::time::Instant::now() + limits.header_read_timeout
+    };
+    loop {
+        match scanner.scan(&buf) {
+            Scan::Complete(_) => return Ok(buf),
+            Scan::TooLarge => return Err(NoHead::TooLarge("header_bytes")),
+            Scan::TooManyFields => return Err(NoHead::TooLarge("header_count")),
+            Scan::Incomplete => {}
+        }
+        buf.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Gone),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(NoHead::Slow),
+        }
+    }
+}
+
+/// Answers `431` to a head over the limits, then closes without resetting the connection.
+async fn too_large(stream: &mut L4Stream, limit: &'static str, shared: &Shared) {
+    let request_id = crate::proxy::request_id::generate();
+    let body = format!(
+        r#"{{"error":"request_header_fields_too_large","message":"the request head is over the {} limit","request_id":"{request_id}"}}"#,
+        match limit {
+            "header_count" => "server.max_headers",
+            _ => "server.max_header_bytes",
+        }
+    );
+    let reply = format!(
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n\
+         x-request-id: {request_id}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tracing::warn!(request_id = %request_id, limit, "request head refused with 431");
+    shared.metrics.request("-", 431);
+    if stream.write_all(reply.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+        return;
+    }
+    let _ = pingora::protocols::Shutdown::shutdown(stream).await;
+    // Read what the client still sends, so that closing with unread data does not reset the
+    // connection before the client has read the 431.
+    let mut sink = [0u8; 4096];
+    let mut read = 0usize;
+    let linger = tokio::time::Instant::now() + LINGER;
+    while read < LINGER_BYTES {
+        match tokio::time::timeout_at(linger, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => read += n,
+            _ => break,
+        }
+    }
+}
