@@ -35,6 +35,8 @@ fi
 
 say "building tollgate (release; the first build takes a few minutes)"
 cargo build --release --locked --quiet
+# Where cargo put it (CARGO_TARGET_DIR moves it).
+tollgate_bin="${CARGO_TARGET_DIR:-target}/release/tollgate"
 
 pids=()
 cleanup() {
@@ -75,7 +77,7 @@ pids+=($!)
 wait_for http://127.0.0.1:9001/ "$!" "the demo apps"
 
 say "starting tollgate on http://127.0.0.1:8080 (config: conf/tollgate.toml)"
-TOLLGATE_LOG="${TOLLGATE_LOG:-info}" ./target/release/tollgate --config conf/tollgate.toml &
+TOLLGATE_LOG="${TOLLGATE_LOG:-info}" "$tollgate_bin" --config conf/tollgate.toml &
 pids+=($!)
 wait_for http://127.0.0.1:8080/readyz "$!" "tollgate"
 
