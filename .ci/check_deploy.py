@@ -7,8 +7,11 @@
 2. Checks what the schemas cannot: every tollgate container has the liveness/readiness probes on
    /healthz and /readyz, the hardened securityContext, the config mounted where the image's CMD
    reads it (/etc/tollgate/tollgate.toml, as in deploy/Dockerfile), secrets mounted as files
-   where the config's *_file keys point, and a termination grace period that covers the preStop
-   pause plus tollgate's [server] grace_period.
+   where the config's *_file keys point (after the container's TOLLGATE__ overrides), no secret
+   inline (client_secret, session keys, the store URL, which may carry a password), a [store]
+   wherever more than one replica can run (Deployment replicas or HPA maxReplicas > 1: one
+   refresh per refresh token across replicas, logouts enforced by all), and a termination grace
+   period that covers the preStop pause plus tollgate's [server] grace_period.
 3. Runs `tollgate check` (the binary given as argv[1]) on each rendered tollgate.toml, with the
    Deployment's TOLLGATE__ environment overrides and the Secret's files, so a config we ship that
    the binary would refuse fails here, not at someone's rollout.
@@ -16,6 +19,7 @@
 Usage: check_deploy.py PATH/TO/tollgate
 """
 import base64
+import copy
 import os
 import re
 import subprocess
@@ -45,6 +49,33 @@ def seconds(text):
     for number, unit in re.findall(r"(\d+)\s*(ms|s|m|h|d)", text):
         total += int(number) * units[unit]
     return total
+
+
+def with_env_overrides(config, container):
+    """The config as tollgate reads it: the container's TOLLGATE__SECTION__KEY variables applied
+    as src/config/env.rs applies them (lower-cased segments, numeric ones index arrays, a value
+    starting with [ or { read as TOML)."""
+    config = copy.deepcopy(config)
+    for e in container.get("env", []):
+        name, raw = e["name"], e.get("value")
+        if not name.startswith("TOLLGATE__") or raw is None:
+            continue
+        raw = str(raw)
+        path = [s.lower() for s in name[len("TOLLGATE__"):].split("__")]
+        value = tomllib.loads(f"v = {raw}")["v"] if raw.lstrip()[:1] in ("[", "{") else raw
+        node = config
+        for i, seg in enumerate(path):
+            last = i == len(path) - 1
+            key = int(seg) if isinstance(node, list) else seg
+            if isinstance(node, list) and key == len(node):
+                node.append({})
+            if last:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and key not in node:
+                    node[key] = [] if path[i + 1].isdigit() else {}
+                node = node[key]
+    return config
 
 
 def render(path):
@@ -120,7 +151,7 @@ def check_tollgate_pod(path, docs, binary):
             fail(where, f"ConfigMap {cm_name} with tollgate.toml not rendered")
             continue
         toml_text = cm["data"]["tollgate.toml"]
-        config = tomllib.loads(toml_text)
+        config = with_env_overrides(tomllib.loads(toml_text), tg)
 
         # Secrets as files, where the config's *_file keys point.
         secret_files = {}
@@ -132,14 +163,30 @@ def check_tollgate_pod(path, docs, binary):
             ("oidc", "client_secret_file"),
             ("oidc", "private_key_file"),
             ("session", "keys_file"),
+            ("store", "url_file"),
         ]
         for section, key in file_keys:
             value = config.get(section, {}).get(key)
             if value and os.path.dirname(value) not in secret_files:
                 fail(where, f"{section}.{key} = {value} is not under a mounted Secret")
-        for section, key in [("oidc", "client_secret"), ("session", "keys")]:
+        for section, key in [("oidc", "client_secret"), ("session", "keys"), ("store", "url")]:
             if key in config.get(section, {}):
-                fail(where, f"{section}.{key} is inline in the ConfigMap; use {key}_file and a Secret")
+                fail(where, f"{section}.{key} is inline in the manifests; use {key}_file and a Secret")
+
+        # Several replicas act as one only through [store]: one refresh per refresh token (a
+        # provider that rotates them revokes the grant on reuse) and logouts enforced by all.
+        name = dep["metadata"]["name"]
+        most = max(
+            [dep["spec"].get("replicas", 1)]
+            + [
+                h["spec"]["maxReplicas"]
+                for h in by_kind.get("HorizontalPodAutoscaler", [])
+                if h["spec"]["scaleTargetRef"].get("kind") == "Deployment"
+                and h["spec"]["scaleTargetRef"]["name"] == name
+            ]
+        )
+        if most > 1 and "store" not in config:
+            fail(where, f"up to {most} replicas but no [store]: refreshes and logouts are per replica")
 
         grace = seconds(config.get("server", {}).get("grace_period", "0s"))
         pre_stop = tg.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
@@ -149,11 +196,13 @@ def check_tollgate_pod(path, docs, binary):
                 where,
                 f"terminationGracePeriodSeconds {termination} < preStop {pre_stop} s + grace_period {grace} s + 1",
             )
-        listen_ports = {int(a.rsplit(":", 1)[1]) for a in config["server"]["listen"]}
+        listen = config["server"]["listen"]
+        listen = [listen] if isinstance(listen, str) else listen
+        listen_ports = {int(a.rsplit(":", 1)[1]) for a in listen}
         container_ports = {p["containerPort"] for p in tg.get("ports", [])}
         if not listen_ports <= container_ports:
             fail(where, f"listen ports {listen_ports} not all declared as containerPorts {container_ports}")
-        if any(a.startswith("127.") for a in config["server"]["listen"]):
+        if any(a.startswith("127.") for a in listen):
             fail(where, "listen on loopback is unreachable from the Service")
 
         run_tollgate_check(where, binary, toml_text, tg, secret_files, by_kind.get("Secret", []))
@@ -184,7 +233,11 @@ def run_tollgate_check(where, binary, toml_text, container, secret_mounts, secre
                 # Supplied outside kustomize (e.g. kubectl create secret): example values.
                 (d / "client_secret").write_text("placeholder-client-secret\n")
                 (d / "cookie_keys").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+                (d / "store_url").write_text("redis://127.0.0.1:6379/0\n")
             toml_text = toml_text.replace(f'"{mount_path}/', f'"{d}/')
+            for k, v in env.items():
+                if k.startswith("TOLLGATE__") and v.startswith(f"{mount_path}/"):
+                    env[k] = f"{d}/" + v[len(mount_path) + 1 :]
         config_file.write_text(toml_text)
         check = [binary, "check", "--config", str(config_file)]
         if example_keys:
