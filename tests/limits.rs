@@ -1,0 +1,192 @@
+//! What one client can hold or send: oversized request heads get `431` without reaching the
+//! upstream, a head that stops arriving and an idle keep-alive connection are closed after
+//! their timeouts, and `max_connections` bounds what idle clients can hold — the process
+//! serves again as soon as they go.
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw::read_response;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bound on anything a test waits for; a hang fails instead of blocking CI.
+const HANG: Duration = Duration::from_secs(20);
+
+async fn start(server: &str) -> (Echo, Tollgate) {
+    let echo = Echo::start().await;
+    let config = TestConfig::without_provider()
+        .threads(2)
+        .server(server)
+        .route("/", &echo.url(), "auth = \"none\"");
+    let tg = Tollgate::start(|port, metrics| config.render(port, metrics)).await;
+    (echo, tg)
+}
+
+/// Waits until the peer closes `s` (bounded), discarding anything it sends.
+async fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(HANG, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The value of an unlabelled or labelled metric line in `text`.
+fn metric(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_large_headers_get_431_without_reaching_the_upstream() {
+    let (echo, tg) = start("").await;
+    let mut many = String::from("GET /x HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..500 {
+        many.push_str(&format!("x-h-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let large = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    for (what, request) in [("500 headers", many), ("a 100 KB header", large)] {
+        let mut s = TcpStream::connect(tg.addr()).await.unwrap();
+        // The client may still be writing when the 431 comes: write in the background.
+        let (mut rd, mut wr) = s.split();
+        let write = async {
+            let _ = wr.write_all(request.as_bytes()).await;
+        };
+        let read = async {
+            let mut tmp = Vec::new();
+            let _ = tokio::time::timeout(HANG, rd.read_to_end(&mut tmp)).await;
+            tmp
+        };
+        let (_, got) = tokio::join!(write, read);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 431 "),
+            "{what}: {text:.300}\n{}",
+            tg.log()
+        );
+        assert!(
+            text.contains("\"error\":\"request_header_fields_too_large\""),
+            "{text}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("x-request-id: "),
+            "{text}"
+        );
+        drop(s);
+    }
+    assert_eq!(echo.count(), 0, "nothing reached the upstream");
+    let text = tg
+        .wait_metrics(&[
+            "tollgate_limits_total{limit=\"header_count\"} 1",
+            "tollgate_limits_total{limit=\"header_bytes\"} 1",
+        ])
+        .await;
+    assert!(text.contains("tollgate_requests_total{route=\"-\",status=\"431\"} 2"));
+    // Within the limits, the same server answers normally.
+    let (head, _) = common::raw::raw_request(&tg, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_stops_arriving_is_dropped_after_header_read_timeout() {
+    let (echo, tg) = start("header_read_timeout = \"1s\"").await;
+    let mut s = TcpStream::connect(tg.addr()).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    // A byte every 300 ms keeps a per-read timeout alive forever; the head's deadline is
+    // from its first byte, so the connection goes all the same.
+    let dribble = async {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if s.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HANG, dribble).await;
+    assert!(
+        closed_by_peer(&mut s).await,
+        "still open after the deadline"
+    );
+    assert_eq!(echo.count(), 0);
+    tg.wait_metrics(&["tollgate_limits_total{limit=\"header_read_timeout\"} 1"])
+        .await;
+    // A connection that sends nothing at all goes the same way.
+    let mut silent = TcpStream::connect(tg.addr()).await.unwrap();
+    assert!(closed_by_peer(&mut silent).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
+    let (_echo, tg) = start("keepalive_timeout = \"1s\"").await;
+    let mut s = TcpStream::connect(tg.addr()).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+    }
+    assert!(
+        closed_by_peer(&mut s).await,
+        "the idle connection stayed open"
+    );
+    tg.wait_metrics(&["tollgate_limits_total{limit=\"keepalive_timeout\"} 1"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_bounds_what_idle_clients_hold_and_the_process_recovers() {
+    const MAX: usize = 20;
+    let (_echo, tg) = start(&format!(
+        "max_connections = {MAX}\nheader_read_timeout = \"60s\""
+    ))
+    .await;
+    // Ten times the limit of clients that connect and send nothing.
+    let mut idle = Vec::new();
+    for _ in 0..10 * MAX {
+        idle.push(TcpStream::connect(tg.addr()).await.unwrap());
+    }
+    let text = tg
+        .wait_metrics(&[&format!("tollgate_connections {MAX}")])
+        .await;
+    assert!(
+        metric(&text, "tollgate_limits_total{limit=\"max_connections\"} ").is_some(),
+        "{text}"
+    );
+    // The process holds no more than MAX of them (so no more than their memory): the rest wait
+    // in the kernel's backlog.
+    // A new client is queued, not refused; once the idle ones go, it is served.
+    let mut waiting = TcpStream::connect(tg.addr()).await.unwrap();
+    waiting
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut one = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), waiting.peek(&mut one))
+            .await
+            .is_err(),
+        "answered while max_connections were held"
+    );
+    drop(idle);
+    let (head, _) = read_response(&mut waiting).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(waiting);
+    tg.wait_metrics(&["tollgate_connections 0"]).await;
+}
