@@ -190,3 +190,115 @@ async fn max_connections_bounds_what_idle_clients_hold_and_the_process_recovers(
     drop(waiting);
     tg.wait_metrics(&["tollgate_connections 0"]).await;
 }
+
+/// What happened to one attempt of the load below.
+#[derive(Default)]
+struct Outcomes {
+    answered: usize,
+    refused: usize,
+    broken: Vec<String>,
+}
+
+/// One request on a new connection; `Err` describes a connection that was accepted but not
+/// answered completely.
+async fn one_request(addr: std::net::SocketAddr) -> Result<bool, String> {
+    let Ok(Ok(mut s)) = tokio::time::timeout(HANG, TcpStream::connect(addr)).await else {
+        return Ok(false);
+    };
+    if let Err(e) = s
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+    {
+        return Err(format!("write: {e}"));
+    }
+    let mut got = Vec::new();
+    match tokio::time::timeout(HANG, s.read_to_end(&mut got)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("read: {e} after {} bytes", got.len())),
+        Err(_) => return Err("no answer".into()),
+    }
+    let text = String::from_utf8_lossy(&got);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(format!("incomplete: {text:.200}"));
+    };
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(usize::MAX);
+    if head.starts_with("HTTP/1.1 200") && body.len() == length {
+        Ok(true)
+    } else {
+        Err(format!("not a complete 200: {head:.200}"))
+    }
+}
+
+/// SIGTERM under a steady load of new connections: every connection the kernel accepted gets
+/// a complete response, and once the listener is closed new clients are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_answers_every_accepted_connection_then_refuses_new_ones() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let (_echo, mut tg) = start("grace_period = \"2s\"").await;
+    let addr = tg.addr();
+    let done = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (done, outcomes) = (done.clone(), outcomes.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::Acquire) {
+                    let r = one_request(addr).await;
+                    let mut o = outcomes.lock().unwrap();
+                    match r {
+                        Ok(true) => o.answered += 1,
+                        Ok(false) => o.refused += 1,
+                        Err(e) => o.broken.push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    // Under way: a few hundred answered, then the signal.
+    for _ in 0..400 {
+        if outcomes.lock().unwrap().answered >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &tg.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exited = false;
+    for _ in 0..400 {
+        if tg.child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A moment more of load against the closed port.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    done.store(true, Ordering::Release);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let o = outcomes.lock().unwrap();
+    assert!(exited, "tollgate did not exit after SIGTERM: {}", tg.log());
+    assert!(
+        o.broken.is_empty(),
+        "{} of {} accepted connections were not answered: {:?}\n{}",
+        o.broken.len(),
+        o.answered + o.broken.len(),
+        &o.broken[..o.broken.len().min(5)],
+        tg.log()
+    );
+    assert!(o.answered >= 300, "answered {}", o.answered);
+    assert!(o.refused > 0, "new connections were never refused");
+}
