@@ -42,9 +42,6 @@ pub(crate) struct Endpoints {
     backchannel_logout_path: String,
 }
 
-/// The most tollgate reads of a request body for its own endpoints (a logout token form).
-pub(crate) const MAX_BODY: usize = 64 * 1024;
-
 #[derive(Serialize)]
 struct SessionInfo<'a> {
     sub: &'a str,
@@ -70,7 +67,7 @@ impl Endpoints {
         }
     }
 
-    /// Whether the endpoint at `path` reads the request body (up to [`MAX_BODY`]).
+    /// Whether the endpoint at `path` reads the request body (up to `[server] max_body_bytes`).
     pub(crate) fn takes_body(&self, path: &str) -> bool {
         path == self.backchannel_logout_path
     }

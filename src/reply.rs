@@ -70,6 +70,8 @@ pub(crate) enum Fault {
     InvalidLogoutToken,
     /// A request body over what tollgate reads for its own endpoints.
     PayloadTooLarge,
+    /// The `Cookie` header, or the session's chunks, over what tollgate accepts.
+    CookieTooLarge,
     /// The shared store is needed and cannot be reached.
     StoreUnavailable,
 }
@@ -88,6 +90,7 @@ impl Fault {
             UpstreamTimeout => 504,
             Internal | SessionTooLarge => 500,
             PayloadTooLarge => 413,
+            CookieTooLarge => 431,
             ProviderError(_) | CallbackUnreadable | InvalidState | UnknownState | LoginExpired
             | IssuerMismatch | IssuerMissing | MissingCode | CodeRejected | InvalidLogoutToken => {
                 400
@@ -145,6 +148,9 @@ impl Fault {
             SessionTooLarge => "The session could not be stored.",
             InvalidLogoutToken => "the logout token is not valid",
             PayloadTooLarge => "the request body is too large",
+            CookieTooLarge => {
+                "the cookies sent to this site are larger than it accepts; clear them and sign in again"
+            }
             StoreUnavailable => "the shared store cannot be reached; retry shortly",
             _ => return None,
         })
@@ -354,6 +360,7 @@ impl Fault {
             SessionTooLarge => "session_too_large",
             InvalidLogoutToken => "invalid_request",
             PayloadTooLarge => "payload_too_large",
+            CookieTooLarge => "request_header_fields_too_large",
             StoreUnavailable => "store_unavailable",
         }
     }

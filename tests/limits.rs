@@ -302,3 +302,87 @@ async fn sigterm_answers_every_accepted_connection_then_refuses_new_ones() {
     assert!(o.answered >= 300, "answered {}", o.answered);
     assert!(o.refused > 0, "new connections were never refused");
 }
+
+/// A `Cookie` header over `max_cookie_bytes`, or a session announcing more chunks than
+/// tollgate ever writes, gets `431` (and the session cookies cleared) without reaching the
+/// upstream; a session that would not fit is refused when it would be written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_cookies_get_431_without_reaching_the_upstream() {
+    let echo = Echo::start().await;
+    let config = TestConfig::without_provider()
+        .server("max_cookie_bytes = 8192")
+        .route("/api", &echo.url(), "auth = \"required\"")
+        .route("/", &echo.url(), "auth = \"none\"");
+    let tg = Tollgate::start(|port, metrics| config.render(port, metrics)).await;
+    let client = reqwest::Client::new();
+
+    let big = format!("a={}", "b".repeat(9000));
+    for path in ["/public", "/api/x"] {
+        let r = client
+            .get(tg.url(path))
+            .header("cookie", &big)
+            .header("x-csrf", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "request_header_fields_too_large");
+    }
+    // Split over several Cookie fields, the same total is still too much.
+    let half = format!("a={}", "b".repeat(4600));
+    let r = client
+        .get(tg.url("/public"))
+        .header("cookie", &half)
+        .header("cookie", &half)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+
+    let name = tg.codec().cookie_name().to_string();
+    let r = client
+        .get(tg.url("/api/x"))
+        .header("cookie", format!("{name}.0=11.abc; {name}.1=def"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let cleared: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with(&format!("{name}.0=;")) && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    assert_eq!(echo.count(), 0, "nothing reached the upstream");
+    tg.wait_metrics(&[
+        "tollgate_limits_total{limit=\"cookie_bytes\"} 3",
+        "tollgate_limits_total{limit=\"session_chunks\"} 1",
+    ])
+    .await;
+}
+
+/// Bodies of tollgate's own endpoints are read up to `max_body_bytes`: beyond, `413`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_body_over_max_body_bytes_gets_413() {
+    let (_echo, tg) = start("max_body_bytes = 1024").await;
+    let r = reqwest::Client::new()
+        .post(tg.url("/backchannel-logout"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("logout_token={}", "a".repeat(2000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "payload_too_large");
+    tg.wait_metrics(&["tollgate_limits_total{limit=\"body_bytes\"} 1"])
+        .await;
+}

@@ -68,10 +68,24 @@ pub(crate) fn screen<'r>(
     headers: &HeaderMap,
     raw_target: &[u8],
     uri_path: &'r str,
+    max_cookie_bytes: usize,
     request_id: &str,
 ) -> Result<Target<'r>, Fault> {
     if method == Method::TRACE {
         return Err(Fault::MethodNotAllowed);
+    }
+    let cookie_bytes: usize = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(|v| v.len())
+        .sum();
+    if cookie_bytes > max_cookie_bytes {
+        tracing::info!(
+            request_id,
+            cookie_bytes,
+            "Cookie header over server.max_cookie_bytes"
+        );
+        return Err(Fault::CookieTooLarge);
     }
     if version == Version::HTTP_11 && !headers.contains_key(http::header::HOST) {
         tracing::info!(request_id, "HTTP/1.1 request without Host");
@@ -216,7 +230,14 @@ impl Gate {
                 if auth == RouteAuth::Optional {
                     return Ok(Grant::default());
                 }
-                let mut reply = Reply::from(Fault::Unauthenticated);
+                let fault = match e {
+                    SessionError::Cookie(ChunkError::TooManyChunks) => {
+                        self.metrics.limit("session_chunks");
+                        Fault::CookieTooLarge
+                    }
+                    _ => Fault::Unauthenticated,
+                };
+                let mut reply = Reply::from(fault);
                 if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
                     reply = reply.with_cookies(self.codec.clear_cookie_lines(&present));
                 }
@@ -597,7 +618,7 @@ mod tests {
     fn screen_refuses_trace_hostless_http11_and_bad_targets() {
         let mut h = HeaderMap::new();
         let s = |m: &Method, v, h: &HeaderMap, t: &str| {
-            screen(m, v, h, t.as_bytes(), t, "rid").map(|_| ())
+            screen(m, v, h, t.as_bytes(), t, 12288, "rid").map(|_| ())
         };
         assert_eq!(
             s(&Method::GET, Version::HTTP_11, &h, "/api"),

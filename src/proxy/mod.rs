@@ -35,7 +35,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::Config;
-use crate::endpoints::{Endpoints, MAX_BODY};
+use crate::config::Limits;
+use crate::endpoints::Endpoints;
 use crate::oidc::Oidc;
 use crate::ops::health::Readiness;
 use crate::ops::metrics::Metrics;
@@ -60,7 +61,12 @@ pub(crate) struct Tollgate {
     proto: &'static str,
     /// `public_url`'s authority, for `X-Forwarded-Host`.
     forwarded_host: HeaderValue,
+    limits: Limits,
 }
+
+/// Room in `[server] max_cookie_bytes` kept for cookies besides the session's (a pending
+/// login or logout, the application's own): a session that needs more is refused at login.
+const COOKIE_ROOM: usize = 2048;
 
 /// Per-request state.
 #[derive(Debug)]
@@ -90,7 +96,13 @@ impl Tollgate {
         store: Option<Arc<Store>>,
     ) -> Result<Self, ResolveError> {
         let gate = Gate::new(
-            SessionCodec::new(&config.session, config.server.secure_cookies),
+            SessionCodec::new(&config.session, config.server.secure_cookies).with_cookie_budget(
+                config
+                    .server
+                    .limits
+                    .max_cookie_bytes
+                    .saturating_sub(COOKIE_ROOM),
+            ),
             revocations,
             store,
             CsrfPolicy::new(&config.csrf, &config.server.public_origin),
@@ -109,6 +121,7 @@ impl Tollgate {
             ),
             metrics,
             oidc,
+            limits: config.server.limits.clone(),
             proto: if config.server.secure_cookies {
                 "https"
             } else {
@@ -133,10 +146,16 @@ impl Tollgate {
             &req.headers,
             req.raw_path(),
             req.uri.path(),
+            self.limits.max_cookie_bytes,
             &ctx.request_id,
         ) {
             Ok(t) => t,
-            Err(fault) => return Some(Reply::from(fault)),
+            Err(fault) => {
+                if fault == Fault::CookieTooLarge {
+                    self.metrics.limit("cookie_bytes");
+                }
+                return Some(Reply::from(fault));
+            }
         };
         let facts = Facts {
             method: &req.method,
@@ -247,9 +266,12 @@ impl ProxyHttp for Tollgate {
         ctx.request_id = request_id::from_headers(&session.req_header().headers);
         let mut body = None;
         if self.endpoints.takes_body(session.req_header().uri.path()) {
-            match read_body(session, MAX_BODY).await {
+            match read_body(session, self.limits.max_body_bytes).await {
                 Ok(b) => body = Some(b),
                 Err(fault) => {
+                    if fault == Fault::PayloadTooLarge {
+                        self.metrics.limit("body_bytes");
+                    }
                     let reply = Reply::from(fault);
                     ctx.outcome = reply.outcome();
                     respond::write(session, &reply, &ctx.request_id).await?;

@@ -31,6 +31,9 @@ pub enum ChunkError {
     Malformed,
     #[error("sealed session is too large for {MAX_CHUNKS} cookies")]
     TooLarge,
+    /// Chunk 0 announces more chunks than any tollgate writes.
+    #[error("the session announces more than {MAX_CHUNKS} chunks")]
+    TooManyChunks,
 }
 
 /// The session cookies found in a request, borrowed from its `Cookie` headers.
@@ -157,8 +160,11 @@ impl<'a> SessionCookies<'a> {
         };
         let (count, data) = first.split_once('.').ok_or(ChunkError::Malformed)?;
         let count: usize = count.parse().map_err(|_| ChunkError::Malformed)?;
-        if count == 0 || count > MAX_CHUNKS {
+        if count == 0 {
             return Err(ChunkError::Malformed);
+        }
+        if count > MAX_CHUNKS {
+            return Err(ChunkError::TooManyChunks);
         }
         let mut out = String::with_capacity(count * CHUNK_SIZE);
         out.push_str(data);

@@ -156,6 +156,7 @@ impl SessionError {
             SessionError::Cookie(ChunkError::MissingChunk(_)) => "missing_chunk",
             SessionError::Cookie(ChunkError::Malformed) => "malformed",
             SessionError::Cookie(ChunkError::TooLarge) => "too_large",
+            SessionError::Cookie(ChunkError::TooManyChunks) => "too_many_chunks",
             SessionError::Open(OpenError::Encoding | OpenError::Truncated) => "malformed",
             SessionError::Open(OpenError::Version(_)) => "version",
             SessionError::Open(OpenError::UnknownKey) => "unknown_key",
@@ -177,6 +178,8 @@ pub struct SessionCodec {
     attrs: CookieAttrs,
     max_lifetime: u64,
     idle_timeout: u64,
+    /// The most bytes the session's cookies may take in a `Cookie` header.
+    cookie_budget: usize,
 }
 
 impl SessionCodec {
@@ -190,7 +193,16 @@ impl SessionCodec {
             },
             max_lifetime: config.max_lifetime.as_secs(),
             idle_timeout: config.idle_timeout.as_secs(),
+            cookie_budget: usize::MAX,
         }
+    }
+
+    /// Limits the session's cookies to `bytes` of a `Cookie` header (`name=value; …`), so that
+    /// a session is refused when it is written rather than answered `431` on every request
+    /// after (`[server] max_cookie_bytes` less room for other cookies).
+    pub fn with_cookie_budget(mut self, bytes: usize) -> Self {
+        self.cookie_budget = bytes;
+        self
     }
 
     /// When `session` ends if unused: the earlier of its absolute and idle limits.
@@ -267,7 +279,17 @@ impl SessionCodec {
         let sealed = self.seal(session)?;
         let ends_at = session.created_at.saturating_add(self.max_lifetime);
         let max_age = Duration::from_secs(ends_at.saturating_sub(now));
-        Ok(self.attrs.store(&self.name, &sealed, max_age, previous)?)
+        let lines = self.attrs.store(&self.name, &sealed, max_age, previous)?;
+        // What the browser sends back: `name=value` of each kept cookie, joined by `; `.
+        let sent: usize = lines
+            .iter()
+            .filter(|l| !l.contains("Max-Age=0"))
+            .map(|l| l.split(';').next().map_or(0, str::len) + 2)
+            .sum();
+        if sent > self.cookie_budget {
+            return Err(SessionError::Cookie(ChunkError::TooLarge));
+        }
+        Ok(lines)
     }
 
     /// The `Set-Cookie` lines that remove every session cookie in `previous`.
@@ -352,6 +374,27 @@ mod tests {
         let header = header(&lines);
         let (_, payload) = codec.open([header.as_str()]);
         Ok(codec.decode(&payload?, now)?.into_owned())
+    }
+
+    #[test]
+    fn a_session_over_the_cookie_budget_is_refused_when_written() {
+        let s = session(1_700_000_000);
+        let roomy = SessionCodec::new(&config(), true);
+        let lines = roomy
+            .set_cookie_lines(&s, &SessionCookies::default(), s.created_at)
+            .unwrap();
+        let sent = header(&lines).len();
+        let exact = SessionCodec::new(&config(), true).with_cookie_budget(sent + 2);
+        assert!(exact
+            .set_cookie_lines(&s, &SessionCookies::default(), s.created_at)
+            .is_ok());
+        let tight = SessionCodec::new(&config(), true).with_cookie_budget(sent - 1);
+        assert_eq!(
+            tight
+                .set_cookie_lines(&s, &SessionCookies::default(), s.created_at)
+                .unwrap_err(),
+            SessionError::Cookie(ChunkError::TooLarge)
+        );
     }
 
     #[test]
