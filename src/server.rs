@@ -88,6 +88,7 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
             http,
             config: config.oidc.clone(),
             readiness: readiness.clone(),
+            metrics: metrics.clone(),
         },
     ));
     let app = Tollgate::new(

@@ -139,7 +139,7 @@ impl Oidc {
                     }
                     TokenError::Provider { error, .. } => Fault::TokenRefused(provider_code(&error)),
                     TokenError::Unreachable(_) => Fault::ProviderUnreachable,
-                    TokenError::Invalid(_) | TokenError::ClientAuth(_) => {
+                    TokenError::Invalid(_) | TokenError::TooLarge | TokenError::ClientAuth(_) => {
                         Fault::InvalidTokenResponse
                     }
                 }

@@ -48,7 +48,7 @@ enum Method {
 }
 
 /// How tollgate proves its identity to the token endpoint.
-pub struct ClientAuth {
+pub(crate) struct ClientAuth {
     client_id: String,
     method: Method,
 }
@@ -71,9 +71,9 @@ impl std::fmt::Debug for ClientAuth {
 
 /// What to add to a token request: an `Authorization` header and/or form fields.
 #[derive(Default)]
-pub struct Credentials {
-    pub authorization: Option<String>,
-    pub form: Vec<(&'static str, String)>,
+pub(crate) struct Credentials {
+    pub(crate) authorization: Option<String>,
+    pub(crate) form: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -98,7 +98,7 @@ struct AssertionClaims<'a> {
 }
 
 impl ClientAuth {
-    pub fn new(cfg: &OidcConfig) -> Result<ClientAuth, ClientAuthError> {
+    pub(crate) fn new(cfg: &OidcConfig) -> Result<ClientAuth, ClientAuthError> {
         // Validation requires a secret for the secret-based methods; checked again here rather
         // than signing with an empty one.
         let secret = || {
@@ -154,12 +154,8 @@ impl ClientAuth {
         })
     }
 
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
     /// Credentials for one request to `token_endpoint` at time `now` (Unix seconds).
-    pub fn credentials(
+    pub(crate) fn credentials(
         &self,
         token_endpoint: &str,
         now: u64,

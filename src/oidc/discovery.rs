@@ -31,6 +31,12 @@ pub(crate) enum DiscoveryError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("reading {url}: {source}")]
+    Body {
+        url: String,
+        #[source]
+        source: super::BodyError,
+    },
     #[error("{url} answered {status}")]
     Status { url: String, status: u16 },
     #[error("{url} is not a valid discovery document: {problem}")]
@@ -39,6 +45,17 @@ pub(crate) enum DiscoveryError {
     IssuerMismatch { expected: String, found: String },
     #[error(transparent)]
     Jwks(#[from] JwksError),
+}
+
+impl DiscoveryError {
+    /// Whether a response was over `[oidc] max_response_bytes`.
+    pub(crate) fn is_too_large(&self) -> bool {
+        match self {
+            DiscoveryError::Body { source, .. } => source.is_too_large(),
+            DiscoveryError::Jwks(j) => j.is_too_large(),
+            _ => false,
+        }
+    }
 }
 
 /// The discovery document fields tollgate uses.
@@ -131,10 +148,12 @@ pub(crate) async fn fetch_metadata(
                 status: resp.status().as_u16(),
             });
         }
-        let bytes = resp.bytes().await.map_err(|source| DiscoveryError::Http {
-            url: url.clone(),
-            source,
-        })?;
+        let bytes = super::read_body(resp, cfg.max_response_bytes)
+            .await
+            .map_err(|source| DiscoveryError::Body {
+                url: url.clone(),
+                source,
+            })?;
         let doc: Document =
             serde_json::from_slice(&bytes).map_err(|e| DiscoveryError::Document {
                 url: url.clone(),
@@ -267,7 +286,7 @@ impl ProviderStore {
     ) -> Result<(), DiscoveryError> {
         let metadata = fetch_metadata(http, cfg).await?;
         let fetched = Instant::now();
-        let jwks = Jwks::fetch(http, &metadata.jwks_uri).await?;
+        let jwks = Jwks::fetch(http, &metadata.jwks_uri, cfg.max_response_bytes).await?;
         self.set(metadata, jwks, fetched);
         Ok(())
     }
@@ -279,6 +298,7 @@ pub(crate) struct MetadataRefresher {
     pub http: reqwest::Client,
     pub config: OidcConfig,
     pub readiness: Arc<Readiness>,
+    pub metrics: crate::ops::metrics::Metrics,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -299,6 +319,9 @@ impl BackgroundService for MetadataRefresher {
                     self.config.metadata_refresh
                 }
                 Err(e) => {
+                    if e.is_too_large() {
+                        self.metrics.limit("provider_response_bytes");
+                    }
                     // Keep serving with the previous snapshot, if any.
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "provider metadata not loaded");
                     let w = backoff;

@@ -17,12 +17,24 @@ pub(crate) enum JwksError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("reading JWKS {url}: {source}")]
+    Body {
+        url: String,
+        #[source]
+        source: super::BodyError,
+    },
     #[error("JWKS {url} answered {status}")]
     Status { url: String, status: u16 },
     #[error("JWKS {url} is not a JWK set: {problem}")]
     Document { url: String, problem: String },
     #[error("JWKS {url} holds no usable signing key")]
     Empty { url: String },
+}
+
+impl JwksError {
+    pub(crate) fn is_too_large(&self) -> bool {
+        matches!(self, JwksError::Body { source, .. } if source.is_too_large())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +109,11 @@ impl Jwks {
         Ok(Jwks { keys })
     }
 
-    pub(crate) async fn fetch(http: &reqwest::Client, url: &Url) -> Result<Jwks, JwksError> {
+    pub(crate) async fn fetch(
+        http: &reqwest::Client,
+        url: &Url,
+        max_bytes: usize,
+    ) -> Result<Jwks, JwksError> {
         let u = url.as_str().to_string();
         let resp = http
             .get(url.clone())
@@ -114,10 +130,12 @@ impl Jwks {
                 status: resp.status().as_u16(),
             });
         }
-        let body = resp.bytes().await.map_err(|source| JwksError::Http {
-            url: u.clone(),
-            source,
-        })?;
+        let body = super::read_body(resp, max_bytes)
+            .await
+            .map_err(|source| JwksError::Body {
+                url: u.clone(),
+                source,
+            })?;
         Jwks::parse(&body, &u)
     }
 

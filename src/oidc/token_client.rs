@@ -18,6 +18,8 @@ pub enum TokenError {
     Provider { status: u16, error: String },
     #[error("the provider's token response is not usable: {0}")]
     Invalid(&'static str),
+    #[error("the provider's answer is larger than oidc.max_response_bytes")]
+    TooLarge,
     #[error(transparent)]
     ClientAuth(#[from] ClientAuthError),
 }
@@ -66,11 +68,24 @@ struct ErrorBody {
 pub struct TokenClient {
     http: reqwest::Client,
     auth: ClientAuth,
+    /// `[oidc] max_response_bytes`.
+    max_body: usize,
+    metrics: crate::ops::metrics::Metrics,
 }
 
 impl TokenClient {
-    pub fn new(http: reqwest::Client, auth: ClientAuth) -> Self {
-        TokenClient { http, auth }
+    pub(crate) fn new(
+        http: reqwest::Client,
+        auth: ClientAuth,
+        max_body: usize,
+        metrics: crate::ops::metrics::Metrics,
+    ) -> Self {
+        TokenClient {
+            http,
+            auth,
+            max_body,
+            metrics,
+        }
     }
 
     /// Exchanges an authorization code (with its PKCE verifier) for tokens.
@@ -177,10 +192,15 @@ impl TokenClient {
             .await
             .map_err(|e| TokenError::Unreachable(describe(&e)))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
+        let body = super::read_body(resp, self.max_body)
             .await
-            .map_err(|e| TokenError::Unreachable(describe(&e)))?;
+            .map_err(|e| match e {
+                super::BodyError::TooLarge(_) => {
+                    self.metrics.limit("provider_response_bytes");
+                    TokenError::TooLarge
+                }
+                super::BodyError::Http(e) => TokenError::Unreachable(describe(&e)),
+            })?;
         if !(200..300).contains(&status) {
             let error = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|b| crate::reply::provider_code(&b.error))
