@@ -44,23 +44,30 @@ impl HeadScanner {
     /// Looks at `buf` — everything received so far, of which the first bytes were seen by
     /// earlier calls.
     pub(crate) fn scan(&mut self, buf: &[u8]) -> Scan {
-        while self.pos < buf.len() {
-            let i = self.pos;
-            self.pos += 1;
-            let b = buf[i];
-            let Some(start) = self.line_start else {
-                // RFC 9112 §2.2: empty lines before the request line are ignored.
-                if b != b'\r' && b != b'\n' {
-                    self.line_start = Some(i);
+        if self.line_start.is_none() {
+            // RFC 9112 §2.2: empty lines before the request line are ignored.
+            match buf[self.pos..]
+                .iter()
+                .position(|b| *b != b'\r' && *b != b'\n')
+            {
+                Some(at) => {
+                    self.pos += at;
+                    self.line_start = Some(self.pos);
                 }
-                continue;
-            };
-            if b != b'\n' {
-                continue;
+                None => {
+                    self.pos = buf.len();
+                    return self.incomplete(buf);
+                }
             }
+        }
+        let mut start = self.line_start.unwrap_or(self.pos);
+        // Line ends found with memchr (SIMD): a head is a few KB of long cookie lines.
+        for nl in memchr::memchr_iter(b'\n', &buf[self.pos..]) {
+            let i = self.pos + nl;
             let line = &buf[start..i];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() {
+                self.pos = i + 1;
                 if i + 1 > self.max_bytes {
                     return Scan::TooLarge;
                 }
@@ -70,8 +77,14 @@ impl HeadScanner {
             if self.lines > self.max_fields + 1 {
                 return Scan::TooManyFields;
             }
-            self.line_start = Some(i + 1);
+            start = i + 1;
         }
+        self.line_start = Some(start);
+        self.pos = buf.len();
+        self.incomplete(buf)
+    }
+
+    fn incomplete(&self, buf: &[u8]) -> Scan {
         if buf.len() >= self.max_bytes {
             return Scan::TooLarge;
         }
@@ -138,5 +151,43 @@ mod tests {
         // An unfinished head already at the limit cannot end within it.
         assert_eq!(whole(&[b'a'; 64], 64, 10), Scan::TooLarge);
         assert_eq!(whole(&[b'a'; 63], 64, 10), Scan::Incomplete);
+    }
+
+    proptest::proptest! {
+        /// However the bytes arrive, the scan decides the same as on the whole (which limit a
+        /// refused head hits first may differ: both answer `431`).
+        #[test]
+        fn arrival_in_pieces_decides_the_same(
+            head in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(b'\r'),
+                    proptest::prelude::any::<u8>()
+                ],
+                0..300,
+            ),
+            cuts in proptest::collection::vec(0usize..300, 0..10),
+            max_bytes in 1usize..400,
+            max_fields in 0usize..10,
+        ) {
+            let all = whole(&head, max_bytes, max_fields);
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c <= head.len()).collect();
+            cuts.push(head.len());
+            cuts.sort_unstable();
+            let mut s = HeadScanner::new(max_bytes, max_fields);
+            let mut got = Scan::Incomplete;
+            for c in cuts {
+                got = s.scan(&head[..c]);
+                if got != Scan::Incomplete {
+                    break;
+                }
+            }
+            let refused = |s: Scan| matches!(s, Scan::TooLarge | Scan::TooManyFields);
+            if refused(all) {
+                proptest::prop_assert!(refused(got), "{got:?} vs {all:?}");
+            } else {
+                proptest::prop_assert_eq!(got, all);
+            }
+        }
     }
 }

@@ -377,9 +377,14 @@ async fn serve<A>(
 {
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut first = true;
+    // One read buffer for the connection's life (the head is copied into the stream).
+    let mut buf = BytesMut::new();
     loop {
-        match read_head(&mut stream, first, shared, shutdown).await {
-            Ok(head) => stream.rewind(&head),
+        match read_head(&mut stream, &mut buf, first, shared, shutdown).await {
+            Ok(()) => {
+                stream.rewind(&buf);
+                buf.clear();
+            }
             Err(NoHead::Gone) => return,
             Err(NoHead::Idle) => {
                 if !first {
@@ -423,12 +428,12 @@ async fn serve<A>(
 /// Reads one whole request head (and whatever came with it), within the limits.
 async fn read_head(
     stream: &mut L4Stream,
+    buf: &mut BytesMut,
     first: bool,
     shared: &Shared,
     shutdown: &ShutdownWatch,
-) -> Result<BytesMut, NoHead> {
+) -> Result<(), NoHead> {
     let limits = &shared.limits;
-    let mut buf = BytesMut::new();
     let mut scanner = HeadScanner::new(limits.max_header_bytes, limits.max_headers);
     let deadline = if first {
         tokio::time::Instant::now() + limits.header_read_timeout
@@ -438,7 +443,7 @@ async fn read_head(
         let mut closing = shutdown.clone();
         buf.reserve(READ_CHUNK);
         let n = tokio::select! {
-            r = tokio::time::timeout(limits.keepalive_timeout, stream.read_buf(&mut buf)) => match r {
+            r = tokio::time::timeout(limits.keepalive_timeout, stream.read_buf(buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Gone),
                 Ok(Ok(n)) => n,
                 Err(_) => return Err(NoHead::Idle),
@@ -449,14 +454,14 @@ async fn read_head(
         tokio::time::Instant::now() + limits.header_read_timeout
     };
     loop {
-        match scanner.scan(&buf) {
-            Scan::Complete(_) => return Ok(buf),
+        match scanner.scan(buf) {
+            Scan::Complete(_) => return Ok(()),
             Scan::TooLarge => return Err(NoHead::TooLarge("header_bytes")),
             Scan::TooManyFields => return Err(NoHead::TooLarge("header_count")),
             Scan::Incomplete => {}
         }
         buf.reserve(READ_CHUNK);
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Gone),
             Ok(Ok(_)) => {}
             Err(_) => return Err(NoHead::Slow),
