@@ -177,13 +177,20 @@ async fn accept_loop<A>(
                         Ok(p) => p,
                         Err(_) => break,
                     },
-                    _ = shutdown.changed() => continue,
+                    // A dropped sender means the server is going away: drain as at shutdown.
+                    changed = shutdown.changed() => match changed {
+                        Ok(()) => continue,
+                        Err(_) => break,
+                    },
                 }
             }
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.changed() => continue,
+            changed = shutdown.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => break,
+            },
         };
         match accepted {
             Ok((tcp, peer)) => spawn_connection(tcp, peer, Some(permit), &app, &shared, &shutdown),
