@@ -441,15 +441,6 @@ async fn a_copied_cookie_stops_working_after_logout() {
 }
 
 /// The value of `attr="…"` after `after` in `html`.
-fn html_attr(html: &str, after: &str, attr: &str) -> String {
-    let from = html
-        .find(after)
-        .unwrap_or_else(|| panic!("{after} in {html}"));
-    let rest = &html[from..];
-    let start = rest.find(&format!("{attr}=\"")).unwrap() + attr.len() + 2;
-    rest[start..start + rest[start..].find('"').unwrap()].to_string()
-}
-
 /// A logout at the provider (its end-session endpoint, without tollgate) reaches tollgate as a
 /// back-channel logout, and the session ends here too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,43 +456,15 @@ async fn provider_logout_ends_the_session_through_the_back_channel() {
     s.idp.reset_stats().await;
 
     // The user logs out at the provider: its confirmation form, submitted.
-    let mut end_session = reqwest::Url::parse(&format!("{}/logout", s.idp.issuer)).unwrap();
-    end_session
-        .query_pairs_mut()
-        .append_pair("id_token_hint", session.id_token.as_deref().unwrap())
-        .append_pair("client_id", CLIENTS[CLIENT].id);
-    let page = s
-        .browser
-        .get(end_session)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let action = html_attr(&page, "<form", "action");
-    let xsrf = html_attr(&page, "name=\"xsrf\"", "value");
-    let r = s
-        .browser
-        .post(action)
-        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_success() || r.status().is_redirection(),
-        "{}",
-        r.status()
-    );
+    end_session_at_provider(
+        &s.browser,
+        &s.idp,
+        CLIENTS[CLIENT].id,
+        session.id_token.as_deref().unwrap(),
+    )
+    .await;
     // The provider may answer the browser before its back-channel call is done: wait for it.
-    let mut stats = s.idp.stats().await;
-    for _ in 0..100 {
-        if stats["backchannel"]["success"] == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        stats = s.idp.stats().await;
-    }
+    let stats = backchannel_delivered(&s.idp, 1).await;
     assert_eq!(
         stats["backchannel"]["success"],
         1,

@@ -92,6 +92,11 @@ async fn start(n: usize, store: Backend, extra_oidc: &str, env: &[(&str, &str)])
 
 /// Logs a browser in through `tg` and returns the `Cookie` header it then holds.
 async fn log_in(tg: &Tollgate) -> String {
+    log_in_with_browser(tg).await.0
+}
+
+/// As [`log_in`], also returning the browser (which holds the provider's session cookie).
+async fn log_in_with_browser(tg: &Tollgate) -> (String, reqwest::Client) {
     let jar = Arc::new(reqwest::cookie::Jar::default());
     let browser = reqwest::Client::builder()
         .cookie_provider(jar.clone())
@@ -100,9 +105,11 @@ async fn log_in(tg: &Tollgate) -> String {
         .unwrap();
     let r = browser.get(tg.url("/login")).send().await.unwrap();
     assert_eq!(r.status(), 200, "login failed: {}", tg.log());
-    jar.cookies(&tg.url("/").parse().unwrap())
+    let cookie = jar
+        .cookies(&tg.url("/").parse().unwrap())
         .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (cookie, browser)
 }
 
 async fn api_status(tg: &Tollgate, cookie: &str) -> u16 {
@@ -262,6 +269,37 @@ async fn a_back_channel_logout_reaches_every_replica_once() {
     );
     for tg in &c.replicas {
         assert_eq!(until_status(tg, &cookie, 401).await, 401, "{}", tg.log());
+    }
+}
+
+/// A logout at the provider (its end-session endpoint, without tollgate) reaches one replica
+/// as a back-channel logout, and the session gets 401 on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_at_the_provider_ends_the_session_on_every_replica() {
+    let c = replicas(3).await;
+    // Logged in through another replica than the one the provider calls back.
+    let (cookie, browser) = log_in_with_browser(&c.replicas[2]).await;
+    for tg in &c.replicas {
+        assert_eq!(api_status(tg, &cookie).await, 200);
+    }
+    let session = open_session(&c.replicas[0].codec(), &cookie).expect("a session");
+    c.idp.reset_stats().await;
+    end_session_at_provider(
+        &browser,
+        &c.idp,
+        CLIENTS[0].id,
+        session.id_token.as_deref().unwrap(),
+    )
+    .await;
+    let stats = backchannel_delivered(&c.idp, 1).await;
+    assert_eq!(stats["backchannel"]["success"], 1, "{stats}");
+    for (i, tg) in c.replicas.iter().enumerate() {
+        assert_eq!(
+            until_status(tg, &cookie, 401).await,
+            401,
+            "replica {i}: {}",
+            tg.log()
+        );
     }
 }
 

@@ -68,3 +68,63 @@ pub async fn start_tollgate_with(
         .expect("ready once the provider metadata is loaded");
     tg
 }
+
+/// The value of attribute `attr` in the first tag after `after` in `html` (the provider's
+/// forms, as a browser would read them).
+pub fn html_attr(html: &str, after: &str, attr: &str) -> String {
+    let from = html
+        .find(after)
+        .unwrap_or_else(|| panic!("{after} in {html}"));
+    let rest = &html[from..];
+    let start = rest.find(&format!("{attr}=\"")).unwrap() + attr.len() + 2;
+    rest[start..start + rest[start..].find('"').unwrap()].to_string()
+}
+
+/// Logs the user out at the provider's end-session endpoint, as its confirmation form does,
+/// with `browser` (which holds the provider's session cookie).
+pub async fn end_session_at_provider(
+    browser: &reqwest::Client,
+    idp: &Idp,
+    client_id: &str,
+    id_token: &str,
+) {
+    let mut end_session = reqwest::Url::parse(&format!("{}/logout", idp.issuer)).unwrap();
+    end_session
+        .query_pairs_mut()
+        .append_pair("id_token_hint", id_token)
+        .append_pair("client_id", client_id);
+    let page = browser
+        .get(end_session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let action = html_attr(&page, "<form", "action");
+    let xsrf = html_attr(&page, "name=\"xsrf\"", "value");
+    let r = browser
+        .post(action)
+        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success() || r.status().is_redirection(),
+        "{}",
+        r.status()
+    );
+}
+
+/// Waits (bounded) until the provider has delivered `n` back-channel logouts.
+pub async fn backchannel_delivered(idp: &Idp, n: u64) -> serde_json::Value {
+    let mut stats = idp.stats().await;
+    for _ in 0..100 {
+        if stats["backchannel"]["success"] == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stats = idp.stats().await;
+    }
+    stats
+}
