@@ -25,6 +25,7 @@ pub(crate) mod request;
 pub mod server;
 pub mod session;
 pub(crate) mod store;
+pub mod tls;
 
 /// Seconds since the Unix epoch, the clock every expiry in tollgate is measured against.
 pub fn unix_now() -> u64 {

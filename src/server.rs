@@ -19,11 +19,12 @@ use crate::oidc::discovery::{MetadataRefresher, ProviderStore};
 use crate::oidc::Oidc;
 use crate::ops::health::Readiness;
 use crate::ops::metrics::{Metrics, MetricsApp};
-use crate::proxy::front::{self, FrontDoor};
+use crate::proxy::front::{self, FrontDoor, Listener};
 use crate::proxy::routes::ResolveError;
 use crate::proxy::Tollgate;
 use crate::session::revocations::Revocations;
 use crate::store::{Store, StoreSync};
+use pingora::listeners::tls::Acceptor;
 
 /// How long runtimes get to wind down after the grace period.
 const RUNTIME_SHUTDOWN_SECS: u64 = 2;
@@ -40,6 +41,8 @@ pub enum StartError {
     HttpClient(reqwest::Error),
     #[error("cannot listen on {0}: {1}")]
     Listen(std::net::SocketAddr, std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::CertError),
 }
 
 /// Builds the server; call `run_forever()` on the result.
@@ -99,12 +102,33 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         revocations,
         store,
     )?;
-    let listeners = config
-        .server
-        .listen
-        .iter()
-        .map(|addr| front::bind(*addr).map_err(|e| StartError::Listen(*addr, e)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut listeners = Vec::new();
+    for addr in &config.server.listen {
+        listeners.push(Listener {
+            socket: front::bind(*addr).map_err(|e| StartError::Listen(*addr, e))?,
+            tls: None,
+        });
+    }
+    if let Some(tls) = &config.tls {
+        let first = crate::tls::load(&tls.cert_file, &tls.key_file)?;
+        let (server_config, store) = crate::tls::server_config(tls, first)?;
+        let acceptor = Arc::new(Acceptor::from_server_config(server_config));
+        for addr in &tls.listen {
+            listeners.push(Listener {
+                socket: front::bind(*addr).map_err(|e| StartError::Listen(*addr, e))?,
+                tls: Some(acceptor.clone()),
+            });
+        }
+        server.add_service(pingora::services::background::background_service(
+            "tls certificate",
+            crate::tls::CertWatch {
+                cert_file: tls.cert_file.clone(),
+                key_file: tls.key_file.clone(),
+                store,
+                metrics: metrics.clone(),
+            },
+        ));
+    }
     let proxy = pingora::proxy::http_proxy(&server.configuration, app);
     server.add_service(FrontDoor::new(
         proxy,

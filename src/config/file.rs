@@ -31,6 +31,34 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub metrics: MetricsSection,
     pub store: Option<StoreSection>,
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    #[serde(deserialize_with = "de::list")]
+    pub listen: Vec<Addr>,
+    pub cert_file: String,
+    pub key_file: String,
+    #[serde(default = "default_min_tls")]
+    pub min_version: String,
+    #[serde(default = "yes", deserialize_with = "de::lenient")]
+    pub http2: bool,
+    #[serde(default = "default_hsts")]
+    pub hsts: String,
+}
+
+fn default_min_tls() -> String {
+    "1.2".to_string()
+}
+
+fn default_hsts() -> String {
+    "max-age=63072000; includeSubDomains".to_string()
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -79,6 +107,8 @@ pub(crate) struct ServerSection {
     pub max_cookie_bytes: usize,
     #[serde(default = "bytes::<65536>", deserialize_with = "de::lenient")]
     pub max_body_bytes: usize,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub redirect_to_https: bool,
 }
 
 fn max_connections() -> usize {

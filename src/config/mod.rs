@@ -78,6 +78,23 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[store]`: the shared store replicas use (Redis or Valkey); `None` for one process.
     pub store: Option<StoreConfig>,
+    /// `[tls]`: HTTPS listeners; `None` for plain HTTP only.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: tollgate terminates TLS itself (HTTP/2 by ALPN).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain and private key; re-read when they change and on SIGHUP.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Only TLS 1.3 (else 1.2 and 1.3).
+    pub tls13_only: bool,
+    /// Offer `h2` by ALPN (besides `http/1.1`).
+    pub http2: bool,
+    /// `Strict-Transport-Security` on every HTTPS response; `None` when `hsts = ""`.
+    pub hsts: Option<HeaderValue>,
 }
 
 /// `[store]`.
@@ -114,6 +131,8 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// What one client may hold or send (`[server]` limits).
     pub limits: Limits,
+    /// Plain listeners answer `308` to `public_url` (health and readiness excepted).
+    pub redirect_to_https: bool,
 }
 
 /// `[server]` limits on what one client can hold or send before tollgate answers for it.

@@ -15,7 +15,12 @@
 //! - `tollgate_limits_total{limit}`: connections or requests stopped by a `[server]`/`[oidc]`
 //!   limit — `max_connections` (an accept had to wait for a free slot), `header_read_timeout`,
 //!   `keepalive_timeout` (an idle connection closed), `header_bytes`, `header_count`,
-//!   `cookie_bytes` (`431`), `body_bytes` (`413`), `provider_response_bytes`.
+//!   `cookie_bytes` (`431`), `body_bytes` (`413`), `provider_response_bytes`, `tls_handshake`
+//!   (a handshake that failed or did not finish within `header_read_timeout`);
+//! - `tollgate_protocol_requests_total{protocol, tls}`: requests by `h1`/`h2` and TLS version
+//!   (`none`, `1.2`, `1.3`);
+//! - `tollgate_tls_cert_reloads_total{result}` (`ok`, `error`) and `tollgate_tls_cert_stale`:
+//!   1 while the certificate files on disk did not load and the previous certificate is served.
 //!
 //! A registry of our own (not the process-global one) keeps tests independent.
 
@@ -39,6 +44,9 @@ pub(crate) struct Metrics {
     revocations: IntCounterVec,
     connections: IntGauge,
     limits: IntCounterVec,
+    protocols: IntCounterVec,
+    cert_reloads: IntCounterVec,
+    cert_stale: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,6 +131,27 @@ impl Metrics {
             &["limit"],
         )
         .expect("valid metric");
+        let protocols = IntCounterVec::new(
+            Opts::new(
+                "tollgate_protocol_requests_total",
+                "Requests by HTTP version and TLS version",
+            ),
+            &["protocol", "tls"],
+        )
+        .expect("valid metric");
+        let cert_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tls_cert_reloads_total",
+                "TLS certificate reloads, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let cert_stale = IntGauge::new(
+            "tollgate_tls_cert_stale",
+            "1 while the certificate files did not load and the previous certificate is served",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_latency.clone()),
@@ -133,6 +162,9 @@ impl Metrics {
             Box::new(revocations.clone()),
             Box::new(connections.clone()),
             Box::new(limits.clone()),
+            Box::new(protocols.clone()),
+            Box::new(cert_reloads.clone()),
+            Box::new(cert_stale.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -147,7 +179,21 @@ impl Metrics {
             revocations,
             connections,
             limits,
+            protocols,
+            cert_reloads,
+            cert_stale,
         }
+    }
+
+    pub(crate) fn protocol(&self, protocol: &str, tls: &str) {
+        self.protocols.with_label_values(&[protocol, tls]).inc();
+    }
+
+    pub(crate) fn cert_reload(&self, ok: bool) {
+        self.cert_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+        self.cert_stale.set(i64::from(!ok));
     }
 
     pub(crate) fn connection_opened(&self) {

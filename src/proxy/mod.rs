@@ -62,6 +62,11 @@ pub(crate) struct Tollgate {
     /// `public_url`'s authority, for `X-Forwarded-Host`.
     forwarded_host: HeaderValue,
     limits: Limits,
+    /// `Strict-Transport-Security` for responses over TLS (`[tls] hsts`).
+    hsts: Option<HeaderValue>,
+    /// `[server] redirect_to_https`: plain requests get `308` to `public_url`.
+    redirect_to_https: bool,
+    public_origin: String,
 }
 
 /// Room in `[server] max_cookie_bytes` kept for cookies besides the session's (a pending
@@ -82,6 +87,9 @@ pub(crate) struct Ctx {
     set_cookies: Vec<String>,
     upstream_started: Option<Instant>,
     upstream_latency: Option<Duration>,
+    /// `h1` or `h2`, and the TLS version (`none`, `1.2`, `1.3`), for metrics and the log.
+    protocol: &'static str,
+    tls: &'static str,
     /// Why tollgate answered itself, for the access log.
     outcome: &'static str,
 }
@@ -122,6 +130,9 @@ impl Tollgate {
             metrics,
             oidc,
             limits: config.server.limits.clone(),
+            hsts: config.tls.as_ref().and_then(|t| t.hsts.clone()),
+            redirect_to_https: config.server.redirect_to_https,
+            public_origin: config.server.public_origin.clone(),
             proto: if config.server.secure_cookies {
                 "https"
             } else {
@@ -129,6 +140,11 @@ impl Tollgate {
             },
             forwarded_host: config.server.forwarded_host.clone(),
         })
+    }
+
+    /// The `Strict-Transport-Security` value for this request's responses, over TLS only.
+    fn hsts(&self, ctx: &Ctx) -> Option<&HeaderValue> {
+        (ctx.tls != "none").then_some(self.hsts.as_ref()).flatten()
     }
 
     fn route(&self, ctx: &Ctx) -> pingora::Result<&Route> {
@@ -157,6 +173,16 @@ impl Tollgate {
                 return Some(Reply::from(fault));
             }
         };
+        if self.redirect_to_https
+            && ctx.tls == "none"
+            && !matches!(target.path.as_ref(), "/healthz" | "/readyz")
+        {
+            let location = match req.uri.query() {
+                Some(q) => format!("{}{}?{q}", self.public_origin, target.path),
+                None => format!("{}{}", self.public_origin, target.path),
+            };
+            return Some(Reply::redirect(308, location));
+        }
         let facts = Facts {
             method: &req.method,
             path: &target.path,
@@ -258,12 +284,16 @@ impl ProxyHttp for Tollgate {
             set_cookies: Vec::new(),
             upstream_started: None,
             upstream_latency: None,
+            protocol: "h1",
+            tls: "none",
             outcome: "proxied",
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         ctx.request_id = request_id::from_headers(&session.req_header().headers);
+        ctx.protocol = if session.is_http2() { "h2" } else { "h1" };
+        ctx.tls = tls_version(session);
         let mut body = None;
         if self.endpoints.takes_body(session.req_header().uri.path()) {
             match read_body(session, self.limits.max_body_bytes).await {
@@ -274,7 +304,7 @@ impl ProxyHttp for Tollgate {
                     }
                     let reply = Reply::from(fault);
                     ctx.outcome = reply.outcome();
-                    respond::write(session, &reply, &ctx.request_id).await?;
+                    respond::write(session, &reply, &ctx.request_id, self.hsts(ctx)).await?;
                     return Ok(true);
                 }
             }
@@ -283,7 +313,7 @@ impl ProxyHttp for Tollgate {
             return Ok(false);
         };
         ctx.outcome = reply.outcome();
-        respond::write(session, &reply, &ctx.request_id).await?;
+        respond::write(session, &reply, &ctx.request_id, self.hsts(ctx)).await?;
         Ok(true)
     }
 
@@ -353,6 +383,9 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         upstream_response.insert_header(request_id::HEADER, &ctx.request_id)?;
+        if let Some(hsts) = self.hsts(ctx) {
+            upstream_response.insert_header("strict-transport-security", hsts)?;
+        }
         let cookies = std::mem::take(&mut ctx.set_cookies);
         headers::rewrite_response(upstream_response, self.gate.codec().cookie_name(), cookies)
             .map_err(|e| Error::because(ErrorType::InternalError, "rewriting the response", e))
@@ -370,7 +403,9 @@ impl ProxyHttp for Tollgate {
             session.set_keepalive(None);
             let reply = Reply::from(fault);
             ctx.outcome = reply.outcome();
-            if let Err(write_err) = respond::write(session, &reply, &ctx.request_id).await {
+            if let Err(write_err) =
+                respond::write(session, &reply, &ctx.request_id, self.hsts(ctx)).await
+            {
                 tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send error response");
             }
         }
@@ -402,6 +437,7 @@ impl ProxyHttp for Tollgate {
             .and_then(|i| self.routes.get(i))
             .map_or("-", |r| r.prefix.as_str());
         self.metrics.request(route, status);
+        self.metrics.protocol(ctx.protocol, ctx.tls);
         if let Some(l) = ctx.upstream_latency {
             self.metrics.upstream_latency(route, l.as_secs_f64());
         }
@@ -416,12 +452,26 @@ impl ProxyHttp for Tollgate {
             path = req.uri.path(),
             route,
             status,
+            protocol = ctx.protocol,
+            tls = ctx.tls,
             latency_ms,
             upstream_ms,
             outcome = ctx.outcome,
             error,
             "request"
         );
+    }
+}
+
+/// The TLS version of the connection `session` arrived on: `none`, `1.2` or `1.3`.
+fn tls_version(session: &Session) -> &'static str {
+    let Some(ssl) = session.digest().and_then(|d| d.ssl_digest.as_deref()) else {
+        return "none";
+    };
+    match ssl.version.as_ref() {
+        "TLSv1_3" => "1.3",
+        "TLSv1_2" => "1.2",
+        _ => "other",
     }
 }
 

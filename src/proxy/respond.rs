@@ -20,10 +20,11 @@ pub(crate) async fn write(
     session: &mut Session,
     reply: &Reply,
     request_id: &str,
+    hsts: Option<&http::HeaderValue>,
 ) -> pingora::Result<()> {
     let (content_type, body) = reply.render(request_id);
     let extra = reply.headers().len() + reply.set_cookies().len();
-    let mut resp = ResponseHeader::build(reply.status(), Some(7 + extra))?;
+    let mut resp = ResponseHeader::build(reply.status(), Some(8 + extra))?;
     if let Some(ct) = content_type {
         resp.insert_header("content-type", ct)?;
     }
@@ -31,6 +32,9 @@ pub(crate) async fn write(
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("x-content-type-options", "nosniff")?;
     resp.insert_header(request_id::HEADER, request_id)?;
+    if let Some(hsts) = hsts {
+        resp.insert_header("strict-transport-security", hsts)?;
+    }
     if reply.status() == 503 {
         // Every 503 tollgate makes is transient (provider metadata loading or unreachable).
         resp.insert_header("retry-after", "5")?;

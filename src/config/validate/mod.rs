@@ -17,6 +17,7 @@ mod session;
 mod store;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use http::HeaderValue;
 use url::{Host, Url};
@@ -58,6 +59,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
         listen: raw.metrics.listen.map(|a| a.0),
     };
     let store = raw.store.map(store::store).transpose()?;
+    let tls = raw.tls.map(tls::tls).transpose()?;
     let config = Config {
         server,
         oidc,
@@ -66,6 +68,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
         routes,
         metrics,
         store,
+        tls,
     };
     cross_section(&config, &session.key_names)?;
     Ok(config)
@@ -73,6 +76,20 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
 
 /// The checks that need more than one section. `key_names` names each of `session.keys`.
 fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
+    if c.server.redirect_to_https && c.server.public_url.scheme() != "https" {
+        return Err(ConfigError::invalid(
+            "server.redirect_to_https",
+            "needs an https server.public_url to redirect to",
+        ));
+    }
+    if let Some(tls) = &c.tls {
+        if let Some(a) = tls.listen.iter().find(|a| c.server.listen.contains(a)) {
+            return Err(ConfigError::invalid(
+                "tls.listen",
+                format!("{a} is also in server.listen (plain HTTP)"),
+            ));
+        }
+    }
     for (i, r) in c.routes.iter().enumerate() {
         if RESERVED_PATHS.contains(&r.prefix.as_str())
             || r.prefix == c.oidc.callback_path

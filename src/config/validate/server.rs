@@ -45,6 +45,7 @@ pub(super) fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
         threads,
         grace_period: s.grace_period,
         limits,
+        redirect_to_https: s.redirect_to_https,
     })
 }
 

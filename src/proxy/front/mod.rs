@@ -33,9 +33,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::http::ResponseHeader;
+use pingora::listeners::tls::Acceptor;
+use pingora::listeners::ALPN;
+use pingora::protocols::http::v2::server::{
+    self as h2_server, default_h2_options, H2Accept, H2Options, HttpSession as H2Session,
+};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::protocols::{Digest, GetSocketDigest, SocketDigest, Ssl, Stream};
 use pingora::server::ListenFds;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,10 +83,16 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// A listening socket, plain or with the TLS acceptor of `[tls]`.
+pub(crate) struct Listener {
+    pub(crate) socket: std::net::TcpListener,
+    pub(crate) tls: Option<Arc<Acceptor>>,
+}
+
 /// The proxy service: listeners, the connection limit, head reading, then Pingora.
 pub(crate) struct FrontDoor<A> {
     app: Option<A>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Listener>,
     shared: Arc<Shared>,
 }
 
@@ -90,16 +102,22 @@ struct Shared {
     readiness: Arc<Readiness>,
     slots: Arc<Semaphore>,
     draining: AtomicBool,
+    /// HTTP/2 settings for TLS connections that negotiate `h2`.
+    h2: H2Options,
 }
 
 impl<A> FrontDoor<A> {
     pub(crate) fn new(
         app: A,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<Listener>,
         limits: Limits,
         metrics: Metrics,
         readiness: Arc<Readiness>,
     ) -> Self {
+        let mut h2 = default_h2_options();
+        // Over this, h2 itself answers 431 for the stream (decoded names and values, plus 32
+        // bytes per field, RFC 9113 §6.5.2).
+        h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         FrontDoor {
             app: Some(app),
             listeners,
@@ -109,6 +127,7 @@ impl<A> FrontDoor<A> {
                 metrics,
                 readiness,
                 draining: AtomicBool::new(false),
+                h2,
             }),
         }
     }
@@ -130,8 +149,8 @@ where
         };
         let app = Arc::new(app);
         let mut loops = Vec::new();
-        for listener in std::mem::take(&mut self.listeners) {
-            let listener = match TcpListener::from_std(listener) {
+        for Listener { socket, tls } in std::mem::take(&mut self.listeners) {
+            let listener = match TcpListener::from_std(socket) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot use a listening socket");
@@ -140,6 +159,7 @@ where
             };
             loops.push(tokio::spawn(accept_loop(
                 listener,
+                tls,
                 app.clone(),
                 self.shared.clone(),
                 shutdown.clone(),
@@ -158,6 +178,7 @@ where
 
 async fn accept_loop<A>(
     listener: TcpListener,
+    tls: Option<Arc<Acceptor>>,
     app: Arc<A>,
     shared: Arc<Shared>,
     mut shutdown: ShutdownWatch,
@@ -193,16 +214,19 @@ async fn accept_loop<A>(
             },
         };
         match accepted {
-            Ok((tcp, peer)) => spawn_connection(tcp, peer, Some(permit), &app, &shared, &shutdown),
+            Ok((tcp, peer)) => {
+                spawn_connection(tcp, peer, Some(permit), &tls, &app, &shared, &shutdown)
+            }
             Err(e) => accept_failed(e).await,
         }
     }
-    drain(listener, &app, &shared, &shutdown).await;
+    drain(listener, &tls, &app, &shared, &shutdown).await;
 }
 
 /// Shutdown: no new handshakes, serve what the kernel already accepted, then close.
 async fn drain<A>(
     listener: TcpListener,
+    tls: &Option<Arc<Acceptor>>,
     app: &Arc<A>,
     shared: &Arc<Shared>,
     shutdown: &ShutdownWatch,
@@ -221,7 +245,7 @@ async fn drain<A>(
             Ok(Ok((tcp, peer))) => {
                 drained += 1;
                 // Over the limit if need be: these clients were already accepted by the kernel.
-                spawn_connection(tcp, peer, None, app, shared, shutdown);
+                spawn_connection(tcp, peer, None, tls, app, shared, shutdown);
             }
             Ok(Err(e)) => accept_failed(e).await,
             Err(_) => break,
@@ -315,6 +339,7 @@ fn spawn_connection<A>(
     tcp: TcpStream,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
+    tls: &Option<Arc<Acceptor>>,
     app: &Arc<A>,
     shared: &Arc<Shared>,
     shutdown: &ShutdownWatch,
@@ -324,17 +349,44 @@ fn spawn_connection<A>(
     let app = app.clone();
     let shared = shared.clone();
     let shutdown = shutdown.clone();
+    let tls = tls.clone();
     tokio::spawn(async move {
         let _open = Open::new(&shared.metrics, permit);
         let _ = tcp.set_nodelay(true);
-        let mut stream = L4Stream::from(tcp);
+        let mut l4 = L4Stream::from(tcp);
         let digest = {
             use std::os::fd::AsRawFd;
-            SocketDigest::from_raw_fd(stream.as_raw_fd())
+            SocketDigest::from_raw_fd(l4.as_raw_fd())
         };
         let _ = digest.peer_addr.set(Some(peer.into()));
-        stream.set_socket_digest(digest);
-        serve(Box::new(stream), &app, &shared, &shutdown).await;
+        // Before the handshake: a TLS stream cannot take it afterwards.
+        l4.set_socket_digest(digest);
+        let Some(acceptor) = tls else {
+            serve(Box::new(l4), &app, &shared, &shutdown).await;
+            return;
+        };
+        let handshake = tokio::time::timeout(
+            shared.limits.header_read_timeout,
+            acceptor.tls_handshake(l4),
+        )
+        .await;
+        let stream = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                shared.metrics.limit("tls_handshake");
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.limit("tls_handshake");
+                return;
+            }
+        };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            serve_h2(Box::new(stream), &app, &shared, &shutdown).await;
+        } else {
+            serve(Box::new(stream), &app, &shared, &shutdown).await;
+        }
     });
 }
 
@@ -373,25 +425,18 @@ enum NoHead {
     TooLarge(&'static str),
 }
 
-/// Requests on one connection: read a head, hand it to Pingora, repeat while it keeps alive.
-async fn serve<A>(
-    mut stream: Box<L4Stream>,
-    app: &Arc<A>,
-    shared: &Shared,
-    shutdown: &ShutdownWatch,
-) where
+/// Requests on one HTTP/1 connection: read a head, hand it to Pingora, repeat while it keeps
+/// alive.
+async fn serve<A>(mut stream: Stream, app: &Arc<A>, shared: &Shared, shutdown: &ShutdownWatch)
+where
     A: HttpServerApp + Send + Sync + 'static,
 {
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut first = true;
-    // One read buffer for the connection's life (the head is copied into the stream).
-    let mut buf = BytesMut::new();
     loop {
+        let mut buf = BytesMut::new();
         match read_head(&mut stream, &mut buf, first, shared, shutdown).await {
-            Ok(()) => {
-                stream.rewind(&buf);
-                buf.clear();
-            }
+            Ok(()) => {}
             Err(NoHead::Gone) => return,
             Err(NoHead::Idle) => {
                 if !first {
@@ -416,6 +461,8 @@ async fn serve<A>(
         if let Some(s) = settings.take() {
             s.apply_to_session(&mut session);
         }
+        // The head (and whatever came after it) is parsed from here before any network read.
+        session.set_pipelined_prefix(buf);
         let closing = *shutdown.borrow() || shared.draining.load(Ordering::Acquire);
         // Only whether to keep the connection: the idle wait itself is `read_head`'s.
         session.set_keepalive(if closing { None } else { Some(60) });
@@ -423,18 +470,110 @@ async fn serve<A>(
             return;
         };
         let (next, persisted) = reused.consume();
-        let Ok(next) = next.into_any().downcast::<L4Stream>() else {
-            return;
-        };
         stream = next;
         settings = persisted;
         first = false;
     }
 }
 
+/// Streams on one HTTP/2 connection (TLS with ALPN `h2`): each request is a task; the
+/// connection closes after `keepalive_timeout` without streams, and says GOAWAY at shutdown.
+async fn serve_h2<A>(stream: Stream, app: &Arc<A>, shared: &Shared, shutdown: &ShutdownWatch)
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+    let limits = &shared.limits;
+    let handshake = tokio::time::timeout(
+        limits.header_read_timeout,
+        h2_server::handshake(stream, Some(shared.h2.clone())),
+    )
+    .await;
+    let Ok(Ok(mut conn)) = handshake else {
+        shared.metrics.limit("header_read_timeout");
+        return;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut closing = shutdown.clone();
+    let mut goaway = false;
+    let mut rejected = 0usize;
+    loop {
+        let idle = tasks.is_empty();
+        let next = tokio::select! {
+            biased;
+            _ = closing.wait_for(|down| *down), if !goaway => {
+                conn.graceful_shutdown();
+                goaway = true;
+                continue;
+            }
+            Some(_) = tasks.join_next(), if !idle => continue,
+            accepted = H2Session::from_h2_conn(&mut conn, digest.clone()) => accepted,
+            _ = tokio::time::sleep(limits.keepalive_timeout), if idle && !goaway => {
+                shared.metrics.limit("keepalive_timeout");
+                break;
+            }
+        };
+        match next {
+            Ok(Some(H2Accept::Session(h2))) => {
+                if h2.req_header().headers.len() > limits.max_headers {
+                    shared.metrics.limit("header_count");
+                    tasks.spawn(too_many_h2_fields(h2, shared.metrics.clone()));
+                    continue;
+                }
+                let (app, shutdown) = (app.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    app.process_new_http(ServerSession::new_http2(h2), &shutdown)
+                        .await;
+                });
+            }
+            Ok(Some(H2Accept::Rejected)) => {
+                rejected += 1;
+                if rejected >= 32 {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    drop(conn);
+    // Never abort a request: each ends by itself (and logs).
+    while tasks.join_next().await.is_some() {}
+}
+
+/// `431` for an HTTP/2 request with more header fields than `max_headers`.
+async fn too_many_h2_fields(mut h2: H2Session, metrics: Metrics) {
+    let request_id = crate::proxy::request_id::generate();
+    let body = format!(
+        r#"{{"error":"request_header_fields_too_large","message":"the request has more header fields than server.max_headers","request_id":"{request_id}"}}"#
+    );
+    tracing::warn!(request_id = %request_id, limit = "header_count", "request head refused with 431");
+    metrics.request("-", 431);
+    let Ok(mut resp) = ResponseHeader::build(431, Some(6)) else {
+        return;
+    };
+    let headers = [
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+    ];
+    for (n, v) in headers {
+        let _ = resp.insert_header(n, v);
+    }
+    let _ = resp.insert_header("content-length", body.len().to_string());
+    let _ = resp.insert_header("x-request-id", request_id.as_str());
+    if h2.write_response_header(Box::new(resp), false).is_ok() {
+        let _ = h2.write_body(bytes::Bytes::from(body), true).await;
+    }
+}
+
 /// Reads one whole request head (and whatever came with it), within the limits.
 async fn read_head(
-    stream: &mut L4Stream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     first: bool,
     shared: &Shared,
@@ -477,7 +616,7 @@ async fn read_head(
 }
 
 /// Answers `431` to a head over the limits, then closes without resetting the connection.
-async fn too_large(stream: &mut L4Stream, limit: &'static str, shared: &Shared) {
+async fn too_large(stream: &mut Stream, limit: &'static str, shared: &Shared) {
     let request_id = crate::proxy::request_id::generate();
     let body = format!(
         r#"{{"error":"request_header_fields_too_large","message":"the request head is over the {} limit","request_id":"{request_id}"}}"#,
@@ -497,7 +636,7 @@ async fn too_large(stream: &mut L4Stream, limit: &'static str, shared: &Shared) 
     if stream.write_all(reply.as_bytes()).await.is_err() || stream.flush().await.is_err() {
         return;
     }
-    let _ = pingora::protocols::Shutdown::shutdown(stream).await;
+    let _ = pingora::protocols::Shutdown::shutdown(&mut **stream).await;
     // Read what the client still sends, so that closing with unread data does not reset the
     // connection before the client has read the 431.
     let mut sink = [0u8; 4096];

@@ -1,0 +1,162 @@
+//! `[tls]` certificates: loading a PEM chain and key, and a resolver that a rotation swaps
+//! atomically — new handshakes get the new certificate, established connections keep theirs.
+//!
+//! One `rustls::ServerConfig` lives for the process; only the [`CertifiedKey`] behind its
+//! resolver changes. [`CertWatch`] re-reads the files when they change (cert-manager and
+//! Kubernetes Secrets replace them in place, through a symlink swap) and on `SIGHUP`; a file
+//! that does not load keeps the old certificate, logs an error and counts it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::TlsConfig;
+use crate::ops::metrics::Metrics;
+
+/// Why a certificate could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{path}: {problem}")]
+    File { path: String, problem: String },
+    #[error("the key does not match the certificate, or is not usable: {0}")]
+    Key(String),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads a PEM certificate chain and its private key, checking that they belong together.
+pub fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, CertError> {
+    let file_err = |path: &Path, problem: String| CertError::File {
+        path: path.display().to_string(),
+        problem,
+    };
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| file_err(cert_file, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(cert_file, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(file_err(cert_file, "no certificate in the file".into()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key_file).map_err(|e| file_err(key_file, e.to_string()))?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| CertError::Key(e.to_string()))
+}
+
+/// Hands every handshake the current certificate.
+#[derive(Debug)]
+pub(crate) struct CertStore(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The TLS acceptor configuration for `[tls]`, and the store rotation swaps.
+pub(crate) fn server_config(
+    tls: &TlsConfig,
+    first: CertifiedKey,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<CertStore>), CertError> {
+    let store = Arc::new(CertStore(ArcSwap::from_pointee(first)));
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS12, &rustls::version::TLS13]
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| CertError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(store.clone());
+    config.alpn_protocols = if tls.http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok((Arc::new(config), store))
+}
+
+/// How often the certificate files are looked at.
+const POLL: Duration = Duration::from_secs(2);
+
+/// What identifies a file's content without reading it: the target of any symlink chain
+/// (Kubernetes swaps a `..data` link), its size and its modification time.
+fn stamp(path: &Path) -> Option<(PathBuf, u64, SystemTime)> {
+    let target = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&target).ok()?;
+    Some((target, meta.len(), meta.modified().ok()?))
+}
+
+/// Re-reads the certificate when its files change, and on `SIGHUP`.
+pub(crate) struct CertWatch {
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+    pub(crate) store: Arc<CertStore>,
+    pub(crate) metrics: Metrics,
+}
+
+impl CertWatch {
+    fn reload(&self, why: &str) {
+        match load(&self.cert_file, &self.key_file) {
+            Ok(key) => {
+                self.store.0.store(Arc::new(key));
+                self.metrics.cert_reload(true);
+                tracing::info!(why, "TLS certificate loaded");
+            }
+            Err(e) => {
+                self.metrics.cert_reload(false);
+                tracing::error!(why, error = %e, "TLS certificate not reloaded; keeping the previous one");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for CertWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; certificate files are still watched");
+                None
+            }
+        };
+        let mut seen = (stamp(&self.cert_file), stamp(&self.key_file));
+        loop {
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hangup => {
+                    seen = (stamp(&self.cert_file), stamp(&self.key_file));
+                    self.reload("SIGHUP");
+                }
+                _ = tokio::time::sleep(POLL) => {
+                    let now = (stamp(&self.cert_file), stamp(&self.key_file));
+                    if now != seen {
+                        seen = now;
+                        self.reload("the certificate files changed");
+                    }
+                }
+            }
+        }
+    }
+}
