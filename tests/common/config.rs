@@ -17,6 +17,8 @@ pub struct TestConfig {
     scopes: &'static [&'static str],
     sections: String,
     routes: String,
+    public_url: Option<String>,
+    key: Option<String>,
 }
 
 impl TestConfig {
@@ -46,11 +48,28 @@ impl TestConfig {
             scopes: &["openid", "profile", "email"],
             sections: String::new(),
             routes: String::new(),
+            public_url: None,
+            key: None,
         }
     }
 
     pub fn threads(mut self, threads: u8) -> Self {
         self.threads = threads;
+        self
+    }
+
+    /// `server.public_url` (default `http://127.0.0.1:{port}`).
+    pub fn public_url(mut self, url: &str) -> Self {
+        self.public_url = Some(url.to_string());
+        self
+    }
+
+    /// A fresh random session key instead of the published test key, which tollgate accepts
+    /// only with a loopback http `public_url`.
+    pub fn random_key(mut self) -> Self {
+        use base64::Engine;
+        let key: [u8; 32] = rand::random();
+        self.key = Some(base64::engine::general_purpose::STANDARD.encode(key));
         self
     }
 
@@ -91,15 +110,20 @@ impl TestConfig {
     /// The config text for tollgate on `port` with metrics on `metrics_port`.
     pub fn render(&self, port: u16, metrics_port: u16) -> String {
         let scopes: Vec<String> = self.scopes.iter().map(|s| format!("\"{s}\"")).collect();
+        let public_url = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
         format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\npublic_url = \"http://127.0.0.1:{port}\"\n\
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\npublic_url = \"{public_url}\"\n\
              threads = {threads}\n{server}\n\
              [oidc]\n{oidc}scopes = [{scopes}]\n\n\
-             [session]\nkeys = [\"{KEY}\"]\n\n\
+             [session]\nkeys = [\"{key}\"]\n\n\
              {sections}\
              {routes}\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             threads = self.threads,
+            key = self.key.as_deref().unwrap_or(KEY),
             server = self.server,
             oidc = self.oidc,
             scopes = scopes.join(", "),

@@ -1,0 +1,341 @@
+//! tollgate as the HTTPS front door (`[tls]`): the whole session lifecycle over HTTP/2 (ALPN
+//! `h2`, checked) and over HTTP/1.1, with the production cookie (`__Host-`, `Secure`); HSTS;
+//! certificate rotation under a running process; `min_version`; `redirect_to_https`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::flow::*;
+use common::idp::{Idp, CLIENTS};
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use reqwest::redirect::Policy;
+use tokio_rustls::rustls;
+
+/// A test CA and a way to issue server certificates for 127.0.0.1 under it.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    dir: tempfile::TempDir,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            cert,
+            key,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// Issues a leaf for 127.0.0.1 and writes it to `tls.crt`/`tls.key` (replacing any
+    /// previous one, as a Secret update does); returns its DER.
+    fn issue(&self, serial: u64) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let leaf = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        // Written beside, then renamed over: readers never see half a file.
+        for (name, text) in [("tls.key", key.serialize_pem()), ("tls.crt", leaf.pem())] {
+            let tmp = self.dir.path().join(format!("{name}.new"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.dir.path().join(name)).unwrap();
+        }
+        leaf.der().to_vec()
+    }
+
+    fn cert_file(&self) -> PathBuf {
+        self.dir.path().join("tls.crt")
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.dir.path().join("tls.key")
+    }
+}
+
+struct Https {
+    echo: Echo,
+    idp: Idp,
+    tg: Tollgate,
+    tls_port: u16,
+    ca: Ca,
+}
+
+impl Https {
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.tls_port)
+    }
+
+    /// A browser-like client trusting the test CA, with `jar`; `h1` keeps it to HTTP/1.1.
+    fn browser_with(&self, h1: bool, jar: Arc<reqwest::cookie::Jar>) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).unwrap())
+            .cookie_provider(jar)
+            .redirect(Policy::limited(20))
+            .timeout(HANG);
+        if h1 {
+            b = b.http1_only();
+        }
+        b.build().unwrap()
+    }
+
+    fn browser(&self, h1: bool) -> reqwest::Client {
+        self.browser_with(h1, Arc::new(reqwest::cookie::Jar::default()))
+    }
+}
+
+/// tollgate with a plain listener and `[tls]`, `public_url` on the TLS port, the provider
+/// redirecting there; `tls_lines` and `server_lines` go into their sections.
+async fn start(tls_lines: &str, server_lines: &str) -> Https {
+    let ca = Ca::new();
+    ca.issue(1);
+    let echo = Echo::start().await;
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let origin = format!("https://127.0.0.1:{tls_port}");
+    let idp = Idp::start(
+        &format!("{origin}/callback"),
+        &format!("{origin}/"),
+        Some(60),
+    )
+    .await;
+    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "")
+        .public_url(&origin)
+        .random_key()
+        .server(server_lines)
+        .section(&format!(
+            "[tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{tls_lines}\n",
+            ca.cert_file().display(),
+            ca.key_file().display()
+        ));
+    let mut tg = Tollgate::start_on(plain_port, |p, m| config.render(p, m)).await;
+    tg.wait_for("/readyz").await.expect("ready");
+    Https {
+        echo,
+        idp,
+        tg,
+        tls_port,
+        ca,
+    }
+}
+
+/// Login, an API call, a refresh and a logout over HTTPS, as `h1` says.
+async fn lifecycle(h: &Https, h1: bool) {
+    use reqwest::cookie::CookieStore;
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let browser = h.browser_with(h1, jar.clone());
+    let expected = if h1 {
+        reqwest::Version::HTTP_11
+    } else {
+        reqwest::Version::HTTP_2
+    };
+    let r = browser.get(h.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", h.tg.log());
+    assert_eq!(r.url().as_str(), h.url("/"), "back at the app after login");
+    assert_eq!(r.version(), expected, "ALPN chose the protocol");
+    assert_eq!(
+        r.headers()["strict-transport-security"],
+        "max-age=63072000; includeSubDomains"
+    );
+
+    let api = browser
+        .get(h.url("/api/data"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 200, "{}", h.tg.log());
+    assert_eq!(api.version(), expected);
+    let seen = h.echo.last();
+    assert!(
+        seen.header("authorization")
+            .is_some_and(|a| a.starts_with("Bearer ")),
+        "the upstream got the bearer"
+    );
+
+    // The production cookie (__Host-, Secure: checked on the refresh's Set-Cookie below).
+    let cookie = jar
+        .cookies(&h.url("/").parse().unwrap())
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(cookie.contains("__Host-tollgate"), "{cookie}");
+
+    // Refresh: the same session with its access token due.
+    let codec = h.tg.codec();
+    let mut session = open_session(&codec, &cookie).expect("a session");
+    session.access_expires_at = tollgate::unix_now() - 1;
+    let due = h.tg.mint_cookie_for(session);
+    h.idp.reset_stats().await;
+    let client = h.browser(h1);
+    let r = client
+        .get(h.url("/api/data"))
+        .header("cookie", &due)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", h.tg.log());
+    let set: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        set.iter().any(|l| l.starts_with("__Host-tollgate")),
+        "the refreshed session is sealed anew: {set:?}"
+    );
+    for l in set.iter().filter(|l| l.starts_with("__Host-tollgate")) {
+        assert!(
+            l.contains("; Secure") && l.contains("; HttpOnly") && l.contains("; Path=/"),
+            "{l}"
+        );
+    }
+    let stats = h.idp.stats().await;
+    assert_eq!(stats["token_requests"]["refresh_token"], 1, "{stats}");
+
+    // Logout.
+    let r = browser
+        .post(h.url("/logout"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let after = browser
+        .get(h.url("/api/data"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status(),
+        401,
+        "the old cookie is refused after logout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_lifecycle_over_http2_and_http1() {
+    let h = start("", "").await;
+    lifecycle(&h, false).await;
+    lifecycle(&h, true).await;
+    h.tg.wait_metrics(&[
+        "tollgate_protocol_requests_total{protocol=\"h2\",tls=\"1.3\"}",
+        "tollgate_protocol_requests_total{protocol=\"h1\",tls=\"1.3\"}",
+    ])
+    .await;
+}
+
+/// The leaf certificate a new TLS connection to `port` is shown.
+async fn served_certificate(
+    port: u16,
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Vec<u8>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio::time::timeout(HANG, connector.connect(name, tcp))
+        .await
+        .map_err(|_| "handshake hung".to_string())?
+        .map_err(|e| e.to_string())?;
+    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    Ok(certs.first().map(|c| c.to_vec()).unwrap_or_default())
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_is_served_to_new_connections_while_open_ones_continue() {
+    let mut h = start("", "").await;
+    let all = &[&rustls::version::TLS13, &rustls::version::TLS12];
+    let first = served_certificate(h.tls_port, &h.ca.pem(), all)
+        .await
+        .unwrap();
+    // An HTTP/2 connection opened before the rotation.
+    let open = h.browser(false);
+    let r = open.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+
+    let second = h.ca.issue(2);
+    assert_ne!(first, second);
+    h.tg.wait_metrics(&["tollgate_tls_cert_reloads_total{result=\"ok\"} 1"])
+        .await;
+    let now = served_certificate(h.tls_port, &h.ca.pem(), all)
+        .await
+        .unwrap();
+    assert_eq!(now, second, "a new connection sees the new certificate");
+    for _ in 0..3 {
+        let r = open.get(h.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the open connection keeps working");
+    }
+
+    // A file that does not parse: the served certificate stays, the metric says so.
+    std::fs::write(h.ca.cert_file(), "not a certificate").unwrap();
+    h.tg.wait_metrics(&[
+        "tollgate_tls_cert_reloads_total{result=\"error\"} 1",
+        "tollgate_tls_cert_stale 1",
+    ])
+    .await;
+    let still = served_certificate(h.tls_port, &h.ca.pem(), all)
+        .await
+        .unwrap();
+    assert_eq!(still, second);
+    assert!(h.tg.child.try_wait().unwrap().is_none(), "still running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_version_1_3_refuses_a_tls_1_2_client() {
+    let h = start("min_version = \"1.3\"", "").await;
+    let only12 = served_certificate(h.tls_port, &h.ca.pem(), &[&rustls::version::TLS12]).await;
+    assert!(only12.is_err(), "a TLS 1.2-only client got in");
+    let only13 = served_certificate(h.tls_port, &h.ca.pem(), &[&rustls::version::TLS13]).await;
+    assert!(only13.is_ok(), "{only13:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_to_https_answers_308_except_health() {
+    let h = start("", "redirect_to_https = true").await;
+    let plain = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let r = plain
+        .get(h.tg.url("/api/data?x=1&y=%20"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], h.url("/api/data?x=1&y=%20"));
+    assert!(
+        r.headers().get("strict-transport-security").is_none(),
+        "no HSTS over plain HTTP"
+    );
+    for path in ["/healthz", "/readyz"] {
+        let r = plain.get(h.tg.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
