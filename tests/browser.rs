@@ -67,6 +67,35 @@ fn chromium() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spa_login_api_call_and_logout_in_chromium() {
+    in_chromium(false).await;
+}
+
+/// The same over HTTPS (`[tls]`, HTTP/2 by ALPN): the production cookie (`__Host-tollgate`,
+/// `Secure`) is the one Chromium stores and sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spa_login_api_call_and_logout_in_chromium_over_https() {
+    in_chromium(true).await;
+}
+
+/// A certificate for 127.0.0.1 (self-signed; the browser is told to accept it), written to
+/// `dir`; returns the `[tls]` lines for `port`.
+fn tls_section(dir: &Path, port: u16) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (crt, pem) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&pem, key.serialize_pem()).unwrap();
+    format!(
+        "[tls]\nlisten = [\"127.0.0.1:{port}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        crt.display(),
+        pem.display()
+    )
+}
+
+async fn in_chromium(https: bool) {
     let e2e = repo().join("tests/e2e");
     assert!(
         e2e.join("node_modules/playwright-core").exists(),
@@ -80,15 +109,23 @@ async fn spa_login_api_call_and_logout_in_chromium() {
     );
 
     let port = free_port();
-    let idp = Idp::start_with(
-        &format!("http://127.0.0.1:{port}/callback"),
-        &format!("http://127.0.0.1:{port}/"),
-        None,
-        true,
-    )
-    .await;
+    let tls_port = free_port();
+    let base = if https {
+        format!("https://127.0.0.1:{tls_port}")
+    } else {
+        format!("http://127.0.0.1:{port}")
+    };
+    let idp = Idp::start_with(&format!("{base}/callback"), &format!("{base}/"), None, true).await;
     let apps = DemoApps::start(&format!("{}/userinfo", idp.issuer)).await;
-    let config = TestConfig::for_client(&idp, &CLIENTS[0])
+    let certs = tempfile::tempdir().unwrap();
+    let mut config = TestConfig::for_client(&idp, &CLIENTS[0]);
+    if https {
+        config = config
+            .public_url(&base)
+            .random_key()
+            .section(&tls_section(certs.path(), tls_port));
+    }
+    let config = config
         .scopes(&["openid", "profile", "email", "offline_access"])
         .route("/api", &format!("http://127.0.0.1:{}", apps.api_port), "")
         .route(
@@ -99,12 +136,16 @@ async fn spa_login_api_call_and_logout_in_chromium() {
     let mut tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
     tg.wait_for("/readyz").await.expect("tollgate ready");
 
-    let shots = repo().join("target/e2e");
+    let shots = repo().join(if https {
+        "target/e2e-https"
+    } else {
+        "target/e2e"
+    });
     // Screenshots of an earlier run must not stand in for this one's.
     let _ = std::fs::remove_dir_all(&shots);
     let out = tokio::process::Command::new("node")
         .arg(e2e.join("browser.mjs"))
-        .env("BASE_URL", tg.url(""))
+        .env("BASE_URL", &base)
         // The SPA served directly: another origin, for the cross-site WebSocket check.
         .env("FOREIGN_URL", format!("http://127.0.0.1:{}", apps.spa_port))
         .env("CHROMIUM", chromium())
@@ -145,10 +186,16 @@ async fn spa_login_api_call_and_logout_in_chromium() {
         !tg.log().contains("Bearer "),
         "tollgate's log must not carry the bearer token"
     );
-    assert!(
-        tg.log().contains("origin_not_allowed"),
-        "the cross-site WebSocket was refused by tollgate's Origin check"
-    );
+    // Over plain HTTP the foreign page (another port, same site) sends the session cookie, and
+    // tollgate's Origin check refuses it. Over HTTPS the foreign page is http: cross-scheme is
+    // cross-site for SameSite, so Chromium does not even send the cookie (browser.mjs checks
+    // the handshake is refused either way).
+    if !https {
+        assert!(
+            tg.log().contains("origin_not_allowed"),
+            "the cross-site WebSocket was refused by tollgate's Origin check"
+        );
+    }
 }
 
 fn screenshot(dir: &Path, step: &str) -> bool {

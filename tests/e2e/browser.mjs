@@ -88,7 +88,11 @@ const browser = await chromium.launch({
 });
 let failed = false;
 try {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 800 } });
+  // HTTPS with the test's own CA: the certificate is not in Chromium's store.
+  const context = await browser.newContext({
+    viewport: { width: 1000, height: 800 },
+    ignoreHTTPSErrors: base.startsWith('https:'),
+  });
   context.setDefaultTimeout(STEP_TIMEOUT);
   page = await context.newPage();
   page.on('pageerror', (err) => console.log(`page error: ${err.message}`));
@@ -136,6 +140,13 @@ try {
   const cookies = await tollgateCookies(context);
   check(cookies.length > 0, 'the browser holds a tollgate session cookie');
   check(cookies.every((c) => c.httpOnly), `every tollgate cookie is HttpOnly: ${cookies.map((c) => c.name)}`);
+  if (base.startsWith('https:')) {
+    // The production cookie: __Host- prefix, Secure, as a real Chromium stores it.
+    check(
+      cookies.some((c) => c.name.startsWith('__Host-tollgate')) && cookies.every((c) => c.secure && c.path === '/'),
+      `over HTTPS the session cookie is __Host-tollgate and Secure: ${JSON.stringify(cookies.map((c) => [c.name, c.secure]))}`,
+    );
+  }
   const visible = await page.evaluate(() => document.cookie);
   check(!visible.includes('tollgate'), `document.cookie shows no tollgate cookie: ${visible}`);
   const html = await page.content();
