@@ -203,6 +203,24 @@ async fn lifecycle(h: &Https, h1: bool) {
     let stats = h.idp.stats().await;
     assert_eq!(stats["token_requests"]["refresh_token"], 1, "{stats}");
 
+    // HTTP/2 clients may send each cookie as its own `cookie` field (RFC 9113 §8.2.3): the
+    // session opens from them, and the upstream gets the rest joined into one field.
+    let client = h.browser(h1);
+    let mut req = client
+        .get(h.url("/api/data"))
+        .header("x-csrf", "1")
+        .header("cookie", "app=1");
+    for pair in cookie.split("; ") {
+        req = req.header("cookie", pair);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", h.tg.log());
+    let seen = h.echo.last();
+    assert_eq!(seen.header_count("cookie"), 1, "one field upstream");
+    let upstream = seen.header("cookie").unwrap_or_default();
+    assert!(upstream.starts_with("app=1; "), "{upstream}");
+    assert!(!upstream.contains("tollgate"), "{upstream}");
+
     // Logout.
     let r = browser
         .post(h.url("/logout"))
