@@ -357,3 +357,28 @@ async fn redirect_to_https_answers_308_except_health() {
         assert_eq!(r.status(), 200, "{path}");
     }
 }
+
+/// Over HTTP/2 the head limits hold too: more fields than `max_headers` get `431` (JSON,
+/// request id) and never reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_with_too_many_fields_get_431() {
+    let h = start("", "max_headers = 50").await;
+    let client = h.browser(false);
+    let mut req = client.get(h.url("/public"));
+    for i in 0..60 {
+        req = req.header(format!("x-h-{i}"), "v");
+    }
+    let before = h.echo.count();
+    let r = req.send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 431);
+    assert!(r.headers().contains_key("x-request-id"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "request_header_fields_too_large");
+    assert_eq!(h.echo.count(), before, "nothing reached the upstream");
+    // The connection goes on serving.
+    let r = client.get(h.url("/public")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    h.tg.wait_metrics(&["tollgate_limits_total{limit=\"header_count\"} 1"])
+        .await;
+}
