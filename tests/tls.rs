@@ -382,3 +382,45 @@ async fn http2_requests_with_too_many_fields_get_431() {
     h.tg.wait_metrics(&["tollgate_limits_total{limit=\"header_count\"} 1"])
         .await;
 }
+
+/// Bodies stream through HTTP/2 both ways: a 10 MiB upload arrives whole at the upstream, and
+/// a response's first chunk reaches the client while the upstream still holds the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_over_http2() {
+    use sha2::Digest;
+    let h = start("", "").await;
+    let client = h.browser(false);
+    let upload: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let expected = common::echo::hex(&sha2::Sha256::digest(&upload));
+    let r = client
+        .post(h.url("/public/upload"))
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let seen = h.echo.last();
+    assert_eq!(seen.body_len, 10 * 1024 * 1024);
+    assert_eq!(seen.body_sha256, expected);
+
+    let mut r = client.get(h.url("/public/stream")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut received = 0usize;
+    while received < common::echo::STREAM_CHUNK {
+        let chunk = tokio::time::timeout(HANG, r.chunk())
+            .await
+            .expect("the first chunk arrives before the upstream finishes")
+            .unwrap()
+            .expect("stream ended early");
+        received += chunk.len();
+    }
+    h.echo.release_stream();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        received += chunk.len();
+    }
+    assert_eq!(
+        received,
+        common::echo::STREAM_CHUNK * common::echo::STREAM_CHUNKS
+    );
+}
