@@ -424,3 +424,25 @@ async fn bodies_stream_over_http2() {
         common::echo::STREAM_CHUNK * common::echo::STREAM_CHUNKS
     );
 }
+
+/// `SIGHUP` re-reads the certificate files (here unchanged, so only the signal can have done
+/// it) and does not stop the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate() {
+    let mut h = start("", "").await;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &h.tg.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    h.tg.wait_metrics(&["tollgate_tls_cert_reloads_total{result=\"ok\"} 1"])
+        .await;
+    assert!(h.tg.child.try_wait().unwrap().is_none(), "still running");
+    let r = h
+        .browser(false)
+        .get(h.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
