@@ -237,7 +237,7 @@ impl ProviderStore {
     /// Stores freshly loaded metadata and keys, unless the keys already stored were fetched
     /// later (an unknown-`kid` refetch that finished while this load was under way): then the
     /// new metadata is kept with those newer keys.
-    fn set(&self, metadata: Metadata, jwks: Jwks, jwks_fetched: Instant) {
+    pub(crate) fn set(&self, metadata: Metadata, jwks: Jwks, jwks_fetched: Instant) {
         if let Ok(mut g) = self.current.write() {
             let provider = match g.as_ref() {
                 Some(cur) if cur.jwks_fetched > jwks_fetched => Provider {

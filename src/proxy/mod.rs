@@ -241,6 +241,18 @@ impl Tollgate {
             },
         )
     }
+
+    /// The route table ([`crate::fuzzing`] reads it).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// The decision core ([`crate::fuzzing`] drives it).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
 }
 
 impl Ctx {
@@ -361,12 +373,12 @@ impl ProxyHttp for Tollgate {
         };
         self.rewrite_upstream(req, upstream_request, &upstream)
             .map_err(|e| {
-            Error::because(
-                ErrorType::InternalError,
-                "rewriting the upstream request",
-                e,
-            )
-        })
+                Error::because(
+                    ErrorType::InternalError,
+                    "rewriting the upstream request",
+                    e,
+                )
+            })
     }
 
     async fn upstream_response_filter(
