@@ -17,6 +17,9 @@
 
 pub mod config;
 pub(crate) mod endpoints;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod oidc;
 pub mod ops;
 pub mod proxy;

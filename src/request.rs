@@ -12,8 +12,6 @@ use http::{HeaderMap, Method};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Facts<'r> {
     pub(crate) method: &'r Method,
-    /// The normalised path ([`crate::proxy::target`]).
-    pub(crate) path: &'r str,
     pub(crate) query: Option<&'r str>,
     pub(crate) headers: &'r HeaderMap,
     /// The request body, read only for the endpoints that take one.

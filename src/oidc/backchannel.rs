@@ -30,7 +30,7 @@ const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 const MAX_AGE_SECS: u64 = 300;
 
 #[derive(Debug, Deserialize)]
-struct LogoutClaims {
+pub(crate) struct LogoutClaims {
     iat: u64,
     jti: String,
     sub: Option<String>,
@@ -41,7 +41,7 @@ struct LogoutClaims {
 
 /// Why a logout token was refused (logged; the answer is always `invalid_request`).
 #[derive(Debug, thiserror::Error)]
-enum LogoutTokenError {
+pub(crate) enum LogoutTokenError {
     #[error("the request has no logout_token")]
     Missing,
     #[error("the token's signature key: {0}")]
@@ -125,7 +125,7 @@ impl Oidc {
     }
 
     /// The checked claims of the request's logout token.
-    async fn logout_claims(
+    pub(crate) async fn logout_claims(
         &self,
         facts: &Facts<'_>,
         provider: &std::sync::Arc<super::discovery::Provider>,

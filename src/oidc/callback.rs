@@ -199,7 +199,7 @@ impl Oidc {
             .with_outcome("callback"))
     }
 
-    pub(super) async fn validate_id_token(
+    pub(crate) async fn validate_id_token(
         &self,
         token: &str,
         provider: &std::sync::Arc<super::discovery::Provider>,

@@ -119,10 +119,9 @@ pub(crate) async fn fetch_metadata(
     http: &reqwest::Client,
     cfg: &OidcConfig,
 ) -> Result<Metadata, DiscoveryError> {
-    let expected_issuer = cfg.issuer_id.clone();
-    let doc = if cfg.endpoints.skip_discovery() {
-        Document {
-            issuer: expected_issuer.clone(),
+    if cfg.endpoints.skip_discovery() {
+        let doc = Document {
+            issuer: cfg.issuer_id.clone(),
             authorization_endpoint: None,
             token_endpoint: None,
             jwks_uri: None,
@@ -130,43 +129,55 @@ pub(crate) async fn fetch_metadata(
             revocation_endpoint: None,
             id_token_signing_alg_values_supported: vec!["RS256".into()],
             authorization_response_iss_parameter_supported: false,
-        }
-    } else {
-        let url = discovery_url(&cfg.issuer_id);
-        let resp = http
-            .get(&url)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|source| DiscoveryError::Http {
-                url: url.clone(),
-                source,
-            })?;
-        if !resp.status().is_success() {
-            return Err(DiscoveryError::Status {
-                url,
-                status: resp.status().as_u16(),
-            });
-        }
-        let bytes = super::read_body(resp, cfg.max_response_bytes)
-            .await
-            .map_err(|source| DiscoveryError::Body {
-                url: url.clone(),
-                source,
-            })?;
-        let doc: Document =
-            serde_json::from_slice(&bytes).map_err(|e| DiscoveryError::Document {
-                url: url.clone(),
-                problem: e.to_string(),
-            })?;
-        if doc.issuer != expected_issuer {
-            return Err(DiscoveryError::IssuerMismatch {
-                expected: expected_issuer,
-                found: doc.issuer,
-            });
-        }
-        doc
-    };
+        };
+        return metadata(doc, cfg);
+    }
+    let url = discovery_url(&cfg.issuer_id);
+    let resp = http
+        .get(&url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|source| DiscoveryError::Http {
+            url: url.clone(),
+            source,
+        })?;
+    if !resp.status().is_success() {
+        return Err(DiscoveryError::Status {
+            url,
+            status: resp.status().as_u16(),
+        });
+    }
+    let bytes = super::read_body(resp, cfg.max_response_bytes)
+        .await
+        .map_err(|source| DiscoveryError::Body {
+            url: url.clone(),
+            source,
+        })?;
+    metadata_from_document(&bytes, cfg)
+}
+
+/// The provider metadata from a discovery document's bytes (as fetched from
+/// [`discovery_url`]) and the config's overrides.
+pub(crate) fn metadata_from_document(
+    bytes: &[u8],
+    cfg: &OidcConfig,
+) -> Result<Metadata, DiscoveryError> {
+    let doc: Document = serde_json::from_slice(bytes).map_err(|e| DiscoveryError::Document {
+        url: discovery_url(&cfg.issuer_id),
+        problem: e.to_string(),
+    })?;
+    if doc.issuer != cfg.issuer_id {
+        return Err(DiscoveryError::IssuerMismatch {
+            expected: cfg.issuer_id.clone(),
+            found: doc.issuer,
+        });
+    }
+    metadata(doc, cfg)
+}
+
+/// `doc` with the config's endpoint overrides applied, checked.
+fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError> {
     let pick = |name: &str, configured: &Option<Url>, discovered: Option<String>| {
         if let Some(u) = configured {
             return Ok(Some(u.clone()));
@@ -245,7 +256,7 @@ impl ProviderStore {
     /// Stores freshly loaded metadata and keys, unless the keys already stored were fetched
     /// later (an unknown-`kid` refetch that finished while this load was under way): then the
     /// new metadata is kept with those newer keys.
-    fn set(&self, metadata: Metadata, jwks: Jwks, jwks_fetched: Instant) {
+    pub(crate) fn set(&self, metadata: Metadata, jwks: Jwks, jwks_fetched: Instant) {
         if let Ok(mut g) = self.current.write() {
             let provider = match g.as_ref() {
                 Some(cur) if cur.jwks_fetched > jwks_fetched => Provider {

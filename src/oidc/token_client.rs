@@ -149,23 +149,37 @@ impl TokenClient {
         form: Vec<(&'static str, String)>,
     ) -> Result<TokenResponse, TokenError> {
         let body = self.post_form(token_endpoint, token_endpoint, form).await?;
-        let tokens: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| TokenError::Invalid("not a JSON token response"))?;
-        if !tokens.token_type.eq_ignore_ascii_case("bearer") {
-            return Err(TokenError::Invalid("token_type is not Bearer"));
-        }
-        if tokens.access_token.is_empty()
-            || !tokens
-                .access_token
-                .bytes()
-                .all(|b| (0x21..0x7f).contains(&b))
-        {
-            return Err(TokenError::Invalid(
-                "access_token is empty or not a header-safe string",
-            ));
-        }
-        Ok(tokens)
+        parse_token_response(&body)
     }
+}
+
+/// The tokens in the body of a token endpoint's 2xx answer, checked before anything is stored:
+/// JSON, `token_type` Bearer, an `access_token` that can go into a header as it is.
+pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenError> {
+    let tokens: TokenResponse = serde_json::from_slice(body)
+        .map_err(|_| TokenError::Invalid("not a JSON token response"))?;
+    if !tokens.token_type.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Invalid("token_type is not Bearer"));
+    }
+    if tokens.access_token.is_empty()
+        || !tokens
+            .access_token
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b))
+    {
+        return Err(TokenError::Invalid(
+            "access_token is empty or not a header-safe string",
+        ));
+    }
+    Ok(tokens)
+}
+
+/// The provider's error code in the body of a token endpoint's error answer (sanitized), or
+/// `unparseable_error`.
+pub(crate) fn provider_error(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| crate::reply::provider_code(&b.error))
+        .unwrap_or_else(|_| "unparseable_error".to_string())
 }
 
 impl TokenClient {
@@ -202,9 +216,7 @@ impl TokenClient {
                 super::BodyError::Http(e) => TokenError::Unreachable(describe(&e)),
             })?;
         if !(200..300).contains(&status) {
-            let error = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|b| crate::reply::provider_code(&b.error))
-                .unwrap_or_else(|_| "unparseable_error".to_string());
+            let error = provider_error(&body);
             return Err(TokenError::Provider { status, error });
         }
         Ok(body)

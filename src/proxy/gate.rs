@@ -429,7 +429,6 @@ mod tests {
     ) -> Result<Grant, Reply> {
         let facts = Facts {
             method,
-            path: "/api/x",
             query: None,
             headers,
             body: None,

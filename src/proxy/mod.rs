@@ -24,6 +24,7 @@ pub(crate) mod routes;
 pub(crate) mod target;
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::Config;
 use crate::config::Limits;
-use crate::endpoints::Endpoints;
+use crate::endpoints::{Endpoint, Endpoints};
 use crate::oidc::Oidc;
 use crate::ops::health::Readiness;
 use crate::ops::metrics::Metrics;
@@ -47,8 +48,9 @@ use crate::session::SessionCodec;
 use crate::store::Store;
 use csrf::CsrfPolicy;
 use gate::Gate;
-use headers::UpstreamRewrite;
+use headers::{RewriteError, UpstreamRewrite};
 use routes::{ResolveError, Route, RouteTable};
+use target::Target;
 
 /// Everything the hot path needs, built once from the validated config.
 #[derive(Debug)]
@@ -153,25 +155,45 @@ impl Tollgate {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))
     }
 
-    /// Everything `request_filter` decides, as a reply to send or `None` to proxy.
-    async fn handle(&self, session: &Session, ctx: &mut Ctx, body: Option<&[u8]>) -> Option<Reply> {
-        let req = session.req_header();
-        let target = match gate::screen(
+    /// Where `req` goes, before any session is read: its checked target ([`gate::screen`]) and
+    /// one of tollgate's endpoints or a route (`RouteTable::resolve`).
+    pub(crate) fn destination<'r>(
+        &self,
+        req: &'r RequestHeader,
+        request_id: &str,
+    ) -> Result<(Target<'r>, Destination), Fault> {
+        let target = gate::screen(
             &req.method,
             req.version,
             &req.headers,
             req.raw_path(),
             req.uri.path(),
             self.limits.max_cookie_bytes,
-            &ctx.request_id,
-        ) {
-            Ok(t) => t,
-            Err(fault) => {
-                if fault == Fault::CookieTooLarge {
-                    self.metrics.limit("cookie_bytes");
-                }
-                return Some(Reply::from(fault));
+            request_id,
+        )
+        .inspect_err(|fault| {
+            if *fault == Fault::CookieTooLarge {
+                self.metrics.limit("cookie_bytes");
             }
+        })?;
+        if let Some(endpoint) = self.endpoints.find(&target.path) {
+            return Ok((target, Destination::Endpoint(endpoint)));
+        }
+        match self.routes.resolve(&target) {
+            Ok(index) => Ok((target, Destination::Route(index))),
+            Err(fault) => {
+                tracing::info!(request_id, code = fault.code(), "not routed");
+                Err(fault)
+            }
+        }
+    }
+
+    /// Everything `request_filter` decides, as a reply to send or `None` to proxy.
+    async fn handle(&self, session: &Session, ctx: &mut Ctx, body: Option<&[u8]>) -> Option<Reply> {
+        let req = session.req_header();
+        let (target, destination) = match self.destination(req, &ctx.request_id) {
+            Ok(d) => d,
+            Err(fault) => return Some(Reply::from(fault)),
         };
         if self.redirect_to_https
             && ctx.tls == "none"
@@ -185,22 +207,17 @@ impl Tollgate {
         }
         let facts = Facts {
             method: &req.method,
-            path: &target.path,
             query: req.uri.query(),
             headers: &req.headers,
             body,
             request_id: &ctx.request_id,
             now: crate::unix_now(),
         };
-        if let Some(endpoint) = self.endpoints.find(facts.path) {
-            return Some(self.endpoints.answer(endpoint, &facts, &self.gate).await);
-        }
-        let index = match self.routes.resolve(&target) {
-            Ok(i) => i,
-            Err(fault) => {
-                tracing::info!(request_id = %ctx.request_id, code = fault.code(), "not routed");
-                return Some(Reply::from(fault));
+        let index = match destination {
+            Destination::Endpoint(endpoint) => {
+                return Some(self.endpoints.answer(endpoint, &facts, &self.gate).await)
             }
+            Destination::Route(index) => index,
         };
         let Some(auth) = self.routes.get(index).map(|r| r.auth) else {
             return Some(Reply::from(Fault::Internal));
@@ -220,6 +237,67 @@ impl Tollgate {
                 Some(reply)
             }
         }
+    }
+}
+
+/// Where a request goes ([`Tollgate::destination`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// One of tollgate's own endpoints (never proxied).
+    Endpoint(Endpoint),
+    /// The route with this index in the route table.
+    Route(usize),
+}
+
+/// What the upstream request of a routed request is rewritten with.
+#[derive(Debug)]
+pub(crate) struct Upstream<'a> {
+    pub(crate) route: &'a Route,
+    /// The normalised downstream path the request was routed on.
+    pub(crate) path: &'a str,
+    pub(crate) bearer: Option<&'a HeaderValue>,
+    pub(crate) client_ip: Option<IpAddr>,
+    pub(crate) request_id: &'a str,
+}
+
+impl Tollgate {
+    /// Rewrites `upstream_request` (a copy of `req`) for `upstream`: path, credentials,
+    /// cookies and forwarding headers ([`headers::rewrite`]).
+    pub(crate) fn rewrite_upstream(
+        &self,
+        req: &RequestHeader,
+        upstream_request: &mut RequestHeader,
+        upstream: &Upstream<'_>,
+    ) -> Result<(), RewriteError> {
+        let route = upstream.route;
+        let new_path = route.upstream_path(upstream.path);
+        let changed = new_path.as_ref() != req.uri.path();
+        headers::rewrite(
+            upstream_request,
+            &UpstreamRewrite {
+                bearer: upstream.bearer,
+                drop_client_authorization: !route.keep_authorization,
+                cookie_name: self.gate.codec().cookie_name(),
+                client_ip: upstream.client_ip,
+                proto: self.proto,
+                forwarded_host: &self.forwarded_host,
+                request_id: upstream.request_id,
+                upstream_host: &route.host_header,
+                path: changed.then_some(new_path.as_ref()),
+            },
+        )
+    }
+
+    /// The route table ([`crate::fuzzing`] reads it).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// The decision core ([`crate::fuzzing`] drives it).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
     }
 }
 
@@ -339,29 +417,21 @@ impl ProxyHttp for Tollgate {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
-        let new_path = route.upstream_path(ctx.path(req));
-        let changed = new_path.as_ref() != req.uri.path();
-        headers::rewrite(
-            upstream_request,
-            &UpstreamRewrite {
-                bearer: ctx.bearer.as_ref(),
-                drop_client_authorization: !route.keep_authorization,
-                cookie_name: self.gate.codec().cookie_name(),
-                client_ip,
-                proto: self.proto,
-                forwarded_host: &self.forwarded_host,
-                request_id: &ctx.request_id,
-                upstream_host: &route.host_header,
-                path: changed.then_some(new_path.as_ref()),
-            },
-        )
-        .map_err(|e| {
-            Error::because(
-                ErrorType::InternalError,
-                "rewriting the upstream request",
-                e,
-            )
-        })
+        let upstream = Upstream {
+            route,
+            path: ctx.path(req),
+            bearer: ctx.bearer.as_ref(),
+            client_ip,
+            request_id: &ctx.request_id,
+        };
+        self.rewrite_upstream(req, upstream_request, &upstream)
+            .map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "rewriting the upstream request",
+                    e,
+                )
+            })
     }
 
     async fn upstream_response_filter(

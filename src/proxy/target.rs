@@ -12,8 +12,8 @@
 //! - a dot segment (also percent-encoded or with `;params`), an empty segment (`//api`, also
 //!   as `/%2F/api` or `/;/api`: nginx, Tomcat and Spring merge slashes, so `//api/admin` is
 //!   served by the `/api` handler while a prefix match sends it to the catch-all route), a
-//!   backslash, a control character (also encoded) or a malformed `%` escape is refused with
-//!   400;
+//!   backslash, a control character (C0, DEL or C1; also encoded) or a malformed `%` escape is
+//!   refused with 400;
 //! - [`Target::canonical`] is the path fully decoded with `;params` dropped, kept only when it
 //!   differs: a path that routes differently in that form (`/api%2Fadmin`, `/api;x/admin`)
 //!   is refused by the caller, since tollgate cannot know which one the upstream will serve.
@@ -54,7 +54,7 @@ pub(crate) fn check<'r>(raw_target: &[u8], uri_path: &'r str) -> Result<Target<'
         return Err(TargetError::Form);
     }
     let bytes = uri_path.as_bytes();
-    let (mut escaped, mut params, mut slash) = (false, false, false);
+    let (mut escaped, mut params, mut slash, mut non_ascii) = (false, false, false, false);
     for &b in bytes {
         match b {
             b'/' if slash => return Err(TargetError::EmptySegment),
@@ -62,9 +62,14 @@ pub(crate) fn check<'r>(raw_target: &[u8], uri_path: &'r str) -> Result<Target<'
             b';' => params = true,
             b'\\' => return Err(TargetError::Malformed),
             b if b < 0x20 || b == 0x7f => return Err(TargetError::Malformed),
+            b if b >= 0x80 => non_ascii = true,
             _ => {}
         }
         slash = b == b'/';
+    }
+    // A C1 control character (U+0080 to U+009F) sent as raw UTF-8.
+    if non_ascii && uri_path.chars().any(char::is_control) {
+        return Err(TargetError::Malformed);
     }
     if !escaped && !params {
         if has_dot_segment(uri_path) {
@@ -155,7 +160,12 @@ fn decode(bytes: &[u8], unreserved_only: bool) -> Result<String, TargetError> {
         }
         i += 3;
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    let decoded = String::from_utf8_lossy(&out).into_owned();
+    // A C1 control character (U+0080 to U+009F), escaped as its UTF-8 bytes (`%C2%85`).
+    if decoded.chars().any(char::is_control) {
+        return Err(TargetError::Malformed);
+    }
+    Ok(decoded)
 }
 
 #[cfg(test)]
@@ -214,9 +224,24 @@ mod tests {
             "/a%",
             "/a%2",
             "/a%zz",
+            "/a\u{85}b",
+            "/a%C2%85b",
+            "/a%c2%9fb",
         ] {
             assert_eq!(check(p.as_bytes(), p), Err(TargetError::Malformed), "{p}");
         }
+        // Found by the `target_path` fuzz target: raw bytes that are not UTF-8 (Pingora's URI
+        // path has U+FFFD for them) followed by a raw C1 control character, U+0086.
+        assert_eq!(
+            check(
+                b"/ca=x&sta\x89\x9a\xc2\x86",
+                "/ca=x&sta\u{FFFD}\u{FFFD}\u{86}"
+            ),
+            Err(TargetError::Malformed)
+        );
+        // Other characters beyond ASCII pass, raw or escaped.
+        assert!(check("/caf\u{e9}".as_bytes(), "/caf\u{e9}").is_ok());
+        assert!(check(b"/caf%C3%A9", "/caf%C3%A9").is_ok());
     }
 
     #[test]

@@ -143,6 +143,20 @@ fn is_loopback_http(url: &Url) -> bool {
         }
 }
 
+/// Whether requests can reach `path` as written: it is a path the request-target check
+/// passes unchanged (no empty or dot segment, `%` escape, `;params`, backslash or control
+/// character), so a normalised request path can equal it or start with it. A route prefix or
+/// endpoint path that is not would never match a request.
+pub(crate) fn is_reachable_path(path: &str) -> bool {
+    crate::proxy::target::check(path.as_bytes(), path)
+        .is_ok_and(|t| t.path == path && t.canonical.is_none())
+}
+
+/// What a path that fails [`is_reachable_path`] is told.
+pub(crate) const UNREACHABLE_PATH: &str = "can never match a request: tollgate routes on the \
+     normalised path (escapes decoded, no empty or dot segments, no `;params`, backslashes or \
+     control characters), so write it that way";
+
 /// `host[:port]` of `url`, the port only when it is not the scheme's default: what `Host` (or
 /// `X-Forwarded-Host`) carries for it; as text and as a header value.
 pub(crate) fn host_header(url: &Url) -> Result<(String, HeaderValue), &'static str> {

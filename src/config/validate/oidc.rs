@@ -116,6 +116,12 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
                 "must be a path starting with / (no query or fragment)",
             ));
         }
+        if !super::is_reachable_path(path) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{path:?} {}", super::UNREACHABLE_PATH),
+            ));
+        }
     }
     if o.backchannel_logout_path == o.callback_path {
         return Err(ConfigError::invalid(

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::host_header;
+use super::{host_header, is_reachable_path, UNREACHABLE_PATH};
 use crate::config::file::RouteSection;
 use crate::config::{ConfigError, RouteAuth, RouteConfig};
 
@@ -36,6 +36,12 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
             "" => "/".to_string(),
             trimmed => trimmed.to_string(),
         };
+        if !is_reachable_path(&prefix) {
+            return Err(ConfigError::invalid(
+                key("prefix"),
+                format!("{prefix:?} {UNREACHABLE_PATH}"),
+            ));
+        }
         if !seen.insert(prefix.clone()) {
             return Err(ConfigError::invalid(
                 key("prefix"),

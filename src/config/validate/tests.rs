@@ -358,6 +358,35 @@ fn errors_name_the_key() {
             "`routes[0].prefix`",
         ),
         ("this is = not toml".to_string(), "not valid TOML"),
+        // Found by the `config` fuzz target: prefixes and endpoint paths that no normalised
+        // request path can equal or start with.
+        (
+            edit("prefix = \"/api\"", "prefix = \"//pi\""),
+            "`routes[0].prefix`: \"//pi\" can never match a request",
+        ),
+        (
+            edit("prefix = \"/api\"", "prefix = \"/%61pi\""),
+            "`routes[0].prefix`: \"/%61pi\" can never match",
+        ),
+        (
+            edit("prefix = \"/api\"", "prefix = \"/api/../admin\""),
+            "`routes[0].prefix`",
+        ),
+        (
+            edit("prefix = \"/api\"", "prefix = \"/api;v=1\""),
+            "`routes[0].prefix`",
+        ),
+        (
+            edit("callback_path = \"/callback\"", "callback_path = \"/auth//callback\""),
+            "`oidc.callback_path`: \"/auth//callback\" can never match",
+        ),
+        (
+            edit(
+                "backchannel_logout_path = \"/backchannel-logout\"",
+                "backchannel_logout_path = \"/bc%2Dlogout\"",
+            ),
+            "`oidc.backchannel_logout_path`",
+        ),
     ];
     for (text, expected) in cases {
         let e = err(&text, &[]);
