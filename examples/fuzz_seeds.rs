@@ -8,7 +8,9 @@
 //! cargo run --features fuzzing --example fuzz_seeds
 //! ```
 //!
-//! Re-run it after `capture.sh`; then let the targets run and `cargo fuzz cmin` the corpora.
+//! `fuzz/seeds/sessions.txt` is kept when it exists (delete it for new seals, and the
+//! `session_open` corpus with it: its inputs hold those seals). Re-run this after `capture.sh`;
+//! then let the targets run and `cargo fuzz cmin` the corpora.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -60,15 +62,23 @@ fn main() {
     };
     let mut due = from_provider.clone();
     due.access_expires_at = NOW + 5;
-    let sessions: Vec<String> = [
-        fixture::session(NOW - 10, &fixture::jwt(1200, 1)),
-        from_provider,
-        due,
-    ]
-    .iter()
-    .map(|s| h.sealed_session(s).expect("a session seals"))
-    .collect();
-    fs::write("fuzz/seeds/sessions.txt", sessions.join("\n") + "\n").expect("sessions.txt");
+    // Kept once made: a seal has a random nonce, and the `session_open` corpus holds these.
+    let sessions_file = Path::new("fuzz/seeds/sessions.txt");
+    let sessions: Vec<String> = match fs::read_to_string(sessions_file) {
+        Ok(text) => text.lines().map(str::to_string).collect(),
+        Err(_) => {
+            let sessions: Vec<String> = [
+                fixture::session(NOW - 10, &fixture::jwt(1200, 1)),
+                from_provider,
+                due,
+            ]
+            .iter()
+            .map(|s| h.sealed_session(s).expect("a session seals"))
+            .collect();
+            fs::write(sessions_file, sessions.join("\n") + "\n").expect("sessions.txt");
+            sessions
+        }
+    };
 
     // target_path: request targets, plain and in the spellings the check is about.
     for (i, t) in [
