@@ -1,15 +1,16 @@
-/* Full TLS handshakes per second: a new TCP connection and a new TLS session for every request
- * (no session resumption: a fresh SSL object each time, client session cache off, no tickets
- * kept), GET PATH with `Connection: close`, read until the server closes. wrk and h2load both
- * resume sessions when they reconnect (they keep the SSL object), so they measure resumed
- * handshakes; this measures the full ones.
+/* TLS handshakes per second: a new TCP connection and a new TLS handshake for every request,
+ * GET PATH with `Connection: close`, read until the server closes. By default every handshake
+ * is a full one (a fresh SSL object each time, client session cache off, no session kept).
+ * With `resume`, each connection slot offers the session (ticket) of its previous connection,
+ * as a browser would, and the JSON counts how many the server resumed. wrk and h2load resume
+ * whenever they reconnect (they keep the SSL object) and do not say how often it worked.
  *
  * Latency is from connect() to the end of the response, so it includes the TCP connect and
  * the handshake. Prints one JSON line shaped like benches/load/report.lua's (microseconds),
  * plus the protocol and cipher of the first connection.
  *
  * Build: cc -O2 -o handshake handshake.c -lssl -lcrypto -lpthread
- * Usage: handshake HOST PORT PATH CONNECTIONS SECONDS THREADS
+ * Usage: handshake HOST PORT PATH CONNECTIONS SECONDS THREADS [resume]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -20,6 +21,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,7 @@ enum { CONNECTING, HANDSHAKE, WRITING, READING };
 struct conn {
     int fd, state, got;
     SSL *ssl;
+    SSL_SESSION *sess;
     uint64_t start;
     char buf[64];
 };
@@ -43,7 +46,7 @@ struct worker {
     int conns;
     uint64_t *lat;
     size_t n, cap;
-    uint64_t errors, non2xx;
+    uint64_t errors, non2xx, reused;
 };
 
 static SSL_CTX *ctx;
@@ -51,6 +54,7 @@ static struct sockaddr_in addr;
 static char request[512];
 static size_t request_len;
 static uint64_t deadline;
+static int resume;
 static const uint64_t STALL_US = 10000000;
 static char negotiated[128];
 static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
@@ -104,6 +108,7 @@ static int step(int ep, struct conn *c, struct worker *w) {
         if (soerr) goto failed;
         c->ssl = SSL_new(ctx);
         SSL_set_fd(c->ssl, c->fd);
+        if (resume && c->sess) SSL_set_session(c->ssl, c->sess);
         SSL_set_connect_state(c->ssl);
         c->state = HANDSHAKE;
     }
@@ -143,6 +148,14 @@ static int step(int ep, struct conn *c, struct worker *w) {
         w->lat = realloc(w->lat, w->cap * sizeof *w->lat);
     }
     w->lat[w->n++] = took;
+    if (SSL_session_reused(c->ssl)) w->reused++;
+    if (resume) {
+        /* TLS 1.3 tickets arrive after the handshake; by the end of the response they are in.
+         * Marked as shut down, or SSL_free would make the session not resumable. */
+        SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+        SSL_SESSION_free(c->sess);
+        c->sess = SSL_get1_session(c->ssl);
+    }
     finish(c);
     return 1;
 want:
@@ -189,7 +202,10 @@ static void *run(void *arg) {
                 }
         }
     }
-    for (int i = 0; i < w->conns; i++) finish(&cs[i]);
+    for (int i = 0; i < w->conns; i++) {
+        finish(&cs[i]);
+        SSL_SESSION_free(cs[i].sess);
+    }
     free(cs);
     close(ep);
     return NULL;
@@ -201,10 +217,12 @@ static int cmp(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s HOST PORT PATH CONNECTIONS SECONDS THREADS\n", argv[0]);
+    if (argc != 7 && !(argc == 8 && strcmp(argv[7], "resume") == 0)) {
+        fprintf(stderr, "usage: %s HOST PORT PATH CONNECTIONS SECONDS THREADS [resume]\n", argv[0]);
         return 2;
     }
+    resume = argc == 8;
+    signal(SIGPIPE, SIG_IGN);
     int conns = atoi(argv[4]), seconds = atoi(argv[5]), threads = atoi(argv[6]);
     addr.sin_family = AF_INET;
     addr.sin_port = htons(atoi(argv[2]));
@@ -214,7 +232,7 @@ int main(int argc, char **argv) {
     ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL); /* loopback, the run's self-signed cert */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    if (!resume) SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     static const unsigned char alpn[] = "\x08http/1.1";
     SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
 
@@ -226,12 +244,13 @@ int main(int argc, char **argv) {
         pthread_create(&ws[i].thread, NULL, run, &ws[i]);
     }
     size_t total = 0;
-    uint64_t errors = 0, non2xx = 0;
+    uint64_t errors = 0, non2xx = 0, reused = 0;
     for (int i = 0; i < threads; i++) {
         pthread_join(ws[i].thread, NULL);
         total += ws[i].n;
         errors += ws[i].errors;
         non2xx += ws[i].non2xx;
+        reused += ws[i].reused;
     }
     uint64_t duration = now_us() - t0;
     uint64_t *all = malloc((total ? total : 1) * sizeof *all);
@@ -243,8 +262,9 @@ int main(int argc, char **argv) {
     qsort(all, total, sizeof *all, cmp);
 #define PCT(p) (total ? all[(size_t)((double)total * (p) / 100.0) < total ? (size_t)((double)total * (p) / 100.0) : total - 1] : 0)
     printf("{\"requests\":%zu,\"duration_us\":%llu,\"errors\":%llu,\"non2xx\":%llu,\"p50\":%llu,\"p99\":%llu,"
-           "\"p999\":%llu,\"tls\":\"%s\"}\n",
+           "\"p999\":%llu,\"reused\":%llu,\"tls\":\"%s\"}\n",
            total, (unsigned long long)duration, (unsigned long long)errors, (unsigned long long)non2xx,
-           (unsigned long long)PCT(50), (unsigned long long)PCT(99), (unsigned long long)PCT(99.9), negotiated);
+           (unsigned long long)PCT(50), (unsigned long long)PCT(99), (unsigned long long)PCT(99.9),
+           (unsigned long long)reused, negotiated);
     return 0;
 }

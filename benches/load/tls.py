@@ -15,9 +15,14 @@ Scenarios, each in alternating rounds (the first contender alternates too), medi
   h1         wrk, HTTPS HTTP/1.1 keep-alive, GET /api/items (auth required on tollgate)
   h2         h2load, HTTP/2 (ALPN h2), -m 10 streams per connection, same path and headers;
              p99 from h2load's per-request log (it prints only min/max/mean/sd itself)
-  handshake  wrk with `Connection: close`: a new TCP connection and a full TLS 1.3 handshake
-             per request (wrk does not resume sessions), GET /healthz answered by the server
-             itself on both (no upstream, no session); req/s = handshakes/s
+  handshake  benches/load/handshake.c (a small OpenSSL client, built with cc): a new TCP
+             connection and a full TLS 1.3 handshake per request, GET /healthz answered by
+             the server itself on both (no upstream, no session); req/s = handshakes/s.
+             Not wrk or h2load: both keep their SSL object when they reconnect and resume
+             the session, so with `Connection: close` they measure resumed handshakes.
+  resumed    the same, each connection offering the session of the one before it, as a
+             browser does; the share the server resumed is reported
+  h1-plain   wrk, plain HTTP/1.1 keep-alive to the same servers, for reference (c=64 only)
 
 Before each scenario the script waits (at most --max-wait seconds) while fuzzers, cargo or
 rustc run on the machine, and records every round that started while they still did.
@@ -252,8 +257,8 @@ def build_handshake_client():
     return exe
 
 
-def handshakes(exe, port, path, conns, seconds):
-    out = subprocess.run([exe, HOST, str(port), path, str(conns), str(seconds), str(R.THREADS)],
+def handshakes(exe, port, path, conns, seconds, resume=False):
+    out = subprocess.run([exe, HOST, str(port), path, str(conns), str(seconds), str(R.THREADS)] + (["resume"] if resume else []),
                          capture_output=True, text=True, timeout=seconds + 60)
     line = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0 or not line:
@@ -307,12 +312,17 @@ def main():
         tg_origin = f"https://{HOST}:{PORTS['tollgate']}"
         R.start("idp", ["node", os.path.join(idp_dir, "server.js")], env={**os.environ,
             "IDP_PORT": str(PORTS["idp"]),
+            # A day: waits for a quiet machine can stretch a run past the default hour, and an
+            # expired access token would be refreshed once, then refused with wrk's old cookie.
+            "ACCESS_TOKEN_TTL": "86400",
             "REDIRECT_URIS": f"{tg_origin}/callback",
             "POST_LOGOUT_REDIRECT_URIS": f"{tg_origin}/"})
         R.wait_http("upstream", f"http://{HOST}:{PORTS['upstream']}/")
         R.wait_http("idp", f"{ISSUER}/.well-known/openid-configuration")
         R.start("tollgate", [binary, "--config", tollgate_conf(crt, key), "--log-format", "json"],
-                env={**os.environ, "TOLLGATE_LOG": "warn"})
+                # rustls warns, per handshake, about the IP address wrk and h2load send as SNI
+                # (clients of a real deployment send a host name); not measured here.
+                env={**os.environ, "TOLLGATE_LOG": "warn,rustls=error"})
         R.wait_http("nginx", f"https://{HOST}:{PORTS['nginx']}/healthz", context=ctx)
         R.wait_http("tollgate", f"{tg_origin}/readyz", context=ctx)
 
@@ -362,7 +372,7 @@ def main():
                         r = handshakes(handshake_exe, PORTS[name], "/healthz", c, args.duration)
                         hstls[name] = r["tls"]
                     elif kind == "resumed":
-                        r = R.wrk(base[name] + "/healthz", c, args.duration, ["Connection: close"])
+                        r = handshakes(handshake_exe, PORTS[name], "/healthz", c, args.duration, resume=True)
                     else:
                         r = R.wrk(plain[name] + "/api/items", c, args.duration, headers)
                     used = tree_cpu_seconds(pids[name]) - cpu0
@@ -370,6 +380,7 @@ def main():
                     acc[0] += used
                     acc[1] += r["requests"]
                     R.log(f"{kind} c={c} round {rnd + 1} {name:9} {r['rps']:>9.0f} req/s  p99 {r['p99'] / 1000:.2f} ms  "
+                          + (f"resumed {r['reused'] / max(1, r['requests']):.0%}  " if "reused" in r else "") +
                           f"errors {r['errors']} non-2xx {r['non2xx']}{'  (busy: ' + ' '.join(busy[:3]) + ')' if busy else ''}")
                     runs.setdefault((name, kind, c), []).append(r)
         failed = [f"{n} {k} c={c}" for (n, k, c), rs in runs.items() if any(r["non2xx"] for r in rs)]
@@ -403,7 +414,7 @@ LABELS = {
     "h1": "HTTPS HTTP/1.1 keep-alive (wrk), /api/items",
     "h2": "HTTP/2 (h2load -m 10), /api/items",
     "handshake": "full TLS handshake per request (handshake.c), /healthz",
-    "resumed": "connection per request, session resumed (wrk `Connection: close`), /healthz",
+    "resumed": "connection per request, client offers its last session (handshake.c resume), /healthz",
     "h1-plain": "plain HTTP/1.1 keep-alive (wrk), /api/items, for reference",
 }
 KINDS = ("h1", "h2", "handshake", "resumed", "h1-plain")
@@ -435,8 +446,8 @@ def report(args, conns, results, failed):
         "h2load: " + "; ".join(f"{n} {results['h2tls'].get(n, '?')}" for n in CONTENDERS) + ". "
         "handshake.c: " + "; ".join(f"{n} {results['hstls'].get(n, '?')}" for n in CONTENDERS) + ".",
         "",
-        "| scenario | conns | contender | req/s | p50 ms | p99 ms | server CPU µs/req | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | conns | contender | req/s | p50 ms | p99 ms | server CPU µs/req | errors | sessions resumed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in KINDS:
         for c in conns:
@@ -445,7 +456,8 @@ def report(args, conns, results, failed):
                     continue
                 r = t[(name, kind, c)]
                 lines.append(f"| {LABELS[kind]} | {c} | {name} | {r['rps']:.0f} | {r['p50'] / 1000:.2f} | {r['p99'] / 1000:.2f} | "
-                             f"{results['cpu_us'][(name, kind, c)]:.0f} | {r['errors']} |")
+                             f"{results['cpu_us'][(name, kind, c)]:.0f} | {r['errors']} | "
+                             + (f"{r['reused'] / max(1, r['requests']):.1%} |" if kind in ("handshake", "resumed") else "|"))
     lines += ["", "| tollgate / nginx | conns | req/s (median rounds) | single rounds | p99 tollgate vs nginx | target ≥ 0.75× |",
               "|---|---|---|---|---|---|"]
     for kind in KINDS:
@@ -467,9 +479,8 @@ def report(args, conns, results, failed):
     else:
         lines.append(f"- No fuzzer, cargo or rustc ran at the start of any of the {results['total_rounds']} runs.")
     lines += [
-        "- p99: wrk's histogram for h1, resumed and h1-plain (from the request write, so without connect and handshake); "
-        "h2load's per-request log (`--log-file`) for h2; handshake.c's from `connect()` to the end of the response, "
-        "so with the TCP connect and the full handshake.",
+        "- p99: wrk's histogram for h1 and h1-plain (from the request write); h2load's per-request log (`--log-file`) "
+        "for h2; handshake.c's from `connect()` to the end of the response, so with the TCP connect and the handshake.",
         "- Server CPU µs/req: the server's user + system CPU time (nginx: master and workers; not the upstream) "
         "over all rounds of the scenario, per answered request.",
     ]
