@@ -241,15 +241,6 @@ def negotiated(port, version):
     return ", ".join(fields.get(k, "?") for k in ("Protocol version", "Ciphersuite", "Server Temp Key", "Signature type"))
 
 
-def resumes(port):
-    """Whether a server resumes a TLS 1.3 session offered by `openssl s_client`."""
-    sess = os.path.join(R.WORK, f"session-{port}.pem")
-    s_client = ["openssl", "s_client", "-connect", f"{HOST}:{port}", "-tls1_3"]
-    subprocess.run(s_client + ["-sess_out", sess], input=b"", capture_output=True, timeout=10)
-    out = subprocess.run(s_client + ["-sess_in", sess], input=b"", capture_output=True, timeout=10)
-    return b"Reused, TLSv1.3" in out.stdout
-
-
 def build_handshake_client():
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handshake.c")
     exe = os.path.join(R.WORK, "handshake")
@@ -345,8 +336,7 @@ def main():
                 raise SystemExit(f"tollgate answered /api/items without a session with {e.code}")
         tls = {name: {v: negotiated(PORTS[name], f"-{v}") for v in ("tls1_3", "tls1_2")} for name in CONTENDERS}
         for name in CONTENDERS:
-            tls[name]["resumes"] = resumes(PORTS[name])
-            R.log(f"{name}: TLS 1.3 {tls[name]['tls1_3']}; TLS 1.2 {tls[name]['tls1_2']}; resumes: {tls[name]['resumes']}")
+            R.log(f"{name}: TLS 1.3 {tls[name]['tls1_3']}; TLS 1.2 {tls[name]['tls1_2']}")
         plain = {"nginx": f"http://{HOST}:{PORTS['nginx-plain']}", "tollgate": f"http://{HOST}:{PORTS['tollgate-plain']}"}
 
         scenarios = ([(k, c) for k in ("h1", "h2", "handshake", "resumed") for c in conns]
@@ -441,8 +431,7 @@ def report(args, conns, results, failed):
         f"Command: `python3 benches/load/tls.py{' --quick' if args.quick else ''}`",
         "",
         "Negotiated with `openssl s_client`: " + "; ".join(
-            f"{n}: {tls[n]['tls1_3']} / {tls[n]['tls1_2']}, resumes a TLS 1.3 session: {'yes' if tls[n]['resumes'] else 'no'}"
-            for n in CONTENDERS) + ". "
+            f"{n}: {tls[n]['tls1_3']} / {tls[n]['tls1_2']}" for n in CONTENDERS) + ". "
         "h2load: " + "; ".join(f"{n} {results['h2tls'].get(n, '?')}" for n in CONTENDERS) + ". "
         "handshake.c: " + "; ".join(f"{n} {results['hstls'].get(n, '?')}" for n in CONTENDERS) + ".",
         "",
