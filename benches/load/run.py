@@ -85,14 +85,22 @@ def stop_all():
             os.killpg(p.pid, signal.SIGKILL)
 
 
-def wait_http(name, url, expect=(200,), timeout=60):
+def opener(*handlers, context=None):
+    """urllib's opener; with `context`, https uses that SSL context (benches/load/tls.py: a
+    self-signed certificate on loopback)."""
+    if context is not None:
+        handlers += (urllib.request.HTTPSHandler(context=context),)
+    return urllib.request.build_opener(*handlers)
+
+
+def wait_http(name, url, expect=(200,), timeout=60, context=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         p = procs.get(name)
         if p is not None and p.poll() is not None:
             raise SystemExit(f"{name} exited with {p.returncode}; see {WORK}/{name}.log")
         try:
-            with urllib.request.build_opener(NoRedirect).open(url, timeout=2) as r:
+            with opener(NoRedirect, context=context).open(url, timeout=2) as r:
                 if r.status in expect:
                     return
         except urllib.error.HTTPError as e:
@@ -209,13 +217,13 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def login(start_url, cookie_prefix):
+def login(start_url, cookie_prefix, context=None):
     """A full login through the provider; returns the Cookie header of the proxy's cookies."""
     jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy())
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    o = opener(urllib.request.HTTPCookieProcessor(jar), context=context)
     # Browser-like Accept: mod_auth_openidc answers 401 instead of redirecting otherwise.
-    opener.addheaders = [("Accept", "text/html,application/xhtml+xml")]
-    with opener.open(start_url, timeout=30) as r:
+    o.addheaders = [("Accept", "text/html,application/xhtml+xml")]
+    with o.open(start_url, timeout=30) as r:
         if r.status != 200:
             raise SystemExit(f"login at {start_url} ended with {r.status}")
     cookies = [f"{c.name}={c.value}" for c in jar if c.name.startswith(cookie_prefix)]
