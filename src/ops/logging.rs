@@ -24,8 +24,14 @@ const CAPPED_TARGETS: [&str; 6] = [
     "tokio_rustls",
 ];
 
+/// Where a library warns about each malformed thing a client sends (rustls: an IP address as
+/// SNI, which wrk, h2load and probes send on every handshake). A client could otherwise write
+/// one log line per connection; these are capped at ERROR.
+const CLIENT_NOISE: [&str; 1] = ["rustls::msgs::handshake"];
+
 fn is_capped(target: &str, level: &Level) -> bool {
-    *level > Level::INFO && CAPPED_TARGETS.iter().any(|t| target.starts_with(t))
+    (*level > Level::INFO && CAPPED_TARGETS.iter().any(|t| target.starts_with(t)))
+        || (*level > Level::ERROR && CLIENT_NOISE.iter().any(|t| target.starts_with(t)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -63,5 +69,12 @@ mod tests {
         assert!(is_capped("hyper::proto", &Level::TRACE));
         assert!(!is_capped("pingora_core::server", &Level::INFO));
         assert!(!is_capped("tollgate::access", &Level::DEBUG));
+    }
+
+    #[test]
+    fn per_connection_client_noise_is_capped_at_error() {
+        assert!(is_capped("rustls::msgs::handshake", &Level::WARN));
+        assert!(!is_capped("rustls::msgs::handshake", &Level::ERROR));
+        assert!(!is_capped("tollgate::tls", &Level::WARN));
     }
 }

@@ -485,6 +485,18 @@ impl ProxyHttp for Tollgate {
         }
     }
 
+    /// A client that goes away mid-request (a closed tab, a reset HTTP/2 stream, a benchmark
+    /// ending) is not a fault of tollgate's and must not fill the error log at the rate
+    /// clients can leave: Pingora's ERROR line is dropped for downstream errors, and the
+    /// access log line records the request with its error type.
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        let downstream = matches!(e.esource(), ErrorSource::Downstream);
+        if downstream {
+            tracing::debug!(request_id = %ctx.request_id, error = %e.etype().as_str(), "client went away");
+        }
+        downstream
+    }
+
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
         // Pingora's default summary includes the query string, which can carry secrets
         // (an authorization code on the callback). Ours does not.
