@@ -9,7 +9,7 @@
 //! value, and a session refreshed with it stores into valid `Set-Cookie` lines; the error code
 //! kept is a plain word; accepted metadata is for the configured issuer, allows only asymmetric
 //! ID token algorithms, and every endpoint URL (redirects are built from them) is a valid
-//! header value.
+//! header value with an http(s) scheme.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -55,6 +55,11 @@ fuzz_target!(|data: &[u8]| {
             }
             for url in &m.urls {
                 assert_header_value("endpoint URL", url);
+                // ISSUER is plain http (loopback), so http endpoints are allowed too.
+                assert!(
+                    url.starts_with("https://") || url.starts_with("http://"),
+                    "endpoint scheme {url}"
+                );
             }
         }
         _ => {

@@ -184,10 +184,26 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
         }
         discovered
             .map(|d| {
-                Url::parse(&d).map_err(|e| DiscoveryError::Document {
+                let problem = |p: String| DiscoveryError::Document {
                     url: discovery_url(&cfg.issuer_id),
-                    problem: format!("{name} {d:?}: {e}"),
-                })
+                    problem: format!("{name} {d:?}: {p}"),
+                };
+                let u = Url::parse(&d).map_err(|e| problem(e.to_string()))?;
+                // Browsers are redirected to some of these and tokens are sent to others:
+                // a `javascript:` or `data:` URL, or plain http under an https issuer, is
+                // refused rather than followed.
+                if !endpoint_scheme_allowed(u.scheme(), &cfg.issuer_id) {
+                    return Err(problem(format!(
+                        "scheme {:?} (the issuer's endpoints must be https{})",
+                        u.scheme(),
+                        if cfg.issuer_id.starts_with("http://") {
+                            " or http"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                Ok(u)
             })
             .transpose()
     };
@@ -231,6 +247,12 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
         iss_parameter_supported: doc.authorization_response_iss_parameter_supported,
         issuer: doc.issuer,
     })
+}
+
+/// The schemes a discovered endpoint may have: https, or http too when the issuer itself is
+/// plain http (a provider on loopback in development and tests).
+fn endpoint_scheme_allowed(scheme: &str, issuer: &str) -> bool {
+    scheme == "https" || (scheme == "http" && issuer.starts_with("http://"))
 }
 
 /// The loaded provider: metadata and signing keys, replaced as a whole on refresh.
@@ -396,6 +418,40 @@ mod tests {
         // An older refetch result does not replace newer keys either.
         let p = store.replace_jwks(jwks("stale"), t1).unwrap();
         assert!(p.jwks.find(Some("new"), rs).is_some());
+    }
+
+    #[test]
+    fn discovered_endpoints_must_be_https_or_the_issuers_http() {
+        let text = include_str!("../../conf/tollgate.toml");
+        let mut cfg = crate::config::Config::from_toml_str(
+            text,
+            std::path::Path::new("t"),
+            std::iter::empty(),
+        )
+        .unwrap()
+        .oidc;
+        cfg.endpoints = Default::default();
+        let doc = |issuer: &str, auth: &str| {
+            serde_json::json!({
+                "issuer": issuer,
+                "authorization_endpoint": auth,
+                "token_endpoint": format!("{issuer}/token"),
+                "jwks_uri": format!("{issuer}/jwks"),
+            })
+            .to_string()
+        };
+        for (issuer, auth, ok) in [
+            ("https://idp.example", "https://idp.example/auth", true),
+            ("https://idp.example", "javascript:alert(1)//", false),
+            ("https://idp.example", "data:text/html,x", false),
+            ("https://idp.example", "http://idp.example/auth", false),
+            ("http://127.0.0.1:9", "http://127.0.0.1:9/auth", true),
+            ("http://127.0.0.1:9", "javascript:alert(1)", false),
+        ] {
+            cfg.issuer_id = issuer.into();
+            let r = metadata_from_document(doc(issuer, auth).as_bytes(), &cfg);
+            assert_eq!(r.is_ok(), ok, "{issuer} {auth}: {r:?}");
+        }
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! - a dot segment (also percent-encoded or with `;params`), an empty segment (`//api`, also
 //!   as `/%2F/api` or `/;/api`: nginx, Tomcat and Spring merge slashes, so `//api/admin` is
 //!   served by the `/api` handler while a prefix match sends it to the catch-all route), a
-//!   backslash, a control character (C0, DEL or C1; also encoded) or a malformed `%` escape is
-//!   refused with 400;
+//!   backslash, a control character (C0, DEL or C1; also encoded), a malformed `%` escape or
+//!   bytes that are not UTF-8 (raw or encoded) is refused with 400;
 //! - [`Target::canonical`] is the path fully decoded with `;params` dropped, kept only when it
 //!   differs: a path that routes differently in that form (`/api%2Fadmin`, `/api;x/admin`)
 //!   is refused by the caller, since tollgate cannot know which one the upstream will serve.
@@ -67,8 +67,12 @@ pub(crate) fn check<'r>(raw_target: &[u8], uri_path: &'r str) -> Result<Target<'
         }
         slash = b == b'/';
     }
-    // A C1 control character (U+0080 to U+009F) sent as raw UTF-8.
-    if non_ascii && uri_path.chars().any(char::is_control) {
+    // A C1 control character (U+0080 to U+009F) sent as raw UTF-8, or raw bytes that are not
+    // UTF-8 at all (Pingora's URI path has U+FFFD for them, so the path routed and sent would
+    // not be the one the client wrote).
+    if non_ascii
+        && (uri_path.chars().any(char::is_control) || std::str::from_utf8(raw_target).is_err())
+    {
         return Err(TargetError::Malformed);
     }
     if !escaped && !params {
@@ -132,8 +136,9 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 /// Decodes `%XX` escapes: only those of unreserved characters when `unreserved_only` (the
-/// others are kept as written), else all of them. Refuses a malformed escape and an escaped
-/// control character; bytes that do not form UTF-8 are replaced (only ever compared).
+/// others are kept as written), else all of them. Refuses a malformed escape, an escaped
+/// control character and escapes that do not decode to UTF-8 (`%C0%AF`, an overlong `/` that
+/// a lenient upstream decoder reads as a separator; `%E9`, Latin-1).
 fn decode(bytes: &[u8], unreserved_only: bool) -> Result<String, TargetError> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -160,7 +165,7 @@ fn decode(bytes: &[u8], unreserved_only: bool) -> Result<String, TargetError> {
         }
         i += 3;
     }
-    let decoded = String::from_utf8_lossy(&out).into_owned();
+    let decoded = String::from_utf8(out).map_err(|_| TargetError::Malformed)?;
     // A C1 control character (U+0080 to U+009F), escaped as its UTF-8 bytes (`%C2%85`).
     if decoded.chars().any(char::is_control) {
         return Err(TargetError::Malformed);
@@ -239,6 +244,14 @@ mod tests {
             ),
             Err(TargetError::Malformed)
         );
+        // Bytes that are not UTF-8, raw or escaped (an overlong `/`, Latin-1).
+        assert_eq!(
+            check(b"/api/caf\xe9", "/api/caf\u{FFFD}"),
+            Err(TargetError::Malformed)
+        );
+        for p in ["/api%C0%AFadmin", "/api/caf%E9", "/api/%FF"] {
+            assert_eq!(check(p.as_bytes(), p), Err(TargetError::Malformed), "{p}");
+        }
         // Other characters beyond ASCII pass, raw or escaped.
         assert!(check("/caf\u{e9}".as_bytes(), "/caf\u{e9}").is_ok());
         assert!(check(b"/caf%C3%A9", "/caf%C3%A9").is_ok());
