@@ -523,13 +523,24 @@ impl Harness {
         cookie: Option<&str>,
         accept: Option<&str>,
     ) -> ReplyParts {
+        Self::get(query, cookie, accept, |facts| {
+            match self.oidc.login(facts) {
+                Ok(reply) => ReplyParts::of(&reply),
+                Err(fault) => ReplyParts::of(&Reply::from(fault)),
+            }
+        })
+    }
+
+    /// Calls `f` with the facts of a `GET` with this query and these `Cookie` and `Accept`
+    /// headers.
+    fn get<R>(
+        query: Option<&str>,
+        cookie: Option<&str>,
+        accept: Option<&str>,
+        f: impl FnOnce(&Facts<'_>) -> R,
+    ) -> R {
         let headers = Self::headers(&Self::pairs(cookie, accept));
-        let method = Method::GET;
-        let facts = Self::facts(&method, query, &headers, None);
-        match self.oidc.login(&facts) {
-            Ok(reply) => ReplyParts::of(&reply),
-            Err(fault) => ReplyParts::of(&Reply::from(fault)),
-        }
+        f(&Self::facts(&Method::GET, query, &headers, None))
     }
 
     /// The `return_to` a login cookie named `name` with value `value` carries, if it opens.
@@ -551,12 +562,10 @@ impl Harness {
         cookie: Option<&str>,
         accept: Option<&str>,
     ) -> ReplyParts {
-        let headers = Self::headers(&Self::pairs(cookie, accept));
-        let method = Method::GET;
-        let facts = Self::facts(&method, query, &headers, None);
-        let reply = self
-            .runtime
-            .block_on(self.oidc.callback(&facts, self.app.gate().codec()));
+        let reply = Self::get(query, cookie, accept, |facts| {
+            self.runtime
+                .block_on(self.oidc.callback(facts, self.app.gate().codec()))
+        });
         ReplyParts::of(&reply)
     }
 

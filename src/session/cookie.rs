@@ -338,18 +338,23 @@ mod tests {
         assert_eq!(scan.value().unwrap(), "abc");
     }
 
+    /// The `Set-Cookie` lines storing `sealed` as cookie `tg` for a browser that has none.
+    fn store_tg(sealed: &str) -> Vec<String> {
+        ATTRS
+            .store(
+                "tg",
+                sealed,
+                Duration::from_secs(60),
+                &SessionCookies::default(),
+            )
+            .unwrap()
+    }
+
     #[test]
     fn large_value_is_chunked_and_reassembled() {
         for len in [CHUNK_SIZE + 1, 3 * CHUNK_SIZE - 2, 3 * CHUNK_SIZE, 9000] {
             let sealed = sealed_of_len(len);
-            let lines = ATTRS
-                .store(
-                    "tg",
-                    &sealed,
-                    Duration::from_secs(60),
-                    &SessionCookies::default(),
-                )
-                .unwrap();
+            let lines = store_tg(&sealed);
             assert!(lines.len() >= 2);
             for l in &lines {
                 assert!(l.len() < 4096, "cookie line too long: {}", l.len());
@@ -363,14 +368,7 @@ mod tests {
     #[test]
     fn missing_chunk_is_reported() {
         let sealed = sealed_of_len(3 * CHUNK_SIZE);
-        let lines = ATTRS
-            .store(
-                "tg",
-                &sealed,
-                Duration::from_secs(60),
-                &SessionCookies::default(),
-            )
-            .unwrap();
+        let lines = store_tg(&sealed);
         let header = browser_cookie_header(&lines);
         let without_1: String = pairs(&header)
             .filter(|(n, _)| *n != "tg.1")

@@ -157,13 +157,13 @@ where
                     continue;
                 }
             };
-            loops.push(tokio::spawn(accept_loop(
-                listener,
+            let door = Door {
                 tls,
-                app.clone(),
-                self.shared.clone(),
-                shutdown.clone(),
-            )));
+                app: app.clone(),
+                shared: self.shared.clone(),
+                shutdown: shutdown.clone(),
+            };
+            loops.push(tokio::spawn(accept_loop(listener, door)));
         }
         for l in loops {
             let _ = l.await;
@@ -176,15 +176,31 @@ where
     }
 }
 
-async fn accept_loop<A>(
-    listener: TcpListener,
+/// What every connection of one listener is served with.
+struct Door<A> {
     tls: Option<Arc<Acceptor>>,
     app: Arc<A>,
     shared: Arc<Shared>,
-    mut shutdown: ShutdownWatch,
-) where
+    shutdown: ShutdownWatch,
+}
+
+impl<A> Clone for Door<A> {
+    fn clone(&self) -> Self {
+        Door {
+            tls: self.tls.clone(),
+            app: self.app.clone(),
+            shared: self.shared.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+async fn accept_loop<A>(listener: TcpListener, door: Door<A>)
+where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    let shared = &door.shared;
+    let mut shutdown = door.shutdown.clone();
     loop {
         if *shutdown.borrow() {
             break;
@@ -214,25 +230,19 @@ async fn accept_loop<A>(
             },
         };
         match accepted {
-            Ok((tcp, peer)) => {
-                spawn_connection(tcp, peer, Some(permit), &tls, &app, &shared, &shutdown)
-            }
+            Ok((tcp, peer)) => spawn_connection(tcp, peer, Some(permit), door.clone()),
             Err(e) => accept_failed(e).await,
         }
     }
-    drain(listener, &tls, &app, &shared, &shutdown).await;
+    drain(listener, &door).await;
 }
 
 /// Shutdown: no new handshakes, serve what the kernel already accepted, then close.
-async fn drain<A>(
-    listener: TcpListener,
-    tls: &Option<Arc<Acceptor>>,
-    app: &Arc<A>,
-    shared: &Arc<Shared>,
-    shutdown: &ShutdownWatch,
-) where
+async fn drain<A>(listener: TcpListener, door: &Door<A>)
+where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    let shared = &door.shared;
     shared.draining.store(true, Ordering::Release);
     shared.readiness.set_draining();
     if let Err(e) = refuse_new_handshakes(&listener) {
@@ -245,7 +255,7 @@ async fn drain<A>(
             Ok(Ok((tcp, peer))) => {
                 drained += 1;
                 // Over the limit if need be: these clients were already accepted by the kernel.
-                spawn_connection(tcp, peer, None, tls, app, shared, shutdown);
+                spawn_connection(tcp, peer, None, door.clone());
             }
             Ok(Err(e)) => accept_failed(e).await,
             Err(_) => break,
@@ -339,18 +349,17 @@ fn spawn_connection<A>(
     tcp: TcpStream,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
-    tls: &Option<Arc<Acceptor>>,
-    app: &Arc<A>,
-    shared: &Arc<Shared>,
-    shutdown: &ShutdownWatch,
+    door: Door<A>,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    let app = app.clone();
-    let shared = shared.clone();
-    let shutdown = shutdown.clone();
-    let tls = tls.clone();
     tokio::spawn(async move {
+        let Door {
+            tls,
+            app,
+            shared,
+            shutdown,
+        } = door;
         let _open = Open::new(&shared.metrics, permit);
         let _ = tcp.set_nodelay(true);
         let mut l4 = L4Stream::from(tcp);
