@@ -28,12 +28,7 @@ async fn logged_in(extra_oidc: &str) -> Setup {
     let port = free_port();
     let idp = idp_for(&[port]).await;
     let tg = start_tollgate_with(port, &idp, &CLIENTS[CLIENT], &echo, extra_oidc).await;
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let browser = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .timeout(HANG)
-        .build()
-        .unwrap();
+    let (jar, browser) = browser_with_jar();
     let r = browser
         .get(tg.url("/login?return_to=/landing"))
         .send()
@@ -89,14 +84,6 @@ async fn api(client: &reqwest::Client, tg: &Tollgate, cookie: Option<&str>) -> r
         req = req.header("cookie", c);
     }
     req.send().await.unwrap()
-}
-
-fn set_cookies(r: &reqwest::Response) -> Vec<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect()
 }
 
 /// A session whose access token has expired (the provider issued it; only the recorded expiry

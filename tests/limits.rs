@@ -349,12 +349,7 @@ async fn oversized_cookies_get_431_without_reaching_the_upstream() {
         .await
         .unwrap();
     assert_eq!(r.status(), 431);
-    let cleared: Vec<_> = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect();
+    let cleared = common::flow::set_cookies(&r);
     assert!(
         cleared
             .iter()

@@ -252,12 +252,7 @@ async fn a_code_is_used_once() {
         .unwrap();
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()["location"], "/");
-    let set: Vec<String> = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect();
+    let set = set_cookies(&r);
     assert!(
         set.iter()
             .any(|c| c.starts_with("tollgate=") || c.starts_with("tollgate.0=")),

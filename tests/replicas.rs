@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::flow::*;
@@ -97,12 +96,7 @@ async fn log_in(tg: &Tollgate) -> String {
 
 /// As [`log_in`], also returning the browser (which holds the provider's session cookie).
 async fn log_in_with_browser(tg: &Tollgate) -> (String, reqwest::Client) {
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let browser = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .timeout(HANG)
-        .build()
-        .unwrap();
+    let (jar, browser) = browser_with_jar();
     let r = browser.get(tg.url("/login")).send().await.unwrap();
     assert_eq!(r.status(), 200, "login failed: {}", tg.log());
     let cookie = jar

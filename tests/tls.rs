@@ -184,12 +184,7 @@ async fn lifecycle(h: &Https, h1: bool) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", h.tg.log());
-    let set: Vec<String> = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect();
+    let set = set_cookies(&r);
     assert!(
         set.iter().any(|l| l.starts_with("__Host-tollgate")),
         "the refreshed session is sealed anew: {set:?}"

@@ -28,6 +28,26 @@ pub fn browser() -> reqwest::Client {
         .unwrap()
 }
 
+/// A client that keeps cookies in a jar the test can read, and follows redirects.
+pub fn browser_with_jar() -> (std::sync::Arc<reqwest::cookie::Jar>, reqwest::Client) {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .timeout(HANG)
+        .build()
+        .unwrap();
+    (jar, client)
+}
+
+/// Every `Set-Cookie` line of `r`, whole.
+pub fn set_cookies(r: &reqwest::Response) -> Vec<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
 /// A client that does not follow redirects and keeps no cookies.
 pub fn plain() -> reqwest::Client {
     reqwest::Client::builder()
