@@ -1,6 +1,9 @@
 //! The baseline for tollgate's load benchmark: a bare Pingora reverse proxy with no auth, the
 //! same Pingora version and server settings as tollgate, nothing but `upstream_peer`.
 //!
+//! It links the same global allocator as tollgate (mimalloc, or jemalloc with
+//! `--features jemalloc`), so the ratio compares like with like.
+//!
 //! `cargo run --release --example bare_pingora -- LISTEN UPSTREAM THREADS`
 //! (e.g. `127.0.0.1:18082 127.0.0.1:18080 2`).
 
@@ -9,6 +12,15 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
+
+// The allocator: mimalloc by default (benches/RESULTS.md, "Allocator"); jemalloc when built
+// with `--features jemalloc` for the comparison; the system allocator with neither.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     peer: HttpPeer,

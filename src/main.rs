@@ -8,6 +8,15 @@ use clap::{Parser, Subcommand};
 use tollgate::config::Config;
 use tollgate::ops::logging::{self, LogFormat};
 
+// The allocator: mimalloc by default (benches/RESULTS.md, "Allocator"); jemalloc when built
+// with `--features jemalloc` for the comparison; the system allocator with neither.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tollgate",

@@ -58,6 +58,22 @@ WRK_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.lua")
 
 procs = {}
 
+# Cargo flags per global allocator (Cargo.toml features; the bare Pingora baseline is built
+# with the same one).
+ALLOCATORS = {
+    "mimalloc": [],
+    "jemalloc": ["--no-default-features", "--features", "jemalloc"],
+    "system": ["--no-default-features"],
+}
+
+
+def build(allocator="mimalloc"):
+    """Builds tollgate and the bare Pingora baseline with `allocator`."""
+    log(f"building tollgate and the bare Pingora baseline (release, {allocator})")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "tollgate", "--example", "bare_pingora"]
+                   + ALLOCATORS[allocator], cwd=ROOT, check=True)
+
+
 
 def log(msg):
     print(f"[load] {msg}", file=sys.stderr, flush=True)

@@ -452,12 +452,13 @@ impl ProxyHttp for Tollgate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        upstream_response.insert_header(request_id::HEADER, &ctx.request_id)?;
-        if let Some(hsts) = self.hsts(ctx) {
-            upstream_response.insert_header("strict-transport-security", hsts)?;
-        }
-        let cookies = std::mem::take(&mut ctx.set_cookies);
-        headers::rewrite_response(upstream_response, self.gate.codec().cookie_name(), cookies)
+        let rw = headers::ResponseRewrite {
+            request_id: &ctx.request_id,
+            hsts: self.hsts(ctx),
+            cookie_name: self.gate.codec().cookie_name(),
+            set_cookies: std::mem::take(&mut ctx.set_cookies),
+        };
+        headers::rewrite_response(upstream_response, rw)
             .map_err(|e| Error::because(ErrorType::InternalError, "rewriting the response", e))
     }
 

@@ -7,8 +7,6 @@
 use rand::RngCore;
 
 pub(crate) const HEADER: &str = "x-request-id";
-/// The same name, title-cased, as written on upstream requests.
-pub(crate) const HEADER_TITLE: &str = "X-Request-Id";
 
 /// Whether a client-supplied id may be kept.
 pub(crate) fn is_valid(id: &[u8]) -> bool {

@@ -102,7 +102,9 @@ pub(crate) fn is_plausible_state(state: &str) -> bool {
 
 /// Splits a `Cookie` header value into `(name, value)` pairs, trimmed, without decoding.
 pub(crate) fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
-    header.split(';').filter_map(|part| {
+    // `;` is ASCII, so every range starts and ends on a character boundary.
+    pair_ranges(header.as_bytes()).filter_map(|r| {
+        let part = header.get(r)?;
         let (n, v) = part.split_once('=')?;
         let v = v.trim();
         let v = v
@@ -111,6 +113,20 @@ pub(crate) fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
             .unwrap_or(v);
         Some((n.trim(), v))
     })
+}
+
+/// Where the `;`-separated parts of a `Cookie` field are, found with `memchr` (SIMD): the
+/// session makes this field several KB, and `str::split` cost 1,500 instructions a request
+/// to scan it, twice (here and in the upstream rewrite).
+pub(crate) fn pair_ranges(field: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    memchr::memchr_iter(b';', field)
+        .chain(std::iter::once(field.len()))
+        .map(move |end| {
+            let range = start..end;
+            start = end + 1;
+            range
+        })
 }
 
 /// The value of the first cookie named exactly `name` in the given `Cookie` header values.
