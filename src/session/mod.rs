@@ -8,6 +8,7 @@
 //! (`idle_timeout`) limits, so an expired session opens to an error exactly like a forged one.
 
 pub mod cookie;
+mod opened;
 pub mod revocations;
 pub mod seal;
 
@@ -115,7 +116,7 @@ impl std::fmt::Debug for Session<'_> {
 
 /// A decrypted session payload, not yet decoded; [`SessionCodec::decode`] reads it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Payload(Vec<u8>);
+pub struct Payload(std::sync::Arc<[u8]>);
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -180,6 +181,9 @@ pub struct SessionCodec {
     idle_timeout: u64,
     /// The most bytes the session's cookies may take in a `Cookie` header.
     cookie_budget: usize,
+    /// Cookies opened recently ([`opened`]): the same cookie on the next call is not
+    /// decrypted again.
+    opened: opened::OpenedCache,
 }
 
 impl SessionCodec {
@@ -194,6 +198,7 @@ impl SessionCodec {
             max_lifetime: config.max_lifetime.as_secs(),
             idle_timeout: config.idle_timeout.as_secs(),
             cookie_budget: usize::MAX,
+            opened: opened::OpenedCache::default(),
         }
     }
 
@@ -247,8 +252,17 @@ impl SessionCodec {
         let payload = found
             .value()
             .map_err(SessionError::from)
-            .and_then(|sealed| Ok(Payload(self.sealer.open(&sealed, self.name.as_bytes())?)));
+            .and_then(|sealed| self.open_sealed(&sealed));
         (found, payload)
+    }
+
+    fn open_sealed(&self, sealed: &str) -> Result<Payload, SessionError> {
+        if let Some(payload) = self.opened.get(sealed) {
+            return Ok(Payload(payload));
+        }
+        let payload: std::sync::Arc<[u8]> = self.sealer.open(sealed, self.name.as_bytes())?.into();
+        self.opened.put(sealed, payload.clone());
+        Ok(Payload(payload))
     }
 
     /// Decodes `payload` without copying its strings and checks the session's lifetimes
@@ -446,6 +460,28 @@ mod tests {
             reopen(&codec, &long, now + 3600),
             Err(SessionError::Expired)
         );
+    }
+
+    /// Once a cookie opened (and is kept opened), a copy changed anywhere but its last
+    /// characters (the cache's key) still fails as tampered, as does a cookie opened under
+    /// another name: the cache answers only for the identical value.
+    #[test]
+    fn an_opened_cookie_does_not_open_a_tampered_copy() {
+        let codec = SessionCodec::new(&config(), true);
+        let sealed = codec.seal(&session(1)).unwrap();
+        let header = format!("{}={sealed}", codec.cookie_name());
+        assert!(codec.open([header.as_str()]).1.is_ok());
+        assert!(codec.open([header.as_str()]).1.is_ok(), "from the cache");
+        for at in [0, sealed.len() / 2, sealed.len() - 9] {
+            let mut bytes = sealed.clone().into_bytes();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(bytes).unwrap();
+            let header = format!("{}={tampered}", codec.cookie_name());
+            assert!(
+                matches!(codec.open([header.as_str()]).1, Err(SessionError::Open(_))),
+                "changed at {at}"
+            );
+        }
     }
 
     #[test]
