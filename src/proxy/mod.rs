@@ -40,7 +40,7 @@ use crate::config::Limits;
 use crate::endpoints::{Endpoint, Endpoints};
 use crate::oidc::Oidc;
 use crate::ops::health::Readiness;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, RouteMetrics};
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
 use crate::session::revocations::Revocations;
@@ -56,6 +56,8 @@ use target::Target;
 #[derive(Debug)]
 pub(crate) struct Tollgate {
     routes: RouteTable,
+    /// Each route's metrics by route index, resolved once; then those of unrouted requests.
+    route_metrics: Vec<RouteMetrics>,
     gate: Gate,
     endpoints: Endpoints,
     metrics: Metrics,
@@ -120,8 +122,16 @@ impl Tollgate {
             config.session.refresh_skew.as_secs(),
             config.session.idle_timeout.as_secs(),
         );
+        let routes = RouteTable::new(&config.routes)?;
+        let route_metrics = routes
+            .iter()
+            .map(|r| r.prefix.as_str())
+            .chain(["-"])
+            .map(|prefix| metrics.route(prefix))
+            .collect();
         Ok(Tollgate {
-            routes: RouteTable::new(&config.routes)?,
+            routes,
+            route_metrics,
             gate,
             endpoints: Endpoints::new(
                 oidc.clone(),
@@ -519,11 +529,18 @@ impl ProxyHttp for Tollgate {
             .route
             .and_then(|i| self.routes.get(i))
             .map_or("-", |r| r.prefix.as_str());
-        self.metrics.request(route, status);
-        self.metrics.protocol(ctx.protocol, ctx.tls);
-        if let Some(l) = ctx.upstream_latency {
-            self.metrics.upstream_latency(route, l.as_secs_f64());
+        let unrouted = self.route_metrics.len() - 1;
+        let route_metrics = ctx
+            .route
+            .and_then(|i| self.route_metrics.get(i))
+            .or_else(|| self.route_metrics.get(unrouted));
+        if let Some(m) = route_metrics {
+            m.request(status);
+            if let Some(l) = ctx.upstream_latency {
+                m.upstream_latency(l.as_secs_f64());
+            }
         }
+        self.metrics.protocol(ctx.protocol, ctx.tls);
         let req = session.req_header();
         let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         let upstream_ms = ctx.upstream_latency.map(|l| l.as_secs_f64() * 1000.0);

@@ -132,6 +132,11 @@ impl RouteTable {
             .find(|(_, r)| prefix_matches(&r.prefix, path))
     }
 
+    /// Every route, in the order of their indices.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
     pub(crate) fn get(&self, index: usize) -> Option<&Route> {
         self.routes.get(index)
     }
