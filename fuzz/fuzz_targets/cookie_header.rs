@@ -5,7 +5,7 @@
 //! Input: a mode byte. Mode 0: up to four `Cookie` header values, one per line. Invariants:
 //! every `Set-Cookie` line is a valid header value; the upstream gets none of tollgate's
 //! cookies (by tollgate's own definition and by name) and every other cookie unchanged, in
-//! order. Mode 1: the rest, reduced to base64url characters, is stored as a sealed value
+//! order, ASCII text or not. Mode 1: the rest, reduced to base64url characters, is stored as a sealed value
 //! (chunked when long) and read back from the `Cookie` header a browser sends: it must come
 //! back unchanged whenever it fits.
 #![no_main]
@@ -82,19 +82,21 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     // Every other cookie passes as it was: the headers that are valid `Cookie` values, split.
+    // Cookie whitespace is SP and HTAB (RFC 6265), trimmed as ASCII; cookies that are not
+    // ASCII text pass too (since the rewrite works on bytes).
     let kept: Vec<String> = headers
         .iter()
-        .filter(|v| http::HeaderValue::from_str(v).is_ok_and(|v| v.to_str().is_ok()))
+        .filter(|v| http::HeaderValue::from_str(v).is_ok())
         .flat_map(|v| v.split(';'))
-        .map(str::trim)
+        .map(str::trim_ascii)
         .filter(|p| !p.is_empty())
-        .filter(|p| !h.is_own_cookie(p.split_once('=').map_or(*p, |(n, _)| n.trim_end())))
+        .filter(|p| !h.is_own_cookie(p.split_once('=').map_or(*p, |(n, _)| n.trim_ascii_end())))
         .map(str::to_string)
         .collect();
     let passed: Vec<String> = upstream
         .iter()
         .flat_map(|v| v.split(';'))
-        .map(str::trim)
+        .map(str::trim_ascii)
         .filter(|p| !p.is_empty())
         .map(str::to_string)
         .collect();

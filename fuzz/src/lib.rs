@@ -98,12 +98,12 @@ pub fn assert_same_origin(what: &str, location: &str) {
 /// The `(name, value)` pairs of `Cookie` header values, as a server reads them.
 pub fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
     header.split(';').filter_map(|part| {
-        let part = part.trim();
+        let part = part.trim_ascii();
         if part.is_empty() {
             return None;
         }
         Some(match part.split_once('=') {
-            Some((n, v)) => (n.trim(), v.trim()),
+            Some((n, v)) => (n.trim_ascii(), v.trim_ascii()),
             None => (part, ""),
         })
     })

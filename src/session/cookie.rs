@@ -100,18 +100,21 @@ pub(crate) fn is_plausible_state(state: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Splits a `Cookie` header value into `(name, value)` pairs, trimmed, without decoding.
+/// Splits a `Cookie` header value into `(name, value)` pairs, trimmed of ASCII whitespace
+/// only, without decoding. (The upstream rewrite trims the same way: a name that only
+/// Unicode trimming would make tollgate's, `\u{a0}tollgate`, is nobody's session on either
+/// side.)
 pub(crate) fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
     // `;` is ASCII, so every range starts and ends on a character boundary.
     pair_ranges(header.as_bytes()).filter_map(|r| {
         let part = header.get(r)?;
         let (n, v) = part.split_once('=')?;
-        let v = v.trim();
+        let v = v.trim_ascii();
         let v = v
             .strip_prefix('"')
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(v);
-        Some((n.trim(), v))
+        Some((n.trim_ascii(), v))
     })
 }
 
@@ -364,6 +367,17 @@ mod tests {
                 &SessionCookies::default(),
             )
             .unwrap()
+    }
+
+    /// Found by the `cookie_header` fuzz target: the upstream rewrite trims cookie names of
+    /// ASCII whitespace, so the session scan must not trim more (a no-break space) and find a
+    /// session in a cookie the rewrite passes on.
+    #[test]
+    fn names_are_trimmed_of_ascii_whitespace_only() {
+        let scan = SessionCookies::scan("tg", ["\u{a0}tg=abc; \ttg.9 =x"]);
+        assert_eq!(scan.single, None);
+        let scan = SessionCookies::scan("tg", [" \ttg=abc"]);
+        assert_eq!(scan.value().unwrap(), "abc");
     }
 
     #[test]
