@@ -10,22 +10,39 @@ of every contender:
   apache-oidc   Apache httpd + mod_auth_openidc, logged in at the test provider, bearer header
   tollgate      tollgate with a session from a real login at the test provider
 
-Each contender is driven by wrk at each concurrency, rounds alternating between contenders,
-and the table shows the median round. Then tollgate's RSS with 10,000 idle keep-alive
-connections, and login throughput (full /login -> provider -> /callback round trips) with
-the share of each callback that is tollgate's own work. Results go to benches/RESULTS.md.
+Scenarios (GitHub issue 14):
 
-Needs (Debian): nginx wrk apache2 libapache2-mod-auth-openidc, Node.js with
-`npm ci` in tests/idp, and the Rust toolchain. Usage: python3 benches/load/run.py [--quick]
+  (a) steady state: each contender driven by wrk at each concurrency, rounds alternating
+      between contenders, the median round shown (--rounds, default 5)
+  idle memory: RSS before and after --idle keep-alive connections that each made one request
+      and sit idle, for tollgate, bare Pingora and nginx (its workers): KiB per connection
+  (c) cold logins: sequential full /login -> provider -> /callback round trips, with the share
+      of each callback that is tollgate's own work (the callback minus the token request)
+  (b) refresh storm: --sessions sessions logged in through a second tollgate whose
+      refresh_skew makes every access token due a few seconds after it was issued; then
+      --per-session concurrent requests per session, --storm-window sessions in flight at a
+      time. Checked: exactly one refresh_token grant per session at the provider.
+
+Results go to benches/RESULTS.md (between this script's markers; the rest of the file is
+kept) and a chart to benches/results.svg.
+
+Needs (Debian): nginx wrk apache2 libapache2-mod-auth-openidc, Node.js with `npm ci` in
+tests/idp, and the Rust toolchain (or --prebuilt DIR with tollgate and bare_pingora in it).
+Usage: python3 benches/load/run.py [--quick] [--prebuilt DIR] [--allocator mimalloc|jemalloc|system]
 """
 
 import argparse
-import asyncio
+import collections
+import concurrent.futures
 import http.cookiejar
 import json
+import math
 import os
 import platform
+import re
 import resource
+import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -37,6 +54,7 @@ import time
 import urllib.parse
 import urllib.error
 import urllib.request
+from xml.sax.saxutils import escape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST = "127.0.0.1"
@@ -47,22 +65,22 @@ PORTS = {
     "apache-oidc": 18083,
     "tollgate": 18084,
     "tollgate-metrics": 18094,
+    "tollgate-storm": 18086,
+    "tollgate-storm-metrics": 18096,
     "idp": 18090,
     "redis": 18095,
-    # The refresh storm's own provider (short-lived tokens) and tollgate.
-    "idp-storm": 18091,
-    "tollgate-storm": 18085,
-    "tollgate-storm-metrics": 18096,
 }
 THREADS = 2
 CLIENT_ID = "tollgate-basic"
 CLIENT_SECRET = "basic-secret-0123456789abcdef0123456789"
 KEY = "bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q="
 ISSUER = f"http://{HOST}:{PORTS['idp']}/test/as"
-STORM_ISSUER = f"http://{HOST}:{PORTS['idp-storm']}/test/as"
-# The storm's tokens live STORM_TTL seconds and are refreshed in their last STORM_SKEW: due
-# STORM_TTL - STORM_SKEW after login, and a refreshed token not due again during the storm.
-STORM_TTL, STORM_SKEW = 240, 120
+# The provider's access token lifetime, and how long after its issue the refresh storm's tollgate
+# (refresh_skew = ACCESS_TTL - DUE_AFTER) takes a token as due for a refresh.
+ACCESS_TTL = 3600
+DUE_AFTER = 3
+# Logins at a time while the refresh storm's sessions are logged in.
+LOGIN_WORKERS = 4
 WRK_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.lua")
 
 procs = {}
@@ -82,6 +100,24 @@ def build(allocator="mimalloc"):
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "tollgate", "--example", "bare_pingora"]
                    + ALLOCATORS[allocator], cwd=ROOT, check=True)
 
+
+def binaries_note(args, tollgate_bin, bare_bin):
+    """Where the binaries came from, for the report: the commit and allocator they were built with."""
+    try:
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        # This script's own output files do not count as changes.
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!benches/RESULTS.md", ":!benches/results.svg"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        commit += "+ (uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown commit"
+    if args.prebuilt:
+        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(tollgate_bin)))
+        return (f"prebuilt `tollgate` and `bare_pingora` from `{args.prebuilt}` (built {built}; allocator "
+                f"{args.allocator}, as stated with --allocator); the script at {commit}")
+    return f"release builds of {commit} with `cargo build --release` (allocator {args.allocator}, both)"
 
 
 def log(msg):
@@ -209,28 +245,27 @@ ProxyPass /api/ http://{HOST}:{PORTS['upstream']}/api/ keepalive=On
 """)
 
 
-def tollgate_conf(store_url=None, storm=False):
+def tollgate_conf(store_url=None, *, max_connections=None, instance="tollgate", refresh_skew=None):
     """tollgate's config; with `store_url`, a `[store]` section too (written beside the other);
-    `storm`: the refresh storm's instance (its own port and provider, tokens due after 60 s)."""
+    with `max_connections`, that limit in place of the default (4096). `instance` names the
+    ports (PORTS[instance] and PORTS[instance + "-metrics"]) and the file; `refresh_skew` in
+    seconds, in place of the default (30)."""
     store = f'\n[store]\nurl = "{store_url}"\nkey_prefix = "bench:"\n' if store_url else ""
-    name = "tollgate-store.toml" if store_url else "tollgate-storm.toml" if storm else "tollgate.toml"
-    port = PORTS["tollgate-storm" if storm else "tollgate"]
-    metrics = PORTS["tollgate-storm-metrics" if storm else "tollgate-metrics"]
-    issuer = STORM_ISSUER if storm else ISSUER
-    skew = f'refresh_skew = "{STORM_SKEW}s"' if storm else ""
+    name = f"{instance}-store.toml" if store_url else f"{instance}.toml"
+    limit = f"\nmax_connections = {max_connections}" if max_connections else ""
+    skew = f"\nrefresh_skew = {refresh_skew}" if refresh_skew is not None else ""
     return write(os.path.join(WORK, name), f"""
 [server]
-listen = ["{HOST}:{port}"]
-public_url = "http://{HOST}:{port}"
-threads = {THREADS}
+listen = ["{HOST}:{PORTS[instance]}"]
+public_url = "http://{HOST}:{PORTS[instance]}"
+threads = {THREADS}{limit}
 [oidc]
-issuer = "{issuer}"
+issuer = "{ISSUER}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 scopes = ["openid", "profile", "email"]
 [session]
-keys = ["{KEY}"]
-{skew}
+keys = ["{KEY}"]{skew}
 [[routes]]
 prefix = "/api"
 upstream = "http://{HOST}:{PORTS['upstream']}"
@@ -239,7 +274,7 @@ prefix = "/"
 upstream = "http://{HOST}:{PORTS['upstream']}"
 auth = "none"
 [metrics]
-listen = "{HOST}:{metrics}"
+listen = "{HOST}:{PORTS[instance + '-metrics']}"
 {store}""")
 
 
@@ -317,50 +352,30 @@ def wrk(url, conns, seconds, headers):
     return r
 
 
-def idle_connections_rss(pid, n, port, path="/healthz"):
-    """Opens n keep-alive connections to the process, each after one request, and reads its RSS."""
-    socks = []
-    req = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
-    try:
-        for i in range(n):
-            s = socket.create_connection((HOST, port), timeout=10)
-            s.sendall(req)
-            socks.append(s)
-            if i % 500 == 499:
-                for t in socks[-500:]:
-                    t.recv(4096)
-        for t in socks[(len(socks) // 500) * 500:]:
-            t.recv(4096)
-        time.sleep(1)
-        open_now = len(os.listdir(f"/proc/{pid}/fd"))
-        return status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"), open_now
-    finally:
-        for s in socks:
-            s.close()
+def rss_kib(pids):
+    return sum(status_kib(p, "VmRSS") for p in pids)
 
 
-def tree_rss_kib(pid):
-    """RSS of `pid` and its direct children (nginx: the master and its workers)."""
-    total = status_kib(pid, "VmRSS")
+def child_pids(ppid):
+    """The processes whose parent is `ppid` (nginx's workers under its master)."""
+    kids = []
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            total += status_kib(int(d), "VmRSS")
-    return total
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
+                        kids.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return kids
 
 
-def idle_kib_per_connection(pid, n, port, path):
-    """KiB of RSS (the process and its children) per idle keep-alive connection: RSS with `n`
-    idle connections open, minus RSS before, divided by n."""
-    before = tree_rss_kib(pid)
+def idle_connections_rss(pids, n, port, path="/healthz"):
+    """Opens n keep-alive connections to the server, each after one request, and returns the RSS
+    (summed over `pids`) before and after, KiB, and the first pid's open fds with them open."""
     socks = []
     req = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    before = rss_kib(pids)
     try:
         for i in range(n):
             s = socket.create_connection((HOST, port), timeout=10)
@@ -372,126 +387,238 @@ def idle_kib_per_connection(pid, n, port, path):
         for t in socks[(len(socks) // 500) * 500:]:
             t.recv(4096)
         time.sleep(1)
-        after = tree_rss_kib(pid)
-        return before, after, (after - before) / n
+        open_now = len(os.listdir(f"/proc/{pids[0]}/fd"))
+        return before, rss_kib(pids), open_now
     finally:
         for s in socks:
             s.close()
 
 
-async def _storm_connection(port, jobs, latencies, statuses):
-    """One keep-alive connection that sends the requests in `jobs` (cookie headers) one after
-    another, recording each latency and status."""
-    reader, writer = await asyncio.open_connection(HOST, port)
+def idp_stats(reset=False):
+    """The test provider's token request counts (tests/idp/server.js, /__test/stats), or zeroes them."""
+    url = f"http://{HOST}:{PORTS['idp']}/__test/" + ("reset" if reset else "stats")
+    req = urllib.request.Request(url, data=b"" if reset else None, method="POST" if reset else "GET")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def percentile(values, p):
+    """The nearest-rank percentile of `values` (nan when there are none)."""
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(p / 100 * len(v)) - 1))]
+
+
+def response_end(buf):
+    """When `buf` holds a whole HTTP/1.1 response: (status, its length, whether the server closes
+    the connection, whether it sets a cookie); else None."""
+    head_end = buf.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    lines = bytes(buf[:head_end]).decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length, chunked, close, cookie = None, False, False, False
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding":
+            chunked = "chunked" in value
+        elif name == "connection":
+            close = "close" in value
+        elif name == "set-cookie":
+            cookie = True
+    pos = head_end + 4
+    if chunked:
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+            pos = eol + 2
+            if size == 0:
+                end = buf.find(b"\r\n\r\n", pos - 2)  # no trailers: the CRLF right after "0"
+                return (status, end + 4, close, cookie) if end >= 0 else None
+            if len(buf) < pos + size + 2:
+                return None
+            pos += size + 2
+    if length is None:
+        length = 0
+    return (status, pos + length, close, cookie) if len(buf) >= pos + length else None
+
+
+class StormConn:
+    __slots__ = ("sock", "buf", "t0", "slot", "busy")
+
+    def __init__(self, slot):
+        self.sock, self.buf, self.t0, self.slot, self.busy = None, bytearray(), 0.0, slot, False
+
+
+def storm(port, cookies, per_session, window, timeout=60.0):
+    """The refresh storm's client: each session's `per_session` requests are sent at once, each on
+    its own keep-alive connection (all written before any answer is read), `window` sessions in
+    flight; a slot takes the next session as soon as its session has every answer. One thread,
+    epoll. Returns latencies (s), status counts, error counts, per-session counts of answers that
+    set a cookie, each session's burst time (first write to last answer, s) and the wall time."""
+    sel = selectors.DefaultSelector()
+    host = f"{HOST}:{port}"
+
+    def connect(c):
+        c.sock = socket.create_connection((HOST, port), timeout=10)
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sel.register(c.sock, selectors.EVENT_READ, c)
+
+    def drop(c):
+        if c.sock is not None:
+            sel.unregister(c.sock)
+            c.sock.close()
+            c.sock = None
+
+    slots = [[StormConn(k) for _ in range(per_session)] for k in range(window)]
+    for conns in slots:
+        for c in conns:
+            connect(c)
+    todo = collections.deque(range(len(cookies)))
+    free = collections.deque(range(window))
+    session_of, left, started = [None] * window, [0] * window, [0.0] * window
+    latencies, statuses, errors = [], collections.Counter(), collections.Counter()
+    resealed, bursts = [0] * len(cookies), []
+    active = 0
+
+    def finish(c, status=None, error=None, cookie=False):
+        nonlocal active
+        c.busy = False
+        k = c.slot
+        if error:
+            errors[error] += 1
+        else:
+            latencies.append(time.perf_counter() - c.t0)
+            statuses[status] += 1
+            resealed[session_of[k]] += cookie
+        left[k] -= 1
+        if left[k] == 0:
+            bursts.append(time.perf_counter() - started[k])
+            active -= 1
+            free.append(k)
+
+    def launch(k):
+        nonlocal active
+        s = todo.popleft()
+        session_of[k], left[k], started[k] = s, per_session, time.perf_counter()
+        active += 1
+        req = (f"GET /api/items HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
+               f"Cookie: {cookies[s]}\r\nx-csrf: 1\r\n\r\n").encode()
+        for c in slots[k]:
+            c.buf.clear()
+            c.busy = True
+            try:
+                if c.sock is None:
+                    connect(c)
+                c.t0 = time.perf_counter()
+                c.sock.sendall(req)
+            except OSError as e:
+                drop(c)
+                finish(c, error=f"send: {e.__class__.__name__}")
+
+    t_start = time.perf_counter()
     try:
-        for cookie in jobs:
-            t0 = time.perf_counter()
-            writer.write((f"GET /api/items HTTP/1.1\r\nHost: {HOST}:{port}\r\nCookie: {cookie}\r\n"
-                          "x-csrf: 1\r\n\r\n").encode())
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            await reader.readexactly(length)
-            latencies.append(time.perf_counter() - t0)
-            statuses[status] = statuses.get(status, 0) + 1
-            if b"connection: close" in head.lower():
-                writer.close()
-                reader, writer = await asyncio.open_connection(HOST, port)
-    finally:
-        writer.close()
-
-
-async def _storm(port, cookies, per_session, wave):
-    """`per_session` concurrent requests for each session, `wave` sessions at a time, on
-    `wave * per_session` keep-alive connections."""
-    latencies, statuses = [], {}
-    conns = wave * per_session
-    # Connection i sends, in each wave, the request of session (wave start + i // per_session):
-    # every session's requests are in flight together on per_session connections.
-    jobs = [[] for _ in range(conns)]
-    for start in range(0, len(cookies), wave):
-        for i in range(conns):
-            k = start + i // per_session
-            if k < len(cookies):
-                jobs[i].append(cookies[k])
-    t0 = time.perf_counter()
-    await asyncio.gather(*(_storm_connection(port, j, latencies, statuses) for j in jobs))
-    return time.perf_counter() - t0, latencies, statuses
-
-
-def refresh_storm(sessions, per_session, wave=16):
-    """Scenario (b): `sessions` sessions whose access tokens all come due, `per_session`
-    concurrent requests each. Returns the figures for the report."""
-    port = PORTS["tollgate-storm"]
-    log(f"refresh storm: logging in {sessions} sessions (tokens live {STORM_TTL} s, due after {STORM_TTL - STORM_SKEW} s)")
-    t0 = time.perf_counter()
-    cookies, first = [], None
-    for _ in range(sessions):
-        cookies.append(login(f"http://{HOST}:{port}/login?return_to=/landing", "tollgate"))
-        first = first or time.time()
-    login_s = time.perf_counter() - t0
-    due_at = time.time() + STORM_TTL - STORM_SKEW + 2
-    if time.time() - first > STORM_SKEW - 20:
-        raise SystemExit("refresh storm: logging in took too long for the tokens' lifetime")
-    with urllib.request.urlopen(f"{STORM_ISSUER.rsplit('/test/as', 1)[0]}/__test/stats", timeout=10) as r:
-        before = json.load(r)["token_requests"].get("refresh_token", 0)
-    log(f"refresh storm: {sessions} logins took {login_s:.1f} s; waiting {due_at - time.time():.0f} s until every token is due")
-    time.sleep(max(0, due_at - time.time()))
-    wall, latencies, statuses = asyncio.run(_storm(port, cookies, per_session, wave))
-    with urllib.request.urlopen(f"{STORM_ISSUER.rsplit('/test/as', 1)[0]}/__test/stats", timeout=10) as r:
-        refreshes = json.load(r)["token_requests"].get("refresh_token", 0) - before
-    latencies.sort()
-    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-    out = {
-        "sessions": sessions, "per_session": per_session, "wave": wave, "requests": len(latencies),
-        "wall_s": wall, "refreshes": refreshes, "refreshes_per_s": refreshes / wall,
-        "p50_ms": p(0.50), "p99_ms": p(0.99), "statuses": statuses, "login_s": login_s,
-    }
-    log(f"refresh storm: {out}")
-    return out
-
-
-def chart_svg(conns, table, path):
-    """req/s and p99 per contender at each concurrency, as grouped bars in one SVG."""
-    names = ("upstream", "bare-pingora", "nginx", "apache-oidc", "tollgate")
-    colors = {"upstream": "#9e9e9e", "bare-pingora": "#5c6bc0", "nginx": "#43a047",
-              "apache-oidc": "#ef6c00", "tollgate": "#c62828"}
-    panel_w, panel_h, top, left, gap = 430, 260, 40, 60, 30
-    width = left + 2 * panel_w + gap + 20
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + panel_h + 90}" '
-           'font-family="sans-serif" font-size="12">',
-           f'<rect width="100%" height="100%" fill="white"/>']
-    for p, (title, key, scale) in enumerate((("req/s (higher is better)", "rps", 1),
-                                             ("p99 latency, ms (lower is better)", "p99", 1 / 1000))):
-        x0 = left + p * (panel_w + gap)
-        vmax = max(table[(n, c)][key] * scale for n in names for c in conns if (n, c) in table) or 1
-        out.append(f'<text x="{x0 + panel_w / 2}" y="{top - 18}" text-anchor="middle" font-weight="bold">{title}</text>')
-        out.append(f'<line x1="{x0}" y1="{top + panel_h}" x2="{x0 + panel_w}" y2="{top + panel_h}" stroke="black"/>')
-        group_w = panel_w / len(conns)
-        bar_w = (group_w - 20) / len(names)
-        for g, c in enumerate(conns):
-            gx = x0 + g * group_w + 10
-            out.append(f'<text x="{gx + (group_w - 20) / 2}" y="{top + panel_h + 16}" text-anchor="middle">c={c}</text>')
-            for i, n in enumerate(names):
-                if (n, c) not in table:
+        while True:
+            while free and todo:
+                launch(free.popleft())
+            if not active and not todo:
+                break
+            for key, _ in sel.select(timeout=1.0):
+                c = key.data
+                try:
+                    data = c.sock.recv(262144)
+                except OSError as e:
+                    data, why = b"", f"recv: {e.__class__.__name__}"
+                else:
+                    why = "closed by the server"
+                if not data:
+                    drop(c)
+                    if c.busy:
+                        finish(c, error=why)
                     continue
-                v = table[(n, c)][key] * scale
-                h = panel_h * v / vmax
-                bx = gx + i * bar_w
-                out.append(f'<rect x="{bx:.1f}" y="{top + panel_h - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" fill="{colors[n]}"><title>{n} c={c}: {v:.0f}</title></rect>')
-                label = f"{v / 1000:.1f}k" if key == "rps" else f"{v:.0f}"
-                out.append(f'<text x="{bx + (bar_w - 2) / 2:.1f}" y="{top + panel_h - h - 3:.1f}" text-anchor="middle" font-size="9">{label}</text>')
-    for i, n in enumerate(names):
-        lx = left + i * 150
-        out.append(f'<rect x="{lx}" y="{top + panel_h + 40}" width="12" height="12" fill="{colors[n]}"/>')
-        out.append(f'<text x="{lx + 16}" y="{top + panel_h + 50}">{n}</text>')
-    out.append(f'<text x="{left}" y="{top + panel_h + 80}" font-size="10" fill="#555">benches/load/run.py, median of alternating wrk rounds on one 2-core machine, loopback</text>')
-    out.append("</svg>")
-    write(path, "\n".join(out) + "\n")
+                if not c.busy:
+                    continue  # nothing asked: ignore
+                c.buf += data
+                done = response_end(c.buf)
+                if done:
+                    status, _, close, cookie = done
+                    if close:
+                        drop(c)
+                    finish(c, status=status, cookie=cookie)
+            now = time.perf_counter()
+            for k in range(window):
+                if left[k] and now - started[k] > timeout:
+                    for c in slots[k]:
+                        if c.busy:
+                            drop(c)
+                            finish(c, error="timeout")
+        wall = time.perf_counter() - t_start
+    finally:
+        for conns in slots:
+            for c in conns:
+                drop(c)
+        sel.close()
+    return latencies, statuses, errors, resealed, bursts, wall
+
+
+def refresh_storm(args, tollgate_bin):
+    """Scenario (b): --sessions sessions whose access tokens all come due, --per-session concurrent
+    requests each. A second tollgate, whose refresh_skew makes a token due DUE_AFTER seconds after
+    its issue; the provider counts the refresh_token grants."""
+    n, per, window = args.sessions, args.per_session, args.storm_window
+    port = PORTS["tollgate-storm"]
+    start("tollgate-storm", [tollgate_bin, "--config",
+                             tollgate_conf(instance="tollgate-storm", max_connections=max(4096, per * window + 256),
+                                           refresh_skew=ACCESS_TTL - DUE_AFTER), "--log-format", "json"],
+          env={**os.environ, "TOLLGATE_LOG": "warn"})
+    wait_http("tollgate-storm", f"http://{HOST}:{port}/readyz")
+    idp_stats(reset=True)
+    log(f"refresh storm: logging in {n} sessions through tollgate ({LOGIN_WORKERS} at a time)")
+    url = f"http://{HOST}:{port}/login?return_to=/landing"
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(LOGIN_WORKERS) as ex:
+        cookies = list(ex.map(lambda _: login(url, "tollgate"), range(n)))
+    login_s = time.perf_counter() - t0
+    last_issue = time.time()
+    at_login = idp_stats()["token_requests"]
+    log(f"refresh storm: {n} logins in {login_s:.1f} s ({n / login_s:.0f}/s); provider: {at_login}")
+    if at_login.get("refresh_token", 0):
+        raise SystemExit(f"refresh storm: {at_login['refresh_token']} refreshes while logging in (tokens due too early)")
+    # tollgate counts in whole seconds: a token issued at the last login is due DUE_AFTER s
+    # later at the latest, plus the rounding.
+    waited = max(0.0, last_issue + DUE_AFTER + 1.5 - time.time())
+    log(f"refresh storm: waiting {waited:.1f} s for the last tokens to come due")
+    time.sleep(waited)
+    idp_stats(reset=True)
+    tg_pid, idp_pid = procs["tollgate-storm"].pid, procs["idp"].pid
+    cpu_tg, cpu_idp = cpu_seconds(tg_pid), cpu_seconds(idp_pid)
+    log(f"refresh storm: {per} concurrent requests per session, {window} sessions in flight")
+    latencies, statuses, errors, resealed, bursts, wall = storm(port, cookies, per, window)
+    cpu_tg, cpu_idp = cpu_seconds(tg_pid) - cpu_tg, cpu_seconds(idp_pid) - cpu_idp
+    stats = idp_stats()
+    refreshes = stats["token_requests"].get("refresh_token", 0)
+    non200 = sum(v for k, v in statuses.items() if k != 200)
+    renewed = sum(1 for r in resealed if r == per)
+    r = {
+        "sessions": n, "per": per, "window": window, "login_s": login_s, "waited": waited,
+        "requests": len(latencies) + sum(errors.values()), "wall": wall, "refreshes": refreshes,
+        "refresh_failures": stats.get("refresh_failures", 0), "statuses": dict(statuses), "errors": dict(errors),
+        "non200": non200, "renewed": renewed,
+        "p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "max": max(latencies, default=float("nan")),
+        "burst_p50": percentile(bursts, 50), "burst_p99": percentile(bursts, 99),
+        "cpu_tg": cpu_tg, "cpu_idp": cpu_idp,
+    }
+    r["exact"] = refreshes == n and r["refresh_failures"] == 0 and renewed == n
+    log(f"refresh storm: {r['requests']} requests in {wall:.1f} s, {refreshes} refreshes ({refreshes / wall:.0f}/s), "
+        f"p99 {r['p99'] * 1000:.1f} ms, statuses {dict(statuses)}, errors {dict(errors)}, "
+        f"exactly one refresh per session: {'yes' if r['exact'] else 'NO'}")
+    return r
 
 
 def main():
@@ -501,31 +628,55 @@ def main():
     ap.add_argument("--connections", default="64,512", help="wrk concurrencies (default 64,512)")
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive connections (default 10000)")
     ap.add_argument("--logins", type=int, default=100, help="timed logins (default 100)")
+    # 1,000 logins take about 7 s here (4 at a time), the storm about as long: --quick keeps them.
     ap.add_argument("--sessions", type=int, default=1000, help="refresh storm: sessions whose tokens come due (default 1000)")
     ap.add_argument("--per-session", type=int, default=64, help="refresh storm: concurrent requests per session (default 64)")
+    ap.add_argument("--storm-window", type=int, default=8,
+                    help="refresh storm: sessions in flight at a time (default 8, so 512 concurrent requests)")
+    ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round, 1000 idle, 20 logins")
+    ap.add_argument("--results", default=os.path.join(ROOT, "benches", "RESULTS.md"),
+                    help="the Markdown file whose run.py section is replaced (default benches/RESULTS.md)")
+    ap.add_argument("--chart", default=os.path.join(ROOT, "benches", "results.svg"),
+                    help="the SVG chart of req/s and p99 (default benches/results.svg)")
+    ap.add_argument("--prebuilt", metavar="DIR",
+                    help="take tollgate and bare_pingora from DIR instead of building them with cargo")
     ap.add_argument("--allocator", choices=sorted(ALLOCATORS), default="mimalloc",
-                    help="global allocator of tollgate and bare Pingora (default: tollgate's, mimalloc)")
-    ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round, 1000 idle, 20 logins, 50 storm sessions")
-    ap.add_argument("--results", default=os.path.join(ROOT, "benches", "RESULTS.md"))
+                    help="global allocator of both builds (default mimalloc); with --prebuilt, what DIR's "
+                         "binaries were built with (recorded, not checked)")
+    ap.add_argument("--without", action="append", default=[], choices=["apache-oidc"],
+                    help="leave a contender out (apache-oidc when Apache or mod_auth_openidc is not installed)")
     args = ap.parse_args()
     if args.quick:
-        args.duration, args.rounds, args.idle, args.logins, args.sessions = 3, 1, 1000, 20, 50
+        args.duration, args.rounds, args.idle, args.logins = 3, 1, 1000, 20
     conns = [int(c) for c in args.connections.split(",")]
 
-    missing = [t for t in ("nginx", "wrk", "node", "cargo") if not shutil.which(t)]
-    if not os.path.exists("/usr/sbin/apache2") or not os.path.exists("/usr/lib/apache2/modules/mod_auth_openidc.so"):
-        missing.append("apache2 libapache2-mod-auth-openidc")
+    apache = "apache-oidc" not in args.without
+    missing = [t for t in ("nginx", "wrk", "node") + (() if args.prebuilt else ("cargo",)) if not shutil.which(t)]
+    if apache and (not os.path.exists("/usr/sbin/apache2")
+                   or not os.path.exists("/usr/lib/apache2/modules/mod_auth_openidc.so")):
+        missing.append("apache2 libapache2-mod-auth-openidc (or --without apache-oidc)")
     if missing:
         raise SystemExit(f"missing: {', '.join(missing)} (apt-get install nginx wrk apache2 libapache2-mod-auth-openidc nodejs)")
+    results = {}
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
 
-    build(args.allocator)
+    if args.prebuilt:
+        tollgate_bin = os.path.join(os.path.abspath(args.prebuilt), "tollgate")
+        bare_bin = os.path.join(os.path.abspath(args.prebuilt), "bare_pingora")
+        for b in (tollgate_bin, bare_bin):
+            if not os.access(b, os.X_OK):
+                raise SystemExit(f"--prebuilt: {b} is not an executable")
+        log(f"prebuilt binaries from {args.prebuilt} (allocator stated: {args.allocator})")
+    else:
+        build(args.allocator)
+        tollgate_bin = os.path.join(ROOT, "target", "release", "tollgate")
+        bare_bin = os.path.join(ROOT, "target", "release", "examples", "bare_pingora")
+    results["binaries"] = binaries_note(args, tollgate_bin, bare_bin)
     idp_dir = os.path.join(ROOT, "tests", "idp")
     if not os.path.exists(os.path.join(idp_dir, "node_modules", "oidc-provider")):
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=idp_dir, check=True)
 
-    results = {}
     try:
         start("upstream", ["nginx", "-p", WORK, "-c", nginx_conf("upstream", PORTS["upstream"], f"""
   server {{ listen {HOST}:{PORTS['upstream']};
@@ -536,31 +687,29 @@ def main():
     location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""), "-g", "daemon off;"])
         start("idp", ["node", os.path.join(idp_dir, "server.js")], env={**os.environ,
             "IDP_PORT": str(PORTS["idp"]),
-            "REDIRECT_URIS": f"http://{HOST}:{PORTS['tollgate']}/callback,http://{HOST}:{PORTS['apache-oidc']}/redirect_uri",
+            "ACCESS_TOKEN_TTL": str(ACCESS_TTL),
+            "REDIRECT_URIS": f"http://{HOST}:{PORTS['tollgate']}/callback,http://{HOST}:{PORTS['apache-oidc']}/redirect_uri,"
+                             f"http://{HOST}:{PORTS['tollgate-storm']}/callback",
             "POST_LOGOUT_REDIRECT_URIS": f"http://{HOST}:{PORTS['tollgate']}/"})
-        start("idp-storm", ["node", os.path.join(idp_dir, "server.js")], env={**os.environ,
-            "IDP_PORT": str(PORTS["idp-storm"]), "ACCESS_TOKEN_TTL": str(STORM_TTL),
-            "REDIRECT_URIS": f"http://{HOST}:{PORTS['tollgate-storm']}/callback"})
-        start("bare-pingora", [os.path.join(ROOT, "target", "release", "examples", "bare_pingora"),
-                               f"{HOST}:{PORTS['bare-pingora']}", f"{HOST}:{PORTS['upstream']}", str(THREADS)])
+        start("bare-pingora", [bare_bin, f"{HOST}:{PORTS['bare-pingora']}", f"{HOST}:{PORTS['upstream']}", str(THREADS)])
         wait_http("upstream", f"http://{HOST}:{PORTS['upstream']}/")
         wait_http("idp", f"{ISSUER}/.well-known/openid-configuration")
-        start("tollgate", [os.path.join(ROOT, "target", "release", "tollgate"), "--config", tollgate_conf(), "--log-format", "json"],
+        # Room for the idle connections below (tollgate's default max_connections is 4096).
+        start("tollgate", [tollgate_bin, "--config", tollgate_conf(max_connections=max(4096, args.idle + 1000)),
+                           "--log-format", "json"],
               env={**os.environ, "TOLLGATE_LOG": "warn,tollgate::oidc=info"})
-        start("apache-oidc", ["/usr/sbin/apache2", "-f", apache_conf(), "-DFOREGROUND"])
-        wait_http("idp-storm", f"{STORM_ISSUER}/.well-known/openid-configuration")
-        start("tollgate-storm", [os.path.join(ROOT, "target", "release", "tollgate"), "--config", tollgate_conf(storm=True),
-                                 "--log-format", "json"], env={**os.environ, "TOLLGATE_LOG": "warn"})
+        if apache:
+            start("apache-oidc", ["/usr/sbin/apache2", "-f", apache_conf(), "-DFOREGROUND"])
         wait_http("nginx", f"http://{HOST}:{PORTS['nginx']}/")
         wait_http("bare-pingora", f"http://{HOST}:{PORTS['bare-pingora']}/")
         wait_http("tollgate", f"http://{HOST}:{PORTS['tollgate']}/readyz")
-        wait_http("tollgate-storm", f"http://{HOST}:{PORTS['tollgate-storm']}/readyz")
-        # Unauthenticated: a redirect to the provider (browsers) or 401 (other clients).
-        wait_http("apache-oidc", f"http://{HOST}:{PORTS['apache-oidc']}/api/", expect=(302, 401))
+        if apache:
+            # Unauthenticated: a redirect to the provider (browsers) or 401 (other clients).
+            wait_http("apache-oidc", f"http://{HOST}:{PORTS['apache-oidc']}/api/", expect=(302, 401))
 
-        log("logging in through tollgate and through Apache + mod_auth_openidc")
+        log("logging in through tollgate" + (" and through Apache + mod_auth_openidc" if apache else ""))
         tg_cookie = login(f"http://{HOST}:{PORTS['tollgate']}/login?return_to=/landing", "tollgate")
-        ap_cookie = login(f"http://{HOST}:{PORTS['apache-oidc']}/api/landing", "mod_auth_openidc_session")
+        ap_cookie = login(f"http://{HOST}:{PORTS['apache-oidc']}/api/landing", "mod_auth_openidc_session") if apache else None
 
         contenders = [
             ("upstream", f"http://{HOST}:{PORTS['upstream']}/api/items", []),
@@ -569,6 +718,8 @@ def main():
             ("apache-oidc", f"http://{HOST}:{PORTS['apache-oidc']}/api/items", [f"Cookie: {ap_cookie}"]),
             ("tollgate", f"http://{HOST}:{PORTS['tollgate']}/api/items", [f"Cookie: {tg_cookie}", "x-csrf: 1"]),
         ]
+        contenders = [c for c in contenders if c[0] not in args.without]
+        results["contenders"] = [c[0] for c in contenders]
         # Each must answer 200 with its credentials before the load starts.
         for name, url, headers in contenders:
             req = urllib.request.Request(url, headers=dict(h.split(": ", 1) for h in headers))
@@ -609,22 +760,18 @@ def main():
         results["bp_cpu_us_per_req"] = bp_cpu / max(1, bp_requests) * 1e6
         results["tg_peak_rss_kib_load"] = status_kib(tg_pid, "VmHWM")
 
-        log(f"opening {args.idle} idle keep-alive connections to tollgate")
-        rss, hwm, fds = idle_connections_rss(tg_pid, args.idle, PORTS["tollgate"])
-        results["idle"] = (args.idle, rss, hwm, fds)
-        log(f"opening {args.idle} idle keep-alive connections to bare Pingora (baseline)")
-        bp_rss0 = status_kib(bp_pid, "VmRSS")
-        bp_rss, _, _ = idle_connections_rss(bp_pid, args.idle, PORTS["bare-pingora"], "/api/items")
-        results["idle_bp"] = (bp_rss0, bp_rss)
-        # KiB per idle connection, each measured from its own baseline (tollgate again, after
-        # the first 10,000 have closed, so its figure is measured the same way as the others').
-        results["idle_per_conn"] = {}
-        for name, pid, port, path in (("tollgate", tg_pid, PORTS["tollgate"], "/healthz"),
-                                      ("bare-pingora", bp_pid, PORTS["bare-pingora"], "/api/items"),
-                                      ("nginx", procs["nginx"].pid, PORTS["nginx"], "/api/items")):
-            time.sleep(2)
-            log(f"KiB per idle keep-alive connection: {name}")
-            results["idle_per_conn"][name] = idle_kib_per_connection(pid, args.idle, port, path)
+        # All three have served the load above, so their allocators and pools are warm; the
+        # difference is what the idle connections hold. nginx: its workers (the master holds none).
+        results["idle"] = {}
+        for name, pids, path in [("tollgate", [tg_pid], "/healthz"),
+                                 ("bare-pingora", [bp_pid], "/api/items"),
+                                 ("nginx", child_pids(procs["nginx"].pid), "/api/items")]:
+            log(f"opening {args.idle} idle keep-alive connections to {name}")
+            before, after, fds = idle_connections_rss(pids, args.idle, PORTS[name], path)
+            results["idle"][name] = (before, after, fds)
+            log(f"{name}: RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, {(after - before) / args.idle:.1f} KiB per connection")
+            time.sleep(1)
+        results["tg_idle_hwm"] = status_kib(tg_pid, "VmHWM")
 
         log(f"timing {args.logins} logins")
         t0 = time.perf_counter()
@@ -637,90 +784,231 @@ def main():
                     j = json.loads(line)
                     provider_ms[j.get("request_id")] = float(j.get("provider_ms", 0))
         own = [cb * 1000 - provider_ms[rid] for cb, rid in callbacks if rid in provider_ms]
+        share = [(cb * 1000 - provider_ms[rid]) / (cb * 1000) for cb, rid in callbacks if rid in provider_ms]
         results["login"] = (args.logins / wall, statistics.median(cb * 1000 for cb, _ in callbacks),
-                            statistics.median(own) if own else float("nan"), len(own))
-        results["storm"] = refresh_storm(args.sessions, args.per_session)
-        chart_svg(conns, table, os.path.join(os.path.dirname(args.results), "results.svg"))
+                            statistics.median(own) if own else float("nan"), len(own),
+                            statistics.median(share) if share else float("nan"))
+
+        results["storm"] = refresh_storm(args, tollgate_bin)
+        if not results["storm"]["exact"]:
+            failed.append("refresh storm (not exactly one refresh per session)")
+        if results["storm"]["non200"] or results["storm"]["errors"]:
+            failed.append("refresh storm (errors)")
         report(args, conns, results, failed)
         if failed:
-            log(f"FAILED: non-2xx answers from {', '.join(failed)}")
+            log(f"FAILED: {', '.join(failed)}")
             return 1
         return 0
     finally:
         stop_all()
 
 
+COLORS = {"upstream": "#9da3ab", "bare-pingora": "#4e79a7", "nginx": "#59a14f", "apache-oidc": "#e15759",
+          "tollgate": "#f28e2b"}
+
+
+def nice_axis(vmax, ticks=5):
+    """A round tick step and the axis maximum (a multiple of it) for values up to `vmax`."""
+    if not vmax > 0:
+        return 1, 1
+    raw = vmax / ticks
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if raw <= m * mag)
+    return step, step * math.ceil(vmax / step)
+
+
+def chart_svg(title, panels, names):
+    """An SVG of bar panels, hand-written (no plotting library): `panels` is rows of
+    (panel title, {contender: value}, value format); each panel has its own y axis."""
+    pw, ph, left, top = 460, 270, 20, 78
+    cols = max(len(r) for r in panels)
+    width, height = left * 2 + cols * pw, top + len(panels) * ph + 10
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           'font-family="-apple-system, Segoe UI, Helvetica, Arial, sans-serif" font-size="12" fill="#24292f">',
+           f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
+           f'<text x="{left}" y="28" font-size="16" font-weight="bold">{escape(title)}</text>']
+    x = left
+    for name in names:
+        out.append(f'<rect x="{x}" y="44" width="12" height="12" fill="{COLORS.get(name, "#777")}"/>'
+                   f'<text x="{x + 17}" y="54">{escape(name)}</text>')
+        x += 32 + 6.5 * len(name)
+    for row, panels_row in enumerate(panels):
+        for col, (ptitle, values, fmt) in enumerate(panels_row):
+            x0, y0 = left + col * pw + 58, top + row * ph + 30
+            w, h = pw - 80, ph - 75
+            out.append(f'<text x="{x0 - 50}" y="{y0 - 12}" font-size="13" font-weight="bold">{escape(ptitle)}</text>')
+            shown = [n for n in names if n in values]
+            # Headroom for the value printed above the tallest bar.
+            step, vmax = nice_axis(1.08 * max([values[n] for n in shown] + [0]))
+            v = 0
+            while v <= vmax + step / 1000:
+                y = y0 + h - h * v / vmax
+                label = f"{v:,.0f}" if step >= 1 else f"{v:g}"
+                out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + w}" y2="{y:.1f}" stroke="#d0d7de" stroke-width="1"/>'
+                           f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" fill="#57606a">{label}</text>')
+                v += step
+            slot = w / max(1, len(shown))
+            for i, n in enumerate(shown):
+                bh = h * values[n] / vmax
+                bx = x0 + i * slot + slot * 0.15
+                out.append(f'<rect x="{bx:.1f}" y="{y0 + h - bh:.1f}" width="{slot * 0.7:.1f}" height="{bh:.1f}" '
+                           f'fill="{COLORS.get(n, "#777")}"><title>{escape(n)}: {fmt(values[n])}</title></rect>')
+                out.append(f'<text x="{bx + slot * 0.35:.1f}" y="{y0 + h - bh - 4:.1f}" text-anchor="middle" '
+                           f'font-size="11">{escape(fmt(values[n]))}</text>')
+                out.append(f'<text x="{bx + slot * 0.35:.1f}" y="{y0 + h + 15:.1f}" text-anchor="middle" '
+                           f'font-size="10.5" fill="#57606a">{escape(n)}</text>')
+            out.append(f'<line x1="{x0}" y1="{y0 + h}" x2="{x0 + w}" y2="{y0 + h}" stroke="#57606a" stroke-width="1"/>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def ms(v):
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def results_chart(args, conns, results):
+    """benches/results.svg: req/s and p99 per contender at each concurrency, and the idle memory."""
+    t, names = results["table"], results["contenders"]
+    panels = [
+        [(f"req/s at {c} connections (higher is better)", {n: t[(n, c)]["rps"] for n in names}, lambda v: f"{v:,.0f}")
+         for c in conns],
+        [(f"p99 latency at {c} connections, ms (lower is better)", {n: t[(n, c)]["p99"] / 1000 for n in names}, ms)
+         for c in conns],
+    ]
+    if results.get("idle"):
+        panels.append([(f"KiB per idle keep-alive connection ({args.idle} open; lower is better)",
+                        {n: (a - b) / args.idle for n, (b, a, _) in results["idle"].items()}, lambda v: f"{v:.1f}")])
+    title = (f"tollgate load benchmark: median of {args.rounds} alternating round{'s' * (args.rounds != 1)}, "
+             f"wrk -t{THREADS}, {args.duration} s runs, loopback, {os.cpu_count()} cores")
+    return chart_svg(title, panels, names)
+
+
+BEGIN, END = "<!-- benches/load/run.py output: begin -->", "<!-- benches/load/run.py output: end -->"
+
+
+def write_results(path, block):
+    """Puts `block` between this script's markers in `path`, keeping the rest of the file. A file
+    from before the markers had this script's output from its title to the first subsection."""
+    title = "# Load benchmark results"
+    text = open(path).read() if os.path.exists(path) else ""
+    section = f"{BEGIN}\n{block}{END}\n"
+    if BEGIN in text and END in text:
+        a, b = text.index(BEGIN), text.index(END) + len(END)
+        rest = text[b:].lstrip("\n")
+        text = text[:a] + section + (f"\n{rest}" if rest else "")
+    elif text.startswith(title):
+        m = re.search(r"^#{2,3} ", text[len(title):], re.M)
+        text = f"{title}\n\n{section}" + (f"\n{text[len(title) + m.start():]}" if m else "")
+    else:
+        text = f"{title}\n\n{section}" + (f"\n{text}" if text else "")
+    write(path, text)
+
+
 def report(args, conns, results, failed):
     t = results["table"]
+    names = results["contenders"]
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    write(args.chart, results_chart(args, conns, results))
+    log(f"written {args.chart}")
+    chart = os.path.relpath(args.chart, os.path.dirname(os.path.abspath(args.results)))
     lines = [
         f"Machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}. "
         f"Every process on this machine, loopback only; wrk -t{THREADS}, {args.duration} s per run, "
-        f"{args.rounds} alternating rounds, median round shown. tollgate, bare Pingora and nginx use {THREADS} threads/workers.",
+        f"{args.rounds} alternating round{'s' * (args.rounds != 1)}, median round shown. tollgate, bare Pingora and nginx "
+        f"use {THREADS} threads/workers.",
         "",
-        f"Command: `python3 benches/load/run.py{' --quick' if args.quick else ''}`; allocator {args.allocator} (tollgate and bare Pingora)",
+        f"Binaries: {results['binaries']}",
+        "",
+        f"Command: `{' '.join(['python3', 'benches/load/run.py'] + [shlex.quote(a) for a in sys.argv[1:]])}`",
+        "",
+        f"![req/s and p99 latency per contender at {' and '.join(map(str, conns))} connections, and memory per idle "
+        f"connection]({chart})",
+        "",
+        "### Steady state",
         "",
         "| contender | conns | req/s | p50 ms | p99 ms | p99.9 ms | socket errors |",
         "|---|---|---|---|---|---|---|",
     ]
     for c in conns:
-        for name in ("upstream", "bare-pingora", "nginx", "apache-oidc", "tollgate"):
+        for name in names:
             r = t[(name, c)]
             lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50'] / 1000:.2f} | {r['p99'] / 1000:.2f} | {r['p999'] / 1000:.2f} | {r['errors']} |")
     lines += ["", "| ratio (req/s) | " + " | ".join(f"c={c}" for c in conns) + " |", "|---|" + "---|" * len(conns)]
-    for base in ("bare-pingora", "nginx", "apache-oidc"):
+    for base in [n for n in ("bare-pingora", "nginx", "apache-oidc") if n in names]:
         lines.append(f"| tollgate / {base} | " + " | ".join(f"{t[('tollgate', c)]['rps'] / t[(base, c)]['rps']:.2f}" for c in conns) + " |")
     lines.append("| tollgate p99 / bare-pingora p99 | " + " | ".join(f"{t[('tollgate', c)]['p99'] / max(1, t[('bare-pingora', c)]['p99']):.2f}" for c in conns) + " |")
-    n, rss, hwm, fds = results["idle"]
-    lps, cb_ms, own_ms, own_n = results["login"]
     lines += [
         "",
         f"- CPU time per proxied request (all load runs): tollgate {results['tg_cpu_us_per_req']:.1f} µs, bare Pingora {results['bp_cpu_us_per_req']:.1f} µs",
         f"- tollgate peak RSS under load: {results['tg_peak_rss_kib_load'] / 1024:.1f} MiB",
-        f"- tollgate with {n} idle keep-alive connections ({fds} open fds): RSS {rss / 1024:.1f} MiB, peak {hwm / 1024:.1f} MiB",
-        f"- bare Pingora (Pingora's default 64 KiB read buffer) with {n} idle keep-alive connections: RSS {results['idle_bp'][1] / 1024:.1f} MiB (from {results['idle_bp'][0] / 1024:.1f} MiB)",
-        f"- login throughput (sequential full /login → provider → /callback round trips): {lps:.1f} logins/s",
-        f"- callback: median {cb_ms:.2f} ms, of which tollgate's own work (callback minus the token request to the provider) median {own_ms:.2f} ms ({own_n} logins)",
     ]
-    lines.append(f"- KiB per idle keep-alive connection ({n} connections, RSS after minus before, nginx's master and workers together): "
-                 + ", ".join(f"{k} {v[2]:.1f}" for k, v in results["idle_per_conn"].items()))
-    st = results["storm"]
-    ok = st["statuses"].get(200, 0)
+    if "apache-oidc" not in names:
+        lines.append("- apache-oidc left out of this run (--without apache-oidc)")
+    n = args.idle
     lines += [
         "",
-        f"Refresh storm: {st['sessions']} sessions logged in at the provider ({st['login_s']:.0f} s), their access tokens all due; "
-        f"then {st['per_session']} concurrent requests per session, {st['wave']} sessions at a time "
-        f"({st['wave'] * st['per_session']} keep-alive connections, one asyncio client): "
-        f"{st['requests']} requests in {st['wall_s']:.1f} s, {ok} answered 200"
-        + ("" if ok == st["requests"] else f" (statuses {st['statuses']})")
-        + f"; {st['refreshes']} refreshes at the provider "
-        + ("(exactly one per session)" if st["refreshes"] == st["sessions"] else f"(**not one per session**: {st['sessions']} expected)")
-        + f", {st['refreshes_per_s']:.0f} refreshes/s; request latency p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms (client in Python, included).",
+        "### Idle keep-alive connections",
         "",
-        "![req/s and p99 per contender](results.svg)",
+        f"RSS before and after {n} connections that each made one request and then sat idle "
+        "(tollgate `/healthz`, the others `/api/items`), after the load above; nginx: the sum of its workers.",
+        "",
+        f"| {n} idle connections | RSS before MiB | RSS after MiB | KiB per connection |",
+        "|---|---|---|---|",
     ]
+    for name, (before, after, fds) in results["idle"].items():
+        label = {"bare-pingora": "bare Pingora (64 KiB read buffer)", "nginx": f"nginx ({THREADS} workers)"}.get(name, name)
+        lines.append(f"| {label} | {before / 1024:.1f} | {after / 1024:.1f} | {(after - before) / n:.1f} |")
+    lines += ["", f"- tollgate's peak RSS with them: {results['tg_idle_hwm'] / 1024:.1f} MiB",
+              "- nginx allocates its connection table (worker_connections, 16384 per worker) at start, so that part "
+              "of its cost is in the \"before\" figure; the kernel's socket buffers are in no process's RSS"]
+    lps, cb_ms, own_ms, own_n, own_share = results["login"]
+    lines += [
+        "",
+        "### Cold logins",
+        "",
+        f"- login throughput (sequential full /login → provider → /callback round trips): {lps:.1f} logins/s",
+        f"- callback: median {cb_ms:.2f} ms, of which tollgate's own work (callback minus the token request to the "
+        f"provider) median {own_ms:.2f} ms, {own_share * 100:.0f} % of the callback (median of the per-login shares; "
+        f"{own_n} logins)",
+    ]
+    st = results["storm"]
+    lines += [
+        "",
+        "### Refresh storm",
+        "",
+        f"{st['sessions']} sessions logged in through a second tollgate ({st['login_s']:.1f} s, "
+        f"{st['sessions'] / st['login_s']:.0f} logins/s, {LOGIN_WORKERS} at a time), whose `refresh_skew` "
+        f"({ACCESS_TTL - DUE_AFTER} s against the provider's {ACCESS_TTL} s access tokens) makes every token due "
+        f"{DUE_AFTER} s after its issue; {st['waited']:.1f} s after the last login, each session's {st['per']} requests "
+        f"(`GET /api/items` with its cookie) written at once on {st['per']} keep-alive connections, "
+        f"{st['window']} sessions in flight ({st['per'] * st['window']} connections), the next session as soon as one "
+        "has all its answers. One client thread (epoll) on the same cores.",
+        "",
+        "| sessions × requests | wall s | refreshes at the provider | refreshes/s | p50 ms | p99 ms | max ms "
+        "| burst of a session p99 ms | non-200 | socket errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {st['sessions']} × {st['per']} | {st['wall']:.2f} | {st['refreshes']} | {st['refreshes'] / st['wall']:.0f} "
+        f"| {st['p50'] * 1000:.1f} | {st['p99'] * 1000:.1f} | {st['max'] * 1000:.1f} | {st['burst_p99'] * 1000:.1f} "
+        f"| {st['non200']} | {sum(st['errors'].values())} |",
+        "",
+        f"- exactly one refresh per session: **{'yes' if st['exact'] else 'NO'}** ({st['refreshes']} refresh_token "
+        f"grants at the provider for {st['sessions']} sessions, {st['refresh_failures']} refused; {st['renewed']} of "
+        f"{st['sessions']} sessions got a new cookie with all {st['per']} answers)",
+        f"- CPU: tollgate {st['cpu_tg'] / st['sessions'] * 1000:.2f} ms per session ({st['per']} requests, its refresh "
+        f"and {st['per']} re-sealed cookies), the provider {st['cpu_idp'] / max(1, st['refreshes']) * 1000:.2f} ms per refresh",
+    ]
+    if st["non200"] or st["errors"]:
+        lines.append(f"- storm answers by status: {st['statuses']}; socket errors: {st['errors']}")
     if failed:
-        lines.append(f"- FAILED runs (non-2xx answers): {', '.join(failed)}")
-    text = "\n".join(lines)
-    print(text)
-    # Only the block between the markers is this script's; the rest of the file is kept.
-    begin, end = "<!-- benches/load/run.py output: begin -->", "<!-- benches/load/run.py output: end -->"
-    try:
-        with open(args.results) as f:
-            old = f.read()
-    except FileNotFoundError:
-        old = ""
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        doc = head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]
-    else:
-        doc = "# Load benchmark results\n\n" + begin + "\n" + text + "\n" + end + "\n" + old
-    write(args.results, doc)
+        lines.append(f"- FAILED: {', '.join(failed)}")
+    block = "\n".join(lines) + "\n"
+    print(block)
+    write_results(args.results, block)
     log(f"written {args.results}")
 
 
