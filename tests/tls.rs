@@ -461,14 +461,15 @@ async fn clients_that_leave_are_logged_quietly() {
         drop(client);
         h.echo.release_stream();
     }
-    // Both abandoned responses reach the access log, with the error that ended them.
+    // Both abandoned responses reach the access log (with the error that ended them, when
+    // the kernel reported one: the rest of a small body may also just fill the closed
+    // socket's buffer).
     let deadline = std::time::Instant::now() + HANG;
     loop {
         let log = h.tg.log();
         let abandoned = log
             .lines()
             .filter(|l| l.contains("\"tollgate::access\"") && l.contains("/public/stream"))
-            .filter(|l| l.contains("\"error\""))
             .count();
         if abandoned >= 2 {
             break;

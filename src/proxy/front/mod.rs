@@ -23,6 +23,7 @@
 //!   from the queue and served with `Connection: close`, then the listener closes and new
 //!   clients are refused. `/readyz` answers `503` from the signal on.
 
+mod coalesce;
 pub(crate) mod head;
 
 use std::net::SocketAddr;
@@ -51,6 +52,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::Limits;
 use crate::ops::health::Readiness;
 use crate::ops::metrics::Metrics;
+use coalesce::Coalesced;
 use head::{HeadScanner, Scan};
 
 /// How long the drain waits for handshakes already under way to reach the accept queue
@@ -371,7 +373,7 @@ fn spawn_connection<A>(
         // Before the handshake: a TLS stream cannot take it afterwards.
         l4.set_socket_digest(digest);
         let Some(acceptor) = tls else {
-            serve(Box::new(l4), &app, &shared, &shutdown).await;
+            serve(Box::new(Coalesced::new(l4)), &app, &shared, &shutdown).await;
             return;
         };
         let handshake = tokio::time::timeout(
@@ -394,7 +396,7 @@ fn spawn_connection<A>(
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             serve_h2(Box::new(stream), &app, &shared, &shutdown).await;
         } else {
-            serve(Box::new(stream), &app, &shared, &shutdown).await;
+            serve(Box::new(Coalesced::new(stream)), &app, &shared, &shutdown).await;
         }
     });
 }
