@@ -79,7 +79,31 @@ fn own(s: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
     s.map(|s| Cow::Owned(s.into_owned()))
 }
 
+fn lend<'a>(s: &'a Option<Cow<'_, str>>) -> Option<Cow<'a, str>> {
+    s.as_deref().map(Cow::Borrowed)
+}
+
 impl Session<'_> {
+    /// The same session borrowing its strings from this one (no copy).
+    pub fn lend(&self) -> Session<'_> {
+        Session {
+            access_token: Cow::Borrowed(&self.access_token),
+            access_expires_at: self.access_expires_at,
+            refresh_token: lend(&self.refresh_token),
+            refresh_expires_at: self.refresh_expires_at,
+            id_token: lend(&self.id_token),
+            claims: Claims {
+                sub: Cow::Borrowed(&self.claims.sub),
+                sid: lend(&self.claims.sid),
+                name: lend(&self.claims.name),
+                email: lend(&self.claims.email),
+            },
+            created_at: self.created_at,
+            last_seen: self.last_seen,
+            id: self.id,
+        }
+    }
+
     /// The same session owning its strings, for the paths that change it (refresh, re-seal).
     pub fn into_owned(self) -> Session<'static> {
         Session {
@@ -114,14 +138,16 @@ impl std::fmt::Debug for Session<'_> {
     }
 }
 
-/// A decrypted session payload, not yet decoded; [`SessionCodec::decode`] reads it.
+/// A decrypted and decoded session whose lifetimes are not yet checked:
+/// [`SessionCodec::decode`] checks them and lends the session out. Shared with the cache of
+/// recently opened cookies ([`opened`]), so a cookie seen again is neither decrypted nor decoded.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Payload(std::sync::Arc<[u8]>);
+pub struct Payload(std::sync::Arc<Session<'static>>);
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // It holds tokens in the clear.
-        write!(f, "Payload({} bytes)", self.0.len())
+        // `Session`'s own Debug leaves the tokens out.
+        write!(f, "Payload({:?})", self.0)
     }
 }
 
@@ -183,7 +209,7 @@ pub struct SessionCodec {
     cookie_budget: usize,
     /// Cookies opened recently ([`opened`]): the same cookie on the next call is not
     /// decrypted again.
-    opened: opened::OpenedCache,
+    opened: opened::OpenedCache<Session<'static>>,
 }
 
 impl SessionCodec {
@@ -256,31 +282,34 @@ impl SessionCodec {
         (found, payload)
     }
 
+    /// Decrypts and decodes a sealed value, or finds it opened recently. Only a value that
+    /// decodes is kept.
     fn open_sealed(&self, sealed: &str) -> Result<Payload, SessionError> {
-        if let Some(payload) = self.opened.get(sealed) {
-            return Ok(Payload(payload));
+        if let Some(session) = self.opened.get(sealed) {
+            return Ok(Payload(session));
         }
-        let payload: std::sync::Arc<[u8]> = self.sealer.open(sealed, self.name.as_bytes())?.into();
-        self.opened.put(sealed, payload.clone());
-        Ok(Payload(payload))
-    }
-
-    /// Decodes `payload` without copying its strings and checks the session's lifetimes
-    /// against `now`.
-    pub fn decode<'p>(&self, payload: &'p Payload, now: u64) -> Result<Session<'p>, SessionError> {
-        let session: Session<'p> = match payload.0.split_first() {
+        let plain = self.sealer.open(sealed, self.name.as_bytes())?;
+        let session: Session<'_> = match plain.split_first() {
             Some((&PAYLOAD_VERSION, rest)) => {
                 postcard::from_bytes(rest).map_err(|_| SessionError::Payload)?
             }
             _ => return Err(SessionError::Payload),
         };
+        let session = std::sync::Arc::new(session.into_owned());
+        self.opened.put(sealed, session.clone());
+        Ok(Payload(session))
+    }
+
+    /// Checks an opened session's lifetimes against `now` and lends it out.
+    pub fn decode<'p>(&self, payload: &'p Payload, now: u64) -> Result<Session<'p>, SessionError> {
+        let session = &*payload.0;
         if now >= session.created_at.saturating_add(self.max_lifetime) {
             return Err(SessionError::Expired);
         }
         if now >= session.last_seen.saturating_add(self.idle_timeout) {
             return Err(SessionError::Idle);
         }
-        Ok(session)
+        Ok(session.lend())
     }
 
     /// The `Set-Cookie` lines that store `session`, expiring stale chunks in `previous`.

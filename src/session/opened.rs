@@ -1,5 +1,5 @@
 //! Session cookies opened recently, so that the next request with the same cookie skips the
-//! base64 decode and the AES-GCM open.
+//! base64 decode, the AES-GCM open and the payload's decoding (it keeps the decoded session).
 //!
 //! A browser sends the same session cookie on every API call until the session is renewed, and
 //! opening it is the largest piece of tollgate's own work per request (about 5,300 of 7,200
@@ -10,7 +10,7 @@
 //! anyway. Lifetimes, idle time and revocation are checked after it, on every request, as before.
 //!
 //! Bounded: [`CAPACITY`] entries in [`SHARDS`] independently locked shards (a few KB each: the
-//! sealed value and the decrypted payload), the oldest entry of a shard replaced first. The
+//! sealed value and the decoded session), the oldest entry of a shard replaced first. The
 //! cache belongs to the codec, so a codec built with another key ring starts empty.
 
 use std::collections::{HashMap, VecDeque};
@@ -20,30 +20,39 @@ use std::sync::{Arc, Mutex};
 pub(crate) const CAPACITY: usize = 1024;
 const SHARDS: usize = 16;
 
-#[derive(Default)]
-struct Shard {
-    entries: HashMap<u64, Entry>,
+struct Shard<V> {
+    entries: HashMap<u64, Entry<V>>,
     /// Keys in insertion order, oldest first.
     order: VecDeque<u64>,
 }
 
-struct Entry {
-    sealed: Box<str>,
-    payload: Arc<[u8]>,
+impl<V> Default for Shard<V> {
+    fn default() -> Self {
+        Shard {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
 }
 
-pub(crate) struct OpenedCache {
-    shards: Vec<Mutex<Shard>>,
+struct Entry<V> {
+    sealed: Box<str>,
+    opened: Arc<V>,
+}
+
+/// Keeps what a sealed value opened to (`V`: the decoded session).
+pub(crate) struct OpenedCache<V> {
+    shards: Vec<Mutex<Shard<V>>>,
     per_shard: usize,
 }
 
-impl std::fmt::Debug for OpenedCache {
+impl<V> std::fmt::Debug for OpenedCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "OpenedCache({} per shard)", self.per_shard)
     }
 }
 
-impl Default for OpenedCache {
+impl<V> Default for OpenedCache<V> {
     fn default() -> Self {
         Self::with_capacity(CAPACITY)
     }
@@ -69,7 +78,7 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-impl OpenedCache {
+impl<V> OpenedCache<V> {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         OpenedCache {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -77,7 +86,7 @@ impl OpenedCache {
         }
     }
 
-    fn shard(&self, key: u64) -> Option<&Mutex<Shard>> {
+    fn shard(&self, key: u64) -> Option<&Mutex<Shard<V>>> {
         if self.per_shard == 0 {
             return None;
         }
@@ -86,23 +95,23 @@ impl OpenedCache {
         self.shards.get(mixed as usize % SHARDS)
     }
 
-    /// The payload `sealed` opened to, if it was opened recently.
-    pub(crate) fn get(&self, sealed: &str) -> Option<Arc<[u8]>> {
+    /// What `sealed` opened to, if it was opened recently.
+    pub(crate) fn get(&self, sealed: &str) -> Option<Arc<V>> {
         let k = key(sealed);
         let shard = self.shard(k)?.lock().ok()?;
         let entry = shard.entries.get(&k)?;
-        same(&entry.sealed, sealed).then(|| entry.payload.clone())
+        same(&entry.sealed, sealed).then(|| entry.opened.clone())
     }
 
     /// Keeps what `sealed` opened to.
-    pub(crate) fn put(&self, sealed: &str, payload: Arc<[u8]>) {
+    pub(crate) fn put(&self, sealed: &str, opened: Arc<V>) {
         let k = key(sealed);
         let Some(Ok(mut shard)) = self.shard(k).map(Mutex::lock) else {
             return;
         };
         let entry = Entry {
             sealed: sealed.into(),
-            payload,
+            opened,
         };
         if shard.entries.insert(k, entry).is_some() {
             return;
@@ -126,10 +135,10 @@ mod tests {
 
     #[test]
     fn answers_only_for_the_identical_value() {
-        let cache = OpenedCache::default();
+        let cache = OpenedCache::<Vec<u8>>::default();
         let s = sealed(1);
-        cache.put(&s, Arc::from(&b"payload"[..]));
-        assert_eq!(cache.get(&s).as_deref(), Some(&b"payload"[..]));
+        cache.put(&s, Arc::new(b"payload".to_vec()));
+        assert_eq!(cache.get(&s).as_deref(), Some(&b"payload".to_vec()));
         // Same tail (same key), one byte changed anywhere before it: a miss.
         let mut other = s.clone().into_bytes();
         other[10] = b'y';
@@ -142,9 +151,9 @@ mod tests {
 
     #[test]
     fn stays_within_its_capacity() {
-        let cache = OpenedCache::with_capacity(64);
+        let cache = OpenedCache::<Vec<u8>>::with_capacity(64);
         for i in 0..10_000 {
-            cache.put(&sealed(i), Arc::from(&b"p"[..]));
+            cache.put(&sealed(i), Arc::new(b"p".to_vec()));
         }
         let kept: usize = cache
             .shards
@@ -158,8 +167,8 @@ mod tests {
 
     #[test]
     fn capacity_zero_keeps_nothing() {
-        let cache = OpenedCache::with_capacity(0);
-        cache.put(&sealed(1), Arc::from(&b"p"[..]));
+        let cache = OpenedCache::<Vec<u8>>::with_capacity(0);
+        cache.put(&sealed(1), Arc::new(b"p".to_vec()));
         assert_eq!(cache.get(&sealed(1)), None);
     }
 }
