@@ -177,8 +177,11 @@ try {
   }
 
   // 6. Logout → the provider's end-session → back in the SPA, anonymous, cookies gone.
-  await page.click('#logout');
-  await page.waitForURL(`${base}/`, { timeout: STEP_TIMEOUT });
+  // Wait for the provider's redirect back (it carries the logout's `state`): the SPA's own
+  // URL before the click is `${base}/` too, so waiting for that string could return at once,
+  // or miss the page if the navigation had already moved on (both seen).
+  const back = (u) => u.href.startsWith(`${base}/`) && u.pathname === '/' && u.searchParams.has('state');
+  await Promise.all([page.waitForURL(back, { timeout: STEP_TIMEOUT }), page.click('#logout')]);
   await page.waitForSelector('#user[data-state="anonymous"]');
   check((await page.isVisible('#login')) && !(await page.isVisible('#logout')), 'logged out: Login shows again');
   check((await tollgateCookies(context)).length === 0, 'logout clears every tollgate cookie');
