@@ -106,6 +106,7 @@ impl Endpoints {
             Endpoint::Login => self
                 .oidc
                 .login(facts)
+                .await
                 .unwrap_or_else(|f| Reply::fault(f, person)),
             Endpoint::Callback => self.oidc.callback(facts, gate.codec()).await,
             Endpoint::LogoutContinue => self

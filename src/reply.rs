@@ -54,6 +54,9 @@ pub(crate) enum Fault {
     CodeRejected,
     /// The token endpoint refused the exchange with this (sanitized) error code.
     TokenRefused(String),
+    /// The pushed authorization request endpoint refused the login with this (sanitized)
+    /// error code.
+    ParRefused(String),
     /// The token endpoint could not be reached.
     ProviderUnreachable,
     /// The token response could not be used.
@@ -97,6 +100,7 @@ impl Fault {
             }
             InvalidIdToken { nonce: true } => 400,
             TokenRefused(_)
+            | ParRefused(_)
             | ProviderUnreachable
             | InvalidTokenResponse
             | MissingIdToken
@@ -108,7 +112,9 @@ impl Fault {
     /// (sanitized) code where it gave one.
     pub(crate) fn code(&self) -> &str {
         match self {
-            Fault::ProviderError(code) | Fault::TokenRefused(code) => code,
+            Fault::ProviderError(code) | Fault::TokenRefused(code) | Fault::ParRefused(code) => {
+                code
+            }
             other => other.label(),
         }
     }
@@ -139,6 +145,7 @@ impl Fault {
                 "The sign-in could not be completed: the code was already used or has expired."
             }
             TokenRefused(_) => "The identity provider refused to issue tokens.",
+            ParRefused(_) => "The identity provider refused the sign-in request.",
             ProviderUnreachable => "The identity provider could not be reached.",
             InvalidTokenResponse => "The identity provider's answer could not be used.",
             MissingIdToken => "The identity provider sent no ID token.",
@@ -346,6 +353,7 @@ impl Fault {
             Internal => "internal_error",
             ProviderError(_) => "provider_error",
             TokenRefused(_) => "token_refused",
+            ParRefused(_) => "par_refused",
             CallbackUnreadable | MissingCode => "invalid_request",
             InvalidState => "invalid_state",
             UnknownState => "unknown_state",

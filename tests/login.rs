@@ -88,6 +88,11 @@ async fn login_with_every_client_auth_method() {
         clients.len(),
         "{stats}"
     );
+    // The provider offers PAR, so every login pushed its request with the client's
+    // authentication (`[oidc] par = "auto"`), whatever the method.
+    assert_eq!(stats["par"]["success"], clients.len(), "{stats}");
+    assert_eq!(stats["authorize"]["pushed"], clients.len(), "{stats}");
+    assert_eq!(stats["authorize"]["plain"], 0, "{stats}");
 }
 
 /// Drives a login up to the provider's redirect back to tollgate, without following it.
@@ -294,10 +299,14 @@ async fn a_response_from_another_issuer_or_without_iss_is_refused() {
     assert_eq!((s, b["error"].as_str()), (400, Some("issuer_missing")));
 }
 
-/// An ID token whose nonce is not the one this login sent is refused.
+/// An ID token whose nonce is not the one this login sent is refused. (With PAR the browser
+/// never sees the nonce to change it, so this login is sent the classic way.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_token_for_another_login_is_refused() {
-    let (_echo, _idp, tg) = callback_setup().await;
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let tg = start_tollgate_with(port, &idp, &CLIENTS[0], &echo, "par = \"never\"").await;
     let (login_cookie, callback) = login_until_callback(&tg, "/login", |u| {
         replace_param(u, "nonce", "attacker-nonce")
     })
@@ -367,7 +376,9 @@ async fn two_tabs_log_in_at_once() {
     let echo = Echo::start().await;
     let port = free_port();
     let idp = idp_for(&[port]).await;
-    let tg = start_tollgate(port, &idp, &CLIENTS[1], &echo).await;
+    // Without PAR, so that the parameters can be read in the redirect below (with PAR the
+    // provider reads them, and accepted them in the other tests).
+    let tg = start_tollgate_with(port, &idp, &CLIENTS[1], &echo, "par = \"never\"").await;
     let (cookie_a, callback_a) = login_until_callback(&tg, "/login?return_to=/a", |_| {}).await;
     let (cookie_b, callback_b) = login_until_callback(&tg, "/login?return_to=/b", |_| {}).await;
     assert_ne!(
@@ -492,4 +503,145 @@ async fn provider_error_text_is_not_shown_verbatim() {
         (status, body["error"].as_str()),
         (400, Some("access_denied"))
     );
+}
+
+/// RFC 9126: with PAR the browser carries only `client_id` and the provider's `request_uri`;
+/// `par = "never"` sends the parameters in the redirect as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_request_is_pushed_unless_par_is_never() {
+    let echo = Echo::start().await;
+    let ports = [free_port(), free_port()];
+    let idp = idp_for(&ports).await;
+    let tg = start_tollgate(ports[0], &idp, &CLIENTS[0], &echo).await;
+    let r = plain().get(tg.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), 302, "{}", tg.log());
+    let location = Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let keys: Vec<String> = location
+        .query_pairs()
+        .map(|(k, _)| k.into_owned())
+        .collect();
+    assert_eq!(keys, ["client_id", "request_uri"], "{location}");
+    let request_uri = location
+        .query_pairs()
+        .find(|(k, _)| k == "request_uri")
+        .unwrap()
+        .1
+        .into_owned();
+    assert!(request_uri.starts_with("urn:ietf:params:oauth:request_uri:"));
+    let r = browser()
+        .get(tg.url("/login?return_to=/pushed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.url().path()),
+        (200, "/pushed"),
+        "{}",
+        tg.log()
+    );
+
+    let classic = start_tollgate_with(ports[1], &idp, &CLIENTS[0], &echo, "par = \"never\"").await;
+    let r = plain().get(classic.url("/login")).send().await.unwrap();
+    let location = Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(
+        location.query_pairs().any(|(k, _)| k == "code_challenge"),
+        "{location}"
+    );
+    assert!(
+        !location.query_pairs().any(|(k, _)| k == "request_uri"),
+        "{location}"
+    );
+    let r = browser()
+        .get(classic.url("/login?return_to=/plain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), r.url().path()), (200, "/plain"));
+    let stats = idp.stats().await;
+    assert_eq!(stats["authorize"]["pushed"], 1, "{stats}");
+    assert_eq!(stats["authorize"]["plain"], 1, "{stats}");
+}
+
+/// A provider that requires PAR (`require_pushed_authorization_requests`) is honoured under
+/// `auto` and stops a `par = "never"` tollgate at startup, naming the key; `always` against a
+/// provider without PAR stops it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn par_settings_that_cannot_work_stop_tollgate_at_startup() {
+    let echo = Echo::start().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let mut idp = idp_for(&ports).await;
+    idp.restart_with("IDP_PAR", "required").await;
+
+    let tg = start_tollgate(ports[0], &idp, &CLIENTS[0], &echo).await;
+    let r = browser()
+        .get(tg.url("/login?return_to=/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.url().path()),
+        (200, "/ok"),
+        "{}",
+        tg.log()
+    );
+
+    let never = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "par = \"never\"");
+    let (code, log) = Tollgate::start_expecting_exit(ports[1], |p, m| never.render(p, m)).await;
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("oidc.par") && log.contains("requires pushed authorization"),
+        "{log}"
+    );
+
+    idp.restart_with("IDP_PAR", "off").await;
+    let always = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "par = \"always\"");
+    let (code, log) = Tollgate::start_expecting_exit(ports[2], |p, m| always.render(p, m)).await;
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("oidc.par") && log.contains("pushed_authorization_request_endpoint"),
+        "{log}"
+    );
+}
+
+/// The provider refusing the pushed request (here: the wrong client secret) is the same kind
+/// of error page as a failed callback, with the provider's code and a way to try again; no
+/// redirect to the provider happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pushed_request_is_an_error_page() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let wrong = TestConfig::with_oidc_text(format!(
+        "issuer = \"{}\"\nclient_id = \"tollgate-basic\"\nclient_secret = \"not-the-secret\"\n",
+        idp.issuer
+    ))
+    .route("/", &echo.url(), "auth = \"none\"");
+    let mut tg = Tollgate::start_on(port, |p, m| wrong.render(p, m)).await;
+    tg.wait_for("/readyz").await.unwrap();
+    let (s, b, _) = get_json(&tg.url("/login"), None).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("invalid_client")),
+        "{b}"
+    );
+    assert_eq!(b["login"], "/login");
+    let r = plain()
+        .get(tg.url("/login"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("invalid_client") && html.contains("href=\"/login\""),
+        "{html}"
+    );
+    assert!(
+        !tg.log().contains("not-the-secret"),
+        "the secret leaked into the log"
+    );
+    let stats = idp.stats().await;
+    assert_eq!(stats["par"]["error"], 2, "{stats}");
+    assert_eq!(stats["authorize"]["pushed"], 0, "{stats}");
 }

@@ -16,7 +16,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::de::{self, Addr, HttpUrl, Issuer};
-use super::{AuthMethod, RouteAuth};
+use super::{AuthMethod, ParMode, RouteAuth};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +144,7 @@ pub(crate) struct OidcSection {
     pub jwks_uri: Option<HttpUrl>,
     pub end_session_endpoint: Option<HttpUrl>,
     pub revocation_endpoint: Option<HttpUrl>,
+    pub pushed_authorization_request_endpoint: Option<HttpUrl>,
     #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
     pub http_timeout: Duration,
     #[serde(default = "bytes::<1048576>", deserialize_with = "de::lenient")]
@@ -154,6 +155,8 @@ pub(crate) struct OidcSection {
     pub post_logout_redirect_uri: Option<HttpUrl>,
     #[serde(default, deserialize_with = "de::lenient")]
     pub allow_get_logout: bool,
+    #[serde(default = "default_par")]
+    pub par: ParMode,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +242,10 @@ fn default_listen() -> Vec<Addr> {
 
 fn default_auth_method() -> AuthMethod {
     AuthMethod::ClientSecretBasic
+}
+
+fn default_par() -> ParMode {
+    ParMode::Auto
 }
 
 fn default_scopes() -> Vec<String> {

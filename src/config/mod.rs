@@ -155,6 +155,28 @@ pub struct Limits {
     pub max_body_bytes: usize,
 }
 
+/// `[oidc] par`: whether `/login` uses pushed authorization requests (RFC 9126).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParMode {
+    /// When the provider advertises `pushed_authorization_request_endpoint`.
+    Auto,
+    /// Always: a provider without the endpoint is refused at startup.
+    Always,
+    /// Never: a provider that requires PAR is refused at startup.
+    Never,
+}
+
+impl ParMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParMode::Auto => "auto",
+            ParMode::Always => "always",
+            ParMode::Never => "never",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
@@ -213,6 +235,7 @@ pub struct EndpointOverrides {
     pub jwks_uri: Option<Url>,
     pub end_session_endpoint: Option<Url>,
     pub revocation_endpoint: Option<Url>,
+    pub pushed_authorization_request_endpoint: Option<Url>,
 }
 
 impl EndpointOverrides {
@@ -251,6 +274,8 @@ pub struct OidcConfig {
     pub post_logout_redirect_uri: Url,
     /// Whether `GET /logout` works (besides `POST /logout` with the CSRF header).
     pub allow_get_logout: bool,
+    /// Pushed authorization requests: `auto`, `always` or `never`.
+    pub par: ParMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

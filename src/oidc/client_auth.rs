@@ -98,6 +98,10 @@ struct AssertionClaims<'a> {
 }
 
 impl ClientAuth {
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
     pub(crate) fn new(cfg: &OidcConfig) -> Result<ClientAuth, ClientAuthError> {
         // Validation requires a secret for the secret-based methods; checked again here rather
         // than signing with an empty one.

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::jwks::{Jwks, JwksError};
-use crate::config::OidcConfig;
+use crate::config::{OidcConfig, ParMode};
 use crate::ops::health::Readiness;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,9 @@ pub(crate) enum DiscoveryError {
     IssuerMismatch { expected: String, found: String },
     #[error(transparent)]
     Jwks(#[from] JwksError),
+    /// The provider and the configuration cannot work together (`key` names the setting).
+    #[error("{key}: {problem}")]
+    Conflict { key: &'static str, problem: String },
 }
 
 impl DiscoveryError {
@@ -71,6 +74,9 @@ struct Document {
     id_token_signing_alg_values_supported: Vec<String>,
     #[serde(default)]
     authorization_response_iss_parameter_supported: bool,
+    pushed_authorization_request_endpoint: Option<String>,
+    #[serde(default)]
+    require_pushed_authorization_requests: bool,
 }
 
 /// The provider as tollgate uses it: discovered values with the config's overrides applied.
@@ -86,6 +92,9 @@ pub(crate) struct Metadata {
     pub id_token_algs: Vec<jsonwebtoken::Algorithm>,
     /// RFC 9207: the provider promises `iss` in every authorization response.
     pub iss_parameter_supported: bool,
+    /// Where `/login` pushes the authorization request (RFC 9126), when it does: set by
+    /// `[oidc] par` and what the provider offers.
+    pub par_endpoint: Option<Url>,
 }
 
 /// `{issuer}/.well-known/openid-configuration`, the issuer's trailing `/` removed first
@@ -129,6 +138,8 @@ pub(crate) async fn fetch_metadata(
             revocation_endpoint: None,
             id_token_signing_alg_values_supported: vec!["RS256".into()],
             authorization_response_iss_parameter_supported: false,
+            pushed_authorization_request_endpoint: None,
+            require_pushed_authorization_requests: false,
         };
         return metadata(doc, cfg);
     }
@@ -219,7 +230,17 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
         // Discovery makes the field required; RS256 is the algorithm every provider supports.
         id_token_algs.push(jsonwebtoken::Algorithm::RS256);
     }
+    let par_endpoint = par_endpoint(
+        cfg.par,
+        pick(
+            "pushed_authorization_request_endpoint",
+            &e.pushed_authorization_request_endpoint,
+            doc.pushed_authorization_request_endpoint,
+        )?,
+        doc.require_pushed_authorization_requests,
+    )?;
     Ok(Metadata {
+        par_endpoint,
         authorization_endpoint: required(
             "authorization_endpoint",
             pick(
@@ -247,6 +268,37 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
         iss_parameter_supported: doc.authorization_response_iss_parameter_supported,
         issuer: doc.issuer,
     })
+}
+
+/// The PAR endpoint `/login` uses under `mode`, given the one offered (discovered or
+/// configured) and whether the provider requires PAR.
+fn par_endpoint(
+    mode: ParMode,
+    offered: Option<Url>,
+    required: bool,
+) -> Result<Option<Url>, DiscoveryError> {
+    match (mode, offered) {
+        (ParMode::Never, _) if required => Err(DiscoveryError::Conflict {
+            key: "oidc.par",
+            problem: "is \"never\" but the provider requires pushed authorization requests \
+                      (require_pushed_authorization_requests); set it to \"auto\""
+                .into(),
+        }),
+        (ParMode::Never, _) => Ok(None),
+        (ParMode::Always, None) => Err(DiscoveryError::Conflict {
+            key: "oidc.par",
+            problem: "is \"always\" but the provider advertises no \
+                      pushed_authorization_request_endpoint (set one in [oidc], or par = \"auto\")"
+                .into(),
+        }),
+        (ParMode::Auto, None) if required => Err(DiscoveryError::Conflict {
+            key: "oidc.pushed_authorization_request_endpoint",
+            problem: "the provider requires pushed authorization requests but advertises no \
+                      endpoint for them; set one in [oidc]"
+                .into(),
+        }),
+        (_, offered) => Ok(offered),
+    }
 }
 
 /// The schemes a discovered endpoint may have: https, or http too when the issuer itself is
@@ -351,6 +403,13 @@ impl BackgroundService for MetadataRefresher {
                     backoff = BACKOFF_START;
                     self.config.metadata_refresh
                 }
+                Err(e @ DiscoveryError::Conflict { .. }) if !self.readiness.provider_loaded() => {
+                    // Not transient: this provider cannot serve this configuration. At
+                    // startup that stops the process, as a configuration error does.
+                    tracing::error!(error = %e, "the provider does not fit the configuration");
+                    eprintln!("tollgate: cannot start: {e}");
+                    std::process::exit(2);
+                }
                 Err(e) => {
                     if e.is_too_large() {
                         self.metrics.limit("provider_response_bytes");
@@ -392,7 +451,46 @@ mod tests {
             revocation_endpoint: None,
             id_token_algs: vec![jsonwebtoken::Algorithm::RS256],
             iss_parameter_supported: false,
+            par_endpoint: None,
         }
+    }
+
+    #[test]
+    fn par_mode_against_what_the_provider_offers() {
+        let offered = || Some(Url::parse("https://idp.example/par").unwrap());
+        let conflict = |r: Result<Option<Url>, DiscoveryError>| match r {
+            Err(DiscoveryError::Conflict { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            par_endpoint(ParMode::Auto, offered(), false).unwrap(),
+            offered()
+        );
+        assert_eq!(par_endpoint(ParMode::Auto, None, false).unwrap(), None);
+        assert_eq!(
+            par_endpoint(ParMode::Always, offered(), false).unwrap(),
+            offered()
+        );
+        assert_eq!(
+            par_endpoint(ParMode::Never, offered(), false).unwrap(),
+            None
+        );
+        assert_eq!(
+            par_endpoint(ParMode::Always, offered(), true).unwrap(),
+            offered()
+        );
+        assert_eq!(
+            conflict(par_endpoint(ParMode::Always, None, false)),
+            "oidc.par"
+        );
+        assert_eq!(
+            conflict(par_endpoint(ParMode::Never, offered(), true)),
+            "oidc.par"
+        );
+        assert_eq!(
+            conflict(par_endpoint(ParMode::Auto, None, true)),
+            "oidc.pushed_authorization_request_endpoint"
+        );
     }
 
     #[test]

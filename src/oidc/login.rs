@@ -113,7 +113,10 @@ pub(crate) fn login_cookie_line(
 impl super::Oidc {
     /// `GET /login`: a redirect to the provider's authorization endpoint, with the login
     /// cookie, and the expiry of the oldest pending logins beyond [`MAX_PENDING_LOGINS`].
-    pub(crate) fn login(&self, facts: &Facts<'_>) -> Result<Reply, Fault> {
+    /// When the provider takes pushed authorization requests (`[oidc] par`), the parameters
+    /// are pushed first, with the client's authentication, and the redirect carries only
+    /// `client_id` and the `request_uri` the provider gave (RFC 9126 §4).
+    pub(crate) async fn login(&self, facts: &Facts<'_>) -> Result<Reply, Fault> {
         let provider = self.provider().ok_or(Fault::ProviderUnavailable)?;
         let q: LoginQuery =
             serde_urlencoded::from_str(facts.query.unwrap_or("")).unwrap_or_default();
@@ -127,22 +130,46 @@ impl super::Oidc {
         };
         let name = cookie_name(&self.session_cookie, &state);
         let sealed = login.seal(&self.sealer, &name).ok_or(Fault::Internal)?;
+        let mut params: Vec<(&str, String)> = vec![
+            ("response_type", "code".into()),
+            ("client_id", self.client_id.clone()),
+            ("redirect_uri", self.redirect_uri.clone()),
+            ("scope", self.scope.clone()),
+            ("state", state),
+            ("nonce", login.nonce.clone()),
+            ("code_challenge", code_challenge(&login.code_verifier)),
+            ("code_challenge_method", "S256".into()),
+        ];
+        for (k, v) in &self.extra_auth_params {
+            params.push((k, v.clone()));
+        }
+        if let Some(prompt) = q.prompt.filter(|p| allowed_prompt(p)) {
+            params.push(("prompt", prompt));
+        }
         let mut url = provider.metadata.authorization_endpoint.clone();
-        {
-            let mut p = url.query_pairs_mut();
-            p.append_pair("response_type", "code")
-                .append_pair("client_id", &self.client_id)
-                .append_pair("redirect_uri", &self.redirect_uri)
-                .append_pair("scope", &self.scope)
-                .append_pair("state", &state)
-                .append_pair("nonce", &login.nonce)
-                .append_pair("code_challenge", &code_challenge(&login.code_verifier))
-                .append_pair("code_challenge_method", "S256");
-            for (k, v) in &self.extra_auth_params {
-                p.append_pair(k, v);
+        match &provider.metadata.par_endpoint {
+            Some(par) => {
+                let request_uri = self
+                    .tokens
+                    .push_authorization(
+                        par.as_str(),
+                        provider.metadata.token_endpoint.as_str(),
+                        params,
+                    )
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(request_id = facts.request_id, error = %e, provider_error = e.provider_error(), "login: pushed authorization request failed");
+                        super::callback::token_fault(e, Fault::ParRefused)
+                    })?;
+                url.query_pairs_mut()
+                    .append_pair("client_id", &self.client_id)
+                    .append_pair("request_uri", &request_uri);
             }
-            if let Some(prompt) = q.prompt.as_deref().filter(|p| allowed_prompt(p)) {
-                p.append_pair("prompt", prompt);
+            None => {
+                let mut p = url.query_pairs_mut();
+                for (k, v) in &params {
+                    p.append_pair(k, v);
+                }
             }
         }
         let mut cookies: Vec<String> = self

@@ -138,9 +138,42 @@ impl TokenClient {
             ("token", refresh_token.to_string()),
             ("token_type_hint", "refresh_token".to_string()),
         ];
-        self.post_form(revocation_endpoint, token_endpoint, form)
+        self.post_form(revocation_endpoint, token_endpoint, form, false)
             .await
             .map(|_| ())
+    }
+
+    /// Pushes an authorization request (RFC 9126) with the client's authentication (an
+    /// assertion's audience is `audience`, the token endpoint as for every other call) and
+    /// returns its `request_uri`. `params` are the authorization request's parameters.
+    pub async fn push_authorization(
+        &self,
+        par_endpoint: &str,
+        audience: &str,
+        params: Vec<(&str, String)>,
+    ) -> Result<String, TokenError> {
+        let form = params
+            .into_iter()
+            .filter(|(k, _)| *k != "client_id")
+            .collect();
+        let body = self.post_form(par_endpoint, audience, form, true).await?;
+        #[derive(Deserialize)]
+        struct Pushed {
+            request_uri: String,
+        }
+        let pushed: Pushed = serde_json::from_slice(&body)
+            .map_err(|_| TokenError::Invalid("not a JSON pushed authorization response"))?;
+        // It goes into the browser's redirect as a query parameter: printable ASCII only.
+        if pushed.request_uri.is_empty()
+            || pushed.request_uri.len() > 2048
+            || !pushed
+                .request_uri
+                .bytes()
+                .all(|b| (0x21..0x7f).contains(&b))
+        {
+            return Err(TokenError::Invalid("request_uri is empty or not a URI"));
+        }
+        Ok(pushed.request_uri)
     }
 
     async fn request(
@@ -148,7 +181,9 @@ impl TokenClient {
         token_endpoint: &str,
         form: Vec<(&'static str, String)>,
     ) -> Result<TokenResponse, TokenError> {
-        let body = self.post_form(token_endpoint, token_endpoint, form).await?;
+        let body = self
+            .post_form(token_endpoint, token_endpoint, form, false)
+            .await?;
         parse_token_response(&body)
     }
 }
@@ -189,10 +224,16 @@ impl TokenClient {
         &self,
         endpoint: &str,
         audience: &str,
-        mut form: Vec<(&'static str, String)>,
+        mut form: Vec<(&str, String)>,
+        name_client: bool,
     ) -> Result<bytes::Bytes, TokenError> {
         let creds = self.auth.credentials(audience, crate::unix_now())?;
         form.extend(creds.form);
+        // `name_client`: the form must carry `client_id` even where the client's
+        // authentication does not (`client_secret_basic`); never twice.
+        if name_client && !form.iter().any(|(k, _)| *k == "client_id") {
+            form.push(("client_id", self.auth.client_id().to_string()));
+        }
         let mut req = self
             .http
             .post(endpoint)

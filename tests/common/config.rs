@@ -40,6 +40,11 @@ impl TestConfig {
         ))
     }
 
+    /// An `[oidc]` section written out by the test.
+    pub fn with_oidc_text(oidc: String) -> Self {
+        Self::with_oidc(oidc)
+    }
+
     fn with_oidc(oidc: String) -> Self {
         TestConfig {
             threads: 1,

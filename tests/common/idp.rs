@@ -177,6 +177,13 @@ impl Idp {
         idp
     }
 
+    /// Restarts the provider with `key=value` in its environment (e.g. `IDP_PAR`).
+    pub async fn restart_with(&mut self, key: &'static str, value: &str) {
+        self.env.retain(|(k, _)| *k != key);
+        self.env.push((key, value.to_string()));
+        self.restart().await;
+    }
+
     /// Starts the provider process (again) and waits for its discovery document.
     pub async fn restart(&mut self) {
         self.stop();

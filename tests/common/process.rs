@@ -109,6 +109,23 @@ impl Tollgate {
         }
     }
 
+    /// Starts tollgate on `port` expecting it to stop by itself (a configuration the provider
+    /// cannot serve): its exit code and log, or a panic if it still runs after 30 s.
+    pub async fn start_expecting_exit(
+        port: u16,
+        make: impl Fn(u16, u16) -> String,
+    ) -> (Option<i32>, String) {
+        let metrics_port = free_port();
+        let mut t = Self::spawn(port, metrics_port, make(port, metrics_port), &[]);
+        for _ in 0..300 {
+            if let Some(status) = t.child.try_wait().unwrap() {
+                return (status.code(), t.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("tollgate kept running: {}", t.log());
+    }
+
     /// As [`Self::start`], with extra environment variables for the process.
     pub async fn start_with_env(
         make: impl Fn(u16, u16) -> String,

@@ -13,6 +13,8 @@
 //                              provider still knows them (tests stop and start it)
 //   BACKCHANNEL_LOGOUT_URI     every client's backchannel_logout_uri: a logout at the provider's
 //                              end-session endpoint is then sent there (OIDC Back-Channel Logout)
+//   IDP_PAR                    pushed authorization requests (RFC 9126): "on" (default, offered),
+//                              "required" (the only way to start a login), "off" (not offered)
 import http from 'node:http';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -36,6 +38,11 @@ const accessTokenTtl = Number(process.env.ACCESS_TOKEN_TTL || 3600);
 const interactive = process.env.IDP_INTERACTIVE === '1';
 const stateFile = process.env.IDP_STATE_FILE;
 const backchannelLogoutUri = process.env.BACKCHANNEL_LOGOUT_URI;
+const par = process.env.IDP_PAR || 'on';
+if (!['on', 'required', 'off'].includes(par)) {
+  console.error('IDP_PAR must be on, required or off');
+  process.exit(2);
+}
 
 // A storage adapter (oidc-provider's interface) kept in memory and, with IDP_STATE_FILE,
 // written through to a JSON file and read back at start.
@@ -161,6 +168,10 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
     backchannelLogout: { enabled: true },
+    pushedAuthorizationRequests: {
+      enabled: par !== 'off',
+      requirePushedAuthorizationRequests: par === 'required',
+    },
     userinfo: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
@@ -205,6 +216,9 @@ const stats = {
   refresh_failures: 0,
   backchannel: { success: 0, error: 0 },
   stalled: 0,
+  // Authorization requests the browser brought: by `request_uri` (pushed first) or not.
+  authorize: { pushed: 0, plain: 0 },
+  par: { success: 0, error: 0 },
 };
 let refuseNextToken = null;
 let stallNextToken = false;
@@ -217,6 +231,8 @@ provider.on('grant.error', (ctx) => {
 });
 provider.on('server_error', (ctx, err) => console.error('idp server_error:', err));
 provider.on('backchannel.success', () => { stats.backchannel.success += 1; });
+provider.on('pushed_authorization_request.success', () => { stats.par.success += 1; });
+provider.on('pushed_authorization_request.error', () => { stats.par.error += 1; });
 provider.on('backchannel.error', (ctx, err) => {
   stats.backchannel.error += 1;
   console.error('idp backchannel.error:', err, err?.cause);
@@ -281,6 +297,8 @@ const server = http.createServer(async (req, res) => {
       stats.refresh_failures = 0;
       stats.backchannel = { success: 0, error: 0 };
       stats.stalled = 0;
+      stats.authorize = { pushed: 0, plain: 0 };
+      stats.par = { success: 0, error: 0 };
       return send(res, 200, stats);
     }
     // Test hook: a logout token with the given claims (JSON body), signed with the provider's
@@ -318,6 +336,9 @@ const server = http.createServer(async (req, res) => {
       return send(res, status, { error, error_description: 'refused by the test hook' });
     }
     if (url.pathname.startsWith('/interaction/')) return await interaction(req, res);
+    if (req.method === 'GET' && url.pathname === `${issuerPath}/authorize`) {
+      stats.authorize[url.searchParams.has('request_uri') ? 'pushed' : 'plain'] += 1;
+    }
     if (url.pathname === issuerPath || url.pathname.startsWith(`${issuerPath}/`)) {
       // Mount the provider under the issuer path.
       req.originalUrl = req.url;

@@ -13,7 +13,8 @@ use url::Url;
 
 use crate::config::file::OidcSection;
 use crate::config::{
-    AuthMethod, ConfigError, EndpointOverrides, OidcConfig, PrivateKey, PrivateKeyKind, Secret,
+    AuthMethod, ConfigError, EndpointOverrides, OidcConfig, ParMode, PrivateKey, PrivateKeyKind,
+    Secret,
 };
 
 /// Authorization request parameters tollgate sets itself.
@@ -146,7 +147,24 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         jwks_uri: o.jwks_uri.map(|u| u.0),
         end_session_endpoint: o.end_session_endpoint.map(|u| u.0),
         revocation_endpoint: o.revocation_endpoint.map(|u| u.0),
+        pushed_authorization_request_endpoint: o.pushed_authorization_request_endpoint.map(|u| u.0),
     };
+    if o.par == ParMode::Always
+        && endpoints.skip_discovery()
+        && endpoints.pushed_authorization_request_endpoint.is_none()
+    {
+        return Err(ConfigError::invalid(
+            "oidc.par",
+            "is \"always\" but no pushed_authorization_request_endpoint is configured \
+             (discovery is skipped: authorization, token and JWKS endpoints are all set)",
+        ));
+    }
+    if o.par == ParMode::Never && endpoints.pushed_authorization_request_endpoint.is_some() {
+        return Err(ConfigError::invalid(
+            "oidc.pushed_authorization_request_endpoint",
+            "is set but oidc.par is \"never\"; remove one of them",
+        ));
+    }
     if o.max_response_bytes < 4096 {
         return Err(ConfigError::invalid(
             "oidc.max_response_bytes",
@@ -170,6 +188,7 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
             .post_logout_redirect_uri
             .map_or_else(|| public_url.clone(), |u| u.0),
         allow_get_logout: o.allow_get_logout,
+        par: o.par,
         issuer_id: o.issuer.id,
         issuer,
         client_id: o.client_id,

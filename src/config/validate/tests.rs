@@ -271,7 +271,28 @@ fn values_get_their_types() {
 
 #[test]
 fn errors_name_the_key() {
+    let without_discovery = "authorization_endpoint = \"https://idp.example/a\"\n\
+                             token_endpoint = \"https://idp.example/t\"\n\
+                             jwks_uri = \"https://idp.example/k\"";
     let cases: Vec<(String, &str)> = vec![
+        (
+            edit("par = \"auto\"", "par = \"sometimes\""),
+            "`oidc.par`: unknown variant `sometimes`, expected one of `auto`, `always`, `never`",
+        ),
+        (
+            edit(
+                "par = \"auto\"",
+                &format!("par = \"always\"\n{without_discovery}"),
+            ),
+            "`oidc.par`: is \"always\" but no pushed_authorization_request_endpoint is configured",
+        ),
+        (
+            edit(
+                "par = \"auto\"",
+                "par = \"never\"\npushed_authorization_request_endpoint = \"https://idp.example/par\"",
+            ),
+            "`oidc.pushed_authorization_request_endpoint`: is set but oidc.par is \"never\"",
+        ),
         (
             edit(
                 "issuer = \"http://127.0.0.1:9090/as\"",
