@@ -122,6 +122,7 @@ fn bench(c: &mut Criterion) {
                 rewrite(
                     req,
                     &UpstreamRewrite {
+                        identity: None,
                         bearer: Some(black_box(&bearer)),
                         drop_client_authorization: true,
                         cookie_name: "__Host-tollgate",

@@ -344,6 +344,7 @@ impl Harness {
                     route,
                     path,
                     bearer: None,
+                    identity: None,
                     client_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                     request_id: "fuzz",
                 },
@@ -406,6 +407,7 @@ impl Harness {
                         route,
                         path: "/api/x",
                         bearer: None,
+                        identity: None,
                         client_ip: None,
                         request_id: "fuzz",
                     },
@@ -467,9 +469,11 @@ impl Harness {
             .session(&payload, &facts)
             .map(|_| ())
             .map_err(|e| e.to_string());
-        let decided = self
-            .runtime
-            .block_on(gate.decide(RouteAuth::Required, &facts, &self.oidc));
+        let decided = self.runtime.block_on(gate.decide(
+            crate::proxy::gate::Policy::auth(RouteAuth::Required),
+            &facts,
+            &self.oidc,
+        ));
         match decided {
             Ok(grant) => SessionOutcome {
                 sealed,

@@ -77,6 +77,8 @@ pub(crate) enum Fault {
     CookieTooLarge,
     /// The shared store is needed and cannot be reached.
     StoreUnavailable,
+    /// The session's claims do not satisfy the route's `require` rule.
+    Forbidden,
 }
 
 impl Fault {
@@ -87,7 +89,7 @@ impl Fault {
             BadPath | BadRequest => 400,
             Unauthenticated | SessionExpired => 401,
             ProviderUnavailable | StoreUnavailable => 503,
-            Csrf(_) => 403,
+            Csrf(_) | Forbidden => 403,
             MethodNotAllowed => 405,
             UpstreamUnavailable => 502,
             UpstreamTimeout => 504,
@@ -159,6 +161,7 @@ impl Fault {
                 "the cookies sent to this site are larger than it accepts; clear them and sign in again"
             }
             StoreUnavailable => "the shared store cannot be reached; retry shortly",
+            Forbidden => "this account is not allowed here",
             _ => return None,
         })
     }
@@ -179,6 +182,7 @@ impl Fault {
                 | Fault::InvalidLogoutToken
                 | Fault::PayloadTooLarge
                 | Fault::StoreUnavailable
+                | Fault::Forbidden
         )
     }
 }
@@ -370,6 +374,7 @@ impl Fault {
             PayloadTooLarge => "payload_too_large",
             CookieTooLarge => "request_header_fields_too_large",
             StoreUnavailable => "store_unavailable",
+            Forbidden => "forbidden",
         }
     }
 }

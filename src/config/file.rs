@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::de::{self, Addr, HttpUrl, Issuer};
 use super::{AuthMethod, ParMode, RouteAuth};
+use crate::session::claims::ClaimRule;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +158,8 @@ pub(crate) struct OidcSection {
     pub allow_get_logout: bool,
     #[serde(default = "default_par")]
     pub par: ParMode,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +223,9 @@ pub(crate) struct RouteSection {
     pub strip_prefix: bool,
     #[serde(default, deserialize_with = "de::lenient")]
     pub keep_authorization: bool,
+    pub require: Option<ClaimRule>,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub identity_headers: bool,
     #[serde(default = "secs::<5>", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
     #[serde(default = "secs::<60>", deserialize_with = "de::duration")]
@@ -246,6 +252,10 @@ fn default_auth_method() -> AuthMethod {
 
 fn default_par() -> ParMode {
     ParMode::Auto
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
 }
 
 fn default_scopes() -> Vec<String> {

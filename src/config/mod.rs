@@ -23,6 +23,8 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use url::Url;
 
+use crate::session::claims::ClaimRule;
+
 /// Why a configuration was refused. The message always names the key (or variable, or file).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -276,6 +278,8 @@ pub struct OidcConfig {
     pub allow_get_logout: bool,
     /// Pushed authorization requests: `auto`, `always` or `never`.
     pub par: ParMode,
+    /// The claim that lists the user's groups (`X-Auth-Request-Groups`).
+    pub groups_claim: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +355,10 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Pass a client-sent `Authorization` to the upstream (`auth = "none"` routes only).
     pub keep_authorization: bool,
+    /// Claims the session must have (`require`; empty: none).
+    pub require: ClaimRule,
+    /// Send `X-Auth-Request-User`, `-Email` and `-Groups` to the upstream.
+    pub identity_headers: bool,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }
@@ -378,6 +386,20 @@ fn process_overrides() -> Result<Vec<(String, String)>, ConfigError> {
 }
 
 impl Config {
+    /// The ID token claims a session keeps: those the routes' `require` rules read, and the
+    /// groups claim when a route sends identity headers (`sub` and `email` are kept anyway).
+    pub fn kept_claim_names(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<&str> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.require.claim_names())
+            .collect();
+        if self.routes.iter().any(|r| r.identity_headers) {
+            names.insert(&self.oidc.groups_claim);
+        }
+        names.into_iter().map(str::to_string).collect()
+    }
+
     /// Reads `path`, applies the process environment's `TOLLGATE__*` overrides and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

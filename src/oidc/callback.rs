@@ -165,6 +165,7 @@ impl Oidc {
                 }
             })?;
 
+        let kept_claims = claims.keep(&self.kept_claims);
         let session = Session {
             access_expires_at: expires_at(now, tokens.expires_in),
             refresh_expires_at: tokens.refresh_expires_in.map(|s| expires_at(now, Some(s))),
@@ -180,6 +181,7 @@ impl Oidc {
             created_at: now,
             last_seen: now,
             id: rand::random(),
+            kept_claims: kept_claims.into(),
         };
         let previous = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
         let mut cookies = codec

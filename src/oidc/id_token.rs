@@ -11,6 +11,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
+use crate::session::claims::ClaimValue;
+
 /// Clock skew tolerated between tollgate and the provider.
 pub(crate) const LEEWAY_SECS: u64 = 60;
 
@@ -55,6 +57,32 @@ pub(crate) struct IdClaims {
     azp: Option<String>,
     aud: Audience,
     at_hash: Option<String>,
+    /// Every other claim, for the ones the configuration keeps ([`Self::keep`]).
+    #[serde(flatten)]
+    others: serde_json::Map<String, serde_json::Value>,
+}
+
+impl IdClaims {
+    /// The claims named in `names` that this token carries, as the session keeps them
+    /// (claims of a type no rule can compare are left out).
+    pub(crate) fn keep(&self, names: &[String]) -> Vec<(String, ClaimValue)> {
+        names
+            .iter()
+            .filter_map(|n| {
+                let v = match n.as_str() {
+                    "sub" => serde_json::Value::String(self.sub.clone()),
+                    "email" => serde_json::Value::from(self.email.clone()?),
+                    "name" => serde_json::Value::from(self.name.clone()?),
+                    "sid" => serde_json::Value::from(self.sid.clone()?),
+                    "preferred_username" => {
+                        serde_json::Value::from(self.preferred_username.clone()?)
+                    }
+                    other => self.others.get(other)?.clone(),
+                };
+                ClaimValue::from_json(&v).map(|v| (n.clone(), v))
+            })
+            .collect()
+    }
 }
 
 /// What the ID token must match.

@@ -101,6 +101,8 @@ pub(crate) struct Oidc {
     max_response_bytes: usize,
     post_logout_redirect_uri: String,
     allow_get_logout: bool,
+    /// ID token claims a session keeps ([`Config::kept_claim_names`]).
+    kept_claims: Vec<String>,
 }
 
 impl Oidc {
@@ -142,6 +144,7 @@ impl Oidc {
             max_response_bytes: config.oidc.max_response_bytes,
             post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.to_string(),
             allow_get_logout: config.oidc.allow_get_logout,
+            kept_claims: config.kept_claim_names(),
         })
     }
 

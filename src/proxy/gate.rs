@@ -4,8 +4,8 @@
 //! `Host`, a request target that is not safe to route on; whether its decoded form would route
 //! elsewhere is `RouteTable::resolve`'s check). [`Gate::decide`] takes
 //! the route's auth rule, the request's [`Facts`] and the time, and returns either a
-//! [`Grant`] — the bearer value for the upstream and the cookies to set on its response — or
-//! the [`Reply`] to send instead. The provider is reached only through [`Refresher`], so a
+//! [`Grant`] — the bearer value for the upstream, the identity headers and the cookies to set
+//! on its response — or the [`Reply`] to send instead (a route's claim rule is checked here). The provider is reached only through [`Refresher`], so a
 //! unit test drives every branch (missing, forged, expired session; CSRF; refresh refused,
 //! unavailable, accepted; idle renewal) with a stand-in, and the Pingora adapter in
 //! [`super`] only moves facts in and results out.
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Method, Version};
 
 use super::csrf::CsrfPolicy;
-use super::headers;
+use super::headers::{self, Identity};
 use super::target::{self, Target};
 use crate::config::RouteAuth;
 use crate::oidc::refresh::{self, RefreshOutcome};
@@ -24,6 +24,7 @@ use crate::oidc::Oidc;
 use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
+use crate::session::claims::{self, ClaimRule};
 use crate::session::cookie::{ChunkError, SessionCookies};
 use crate::session::revocations::{Revocation, Revocations, SeenJtis};
 use crate::session::{Payload, Session, SessionCodec, SessionError};
@@ -55,8 +56,64 @@ impl Refresher for Arc<Oidc> {
 pub(crate) struct Grant {
     /// `Bearer <access token>` for the upstream request (marked sensitive).
     pub(crate) bearer: Option<HeaderValue>,
+    /// Who the user is, for a route with `identity_headers`.
+    pub(crate) identity: Option<Identity>,
     /// `Set-Cookie` lines for the response (a refreshed or renewed session).
     pub(crate) set_cookies: Vec<String>,
+}
+
+/// A route's rules for [`Gate::decide`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy<'a> {
+    pub(crate) auth: RouteAuth,
+    /// Claims the session must have (`require`).
+    pub(crate) require: Option<&'a ClaimRule>,
+    /// Send [`Identity`] upstream.
+    pub(crate) identity_headers: bool,
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Policy<'_> {
+    /// Only the auth rule: no claim rule, no identity headers.
+    pub(crate) fn auth(auth: RouteAuth) -> Policy<'static> {
+        Policy {
+            auth,
+            require: None,
+            identity_headers: false,
+        }
+    }
+}
+
+/// The identity of `session` for its headers; a value that cannot be a header (a control
+/// character in a claim) is left out and logged, never sent half-way.
+fn identity(session: &Session<'_>, groups_claim: &str, request_id: &str) -> Option<Identity> {
+    let value = |what: &'static str, text: &str| {
+        HeaderValue::from_str(text)
+            .inspect_err(|_| {
+                tracing::warn!(
+                    request_id,
+                    claim = what,
+                    "identity header left out: the claim is not a valid header value"
+                )
+            })
+            .ok()
+    };
+    let groups = claims::claim(&session.kept_claims, groups_claim).map(|g| {
+        g.values()
+            .iter()
+            .map(|v| v.text())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    Some(Identity {
+        user: value("sub", &session.claims.sub)?,
+        email: session
+            .claims
+            .email
+            .as_deref()
+            .and_then(|e| value("email", e)),
+        groups: groups.as_deref().and_then(|g| value("groups", g)),
+    })
 }
 
 /// Refuses what no route may see, before routing: `TRACE` (it would echo the request,
@@ -108,6 +165,8 @@ pub(crate) struct Gate {
     metrics: Metrics,
     refresh_skew: u64,
     idle_reseal_after: u64,
+    /// The claim that lists the user's groups (`[oidc] groups_claim`).
+    groups_claim: String,
 }
 
 impl Gate {
@@ -129,7 +188,14 @@ impl Gate {
             metrics,
             refresh_skew,
             idle_reseal_after: (idle_timeout / 2).max(1),
+            groups_claim: "groups".into(),
         }
+    }
+
+    /// Reads the user's groups from `claim` (default `groups`).
+    pub(crate) fn with_groups_claim(mut self, claim: &str) -> Gate {
+        self.groups_claim = claim.to_string();
+        self
     }
 
     pub(crate) fn codec(&self) -> &SessionCodec {
@@ -214,10 +280,11 @@ impl Gate {
     /// due and re-seals the cookie when the session changed.
     pub(crate) async fn decide(
         &self,
-        auth: RouteAuth,
+        policy: Policy<'_>,
         facts: &Facts<'_>,
         refresher: &impl Refresher,
     ) -> Result<Grant, Reply> {
+        let auth = policy.auth;
         if auth == RouteAuth::None {
             return Ok(Grant::default());
         }
@@ -247,6 +314,21 @@ impl Gate {
         self.csrf
             .check(facts.headers, facts.method)
             .map_err(|e| Reply::from(Fault::Csrf(e)))?;
+        if let Some(rule) = policy.require {
+            if !rule.allows(&session.kept_claims) {
+                tracing::info!(
+                    request_id = rid,
+                    sub = %session.claims.sub,
+                    "the session's claims do not satisfy the route's require rule"
+                );
+                return Err(Reply::from(Fault::Forbidden));
+            }
+        }
+        let identity = if policy.identity_headers {
+            identity(&session, &self.groups_claim, rid)
+        } else {
+            None
+        };
 
         // The common case: a valid token, no renewal due. The token goes from the decrypted
         // payload straight into the header value, with no owned copy of the session.
@@ -255,6 +337,7 @@ impl Gate {
         if !refresh_due && !reseal_due {
             return Ok(Grant {
                 bearer: Some(bearer(&session.access_token, rid).map_err(Reply::from)?),
+                identity,
                 set_cookies: Vec::new(),
             });
         }
@@ -313,6 +396,7 @@ impl Gate {
         }
         Ok(Grant {
             bearer: Some(bearer(&session.access_token, rid).map_err(Reply::from)?),
+            identity,
             set_cookies,
         })
     }
@@ -435,7 +519,7 @@ mod tests {
             request_id: "rid",
             now: NOW,
         };
-        gate.decide(auth, &facts, provider).await
+        gate.decide(Policy::auth(auth), &facts, provider).await
     }
 
     fn refused(r: Result<Grant, Reply>) -> (u16, String, usize) {
@@ -459,6 +543,70 @@ mod tests {
         assert_eq!(grant.bearer.unwrap(), "Bearer at-1");
         assert!(grant.set_cookies.is_empty());
         assert_eq!(p.calls(), 0);
+    }
+
+    /// A `require` rule the session's claims fail is 403 before anything else happens (no
+    /// refresh, no bearer); one they pass gets the bearer, and the identity when asked for.
+    #[tokio::test]
+    async fn claim_rules_and_identity() {
+        use crate::session::claims::{ClaimRule, ClaimValue};
+        let g = gate().with_groups_claim("roles");
+        let mut s = session();
+        s.access_expires_at = NOW + 5; // due: a refresh would be tried if the rule passed
+        s.kept_claims = vec![(
+            "roles".to_string(),
+            ClaimValue::from_json(&serde_json::json!(["staff", "ops"])).unwrap(),
+        )]
+        .into();
+        let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
+        let rule = |text: &str| -> ClaimRule {
+            #[derive(serde::Deserialize)]
+            struct R {
+                require: ClaimRule,
+            }
+            toml::from_str::<R>(text).unwrap().require
+        };
+        let facts = Facts {
+            method: &Method::GET,
+            query: None,
+            headers: &h,
+            body: None,
+            request_id: "rid",
+            now: NOW,
+        };
+        let admins = rule(r#"require = { roles = ["admin"] }"#);
+        let p = untouched();
+        let policy = Policy {
+            auth: RouteAuth::Required,
+            require: Some(&admins),
+            identity_headers: true,
+        };
+        let r = g.decide(policy, &facts, &p).await;
+        assert_eq!(refused(r), (403, "forbidden".into(), 0));
+        assert_eq!(p.calls(), 0, "no refresh for a request that is refused");
+
+        let staff = rule(r#"require = { roles = "staff" }"#);
+        let p = Provider::answering(RefreshOutcome::Unavailable);
+        let grant = g
+            .decide(
+                Policy {
+                    require: Some(&staff),
+                    ..policy
+                },
+                &facts,
+                &p,
+            )
+            .await
+            .unwrap();
+        let who = grant.identity.expect("identity headers asked for");
+        assert_eq!(who.user, s.claims.sub.as_ref());
+        assert_eq!(who.email.unwrap(), s.claims.email.as_deref().unwrap());
+        assert_eq!(who.groups.unwrap(), "staff,ops");
+        let grant = g
+            .decide(Policy::auth(RouteAuth::Required), &facts, &p)
+            .await
+            .unwrap();
+        assert!(grant.identity.is_none(), "only where the route asks");
     }
 
     #[tokio::test]

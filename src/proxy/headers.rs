@@ -41,11 +41,23 @@ pub enum RewriteError {
     Header,
 }
 
+/// Who the user is, for a route with `identity_headers`, in oauth2-proxy's header names (so
+/// upstreams written for it work unchanged): `X-Auth-Request-User` (the `sub`), `-Email` and
+/// `-Groups` (comma-separated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: HeaderValue,
+    pub email: Option<HeaderValue>,
+    pub groups: Option<HeaderValue>,
+}
+
 /// Everything the rewrite needs for one request.
 #[derive(Debug)]
 pub struct UpstreamRewrite<'a> {
     /// `Bearer <access token>` to inject, if the request has a session ([`bearer_value`]).
     pub bearer: Option<&'a HeaderValue>,
+    /// `X-Auth-Request-*` to send (a route with `identity_headers` and a session).
+    pub identity: Option<&'a Identity>,
     /// Drop a client-sent `Authorization` (every route unless it says `keep_authorization`).
     pub drop_client_authorization: bool,
     pub cookie_name: &'a str,
@@ -77,6 +89,9 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(super::request_id::HEADER);
+const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
+const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+const X_AUTH_REQUEST_GROUPS: HeaderName = HeaderName::from_static("x-auth-request-groups");
 
 /// Rewrites the upstream request in place.
 ///
@@ -124,6 +139,16 @@ fn rewrite_parts(
     let id = HeaderValue::from_str(rw.request_id).map_err(|_| RewriteError::Header)?;
     headers.insert(X_REQUEST_ID, id);
     headers.insert(HOST, rw.upstream_host.clone());
+    // The client's own `X-Auth-Request-*` are gone ([`strip_forwarding`]): only these arrive.
+    if let Some(who) = rw.identity {
+        headers.insert(X_AUTH_REQUEST_USER, who.user.clone());
+        if let Some(email) = &who.email {
+            headers.insert(X_AUTH_REQUEST_EMAIL, email.clone());
+        }
+        if let Some(groups) = &who.groups {
+            headers.insert(X_AUTH_REQUEST_GROUPS, groups.clone());
+        }
+    }
 
     if let Some(path) = rw.path {
         let uri = match parts.uri.query() {
@@ -169,7 +194,11 @@ fn is_spoofable(name: &str) -> bool {
 }
 
 /// `name` (dashed) is a forwarding header; `x-forwarded-for` only when spelled otherwise.
+/// `X-Auth-Request-*` is the identity tollgate vouches for: never the client's, on any route.
 fn forwarding(name: &str, respelled: bool) -> bool {
+    if name.starts_with("x-auth-request-") {
+        return true;
+    }
     match name.strip_prefix("x-forwarded-") {
         Some("for") => respelled,
         Some(_) => true,
@@ -431,6 +460,7 @@ mod tests {
     fn rw<'a>(bearer: Option<&'a HeaderValue>, path: Option<&'a str>) -> UpstreamRewrite<'a> {
         UpstreamRewrite {
             bearer,
+            identity: None,
             drop_client_authorization: true,
             cookie_name: "tg",
             client_ip: Some("127.0.0.7".parse().unwrap()),
@@ -440,6 +470,62 @@ mod tests {
             upstream_host: &HOST_VALUE,
             path,
         }
+    }
+
+    /// The identity headers are tollgate's only: a client's own, in any spelling, never
+    /// arrive, whether the route sends identity headers or not.
+    #[test]
+    fn identity_headers_replace_whatever_the_client_sent() {
+        let spoofed = |r: &mut RequestHeader| {
+            for name in [
+                "X-Auth-Request-User",
+                "x-auth-request-email",
+                "X_Auth_Request_Groups",
+                "x-auth-request-preferred-username",
+            ] {
+                r.insert_header(name, "admin").unwrap();
+            }
+        };
+        let mut r = request();
+        spoofed(&mut r);
+        rewrite(&mut r, &rw(None, None)).unwrap();
+        let left: Vec<&str> = r
+            .headers
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.replace('_', "-").starts_with("x-auth-request"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        let who = Identity {
+            user: HeaderValue::from_static("test-user"),
+            email: None,
+            groups: Some(HeaderValue::from_static("staff,ops")),
+        };
+        let mut r = request();
+        spoofed(&mut r);
+        rewrite(
+            &mut r,
+            &UpstreamRewrite {
+                identity: Some(&who),
+                ..rw(None, None)
+            },
+        )
+        .unwrap();
+        let all = |n: &str| -> Vec<String> {
+            r.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(all("x-auth-request-user"), ["test-user"]);
+        assert_eq!(all("x-auth-request-groups"), ["staff,ops"]);
+        assert!(
+            all("x-auth-request-email").is_empty(),
+            "no email claim, no header"
+        );
+        assert!(all("x_auth_request_groups").is_empty());
     }
 
     #[test]

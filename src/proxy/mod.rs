@@ -87,6 +87,8 @@ pub(crate) struct Ctx {
     path: Option<String>,
     /// `Bearer <access token>`, ready for the upstream request (marked sensitive).
     bearer: Option<HeaderValue>,
+    /// The identity headers' values, on a route with `identity_headers`.
+    identity: Option<headers::Identity>,
     /// Set-Cookie lines for the proxied response (a refreshed or renewed session).
     set_cookies: Vec<String>,
     upstream_started: Option<Instant>,
@@ -121,7 +123,8 @@ impl Tollgate {
             metrics.clone(),
             config.session.refresh_skew.as_secs(),
             config.session.idle_timeout.as_secs(),
-        );
+        )
+        .with_groups_claim(&config.oidc.groups_claim);
         let routes = RouteTable::new(&config.routes)?;
         let route_metrics = routes
             .iter()
@@ -229,13 +232,19 @@ impl Tollgate {
             }
             Destination::Route(index) => index,
         };
-        let Some(auth) = self.routes.get(index).map(|r| r.auth) else {
+        let Some(route) = self.routes.get(index) else {
             return Some(Reply::from(Fault::Internal));
         };
-        match self.gate.decide(auth, &facts, &self.oidc).await {
+        let policy = gate::Policy {
+            auth: route.auth,
+            require: route.require.as_ref(),
+            identity_headers: route.identity_headers,
+        };
+        match self.gate.decide(policy, &facts, &self.oidc).await {
             Ok(grant) => {
                 ctx.route = Some(index);
                 ctx.bearer = grant.bearer;
+                ctx.identity = grant.identity;
                 ctx.set_cookies = grant.set_cookies;
                 if let Cow::Owned(p) = target.path {
                     ctx.path = Some(p);
@@ -266,6 +275,7 @@ pub(crate) struct Upstream<'a> {
     /// The normalised downstream path the request was routed on.
     pub(crate) path: &'a str,
     pub(crate) bearer: Option<&'a HeaderValue>,
+    pub(crate) identity: Option<&'a headers::Identity>,
     pub(crate) client_ip: Option<IpAddr>,
     pub(crate) request_id: &'a str,
 }
@@ -286,6 +296,7 @@ impl Tollgate {
             upstream_request,
             &UpstreamRewrite {
                 bearer: upstream.bearer,
+                identity: upstream.identity,
                 drop_client_authorization: !route.keep_authorization,
                 cookie_name: self.gate.codec().cookie_name(),
                 client_ip: upstream.client_ip,
@@ -369,6 +380,7 @@ impl ProxyHttp for Tollgate {
             route: None,
             path: None,
             bearer: None,
+            identity: None,
             set_cookies: Vec::new(),
             upstream_started: None,
             upstream_latency: None,
@@ -431,6 +443,7 @@ impl ProxyHttp for Tollgate {
             route,
             path: ctx.path(req),
             bearer: ctx.bearer.as_ref(),
+            identity: ctx.identity.as_ref(),
             client_ip,
             request_id: &ctx.request_id,
         };

@@ -13,6 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 use super::target::Target;
 use crate::config::{RouteAuth, RouteConfig};
 use crate::reply::Fault;
+use crate::session::claims::ClaimRule;
 
 /// How long an idle pooled upstream connection is kept.
 const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -32,6 +33,10 @@ pub(crate) struct Route {
     pub auth: RouteAuth,
     /// Pass a client-sent `Authorization` on (only on `auth = "none"` routes).
     pub keep_authorization: bool,
+    /// Claims the session must have (`require`).
+    pub require: Option<ClaimRule>,
+    /// Send the user's identity upstream (`identity_headers`).
+    pub identity_headers: bool,
     pub strip_prefix: bool,
     /// The upstream URL's path without a trailing `/` (empty for `/`), prepended to the path.
     pub base_path: String,
@@ -115,6 +120,8 @@ impl RouteTable {
                 prefix: c.prefix.clone(),
                 auth: c.auth,
                 keep_authorization: c.keep_authorization,
+                require: (!c.require.is_empty()).then(|| c.require.clone()),
+                identity_headers: c.identity_headers,
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),
                 peer,
@@ -171,6 +178,8 @@ mod tests {
             auth: RouteAuth::Required,
             strip_prefix: strip,
             keep_authorization: false,
+            require: Default::default(),
+            identity_headers: false,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
         }

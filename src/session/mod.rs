@@ -7,6 +7,7 @@
 //! name, and on the way back enforces the absolute (`max_lifetime`) and sliding
 //! (`idle_timeout`) limits, so an expired session opens to an error exactly like a forged one.
 
+pub mod claims;
 pub mod cookie;
 mod opened;
 pub mod revocations;
@@ -64,6 +65,9 @@ pub struct Session<'a> {
     pub last_seen: u64,
     /// Random, chosen at login: what a logout revokes ([`revocations`]).
     pub id: u128,
+    /// The ID token's claims that route rules and identity headers read ([`claims`]), and
+    /// no others: each one is in every request's cookie.
+    pub kept_claims: Cow<'a, [(String, claims::ClaimValue)]>,
 }
 
 /// Deserializes an optional string borrowed from the input (serde's `borrow` attribute alone
@@ -101,6 +105,7 @@ impl Session<'_> {
             created_at: self.created_at,
             last_seen: self.last_seen,
             id: self.id,
+            kept_claims: Cow::Borrowed(&self.kept_claims),
         }
     }
 
@@ -121,6 +126,7 @@ impl Session<'_> {
             created_at: self.created_at,
             last_seen: self.last_seen,
             id: self.id,
+            kept_claims: Cow::Owned(self.kept_claims.into_owned()),
         }
     }
 }
@@ -154,7 +160,8 @@ impl std::fmt::Debug for Payload {
 /// The first byte of every serialized payload, checked before deserializing.
 ///
 /// 2: the ID token's expiry, never read, is no longer kept; the session has an id.
-pub(crate) const PAYLOAD_VERSION: u8 = 2;
+/// 3: claims kept for route rules and identity headers (`kept_claims`).
+pub(crate) const PAYLOAD_VERSION: u8 = 3;
 
 /// Why a request's session could not be used. `reason()` is the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -377,6 +384,7 @@ pub mod fixture {
             created_at: now,
             last_seen: now,
             id: rand::random(),
+            kept_claims: Default::default(),
         }
     }
 }
@@ -573,7 +581,14 @@ mod properties {
             sub in text(), sid in opt_text(), name in opt_text(), email in opt_text(),
             access_expires_at in any::<u64>(), refresh_expires_at in any::<Option<u64>>(),
             age in 0u64..3600, idle in 0u64..600, id in any::<u128>(),
+            kept in proptest::collection::vec(
+                (text(), proptest::collection::vec(text(), 0..4)), 0..3),
         ) -> (Session<'static>, u64) {
+            let kept: Vec<(String, claims::ClaimValue)> = kept
+                .into_iter()
+                .map(|(n, vs)| (n, claims::ClaimValue::Many(
+                    vs.into_iter().map(claims::Scalar::Str).collect())))
+                .collect();
             let now = 1_700_000_000;
             (Session {
                 access_token: Cow::Owned(access),
@@ -585,6 +600,7 @@ mod properties {
                 created_at: now - age,
                 last_seen: now - idle,
                 id,
+                kept_claims: Cow::Owned(kept),
             }, now)
         }
     }

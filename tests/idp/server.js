@@ -144,6 +144,8 @@ const user = {
   family_name: 'User',
   email: 'test.user@example.com',
   email_verified: true,
+  // For route rules (`require`) and identity headers: a member of `staff`, not of `admin`.
+  groups: ['staff'],
 };
 
 const provider = new Provider(issuer, {
@@ -158,7 +160,7 @@ const provider = new Provider(issuer, {
   cookies: { keys: ['tollgate-test-idp-cookie-key-not-secret'] },
   claims: {
     openid: ['sub'],
-    profile: ['name', 'given_name', 'family_name'],
+    profile: ['name', 'given_name', 'family_name', 'groups'],
     email: ['email', 'email_verified'],
   },
   conformIdTokenClaims: false,

@@ -183,12 +183,19 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
             "must be at least 10s",
         ));
     }
+    if o.groups_claim.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "oidc.groups_claim",
+            "must name a claim",
+        ));
+    }
     Ok(OidcConfig {
         post_logout_redirect_uri: o
             .post_logout_redirect_uri
             .map_or_else(|| public_url.clone(), |u| u.0),
         allow_get_logout: o.allow_get_logout,
         par: o.par,
+        groups_claim: o.groups_claim,
         issuer_id: o.issuer.id,
         issuer,
         client_id: o.client_id,

@@ -61,6 +61,18 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
                 "only applies to auth = \"none\" routes (on the others the session's token is sent)",
             ));
         }
+        if r.require.is_some() && r.auth != RouteAuth::Required {
+            return Err(ConfigError::invalid(
+                key("require"),
+                "only applies to auth = \"required\" routes (a rule needs a session)",
+            ));
+        }
+        if r.identity_headers && r.auth == RouteAuth::None {
+            return Err(ConfigError::invalid(
+                key("identity_headers"),
+                "needs a route with a session (auth = \"required\" or \"optional\")",
+            ));
+        }
         let (host, host_header) =
             host_header(&upstream).map_err(|p| ConfigError::invalid(key("upstream"), p))?;
         routes.push(RouteConfig {
@@ -71,6 +83,8 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
             auth: r.auth,
             strip_prefix: r.strip_prefix,
             keep_authorization: r.keep_authorization,
+            require: r.require.unwrap_or_default(),
+            identity_headers: r.identity_headers,
             connect_timeout: r.connect_timeout,
             read_timeout: r.read_timeout,
         });

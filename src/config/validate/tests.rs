@@ -276,6 +276,32 @@ fn errors_name_the_key() {
                              jwks_uri = \"https://idp.example/k\"";
     let cases: Vec<(String, &str)> = vec![
         (
+            edit(
+                "identity_headers = false",
+                "identity_headers = false\nrequire = { groups = [] }",
+            ),
+            "`routes[0].require.groups`: an empty list matches nothing",
+        ),
+        (
+            edit(
+                "identity_headers = false",
+                "identity_headers = false\nrequire = { level = 1.5 }",
+            ),
+            "`routes[0].require.level`: invalid type: floating point `1.5`, expected a string, an integer, a boolean, or a list of them",
+        ),
+        (
+            edit("auth = \"none\"", "auth = \"none\"\nrequire = { groups = \"a\" }"),
+            "`routes[1].require`: only applies to auth = \"required\" routes",
+        ),
+        (
+            edit("auth = \"none\"", "auth = \"none\"\nidentity_headers = true"),
+            "`routes[1].identity_headers`: needs a route with a session",
+        ),
+        (
+            edit("groups_claim = \"groups\"", "groups_claim = \" \""),
+            "`oidc.groups_claim`: must name a claim",
+        ),
+        (
             edit("par = \"auto\"", "par = \"sometimes\""),
             "`oidc.par`: unknown variant `sometimes`, expected one of `auto`, `always`, `never`",
         ),

@@ -1,0 +1,312 @@
+//! Claims a session keeps for route rules and identity headers, and the rules themselves.
+//!
+//! A route can require claims of the logged-in user (`[[routes]] require = { groups =
+//! ["admin"], email_verified = true }`) and can pass who the user is to its upstream
+//! (`identity_headers = true`). Both read claims from the session, so the session keeps the
+//! ones the configuration names, and only those: every claim kept is in every request's
+//! cookie. They come from the ID token at login.
+//!
+//! The rule syntax, defined once here (the config parses it with [`ClaimRule`]'s
+//! `Deserialize`, the gate checks it with [`ClaimRule::allows`]):
+//! - each key is a claim name; every key must match (AND);
+//! - a value is a string, an integer or a boolean, or a list of them;
+//! - a single value matches a claim equal to it, or a list claim that contains it;
+//! - a list matches when any of its values matches (any-of), so `groups = ["a", "b"]` lets in
+//!   members of either group;
+//! - a claim that is missing, or of another type (`"true"` is not `true`), does not match.
+//!
+//! Values are compared exactly: no case folding, no trimming.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// One claim value of a type a rule can compare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scalar {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn from_json(v: &serde_json::Value) -> Option<Scalar> {
+        match v {
+            serde_json::Value::String(s) => Some(Scalar::Str(s.clone())),
+            serde_json::Value::Bool(b) => Some(Scalar::Bool(*b)),
+            serde_json::Value::Number(n) => n.as_i64().map(Scalar::Int),
+            _ => None,
+        }
+    }
+
+    /// The value as a header value's text (identity headers).
+    pub(crate) fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Scalar::Str(s) => s.as_str().into(),
+            Scalar::Int(i) => i.to_string().into(),
+            Scalar::Bool(b) => if *b { "true" } else { "false" }.into(),
+        }
+    }
+}
+
+/// A claim as the session keeps it: one value or a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimValue {
+    One(Scalar),
+    Many(Vec<Scalar>),
+}
+
+impl ClaimValue {
+    /// A JSON claim as kept: strings, integers, booleans and lists of them; anything else
+    /// (objects, floats, nested lists) is not kept, and so never matches a rule.
+    pub fn from_json(v: &serde_json::Value) -> Option<ClaimValue> {
+        match v {
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(Scalar::from_json)
+                .collect::<Option<Vec<_>>>()
+                .map(ClaimValue::Many),
+            other => Scalar::from_json(other).map(ClaimValue::One),
+        }
+    }
+
+    fn contains_any(&self, wanted: &[Scalar]) -> bool {
+        match self {
+            ClaimValue::One(v) => wanted.contains(v),
+            ClaimValue::Many(vs) => vs.iter().any(|v| wanted.contains(v)),
+        }
+    }
+
+    /// The values, one or many.
+    pub(crate) fn values(&self) -> &[Scalar] {
+        match self {
+            ClaimValue::One(v) => std::slice::from_ref(v),
+            ClaimValue::Many(vs) => vs,
+        }
+    }
+}
+
+/// Claims kept in a session, by name.
+pub type KeptClaims = [(String, ClaimValue)];
+
+/// The claim named `name` among `kept`.
+pub fn claim<'k>(kept: &'k KeptClaims, name: &str) -> Option<&'k ClaimValue> {
+    kept.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+/// A route's `require`: every listed claim must match one of its values.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClaimRule {
+    /// Claim name and the values any one of which it must have.
+    terms: Vec<(String, Vec<Scalar>)>,
+}
+
+impl ClaimRule {
+    /// Whether a session with claims `kept` satisfies the rule.
+    pub fn allows(&self, kept: &KeptClaims) -> bool {
+        self.terms
+            .iter()
+            .all(|(name, wanted)| claim(kept, name).is_some_and(|v| v.contains_any(wanted)))
+    }
+
+    /// The claim names the rule reads (what a session must keep).
+    pub fn claim_names(&self) -> impl Iterator<Item = &str> {
+        self.terms.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+}
+
+/// A value in a rule: a string, an integer or a boolean.
+struct RuleScalar(Scalar);
+
+/// What a rule's value may be, for error messages.
+const RULE_VALUE: &str = "a string, an integer, a boolean, or a list of them";
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(RULE_VALUE)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v.to_string()))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        i64::try_from(v)
+            .map(Scalar::Int)
+            .map_err(|_| E::custom(format!("{v} is too large")))
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleScalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor).map(RuleScalar)
+    }
+}
+
+/// A rule's value: one scalar or a non-empty list of them.
+struct RuleValue(Vec<Scalar>);
+
+impl<'de> Deserialize<'de> for RuleValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RuleValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(RULE_VALUE)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RuleValue, E> {
+                ScalarVisitor.visit_str(v).map(|s| RuleValue(vec![s]))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RuleValue, E> {
+                ScalarVisitor.visit_bool(v).map(|s| RuleValue(vec![s]))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RuleValue, E> {
+                ScalarVisitor.visit_i64(v).map(|s| RuleValue(vec![s]))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RuleValue, E> {
+                ScalarVisitor.visit_u64(v).map(|s| RuleValue(vec![s]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RuleValue, A::Error> {
+                let mut out = Vec::new();
+                while let Some(RuleScalar(item)) = seq.next_element()? {
+                    out.push(item);
+                }
+                if out.is_empty() {
+                    return Err(de::Error::custom(
+                        "an empty list matches nothing; list at least one value",
+                    ));
+                }
+                Ok(RuleValue(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClaimRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, RuleValue>::deserialize(d)?;
+        if map.is_empty() {
+            return Err(de::Error::custom(
+                "lists no claim; remove it or name at least one claim",
+            ));
+        }
+        if let Some(name) = map.keys().find(|n| n.trim().is_empty()) {
+            return Err(de::Error::custom(format!("{name:?} is not a claim name")));
+        }
+        Ok(ClaimRule {
+            terms: map.into_iter().map(|(n, v)| (n, v.0)).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rule(toml_text: &str) -> Result<ClaimRule, String> {
+        #[derive(Deserialize)]
+        struct R {
+            require: ClaimRule,
+        }
+        toml::from_str::<R>(toml_text)
+            .map(|r| r.require)
+            .map_err(|e| e.message().to_string())
+    }
+
+    fn kept(claims: serde_json::Value) -> Vec<(String, ClaimValue)> {
+        claims
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| ClaimValue::from_json(v).map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    #[test]
+    fn every_term_must_match_any_of_its_values() {
+        let r = rule(r#"require = { groups = ["admin", "ops"], email_verified = true }"#).unwrap();
+        let user = |groups: serde_json::Value, verified: serde_json::Value| {
+            kept(json!({ "groups": groups, "email_verified": verified }))
+        };
+        assert!(r.allows(&user(json!(["staff", "ops"]), json!(true))));
+        assert!(
+            r.allows(&user(json!("admin"), json!(true))),
+            "a single-valued claim"
+        );
+        assert!(!r.allows(&user(json!(["staff"]), json!(true))));
+        assert!(!r.allows(&user(json!(["admin"]), json!(false))));
+        assert!(
+            !r.allows(&user(json!(["admin"]), json!("true"))),
+            "types are not coerced"
+        );
+        assert!(
+            !r.allows(&kept(json!({ "groups": ["admin"] }))),
+            "a missing claim"
+        );
+        assert!(
+            !r.allows(&user(json!(["Admin"]), json!(true))),
+            "exact, case and all"
+        );
+        let r = rule(r#"require = { level = 3, tenant = "acme" }"#).unwrap();
+        assert!(r.allows(&kept(json!({ "level": 3, "tenant": "acme" }))));
+        assert!(
+            !r.allows(&kept(json!({ "level": 3.0, "tenant": "acme" }))),
+            "floats are not kept"
+        );
+        assert_eq!(r.claim_names().collect::<Vec<_>>(), ["level", "tenant"]);
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_a_reason() {
+        for (text, says) in [
+            ("require = {}", "lists no claim"),
+            (r#"require = { groups = [] }"#, "empty list"),
+            (
+                r#"require = { groups = [["a"]] }"#,
+                "a string, an integer, a boolean",
+            ),
+            (
+                r#"require = { groups = { a = 1 } }"#,
+                "a string, an integer, a boolean",
+            ),
+            (
+                r#"require = { level = 1.5 }"#,
+                "a string, an integer, a boolean",
+            ),
+            (r#"require = { "" = "x" }"#, "not a claim name"),
+        ] {
+            let e = rule(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn claims_that_cannot_be_compared_are_not_kept() {
+        assert_eq!(ClaimValue::from_json(&json!({ "a": 1 })), None);
+        assert_eq!(ClaimValue::from_json(&json!(["a", { "b": 1 }])), None);
+        assert_eq!(ClaimValue::from_json(&json!(1.5)), None);
+        assert_eq!(
+            ClaimValue::from_json(&json!(["a", 2, false])),
+            Some(ClaimValue::Many(vec![
+                Scalar::Str("a".into()),
+                Scalar::Int(2),
+                Scalar::Bool(false)
+            ]))
+        );
+    }
+}
