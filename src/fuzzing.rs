@@ -345,6 +345,7 @@ impl Harness {
                     path,
                     bearer: None,
                     identity: None,
+                    dpop: None,
                     client_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                     request_id: "fuzz",
                 },
@@ -408,6 +409,7 @@ impl Harness {
                         path: "/api/x",
                         bearer: None,
                         identity: None,
+                        dpop: None,
                         client_ip: None,
                         request_id: "fuzz",
                     },
@@ -625,7 +627,8 @@ impl Harness {
     /// accepted, the `Authorization` value for its access token and the `Set-Cookie` lines of
     /// a session refreshed with it.
     pub fn token_response(&self, body: &[u8]) -> Result<(HeaderValue, Vec<String>), String> {
-        let tokens = token_client::parse_token_response(body).map_err(|e| e.to_string())?;
+        let tokens =
+            token_client::parse_token_response(body, "Bearer").map_err(|e| e.to_string())?;
         let bearer = crate::proxy::headers::bearer_value(&tokens.access_token)
             .map_err(|e| format!("accepted tokens, but: {e}"))?;
         let mut session = fixture::session(NOW - 10, "old");

@@ -233,6 +233,7 @@ async fn an_expired_login_cookie_is_refused() {
         code_verifier: "v".repeat(43),
         return_to: "/".into(),
         created_at: tollgate::unix_now() - 601,
+        dpop_key: None,
     }
     .seal(&sealer, &name)
     .unwrap();

@@ -16,7 +16,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::de::{self, Addr, HttpUrl, Issuer};
-use super::{AuthMethod, ParMode, RouteAuth};
+use super::{AuthMethod, ParMode, RouteAuth, TokenBinding};
 use crate::session::claims::ClaimRule;
 
 #[derive(Deserialize)]
@@ -160,6 +160,8 @@ pub(crate) struct OidcSection {
     pub par: ParMode,
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub dpop: bool,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +228,8 @@ pub(crate) struct RouteSection {
     pub require: Option<ClaimRule>,
     #[serde(default, deserialize_with = "de::lenient")]
     pub identity_headers: bool,
+    #[serde(default)]
+    pub token_binding: TokenBinding,
     #[serde(default = "secs::<5>", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
     #[serde(default = "secs::<60>", deserialize_with = "de::duration")]

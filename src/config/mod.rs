@@ -280,6 +280,8 @@ pub struct OidcConfig {
     pub par: ParMode,
     /// The claim that lists the user's groups (`X-Auth-Request-Groups`).
     pub groups_claim: String,
+    /// DPoP-bound tokens (RFC 9449): a key pair per session, proofs on every token request.
+    pub dpop: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +326,17 @@ pub struct CsrfConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// `[[routes]] token_binding`: how the access token is presented to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenBinding {
+    /// `Authorization: Bearer <token>`.
+    #[default]
+    Bearer,
+    /// `Authorization: DPoP <token>` and a `DPoP` proof for the upstream request.
+    Dpop,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteAuth {
@@ -359,6 +372,8 @@ pub struct RouteConfig {
     pub require: ClaimRule,
     /// Send `X-Auth-Request-User`, `-Email` and `-Groups` to the upstream.
     pub identity_headers: bool,
+    /// How the access token goes upstream: `Bearer`, or `DPoP` with a proof.
+    pub token_binding: TokenBinding,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }

@@ -9,6 +9,7 @@
 
 use serde::Deserialize;
 
+use super::dpop::DpopKey;
 use super::id_token::{self, Expected, IdTokenError};
 use super::login::{self, LoginState, LoginStateError};
 use super::token_client::TokenError;
@@ -121,6 +122,16 @@ impl Oidc {
             .filter(|c| !c.is_empty())
             .ok_or(Fault::MissingCode)?;
 
+        // The key the login made, named in its authorization request (`dpop_jkt`).
+        let dpop = match (&login.dpop_key, self.dpop) {
+            (Some(pkcs8), true) => Some(DpopKey::from_pkcs8(pkcs8).map_err(|e| {
+                tracing::error!(request_id = rid, error = %e, "callback: the login's DPoP key does not load");
+                Fault::Internal
+            })?),
+            // A login started before `dpop` was turned on (or off): start again.
+            (None, true) | (Some(_), false) => return Err(Fault::UnknownState),
+            (None, false) => None,
+        };
         let exchange_started = std::time::Instant::now();
         let tokens = self
             .tokens
@@ -129,6 +140,7 @@ impl Oidc {
                 code,
                 &self.redirect_uri,
                 &login.code_verifier,
+                dpop.as_ref(),
             )
             .await
             .map_err(|e| {
@@ -182,6 +194,7 @@ impl Oidc {
             last_seen: now,
             id: rand::random(),
             kept_claims: kept_claims.into(),
+            dpop_key: dpop.map(|k| k.pkcs8().to_vec().into()),
         };
         let previous = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
         let mut cookies = codec
@@ -233,5 +246,6 @@ pub(super) fn token_fault(e: TokenError, refused: fn(String) -> Fault) -> Fault 
         TokenError::Invalid(_) | TokenError::TooLarge | TokenError::ClientAuth(_) => {
             Fault::InvalidTokenResponse
         }
+        TokenError::Dpop(_) => Fault::Internal,
     }
 }

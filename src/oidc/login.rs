@@ -18,6 +18,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::dpop::DpopKey;
 use crate::config::SameSite;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
@@ -26,7 +27,8 @@ use crate::session::seal::Sealer;
 
 /// How long a login may take, from `/login` to `/callback`.
 pub(crate) const LOGIN_TTL: Duration = Duration::from_secs(600);
-const PAYLOAD_VERSION: u8 = 1;
+/// 2: the DPoP key.
+const PAYLOAD_VERSION: u8 = 2;
 
 /// What `/callback` needs to finish the login `/login` started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +37,11 @@ pub struct LoginState {
     pub code_verifier: String,
     pub return_to: String,
     pub created_at: u64,
+    /// With `[oidc] dpop`: the session's key pair (PKCS#8), made here so that the
+    /// authorization request can name it (`dpop_jkt`, RFC 9449 §10) and the code is bound to
+    /// it; the code exchange proves possession of it.
+    #[serde(default)]
+    pub dpop_key: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -122,11 +129,19 @@ impl super::Oidc {
             serde_urlencoded::from_str(facts.query.unwrap_or("")).unwrap_or_default();
         let now = facts.now;
         let state = random_token();
+        let dpop = match self.dpop {
+            true => Some(DpopKey::generate().map_err(|e| {
+                tracing::error!(request_id = facts.request_id, error = %e, "login: no DPoP key");
+                Fault::Internal
+            })?),
+            false => None,
+        };
         let login = LoginState {
             nonce: random_token(),
             code_verifier: random_token(),
             return_to: super::return_to::safe_return_to(q.return_to.as_deref()),
             created_at: now,
+            dpop_key: dpop.as_ref().map(|k| k.pkcs8().to_vec()),
         };
         let name = cookie_name(&self.session_cookie, &state);
         let sealed = login.seal(&self.sealer, &name).ok_or(Fault::Internal)?;
@@ -145,6 +160,9 @@ impl super::Oidc {
         }
         if let Some(prompt) = q.prompt.filter(|p| allowed_prompt(p)) {
             params.push(("prompt", prompt));
+        }
+        if let Some(key) = &dpop {
+            params.push(("dpop_jkt", key.thumbprint().to_string()));
         }
         let mut url = provider.metadata.authorization_endpoint.clone();
         match &provider.metadata.par_endpoint {
@@ -250,6 +268,7 @@ mod tests {
             code_verifier: random_token(),
             return_to: "/app".into(),
             created_at: 1000,
+            dpop_key: Some(vec![1, 2, 3]),
         };
         let name = cookie_name("tg", "state-aaaaaaaaaaaaaaaa");
         let sealed = s.seal(&sealer, &name).unwrap();

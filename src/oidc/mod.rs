@@ -12,6 +12,7 @@ pub(crate) mod backchannel;
 pub(crate) mod callback;
 pub(crate) mod client_auth;
 pub(crate) mod discovery;
+pub mod dpop;
 pub(crate) mod id_token;
 pub(crate) mod jwks;
 pub mod login;
@@ -103,6 +104,8 @@ pub(crate) struct Oidc {
     allow_get_logout: bool,
     /// ID token claims a session keeps ([`Config::kept_claim_names`]).
     kept_claims: Vec<String>,
+    /// `[oidc] dpop`: sessions get a DPoP key, token requests carry proofs.
+    dpop: bool,
 }
 
 impl Oidc {
@@ -145,6 +148,7 @@ impl Oidc {
             post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.to_string(),
             allow_get_logout: config.oidc.allow_get_logout,
             kept_claims: config.kept_claim_names(),
+            dpop: config.oidc.dpop,
         })
     }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use super::dpop::DpopKey;
 use super::token_client::{TokenError, TokenResponse};
 use super::Oidc;
 use crate::session::Session;
@@ -203,7 +204,17 @@ impl Oidc {
         refresh_token: &str,
         sub: &str,
         request_id: &str,
+        dpop_key: Option<&[u8]>,
     ) -> RefreshOutcome {
+        // A session's DPoP key: the refresh proves possession of it, so the new tokens are
+        // bound to it too.
+        let dpop = match dpop_key.map(DpopKey::from_pkcs8).transpose() {
+            Ok(key) => key.map(Arc::new),
+            Err(e) => {
+                tracing::error!(request_id, error = %e, "refresh: the session's DPoP key does not load");
+                return RefreshOutcome::Rejected("dpop_key".into());
+            }
+        };
         // With a store, a replica may first wait out another's lock, then refresh itself.
         let wait = match self.store {
             Some(_) => 2 * self.http_timeout + Duration::from_secs(2),
@@ -217,7 +228,8 @@ impl Oidc {
         );
         self.flights
             .run(flight_key(refresh_token), wait, async move {
-                this.refresh_shared(&token, &sub, &rid).await
+                this.refresh_shared(&token, &sub, &rid, dpop.as_deref())
+                    .await
             })
             .await
     }
@@ -236,19 +248,23 @@ impl Oidc {
         refresh_token: &str,
         sub: &str,
         request_id: &str,
+        dpop: Option<&DpopKey>,
     ) -> RefreshOutcome {
         let Some(store) = self.store.as_ref() else {
-            return self.call_refresh(refresh_token, sub, request_id).await;
+            return self
+                .call_refresh(refresh_token, sub, request_id, dpop)
+                .await;
         };
         match self
-            .shared_refresh(store, refresh_token, sub, request_id)
+            .shared_refresh(store, refresh_token, sub, request_id, dpop)
             .await
         {
             Ok(outcome) => outcome,
             Err(e) => {
                 self.metrics.refresh("fallback");
                 tracing::warn!(request_id, error = %e, "refresh: the store is unavailable; refreshing without it");
-                self.call_refresh(refresh_token, sub, request_id).await
+                self.call_refresh(refresh_token, sub, request_id, dpop)
+                    .await
             }
         }
     }
@@ -259,6 +275,7 @@ impl Oidc {
         refresh_token: &str,
         sub: &str,
         request_id: &str,
+        dpop: Option<&DpopKey>,
     ) -> Result<RefreshOutcome, StoreError> {
         let flight: String = flight_key(refresh_token)
             .iter()
@@ -273,7 +290,9 @@ impl Oidc {
             }
             if store.try_lock(&flight, self.http_timeout).await? {
                 self.metrics.refresh("won");
-                let outcome = self.call_refresh(refresh_token, sub, request_id).await;
+                let outcome = self
+                    .call_refresh(refresh_token, sub, request_id, dpop)
+                    .await;
                 match &outcome {
                     RefreshOutcome::Refreshed(tokens, issued_at) => {
                         let sealed = self.sealer.seal_value(
@@ -323,13 +342,18 @@ impl Oidc {
         refresh_token: &str,
         sub: &str,
         request_id: &str,
+        dpop: Option<&DpopKey>,
     ) -> RefreshOutcome {
         let Some(provider) = self.provider() else {
             return RefreshOutcome::Unavailable;
         };
         match self
             .tokens
-            .refresh(provider.metadata.token_endpoint.as_str(), refresh_token)
+            .refresh(
+                provider.metadata.token_endpoint.as_str(),
+                refresh_token,
+                dpop,
+            )
             .await
         {
             Ok(mut tokens) => {

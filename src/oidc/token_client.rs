@@ -9,6 +9,7 @@
 use serde::Deserialize;
 
 use super::client_auth::{ClientAuth, ClientAuthError};
+use super::dpop::{DpopError, DpopKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -22,6 +23,8 @@ pub enum TokenError {
     TooLarge,
     #[error(transparent)]
     ClientAuth(#[from] ClientAuthError),
+    #[error(transparent)]
+    Dpop(#[from] DpopError),
 }
 
 impl TokenError {
@@ -71,6 +74,9 @@ pub struct TokenClient {
     /// `[oidc] max_response_bytes`.
     max_body: usize,
     metrics: crate::ops::metrics::Metrics,
+    /// The provider's latest `DPoP-Nonce` (RFC 9449 §8), put in the next proofs so that they
+    /// are not refused for the lack of one first.
+    dpop_nonce: std::sync::Mutex<Option<String>>,
 }
 
 impl TokenClient {
@@ -85,16 +91,19 @@ impl TokenClient {
             auth,
             max_body,
             metrics,
+            dpop_nonce: std::sync::Mutex::new(None),
         }
     }
 
-    /// Exchanges an authorization code (with its PKCE verifier) for tokens.
+    /// Exchanges an authorization code (with its PKCE verifier) for tokens; with `dpop`,
+    /// bound to that key (a DPoP proof, and a `DPoP` token type required back).
     pub async fn exchange_code(
         &self,
         token_endpoint: &str,
         code: &str,
         redirect_uri: &str,
         code_verifier: &str,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenResponse, TokenError> {
         self.request(
             token_endpoint,
@@ -104,15 +113,18 @@ impl TokenClient {
                 ("redirect_uri", redirect_uri.to_string()),
                 ("code_verifier", code_verifier.to_string()),
             ],
+            dpop,
         )
         .await
     }
 
-    /// Uses a refresh token (RFC 6749 §6) with the same client authentication.
+    /// Uses a refresh token (RFC 6749 §6) with the same client authentication (and the
+    /// session's DPoP key, when it has one).
     pub async fn refresh(
         &self,
         token_endpoint: &str,
         refresh_token: &str,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenResponse, TokenError> {
         self.request(
             token_endpoint,
@@ -120,6 +132,7 @@ impl TokenClient {
                 ("grant_type", "refresh_token".to_string()),
                 ("refresh_token", refresh_token.to_string()),
             ],
+            dpop,
         )
         .await
     }
@@ -138,7 +151,7 @@ impl TokenClient {
             ("token", refresh_token.to_string()),
             ("token_type_hint", "refresh_token".to_string()),
         ];
-        self.post_form(revocation_endpoint, token_endpoint, form, false)
+        self.post_form(revocation_endpoint, token_endpoint, form, false, None)
             .await
             .map(|_| ())
     }
@@ -156,7 +169,9 @@ impl TokenClient {
             .into_iter()
             .filter(|(k, _)| *k != "client_id")
             .collect();
-        let body = self.post_form(par_endpoint, audience, form, true).await?;
+        let body = self
+            .post_form(par_endpoint, audience, form, true, None)
+            .await?;
         #[derive(Deserialize)]
         struct Pushed {
             request_uri: String,
@@ -176,25 +191,74 @@ impl TokenClient {
         Ok(pushed.request_uri)
     }
 
+    /// A token request; with `dpop`, a proof on it, sent again once with the provider's
+    /// nonce if it asks for one (`use_dpop_nonce`; the code or refresh token was not used).
     async fn request(
         &self,
         token_endpoint: &str,
         form: Vec<(&'static str, String)>,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenResponse, TokenError> {
-        let body = self
-            .post_form(token_endpoint, token_endpoint, form, false)
-            .await?;
-        parse_token_response(&body)
+        let Some(key) = dpop else {
+            let body = self
+                .post_form(token_endpoint, token_endpoint, form, false, None)
+                .await?;
+            return parse_token_response(&body, "Bearer");
+        };
+        let mut retried = false;
+        loop {
+            let nonce = self.dpop_nonce.lock().ok().and_then(|n| n.clone());
+            let proof = key.proof(
+                "POST",
+                token_endpoint,
+                None,
+                nonce.as_deref(),
+                crate::unix_now(),
+            )?;
+            match self
+                .post_form(
+                    token_endpoint,
+                    token_endpoint,
+                    form.clone(),
+                    false,
+                    Some(proof),
+                )
+                .await
+            {
+                Err(TokenError::Provider { error, .. })
+                    if error == "use_dpop_nonce" && !retried && self.has_new_nonce(&nonce) =>
+                {
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+                Ok(body) => return parse_token_response(&body, "DPoP"),
+            }
+        }
+    }
+
+    /// Whether the provider gave a nonce other than `used` since.
+    fn has_new_nonce(&self, used: &Option<String>) -> bool {
+        self.dpop_nonce
+            .lock()
+            .is_ok_and(|n| n.is_some() && *n != *used)
     }
 }
 
 /// The tokens in the body of a token endpoint's 2xx answer, checked before anything is stored:
-/// JSON, `token_type` Bearer, an `access_token` that can go into a header as it is.
-pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenError> {
+/// JSON, the `token_type` asked for (`Bearer`, or `DPoP` for a proof-bound request), an
+/// `access_token` that can go into a header as it is.
+pub(crate) fn parse_token_response(
+    body: &[u8],
+    token_type: &'static str,
+) -> Result<TokenResponse, TokenError> {
     let tokens: TokenResponse = serde_json::from_slice(body)
         .map_err(|_| TokenError::Invalid("not a JSON token response"))?;
-    if !tokens.token_type.eq_ignore_ascii_case("bearer") {
-        return Err(TokenError::Invalid("token_type is not Bearer"));
+    if !tokens.token_type.eq_ignore_ascii_case(token_type) {
+        return Err(TokenError::Invalid(if token_type == "DPoP" {
+            "token_type is not DPoP (the provider did not bind the token to the key)"
+        } else {
+            "token_type is not Bearer"
+        }));
     }
     if tokens.access_token.is_empty()
         || !tokens
@@ -226,6 +290,7 @@ impl TokenClient {
         audience: &str,
         mut form: Vec<(&str, String)>,
         name_client: bool,
+        dpop_proof: Option<String>,
     ) -> Result<bytes::Bytes, TokenError> {
         let creds = self.auth.credentials(audience, crate::unix_now())?;
         form.extend(creds.form);
@@ -242,11 +307,24 @@ impl TokenClient {
         if let Some(a) = creds.authorization {
             req = req.header("authorization", a);
         }
+        if let Some(proof) = dpop_proof {
+            req = req.header("dpop", proof);
+        }
         let resp = req
             .send()
             .await
             .map_err(|e| TokenError::Unreachable(describe(&e)))?;
         let status = resp.status().as_u16();
+        if let Some(nonce) = resp
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+            .filter(|n| !n.is_empty() && n.len() <= 512)
+        {
+            if let Ok(mut slot) = self.dpop_nonce.lock() {
+                *slot = Some(nonce.to_string());
+            }
+        }
         let body = super::read_body(resp, self.max_body)
             .await
             .map_err(|e| match e {

@@ -19,6 +19,7 @@ use super::csrf::CsrfPolicy;
 use super::headers::{self, Identity};
 use super::target::{self, Target};
 use crate::config::RouteAuth;
+use crate::oidc::dpop::{DpopError, DpopKey};
 use crate::oidc::refresh::{self, RefreshOutcome};
 use crate::oidc::Oidc;
 use crate::ops::metrics::Metrics;
@@ -32,11 +33,13 @@ use crate::store::{Store, StoreError};
 
 /// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]).
 pub(crate) trait Refresher: Sync {
+    /// `dpop_key`: the session's DPoP key (PKCS#8), which the refresh must prove.
     fn refresh(
         &self,
         refresh_token: &str,
         sub: &str,
         request_id: &str,
+        dpop_key: Option<&[u8]>,
     ) -> impl Future<Output = RefreshOutcome> + Send;
 }
 
@@ -46,8 +49,9 @@ impl Refresher for Arc<Oidc> {
         refresh_token: &str,
         sub: &str,
         request_id: &str,
+        dpop_key: Option<&[u8]>,
     ) -> impl Future<Output = RefreshOutcome> + Send {
-        Oidc::refresh(self, refresh_token, sub, request_id)
+        Oidc::refresh(self, refresh_token, sub, request_id, dpop_key)
     }
 }
 
@@ -58,8 +62,18 @@ pub(crate) struct Grant {
     pub(crate) bearer: Option<HeaderValue>,
     /// Who the user is, for a route with `identity_headers`.
     pub(crate) identity: Option<Identity>,
+    /// What the upstream request's DPoP proof is made with (`token_binding = "dpop"`).
+    pub(crate) dpop: Option<DpopGrant>,
     /// `Set-Cookie` lines for the response (a refreshed or renewed session).
     pub(crate) set_cookies: Vec<String>,
+}
+
+/// The session's DPoP key and the access token's hash, for the upstream request's proof,
+/// which needs the upstream URL (known once the request is rewritten).
+#[derive(Debug, Clone)]
+pub(crate) struct DpopGrant {
+    pub(crate) key: Arc<DpopKey>,
+    pub(crate) ath: String,
 }
 
 /// A route's rules for [`Gate::decide`].
@@ -70,6 +84,8 @@ pub(crate) struct Policy<'a> {
     pub(crate) require: Option<&'a ClaimRule>,
     /// Send [`Identity`] upstream.
     pub(crate) identity_headers: bool,
+    /// `token_binding = "dpop"`: `Authorization: DPoP` and a proof.
+    pub(crate) dpop: bool,
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -80,6 +96,7 @@ impl Policy<'_> {
             auth,
             require: None,
             identity_headers: false,
+            dpop: false,
         }
     }
 }
@@ -167,6 +184,36 @@ pub(crate) struct Gate {
     idle_reseal_after: u64,
     /// The claim that lists the user's groups (`[oidc] groups_claim`).
     groups_claim: String,
+    /// Sessions' DPoP keys, loaded once ([`DpopKeys`]).
+    dpop_keys: DpopKeys,
+}
+
+/// Loaded DPoP keys by session id: loading one from the session's PKCS#8 verifies it (a
+/// scalar multiplication), as costly as the proof's signature. Bounded: emptied when full.
+#[derive(Debug, Default)]
+struct DpopKeys(std::sync::Mutex<std::collections::HashMap<u128, Arc<DpopKey>>>);
+
+const DPOP_KEYS: usize = 1024;
+
+impl DpopKeys {
+    fn get(&self, session: &Session<'_>) -> Result<Arc<DpopKey>, DpopError> {
+        let pkcs8 = session.dpop_key.as_deref().ok_or(DpopError::Load)?;
+        if let Some(k) = self.0.lock().ok().and_then(|m| m.get(&session.id).cloned()) {
+            // The id is the session's, chosen at login with its key; a renewed cookie keeps
+            // both. Compared anyway: a cached key is used only for the same key bytes.
+            if k.pkcs8() == pkcs8 {
+                return Ok(k);
+            }
+        }
+        let key = Arc::new(DpopKey::from_pkcs8(pkcs8)?);
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= DPOP_KEYS {
+                m.clear();
+            }
+            m.insert(session.id, key.clone());
+        }
+        Ok(key)
+    }
 }
 
 impl Gate {
@@ -189,6 +236,7 @@ impl Gate {
             refresh_skew,
             idle_reseal_after: (idle_timeout / 2).max(1),
             groups_claim: "groups".into(),
+            dpop_keys: DpopKeys::default(),
         }
     }
 
@@ -335,9 +383,11 @@ impl Gate {
         let refresh_due = session.access_expires_at <= now + self.refresh_skew;
         let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
         if !refresh_due && !reseal_due {
+            let (authorization, dpop) = self.present(&session, policy, rid).map_err(Reply::from)?;
             return Ok(Grant {
-                bearer: Some(bearer(&session.access_token, rid).map_err(Reply::from)?),
+                bearer: Some(authorization),
                 identity,
+                dpop,
                 set_cookies: Vec::new(),
             });
         }
@@ -358,7 +408,12 @@ impl Gate {
             match refresh_token {
                 Some(refresh_token) => {
                     match refresher
-                        .refresh(refresh_token, &session.claims.sub, rid)
+                        .refresh(
+                            refresh_token,
+                            &session.claims.sub,
+                            rid,
+                            session.dpop_key.as_deref(),
+                        )
                         .await
                     {
                         RefreshOutcome::Refreshed(tokens, issued_at) => {
@@ -394,11 +449,45 @@ impl Gate {
                 }
             }
         }
+        let (authorization, dpop) = self.present(&session, policy, rid).map_err(Reply::from)?;
         Ok(Grant {
-            bearer: Some(bearer(&session.access_token, rid).map_err(Reply::from)?),
+            bearer: Some(authorization),
             identity,
+            dpop,
             set_cookies,
         })
+    }
+
+    /// How the session's access token goes upstream: `Bearer`, or `DPoP` with what the proof
+    /// needs. A session without a DPoP key (from before `[oidc] dpop`) cannot use a DPoP
+    /// route: `401`, log in again.
+    fn present(
+        &self,
+        session: &Session<'_>,
+        policy: Policy<'_>,
+        rid: &str,
+    ) -> Result<(HeaderValue, Option<DpopGrant>), Fault> {
+        if !policy.dpop {
+            return Ok((bearer(&session.access_token, rid)?, None));
+        }
+        let key = self.dpop_keys.get(session).map_err(|e| {
+            tracing::info!(request_id = rid, error = %e, "a DPoP route and a session without a usable DPoP key");
+            Fault::Unauthenticated
+        })?;
+        let value = headers::dpop_value(&session.access_token).map_err(|_| {
+            tracing::error!(
+                request_id = rid,
+                "the access token is not a valid header value"
+            );
+            Fault::Internal
+        })?;
+        Ok((
+            value,
+            Some(DpopGrant {
+                key,
+                ath: crate::oidc::dpop::ath(&session.access_token),
+            }),
+        ))
     }
 }
 
@@ -444,6 +533,7 @@ mod tests {
             refresh_token: &str,
             _sub: &str,
             _rid: &str,
+            _dpop_key: Option<&[u8]>,
         ) -> impl Future<Output = RefreshOutcome> + Send {
             assert_eq!(refresh_token, "rt-1");
             self.calls.fetch_add(1, Ordering::Relaxed);
@@ -580,6 +670,7 @@ mod tests {
             auth: RouteAuth::Required,
             require: Some(&admins),
             identity_headers: true,
+            dpop: false,
         };
         let r = g.decide(policy, &facts, &p).await;
         assert_eq!(refused(r), (403, "forbidden".into(), 0));

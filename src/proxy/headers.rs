@@ -58,6 +58,9 @@ pub struct UpstreamRewrite<'a> {
     pub bearer: Option<&'a HeaderValue>,
     /// `X-Auth-Request-*` to send (a route with `identity_headers` and a session).
     pub identity: Option<&'a Identity>,
+    /// The `DPoP` proof for this request (a route with `token_binding = "dpop"`; `bearer`
+    /// then says `DPoP <token>`).
+    pub dpop_proof: Option<&'a HeaderValue>,
     /// Drop a client-sent `Authorization` (every route unless it says `keep_authorization`).
     pub drop_client_authorization: bool,
     pub cookie_name: &'a str,
@@ -77,8 +80,17 @@ pub struct UpstreamRewrite<'a> {
 /// The `Authorization` value for `token`: built in one buffer, no further copy, and marked
 /// sensitive (HTTP/2 encoders never index it; `Debug` hides it).
 pub fn bearer_value(token: &str) -> Result<HeaderValue, RewriteError> {
-    let mut v = BytesMut::with_capacity(7 + token.len());
-    v.extend_from_slice(b"Bearer ");
+    authorization_value("Bearer ", token)
+}
+
+/// `Authorization: DPoP <token>` (RFC 9449 §7.1), built as [`bearer_value`] is.
+pub fn dpop_value(token: &str) -> Result<HeaderValue, RewriteError> {
+    authorization_value("DPoP ", token)
+}
+
+fn authorization_value(scheme: &str, token: &str) -> Result<HeaderValue, RewriteError> {
+    let mut v = BytesMut::with_capacity(scheme.len() + token.len());
+    v.extend_from_slice(scheme.as_bytes());
     v.extend_from_slice(token.as_bytes());
     let mut value = HeaderValue::from_maybe_shared(v.freeze()).map_err(|_| RewriteError::Header)?;
     value.set_sensitive(true);
@@ -89,6 +101,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(super::request_id::HEADER);
+const DPOP: HeaderName = HeaderName::from_static("dpop");
 const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
 const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
 const X_AUTH_REQUEST_GROUPS: HeaderName = HeaderName::from_static("x-auth-request-groups");
@@ -126,6 +139,13 @@ fn rewrite_parts(
             headers.remove(AUTHORIZATION);
         }
         None => {}
+    }
+    // A client's `DPoP` proof goes only with its own `Authorization`.
+    if rw.bearer.is_some() || rw.drop_client_authorization {
+        headers.remove(DPOP);
+    }
+    if let Some(proof) = rw.dpop_proof {
+        headers.insert(DPOP, proof.clone());
     }
     strip_own_cookies(headers, rw.cookie_name)?;
     strip_forwarding(headers);
@@ -461,6 +481,7 @@ mod tests {
         UpstreamRewrite {
             bearer,
             identity: None,
+            dpop_proof: None,
             drop_client_authorization: true,
             cookie_name: "tg",
             client_ip: Some("127.0.0.7".parse().unwrap()),

@@ -89,6 +89,8 @@ pub(crate) struct Ctx {
     bearer: Option<HeaderValue>,
     /// The identity headers' values, on a route with `identity_headers`.
     identity: Option<headers::Identity>,
+    /// The DPoP key and token hash, on a route with `token_binding = "dpop"`.
+    dpop: Option<gate::DpopGrant>,
     /// Set-Cookie lines for the proxied response (a refreshed or renewed session).
     set_cookies: Vec<String>,
     upstream_started: Option<Instant>,
@@ -239,12 +241,14 @@ impl Tollgate {
             auth: route.auth,
             require: route.require.as_ref(),
             identity_headers: route.identity_headers,
+            dpop: route.dpop,
         };
         match self.gate.decide(policy, &facts, &self.oidc).await {
             Ok(grant) => {
                 ctx.route = Some(index);
                 ctx.bearer = grant.bearer;
                 ctx.identity = grant.identity;
+                ctx.dpop = grant.dpop;
                 ctx.set_cookies = grant.set_cookies;
                 if let Cow::Owned(p) = target.path {
                     ctx.path = Some(p);
@@ -276,6 +280,7 @@ pub(crate) struct Upstream<'a> {
     pub(crate) path: &'a str,
     pub(crate) bearer: Option<&'a HeaderValue>,
     pub(crate) identity: Option<&'a headers::Identity>,
+    pub(crate) dpop: Option<&'a gate::DpopGrant>,
     pub(crate) client_ip: Option<IpAddr>,
     pub(crate) request_id: &'a str,
 }
@@ -292,11 +297,30 @@ impl Tollgate {
         let route = upstream.route;
         let new_path = route.upstream_path(upstream.path);
         let changed = new_path.as_ref() != req.uri.path();
+        // RFC 9449 §4.2: the proof names the method and the URL the upstream serves.
+        let dpop_proof = match upstream.dpop {
+            Some(grant) => {
+                let htu = format!("{}{}", route.origin, new_path);
+                let proof = grant
+                    .key
+                    .proof_with_ath(
+                        req.method.as_str(),
+                        &htu,
+                        Some(&grant.ath),
+                        None,
+                        crate::unix_now(),
+                    )
+                    .map_err(|_| RewriteError::Header)?;
+                Some(HeaderValue::try_from(proof).map_err(|_| RewriteError::Header)?)
+            }
+            None => None,
+        };
         headers::rewrite(
             upstream_request,
             &UpstreamRewrite {
                 bearer: upstream.bearer,
                 identity: upstream.identity,
+                dpop_proof: dpop_proof.as_ref(),
                 drop_client_authorization: !route.keep_authorization,
                 cookie_name: self.gate.codec().cookie_name(),
                 client_ip: upstream.client_ip,
@@ -381,6 +405,7 @@ impl ProxyHttp for Tollgate {
             path: None,
             bearer: None,
             identity: None,
+            dpop: None,
             set_cookies: Vec::new(),
             upstream_started: None,
             upstream_latency: None,
@@ -444,6 +469,7 @@ impl ProxyHttp for Tollgate {
             path: ctx.path(req),
             bearer: ctx.bearer.as_ref(),
             identity: ctx.identity.as_ref(),
+            dpop: ctx.dpop.as_ref(),
             client_ip,
             request_id: &ctx.request_id,
         };

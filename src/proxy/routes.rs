@@ -37,6 +37,11 @@ pub(crate) struct Route {
     pub require: Option<ClaimRule>,
     /// Send the user's identity upstream (`identity_headers`).
     pub identity_headers: bool,
+    /// `token_binding = "dpop"`.
+    pub dpop: bool,
+    /// `scheme://authority` of the upstream as it sees itself (a DPoP proof's `htu` is this
+    /// and the upstream path).
+    pub origin: String,
     pub strip_prefix: bool,
     /// The upstream URL's path without a trailing `/` (empty for `/`), prepended to the path.
     pub base_path: String,
@@ -122,6 +127,8 @@ impl RouteTable {
                 keep_authorization: c.keep_authorization,
                 require: (!c.require.is_empty()).then(|| c.require.clone()),
                 identity_headers: c.identity_headers,
+                dpop: c.token_binding == crate::config::TokenBinding::Dpop,
+                origin: c.upstream.origin().ascii_serialization(),
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),
                 peer,
@@ -180,6 +187,7 @@ mod tests {
             keep_authorization: false,
             require: Default::default(),
             identity_headers: false,
+            token_binding: Default::default(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
         }

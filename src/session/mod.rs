@@ -68,6 +68,18 @@ pub struct Session<'a> {
     /// The ID token's claims that route rules and identity headers read ([`claims`]), and
     /// no others: each one is in every request's cookie.
     pub kept_claims: Cow<'a, [(String, claims::ClaimValue)]>,
+    /// The session's DPoP private key (PKCS#8), with `[oidc] dpop`: its tokens are bound to
+    /// it ([`crate::oidc::dpop`]).
+    #[serde(borrow, deserialize_with = "borrowed_bytes")]
+    pub dpop_key: Option<Cow<'a, [u8]>>,
+}
+
+/// As [`borrowed`], for bytes.
+fn borrowed_bytes<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, [u8]>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<&'de [u8]>::deserialize(d)?.map(Cow::Borrowed))
 }
 
 /// Deserializes an optional string borrowed from the input (serde's `borrow` attribute alone
@@ -106,6 +118,7 @@ impl Session<'_> {
             last_seen: self.last_seen,
             id: self.id,
             kept_claims: Cow::Borrowed(&self.kept_claims),
+            dpop_key: self.dpop_key.as_deref().map(Cow::Borrowed),
         }
     }
 
@@ -127,6 +140,7 @@ impl Session<'_> {
             last_seen: self.last_seen,
             id: self.id,
             kept_claims: Cow::Owned(self.kept_claims.into_owned()),
+            dpop_key: self.dpop_key.map(|k| Cow::Owned(k.into_owned())),
         }
     }
 }
@@ -161,7 +175,8 @@ impl std::fmt::Debug for Payload {
 ///
 /// 2: the ID token's expiry, never read, is no longer kept; the session has an id.
 /// 3: claims kept for route rules and identity headers (`kept_claims`).
-pub(crate) const PAYLOAD_VERSION: u8 = 3;
+/// 4: the DPoP key (`dpop_key`).
+pub(crate) const PAYLOAD_VERSION: u8 = 4;
 
 /// Why a request's session could not be used. `reason()` is the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -385,6 +400,7 @@ pub mod fixture {
             last_seen: now,
             id: rand::random(),
             kept_claims: Default::default(),
+            dpop_key: None,
         }
     }
 }
@@ -581,6 +597,7 @@ mod properties {
             sub in text(), sid in opt_text(), name in opt_text(), email in opt_text(),
             access_expires_at in any::<u64>(), refresh_expires_at in any::<Option<u64>>(),
             age in 0u64..3600, idle in 0u64..600, id in any::<u128>(),
+            dpop_key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
             kept in proptest::collection::vec(
                 (text(), proptest::collection::vec(text(), 0..4)), 0..3),
         ) -> (Session<'static>, u64) {
@@ -601,6 +618,7 @@ mod properties {
                 last_seen: now - idle,
                 id,
                 kept_claims: Cow::Owned(kept),
+                dpop_key: dpop_key.map(Cow::Owned),
             }, now)
         }
     }

@@ -16,6 +16,7 @@ pub struct TestConfig {
     oidc: String,
     scopes: &'static [&'static str],
     sections: String,
+    session: String,
     routes: String,
     public_url: Option<String>,
     key: Option<String>,
@@ -52,6 +53,7 @@ impl TestConfig {
             oidc,
             scopes: &["openid", "profile", "email"],
             sections: String::new(),
+            session: String::new(),
             routes: String::new(),
             public_url: None,
             key: None,
@@ -82,6 +84,13 @@ impl TestConfig {
     pub fn server(mut self, lines: &str) -> Self {
         self.server.push_str(lines);
         self.server.push('\n');
+        self
+    }
+
+    /// Extra `[session]` lines.
+    pub fn session(mut self, lines: &str) -> Self {
+        self.session.push_str(lines);
+        self.session.push('\n');
         self
     }
 
@@ -123,7 +132,7 @@ impl TestConfig {
             "[server]\nlisten = [\"127.0.0.1:{port}\"]\npublic_url = \"{public_url}\"\n\
              threads = {threads}\n{server}\n\
              [oidc]\n{oidc}scopes = [{scopes}]\n\n\
-             [session]\nkeys = [\"{key}\"]\n\n\
+             [session]\nkeys = [\"{key}\"]\n{session}\n\
              {sections}\
              {routes}\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
@@ -133,6 +142,7 @@ impl TestConfig {
             oidc = self.oidc,
             scopes = scopes.join(", "),
             sections = self.sections,
+            session = self.session,
             routes = self.routes,
         )
     }

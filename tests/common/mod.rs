@@ -13,6 +13,7 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 pub mod config;
+pub mod dpop_rs;
 pub mod echo;
 pub mod flow;
 pub mod idp;

@@ -15,6 +15,8 @@
 //                              end-session endpoint is then sent there (OIDC Back-Channel Logout)
 //   IDP_PAR                    pushed authorization requests (RFC 9126): "on" (default, offered),
 //                              "required" (the only way to start a login), "off" (not offered)
+//   IDP_DPOP_NONCE             "1": DPoP proofs at the token endpoint must carry a provider nonce
+//                              (RFC 9449 §8; the first proof without one is refused)
 import http from 'node:http';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -170,6 +172,15 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
     backchannelLogout: { enabled: true },
+    // DPoP (RFC 9449) is on by default in oidc-provider; nonces need a secret.
+    dPoP: {
+      enabled: true,
+      nonceSecret: crypto.randomBytes(32),
+      requireNonce: () => process.env.IDP_DPOP_NONCE === '1',
+    },
+    // Token introspection (RFC 7662), for the tests' resource server: it reads a DPoP-bound
+    // token's `cnf.jkt` there.
+    introspection: { enabled: true },
     pushedAuthorizationRequests: {
       enabled: par !== 'off',
       requirePushedAuthorizationRequests: par === 'required',
@@ -221,14 +232,18 @@ const stats = {
   // Authorization requests the browser brought: by `request_uri` (pushed first) or not.
   authorize: { pushed: 0, plain: 0 },
   par: { success: 0, error: 0 },
+  // Token requests refused for a missing or stale DPoP nonce; DPoP-bound tokens issued.
+  dpop: { nonce_refusals: 0, bound_grants: 0 },
 };
 let refuseNextToken = null;
 let stallNextToken = false;
 provider.on('grant.success', (ctx) => {
+  if (ctx.body?.token_type === 'DPoP') stats.dpop.bound_grants += 1;
   const type = ctx.oidc.params.grant_type;
   stats.token_requests[type] = (stats.token_requests[type] || 0) + 1;
 });
-provider.on('grant.error', (ctx) => {
+provider.on('grant.error', (ctx, err) => {
+  if (err?.error === 'use_dpop_nonce') stats.dpop.nonce_refusals += 1;
   if (ctx.oidc?.params?.grant_type === 'refresh_token') stats.refresh_failures += 1;
 });
 provider.on('server_error', (ctx, err) => console.error('idp server_error:', err));
@@ -301,6 +316,7 @@ const server = http.createServer(async (req, res) => {
       stats.stalled = 0;
       stats.authorize = { pushed: 0, plain: 0 };
       stats.par = { success: 0, error: 0 };
+      stats.dpop = { nonce_refusals: 0, bound_grants: 0 };
       return send(res, 200, stats);
     }
     // Test hook: a logout token with the given claims (JSON body), signed with the provider's

@@ -91,6 +91,12 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
         }
     }
     for (i, r) in c.routes.iter().enumerate() {
+        if r.token_binding == crate::config::TokenBinding::Dpop && !c.oidc.dpop {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].token_binding"),
+                "\"dpop\" needs [oidc] dpop = true (sessions without a DPoP key cannot sign proofs)",
+            ));
+        }
         if RESERVED_PATHS.contains(&r.prefix.as_str())
             || r.prefix == c.oidc.callback_path
             || r.prefix == c.oidc.backchannel_logout_path

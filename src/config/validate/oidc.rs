@@ -196,6 +196,7 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         allow_get_logout: o.allow_get_logout,
         par: o.par,
         groups_claim: o.groups_claim,
+        dpop: o.dpop,
         issuer_id: o.issuer.id,
         issuer,
         client_id: o.client_id,

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use super::{host_header, is_reachable_path, UNREACHABLE_PATH};
 use crate::config::file::RouteSection;
-use crate::config::{ConfigError, RouteAuth, RouteConfig};
+use crate::config::{ConfigError, RouteAuth, RouteConfig, TokenBinding};
 
 pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigError> {
     if raw.is_empty() {
@@ -67,6 +67,12 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
                 "only applies to auth = \"required\" routes (a rule needs a session)",
             ));
         }
+        if r.token_binding == TokenBinding::Dpop && r.auth == RouteAuth::None {
+            return Err(ConfigError::invalid(
+                key("token_binding"),
+                "needs a route with a session (auth = \"required\" or \"optional\")",
+            ));
+        }
         if r.identity_headers && r.auth == RouteAuth::None {
             return Err(ConfigError::invalid(
                 key("identity_headers"),
@@ -85,6 +91,7 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
             keep_authorization: r.keep_authorization,
             require: r.require.unwrap_or_default(),
             identity_headers: r.identity_headers,
+            token_binding: r.token_binding,
             connect_timeout: r.connect_timeout,
             read_timeout: r.read_timeout,
         });

@@ -212,6 +212,14 @@ fn values_get_their_types() {
 
     let cases: Vec<(String, &str)> = vec![
         (
+            edit("token_binding = \"bearer\"", "token_binding = \"dpop\""),
+            "`routes[0].token_binding`: \"dpop\" needs [oidc] dpop = true",
+        ),
+        (
+            edit("token_binding = \"bearer\"", "token_binding = \"mtls\""),
+            "`routes[0].token_binding`: unknown variant `mtls`, expected `bearer` or `dpop`",
+        ),
+        (
             edit(
                 "listen = [\"127.0.0.1:8080\"]",
                 "listen = [\"127.0.0.1:8080\", \"port 80\"]",
