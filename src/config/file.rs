@@ -16,7 +16,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::de::{self, Addr, HttpUrl, Issuer};
-use super::{AuthMethod, ParMode, RouteAuth, TokenBinding};
+use super::{AuthMethod, ParMode, Profile, RouteAuth, TokenBinding};
 use crate::session::claims::ClaimRule;
 
 #[derive(Deserialize)]
@@ -162,6 +162,7 @@ pub(crate) struct OidcSection {
     pub groups_claim: String,
     #[serde(default, deserialize_with = "de::lenient")]
     pub dpop: bool,
+    pub profile: Option<Profile>,
 }
 
 #[derive(Deserialize)]

@@ -157,6 +157,14 @@ pub struct Limits {
     pub max_body_bytes: usize,
 }
 
+/// `[oidc] profile`: a security profile the configuration must conform to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// FAPI 2.0 Security Profile (final, 2025).
+    Fapi2,
+}
+
 /// `[oidc] par`: whether `/login` uses pushed authorization requests (RFC 9126).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -282,6 +290,9 @@ pub struct OidcConfig {
     pub groups_claim: String,
     /// DPoP-bound tokens (RFC 9449): a key pair per session, proofs on every token request.
     pub dpop: bool,
+    /// `profile = "fapi2"`: the FAPI 2.0 Security Profile, checked at load
+    /// ([`validate`]'s `fapi2`) and in force at run time (algorithms, `iss`, RSA sizes).
+    pub fapi2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

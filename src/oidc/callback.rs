@@ -107,7 +107,8 @@ impl Oidc {
                 );
                 return Err(Fault::IssuerMismatch);
             }
-            None if provider.metadata.iss_parameter_supported => {
+            // RFC 9207; FAPI 2.0 requires it whatever the provider advertises.
+            None if provider.metadata.iss_parameter_supported || self.fapi2 => {
                 tracing::warn!(
                     request_id = rid,
                     "callback: iss missing although the provider promises it"

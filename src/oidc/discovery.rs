@@ -77,6 +77,7 @@ struct Document {
     pushed_authorization_request_endpoint: Option<String>,
     #[serde(default)]
     require_pushed_authorization_requests: bool,
+    dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 /// The provider as tollgate uses it: discovered values with the config's overrides applied.
@@ -140,6 +141,7 @@ pub(crate) async fn fetch_metadata(
             authorization_response_iss_parameter_supported: false,
             pushed_authorization_request_endpoint: None,
             require_pushed_authorization_requests: false,
+            dpop_signing_alg_values_supported: None,
         };
         return metadata(doc, cfg);
     }
@@ -229,6 +231,40 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
     if id_token_algs.is_empty() {
         // Discovery makes the field required; RS256 is the algorithm every provider supports.
         id_token_algs.push(jsonwebtoken::Algorithm::RS256);
+    }
+    if cfg.fapi2 {
+        // FAPI 2.0 §5.4: PS256, ES256 or EdDSA only.
+        use jsonwebtoken::Algorithm::{EdDSA, ES256, PS256};
+        id_token_algs.retain(|a| matches!(a, PS256 | ES256 | EdDSA));
+        if id_token_algs.is_empty() {
+            return Err(DiscoveryError::Conflict {
+                key: "oidc.profile",
+                problem: "is \"fapi2\" but the provider signs ID tokens with none of PS256, \
+                          ES256 or EdDSA (id_token_signing_alg_values_supported)"
+                    .into(),
+            });
+        }
+    }
+    if cfg.dpop {
+        match &doc.dpop_signing_alg_values_supported {
+            Some(algs) if !algs.iter().any(|a| a == "ES256") => {
+                return Err(DiscoveryError::Conflict {
+                    key: "oidc.dpop",
+                    problem: format!(
+                        "is on, but the provider takes DPoP proofs only in {algs:?} (tollgate signs ES256)"
+                    ),
+                })
+            }
+            None if cfg.fapi2 => {
+                return Err(DiscoveryError::Conflict {
+                    key: "oidc.dpop",
+                    problem: "the provider does not advertise DPoP \
+                              (dpop_signing_alg_values_supported), which oidc.profile = \"fapi2\" needs"
+                        .into(),
+                })
+            }
+            _ => {}
+        }
     }
     let par_endpoint = par_endpoint(
         cfg.par,

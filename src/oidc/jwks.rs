@@ -76,6 +76,20 @@ impl std::fmt::Debug for Jwks {
     }
 }
 
+/// The bit length of an RSA modulus given as base64url (0 when it does not decode).
+fn rsa_bits(n: &str) -> usize {
+    use base64::Engine;
+    let Ok(bytes) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(n.trim_end_matches('='))
+    else {
+        return 0;
+    };
+    match bytes.iter().position(|&b| b != 0) {
+        Some(i) => (bytes.len() - i) * 8 - bytes[i].leading_zeros() as usize,
+        None => 0,
+    }
+}
+
 impl Jwks {
     /// Parses a JWK set document, keeping the signing keys tollgate can use.
     pub(crate) fn parse(json: &[u8], url: &str) -> Result<Jwks, JwksError> {
@@ -88,7 +102,13 @@ impl Jwks {
             .iter()
             .filter(|k| !matches!(k.common.public_key_use, Some(PublicKeyUse::Encryption)))
             .filter_map(|jwk| {
-                let family = match jwk.algorithm {
+                let family = match &jwk.algorithm {
+                    // Under 2048 bits an RSA key is breakable (NIST SP 800-131A has disallowed
+                    // them for signatures since 2013; FAPI 2.0 requires 2048): not used.
+                    AlgorithmParameters::RSA(rsa) if rsa_bits(&rsa.n) < 2048 => {
+                        tracing::warn!(url, kid = ?jwk.common.key_id, "provider RSA key under 2048 bits ignored");
+                        return None;
+                    }
                     AlgorithmParameters::RSA(_) => Family::Rsa,
                     AlgorithmParameters::EllipticCurve(_) => Family::Ec,
                     AlgorithmParameters::OctetKeyPair(_) => Family::Okp,
@@ -190,5 +210,28 @@ mod tests {
         );
         assert!(Jwks::parse(br#"{"keys":[]}"#, "t").is_err());
         assert!(Jwks::parse(b"not json", "t").is_err());
+    }
+
+    /// RSA keys under 2048 bits are not used (the set above is 2048-bit).
+    #[test]
+    fn short_rsa_keys_are_ignored() {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let mut n2048 = vec![0x80u8];
+        n2048.extend([1u8; 255]);
+        assert_eq!(rsa_bits(&b64(&n2048)), 2048);
+        let mut n1024 = vec![0u8, 0xff];
+        n1024.extend([1u8; 127]);
+        assert_eq!(rsa_bits(&b64(&n1024)), 1024);
+        assert_eq!(rsa_bits(&b64(&[0x01])), 1);
+        assert_eq!(rsa_bits("***"), 0);
+        let short = format!(
+            r#"{{"keys":[{{"kty":"RSA","kid":"weak","n":"{}","e":"AQAB"}}]}}"#,
+            b64(&n1024)
+        );
+        assert!(
+            Jwks::parse(short.as_bytes(), "t").is_err(),
+            "no usable key left"
+        );
     }
 }

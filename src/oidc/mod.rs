@@ -106,6 +106,8 @@ pub(crate) struct Oidc {
     kept_claims: Vec<String>,
     /// `[oidc] dpop`: sessions get a DPoP key, token requests carry proofs.
     dpop: bool,
+    /// `[oidc] profile = "fapi2"`.
+    fapi2: bool,
 }
 
 impl Oidc {
@@ -125,7 +127,9 @@ impl Oidc {
                 auth,
                 config.oidc.max_response_bytes,
                 metrics.clone(),
-            ),
+            )
+            // FAPI 2.0: client assertions name the issuer as their audience.
+            .with_assertion_audience(config.oidc.fapi2.then(|| config.oidc.issuer_id.clone())),
             http,
             sealer: Sealer::new(&config.session.keys),
             client_id: config.oidc.client_id.clone(),
@@ -149,6 +153,7 @@ impl Oidc {
             allow_get_logout: config.oidc.allow_get_logout,
             kept_claims: config.kept_claim_names(),
             dpop: config.oidc.dpop,
+            fapi2: config.oidc.fapi2,
         })
     }
 

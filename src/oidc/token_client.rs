@@ -77,6 +77,9 @@ pub struct TokenClient {
     /// The provider's latest `DPoP-Nonce` (RFC 9449 §8), put in the next proofs so that they
     /// are not refused for the lack of one first.
     dpop_nonce: std::sync::Mutex<Option<String>>,
+    /// A client assertion's `aud` for every endpoint, when set (the issuer, under FAPI 2.0);
+    /// otherwise the token endpoint.
+    assertion_audience: Option<String>,
 }
 
 impl TokenClient {
@@ -92,7 +95,14 @@ impl TokenClient {
             max_body,
             metrics,
             dpop_nonce: std::sync::Mutex::new(None),
+            assertion_audience: None,
         }
+    }
+
+    /// Client assertions name `audience` (when given) instead of the token endpoint.
+    pub(crate) fn with_assertion_audience(mut self, audience: Option<String>) -> Self {
+        self.assertion_audience = audience;
+        self
     }
 
     /// Exchanges an authorization code (with its PKCE verifier) for tokens; with `dpop`,
@@ -292,6 +302,7 @@ impl TokenClient {
         name_client: bool,
         dpop_proof: Option<String>,
     ) -> Result<bytes::Bytes, TokenError> {
+        let audience = self.assertion_audience.as_deref().unwrap_or(audience);
         let creds = self.auth.credentials(audience, crate::unix_now())?;
         form.extend(creds.form);
         // `name_client`: the form must carry `client_id` even where the client's

@@ -63,6 +63,14 @@ pub const CLIENTS: [TestClient; 7] = [
     },
 ];
 
+/// A FAPI 2.0 client: the provider requires PAR and DPoP of it and signs its ID tokens ES256.
+pub const FAPI2_CLIENT: TestClient = TestClient {
+    id: "tollgate-fapi2",
+    auth_method: "private_key_jwt",
+    secret: None,
+    key: Some(("client_ec.pem", "ES256", "ec-1")),
+};
+
 pub const PUBLIC_CLIENT: TestClient = TestClient {
     id: "tollgate-public",
     auth_method: "none",

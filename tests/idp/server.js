@@ -135,6 +135,17 @@ export const clients = [
   { ...common, client_id: 'tollgate-pkjwt-es256', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [publicJwk('client_ec.pem', 'ec-1')] } },
   { ...common, client_id: 'tollgate-pkjwt-eddsa', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [publicJwk('client_ed25519.pem', 'ed-1')] } },
   { ...common, client_id: 'tollgate-public', token_endpoint_auth_method: 'none' },
+  // FAPI 2.0: private_key_jwt (ES256), PAR required, DPoP-bound tokens required, ES256 ID tokens.
+  {
+    ...common,
+    client_id: 'tollgate-fapi2',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256',
+    id_token_signed_response_alg: 'ES256',
+    require_pushed_authorization_requests: true,
+    dpop_bound_access_tokens: true,
+    jwks: { keys: [publicJwk('client_ec.pem', 'ec-1')] },
+  },
   // The client of the local demo (deploy/demo) and conf/tollgate.toml.
   { ...common, client_id: 'tollgate-demo', client_secret: 'demo-secret-change-me', token_endpoint_auth_method: 'client_secret_basic' },
 ];

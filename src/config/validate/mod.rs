@@ -139,7 +139,7 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
 
 /// `http://localhost`, `http://127.x.x.x` or `http://[::1]`, any port: reachable from this
 /// machine only.
-fn is_loopback_http(url: &Url) -> bool {
+pub(super) fn is_loopback_http(url: &Url) -> bool {
     url.scheme() == "http"
         && match url.host() {
             Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),

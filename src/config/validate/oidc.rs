@@ -14,7 +14,7 @@ use url::Url;
 use crate::config::file::OidcSection;
 use crate::config::{
     AuthMethod, ConfigError, EndpointOverrides, OidcConfig, ParMode, PrivateKey, PrivateKeyKind,
-    Secret,
+    Profile, Secret,
 };
 
 /// Authorization request parameters tollgate sets itself.
@@ -183,6 +183,16 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
             "must be at least 10s",
         ));
     }
+    if o.profile == Some(Profile::Fapi2) {
+        fapi2(
+            o.par,
+            o.dpop,
+            auth_method,
+            private_key.as_ref(),
+            &issuer,
+            public_url,
+        )?;
+    }
     if o.groups_claim.trim().is_empty() {
         return Err(ConfigError::invalid(
             "oidc.groups_claim",
@@ -194,9 +204,15 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
             .post_logout_redirect_uri
             .map_or_else(|| public_url.clone(), |u| u.0),
         allow_get_logout: o.allow_get_logout,
-        par: o.par,
+        // FAPI 2.0: every authorization request is pushed.
+        par: if o.profile == Some(Profile::Fapi2) {
+            ParMode::Always
+        } else {
+            o.par
+        },
         groups_claim: o.groups_claim,
         dpop: o.dpop,
+        fapi2: o.profile == Some(Profile::Fapi2),
         issuer_id: o.issuer.id,
         issuer,
         client_id: o.client_id,
@@ -257,6 +273,80 @@ fn private_key(
     })
 }
 
+/// The FAPI 2.0 Security Profile's client-side rules (what tollgate can decide; the provider's
+/// part is README's): each refusal names the key to change.
+fn fapi2(
+    par: ParMode,
+    dpop: bool,
+    auth_method: AuthMethod,
+    key: Option<&PrivateKey>,
+    issuer: &Url,
+    public_url: &Url,
+) -> Result<(), ConfigError> {
+    const WHY: &str = "with oidc.profile = \"fapi2\"";
+    if par == ParMode::Never {
+        return Err(ConfigError::invalid(
+            "oidc.par",
+            format!("is \"never\"; {WHY} every authorization request is pushed (remove it or set \"always\")"),
+        ));
+    }
+    if auth_method != AuthMethod::PrivateKeyJwt {
+        return Err(ConfigError::invalid(
+            "oidc.auth_method",
+            format!(
+                "is {:?}; {WHY} the client authenticates with private_key_jwt (client secrets and public clients are not allowed; mTLS is not supported by tollgate)",
+                auth_method.as_str()
+            ),
+        ));
+    }
+    if let Some(k) = key {
+        if !matches!(
+            k.alg,
+            Algorithm::PS256 | Algorithm::ES256 | Algorithm::EdDSA
+        ) {
+            return Err(ConfigError::invalid(
+                "oidc.private_key_alg",
+                format!("is {:?}; {WHY} only PS256, ES256 or EdDSA", k.alg),
+            ));
+        }
+        if k.kind == PrivateKeyKind::Rsa {
+            let bits = rsa_bits(k).unwrap_or(0);
+            if bits < 2048 {
+                return Err(ConfigError::invalid(
+                    "oidc.private_key_file",
+                    format!("holds a {bits}-bit RSA key; {WHY} RSA keys have at least 2048 bits"),
+                ));
+            }
+        }
+    }
+    if !dpop {
+        return Err(ConfigError::invalid(
+            "oidc.dpop",
+            format!("is off; {WHY} tokens are sender-constrained: set dpop = true"),
+        ));
+    }
+    for (key, url) in [("oidc.issuer", issuer), ("server.public_url", public_url)] {
+        if url.scheme() != "https" && !super::is_loopback_http(url) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("is not https; {WHY} only TLS (plain http only on a loopback address, for development)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The modulus size of an RSA private key, from the length of a signature made with it.
+fn rsa_bits(key: &PrivateKey) -> Option<usize> {
+    let encoding = EncodingKey::from_rsa_pem(key.pem.expose().as_bytes()).ok()?;
+    let sig = jsonwebtoken::crypto::sign(b"size", &encoding, Algorithm::RS256).ok()?;
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .ok()?;
+    Some(raw.len() * 8)
+}
+
 /// Reads a secret given either inline or as a file; both at once is an error.
 pub(super) fn secret_value(
     key: &str,
@@ -274,5 +364,43 @@ pub(super) fn secret_value(
             .map(Some)
             .map_err(|e| ConfigError::invalid(file_key, format!("cannot read {path}: {e}"))),
         (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod fapi2_tests {
+    use super::*;
+
+    #[test]
+    fn rsa_key_size_and_fapi2_algorithms() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/idp/keys/client_rsa.pem");
+        let rs = private_key(path, None, None).unwrap();
+        assert_eq!(rsa_bits(&rs).unwrap(), 2048);
+        let url = Url::parse("https://idp.example").unwrap();
+        let local = Url::parse("http://127.0.0.1:8080/").unwrap();
+        let key = |alg| private_key(path, Some(alg), None).unwrap();
+        let run = |k: &PrivateKey, dpop: bool, par: ParMode, issuer: &Url| {
+            fapi2(
+                par,
+                dpop,
+                AuthMethod::PrivateKeyJwt,
+                Some(k),
+                issuer,
+                &local,
+            )
+            .map_err(|e| e.to_string())
+        };
+        assert!(run(&key(Algorithm::PS256), true, ParMode::Auto, &url).is_ok());
+        let e = run(&key(Algorithm::RS256), true, ParMode::Auto, &url).unwrap_err();
+        assert!(e.contains("oidc.private_key_alg"), "{e}");
+        let e = run(&key(Algorithm::PS256), false, ParMode::Auto, &url).unwrap_err();
+        assert!(e.contains("oidc.dpop"), "{e}");
+        let e = run(&key(Algorithm::PS256), true, ParMode::Never, &url).unwrap_err();
+        assert!(e.contains("oidc.par"), "{e}");
+        let plain = Url::parse("http://idp.example").unwrap();
+        let e = run(&key(Algorithm::PS256), true, ParMode::Always, &plain).unwrap_err();
+        assert!(e.contains("oidc.issuer") && e.contains("https"), "{e}");
+        let e = fapi2(ParMode::Auto, true, AuthMethod::None, None, &url, &local).unwrap_err();
+        assert!(e.to_string().contains("oidc.auth_method"), "{e}");
     }
 }

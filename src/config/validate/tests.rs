@@ -212,6 +212,14 @@ fn values_get_their_types() {
 
     let cases: Vec<(String, &str)> = vec![
         (
+            edit("dpop = false", "dpop = true\nprofile = \"fapi2\""),
+            "`oidc.auth_method`: is \"client_secret_basic\"; with oidc.profile = \"fapi2\" the client authenticates with private_key_jwt",
+        ),
+        (
+            edit("dpop = false", "profile = \"fapi1\""),
+            "`oidc.profile`: unknown variant `fapi1`, expected `fapi2`",
+        ),
+        (
             edit("token_binding = \"bearer\"", "token_binding = \"dpop\""),
             "`routes[0].token_binding`: \"dpop\" needs [oidc] dpop = true",
         ),
