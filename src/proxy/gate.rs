@@ -61,9 +61,11 @@ pub(crate) struct Grant {
     /// `Bearer <access token>` for the upstream request (marked sensitive).
     pub(crate) bearer: Option<HeaderValue>,
     /// Who the user is, for a route with `identity_headers`.
-    pub(crate) identity: Option<Identity>,
+    /// (Boxed, as the next field: most routes have neither, and the grant is moved into every
+    /// request's context.)
+    pub(crate) identity: Option<Box<Identity>>,
     /// What the upstream request's DPoP proof is made with (`token_binding = "dpop"`).
-    pub(crate) dpop: Option<DpopGrant>,
+    pub(crate) dpop: Option<Box<DpopGrant>>,
     /// `Set-Cookie` lines for the response (a refreshed or renewed session).
     pub(crate) set_cookies: Vec<String>,
 }
@@ -103,7 +105,7 @@ impl Policy<'_> {
 
 /// The identity of `session` for its headers; a value that cannot be a header (a control
 /// character in a claim) is left out and logged, never sent half-way.
-fn identity(session: &Session<'_>, groups_claim: &str, request_id: &str) -> Option<Identity> {
+fn identity(session: &Session<'_>, groups_claim: &str, request_id: &str) -> Option<Box<Identity>> {
     let value = |what: &'static str, text: &str| {
         HeaderValue::from_str(text)
             .inspect_err(|_| {
@@ -122,7 +124,7 @@ fn identity(session: &Session<'_>, groups_claim: &str, request_id: &str) -> Opti
             .collect::<Vec<_>>()
             .join(",")
     });
-    Some(Identity {
+    Some(Box::new(Identity {
         user: value("sub", &session.claims.sub)?,
         email: session
             .claims
@@ -130,7 +132,7 @@ fn identity(session: &Session<'_>, groups_claim: &str, request_id: &str) -> Opti
             .as_deref()
             .and_then(|e| value("email", e)),
         groups: groups.as_deref().and_then(|g| value("groups", g)),
-    })
+    }))
 }
 
 /// Refuses what no route may see, before routing: `TRACE` (it would echo the request,
@@ -466,7 +468,7 @@ impl Gate {
         session: &Session<'_>,
         policy: Policy<'_>,
         rid: &str,
-    ) -> Result<(HeaderValue, Option<DpopGrant>), Fault> {
+    ) -> Result<(HeaderValue, Option<Box<DpopGrant>>), Fault> {
         if !policy.dpop {
             return Ok((bearer(&session.access_token, rid)?, None));
         }
@@ -483,10 +485,10 @@ impl Gate {
         })?;
         Ok((
             value,
-            Some(DpopGrant {
+            Some(Box::new(DpopGrant {
                 key,
                 ath: crate::oidc::dpop::ath(&session.access_token),
-            }),
+            })),
         ))
     }
 }

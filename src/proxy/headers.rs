@@ -140,15 +140,14 @@ fn rewrite_parts(
         }
         None => {}
     }
-    // A client's `DPoP` proof goes only with its own `Authorization`.
-    if rw.bearer.is_some() || rw.drop_client_authorization {
-        headers.remove(DPOP);
-    }
     if let Some(proof) = rw.dpop_proof {
         headers.insert(DPOP, proof.clone());
     }
     strip_own_cookies(headers, rw.cookie_name)?;
-    strip_forwarding(headers);
+    // A client's `DPoP` proof goes only with its own `Authorization` (and never beside
+    // tollgate's proof, inserted after this).
+    let strip_dpop = rw.bearer.is_some() || rw.drop_client_authorization;
+    strip_forwarding(headers, strip_dpop && rw.dpop_proof.is_none());
 
     headers.insert(X_FORWARDED_HOST, rw.forwarded_host.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(rw.proto));
@@ -227,10 +226,11 @@ fn forwarding(name: &str, respelled: bool) -> bool {
 }
 
 /// Drops the client's [`is_spoofable`] headers. Allocates only when there is one.
-fn strip_forwarding(headers: &mut HeaderMap) {
+/// With `dpop`, a client's `DPoP` header too (found in the same pass over the names).
+fn strip_forwarding(headers: &mut HeaderMap, dpop: bool) {
     let found: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_spoofable(n.as_str()))
+        .filter(|n| is_spoofable(n.as_str()) || (dpop && *n == DPOP))
         .cloned()
         .collect();
     for name in found {

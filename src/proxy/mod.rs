@@ -88,9 +88,9 @@ pub(crate) struct Ctx {
     /// `Bearer <access token>`, ready for the upstream request (marked sensitive).
     bearer: Option<HeaderValue>,
     /// The identity headers' values, on a route with `identity_headers`.
-    identity: Option<headers::Identity>,
+    identity: Option<Box<headers::Identity>>,
     /// The DPoP key and token hash, on a route with `token_binding = "dpop"`.
-    dpop: Option<gate::DpopGrant>,
+    dpop: Option<Box<gate::DpopGrant>>,
     /// Set-Cookie lines for the proxied response (a refreshed or renewed session).
     set_cookies: Vec<String>,
     upstream_started: Option<Instant>,
@@ -468,8 +468,8 @@ impl ProxyHttp for Tollgate {
             route,
             path: ctx.path(req),
             bearer: ctx.bearer.as_ref(),
-            identity: ctx.identity.as_ref(),
-            dpop: ctx.dpop.as_ref(),
+            identity: ctx.identity.as_deref(),
+            dpop: ctx.dpop.as_deref(),
             client_ip,
             request_id: &ctx.request_id,
         };
