@@ -64,6 +64,8 @@ token_endpoint = "http://127.0.0.1:1/token"
 jwks_uri = "http://127.0.0.1:1/jwks"
 revocation_endpoint = "http://127.0.0.1:1/revoke"
 allow_get_logout = true
+# The captured discovery document offers PAR; the harness never leaves the process.
+par = "never"
 [session]
 cookie_name = "{COOKIE}"
 keys = ["{key}"]
@@ -530,7 +532,7 @@ impl Harness {
         accept: Option<&str>,
     ) -> ReplyParts {
         Self::get(query, cookie, accept, |facts| {
-            // The fuzzing provider offers no PAR endpoint: nothing leaves the process.
+            // `par = "never"` in the harness config: nothing leaves the process.
             match self.runtime.block_on(self.oidc.login(facts)) {
                 Ok(reply) => ReplyParts::of(&reply),
                 Err(fault) => ReplyParts::of(&Reply::from(fault)),
