@@ -35,11 +35,44 @@ pub async fn wait_http(child: &mut Child, url: &str, within: Duration) -> Result
 
 /// A port that was free a moment ago (the OS hands out ports round-robin, so reuse is rare).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Not from the kernel's ephemeral range (port 0 would give one): a port chosen here is
+    // bound by a child process a little later, and meanwhile any outbound connection (the
+    // tests make many) can take an ephemeral port as its source, which failed a run with
+    // "Address already in use". Below the range, only another listener can take it: each
+    // test process walks its own sequence from a random start, skipping ports in use.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = ephemeral_range();
+    let (first, span) = if low > 12_000 {
+        (10_000u32, u32::from(low) - 10_000)
+    } else {
+        (u32::from(high) + 1, 65_535 - u32::from(high))
+    };
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + rand::random::<u32>() % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = first + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(l) = StdListener::bind(("127.0.0.1", port as u16)) {
+            drop(l);
+            return port as u16;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
+/// The kernel's ephemeral port range (Linux), or the common default.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 pub const KEY: &str = "bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=";
