@@ -26,11 +26,8 @@ async fn claim_rules_refuse_before_the_upstream_and_identity_headers_cannot_be_s
         )
         .route("/api", &echo.url(), "")
         .route("/", &echo.url(), "auth = \"none\"");
-    let mut tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
-    tg.wait_for("/readyz").await.unwrap();
-    let b = browser();
-    let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", tg.log());
+    let tg = start_ready(port, &config).await;
+    let b = logged_in(&tg).await;
 
     // Not in `admin`: 403, and the upstream never sees the request.
     let before = echo.count();

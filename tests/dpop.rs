@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::dpop_rs::{DpopResourceServer, Introspection};
+use common::dpop_rs::DpopResourceServer;
 use common::flow::*;
 use common::idp::{Idp, CLIENTS};
 use common::*;
@@ -16,25 +16,17 @@ async fn dpop_bound_tokens_work_upstream_and_are_useless_without_the_session_key
     let mut idp = idp_for(&[port]).await;
     idp.restart_with("IDP_DPOP_NONCE", "1").await;
     let client = &CLIENTS[0];
-    let rs = DpopResourceServer::start(Introspection {
-        url: format!("{}/token/introspection", idp.issuer),
-        client_id: client.id.to_string(),
-        client_secret: client.secret.unwrap().to_string(),
-    })
-    .await;
+    let rs = DpopResourceServer::for_idp(&idp).await;
     let config = TestConfig::for_client(&idp, client)
         .oidc("dpop = true")
         .route("/orders", &rs.url(), "token_binding = \"dpop\"")
         .route("/api", &echo.url(), "")
         .route("/", &echo.url(), "auth = \"none\"");
-    let mut tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
-    tg.wait_for("/readyz").await.unwrap();
+    let tg = start_ready(port, &config).await;
 
     // The login binds the code to the session's key (dpop_jkt) and the exchange carries a
     // proof; the provider demands a nonce first, and tollgate retries once with it.
-    let b = browser();
-    let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", tg.log());
+    let b = logged_in(&tg).await;
     let stats = idp.stats().await;
     assert_eq!(stats["dpop"]["bound_grants"], 1, "{stats}");
     assert!(
@@ -45,13 +37,7 @@ async fn dpop_bound_tokens_work_upstream_and_are_useless_without_the_session_key
     // Through tollgate the resource server gets `DPoP <token>` and a fresh proof for its own
     // URL, and finds the token bound to the proof's key.
     for path in ["/orders/1", "/orders/2"] {
-        let r = b
-            .get(tg.url(path))
-            .header("x-csrf", "1")
-            .send()
-            .await
-            .unwrap();
-        let body: serde_json::Value = r.json().await.unwrap();
+        let body = api_json(&b, &tg, path).await;
         assert_eq!(body["ok"], true, "{body} {:?}", rs.verdicts());
         assert_eq!(body["sub"], "test-user");
     }
@@ -111,12 +97,7 @@ async fn a_refreshed_token_is_bound_to_the_same_key() {
     let post_logout = format!("http://127.0.0.1:{port}/");
     let idp = Idp::start(&redirect, &post_logout, Some(60)).await;
     let client = &CLIENTS[0];
-    let rs = DpopResourceServer::start(Introspection {
-        url: format!("{}/token/introspection", idp.issuer),
-        client_id: client.id.to_string(),
-        client_secret: client.secret.unwrap().to_string(),
-    })
-    .await;
+    let rs = DpopResourceServer::for_idp(&idp).await;
     let echo = Echo::start().await;
     let config = TestConfig::for_client(&idp, client)
         .scopes(&["openid", "profile", "email", "offline_access"])
@@ -124,18 +105,9 @@ async fn a_refreshed_token_is_bound_to_the_same_key() {
         .session("refresh_skew = \"120s\"")
         .route("/orders", &rs.url(), "token_binding = \"dpop\"")
         .route("/", &echo.url(), "auth = \"none\"");
-    let mut tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
-    tg.wait_for("/readyz").await.unwrap();
-    let b = browser();
-    let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", tg.log());
-    let r = b
-        .get(tg.url("/orders/1"))
-        .header("x-csrf", "1")
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = r.json().await.unwrap();
+    let tg = start_ready(port, &config).await;
+    let b = logged_in(&tg).await;
+    let body = api_json(&b, &tg, "/orders/1").await;
     assert_eq!(body["ok"], true, "{body} {:?} {}", rs.verdicts(), tg.log());
     let stats = idp.stats().await;
     assert!(

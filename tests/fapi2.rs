@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::dpop_rs::{DpopResourceServer, Introspection};
+use common::dpop_rs::DpopResourceServer;
 use common::flow::*;
 use common::idp::{CLIENTS, FAPI2_CLIENT};
 use common::*;
@@ -63,28 +63,14 @@ async fn fapi2_refuses_what_does_not_conform_and_logs_in_with_what_does() {
     assert_eq!(code, Some(0), "{out}");
 
     // The conformant configuration: a full login and a DPoP-bound API call.
-    let rs = DpopResourceServer::start(Introspection {
-        url: format!("{}/token/introspection", idp.issuer),
-        client_id: CLIENTS[0].id.to_string(),
-        client_secret: CLIENTS[0].secret.unwrap().to_string(),
-    })
-    .await;
+    let rs = DpopResourceServer::for_idp(&idp).await;
     let config = TestConfig::for_client(&idp, &FAPI2_CLIENT)
         .oidc("profile = \"fapi2\"\ndpop = true")
         .route("/orders", &rs.url(), "token_binding = \"dpop\"")
         .route("/", &echo.url(), "auth = \"none\"");
-    let mut tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
-    tg.wait_for("/readyz").await.unwrap();
-    let b = browser();
-    let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", tg.log());
-    let r = b
-        .get(tg.url("/orders/1"))
-        .header("x-csrf", "1")
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = r.json().await.unwrap();
+    let tg = start_ready(port, &config).await;
+    let b = logged_in(&tg).await;
+    let body = api_json(&b, &tg, "/orders/1").await;
     assert_eq!(body["ok"], true, "{body} {:?}", rs.verdicts());
     let stats = idp.stats().await;
     assert_eq!(stats["authorize"]["pushed"], 1, "{stats}");

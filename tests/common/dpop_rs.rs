@@ -44,6 +44,17 @@ struct State {
 }
 
 impl DpopResourceServer {
+    /// A resource server introspecting at `idp` as the first test client.
+    pub async fn for_idp(idp: &super::idp::Idp) -> DpopResourceServer {
+        let client = &super::idp::CLIENTS[0];
+        Self::start(Introspection {
+            url: format!("{}/token/introspection", idp.issuer),
+            client_id: client.id.to_string(),
+            client_secret: client.secret.unwrap_or_default().to_string(),
+        })
+        .await
+    }
+
     pub async fn start(introspection: Introspection) -> DpopResourceServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -148,3 +148,34 @@ pub async fn backchannel_delivered(idp: &Idp, n: u64) -> serde_json::Value {
     }
     stats
 }
+
+/// Starts tollgate on `port` (the port the provider knows) with `config`, ready once the
+/// provider metadata is loaded.
+pub async fn start_ready(port: u16, config: &TestConfig) -> Tollgate {
+    let mut tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
+    tg.wait_for("/readyz")
+        .await
+        .expect("ready once the provider metadata is loaded");
+    tg
+}
+
+/// A browser that went through `/login` at `tg` (the provider logs the test user in).
+pub async fn logged_in(tg: &Tollgate) -> reqwest::Client {
+    let b = browser();
+    let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "login did not complete: {}", tg.log());
+    b
+}
+
+/// `GET path` at `tg` with the CSRF header, as the SPA calls an API: the JSON body.
+pub async fn api_json(b: &reqwest::Client, tg: &Tollgate, path: &str) -> serde_json::Value {
+    b.get(tg.url(path))
+        .header("x-csrf", "1")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
