@@ -61,6 +61,14 @@ async fn fapi2_refuses_what_does_not_conform_and_logs_in_with_what_does() {
     assert!(out.contains("oidc.par"), "{out}");
     let (code, out) = check(&fapi("dpop = true"));
     assert_eq!(code, Some(0), "{out}");
+    // A session route that would send the bound token as a plain bearer: refused.
+    let bearer = TestConfig::for_client(&idp, &FAPI2_CLIENT)
+        .oidc("profile = \"fapi2\"\ndpop = true")
+        .route("/api", &echo.url(), "")
+        .render(port, free_port());
+    let (code, out) = check(&bearer);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("routes[0].token_binding"), "{out}");
 
     // The conformant configuration: a full login and a DPoP-bound API call.
     let rs = DpopResourceServer::for_idp(&idp).await;

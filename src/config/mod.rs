@@ -422,6 +422,8 @@ impl Config {
             .collect();
         if self.routes.iter().any(|r| r.identity_headers) {
             names.insert(&self.oidc.groups_claim);
+            // X-Auth-Request-Email goes only with a verified address.
+            names.insert("email_verified");
         }
         names.into_iter().map(str::to_string).collect()
     }

@@ -80,6 +80,17 @@ impl Oidc {
         login_cookie: Option<&str>,
     ) -> Result<Reply, Fault> {
         let rid = facts.request_id;
+        // FAPI 2.0: `iss` on every authorization response, errors included (RFC 9207 §2).
+        if self.fapi2 {
+            let issuer = self.provider().map(|p| p.metadata.issuer.clone());
+            match (q.iss.as_deref(), issuer) {
+                (None, _) => return Err(Fault::IssuerMissing),
+                (Some(iss), Some(expected)) if iss != expected => {
+                    return Err(Fault::IssuerMismatch)
+                }
+                _ => {}
+            }
+        }
         if let Some(error) = q.error.as_deref() {
             let error = provider_code(error);
             tracing::info!(request_id = rid, provider_error = %error, "callback: the provider returned an error");

@@ -255,7 +255,14 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
                     ),
                 })
             }
-            None if cfg.fapi2 => {
+            None if !cfg.fapi2 => {
+                tracing::warn!(
+                    issuer = %cfg.issuer_id,
+                    "[oidc] dpop is on but the provider does not advertise DPoP \
+                     (dpop_signing_alg_values_supported): logins fail unless it supports it anyway"
+                );
+            }
+            None => {
                 return Err(DiscoveryError::Conflict {
                     key: "oidc.dpop",
                     problem: "the provider does not advertise DPoP \

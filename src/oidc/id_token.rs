@@ -63,25 +63,29 @@ pub(crate) struct IdClaims {
 }
 
 impl IdClaims {
-    /// The claims named in `names` that this token carries, as the session keeps them
-    /// (claims of a type no rule can compare are left out).
+    /// Every claim named in `names`, as the session keeps it: a claim the token lacks, or of
+    /// a type no rule can compare, is kept as an empty list (it matches nothing), so that a
+    /// session records which names it looked for ([`crate::session::claims::ClaimRule::asks_unknown`]).
     pub(crate) fn keep(&self, names: &[String]) -> Vec<(String, ClaimValue)> {
         names
             .iter()
-            .filter_map(|n| {
-                let v = match n.as_str() {
-                    "sub" => serde_json::Value::String(self.sub.clone()),
-                    "email" => serde_json::Value::from(self.email.clone()?),
-                    "name" => serde_json::Value::from(self.name.clone()?),
-                    "sid" => serde_json::Value::from(self.sid.clone()?),
-                    "preferred_username" => {
-                        serde_json::Value::from(self.preferred_username.clone()?)
-                    }
-                    other => self.others.get(other)?.clone(),
-                };
-                ClaimValue::from_json(&v).map(|v| (n.clone(), v))
+            .map(|n| {
+                let v = self.claim(n).and_then(|v| ClaimValue::from_json(&v));
+                (n.clone(), v.unwrap_or(ClaimValue::Many(Vec::new())))
             })
             .collect()
+    }
+
+    fn claim(&self, name: &str) -> Option<serde_json::Value> {
+        let text = |v: &Option<String>| v.clone().map(serde_json::Value::String);
+        match name {
+            "sub" => Some(serde_json::Value::String(self.sub.clone())),
+            "email" => text(&self.email),
+            "name" => text(&self.name),
+            "sid" => text(&self.sid),
+            "preferred_username" => text(&self.preferred_username),
+            other => self.others.get(other).cloned(),
+        }
     }
 }
 

@@ -31,7 +31,7 @@ pub(crate) const LOGIN_TTL: Duration = Duration::from_secs(600);
 const PAYLOAD_VERSION: u8 = 2;
 
 /// What `/callback` needs to finish the login `/login` started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginState {
     pub nonce: String,
     pub code_verifier: String,
@@ -42,6 +42,17 @@ pub struct LoginState {
     /// it; the code exchange proves possession of it.
     #[serde(default)]
     pub dpop_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for LoginState {
+    /// The verifier, nonce and DPoP key never reach a log line, even through a stray `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginState")
+            .field("return_to", &self.return_to)
+            .field("created_at", &self.created_at)
+            .field("has_dpop_key", &self.dpop_key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +178,14 @@ impl super::Oidc {
         let mut url = provider.metadata.authorization_endpoint.clone();
         match &provider.metadata.par_endpoint {
             Some(par) => {
+                let Ok(_slot) = self.par_slots.try_acquire() else {
+                    self.metrics.limit("par_in_flight");
+                    tracing::warn!(
+                        request_id = facts.request_id,
+                        "login: too many pushed authorization requests in flight"
+                    );
+                    return Err(Fault::ProviderUnavailable);
+                };
                 let request_uri = self
                     .tokens
                     .push_authorization(

@@ -108,7 +108,15 @@ pub(crate) struct Oidc {
     dpop: bool,
     /// `[oidc] profile = "fapi2"`.
     fapi2: bool,
+    /// Pushed authorization requests in flight ([`PAR_IN_FLIGHT`]).
+    par_slots: tokio::sync::Semaphore,
 }
+
+/// At most this many `/login`s push to the provider at once: `/login` needs no session and a
+/// cross-site page or a bot can call it in a loop, and each push is a client-authenticated
+/// call that counts against the client's quota at the provider. Beyond it, `503
+/// provider_unavailable` with `Retry-After` (and `tollgate_limits_total{limit="par_in_flight"}`).
+pub(crate) const PAR_IN_FLIGHT: usize = 64;
 
 impl Oidc {
     pub(crate) fn new(
@@ -154,6 +162,7 @@ impl Oidc {
             kept_claims: config.kept_claim_names(),
             dpop: config.oidc.dpop,
             fapi2: config.oidc.fapi2,
+            par_slots: tokio::sync::Semaphore::new(PAR_IN_FLIGHT),
         })
     }
 

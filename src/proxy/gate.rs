@@ -117,19 +117,34 @@ fn identity(session: &Session<'_>, groups_claim: &str, request_id: &str) -> Opti
             })
             .ok()
     };
-    let groups = claims::claim(&session.kept_claims, groups_claim).map(|g| {
-        g.values()
-            .iter()
-            .map(|v| v.text())
-            .collect::<Vec<_>>()
-            .join(",")
-    });
+    // Comma-separated: a group whose name has a comma (an LDAP DN) would be split upstream,
+    // so then the header is left out rather than sent ambiguous.
+    let groups = claims::claim(&session.kept_claims, groups_claim)
+        .map(|g| g.values().iter().map(|v| v.text()).collect::<Vec<_>>())
+        .filter(|g| !g.is_empty())
+        .filter(|g| {
+            let plain = g.iter().all(|v| !v.contains(','));
+            if !plain {
+                tracing::warn!(
+                    request_id,
+                    "X-Auth-Request-Groups left out: a group name has a comma"
+                );
+            }
+            plain
+        })
+        .map(|g| g.join(","));
     Some(Box::new(Identity {
         user: value("sub", &session.claims.sub)?,
+        // Only a verified address: upstreams written for oauth2-proxy trust this header, and
+        // oauth2-proxy refuses unverified ones (a self-registered `admin@corp.example`).
         email: session
             .claims
             .email
             .as_deref()
+            .filter(|_| {
+                claims::claim(&session.kept_claims, "email_verified")
+                    == Some(&claims::ClaimValue::One(claims::Scalar::Bool(true)))
+            })
             .and_then(|e| value("email", e)),
         groups: groups.as_deref().and_then(|g| value("groups", g)),
     }))
@@ -365,6 +380,15 @@ impl Gate {
             .check(facts.headers, facts.method)
             .map_err(|e| Reply::from(Fault::Csrf(e)))?;
         if let Some(rule) = policy.require {
+            if rule.asks_unknown(&session.kept_claims) {
+                // Logged in before the rule named this claim: log in again to keep it (a 403
+                // would lock out members of the group until the session ends).
+                tracing::info!(
+                    request_id = rid,
+                    "the route's require rule reads a claim this session did not keep"
+                );
+                return Err(Reply::from(Fault::Unauthenticated));
+            }
             if !rule.allows(&session.kept_claims) {
                 tracing::info!(
                     request_id = rid,
@@ -645,10 +669,16 @@ mod tests {
         let g = gate().with_groups_claim("roles");
         let mut s = session();
         s.access_expires_at = NOW + 5; // due: a refresh would be tried if the rule passed
-        s.kept_claims = vec![(
-            "roles".to_string(),
-            ClaimValue::from_json(&serde_json::json!(["staff", "ops"])).unwrap(),
-        )]
+        s.kept_claims = vec![
+            (
+                "roles".to_string(),
+                ClaimValue::from_json(&serde_json::json!(["staff", "ops"])).unwrap(),
+            ),
+            (
+                "email_verified".to_string(),
+                ClaimValue::from_json(&serde_json::json!(true)).unwrap(),
+            ),
+        ]
         .into();
         let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
         let rule = |text: &str| -> ClaimRule {
@@ -700,6 +730,48 @@ mod tests {
             .await
             .unwrap();
         assert!(grant.identity.is_none(), "only where the route asks");
+
+        // A rule on a claim the session did not keep (added after its login): log in again,
+        // not 403. An unverified email is not sent.
+        let mut s2 = s.clone();
+        s2.kept_claims = vec![(
+            "roles".to_string(),
+            ClaimValue::from_json(&serde_json::json!(["staff"])).unwrap(),
+        )]
+        .into();
+        let h2 = headers_with(&g, Some(&s2), &[("x-csrf", "1")]);
+        let facts2 = Facts {
+            headers: &h2,
+            ..facts
+        };
+        let tenants = rule(r#"require = { tenant = "acme" }"#);
+        let r = g
+            .decide(
+                Policy {
+                    require: Some(&tenants),
+                    ..policy
+                },
+                &facts2,
+                &p,
+            )
+            .await;
+        assert_eq!(refused(r).0, 401);
+        let grant = g
+            .decide(
+                Policy {
+                    require: Some(&staff),
+                    ..policy
+                },
+                &facts2,
+                &p,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            grant.identity.unwrap().email,
+            None,
+            "email_verified not true"
+        );
     }
 
     #[tokio::test]

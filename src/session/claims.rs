@@ -111,6 +111,14 @@ impl ClaimRule {
             .all(|(name, wanted)| claim(kept, name).is_some_and(|v| v.contains_any(wanted)))
     }
 
+    /// Whether the rule reads a claim the session did not look for at login (a rule added
+    /// since): the session cannot be judged, and a new login would keep the claim.
+    pub fn asks_unknown(&self, kept: &KeptClaims) -> bool {
+        self.terms
+            .iter()
+            .any(|(name, _)| claim(kept, name).is_none())
+    }
+
     /// The claim names the rule reads (what a session must keep).
     pub fn claim_names(&self) -> impl Iterator<Item = &str> {
         self.terms.iter().map(|(n, _)| n.as_str())

@@ -90,6 +90,9 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
             ));
         }
     }
+    if c.oidc.fapi2 {
+        fapi2_cross_section(c)?;
+    }
     for (i, r) in c.routes.iter().enumerate() {
         if r.token_binding == crate::config::TokenBinding::Dpop && !c.oidc.dpop {
             return Err(ConfigError::invalid(
@@ -139,6 +142,48 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
 
 /// `http://localhost`, `http://127.x.x.x` or `http://[::1]`, any port: reachable from this
 /// machine only.
+/// FAPI 2.0 across sections: every route with a session sends its token sender-constrained,
+/// and nothing tokens or assertions travel to is plain http (but on loopback).
+fn fapi2_cross_section(c: &Config) -> Result<(), ConfigError> {
+    const WHY: &str = "with oidc.profile = \"fapi2\"";
+    let tls_only = |key: String, url: &Url| {
+        if url.scheme() == "https" || is_loopback_http(url) {
+            Ok(())
+        } else {
+            Err(ConfigError::invalid(
+                key,
+                format!("is not https; {WHY} only TLS (plain http only on a loopback address)"),
+            ))
+        }
+    };
+    let e = &c.oidc.endpoints;
+    for (name, url) in [
+        ("authorization_endpoint", &e.authorization_endpoint),
+        ("token_endpoint", &e.token_endpoint),
+        ("jwks_uri", &e.jwks_uri),
+        ("end_session_endpoint", &e.end_session_endpoint),
+        ("revocation_endpoint", &e.revocation_endpoint),
+        (
+            "pushed_authorization_request_endpoint",
+            &e.pushed_authorization_request_endpoint,
+        ),
+    ] {
+        if let Some(url) = url {
+            tls_only(format!("oidc.{name}"), url)?;
+        }
+    }
+    for (i, r) in c.routes.iter().enumerate() {
+        tls_only(format!("routes[{i}].upstream"), &r.upstream)?;
+        if r.auth != RouteAuth::None && r.token_binding != crate::config::TokenBinding::Dpop {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].token_binding"),
+                format!("is \"bearer\"; {WHY} tokens go upstream sender-constrained: set \"dpop\""),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn is_loopback_http(url: &Url) -> bool {
     url.scheme() == "http"
         && match url.host() {

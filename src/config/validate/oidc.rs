@@ -18,7 +18,7 @@ use crate::config::{
 };
 
 /// Authorization request parameters tollgate sets itself.
-const PROTOCOL_PARAMS: [&str; 9] = [
+const PROTOCOL_PARAMS: [&str; 15] = [
     "response_type",
     "client_id",
     "redirect_uri",
@@ -28,6 +28,12 @@ const PROTOCOL_PARAMS: [&str; 9] = [
     "code_challenge",
     "code_challenge_method",
     "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "prompt",
+    "dpop_jkt",
+    "request_uri",
+    "request",
 ];
 
 pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigError> {
@@ -149,7 +155,7 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         revocation_endpoint: o.revocation_endpoint.map(|u| u.0),
         pushed_authorization_request_endpoint: o.pushed_authorization_request_endpoint.map(|u| u.0),
     };
-    if o.par == ParMode::Always
+    if (o.par == ParMode::Always || o.profile == Some(Profile::Fapi2))
         && endpoints.skip_discovery()
         && endpoints.pushed_authorization_request_endpoint.is_none()
     {
@@ -181,6 +187,13 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         return Err(ConfigError::invalid(
             "oidc.metadata_refresh",
             "must be at least 10s",
+        ));
+    }
+    if o.profile == Some(Profile::Fapi2) && endpoints.skip_discovery() {
+        return Err(ConfigError::invalid(
+            "oidc.profile",
+            "\"fapi2\" needs the provider's discovery document (its ID token and DPoP algorithms); \
+             do not set authorization_endpoint, token_endpoint and jwks_uri all three",
         ));
     }
     if o.profile == Some(Profile::Fapi2) {

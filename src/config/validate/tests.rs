@@ -212,6 +212,13 @@ fn values_get_their_types() {
 
     let cases: Vec<(String, &str)> = vec![
         (
+            edit(
+                "[oidc.extra_auth_params]",
+                "[oidc.extra_auth_params]\ndpop_jkt = \"x\"",
+            ),
+            "`oidc.extra_auth_params.dpop_jkt`: is set by tollgate itself",
+        ),
+        (
             edit("dpop = false", "dpop = true\nprofile = \"fapi2\""),
             "`oidc.auth_method`: is \"client_secret_basic\"; with oidc.profile = \"fapi2\" the client authenticates with private_key_jwt",
         ),
