@@ -90,17 +90,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Waits (bounded) until URL answers 200; fails if PID has exited.
+# Waits (bounded by the clock, 90 s: a busy 2-core machine once needed more than 30 s for
+# the provider's first answer) until URL answers 200; fails if PID has exited. Each probe
+# gives up after 2 s, so a listener that accepts and never answers cannot stall the wait.
 wait_for() {
-  local url="$1" pid="$2" name="$3"
-  for _ in $(seq 1 150); do
+  local url="$1" pid="$2" name="$3" deadline=$((SECONDS + 90))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     kill -0 "$pid" 2>/dev/null || die "$name exited; see its output above"
-    if node -e "fetch(process.argv[1]).then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))" "$url"; then
+    if node -e "fetch(process.argv[1],{signal:AbortSignal.timeout(2000)}).then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))" "$url"; then
       return 0
     fi
     sleep 0.2
   done
-  die "$name did not answer $url within 30 s"
+  die "$name did not answer $url within 90 s (load: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null))"
 }
 
 # --replicas N: redis-server, N tollgate replicas with the same config plus [store], the
