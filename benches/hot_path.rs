@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
 use tollgate::config::{SameSite, SessionConfig};
-use tollgate::oidc::refresh::{self, flight_key, Flights, RefreshOutcome};
+use tollgate::oidc::refresh::{self, flight_key, Flights, Purpose, RefreshOutcome, Spent};
 use tollgate::oidc::token_client::TokenResponse;
 use tollgate::proxy::headers::{bearer_value, rewrite, UpstreamRewrite};
 use tollgate::session::cookie::SessionCookies;
@@ -185,7 +185,10 @@ fn bench_refresh(c: &mut Criterion) {
         async move {
             tokio::task::yield_now().await;
             calls.fetch_add(1, Ordering::Relaxed);
-            RefreshOutcome::Refreshed(tokens, 0)
+            Spent {
+                purpose: Purpose::SESSION,
+                outcome: RefreshOutcome::Refreshed(tokens, 0),
+            }
         }
     };
 
@@ -197,9 +200,9 @@ fn bench_refresh(c: &mut Criterion) {
                 iterations += 1;
                 let flights = Flights::default();
                 let key = flight_key(black_box(&old_refresh));
-                rt.block_on(futures_util::future::join_all(
-                    (0..64).map(|_| flights.run(key, wait, provider(&calls, &tokens))),
-                ))
+                rt.block_on(futures_util::future::join_all((0..64).map(|_| {
+                    flights.run(key, Purpose::SESSION, wait, provider(&calls, &tokens))
+                })))
             })
         },
     );
@@ -211,13 +214,14 @@ fn bench_refresh(c: &mut Criterion) {
 
     let warm = Flights::default();
     let key = flight_key(&old_refresh);
-    rt.block_on(warm.run(key, wait, provider(&calls, &tokens)));
+    rt.block_on(warm.run(key, Purpose::SESSION, wait, provider(&calls, &tokens)));
     c.bench_function(
         "refresh single flight: late request answered from the kept result",
         |b| {
             b.iter(|| {
                 rt.block_on(warm.run(
                     flight_key(black_box(&old_refresh)),
+                    Purpose::SESSION,
                     wait,
                     provider(&calls, &tokens),
                 ))

@@ -79,6 +79,8 @@ pub(crate) enum Fault {
     StoreUnavailable,
     /// The session's claims do not satisfy the route's `require` rule.
     Forbidden,
+    /// The provider will not issue a token for the route's audience (`resource`, `scopes`).
+    InsufficientScope,
 }
 
 impl Fault {
@@ -89,7 +91,7 @@ impl Fault {
             BadPath | BadRequest => 400,
             Unauthenticated | SessionExpired => 401,
             ProviderUnavailable | StoreUnavailable => 503,
-            Csrf(_) | Forbidden => 403,
+            Csrf(_) | Forbidden | InsufficientScope => 403,
             MethodNotAllowed => 405,
             UpstreamUnavailable => 502,
             UpstreamTimeout => 504,
@@ -162,6 +164,7 @@ impl Fault {
             }
             StoreUnavailable => "the shared store cannot be reached; retry shortly",
             Forbidden => "this account is not allowed here",
+            InsufficientScope => "the identity provider does not grant this session a token for this API",
             _ => return None,
         })
     }
@@ -183,6 +186,7 @@ impl Fault {
                 | Fault::PayloadTooLarge
                 | Fault::StoreUnavailable
                 | Fault::Forbidden
+                | Fault::InsufficientScope
         )
     }
 }
@@ -375,6 +379,7 @@ impl Fault {
             CookieTooLarge => "request_header_fields_too_large",
             StoreUnavailable => "store_unavailable",
             Forbidden => "forbidden",
+            InsufficientScope => "insufficient_scope",
         }
     }
 }

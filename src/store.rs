@@ -345,6 +345,28 @@ impl Store {
         .await
     }
 
+    /// The sealed route token kept under `key` ([`crate::oidc::audience`]), if any.
+    pub(crate) async fn route_token(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded("get_route_token", conn.get(self.refresh_key("token", key)))
+            .await
+    }
+
+    /// Keeps a sealed route token under `key` for `ttl` seconds (its lifetime).
+    pub(crate) async fn put_route_token(
+        &self,
+        key: &str,
+        sealed: &str,
+        ttl: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(
+            "put_route_token",
+            conn.set_ex::<_, _, ()>(self.refresh_key("token", key), sealed, ttl.max(1)),
+        )
+        .await
+    }
+
     /// Every revocation still in the store. `ZSCAN` returns every member present for the
     /// whole scan, in pages, so a large set never arrives as one reply.
     async fn load_all(&self, now: u64) -> Result<Vec<Revocation>, StoreError> {

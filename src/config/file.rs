@@ -231,6 +231,11 @@ pub(crate) struct RouteSection {
     pub identity_headers: bool,
     #[serde(default)]
     pub token_binding: TokenBinding,
+    /// RFC 8707 resource indicator of the route's own access token.
+    pub resource: Option<String>,
+    /// Scopes of the route's own access token.
+    #[serde(default, deserialize_with = "de::list")]
+    pub scopes: Vec<String>,
     #[serde(default = "secs::<5>", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
     #[serde(default = "secs::<60>", deserialize_with = "de::duration")]

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -348,6 +349,50 @@ pub enum TokenBinding {
     Dpop,
 }
 
+/// `[[routes]] resource` and `scopes`: the audience of a route's own access token (RFC 8707),
+/// obtained with the session's refresh token. Two routes with the same resource and scopes
+/// share one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience {
+    /// `resource=` for the token request: an absolute URI without fragment.
+    pub resource: Option<String>,
+    /// `scope=` for the token request (space-separated), if the route names scopes.
+    pub scope: Option<String>,
+    /// What caches, single flights and the store know it by: a hash of both, the same on
+    /// every replica with the same config.
+    pub id: [u8; 16],
+}
+
+impl Audience {
+    pub fn new(resource: Option<String>, scopes: &[String]) -> Audience {
+        let scope = (!scopes.is_empty()).then(|| scopes.join(" "));
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, b"tollgate audience\0");
+        sha2::Digest::update(&mut h, resource.as_deref().unwrap_or("").as_bytes());
+        sha2::Digest::update(&mut h, b"\0");
+        sha2::Digest::update(&mut h, scope.as_deref().unwrap_or("").as_bytes());
+        let digest = sha2::Digest::finalize(h);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Audience {
+            resource,
+            scope,
+            id,
+        }
+    }
+
+    /// The resource's tag in a session ([`resource_tag`]).
+    pub fn resource_tag(&self) -> Option<u64> {
+        self.resource.as_deref().map(resource_tag)
+    }
+}
+
+/// What a session records of a resource asked for at its login: 8 bytes of its SHA-256.
+pub fn resource_tag(resource: &str) -> u64 {
+    let d = <sha2::Sha256 as sha2::Digest>::digest(resource.as_bytes());
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteAuth {
@@ -385,6 +430,8 @@ pub struct RouteConfig {
     pub identity_headers: bool,
     /// How the access token goes upstream: `Bearer`, or `DPoP` with a proof.
     pub token_binding: TokenBinding,
+    /// The route's own access token (`resource`, `scopes`), instead of the session's.
+    pub audience: Option<Arc<Audience>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }
@@ -426,6 +473,39 @@ impl Config {
             names.insert("email_verified");
         }
         names.into_iter().map(str::to_string).collect()
+    }
+
+    /// The resources the routes name, each once, in config order: `/login` asks for all of
+    /// them (RFC 8707 §2.1).
+    pub fn resources(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in self
+            .routes
+            .iter()
+            .filter_map(|r| r.audience.as_ref()?.resource.as_ref())
+        {
+            if !out.contains(r) {
+                out.push(r.clone());
+            }
+        }
+        out
+    }
+
+    /// The login's `scope`: `[oidc] scopes`, then every scope a route names, each once (the
+    /// grant must cover what a route's token asks for).
+    pub fn login_scope(&self) -> String {
+        let mut scopes: Vec<&str> = self.oidc.scopes.iter().map(String::as_str).collect();
+        for s in self
+            .routes
+            .iter()
+            .filter_map(|r| r.audience.as_ref()?.scope.as_deref())
+            .flat_map(|s| s.split(' '))
+        {
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
+        scopes.join(" ")
     }
 
     /// Reads `path`, applies the process environment's `TOLLGATE__*` overrides and validates.

@@ -207,6 +207,7 @@ impl Oidc {
             id: rand::random(),
             kept_claims: kept_claims.into(),
             dpop_key: dpop.map(|k| k.pkcs8().to_vec().into()),
+            resources: self.resource_tags.clone().into(),
         };
         let previous = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
         let mut cookies = codec

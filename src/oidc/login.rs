@@ -166,6 +166,9 @@ impl super::Oidc {
             ("code_challenge", code_challenge(&login.code_verifier)),
             ("code_challenge_method", "S256".into()),
         ];
+        for r in &self.resources {
+            params.push(("resource", r.clone()));
+        }
         for (k, v) in &self.extra_auth_params {
             params.push((k, v.clone()));
         }

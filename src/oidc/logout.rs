@@ -75,7 +75,7 @@ impl Oidc {
             if let Err(e) = gate.revoke(revocation, "logout", facts.now).await {
                 tracing::warn!(request_id = rid, error = %e, "logout: the store did not record the revocation; other replicas may accept copies of this cookie");
             }
-            self.end_refreshes(s.refresh_token.as_deref(), &s.access_token);
+            self.end_refreshes(s.id, s.refresh_token.as_deref(), &s.access_token);
             self.revoke(s, rid).await;
         }
         tracing::info!(request_id = rid, had_session = session.is_some(), "logout");

@@ -8,6 +8,7 @@
 //! session ([`callback`]); [`refresh`] and [`logout`] run the rest of its life. Failures are
 //! [`crate::reply::Fault`]s.
 
+pub(crate) mod audience;
 pub(crate) mod backchannel;
 pub(crate) mod callback;
 pub(crate) mod client_auth;
@@ -91,11 +92,17 @@ pub(crate) struct Oidc {
     client_id: String,
     redirect_uri: String,
     scope: String,
+    /// The resources every login asks for (RFC 8707 §2.1; [`Config::resources`]).
+    resources: Vec<String>,
+    /// Their tags, recorded in each new session.
+    resource_tags: Vec<u64>,
     extra_auth_params: Vec<(String, String)>,
     session_cookie: String,
     secure_cookies: bool,
     last_jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
     flights: refresh::Flights,
+    /// Route tokens (RFC 8707) by session and audience ([`audience`]).
+    audience_tokens: audience::AudienceTokens,
     store: Option<Arc<crate::store::Store>>,
     metrics: crate::ops::metrics::Metrics,
     http_timeout: Duration,
@@ -142,7 +149,13 @@ impl Oidc {
             sealer: Sealer::new(&config.session.keys),
             client_id: config.oidc.client_id.clone(),
             redirect_uri: format!("{public}{}", config.oidc.callback_path),
-            scope: config.oidc.scopes.join(" "),
+            scope: config.login_scope(),
+            resources: config.resources(),
+            resource_tags: config
+                .resources()
+                .iter()
+                .map(|r| crate::config::resource_tag(r))
+                .collect(),
             extra_auth_params: config
                 .oidc
                 .extra_auth_params
@@ -153,6 +166,7 @@ impl Oidc {
             secure_cookies: config.server.secure_cookies,
             last_jwks_refetch: tokio::sync::Mutex::new(None),
             flights: refresh::Flights::default(),
+            audience_tokens: audience::AudienceTokens::default(),
             store,
             metrics,
             http_timeout: config.oidc.http_timeout,

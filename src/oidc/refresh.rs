@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::dpop::DpopKey;
 use super::token_client::{TokenError, TokenResponse};
 use super::Oidc;
+use crate::config::Audience;
 use crate::session::Session;
 use crate::store::{Store, StoreError};
 
@@ -41,10 +42,37 @@ pub fn apply(session: &mut Session<'static>, tokens: &TokenResponse, issued_at: 
     }
 }
 
-/// The wire version of a refresh result shared through the store.
-const RESULT_VERSION: u8 = 1;
+/// Puts what a refresh for a route's audience changed into `session`: only a rotated refresh
+/// token (the access token it brought belongs to the route, not to the session).
+pub fn apply_rotation(session: &mut Session<'static>, tokens: &TokenResponse, issued_at: u64) {
+    if let Some(rt) = &tokens.refresh_token {
+        session.refresh_token = Some(rt.clone().into());
+        session.refresh_expires_at = tokens
+            .refresh_expires_in
+            .map(|s| super::callback::expires_at(issued_at, Some(s)));
+    }
+}
+
+/// Puts every refresh a caller passed through on its way into `session` ([`Refresh::passed`]).
+pub fn apply_passed(session: &mut Session<'static>, passed: &[Spent]) {
+    for spent in passed {
+        if let RefreshOutcome::Refreshed(tokens, at) = &spent.outcome {
+            if spent.purpose == Purpose::SESSION {
+                apply(session, tokens, *at);
+            } else {
+                apply_rotation(session, tokens, *at);
+            }
+        }
+    }
+}
+
+/// The wire version of a refresh result shared through the store (2: with its purpose).
+const RESULT_VERSION: u8 = 2;
 /// How often a replica looks for another replica's refresh result while it waits.
 const WAIT_STEP: Duration = Duration::from_millis(25);
+/// The most refreshes one caller follows through ([`Oidc::refresh`]): each is another
+/// purpose's use of a rotated refresh token that happened first.
+const MAX_HOPS: usize = 8;
 
 /// How long a successful refresh result answers for the old refresh token.
 pub(crate) const RESULT_TTL: Duration = Duration::from_secs(60);
@@ -56,17 +84,72 @@ pub enum RefreshOutcome {
     Refreshed(Arc<TokenResponse>, u64),
     /// The provider refused the refresh token (revoked, expired, reused): log in again.
     Rejected(String),
+    /// The provider will not issue a token for this audience (`invalid_target`,
+    /// `invalid_scope`): the route answers 403, the session stays.
+    Refused(String),
     /// The provider could not be reached or failed: try again later, keep the session.
     Unavailable,
 }
 
+/// What a refresh is for: the session's own access token, or a route's [`Audience`] (by id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Purpose(pub [u8; 16]);
+
+impl Purpose {
+    /// The session's own access token.
+    pub const SESSION: Purpose = Purpose([0; 16]);
+
+    pub fn of(audience: Option<&Audience>) -> Purpose {
+        audience.map_or(Purpose::SESSION, |a| Purpose(a.id))
+    }
+}
+
+/// One use of a refresh token: what it was for, and what came of it.
+#[derive(Debug, Clone)]
+pub struct Spent {
+    pub purpose: Purpose,
+    pub outcome: RefreshOutcome,
+}
+
+/// What a caller of [`Oidc::refresh`] gets.
+#[derive(Debug, Clone)]
+pub struct Refresh {
+    /// Refreshes for other purposes that spent (and rotated) the caller's refresh token first,
+    /// in order: the session must take their refresh tokens ([`apply_passed`]).
+    pub passed: Vec<Spent>,
+    /// The outcome for the caller's purpose.
+    pub outcome: RefreshOutcome,
+}
+
+impl Refresh {
+    /// An outcome with nothing passed on the way.
+    pub fn only(outcome: RefreshOutcome) -> Refresh {
+        Refresh {
+            passed: Vec::new(),
+            outcome,
+        }
+    }
+}
+
 /// The single-flight key of a refresh token: its SHA-256 (the token itself is not kept).
+/// Every use of a token meets here first, whatever its purpose: with rotation, a token is good
+/// for one use only, so uses for the session and for each route's audience take turns.
 pub fn flight_key(refresh_token: &str) -> [u8; 32] {
     Sha256::digest(refresh_token.as_bytes()).into()
 }
 
+/// The flight of a refresh token that does not rotate, for one purpose: such a token serves
+/// every purpose, each with a flight (and a kept result) of its own.
+fn purpose_key(refresh_token: &str, purpose: Purpose) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(refresh_token.as_bytes());
+    h.update([0]);
+    h.update(purpose.0);
+    h.finalize().into()
+}
+
 struct Flight {
-    outcome: watch::Receiver<Option<RefreshOutcome>>,
+    outcome: watch::Receiver<Option<Spent>>,
     started: Instant,
 }
 
@@ -91,8 +174,8 @@ impl Flights {
         &self,
         key: [u8; 32],
     ) -> (
-        watch::Receiver<Option<RefreshOutcome>>,
-        Option<watch::Sender<Option<RefreshOutcome>>>,
+        watch::Receiver<Option<Spent>>,
+        Option<watch::Sender<Option<Spent>>>,
     ) {
         let (tx, rx) = watch::channel(None);
         let Ok(mut table) = self.table.lock() else {
@@ -113,41 +196,46 @@ impl Flights {
     }
 
     /// Runs `work` for `key` unless a flight for it is in progress or recently succeeded, in
-    /// which case its outcome is shared. The work runs as a task of its own, so a refresh the
-    /// provider accepted is kept even when every request that waited for it is gone (the
-    /// next request must not spend the old refresh token again). Waits at most `wait`; an
-    /// `Unavailable` outcome is not kept, so the next caller tries again. The key is the
-    /// refresh token's SHA-256 ([`flight_key`]).
-    pub async fn run<F>(&self, key: [u8; 32], wait: Duration, work: F) -> RefreshOutcome
+    /// which case its outcome is shared (it may be for another purpose: the caller looks). The
+    /// work runs as a task of its own, so a refresh the provider accepted is kept even when
+    /// every request that waited for it is gone (the next request must not spend the old
+    /// refresh token again). Waits at most `wait`; an `Unavailable` outcome is not kept, so
+    /// the next caller tries again.
+    pub async fn run<F>(&self, key: [u8; 32], purpose: Purpose, wait: Duration, work: F) -> Spent
     where
-        F: std::future::Future<Output = RefreshOutcome> + Send + 'static,
+        F: std::future::Future<Output = Spent> + Send + 'static,
     {
         let (mut rx, start) = self.join(key);
         if let Some(tx) = start {
             let table = self.table.clone();
             let kept = rx.clone();
             tokio::spawn(async move {
-                let outcome = tokio::time::timeout(wait, work)
-                    .await
-                    .unwrap_or(RefreshOutcome::Unavailable);
-                if matches!(outcome, RefreshOutcome::Unavailable) {
+                let spent = tokio::time::timeout(wait, work).await.unwrap_or(Spent {
+                    purpose,
+                    outcome: RefreshOutcome::Unavailable,
+                });
+                if matches!(spent.outcome, RefreshOutcome::Unavailable) {
                     forget_flight(&table, &key, &kept);
                 }
-                let _ = tx.send(Some(outcome));
+                let _ = tx.send(Some(spent));
             });
         }
-        let outcome = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(outcome)) => outcome.clone(),
+        let spent = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(spent)) => spent.clone(),
             _ => None,
         };
-        outcome.unwrap_or(RefreshOutcome::Unavailable)
+        spent.unwrap_or(Spent {
+            purpose,
+            outcome: RefreshOutcome::Unavailable,
+        })
     }
 
     /// Ends a session's refreshes (logout): for [`RESULT_TTL`], a refresh with its current
     /// refresh token, or with any older one whose kept result led to the session's current
-    /// tokens (the whole chain of rotations still kept), is answered `Rejected` without asking
-    /// the provider. So a copy of an older cookie gets nothing back, and a request that races
-    /// the logout cannot refresh the session while its token is being revoked.
+    /// tokens (the whole chain of rotations still kept, whatever each was for), is answered
+    /// `Rejected` without asking the provider. So a copy of an older cookie gets nothing
+    /// back, and a request that races the logout cannot refresh the session while its token
+    /// is being revoked.
     pub(crate) fn end_session(&self, refresh_token: Option<&str>, access_token: &str) {
         let Ok(mut table) = self.table.lock() else {
             return;
@@ -159,7 +247,11 @@ impl Flights {
                 if ended.contains(key) {
                     continue;
                 }
-                if let Some(RefreshOutcome::Refreshed(t, _)) = &*flight.outcome.borrow() {
+                if let Some(Spent {
+                    outcome: RefreshOutcome::Refreshed(t, _),
+                    ..
+                }) = &*flight.outcome.borrow()
+                {
                     let led_here = t.access_token == access_token
                         || t.refresh_token
                             .as_deref()
@@ -175,7 +267,10 @@ impl Flights {
         }
         let now = Instant::now();
         for key in ended {
-            let (_, outcome) = watch::channel(Some(RefreshOutcome::Rejected("logged_out".into())));
+            let (_, outcome) = watch::channel(Some(Spent {
+                purpose: Purpose::SESSION,
+                outcome: RefreshOutcome::Rejected("logged_out".into()),
+            }));
             table.insert(
                 key,
                 Flight {
@@ -188,7 +283,7 @@ impl Flights {
 }
 
 /// Removes `key`'s flight if it is still the one `rx` belongs to.
-fn forget_flight(table: &Table, key: &[u8; 32], rx: &watch::Receiver<Option<RefreshOutcome>>) {
+fn forget_flight(table: &Table, key: &[u8; 32], rx: &watch::Receiver<Option<Spent>>) {
     if let Ok(mut table) = table.lock() {
         if table.get(key).is_some_and(|f| f.outcome.same_channel(rx)) {
             table.remove(key);
@@ -196,23 +291,63 @@ fn forget_flight(table: &Table, key: &[u8; 32], rx: &watch::Receiver<Option<Refr
     }
 }
 
+/// Where a caller for `purpose` goes after a flight answered `spent` for another purpose:
+/// on with the rotated refresh token, to its own flight of a token that does not rotate, or
+/// nowhere (the outcome stands for every purpose).
+fn next_hop(
+    spent: &Spent,
+    purpose: Purpose,
+    refresh_token: &str,
+    key: &[u8; 32],
+) -> Option<(Option<String>, [u8; 32])> {
+    let own_flight = purpose_key(refresh_token, purpose);
+    match &spent.outcome {
+        RefreshOutcome::Refreshed(t, _) => match t.refresh_token.as_deref() {
+            Some(next) if next != refresh_token => Some((Some(next.to_owned()), flight_key(next))),
+            _ => (*key != own_flight).then_some((None, own_flight)),
+        },
+        // A refusal of another audience did not spend the token.
+        RefreshOutcome::Refused(_) => (*key != own_flight).then_some((None, own_flight)),
+        RefreshOutcome::Rejected(_) | RefreshOutcome::Unavailable => None,
+    }
+}
+
+/// What one refresh is: for whom, with what, for which purpose.
+#[derive(Clone)]
+pub(crate) struct RefreshRequest<'a> {
+    pub(crate) refresh_token: &'a str,
+    /// The session's user, and its id (a route token is kept per session).
+    pub(crate) sub: &'a str,
+    pub(crate) session_id: u128,
+    pub(crate) request_id: &'a str,
+    /// The session's DPoP key (PKCS#8), which the refresh must prove.
+    pub(crate) dpop_key: Option<&'a [u8]>,
+    /// A route's audience; `None`: the session's own token.
+    pub(crate) audience: Option<&'a Arc<Audience>>,
+}
+
+/// The owned parts of a [`RefreshRequest`] that the flight's task needs.
+pub(super) struct Job {
+    pub(super) sub: String,
+    pub(super) session_id: u128,
+    pub(super) request_id: String,
+    pub(super) dpop: Option<Arc<DpopKey>>,
+    pub(super) audience: Option<Arc<Audience>>,
+}
+
 impl Oidc {
-    /// Refreshes with `refresh_token` (of the session of user `sub`), sharing the call with
-    /// concurrent requests.
-    pub(crate) async fn refresh(
-        self: &Arc<Self>,
-        refresh_token: &str,
-        sub: &str,
-        request_id: &str,
-        dpop_key: Option<&[u8]>,
-    ) -> RefreshOutcome {
+    /// Refreshes for `req`'s purpose, sharing the provider call with concurrent requests
+    /// ([`Flights::run`]). A flight that answers for another purpose means the refresh token
+    /// was used for that first: the caller goes on with the token it rotated to (and reports
+    /// the step in [`Refresh::passed`]), or, if it did not rotate, to its own purpose's flight.
+    pub(crate) async fn refresh(self: &Arc<Self>, req: RefreshRequest<'_>) -> Refresh {
         // A session's DPoP key: the refresh proves possession of it, so the new tokens are
         // bound to it too.
-        let dpop = match dpop_key.map(DpopKey::from_pkcs8).transpose() {
+        let dpop = match req.dpop_key.map(DpopKey::from_pkcs8).transpose() {
             Ok(key) => key.map(Arc::new),
             Err(e) => {
-                tracing::error!(request_id, error = %e, "refresh: the session's DPoP key does not load");
-                return RefreshOutcome::Rejected("dpop_key".into());
+                tracing::error!(request_id = req.request_id, error = %e, "refresh: the session's DPoP key does not load");
+                return Refresh::only(RefreshOutcome::Rejected("dpop_key".into()));
             }
         };
         // With a store, a replica may first wait out another's lock, then refresh itself.
@@ -220,51 +355,99 @@ impl Oidc {
             Some(_) => 2 * self.http_timeout + Duration::from_secs(2),
             None => self.http_timeout + Duration::from_secs(2),
         };
-        let this = self.clone();
-        let (token, sub, rid) = (
-            refresh_token.to_owned(),
-            sub.to_owned(),
-            request_id.to_owned(),
+        let purpose = Purpose::of(req.audience.map(|a| a.as_ref()));
+        let job = Arc::new(Job {
+            sub: req.sub.to_owned(),
+            session_id: req.session_id,
+            request_id: req.request_id.to_owned(),
+            dpop,
+            audience: req.audience.cloned(),
+        });
+        let mut token = req.refresh_token.to_owned();
+        let mut key = flight_key(&token);
+        let mut passed = Vec::new();
+        for _ in 0..MAX_HOPS {
+            let (this, job2, rt) = (self.clone(), job.clone(), token.clone());
+            let spent = self
+                .flights
+                .run(key, purpose, wait, async move {
+                    this.refresh_shared(key, purpose, &rt, &job2).await
+                })
+                .await;
+            if spent.purpose == purpose {
+                return Refresh {
+                    passed,
+                    outcome: spent.outcome,
+                };
+            }
+            match next_hop(&spent, purpose, &token, &key) {
+                Some((rotated, next_key)) => {
+                    if let Some(rotated) = rotated {
+                        token = rotated;
+                        passed.push(spent);
+                    }
+                    key = next_key;
+                }
+                None => {
+                    return Refresh {
+                        passed,
+                        outcome: spent.outcome,
+                    }
+                }
+            }
+        }
+        tracing::warn!(
+            request_id = req.request_id,
+            "refresh: the refresh token was rotated by too many other refreshes in a row"
         );
-        self.flights
-            .run(flight_key(refresh_token), wait, async move {
-                this.refresh_shared(&token, &sub, &rid, dpop.as_deref())
-                    .await
-            })
-            .await
+        Refresh {
+            passed,
+            outcome: RefreshOutcome::Unavailable,
+        }
     }
 
-    /// Ends the refreshes of a session that is logging out ([`Flights::end_session`]).
-    pub(crate) fn end_refreshes(&self, refresh_token: Option<&str>, access_token: &str) {
+    /// Ends the refreshes of a session that is logging out ([`Flights::end_session`]) and
+    /// forgets its route tokens here.
+    pub(crate) fn end_refreshes(
+        &self,
+        session_id: u128,
+        refresh_token: Option<&str>,
+        access_token: &str,
+    ) {
         self.flights.end_session(refresh_token, access_token);
+        self.audience_tokens.forget_session(session_id);
     }
 
-    /// One refresh per refresh token across replicas, when there is a store: a published result
-    /// is reused; otherwise the replica that takes the lock refreshes and publishes the result
-    /// (sealed with the session keys: the store never holds a token in clear) and the others
-    /// wait for it. Any store failure falls back to this replica's own single flight.
+    /// One refresh per flight across replicas, when there is a store: a published result is
+    /// reused (whatever its purpose: the caller looks); otherwise the replica that takes the
+    /// lock refreshes and publishes the result (sealed with the session keys: the store never
+    /// holds a token in clear) and the others wait for it. Any store failure falls back to
+    /// this replica's own single flight.
     async fn refresh_shared(
         &self,
+        key: [u8; 32],
+        purpose: Purpose,
         refresh_token: &str,
-        sub: &str,
-        request_id: &str,
-        dpop: Option<&DpopKey>,
-    ) -> RefreshOutcome {
+        job: &Job,
+    ) -> Spent {
         let Some(store) = self.store.as_ref() else {
-            return self
-                .call_refresh(refresh_token, sub, request_id, dpop)
-                .await;
+            return Spent {
+                purpose,
+                outcome: self.call_refresh(refresh_token, job).await,
+            };
         };
         match self
-            .shared_refresh(store, refresh_token, sub, request_id, dpop)
+            .shared_refresh(store, key, purpose, refresh_token, job)
             .await
         {
-            Ok(outcome) => outcome,
+            Ok(spent) => spent,
             Err(e) => {
                 self.metrics.refresh("fallback");
-                tracing::warn!(request_id, error = %e, "refresh: the store is unavailable; refreshing without it");
-                self.call_refresh(refresh_token, sub, request_id, dpop)
-                    .await
+                tracing::warn!(request_id = %job.request_id, error = %e, "refresh: the store is unavailable; refreshing without it");
+                Spent {
+                    purpose,
+                    outcome: self.call_refresh(refresh_token, job).await,
+                }
             }
         }
     }
@@ -272,32 +455,27 @@ impl Oidc {
     async fn shared_refresh(
         &self,
         store: &Store,
+        key: [u8; 32],
+        purpose: Purpose,
         refresh_token: &str,
-        sub: &str,
-        request_id: &str,
-        dpop: Option<&DpopKey>,
-    ) -> Result<RefreshOutcome, StoreError> {
-        let flight: String = flight_key(refresh_token)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        job: &Job,
+    ) -> Result<Spent, StoreError> {
+        let flight: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let mut waited = false;
         loop {
-            if let Some(outcome) = self.published(store, &flight).await? {
+            if let Some(spent) = self.published(store, &flight).await? {
                 self.metrics
                     .refresh(if waited { "waited" } else { "reused" });
-                return Ok(outcome);
+                return Ok(spent);
             }
             if store.try_lock(&flight, self.http_timeout).await? {
                 self.metrics.refresh("won");
-                let outcome = self
-                    .call_refresh(refresh_token, sub, request_id, dpop)
-                    .await;
+                let outcome = self.call_refresh(refresh_token, job).await;
                 match &outcome {
                     RefreshOutcome::Refreshed(tokens, issued_at) => {
                         let sealed = self.sealer.seal_value(
                             RESULT_VERSION,
-                            &(tokens.as_ref(), *issued_at),
+                            &(purpose, tokens.as_ref(), *issued_at),
                             &flight,
                         );
                         if let Some(sealed) = sealed {
@@ -308,7 +486,7 @@ impl Oidc {
                     }
                     // The lock may have expired under a slow call and another replica refreshed
                     // first: its result is the session's, not this refusal.
-                    RefreshOutcome::Rejected(_) => {
+                    RefreshOutcome::Rejected(_) | RefreshOutcome::Refused(_) => {
                         if let Some(published) = self.published(store, &flight).await? {
                             return Ok(published);
                         }
@@ -316,7 +494,7 @@ impl Oidc {
                     }
                     RefreshOutcome::Unavailable => store.unlock(&flight).await?,
                 }
-                return Ok(outcome);
+                return Ok(Spent { purpose, outcome });
             }
             // Another replica is refreshing: wait for its result (or for its lock to lapse).
             waited = true;
@@ -325,38 +503,47 @@ impl Oidc {
     }
 
     /// The result another replica published for `flight`, unsealed.
-    async fn published(
-        &self,
-        store: &Store,
-        flight: &str,
-    ) -> Result<Option<RefreshOutcome>, StoreError> {
+    async fn published(&self, store: &Store, flight: &str) -> Result<Option<Spent>, StoreError> {
         Ok(store.result(flight).await?.and_then(|sealed| {
             self.sealer
-                .open_value::<(TokenResponse, u64)>(RESULT_VERSION, &sealed, flight)
-                .map(|(tokens, at)| RefreshOutcome::Refreshed(Arc::new(tokens), at))
+                .open_value::<(Purpose, TokenResponse, u64)>(RESULT_VERSION, &sealed, flight)
+                .map(|(purpose, tokens, at)| Spent {
+                    purpose,
+                    outcome: RefreshOutcome::Refreshed(Arc::new(tokens), at),
+                })
         }))
     }
 
-    async fn call_refresh(
-        &self,
-        refresh_token: &str,
-        sub: &str,
-        request_id: &str,
-        dpop: Option<&DpopKey>,
-    ) -> RefreshOutcome {
+    async fn call_refresh(&self, refresh_token: &str, job: &Job) -> RefreshOutcome {
         let Some(provider) = self.provider() else {
             return RefreshOutcome::Unavailable;
         };
+        let request_id = job.request_id.as_str();
+        let audience = job.audience.as_deref();
         match self
             .tokens
             .refresh(
                 provider.metadata.token_endpoint.as_str(),
                 refresh_token,
-                dpop,
+                job.dpop.as_deref(),
+                audience,
             )
             .await
         {
             Ok(mut tokens) => {
+                let issued_at = crate::unix_now();
+                if audience.is_some() {
+                    // A route's token: the ID token stays the one the session keeps.
+                    tokens.id_token = None;
+                    let tokens = Arc::new(tokens);
+                    self.keep_audience_token(job, &tokens, issued_at).await;
+                    tracing::info!(
+                        request_id,
+                        rotated = tokens.refresh_token.is_some(),
+                        "route token issued"
+                    );
+                    return RefreshOutcome::Refreshed(tokens, issued_at);
+                }
                 // A new ID token only replaces the logout hint once it passes the login's
                 // checks (but the nonce) and names the same user (OpenID Connect Core §12.2);
                 // otherwise the one from login stays. The refresh itself stands either way.
@@ -371,7 +558,7 @@ impl Oidc {
                         )
                         .await;
                     match checked {
-                        Ok(claims) if claims.sub == sub => tokens.id_token = Some(id_token),
+                        Ok(claims) if claims.sub == job.sub => tokens.id_token = Some(id_token),
                         Ok(_) => tracing::warn!(
                             request_id,
                             "refresh: the new ID token names another subject; keeping the old one"
@@ -388,7 +575,7 @@ impl Oidc {
                     rotated = tokens.refresh_token.is_some(),
                     "access token refreshed"
                 );
-                RefreshOutcome::Refreshed(Arc::new(tokens), crate::unix_now())
+                RefreshOutcome::Refreshed(Arc::new(tokens), issued_at)
             }
             // Only `invalid_grant` says the refresh token itself is dead (RFC 6749 §5.2).
             // `invalid_client`, a rate limit or a firewall's 403 are the provider's or our
@@ -396,6 +583,15 @@ impl Oidc {
             Err(TokenError::Provider { error, .. }) if error == "invalid_grant" => {
                 tracing::info!(request_id, provider_error = %error, "refresh refused by the provider");
                 RefreshOutcome::Rejected(error)
+            }
+            // A route's audience the grant does not cover (RFC 8707 §2, RFC 6749 §5.2).
+            Err(TokenError::Provider { error, .. })
+                if audience.is_some()
+                    && (error == "invalid_target" || error == "invalid_scope") =>
+            {
+                tracing::info!(request_id, provider_error = %error, "the provider refused the route's audience");
+                self.metrics.route_token("refused");
+                RefreshOutcome::Refused(error)
             }
             Err(TokenError::Provider { status, error }) => {
                 tracing::error!(
@@ -462,11 +658,14 @@ mod tests {
         assert_eq!(s.access_expires_at, 1_000 + 366 * 24 * 3600);
     }
 
-    fn refreshed(at: &str, rt: &str) -> RefreshOutcome {
+    fn refreshed(at: &str, rt: &str) -> Spent {
         let mut t = tokens(Some(300), None);
         t.access_token = at.into();
         t.refresh_token = Some(rt.into());
-        RefreshOutcome::Refreshed(Arc::new(t), 0)
+        Spent {
+            purpose: Purpose::SESSION,
+            outcome: RefreshOutcome::Refreshed(Arc::new(t), 0),
+        }
     }
 
     #[tokio::test]
@@ -477,7 +676,7 @@ mod tests {
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         // The first request starts the refresh and is dropped (client gone) before the
         // provider answers.
-        let first = flights.run(key, wait, async move {
+        let first = flights.run(key, Purpose::SESSION, wait, async move {
             let _ = released.await;
             refreshed("at-2", "rt-2")
         });
@@ -491,11 +690,11 @@ mod tests {
         // The next request with the same old refresh token gets the accepted result and does
         // not call the provider again.
         let second = flights
-            .run(key, wait, async {
+            .run(key, Purpose::SESSION, wait, async {
                 panic!("the old refresh token was spent again")
             })
             .await;
-        match second {
+        match second.outcome {
             RefreshOutcome::Refreshed(t, _) => assert_eq!(t.access_token, "at-2"),
             other => panic!("{other:?}"),
         }
@@ -507,12 +706,12 @@ mod tests {
         let wait = Duration::from_secs(5);
         // Two rotations: old-rt → rt-2 → rt-3; the user logs out holding rt-3.
         flights
-            .run(flight_key("old-rt"), wait, async {
+            .run(flight_key("old-rt"), Purpose::SESSION, wait, async {
                 refreshed("at-2", "rt-2")
             })
             .await;
         flights
-            .run(flight_key("rt-2"), wait, async {
+            .run(flight_key("rt-2"), Purpose::SESSION, wait, async {
                 refreshed("at-3", "rt-3")
             })
             .await;
@@ -523,25 +722,64 @@ mod tests {
             ("rt-3", "the current token, racing the logout"),
         ] {
             let again = flights
-                .run(flight_key(rt), wait, async {
+                .run(flight_key(rt), Purpose::SESSION, wait, async {
                     panic!("the provider was asked after logout")
                 })
                 .await;
             assert!(
-                matches!(again, RefreshOutcome::Rejected(_)),
+                matches!(again.outcome, RefreshOutcome::Rejected(_)),
                 "{what}: a refresh after logout got {again:?}"
             );
         }
         // Another session's kept result is untouched.
         flights
-            .run(flight_key("other"), wait, async {
+            .run(flight_key("other"), Purpose::SESSION, wait, async {
                 refreshed("at-x", "rt-x")
             })
             .await;
         flights.end_session(Some("rt-3"), "at-3");
         let other = flights
-            .run(flight_key("other"), wait, async { panic!("kept") })
+            .run(flight_key("other"), Purpose::SESSION, wait, async {
+                panic!("kept")
+            })
             .await;
-        assert!(matches!(other, RefreshOutcome::Refreshed(..)));
+        assert!(matches!(other.outcome, RefreshOutcome::Refreshed(..)));
+    }
+
+    /// Where a caller goes after a flight answered for another purpose.
+    #[test]
+    fn a_use_for_another_purpose_leads_on() {
+        let route = Purpose([9; 16]);
+        let key = flight_key("rt-1");
+        // Rotated: on with the new token, whatever the first use was for.
+        let hop = next_hop(&refreshed("at-2", "rt-2"), route, "rt-1", &key);
+        assert_eq!(hop, Some((Some("rt-2".to_string()), flight_key("rt-2"))));
+        // Not rotated (no token, or the same one back): the route's own flight of rt-1, and
+        // from there nowhere (no loop).
+        let mut same = tokens(Some(300), None);
+        same.refresh_token = Some("rt-1".into());
+        let same = Spent {
+            purpose: Purpose::SESSION,
+            outcome: RefreshOutcome::Refreshed(Arc::new(same), 0),
+        };
+        let own = purpose_key("rt-1", route);
+        assert_eq!(next_hop(&same, route, "rt-1", &key), Some((None, own)));
+        assert_eq!(next_hop(&same, route, "rt-1", &own), None);
+        // Another audience refused: the token was not spent.
+        let refused = Spent {
+            purpose: Purpose([1; 16]),
+            outcome: RefreshOutcome::Refused("invalid_target".into()),
+        };
+        assert_eq!(next_hop(&refused, route, "rt-1", &key), Some((None, own)));
+        // A dead token is dead for every purpose.
+        let dead = Spent {
+            purpose: Purpose::SESSION,
+            outcome: RefreshOutcome::Rejected("invalid_grant".into()),
+        };
+        assert_eq!(next_hop(&dead, route, "rt-1", &key), None);
+        assert_ne!(
+            purpose_key("rt-1", route),
+            purpose_key("rt-1", Purpose::SESSION)
+        );
     }
 }

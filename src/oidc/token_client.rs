@@ -135,16 +135,22 @@ impl TokenClient {
         token_endpoint: &str,
         refresh_token: &str,
         dpop: Option<&DpopKey>,
+        audience: Option<&crate::config::Audience>,
     ) -> Result<TokenResponse, TokenError> {
-        self.request(
-            token_endpoint,
-            vec![
-                ("grant_type", "refresh_token".to_string()),
-                ("refresh_token", refresh_token.to_string()),
-            ],
-            dpop,
-        )
-        .await
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", refresh_token.to_string()),
+        ];
+        // A route's own token (RFC 8707 §2.2): its resource and scopes.
+        if let Some(a) = audience {
+            if let Some(r) = &a.resource {
+                form.push(("resource", r.clone()));
+            }
+            if let Some(s) = &a.scope {
+                form.push(("scope", s.clone()));
+            }
+        }
+        self.request(token_endpoint, form, dpop).await
     }
 
     /// Revokes a refresh token (RFC 7009). The provider answers 200 even for unknown tokens.

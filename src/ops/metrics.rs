@@ -10,6 +10,9 @@
 //! - `tollgate_refresh_total{outcome}`: refreshes with a store — `won` (this replica called the
 //!   provider), `waited` (another replica's result, after waiting), `reused` (a result already
 //!   published), `fallback` (the store failed; refreshed locally);
+//! - `tollgate_route_tokens_total{outcome}`: route tokens (RFC 8707, `[[routes]] resource` /
+//!   `scopes`) — `issued` (the provider gave one), `refused` (`403 insufficient_scope`),
+//!   `store` (another replica's, read from the store);
 //! - `tollgate_revocations_total{source}`: sessions revoked here, by `logout` or `backchannel`;
 //! - `tollgate_connections`: client connections open now;
 //! - `tollgate_limits_total{limit}`: connections or requests stopped by a `[server]`/`[oidc]`
@@ -80,6 +83,7 @@ pub(crate) struct Metrics {
     store_up: IntGauge,
     store_latency: HistogramVec,
     refreshes: IntCounterVec,
+    route_tokens: IntCounterVec,
     revocations: IntCounterVec,
     connections: IntGauge,
     limits: IntCounterVec,
@@ -153,6 +157,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let route_tokens = IntCounterVec::new(
+            Opts::new(
+                "tollgate_route_tokens_total",
+                "Route tokens (per-route audiences), by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let revocations = IntCounterVec::new(
             Opts::new(
                 "tollgate_revocations_total",
@@ -199,6 +211,7 @@ impl Metrics {
             Box::new(store_up.clone()),
             Box::new(store_latency.clone()),
             Box::new(refreshes.clone()),
+            Box::new(route_tokens.clone()),
             Box::new(revocations.clone()),
             Box::new(connections.clone()),
             Box::new(limits.clone()),
@@ -216,6 +229,7 @@ impl Metrics {
             store_up,
             store_latency,
             refreshes,
+            route_tokens,
             revocations,
             connections,
             limits,
@@ -279,6 +293,10 @@ impl Metrics {
 
     pub(crate) fn refresh(&self, outcome: &str) {
         self.refreshes.with_label_values(&[outcome]).inc();
+    }
+
+    pub(crate) fn route_token(&self, outcome: &str) {
+        self.route_tokens.with_label_values(&[outcome]).inc();
     }
 
     pub(crate) fn revocation(&self, source: &str) {

@@ -18,9 +18,10 @@ use http::{HeaderMap, HeaderValue, Method, Version};
 use super::csrf::CsrfPolicy;
 use super::headers::{self, Identity};
 use super::target::{self, Target};
-use crate::config::RouteAuth;
+use crate::config::{Audience, RouteAuth};
+use crate::oidc::audience::AudienceToken;
 use crate::oidc::dpop::{DpopError, DpopKey};
-use crate::oidc::refresh::{self, RefreshOutcome};
+use crate::oidc::refresh::{self, Refresh, RefreshOutcome, RefreshRequest};
 use crate::oidc::Oidc;
 use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
@@ -31,27 +32,32 @@ use crate::session::revocations::{Revocation, Revocations, SeenJtis};
 use crate::session::{Payload, Session, SessionCodec, SessionError};
 use crate::store::{Store, StoreError};
 
-/// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]).
+/// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]) and
+/// finds kept route tokens ([`crate::oidc::audience`]).
 pub(crate) trait Refresher: Sync {
-    /// `dpop_key`: the session's DPoP key (PKCS#8), which the refresh must prove.
-    fn refresh(
+    fn refresh(&self, req: RefreshRequest<'_>) -> impl Future<Output = Refresh> + Send;
+
+    /// The kept, unexpired token of session `session` for `audience`, if any.
+    fn route_token(
         &self,
-        refresh_token: &str,
-        sub: &str,
-        request_id: &str,
-        dpop_key: Option<&[u8]>,
-    ) -> impl Future<Output = RefreshOutcome> + Send;
+        session: u128,
+        audience: &Audience,
+        now: u64,
+    ) -> impl Future<Output = Option<Arc<AudienceToken>>> + Send;
 }
 
 impl Refresher for Arc<Oidc> {
-    fn refresh(
+    fn refresh(&self, req: RefreshRequest<'_>) -> impl Future<Output = Refresh> + Send {
+        Oidc::refresh(self, req)
+    }
+
+    fn route_token(
         &self,
-        refresh_token: &str,
-        sub: &str,
-        request_id: &str,
-        dpop_key: Option<&[u8]>,
-    ) -> impl Future<Output = RefreshOutcome> + Send {
-        Oidc::refresh(self, refresh_token, sub, request_id, dpop_key)
+        session: u128,
+        audience: &Audience,
+        now: u64,
+    ) -> impl Future<Output = Option<Arc<AudienceToken>>> + Send {
+        self.audience_token(session, audience, now)
     }
 }
 
@@ -88,6 +94,8 @@ pub(crate) struct Policy<'a> {
     pub(crate) identity_headers: bool,
     /// `token_binding = "dpop"`: `Authorization: DPoP` and a proof.
     pub(crate) dpop: bool,
+    /// `resource`/`scopes`: the route's own token instead of the session's.
+    pub(crate) audience: Option<&'a Arc<Audience>>,
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -99,6 +107,7 @@ impl Policy<'_> {
             require: None,
             identity_headers: false,
             dpop: false,
+            audience: None,
         }
     }
 }
@@ -404,12 +413,22 @@ impl Gate {
             None
         };
 
+        if let Some(audience) = policy.audience {
+            return self
+                .decide_route_token(
+                    audience, session, &present, policy, facts, identity, refresher,
+                )
+                .await;
+        }
+
         // The common case: a valid token, no renewal due. The token goes from the decrypted
         // payload straight into the header value, with no owned copy of the session.
         let refresh_due = session.access_expires_at <= now + self.refresh_skew;
         let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
         if !refresh_due && !reseal_due {
-            let (authorization, dpop) = self.present(&session, policy, rid).map_err(Reply::from)?;
+            let (authorization, dpop) = self
+                .present(&session.access_token, &session, policy, rid)
+                .map_err(Reply::from)?;
             return Ok(Grant {
                 bearer: Some(authorization),
                 identity,
@@ -423,59 +442,46 @@ impl Gate {
         let mut changed = false;
         if refresh_due {
             let still_valid = session.access_expires_at > now;
-            let expired = || {
-                Reply::from(Fault::SessionExpired)
-                    .with_cookies(self.codec.clear_cookie_lines(&present))
-            };
             let refresh_token = session
                 .refresh_token
                 .as_deref()
                 .filter(|_| session.refresh_expires_at.is_none_or(|at| at > now));
             match refresh_token {
                 Some(refresh_token) => {
-                    match refresher
-                        .refresh(
+                    let r = refresher
+                        .refresh(RefreshRequest {
                             refresh_token,
-                            &session.claims.sub,
-                            rid,
-                            session.dpop_key.as_deref(),
-                        )
-                        .await
-                    {
+                            sub: &session.claims.sub,
+                            session_id: session.id,
+                            request_id: rid,
+                            dpop_key: session.dpop_key.as_deref(),
+                            audience: None,
+                        })
+                        .await;
+                    changed = self.take_passed(&mut session, &r);
+                    match r.outcome {
                         RefreshOutcome::Refreshed(tokens, issued_at) => {
                             refresh::apply(&mut session, &tokens, issued_at);
                             changed = true;
                         }
-                        RefreshOutcome::Rejected(_) => return Err(expired()),
+                        RefreshOutcome::Rejected(_) => return Err(self.expired(&present)),
                         // Keep the session; use the current token while it lasts.
-                        RefreshOutcome::Unavailable if still_valid => {}
-                        RefreshOutcome::Unavailable => {
-                            return Err(Reply::from(Fault::ProviderUnavailable))
+                        RefreshOutcome::Unavailable | RefreshOutcome::Refused(_) if still_valid => {
+                        }
+                        RefreshOutcome::Unavailable | RefreshOutcome::Refused(_) => {
+                            return Err(Reply::from(Fault::ProviderUnavailable)
+                                .with_cookies(self.reseal(&session, &present, changed, now, rid)))
                         }
                     }
                 }
                 None if still_valid => {}
-                None => return Err(expired()),
+                None => return Err(self.expired(&present)),
             }
         }
-        // Sliding expiration renews at half-life: the cookie is re-sealed once more than half of
-        // the idle window has passed, not on every request (a client that never stores the new
-        // cookie, like a load generator or a script, would otherwise cause a re-seal and an
-        // 8 KB Set-Cookie on every call).
-        if now.saturating_sub(session.last_seen) >= self.idle_reseal_after {
-            session.last_seen = now;
-            changed = true;
-        }
-        let mut set_cookies = Vec::new();
-        if changed {
-            match self.codec.set_cookie_lines(&session, &present, now) {
-                Ok(lines) => set_cookies = lines,
-                Err(e) => {
-                    tracing::error!(request_id = rid, error = %e, "session could not be re-sealed")
-                }
-            }
-        }
-        let (authorization, dpop) = self.present(&session, policy, rid).map_err(Reply::from)?;
+        let set_cookies = self.renew(&mut session, &present, changed, now, rid);
+        let (authorization, dpop) = self
+            .present(&session.access_token, &session, policy, rid)
+            .map_err(Reply::from)?;
         Ok(Grant {
             bearer: Some(authorization),
             identity,
@@ -484,23 +490,188 @@ impl Gate {
         })
     }
 
+    /// A route with its own audience (`resource`, `scopes`): its kept token while it lasts,
+    /// else a new one asked for with the session's refresh token. The session's own access
+    /// token is not used, nor refreshed, here.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_route_token(
+        &self,
+        audience: &Arc<Audience>,
+        session: Session<'_>,
+        present: &SessionCookies<'_>,
+        policy: Policy<'_>,
+        facts: &Facts<'_>,
+        identity: Option<Box<Identity>>,
+        refresher: &impl Refresher,
+    ) -> Result<Grant, Reply> {
+        let (now, rid) = (facts.now, facts.request_id);
+        if let Some(tag) = audience.resource_tag() {
+            if !session.resources.contains(&tag) {
+                // Configured after this session's login: the grant does not cover it, and
+                // asking would spend the refresh token for a refusal. A new login asks for it.
+                tracing::info!(
+                    request_id = rid,
+                    "the route's resource was not asked for at this session's login"
+                );
+                return Err(Reply::from(Fault::Unauthenticated));
+            }
+        }
+        let kept = refresher.route_token(session.id, audience, now).await;
+        let fresh = kept
+            .as_ref()
+            .filter(|t| t.expires_at > now + self.refresh_skew);
+        let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
+        if let (Some(t), false) = (fresh, reseal_due) {
+            let (authorization, dpop) = self
+                .present(&t.access_token, &session, policy, rid)
+                .map_err(Reply::from)?;
+            return Ok(Grant {
+                bearer: Some(authorization),
+                identity,
+                dpop,
+                set_cookies: Vec::new(),
+            });
+        }
+        let mut session = session.into_owned();
+        let mut changed = false;
+        let token: String = match fresh {
+            Some(t) => t.access_token.clone(),
+            None => {
+                let still_valid = kept.filter(|t| t.expires_at > now);
+                let refresh_token = session
+                    .refresh_token
+                    .as_deref()
+                    .filter(|_| session.refresh_expires_at.is_none_or(|at| at > now));
+                match refresh_token {
+                    Some(refresh_token) => {
+                        let r = refresher
+                            .refresh(RefreshRequest {
+                                refresh_token,
+                                sub: &session.claims.sub,
+                                session_id: session.id,
+                                request_id: rid,
+                                dpop_key: session.dpop_key.as_deref(),
+                                audience: Some(audience),
+                            })
+                            .await;
+                        changed = self.take_passed(&mut session, &r);
+                        let refused = |fault: Fault, session: &Session<'_>| {
+                            Reply::from(fault)
+                                .with_cookies(self.reseal(session, present, changed, now, rid))
+                        };
+                        match r.outcome {
+                            RefreshOutcome::Refreshed(tokens, issued_at) => {
+                                refresh::apply_rotation(&mut session, &tokens, issued_at);
+                                changed |= tokens.refresh_token.is_some();
+                                tokens.access_token.clone()
+                            }
+                            RefreshOutcome::Rejected(_) => return Err(self.expired(present)),
+                            RefreshOutcome::Refused(_) => {
+                                return Err(refused(Fault::InsufficientScope, &session))
+                            }
+                            RefreshOutcome::Unavailable => match still_valid {
+                                Some(t) => t.access_token.clone(),
+                                None => return Err(refused(Fault::ProviderUnavailable, &session)),
+                            },
+                        }
+                    }
+                    None => match (still_valid, &session.refresh_token) {
+                        (Some(t), _) => t.access_token.clone(),
+                        (None, Some(_)) => return Err(self.expired(present)),
+                        (None, None) => {
+                            tracing::warn!(
+                                request_id = rid,
+                                "a route with its own audience needs a refresh token; the provider gave this session none"
+                            );
+                            return Err(Reply::from(Fault::InsufficientScope));
+                        }
+                    },
+                }
+            }
+        };
+        let set_cookies = self.renew(&mut session, present, changed, now, rid);
+        let (authorization, dpop) = self
+            .present(&token, &session, policy, rid)
+            .map_err(Reply::from)?;
+        Ok(Grant {
+            bearer: Some(authorization),
+            identity,
+            dpop,
+            set_cookies,
+        })
+    }
+
+    /// Takes the refresh tokens of the refreshes `r` passed through ([`Refresh::passed`]);
+    /// whether the session changed.
+    fn take_passed(&self, session: &mut Session<'static>, r: &Refresh) -> bool {
+        refresh::apply_passed(session, &r.passed);
+        !r.passed.is_empty()
+    }
+
+    /// `401 session_expired`, clearing the session's cookies.
+    fn expired(&self, present: &SessionCookies<'_>) -> Reply {
+        Reply::from(Fault::SessionExpired).with_cookies(self.codec.clear_cookie_lines(present))
+    }
+
+    /// Sliding expiration renews at half-life: the cookie is re-sealed once more than half of
+    /// the idle window has passed, not on every request (a client that never stores the new
+    /// cookie, like a load generator or a script, would otherwise cause a re-seal and an 8 KB
+    /// Set-Cookie on every call). The `Set-Cookie` lines when the session changed.
+    fn renew(
+        &self,
+        session: &mut Session<'static>,
+        present: &SessionCookies<'_>,
+        mut changed: bool,
+        now: u64,
+        rid: &str,
+    ) -> Vec<String> {
+        if now.saturating_sub(session.last_seen) >= self.idle_reseal_after {
+            session.last_seen = now;
+            changed = true;
+        }
+        self.reseal(session, present, changed, now, rid)
+    }
+
+    /// The session's `Set-Cookie` lines if it `changed` (also on a refusal: a refresh token
+    /// rotated on the way must reach the browser whatever the reply).
+    fn reseal(
+        &self,
+        session: &Session<'_>,
+        present: &SessionCookies<'_>,
+        changed: bool,
+        now: u64,
+        rid: &str,
+    ) -> Vec<String> {
+        if !changed {
+            return Vec::new();
+        }
+        match self.codec.set_cookie_lines(session, present, now) {
+            Ok(lines) => lines,
+            Err(e) => {
+                tracing::error!(request_id = rid, error = %e, "session could not be re-sealed");
+                Vec::new()
+            }
+        }
+    }
+
     /// How the session's access token goes upstream: `Bearer`, or `DPoP` with what the proof
     /// needs. A session without a DPoP key (from before `[oidc] dpop`) cannot use a DPoP
     /// route: `401`, log in again.
     fn present(
         &self,
+        access_token: &str,
         session: &Session<'_>,
         policy: Policy<'_>,
         rid: &str,
     ) -> Result<(HeaderValue, Option<Box<DpopGrant>>), Fault> {
         if !policy.dpop {
-            return Ok((bearer(&session.access_token, rid)?, None));
+            return Ok((bearer(access_token, rid)?, None));
         }
         let key = self.dpop_keys.get(session).map_err(|e| {
             tracing::info!(request_id = rid, error = %e, "a DPoP route and a session without a usable DPoP key");
             Fault::Unauthenticated
         })?;
-        let value = headers::dpop_value(&session.access_token).map_err(|_| {
+        let value = headers::dpop_value(access_token).map_err(|_| {
             tracing::error!(
                 request_id = rid,
                 "the access token is not a valid header value"
@@ -511,7 +682,7 @@ impl Gate {
             value,
             Some(Box::new(DpopGrant {
                 key,
-                ath: crate::oidc::dpop::ath(&session.access_token),
+                ath: crate::oidc::dpop::ath(access_token),
             })),
         ))
     }
@@ -538,14 +709,23 @@ mod tests {
 
     struct Provider {
         outcome: RefreshOutcome,
+        /// Refreshes for other purposes that came first ([`Refresh::passed`]).
+        passed: Vec<refresh::Spent>,
+        /// The route token kept for any (session, audience).
+        kept: Option<Arc<AudienceToken>>,
         calls: AtomicUsize,
+        /// The audience of the last refresh asked for.
+        asked: std::sync::Mutex<Option<[u8; 16]>>,
     }
 
     impl Provider {
         fn answering(outcome: RefreshOutcome) -> Provider {
             Provider {
                 outcome,
+                passed: Vec::new(),
+                kept: None,
                 calls: AtomicUsize::new(0),
+                asked: Default::default(),
             }
         }
         fn calls(&self) -> usize {
@@ -554,16 +734,23 @@ mod tests {
     }
 
     impl Refresher for Provider {
-        fn refresh(
-            &self,
-            refresh_token: &str,
-            _sub: &str,
-            _rid: &str,
-            _dpop_key: Option<&[u8]>,
-        ) -> impl Future<Output = RefreshOutcome> + Send {
-            assert_eq!(refresh_token, "rt-1");
+        fn refresh(&self, req: RefreshRequest<'_>) -> impl Future<Output = Refresh> + Send {
+            assert_eq!(req.refresh_token, "rt-1");
             self.calls.fetch_add(1, Ordering::Relaxed);
-            std::future::ready(self.outcome.clone())
+            *self.asked.lock().unwrap() = req.audience.map(|a| a.id);
+            std::future::ready(Refresh {
+                passed: self.passed.clone(),
+                outcome: self.outcome.clone(),
+            })
+        }
+
+        fn route_token(
+            &self,
+            _session: u128,
+            _audience: &Audience,
+            now: u64,
+        ) -> impl Future<Output = Option<Arc<AudienceToken>>> + Send {
+            std::future::ready(self.kept.clone().filter(|t| t.expires_at > now))
         }
     }
 
@@ -703,6 +890,7 @@ mod tests {
             require: Some(&admins),
             identity_headers: true,
             dpop: false,
+            audience: None,
         };
         let r = g.decide(policy, &facts, &p).await;
         assert_eq!(refused(r), (403, "forbidden".into(), 0));
@@ -947,5 +1135,170 @@ mod tests {
             s(&Method::GET, Version::HTTP_11, &h, "//api/admin"),
             Err(Fault::BadPath)
         );
+    }
+
+    fn orders() -> Arc<Audience> {
+        Arc::new(Audience::new(
+            Some("https://orders.example.com".into()),
+            &["orders:read".to_string()],
+        ))
+    }
+
+    fn issued(at: &str, rt: Option<&str>) -> Arc<TokenResponse> {
+        Arc::new(TokenResponse {
+            access_token: at.into(),
+            token_type: "Bearer".into(),
+            expires_in: Some(300),
+            refresh_token: rt.map(Into::into),
+            refresh_expires_in: None,
+            id_token: None,
+            scope: None,
+        })
+    }
+
+    async fn decide_route(
+        g: &Gate,
+        session: &Session<'_>,
+        audience: &Arc<Audience>,
+        p: &Provider,
+    ) -> Result<Grant, Reply> {
+        let h = headers_with(g, Some(session), &[("x-csrf", "1")]);
+        let facts = Facts {
+            method: &Method::GET,
+            query: None,
+            headers: &h,
+            body: None,
+            request_id: "rid",
+            now: NOW,
+        };
+        let mut policy = Policy::auth(RouteAuth::Required);
+        policy.audience = Some(audience);
+        g.decide(policy, &facts, p).await
+    }
+
+    /// The session's cookie in `lines`, opened.
+    fn reopened(g: &Gate, lines: &[String]) -> Session<'static> {
+        let cookie: Vec<&str> = lines.iter().map(|l| l.split(';').next().unwrap()).collect();
+        let mut h = HeaderMap::new();
+        h.insert("cookie", cookie.join("; ").parse().unwrap());
+        let (_, payload) = g
+            .codec
+            .open(h.get_all("cookie").iter().map(|v| v.to_str().unwrap()));
+        g.codec.decode(&payload.unwrap(), NOW).unwrap().into_owned()
+    }
+
+    fn route_session(audience: &Audience) -> Session<'static> {
+        let mut s = session();
+        s.resources = vec![audience.resource_tag().unwrap()].into();
+        s
+    }
+
+    /// A kept route token goes upstream instead of the session's, with no provider call.
+    #[tokio::test]
+    async fn a_kept_route_token_is_used_without_asking() {
+        let (g, a) = (gate(), orders());
+        let mut p = untouched();
+        p.kept = Some(Arc::new(AudienceToken {
+            access_token: "orders-at".into(),
+            expires_at: NOW + 600,
+        }));
+        let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
+        assert_eq!(grant.bearer.unwrap(), "Bearer orders-at");
+        assert!(grant.set_cookies.is_empty());
+        assert_eq!(p.calls(), 0);
+    }
+
+    /// No kept token (or one about to expire): one is asked for with the route's audience;
+    /// the refresh token it rotated to goes into the cookie, the session's own access token
+    /// stays.
+    #[tokio::test]
+    async fn a_route_token_is_asked_for_and_the_rotation_kept() {
+        let (g, a) = (gate(), orders());
+        let mut p = Provider::answering(RefreshOutcome::Refreshed(
+            issued("orders-at", Some("rt-2")),
+            NOW,
+        ));
+        p.kept = Some(Arc::new(AudienceToken {
+            access_token: "stale".into(),
+            expires_at: NOW + 5,
+        }));
+        let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
+        assert_eq!(grant.bearer.unwrap(), "Bearer orders-at");
+        assert_eq!(p.calls(), 1);
+        assert_eq!(*p.asked.lock().unwrap(), Some(a.id));
+        let s = reopened(&g, &grant.set_cookies);
+        assert_eq!(s.refresh_token.as_deref(), Some("rt-2"));
+        assert_eq!(
+            s.access_token, "at-1",
+            "the session's own token is not the route's"
+        );
+    }
+
+    /// The refresh token was spent first for the session's own token (another request): the
+    /// cookie takes that refresh's tokens too.
+    #[tokio::test]
+    async fn refreshes_passed_on_the_way_reach_the_cookie() {
+        let (g, a) = (gate(), orders());
+        let mut p = Provider::answering(RefreshOutcome::Refreshed(
+            issued("orders-at", Some("rt-3")),
+            NOW,
+        ));
+        p.passed = vec![refresh::Spent {
+            purpose: refresh::Purpose::SESSION,
+            outcome: RefreshOutcome::Refreshed(issued("at-2", Some("rt-2")), NOW),
+        }];
+        let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
+        let s = reopened(&g, &grant.set_cookies);
+        assert_eq!(s.access_token, "at-2");
+        assert_eq!(s.refresh_token.as_deref(), Some("rt-3"));
+    }
+
+    /// The provider refuses the audience: 403 `insufficient_scope` for this route, the
+    /// session kept (no cookie cleared); a rotation passed on the way still reaches it.
+    #[tokio::test]
+    async fn a_refused_audience_is_403_and_keeps_the_session() {
+        let (g, a) = (gate(), orders());
+        let p = Provider::answering(RefreshOutcome::Refused("invalid_target".into()));
+        let r = decide_route(&g, &route_session(&a), &a, &p).await;
+        assert_eq!(refused(r), (403, "insufficient_scope".into(), 0));
+
+        let mut p = Provider::answering(RefreshOutcome::Refused("invalid_scope".into()));
+        p.passed = vec![refresh::Spent {
+            purpose: refresh::Purpose::SESSION,
+            outcome: RefreshOutcome::Refreshed(issued("at-2", Some("rt-2")), NOW),
+        }];
+        let reply = decide_route(&g, &route_session(&a), &a, &p)
+            .await
+            .expect_err("refused");
+        assert_eq!(reply.status(), 403);
+        let s = reopened(&g, reply.set_cookies());
+        assert_eq!(s.refresh_token.as_deref(), Some("rt-2"));
+    }
+
+    /// A resource configured after the session's login: 401 (log in again) without spending
+    /// the refresh token on a refusal.
+    #[tokio::test]
+    async fn a_resource_the_login_did_not_ask_for_is_401() {
+        let (g, a) = (gate(), orders());
+        let p = untouched();
+        let r = decide_route(&g, &session(), &a, &p).await;
+        assert_eq!(refused(r).0, 401);
+        assert_eq!(p.calls(), 0);
+    }
+
+    /// The provider is down: a kept token that has not expired yet is used; without one, 503.
+    #[tokio::test]
+    async fn a_route_token_outlives_an_outage_until_it_expires() {
+        let (g, a) = (gate(), orders());
+        let mut p = untouched();
+        p.kept = Some(Arc::new(AudienceToken {
+            access_token: "orders-at".into(),
+            expires_at: NOW + 5,
+        }));
+        let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
+        assert_eq!(grant.bearer.unwrap(), "Bearer orders-at");
+        p.kept = None;
+        let r = decide_route(&g, &route_session(&a), &a, &p).await;
+        assert_eq!(refused(r).0, 503);
     }
 }

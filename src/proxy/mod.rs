@@ -242,6 +242,7 @@ impl Tollgate {
             require: route.require.as_ref(),
             identity_headers: route.identity_headers,
             dpop: route.dpop,
+            audience: route.audience.as_ref(),
         };
         match self.gate.decide(policy, &facts, &self.oidc).await {
             Ok(grant) => {

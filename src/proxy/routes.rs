@@ -39,6 +39,8 @@ pub(crate) struct Route {
     pub identity_headers: bool,
     /// `token_binding = "dpop"`.
     pub dpop: bool,
+    /// `resource`/`scopes`: the route's own token.
+    pub audience: Option<std::sync::Arc<crate::config::Audience>>,
     /// `scheme://authority` of the upstream as it sees itself (a DPoP proof's `htu` is this
     /// and the upstream path).
     pub origin: String,
@@ -128,6 +130,7 @@ impl RouteTable {
                 require: (!c.require.is_empty()).then(|| c.require.clone()),
                 identity_headers: c.identity_headers,
                 dpop: c.token_binding == crate::config::TokenBinding::Dpop,
+                audience: c.audience.clone(),
                 origin: c.upstream.origin().ascii_serialization(),
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),
@@ -188,6 +191,7 @@ mod tests {
             require: Default::default(),
             identity_headers: false,
             token_binding: Default::default(),
+            audience: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
         }

@@ -72,6 +72,9 @@ pub struct Session<'a> {
     /// it ([`crate::oidc::dpop`]).
     #[serde(borrow, deserialize_with = "borrowed_bytes")]
     pub dpop_key: Option<Cow<'a, [u8]>>,
+    /// The resources (RFC 8707) its login asked for, as [`crate::config::resource_tag`]s: a
+    /// route's own token is asked for only with a resource the grant covers.
+    pub resources: Cow<'a, [u64]>,
 }
 
 /// As [`borrowed`], for bytes.
@@ -119,6 +122,7 @@ impl Session<'_> {
             id: self.id,
             kept_claims: Cow::Borrowed(&self.kept_claims),
             dpop_key: self.dpop_key.as_deref().map(Cow::Borrowed),
+            resources: Cow::Borrowed(&self.resources),
         }
     }
 
@@ -141,6 +145,7 @@ impl Session<'_> {
             id: self.id,
             kept_claims: Cow::Owned(self.kept_claims.into_owned()),
             dpop_key: self.dpop_key.map(|k| Cow::Owned(k.into_owned())),
+            resources: Cow::Owned(self.resources.into_owned()),
         }
     }
 }
@@ -176,7 +181,8 @@ impl std::fmt::Debug for Payload {
 /// 2: the ID token's expiry, never read, is no longer kept; the session has an id.
 /// 3: claims kept for route rules and identity headers (`kept_claims`).
 /// 4: the DPoP key (`dpop_key`).
-pub(crate) const PAYLOAD_VERSION: u8 = 4;
+/// 5: the resources asked for at login (`resources`).
+pub(crate) const PAYLOAD_VERSION: u8 = 5;
 
 /// Why a request's session could not be used. `reason()` is the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -401,6 +407,7 @@ pub mod fixture {
             id: rand::random(),
             kept_claims: Default::default(),
             dpop_key: None,
+            resources: Default::default(),
         }
     }
 }
@@ -600,6 +607,7 @@ mod properties {
             dpop_key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
             kept in proptest::collection::vec(
                 (text(), proptest::collection::vec(text(), 0..4)), 0..3),
+            resources in proptest::collection::vec(any::<u64>(), 0..4),
         ) -> (Session<'static>, u64) {
             let kept: Vec<(String, claims::ClaimValue)> = kept
                 .into_iter()
@@ -619,6 +627,7 @@ mod properties {
                 id,
                 kept_claims: Cow::Owned(kept),
                 dpop_key: dpop_key.map(Cow::Owned),
+                resources: Cow::Owned(resources),
             }, now)
         }
     }

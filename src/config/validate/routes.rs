@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use super::{host_header, is_reachable_path, UNREACHABLE_PATH};
 use crate::config::file::RouteSection;
-use crate::config::{ConfigError, RouteAuth, RouteConfig, TokenBinding};
+use crate::config::{Audience, ConfigError, RouteAuth, RouteConfig, TokenBinding};
 
 pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigError> {
     if raw.is_empty() {
@@ -79,6 +79,18 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
                 "needs a route with a session (auth = \"required\" or \"optional\")",
             ));
         }
+        let audience = audience(&r.resource, &r.scopes, &key)?;
+        if audience.is_some() && r.auth == RouteAuth::None {
+            let k = if r.resource.is_some() {
+                "resource"
+            } else {
+                "scopes"
+            };
+            return Err(ConfigError::invalid(
+                key(k),
+                "needs a route with a session (auth = \"required\" or \"optional\")",
+            ));
+        }
         let (host, host_header) =
             host_header(&upstream).map_err(|p| ConfigError::invalid(key("upstream"), p))?;
         routes.push(RouteConfig {
@@ -92,9 +104,48 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
             require: r.require.unwrap_or_default(),
             identity_headers: r.identity_headers,
             token_binding: r.token_binding,
+            audience,
             connect_timeout: r.connect_timeout,
             read_timeout: r.read_timeout,
         });
     }
     Ok(routes)
+}
+
+/// `resource` and `scopes`: a resource indicator is an absolute URI without a fragment (RFC
+/// 8707 §2); a scope is a non-empty run of the characters RFC 6749 §3.3 allows.
+fn audience(
+    resource: &Option<String>,
+    scopes: &[String],
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<std::sync::Arc<Audience>>, ConfigError> {
+    if let Some(r) = resource {
+        match url::Url::parse(r) {
+            Ok(u) if u.fragment().is_none() && !r.contains('#') => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    key("resource"),
+                    format!("{r:?} must be an absolute URI without a fragment (RFC 8707 §2)"),
+                ))
+            }
+        }
+    }
+    for (j, s) in scopes.iter().enumerate() {
+        let ok = !s.is_empty()
+            && s.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if !ok {
+            return Err(ConfigError::invalid(
+                format!("{}[{j}]", key("scopes")),
+                format!("{s:?} is not a scope (RFC 6749 §3.3: no spaces, quotes or backslashes)"),
+            ));
+        }
+    }
+    if resource.is_none() && scopes.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(std::sync::Arc::new(Audience::new(
+        resource.clone(),
+        scopes,
+    ))))
 }

@@ -1,0 +1,213 @@
+//! Route tokens (RFC 8707): a route with `resource` or `scopes` gets an access token of its
+//! own, asked for with the session's refresh token ([`super::refresh`]), one per session and
+//! audience.
+//!
+//! A route token is kept for its lifetime: in memory here, and, with `[store]`, sealed in the
+//! store (under the session keys, as refresh results are) so that every replica uses the one
+//! token instead of asking the provider again. It is never put into the browser's cookie: a
+//! cookie that grew with each API would soon pass what browsers keep, and every request would
+//! carry every API's token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use super::token_client::TokenResponse;
+use super::Oidc;
+use crate::config::Audience;
+
+/// A route token and when it expires (Unix seconds).
+pub(crate) struct AudienceToken {
+    pub(crate) access_token: String,
+    pub(crate) expires_at: u64,
+}
+
+impl std::fmt::Debug for AudienceToken {
+    /// The token never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudienceToken")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most route tokens kept in memory (a few KiB each at most); beyond it the expired ones
+/// go, then any, down to three quarters. With a store, a token dropped here is read back from
+/// it; without, the next request asks the provider again.
+const CAPACITY: usize = 16_384;
+
+/// The wire version of a route token in the store.
+const VERSION: u8 = 1;
+
+/// A session id and an audience id.
+type Key = (u128, [u8; 16]);
+
+/// Route tokens by (session id, audience id).
+#[derive(Debug, Default)]
+pub(crate) struct AudienceTokens(Mutex<HashMap<Key, Arc<AudienceToken>>>);
+
+impl AudienceTokens {
+    pub(crate) fn get(&self, session: u128, audience: &[u8; 16]) -> Option<Arc<AudienceToken>> {
+        self.0.lock().ok()?.get(&(session, *audience)).cloned()
+    }
+
+    pub(crate) fn put(
+        &self,
+        session: u128,
+        audience: [u8; 16],
+        token: Arc<AudienceToken>,
+        now: u64,
+    ) {
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        if map.len() >= CAPACITY {
+            map.retain(|_, t| t.expires_at > now);
+            let excess = map.len().saturating_sub(CAPACITY * 3 / 4);
+            let gone: Vec<_> = map.keys().take(excess).copied().collect();
+            for k in gone {
+                map.remove(&k);
+            }
+        }
+        map.insert((session, audience), token);
+    }
+
+    /// Drops a session's tokens (its logout).
+    pub(crate) fn forget_session(&self, session: u128) {
+        if let Ok(mut map) = self.0.lock() {
+            map.retain(|(s, _), _| *s != session);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// The store's name for a route token: a hash of the session id and the audience id (the
+/// store learns neither).
+fn store_key(session: u128, audience: &[u8; 16]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"tollgate route token\0");
+    h.update(session.to_be_bytes());
+    h.update(audience);
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Oidc {
+    /// The kept token of `session` for `audience`, here or (with a store) from another
+    /// replica; expired ones are not returned. A store failure is logged and is a miss.
+    pub(crate) async fn audience_token(
+        &self,
+        session: u128,
+        audience: &Audience,
+        now: u64,
+    ) -> Option<Arc<AudienceToken>> {
+        if let Some(t) = self
+            .audience_tokens
+            .get(session, &audience.id)
+            .filter(|t| t.expires_at > now)
+        {
+            return Some(t);
+        }
+        let store = self.store.as_ref()?;
+        let key = store_key(session, &audience.id);
+        let sealed = match store.route_token(&key).await {
+            Ok(sealed) => sealed?,
+            Err(e) => {
+                tracing::warn!(error = %e, "route token: the store is unavailable");
+                return None;
+            }
+        };
+        let (access_token, expires_at) = self
+            .sealer
+            .open_value::<(String, u64)>(VERSION, &sealed, &key)?;
+        let token = Arc::new(AudienceToken {
+            access_token,
+            expires_at,
+        });
+        if token.expires_at <= now {
+            return None;
+        }
+        self.audience_tokens
+            .put(session, audience.id, token.clone(), now);
+        self.metrics.route_token("store");
+        Some(token)
+    }
+
+    /// Keeps a route token the provider just issued, here and in the store.
+    pub(super) async fn keep_audience_token(
+        &self,
+        job: &super::refresh::Job,
+        tokens: &TokenResponse,
+        issued_at: u64,
+    ) {
+        let Some(audience) = job.audience.as_deref() else {
+            return;
+        };
+        self.metrics.route_token("issued");
+        let token = Arc::new(AudienceToken {
+            access_token: tokens.access_token.clone(),
+            expires_at: super::callback::expires_at(issued_at, tokens.expires_in),
+        });
+        self.audience_tokens
+            .put(job.session_id, audience.id, token.clone(), issued_at);
+        let Some(store) = self.store.as_ref() else {
+            return;
+        };
+        let key = store_key(job.session_id, &audience.id);
+        let ttl = token.expires_at.saturating_sub(crate::unix_now());
+        if ttl == 0 {
+            return;
+        }
+        let Some(sealed) = self.sealer.seal_value(
+            VERSION,
+            &(token.access_token.as_str(), token.expires_at),
+            &key,
+        ) else {
+            return;
+        };
+        if let Err(e) = store.put_route_token(&key, &sealed, ttl).await {
+            tracing::warn!(request_id = %job.request_id, error = %e, "route token: not shared through the store");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(expires_at: u64) -> Arc<AudienceToken> {
+        Arc::new(AudienceToken {
+            access_token: "at".into(),
+            expires_at,
+        })
+    }
+
+    #[test]
+    fn kept_per_session_and_audience_and_bounded() {
+        let t = AudienceTokens::default();
+        t.put(1, [1; 16], token(100), 0);
+        assert!(t.get(1, &[1; 16]).is_some());
+        assert!(t.get(2, &[1; 16]).is_none(), "another session");
+        assert!(t.get(1, &[2; 16]).is_none(), "another audience");
+        for i in 0..(CAPACITY as u128 + 10) {
+            t.put(i + 10, [1; 16], token(50), 60);
+        }
+        assert!(t.len() <= CAPACITY, "{} kept", t.len());
+        t.forget_session(CAPACITY as u128 + 19);
+        assert!(t.get(CAPACITY as u128 + 19, &[1; 16]).is_none());
+    }
+
+    #[test]
+    fn store_keys_differ_by_session_and_audience() {
+        assert_ne!(store_key(1, &[1; 16]), store_key(2, &[1; 16]));
+        assert_ne!(store_key(1, &[1; 16]), store_key(1, &[2; 16]));
+        assert_eq!(store_key(1, &[1; 16]).len(), 32);
+    }
+}
