@@ -22,7 +22,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const port = Number(process.env.IDP_PORT);
@@ -192,6 +192,25 @@ const provider = new Provider(issuer, {
     // Token introspection (RFC 7662), for the tests' resource server: it reads a DPoP-bound
     // token's `cnf.jkt` there.
     introspection: { enabled: true },
+    // Resource indicators (RFC 8707) for tollgate's per-route audiences: any https resource on
+    // a `.example` host is an API with scopes `read` and `write`, whose access tokens are
+    // JWTs (ES256), so an upstream can read their `aud` and `scope`. Others: invalid_target.
+    resourceIndicators: {
+      enabled: true,
+      getResourceServerInfo: async (ctx, resource) => {
+        const url = URL.parse(resource);
+        if (!url || url.protocol !== 'https:' || !url.hostname.endsWith('.example')) {
+          throw new errors.InvalidTarget();
+        }
+        return {
+          scope: 'read write',
+          audience: resource,
+          accessTokenTTL: accessTokenTtl,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'ES256' } },
+        };
+      },
+    },
     pushedAuthorizationRequests: {
       enabled: par !== 'off',
       requirePushedAuthorizationRequests: par === 'required',
@@ -245,6 +264,9 @@ const stats = {
   par: { success: 0, error: 0 },
   // Token requests refused for a missing or stale DPoP nonce; DPoP-bound tokens issued.
   dpop: { nonce_refusals: 0, bound_grants: 0 },
+  // Refreshes for a resource (RFC 8707), by resource; refresh errors by code.
+  resource_refreshes: {},
+  refresh_errors: {},
 };
 let refuseNextToken = null;
 let stallNextToken = false;
@@ -252,10 +274,17 @@ provider.on('grant.success', (ctx) => {
   if (ctx.body?.token_type === 'DPoP') stats.dpop.bound_grants += 1;
   const type = ctx.oidc.params.grant_type;
   stats.token_requests[type] = (stats.token_requests[type] || 0) + 1;
+  const resource = ctx.oidc.params.resource;
+  if (type === 'refresh_token' && resource) {
+    stats.resource_refreshes[resource] = (stats.resource_refreshes[resource] || 0) + 1;
+  }
 });
 provider.on('grant.error', (ctx, err) => {
   if (err?.error === 'use_dpop_nonce') stats.dpop.nonce_refusals += 1;
-  if (ctx.oidc?.params?.grant_type === 'refresh_token') stats.refresh_failures += 1;
+  if (ctx.oidc?.params?.grant_type === 'refresh_token') {
+    stats.refresh_failures += 1;
+    stats.refresh_errors[err?.error] = (stats.refresh_errors[err?.error] || 0) + 1;
+  }
 });
 provider.on('server_error', (ctx, err) => console.error('idp server_error:', err));
 provider.on('backchannel.success', () => { stats.backchannel.success += 1; });
@@ -328,6 +357,8 @@ const server = http.createServer(async (req, res) => {
       stats.authorize = { pushed: 0, plain: 0 };
       stats.par = { success: 0, error: 0 };
       stats.dpop = { nonce_refusals: 0, bound_grants: 0 };
+      stats.resource_refreshes = {};
+      stats.refresh_errors = {};
       return send(res, 200, stats);
     }
     // Test hook: a logout token with the given claims (JSON body), signed with the provider's
