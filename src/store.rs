@@ -345,6 +345,28 @@ impl Store {
         .await
     }
 
+    /// The sealed rotation recorded for `flight` (what its refresh token rotated to), if any.
+    pub(crate) async fn rotation(&self, flight: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded("get_rotation", conn.get(self.refresh_key("next", flight)))
+            .await
+    }
+
+    /// Records the sealed rotation of `flight` for `ttl` seconds.
+    pub(crate) async fn put_rotation(
+        &self,
+        flight: &str,
+        sealed: &str,
+        ttl: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(
+            "put_rotation",
+            conn.set_ex::<_, _, ()>(self.refresh_key("next", flight), sealed, ttl.max(1)),
+        )
+        .await
+    }
+
     /// The sealed route token kept under `key` ([`crate::oidc::audience`]), if any.
     pub(crate) async fn route_token(&self, key: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.connection().await?;

@@ -209,3 +209,116 @@ async fn a_resource_added_after_login_needs_a_new_login() {
     let claims = jwt_claims(echo.last().header("authorization").unwrap()).unwrap();
     assert_eq!(claims["aud"], ORDERS);
 }
+
+/// A browser that kept an older cookie (two responses each set one; the one holding the
+/// refresh token already spent came last): every call with it still works, each purpose's
+/// refresh goes on from the token the last one rotated to, and no refresh token is spent
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_that_missed_a_rotation_goes_on_from_it() {
+    use reqwest::cookie::CookieStore;
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let config = audience_config(&idp, &echo).route(
+        "/reports",
+        &echo.url(),
+        &format!("resource = \"{ORDERS}\"\nscopes = [\"write\"]"),
+    );
+    let tg = start_ready(port, &config).await;
+    let (jar, b) = browser_with_jar();
+    let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", tg.log());
+    let login_cookie = jar
+        .cookies(&tg.url("/").parse().unwrap())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let c = plain();
+    for p in [
+        "/orders/1",
+        "/billing/1",
+        "/reports/1",
+        "/orders/2",
+        "/api/1",
+    ] {
+        let r = c
+            .get(tg.url(p))
+            .header("cookie", &login_cookie)
+            .header("x-csrf", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{p}: {}", tg.log());
+    }
+    let stats = idp.stats().await;
+    assert_eq!(stats["token_requests"]["refresh_token"], 3, "{stats}");
+    assert_eq!(stats["refresh_failures"], 0, "{stats}");
+    let claims = jwt_claims(&authorizations(&echo, "/reports")[0]).unwrap();
+    assert_eq!(
+        (claims["aud"].as_str(), claims["scope"].as_str()),
+        (Some(ORDERS), Some("write"))
+    );
+}
+
+/// Replicas share route tokens through the store: a token one replica obtained is used by
+/// another without asking the provider, and a burst across both replicas costs one refresh
+/// per route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_route_tokens_through_the_store() {
+    let redis = common::redis::Redis::start().await;
+    let echo = Echo::start().await;
+    let ports = [free_port(), free_port()];
+    let idp = idp_for(&ports).await;
+    let config = audience_config(&idp, &echo).section(&format!(
+        "[store]\nurl = \"{}\"\nkey_prefix = \"test:\"\ntimeout = \"300ms\"\n",
+        redis.url()
+    ));
+    let mut replicas = Vec::new();
+    for port in ports {
+        let tg = start_ready(port, &config).await;
+        tg.wait_metrics(&["tollgate_store_up 1"]).await;
+        replicas.push(tg);
+    }
+    let (a, z) = (&replicas[0], &replicas[1]);
+    let b = logged_in(a).await;
+
+    let r = b
+        .get(a.url("/orders/1"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", a.log());
+    let r = b
+        .get(z.url("/orders/2"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", z.log());
+    let tokens = authorizations(&echo, "/orders");
+    assert_eq!(
+        tokens[0], tokens[1],
+        "the second replica used the first one's token"
+    );
+    z.wait_metrics(&["tollgate_route_tokens_total{outcome=\"store\"} 1"])
+        .await;
+
+    let replies = futures_util::future::join_all((0..8).map(|i| {
+        let tg = if i % 2 == 0 { a } else { z };
+        b.get(tg.url(&format!("/billing/{i}")))
+            .header("x-csrf", "1")
+            .send()
+    }))
+    .await;
+    for r in replies {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let stats = idp.stats().await;
+    assert_eq!(stats["resource_refreshes"][ORDERS], 1, "{stats}");
+    assert_eq!(stats["resource_refreshes"][BILLING], 1, "{stats}");
+    assert_eq!(stats["refresh_failures"], 0, "{stats}");
+}

@@ -101,6 +101,9 @@ pub(crate) struct Oidc {
     secure_cookies: bool,
     last_jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
     flights: refresh::Flights,
+    /// How long a rotation is remembered ([`refresh::Flights::record_rotation`]): the
+    /// session idle window, past which a cookie that missed it has expired anyway.
+    rotation_ttl: Duration,
     /// Route tokens (RFC 8707) by session and audience ([`audience`]).
     audience_tokens: audience::AudienceTokens,
     store: Option<Arc<crate::store::Store>>,
@@ -167,6 +170,7 @@ impl Oidc {
             last_jwks_refetch: tokio::sync::Mutex::new(None),
             flights: refresh::Flights::default(),
             audience_tokens: audience::AudienceTokens::default(),
+            rotation_ttl: config.session.idle_timeout.max(refresh::RESULT_TTL),
             store,
             metrics,
             http_timeout: config.oidc.http_timeout,

@@ -98,6 +98,9 @@ pub struct Purpose(pub [u8; 16]);
 impl Purpose {
     /// The session's own access token.
     pub const SESSION: Purpose = Purpose([0; 16]);
+    /// Not a refresh of this replica's: a rotation found in the log ([`Flights::rotated`]),
+    /// which brings only the refresh token it rotated to.
+    pub const ROTATED: Purpose = Purpose([0xff; 16]);
 
     pub fn of(audience: Option<&Audience>) -> Purpose {
         audience.map_or(Purpose::SESSION, |a| Purpose(a.id))
@@ -155,10 +158,28 @@ struct Flight {
 
 type Table = Mutex<HashMap<[u8; 32], Flight>>;
 
-/// Single-flight table of refreshes in progress or recently done.
+/// A refresh token that was used and rotated: what it rotated to (and when that one
+/// expires, if the provider said), kept until `until`.
+struct Rotation {
+    next: String,
+    next_expires_at: Option<u64>,
+    until: Instant,
+}
+
+/// The most rotations kept ([`Flights::record_rotation`]): a few hundred bytes each.
+const ROTATIONS: usize = 65_536;
+
+/// Single-flight table of refreshes in progress or recently done, and the log of rotations.
 #[derive(Default)]
 pub struct Flights {
     table: Arc<Table>,
+    /// Rotated refresh tokens by the old token's [`flight_key`], kept for the session idle
+    /// window: when two purposes refresh at once, the browser gets two cookies with two
+    /// different refresh tokens, and keeps whichever response came last, perhaps the one
+    /// holding the token already spent. Its next refresh, maybe long after the kept results
+    /// are gone, must go on from where the token rotated to, not spend it again (the
+    /// provider would revoke the grant).
+    rotations: Mutex<HashMap<[u8; 32], Rotation>>,
 }
 
 impl std::fmt::Debug for Flights {
@@ -230,6 +251,64 @@ impl Flights {
         })
     }
 
+    /// Records that the token with flight `key` rotated to `next` (for `keep`).
+    pub(crate) fn record_rotation(
+        &self,
+        key: [u8; 32],
+        next: &str,
+        next_expires_at: Option<u64>,
+        keep: Duration,
+    ) {
+        let Ok(mut log) = self.rotations.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if log.len() >= ROTATIONS && !log.contains_key(&key) {
+            log.retain(|_, r| r.until > now);
+            if log.len() >= ROTATIONS {
+                // The oldest quarter goes.
+                let mut untils: Vec<Instant> = log.values().map(|r| r.until).collect();
+                untils.sort_unstable();
+                let cut = untils[ROTATIONS / 4];
+                log.retain(|_, r| r.until > cut);
+            }
+        }
+        log.insert(
+            key,
+            Rotation {
+                next: next.to_owned(),
+                next_expires_at,
+                until: now + keep,
+            },
+        );
+    }
+
+    /// Whether a flight of `key` is in progress or kept: it has the whole outcome, which a
+    /// caller needs more than the log's rotation.
+    fn kept(&self, key: &[u8; 32]) -> bool {
+        self.table
+            .lock()
+            .ok()
+            .is_some_and(|t| t.get(key).is_some_and(|f| f.started.elapsed() < RESULT_TTL))
+    }
+
+    /// What the token with flight `key` rotated to, from the log.
+    fn logged(&self, key: &[u8; 32]) -> Option<(String, Option<u64>)> {
+        let log = self.rotations.lock().ok()?;
+        log.get(key)
+            .filter(|r| r.until > Instant::now())
+            .map(|r| (r.next.clone(), r.next_expires_at))
+    }
+
+    /// What the token with flight `key` rotated to, when no flight of it is kept.
+    #[cfg(test)]
+    fn rotated(&self, key: &[u8; 32]) -> Option<(String, Option<u64>)> {
+        if self.kept(key) {
+            return None;
+        }
+        self.logged(key)
+    }
+
     /// Ends a session's refreshes (logout): for [`RESULT_TTL`], a refresh with its current
     /// refresh token, or with any older one whose kept result led to the session's current
     /// tokens (the whole chain of rotations still kept, whatever each was for), is answered
@@ -241,8 +320,17 @@ impl Flights {
             return;
         };
         let mut ended: Vec<[u8; 32]> = refresh_token.map(flight_key).into_iter().collect();
+        let mut log = self.rotations.lock().ok();
         loop {
             let before = ended.len();
+            if let Some(log) = log.as_mut() {
+                let led: Vec<[u8; 32]> = log
+                    .iter()
+                    .filter(|(k, r)| !ended.contains(k) && ended.contains(&flight_key(&r.next)))
+                    .map(|(k, _)| *k)
+                    .collect();
+                ended.extend(led);
+            }
             for (key, flight) in table.iter() {
                 if ended.contains(key) {
                     continue;
@@ -267,6 +355,9 @@ impl Flights {
         }
         let now = Instant::now();
         for key in ended {
+            if let Some(log) = log.as_mut() {
+                log.remove(&key);
+            }
             let (_, outcome) = watch::channel(Some(Spent {
                 purpose: Purpose::SESSION,
                 outcome: RefreshOutcome::Rejected("logged_out".into()),
@@ -311,6 +402,29 @@ fn next_hop(
         RefreshOutcome::Rejected(_) | RefreshOutcome::Unavailable => None,
     }
 }
+
+/// A rotation from the log as a step passed on the way: only the refresh token.
+fn rotation_step(next: String, next_expires_at: Option<u64>) -> Spent {
+    let now = crate::unix_now();
+    Spent {
+        purpose: Purpose::ROTATED,
+        outcome: RefreshOutcome::Refreshed(
+            Arc::new(TokenResponse {
+                access_token: String::new(),
+                token_type: String::new(),
+                expires_in: None,
+                refresh_token: Some(next),
+                refresh_expires_in: next_expires_at.map(|at| at.saturating_sub(now).max(1)),
+                id_token: None,
+                scope: None,
+            }),
+            now,
+        ),
+    }
+}
+
+/// The wire version of a rotation in the store.
+const ROTATION_VERSION: u8 = 1;
 
 /// What one refresh is: for whom, with what, for which purpose.
 #[derive(Clone)]
@@ -367,6 +481,14 @@ impl Oidc {
         let mut key = flight_key(&token);
         let mut passed = Vec::new();
         for _ in 0..MAX_HOPS {
+            if key == flight_key(&token) {
+                if let Some((next, expires_at)) = self.rotated(&key).await {
+                    passed.push(rotation_step(next.clone(), expires_at));
+                    token = next;
+                    key = flight_key(&token);
+                    continue;
+                }
+            }
             let (this, job2, rt) = (self.clone(), job.clone(), token.clone());
             let spent = self
                 .flights
@@ -374,6 +496,15 @@ impl Oidc {
                     this.refresh_shared(key, purpose, &rt, &job2).await
                 })
                 .await;
+            if let RefreshOutcome::Refreshed(t, at) = &spent.outcome {
+                if let Some(next) = t.refresh_token.as_deref().filter(|n| *n != token) {
+                    let expires_at = t
+                        .refresh_expires_in
+                        .map(|s| super::callback::expires_at(*at, Some(s)));
+                    self.flights
+                        .record_rotation(key, next, expires_at, self.rotation_ttl);
+                }
+            }
             if spent.purpose == purpose {
                 return Refresh {
                     passed,
@@ -416,6 +547,26 @@ impl Oidc {
     ) {
         self.flights.end_session(refresh_token, access_token);
         self.audience_tokens.forget_session(session_id);
+    }
+
+    /// What the refresh token with flight `key` rotated to: from this replica's log, else
+    /// (with a store) from another replica's record. A store failure is a miss.
+    async fn rotated(&self, key: &[u8; 32]) -> Option<(String, Option<u64>)> {
+        if self.flights.kept(key) {
+            return None;
+        }
+        if let Some(found) = self.flights.logged(key) {
+            return Some(found);
+        }
+        let store = self.store.as_ref()?;
+        let flight: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let sealed = store.rotation(&flight).await.ok()??;
+        let (next, expires_at) =
+            self.sealer
+                .open_value::<(String, Option<u64>)>(ROTATION_VERSION, &sealed, &flight)?;
+        self.flights
+            .record_rotation(*key, &next, expires_at, self.rotation_ttl);
+        Some((next, expires_at))
     }
 
     /// One refresh per flight across replicas, when there is a store: a published result is
@@ -482,6 +633,26 @@ impl Oidc {
                             store
                                 .put_result(&flight, &sealed, RESULT_TTL.as_secs())
                                 .await?;
+                        }
+                        // The rotation outlives the result, for cookies that missed it.
+                        if let Some(next) = tokens
+                            .refresh_token
+                            .as_deref()
+                            .filter(|n| *n != refresh_token)
+                        {
+                            let expires_at = tokens
+                                .refresh_expires_in
+                                .map(|s| super::callback::expires_at(*issued_at, Some(s)));
+                            let sealed = self.sealer.seal_value(
+                                ROTATION_VERSION,
+                                &(next, expires_at),
+                                &flight,
+                            );
+                            if let Some(sealed) = sealed {
+                                store
+                                    .put_rotation(&flight, &sealed, self.rotation_ttl.as_secs())
+                                    .await?;
+                            }
                         }
                     }
                     // The lock may have expired under a slow call and another replica refreshed
@@ -781,5 +952,58 @@ mod tests {
             purpose_key("rt-1", route),
             purpose_key("rt-1", Purpose::SESSION)
         );
+    }
+
+    /// A cookie that missed a rotation goes on from the logged token once the kept results
+    /// are gone, never spending the old one again; a logout ends the logged chain too.
+    #[tokio::test]
+    async fn rotations_are_logged_beyond_the_kept_results() {
+        let flights = Flights::default();
+        let keep = Duration::from_secs(600);
+        flights.record_rotation(flight_key("rt-1"), "rt-2", Some(99), keep);
+        flights.record_rotation(flight_key("rt-2"), "rt-3", None, keep);
+        assert_eq!(
+            flights.rotated(&flight_key("rt-1")),
+            Some(("rt-2".to_string(), Some(99)))
+        );
+        // A kept flight answers instead (it has the tokens).
+        flights
+            .run(flight_key("rt-2"), Purpose::SESSION, keep, async {
+                refreshed("at-3", "rt-3")
+            })
+            .await;
+        assert_eq!(flights.rotated(&flight_key("rt-2")), None);
+        assert_eq!(flights.rotated(&flight_key("unknown")), None);
+
+        // Logout holding rt-3: rt-1 and rt-2 are ended, and no longer logged.
+        flights.end_session(Some("rt-3"), "at-3");
+        for rt in ["rt-1", "rt-2", "rt-3"] {
+            assert_eq!(flights.logged(&flight_key(rt)), None, "{rt} still logged");
+            let again = flights
+                .run(flight_key(rt), Purpose::SESSION, keep, async {
+                    panic!("the provider was asked after logout")
+                })
+                .await;
+            assert!(matches!(again.outcome, RefreshOutcome::Rejected(_)), "{rt}");
+        }
+    }
+
+    #[test]
+    fn the_rotation_log_is_bounded() {
+        let flights = Flights::default();
+        for i in 0..(ROTATIONS + 100) {
+            flights.record_rotation(
+                flight_key(&i.to_string()),
+                "next",
+                None,
+                Duration::from_secs(60 + i as u64),
+            );
+        }
+        let n = flights.rotations.lock().unwrap().len();
+        assert!(n <= ROTATIONS, "{n} kept");
+        // The newest stays.
+        assert!(flights
+            .logged(&flight_key(&(ROTATIONS + 99).to_string()))
+            .is_some());
     }
 }
