@@ -600,3 +600,68 @@ fn store_section() {
     assert!(e.contains("store.url"), "{e}");
     assert!(load(EXAMPLE, &[]).unwrap().store.is_none());
 }
+
+#[test]
+fn route_audiences() {
+    let with = |lines: &str| {
+        edit(
+            "identity_headers = false",
+            &format!("identity_headers = false\n{lines}"),
+        )
+    };
+    for (text, message) in [
+        (
+            with("resource = \"https://orders.example.com#x\""),
+            "`routes[0].resource`: \"https://orders.example.com#x\" must be an absolute URI without a fragment",
+        ),
+        (
+            with("resource = \"/orders\""),
+            "`routes[0].resource`: \"/orders\" must be an absolute URI",
+        ),
+        (
+            with("scopes = [\"read\", \"a b\"]"),
+            "`routes[0].scopes[1]`: \"a b\" is not a scope",
+        ),
+        (
+            with("scopes = [\"\"]"),
+            "`routes[0].scopes[0]`: \"\" is not a scope",
+        ),
+        (
+            edit("auth = \"none\"", "auth = \"none\"\nresource = \"https://a.example\""),
+            "`routes[1].resource`: needs a route with a session",
+        ),
+    ] {
+        let e = err(&text, &[]);
+        assert!(e.contains(message), "{e}\nexpected: {message}");
+    }
+
+    // Each resource once, in order; the login's scope is [oidc] scopes then the routes'.
+    let text = EXAMPLE
+        .replace(EXAMPLE_KEYS_LINE, &format!("keys = [\"{}\"]", *OWN_KEY))
+        .replacen(
+            "identity_headers = false",
+            "identity_headers = false\nresource = \"https://orders.example\"\nscopes = [\"read\", \"openid\"]",
+            1,
+        )
+        + "\n[[routes]]\nprefix = \"/billing\"\nupstream = \"http://127.0.0.1:9000\"\nresource = \"https://billing.example\"\n\
+           [[routes]]\nprefix = \"/orders2\"\nupstream = \"http://127.0.0.1:9000\"\nresource = \"https://orders.example\"\nscopes = \"write\"\n";
+    let c = load(&text, &[]).unwrap();
+    assert_eq!(
+        c.resources(),
+        ["https://orders.example", "https://billing.example"]
+    );
+    assert_eq!(
+        c.login_scope(),
+        format!("{} read write", c.oidc.scopes.join(" "))
+    );
+    let ids: Vec<_> = c
+        .routes
+        .iter()
+        .filter_map(|r| r.audience.as_ref().map(|a| a.id))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert_ne!(
+        ids[0], ids[2],
+        "the same resource with other scopes is another audience"
+    );
+}
