@@ -59,6 +59,9 @@ fn main() {
         created_at: NOW - 10,
         last_seen: NOW - 10,
         id: 7,
+        kept_claims: Default::default(),
+        dpop_key: None,
+        resources: vec![tollgate::config::resource_tag("https://orders.example")].into(),
     };
     let mut due = from_provider.clone();
     due.access_expires_at = NOW + 5;
