@@ -374,6 +374,17 @@ impl Store {
             .await
     }
 
+    /// Removes the route token kept under `key`.
+    pub(crate) async fn delete_route_token(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(
+            "delete_route_token",
+            conn.del::<_, i64>(self.refresh_key("token", key)),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Keeps a sealed route token under `key` for `ttl` seconds (its lifetime).
     pub(crate) async fn put_route_token(
         &self,

@@ -21,13 +21,20 @@ use crate::config::Audience;
 pub(crate) struct AudienceToken {
     pub(crate) access_token: String,
     pub(crate) expires_at: u64,
+    /// Not a token: the provider refused this audience to the session; until `expires_at`
+    /// the route answers `403` without asking again.
+    pub(crate) refused: bool,
 }
+
+/// How long a refusal of an audience is remembered (per session; in memory only).
+pub(crate) const REFUSAL_TTL: u64 = 60;
 
 impl std::fmt::Debug for AudienceToken {
     /// The token never reaches a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AudienceToken")
             .field("expires_at", &self.expires_at)
+            .field("refused", &self.refused)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +137,7 @@ impl Oidc {
         let token = Arc::new(AudienceToken {
             access_token,
             expires_at,
+            refused: false,
         });
         if token.expires_at <= now {
             return None;
@@ -138,6 +146,41 @@ impl Oidc {
             .put(session, audience.id, token.clone(), now);
         self.metrics.route_token("store");
         Some(token)
+    }
+
+    /// Remembers that the provider refused `job`'s audience to its session, for
+    /// [`REFUSAL_TTL`]: an SPA calling the route again does not make each call a provider call.
+    pub(super) fn keep_refusal(&self, job: &super::refresh::Job) {
+        let Some(audience) = job.audience.as_deref() else {
+            return;
+        };
+        let now = crate::unix_now();
+        let refusal = Arc::new(AudienceToken {
+            access_token: String::new(),
+            expires_at: now + REFUSAL_TTL,
+            refused: true,
+        });
+        self.audience_tokens
+            .put(job.session_id, audience.id, refusal, now);
+    }
+
+    /// Forgets a session's route tokens (its logout), here and in the store (other
+    /// replicas' memory keeps theirs until they expire; the session's revocation stops their
+    /// use).
+    pub(crate) async fn forget_audience_tokens(&self, session: u128) {
+        self.audience_tokens.forget_session(session);
+        let Some(store) = self.store.as_ref() else {
+            return;
+        };
+        for audience in &self.audience_ids {
+            if let Err(e) = store
+                .delete_route_token(&store_key(session, audience))
+                .await
+            {
+                tracing::warn!(error = %e, "logout: a route token was not removed from the store");
+                return;
+            }
+        }
     }
 
     /// Keeps a route token the provider just issued, here and in the store.
@@ -154,6 +197,7 @@ impl Oidc {
         let token = Arc::new(AudienceToken {
             access_token: tokens.access_token.clone(),
             expires_at: super::callback::expires_at(issued_at, tokens.expires_in),
+            refused: false,
         });
         self.audience_tokens
             .put(job.session_id, audience.id, token.clone(), issued_at);
@@ -186,6 +230,7 @@ mod tests {
         Arc::new(AudienceToken {
             access_token: "at".into(),
             expires_at,
+            refused: false,
         })
     }
 

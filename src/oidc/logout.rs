@@ -75,8 +75,15 @@ impl Oidc {
             if let Err(e) = gate.revoke(revocation, "logout", facts.now).await {
                 tracing::warn!(request_id = rid, error = %e, "logout: the store did not record the revocation; other replicas may accept copies of this cookie");
             }
-            self.end_refreshes(s.id, s.refresh_token.as_deref(), &s.access_token);
-            self.revoke(s, rid).await;
+            // The cookie may hold a refresh token already rotated (two routes refreshed at
+            // once and the browser kept the older cookie): the newest one is revoked.
+            let newest = match s.refresh_token.as_deref() {
+                Some(rt) => Some(self.newest_refresh_token(rt).await),
+                None => None,
+            };
+            self.end_refreshes(s.id, newest.as_deref(), &s.access_token)
+                .await;
+            self.revoke(newest.as_deref(), rid).await;
         }
         tracing::info!(request_id = rid, had_session = session.is_some(), "logout");
         let with_hint = self.end_session_url(session.as_ref(), true);
@@ -160,8 +167,8 @@ impl Oidc {
     }
 
     /// RFC 7009 revocation of the session's refresh token; failures are logged only.
-    async fn revoke(&self, session: &Session<'_>, request_id: &str) {
-        let (Some(rt), Some(p)) = (&session.refresh_token, self.provider()) else {
+    async fn revoke(&self, refresh_token: Option<&str>, request_id: &str) {
+        let (Some(rt), Some(p)) = (refresh_token, self.provider()) else {
             return;
         };
         let Some(endpoint) = &p.metadata.revocation_endpoint else {

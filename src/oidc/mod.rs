@@ -106,6 +106,8 @@ pub(crate) struct Oidc {
     rotation_ttl: Duration,
     /// Route tokens (RFC 8707) by session and audience ([`audience`]).
     audience_tokens: audience::AudienceTokens,
+    /// The configured audiences' ids (a logout removes their tokens from the store).
+    audience_ids: Vec<[u8; 16]>,
     store: Option<Arc<crate::store::Store>>,
     metrics: crate::ops::metrics::Metrics,
     http_timeout: Duration,
@@ -170,6 +172,16 @@ impl Oidc {
             last_jwks_refetch: tokio::sync::Mutex::new(None),
             flights: refresh::Flights::default(),
             audience_tokens: audience::AudienceTokens::default(),
+            audience_ids: {
+                let mut ids: Vec<[u8; 16]> = config
+                    .routes
+                    .iter()
+                    .filter_map(|r| r.audience.as_ref().map(|a| a.id))
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            },
             rotation_ttl: config.session.idle_timeout.max(refresh::RESULT_TTL),
             store,
             metrics,

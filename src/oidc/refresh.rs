@@ -141,14 +141,32 @@ pub fn flight_key(refresh_token: &str) -> [u8; 32] {
     Sha256::digest(refresh_token.as_bytes()).into()
 }
 
-/// The flight of a refresh token that does not rotate, for one purpose: such a token serves
-/// every purpose, each with a flight (and a kept result) of its own.
-fn purpose_key(refresh_token: &str, purpose: Purpose) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(refresh_token.as_bytes());
-    h.update([0]);
-    h.update(purpose.0);
-    h.finalize().into()
+/// The token `spent` rotated the token of flight `key` to, if it did.
+fn rotated_to<'s>(spent: &'s Spent, key: &[u8; 32]) -> Option<&'s str> {
+    match &spent.outcome {
+        RefreshOutcome::Refreshed(t, _) => t
+            .refresh_token
+            .as_deref()
+            .filter(|next| flight_key(next) != *key),
+        _ => None,
+    }
+}
+
+/// Whether a caller for `purpose` starts a flight of its own in place of the kept `spent`:
+/// the token is still good (the kept use did not rotate it, or was refused) and the kept
+/// outcome is for another purpose. A flight in progress, a rotation (followed instead), a
+/// dead token and a result for the same purpose are never replaced, so every use of a token
+/// takes its turn in the one flight of the token.
+fn replaces(spent: Option<&Spent>, purpose: Purpose, key: &[u8; 32]) -> bool {
+    match spent {
+        None => false,
+        Some(s) if s.purpose == purpose => false,
+        Some(s) => match &s.outcome {
+            RefreshOutcome::Refreshed(..) => rotated_to(s, key).is_none(),
+            RefreshOutcome::Refused(_) => true,
+            RefreshOutcome::Rejected(_) | RefreshOutcome::Unavailable => false,
+        },
+    }
 }
 
 struct Flight {
@@ -162,6 +180,8 @@ type Table = Mutex<HashMap<[u8; 32], Flight>>;
 /// expires, if the provider said), kept until `until`.
 struct Rotation {
     next: String,
+    /// `next`'s flight key (logout walks the log by it).
+    next_key: [u8; 32],
     next_expires_at: Option<u64>,
     until: Instant,
 }
@@ -190,10 +210,11 @@ impl std::fmt::Debug for Flights {
 }
 
 impl Flights {
-    /// The flight for `key`, and the sender when this caller started it.
+    /// The flight for `key`, and the sender when this caller started it ([`replaces`]).
     fn join(
         &self,
         key: [u8; 32],
+        purpose: Purpose,
     ) -> (
         watch::Receiver<Option<Spent>>,
         Option<watch::Sender<Option<Spent>>>,
@@ -204,7 +225,9 @@ impl Flights {
         };
         table.retain(|_, f| f.started.elapsed() < RESULT_TTL);
         if let Some(f) = table.get(&key) {
-            return (f.outcome.clone(), None);
+            if !replaces(f.outcome.borrow().as_ref(), purpose, &key) {
+                return (f.outcome.clone(), None);
+            }
         }
         table.insert(
             key,
@@ -226,7 +249,7 @@ impl Flights {
     where
         F: std::future::Future<Output = Spent> + Send + 'static,
     {
-        let (mut rx, start) = self.join(key);
+        let (mut rx, start) = self.join(key, purpose);
         if let Some(tx) = start {
             let table = self.table.clone();
             let kept = rx.clone();
@@ -251,36 +274,42 @@ impl Flights {
         })
     }
 
-    /// Records that the token with flight `key` rotated to `next` (for `keep`).
+    /// Records that the token with flight `key` rotated to `next` (for `keep`). `true` when
+    /// rotations still in their window had to go for room.
     pub(crate) fn record_rotation(
         &self,
         key: [u8; 32],
         next: &str,
         next_expires_at: Option<u64>,
         keep: Duration,
-    ) {
+    ) -> bool {
         let Ok(mut log) = self.rotations.lock() else {
-            return;
+            return false;
         };
         let now = Instant::now();
+        let mut evicted = false;
         if log.len() >= ROTATIONS && !log.contains_key(&key) {
             log.retain(|_, r| r.until > now);
             if log.len() >= ROTATIONS {
-                // The oldest quarter goes.
+                // The oldest quarter goes: a cookie that missed one of these rotations will
+                // spend its token again (counted; a store keeps them all).
                 let mut untils: Vec<Instant> = log.values().map(|r| r.until).collect();
                 untils.sort_unstable();
                 let cut = untils[ROTATIONS / 4];
                 log.retain(|_, r| r.until > cut);
+                evicted = true;
             }
         }
         log.insert(
             key,
             Rotation {
                 next: next.to_owned(),
+                next_key: flight_key(next),
                 next_expires_at,
                 until: now + keep,
             },
         );
+        evicted
     }
 
     /// Whether a flight of `key` is in progress or kept: it has the whole outcome, which a
@@ -290,6 +319,14 @@ impl Flights {
             .lock()
             .ok()
             .is_some_and(|t| t.get(key).is_some_and(|f| f.started.elapsed() < RESULT_TTL))
+    }
+
+    /// What the kept flight of `key` rotated its token to, if it did.
+    fn kept_rotation(&self, key: &[u8; 32]) -> Option<String> {
+        let table = self.table.lock().ok()?;
+        let f = table.get(key)?;
+        let spent = f.outcome.borrow();
+        rotated_to(spent.as_ref()?, key).map(str::to_owned)
     }
 
     /// What the token with flight `key` rotated to, from the log.
@@ -319,36 +356,38 @@ impl Flights {
         let Ok(mut table) = self.table.lock() else {
             return;
         };
-        let mut ended: Vec<[u8; 32]> = refresh_token.map(flight_key).into_iter().collect();
+        let mut ended: std::collections::HashSet<[u8; 32]> =
+            refresh_token.map(flight_key).into_iter().collect();
         let mut log = self.rotations.lock().ok();
         loop {
             let before = ended.len();
             if let Some(log) = log.as_mut() {
                 let led: Vec<[u8; 32]> = log
                     .iter()
-                    .filter(|(k, r)| !ended.contains(k) && ended.contains(&flight_key(&r.next)))
+                    .filter(|(k, r)| !ended.contains(*k) && ended.contains(&r.next_key))
                     .map(|(k, _)| *k)
                     .collect();
                 ended.extend(led);
             }
-            for (key, flight) in table.iter() {
-                if ended.contains(key) {
-                    continue;
-                }
-                if let Some(Spent {
-                    outcome: RefreshOutcome::Refreshed(t, _),
-                    ..
-                }) = &*flight.outcome.borrow()
-                {
-                    let led_here = t.access_token == access_token
-                        || t.refresh_token
-                            .as_deref()
-                            .is_some_and(|rt| ended.contains(&flight_key(rt)));
-                    if led_here {
-                        ended.push(*key);
+            let led: Vec<[u8; 32]> = table
+                .iter()
+                .filter(|(key, _)| !ended.contains(*key))
+                .filter(|(key, flight)| match &*flight.outcome.borrow() {
+                    Some(
+                        spent @ Spent {
+                            outcome: RefreshOutcome::Refreshed(t, _),
+                            ..
+                        },
+                    ) => {
+                        t.access_token == access_token
+                            || rotated_to(spent, key)
+                                .is_some_and(|rt| ended.contains(&flight_key(rt)))
                     }
-                }
-            }
+                    _ => false,
+                })
+                .map(|(key, _)| *key)
+                .collect();
+            ended.extend(led);
             if ended.len() == before {
                 break;
             }
@@ -382,24 +421,24 @@ fn forget_flight(table: &Table, key: &[u8; 32], rx: &watch::Receiver<Option<Spen
     }
 }
 
-/// Where a caller for `purpose` goes after a flight answered `spent` for another purpose:
-/// on with the rotated refresh token, to its own flight of a token that does not rotate, or
-/// nowhere (the outcome stands for every purpose).
-fn next_hop(
-    spent: &Spent,
-    purpose: Purpose,
-    refresh_token: &str,
-    key: &[u8; 32],
-) -> Option<(Option<String>, [u8; 32])> {
-    let own_flight = purpose_key(refresh_token, purpose);
+/// Where a caller goes after the flight of its token answered for another purpose.
+#[derive(Debug, PartialEq, Eq)]
+enum Hop {
+    /// On with the token it rotated to.
+    Follow(String),
+    /// The token is still good: join its flight again (its own use takes the next turn).
+    Again,
+    /// The outcome stands for every purpose (a dead token; the provider unreachable).
+    Stop,
+}
+
+fn next_hop(spent: &Spent, key: &[u8; 32]) -> Hop {
+    if let Some(next) = rotated_to(spent, key) {
+        return Hop::Follow(next.to_owned());
+    }
     match &spent.outcome {
-        RefreshOutcome::Refreshed(t, _) => match t.refresh_token.as_deref() {
-            Some(next) if next != refresh_token => Some((Some(next.to_owned()), flight_key(next))),
-            _ => (*key != own_flight).then_some((None, own_flight)),
-        },
-        // A refusal of another audience did not spend the token.
-        RefreshOutcome::Refused(_) => (*key != own_flight).then_some((None, own_flight)),
-        RefreshOutcome::Rejected(_) | RefreshOutcome::Unavailable => None,
+        RefreshOutcome::Refreshed(..) | RefreshOutcome::Refused(_) => Hop::Again,
+        RefreshOutcome::Rejected(_) | RefreshOutcome::Unavailable => Hop::Stop,
     }
 }
 
@@ -481,13 +520,11 @@ impl Oidc {
         let mut key = flight_key(&token);
         let mut passed = Vec::new();
         for _ in 0..MAX_HOPS {
-            if key == flight_key(&token) {
-                if let Some((next, expires_at)) = self.rotated(&key).await {
-                    passed.push(rotation_step(next.clone(), expires_at));
-                    token = next;
-                    key = flight_key(&token);
-                    continue;
-                }
+            if let Some((next, expires_at)) = self.rotated(&key).await {
+                passed.push(rotation_step(next.clone(), expires_at));
+                token = next;
+                key = flight_key(&token);
+                continue;
             }
             let (this, job2, rt) = (self.clone(), job.clone(), token.clone());
             let spent = self
@@ -496,13 +533,17 @@ impl Oidc {
                     this.refresh_shared(key, purpose, &rt, &job2).await
                 })
                 .await;
-            if let RefreshOutcome::Refreshed(t, at) = &spent.outcome {
-                if let Some(next) = t.refresh_token.as_deref().filter(|n| *n != token) {
-                    let expires_at = t
-                        .refresh_expires_in
-                        .map(|s| super::callback::expires_at(*at, Some(s)));
-                    self.flights
-                        .record_rotation(key, next, expires_at, self.rotation_ttl);
+            if let (Some(next), RefreshOutcome::Refreshed(t, at)) =
+                (rotated_to(&spent, &key), &spent.outcome)
+            {
+                let expires_at = t
+                    .refresh_expires_in
+                    .map(|s| super::callback::expires_at(*at, Some(s)));
+                if self
+                    .flights
+                    .record_rotation(key, next, expires_at, self.rotation_ttl)
+                {
+                    self.metrics.limit("rotation_log");
                 }
             }
             if spent.purpose == purpose {
@@ -511,15 +552,14 @@ impl Oidc {
                     outcome: spent.outcome,
                 };
             }
-            match next_hop(&spent, purpose, &token, &key) {
-                Some((rotated, next_key)) => {
-                    if let Some(rotated) = rotated {
-                        token = rotated;
-                        passed.push(spent);
-                    }
-                    key = next_key;
+            match next_hop(&spent, &key) {
+                Hop::Follow(next) => {
+                    token = next;
+                    key = flight_key(&token);
+                    passed.push(spent);
                 }
-                None => {
+                Hop::Again => {}
+                Hop::Stop => {
                     return Refresh {
                         passed,
                         outcome: spent.outcome,
@@ -537,16 +577,48 @@ impl Oidc {
         }
     }
 
+    /// The newest refresh token `refresh_token` rotated to, as far as this replica (its kept
+    /// flights and log) and the store know: what a logout must revoke, since the cookie may
+    /// hold a token already spent.
+    pub(crate) async fn newest_refresh_token(&self, refresh_token: &str) -> String {
+        let mut token = refresh_token.to_owned();
+        for _ in 0..MAX_HOPS {
+            let key = flight_key(&token);
+            let next = match self.flights.kept_rotation(&key) {
+                Some(next) => Some(next),
+                None => match self.flights.logged(&key) {
+                    Some((next, _)) => Some(next),
+                    None => self.stored_rotation(&key).await,
+                },
+            };
+            match next {
+                Some(next) => token = next,
+                None => break,
+            }
+        }
+        token
+    }
+
+    /// The rotation of flight `key` recorded in the store, if any.
+    async fn stored_rotation(&self, key: &[u8; 32]) -> Option<String> {
+        let store = self.store.as_ref()?;
+        let flight: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let sealed = store.rotation(&flight).await.ok()??;
+        self.sealer
+            .open_value::<(String, Option<u64>)>(ROTATION_VERSION, &sealed, &flight)
+            .map(|(next, _)| next)
+    }
+
     /// Ends the refreshes of a session that is logging out ([`Flights::end_session`]) and
     /// forgets its route tokens here.
-    pub(crate) fn end_refreshes(
+    pub(crate) async fn end_refreshes(
         &self,
         session_id: u128,
         refresh_token: Option<&str>,
         access_token: &str,
     ) {
         self.flights.end_session(refresh_token, access_token);
-        self.audience_tokens.forget_session(session_id);
+        self.forget_audience_tokens(session_id).await;
     }
 
     /// What the refresh token with flight `key` rotated to: from this replica's log, else
@@ -560,6 +632,10 @@ impl Oidc {
         }
         let store = self.store.as_ref()?;
         let flight: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        // A result another replica published has the tokens: the flight will reuse it.
+        if store.result(&flight).await.ok()?.is_some() {
+            return None;
+        }
         let sealed = store.rotation(&flight).await.ok()??;
         let (next, expires_at) =
             self.sealer
@@ -612,65 +688,113 @@ impl Oidc {
         job: &Job,
     ) -> Result<Spent, StoreError> {
         let flight: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        // Another purpose's result of a token that did not rotate: this purpose takes its
+        // own turn (under the same lock).
+        let usable = |s: &Spent| s.purpose == purpose || rotated_to(s, &key).is_some();
         let mut waited = false;
         loop {
-            if let Some(spent) = self.published(store, &flight).await? {
+            if let Some(spent) = self.published(store, &flight).await?.filter(usable) {
                 self.metrics
                     .refresh(if waited { "waited" } else { "reused" });
                 return Ok(spent);
             }
-            if store.try_lock(&flight, self.http_timeout).await? {
+            // Held while the provider is asked and the result published (the route token's
+            // store write happens in between).
+            let hold = self.http_timeout + Duration::from_secs(2);
+            if store.try_lock(&flight, hold).await? {
                 self.metrics.refresh("won");
                 let outcome = self.call_refresh(refresh_token, job).await;
-                match &outcome {
-                    RefreshOutcome::Refreshed(tokens, issued_at) => {
-                        let sealed = self.sealer.seal_value(
-                            RESULT_VERSION,
-                            &(purpose, tokens.as_ref(), *issued_at),
-                            &flight,
-                        );
-                        if let Some(sealed) = sealed {
-                            store
-                                .put_result(&flight, &sealed, RESULT_TTL.as_secs())
-                                .await?;
-                        }
-                        // The rotation outlives the result, for cookies that missed it.
-                        if let Some(next) = tokens
-                            .refresh_token
-                            .as_deref()
-                            .filter(|n| *n != refresh_token)
-                        {
-                            let expires_at = tokens
-                                .refresh_expires_in
-                                .map(|s| super::callback::expires_at(*issued_at, Some(s)));
-                            let sealed = self.sealer.seal_value(
-                                ROTATION_VERSION,
-                                &(next, expires_at),
-                                &flight,
-                            );
-                            if let Some(sealed) = sealed {
-                                store
-                                    .put_rotation(&flight, &sealed, self.rotation_ttl.as_secs())
-                                    .await?;
-                            }
-                        }
-                    }
-                    // The lock may have expired under a slow call and another replica refreshed
-                    // first: its result is the session's, not this refusal.
-                    RefreshOutcome::Rejected(_) | RefreshOutcome::Refused(_) => {
-                        if let Some(published) = self.published(store, &flight).await? {
-                            return Ok(published);
-                        }
-                        store.unlock(&flight).await?;
-                    }
-                    RefreshOutcome::Unavailable => store.unlock(&flight).await?,
-                }
-                return Ok(Spent { purpose, outcome });
+                // From here on the token may be spent: a store failure is logged, never a
+                // reason to ask the provider again with it.
+                return Ok(self
+                    .publish(
+                        store,
+                        &flight,
+                        key,
+                        purpose,
+                        refresh_token,
+                        outcome,
+                        &job.request_id,
+                    )
+                    .await);
             }
             // Another replica is refreshing: wait for its result (or for its lock to lapse).
             waited = true;
             tokio::time::sleep(WAIT_STEP).await;
         }
+    }
+
+    /// Publishes the outcome of this replica's provider call for the other replicas (sealed
+    /// with the session keys: the store never holds a token in clear), records a rotation,
+    /// and releases the lock. A refusal yields to a result another replica published under a
+    /// lock that lapsed meanwhile. Store failures are logged and change nothing.
+    #[allow(clippy::too_many_arguments)]
+    async fn publish(
+        &self,
+        store: &Store,
+        flight: &str,
+        key: [u8; 32],
+        purpose: Purpose,
+        refresh_token: &str,
+        outcome: RefreshOutcome,
+        request_id: &str,
+    ) -> Spent {
+        let warn = |e: StoreError| {
+            tracing::warn!(request_id, error = %e, "refresh: the result was not shared through the store");
+        };
+        match &outcome {
+            RefreshOutcome::Refreshed(tokens, issued_at) => {
+                let sealed = self.sealer.seal_value(
+                    RESULT_VERSION,
+                    &(purpose, tokens.as_ref(), *issued_at),
+                    flight,
+                );
+                if let Some(sealed) = sealed {
+                    if let Err(e) = store
+                        .put_result(flight, &sealed, RESULT_TTL.as_secs())
+                        .await
+                    {
+                        warn(e);
+                    }
+                }
+                // The rotation outlives the result, for cookies that missed it.
+                if let Some(next) = tokens
+                    .refresh_token
+                    .as_deref()
+                    .filter(|n| *n != refresh_token)
+                {
+                    let expires_at = tokens
+                        .refresh_expires_in
+                        .map(|s| super::callback::expires_at(*issued_at, Some(s)));
+                    let sealed =
+                        self.sealer
+                            .seal_value(ROTATION_VERSION, &(next, expires_at), flight);
+                    if let Some(sealed) = sealed {
+                        if let Err(e) = store
+                            .put_rotation(flight, &sealed, self.rotation_ttl.as_secs())
+                            .await
+                        {
+                            warn(e);
+                        }
+                    }
+                }
+            }
+            RefreshOutcome::Rejected(_) | RefreshOutcome::Refused(_) => {
+                let usable = |s: &Spent| s.purpose == purpose || rotated_to(s, &key).is_some();
+                match self.published(store, flight).await {
+                    Ok(Some(published)) if usable(&published) => return published,
+                    Ok(_) => {}
+                    Err(e) => warn(e),
+                }
+            }
+            RefreshOutcome::Unavailable => {}
+        }
+        // Released once published: a replica that comes for another purpose of a token that
+        // did not rotate need not wait for the lock to lapse.
+        if let Err(e) = store.unlock(flight).await {
+            warn(e);
+        }
+        Spent { purpose, outcome }
     }
 
     /// The result another replica published for `flight`, unsealed.
@@ -762,6 +886,7 @@ impl Oidc {
             {
                 tracing::info!(request_id, provider_error = %error, "the provider refused the route's audience");
                 self.metrics.route_token("refused");
+                self.keep_refusal(job);
                 RefreshOutcome::Refused(error)
             }
             Err(TokenError::Provider { status, error }) => {
@@ -917,41 +1042,98 @@ mod tests {
         assert!(matches!(other.outcome, RefreshOutcome::Refreshed(..)));
     }
 
-    /// Where a caller goes after a flight answered for another purpose.
+    /// Where a caller goes after the flight of its token answered for another purpose.
     #[test]
     fn a_use_for_another_purpose_leads_on() {
-        let route = Purpose([9; 16]);
         let key = flight_key("rt-1");
         // Rotated: on with the new token, whatever the first use was for.
-        let hop = next_hop(&refreshed("at-2", "rt-2"), route, "rt-1", &key);
-        assert_eq!(hop, Some((Some("rt-2".to_string()), flight_key("rt-2"))));
-        // Not rotated (no token, or the same one back): the route's own flight of rt-1, and
-        // from there nowhere (no loop).
-        let mut same = tokens(Some(300), None);
-        same.refresh_token = Some("rt-1".into());
-        let same = Spent {
-            purpose: Purpose::SESSION,
-            outcome: RefreshOutcome::Refreshed(Arc::new(same), 0),
-        };
-        let own = purpose_key("rt-1", route);
-        assert_eq!(next_hop(&same, route, "rt-1", &key), Some((None, own)));
-        assert_eq!(next_hop(&same, route, "rt-1", &own), None);
-        // Another audience refused: the token was not spent.
+        assert_eq!(
+            next_hop(&refreshed("at-2", "rt-2"), &key),
+            Hop::Follow("rt-2".into())
+        );
+        // Not rotated (the same token back): the token's flight again, for a turn of its own.
+        assert_eq!(next_hop(&refreshed("at-2", "rt-1"), &key), Hop::Again);
         let refused = Spent {
             purpose: Purpose([1; 16]),
             outcome: RefreshOutcome::Refused("invalid_target".into()),
         };
-        assert_eq!(next_hop(&refused, route, "rt-1", &key), Some((None, own)));
+        assert_eq!(next_hop(&refused, &key), Hop::Again);
         // A dead token is dead for every purpose.
         let dead = Spent {
             purpose: Purpose::SESSION,
             outcome: RefreshOutcome::Rejected("invalid_grant".into()),
         };
-        assert_eq!(next_hop(&dead, route, "rt-1", &key), None);
-        assert_ne!(
-            purpose_key("rt-1", route),
-            purpose_key("rt-1", Purpose::SESSION)
+        assert_eq!(next_hop(&dead, &key), Hop::Stop);
+    }
+
+    /// Every use of one token takes its turn in the token's one flight: a use for another
+    /// purpose replaces a finished result that left the token good (refused, or not rotated),
+    /// never one in progress, and a caller that finds another purpose's use in progress waits
+    /// for it instead of spending the token beside it.
+    #[tokio::test]
+    async fn uses_of_one_token_never_overlap() {
+        let flights = Arc::new(Flights::default());
+        let key = flight_key("rt-1");
+        let wait = Duration::from_secs(5);
+        let (route, other) = (Purpose([1; 16]), Purpose([2; 16]));
+        // A refusal is kept for its purpose...
+        let refused = flights
+            .run(key, route, wait, async move {
+                Spent {
+                    purpose: route,
+                    outcome: RefreshOutcome::Refused("invalid_scope".into()),
+                }
+            })
+            .await;
+        assert!(matches!(refused.outcome, RefreshOutcome::Refused(_)));
+        let again = flights
+            .run(key, route, wait, async { panic!("the refusal is kept") })
+            .await;
+        assert!(matches!(again.outcome, RefreshOutcome::Refused(_)));
+        // ...and another purpose takes the next turn, while the session's use, arriving
+        // during it, waits for it rather than spending rt-1 beside it.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let turn = {
+            let flights = flights.clone();
+            tokio::spawn(async move {
+                flights
+                    .run(key, other, wait, async move {
+                        let _ = released.await;
+                        Spent {
+                            purpose: other,
+                            outcome: refreshed("other-at", "rt-2").outcome,
+                        }
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let session = {
+            let flights = flights.clone();
+            tokio::spawn(async move {
+                flights
+                    .run(key, Purpose::SESSION, wait, async {
+                        panic!("rt-1 spent beside another use")
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = release.send(());
+        let (turn, session) = (turn.await.unwrap(), session.await.unwrap());
+        assert_eq!(turn.purpose, other);
+        assert_eq!(
+            session.purpose, other,
+            "the session's caller got the rotation to follow"
         );
+        assert_eq!(next_hop(&session, &key), Hop::Follow("rt-2".into()));
+        // Rotated: never replaced, whoever comes.
+        let later = flights
+            .run(key, route, wait, async {
+                panic!("rt-1 spent after it rotated")
+            })
+            .await;
+        assert_eq!(later.purpose, other);
     }
 
     /// A cookie that missed a rotation goes on from the logged token once the kept results

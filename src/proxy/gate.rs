@@ -517,6 +517,9 @@ impl Gate {
             }
         }
         let kept = refresher.route_token(session.id, audience, now).await;
+        if kept.as_ref().is_some_and(|t| t.refused) {
+            return Err(Reply::from(Fault::InsufficientScope));
+        }
         let fresh = kept
             .as_ref()
             .filter(|t| t.expires_at > now + self.refresh_skew);
@@ -1201,6 +1204,7 @@ mod tests {
         p.kept = Some(Arc::new(AudienceToken {
             access_token: "orders-at".into(),
             expires_at: NOW + 600,
+            refused: false,
         }));
         let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
         assert_eq!(grant.bearer.unwrap(), "Bearer orders-at");
@@ -1221,6 +1225,7 @@ mod tests {
         p.kept = Some(Arc::new(AudienceToken {
             access_token: "stale".into(),
             expires_at: NOW + 5,
+            refused: false,
         }));
         let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
         assert_eq!(grant.bearer.unwrap(), "Bearer orders-at");
@@ -1262,6 +1267,17 @@ mod tests {
         let r = decide_route(&g, &route_session(&a), &a, &p).await;
         assert_eq!(refused(r), (403, "insufficient_scope".into(), 0));
 
+        // A remembered refusal: 403 without asking.
+        let mut p = untouched();
+        p.kept = Some(Arc::new(AudienceToken {
+            access_token: String::new(),
+            expires_at: NOW + 30,
+            refused: true,
+        }));
+        let r = decide_route(&g, &route_session(&a), &a, &p).await;
+        assert_eq!(refused(r).0, 403);
+        assert_eq!(p.calls(), 0);
+
         let mut p = Provider::answering(RefreshOutcome::Refused("invalid_scope".into()));
         p.passed = vec![refresh::Spent {
             purpose: refresh::Purpose::SESSION,
@@ -1294,6 +1310,7 @@ mod tests {
         p.kept = Some(Arc::new(AudienceToken {
             access_token: "orders-at".into(),
             expires_at: NOW + 5,
+            refused: false,
         }));
         let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
         assert_eq!(grant.bearer.unwrap(), "Bearer orders-at");
