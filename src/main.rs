@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     announce(&config);
-    let server = match tollgate::server::build(&config) {
+    let server = match tollgate::server::build(&config, &cli.config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("tollgate: cannot start: {e}");

@@ -45,8 +45,9 @@ pub enum StartError {
     Tls(#[from] crate::tls::CertError),
 }
 
-/// Builds the server; call `run_forever()` on the result.
-pub fn build(config: &Config) -> Result<Server, StartError> {
+/// Builds the server from `config`, read from `config_path` (read again when a secret file
+/// changes); call `run_forever()` on the result.
+pub fn build(config: &Config, config_path: &std::path::Path) -> Result<Server, StartError> {
     let conf = ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
@@ -84,6 +85,18 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         store.clone(),
         metrics.clone(),
     )?);
+    if !config.secret_files.is_empty() {
+        server.add_service(pingora::services::background::background_service(
+            "secret files",
+            crate::ops::secrets::SecretWatch {
+                config_path: config_path.to_path_buf(),
+                files: config.secret_files.clone(),
+                oidc: oidc.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+            },
+        ));
+    }
     server.add_service(pingora::services::background::background_service(
         "provider metadata",
         MetadataRefresher {

@@ -104,7 +104,10 @@ impl ConnectionLike for Conn {
 
 /// A connection to the shared store, made and remade in the background.
 pub(crate) struct Store {
-    clients: Clients,
+    /// Replaced whole when `url_file` changes ([`Store::replace_url`]).
+    clients: std::sync::RwLock<Arc<Clients>>,
+    /// Tells the subscription to start over (on the new URL).
+    reconnect: tokio::sync::Notify,
     metrics: Metrics,
     conn: RwLock<Option<Conn>>,
     prefix: String,
@@ -154,7 +157,8 @@ impl Store {
             }
         };
         Ok(Store {
-            clients,
+            clients: std::sync::RwLock::new(Arc::new(clients)),
+            reconnect: tokio::sync::Notify::new(),
             metrics,
             conn: RwLock::new(None),
             prefix: config.key_prefix.clone(),
@@ -171,6 +175,27 @@ impl Store {
         format!("{}revoked", self.prefix)
     }
 
+    fn clients(&self) -> Arc<Clients> {
+        match self.clients.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Connects to `url` from now on (a reloaded `url_file`): the next operation opens a new
+    /// connection, the subscription starts over; operations in progress finish on the old one.
+    pub(crate) async fn replace_url(&self, url: &crate::config::Secret) -> Result<(), StoreError> {
+        let client = redis::Client::open(url.expose())
+            .map_err(|e| StoreError::Redis(format!("{:?}", e.kind())))?;
+        match self.clients.write() {
+            Ok(mut c) => *c = Arc::new(Clients::Single(client)),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(Clients::Single(client)),
+        }
+        *self.conn.write().await = None;
+        self.reconnect.notify_one();
+        Ok(())
+    }
+
     async fn connection(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.conn.read().await.as_ref() {
             return Ok(c.clone());
@@ -179,7 +204,8 @@ impl Store {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let conn = match &self.clients {
+        let clients = self.clients();
+        let conn = match clients.as_ref() {
             Clients::Single(client) => {
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.timeout))
@@ -210,7 +236,8 @@ impl Store {
     /// A fresh pub/sub connection; in a cluster, to the seed node `attempt` picks (any node
     /// relays every message).
     async fn pubsub(&self, attempt: usize) -> Result<redis::aio::PubSub, StoreError> {
-        let client = match &self.clients {
+        let clients = self.clients();
+        let client = match clients.as_ref() {
             Clients::Single(client) => client,
             Clients::Cluster { nodes, .. } => &nodes[attempt % nodes.len()],
         };
@@ -234,7 +261,7 @@ impl Store {
             Err(_) => Err(StoreError::Timeout(self.timeout)),
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                if matches!(self.clients, Clients::Cluster { .. })
+                if matches!(self.clients().as_ref(), Clients::Cluster { .. })
                     && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
                 {
                     // The cluster client retries within a topology it knows; after a fault
@@ -464,7 +491,13 @@ impl StoreSync {
         }
         self.store.metrics.store_up(true);
         let mut messages = pubsub.into_on_message();
-        while let Some(msg) = messages.next().await {
+        loop {
+            let msg = tokio::select! {
+                msg = messages.next() => msg,
+                // A new URL: subscribe again there.
+                _ = self.store.reconnect.notified() => return Err(StoreError::Down),
+            };
+            let Some(msg) = msg else { break };
             let Ok(body) = msg.get_payload::<String>() else {
                 continue;
             };

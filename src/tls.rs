@@ -99,11 +99,11 @@ pub(crate) fn server_config(
 }
 
 /// How often the certificate files are looked at.
-const POLL: Duration = Duration::from_secs(2);
+pub(crate) const POLL: Duration = Duration::from_secs(2);
 
 /// What identifies a file's content without reading it: the target of any symlink chain
 /// (Kubernetes swaps a `..data` link), its size and its modification time.
-fn stamp(path: &Path) -> Option<(PathBuf, u64, SystemTime)> {
+pub(crate) fn stamp(path: &Path) -> Option<(PathBuf, u64, SystemTime)> {
     let target = std::fs::canonicalize(path).ok()?;
     let meta = std::fs::metadata(&target).ok()?;
     Some((target, meta.len(), meta.modified().ok()?))

@@ -83,6 +83,10 @@ pub struct Config {
     pub store: Option<StoreConfig>,
     /// `[tls]`: HTTPS listeners; `None` for plain HTTP only.
     pub tls: Option<TlsConfig>,
+    /// The secrets read from files (`session.keys_file`, `oidc.client_secret_file`,
+    /// `oidc.private_key_file`, `store.url_file`): each key and its file, for the reload
+    /// ([`crate::ops::secrets`]).
+    pub secret_files: Vec<(&'static str, PathBuf)>,
 }
 
 /// `[tls]`: tollgate terminates TLS itself (HTTP/2 by ALPN).

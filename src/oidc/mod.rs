@@ -196,6 +196,16 @@ impl Oidc {
         })
     }
 
+    /// The key ring every sealed value uses (cookies, login state, shared results).
+    pub(crate) fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// Authenticates to the provider with `auth` from the next call on.
+    pub(crate) fn replace_client_auth(&self, auth: ClientAuth) {
+        self.tokens.replace_auth(auth);
+    }
+
     /// The provider snapshot, if metadata has loaded.
     pub(crate) fn provider(&self) -> Option<Arc<Provider>> {
         self.provider.get()

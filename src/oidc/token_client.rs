@@ -70,7 +70,8 @@ struct ErrorBody {
 #[derive(Debug)]
 pub struct TokenClient {
     http: reqwest::Client,
-    auth: ClientAuth,
+    /// Swapped whole when the client secret or private key file changes.
+    auth: arc_swap::ArcSwap<ClientAuth>,
     /// `[oidc] max_response_bytes`.
     max_body: usize,
     metrics: crate::ops::metrics::Metrics,
@@ -83,6 +84,11 @@ pub struct TokenClient {
 }
 
 impl TokenClient {
+    /// Authenticates from the next request on with `auth` (a reloaded secret or key).
+    pub(crate) fn replace_auth(&self, auth: ClientAuth) {
+        self.auth.store(std::sync::Arc::new(auth));
+    }
+
     pub(crate) fn new(
         http: reqwest::Client,
         auth: ClientAuth,
@@ -91,7 +97,7 @@ impl TokenClient {
     ) -> Self {
         TokenClient {
             http,
-            auth,
+            auth: arc_swap::ArcSwap::from_pointee(auth),
             max_body,
             metrics,
             dpop_nonce: std::sync::Mutex::new(None),
@@ -309,12 +315,13 @@ impl TokenClient {
         dpop_proof: Option<String>,
     ) -> Result<bytes::Bytes, TokenError> {
         let audience = self.assertion_audience.as_deref().unwrap_or(audience);
-        let creds = self.auth.credentials(audience, crate::unix_now())?;
+        let auth = self.auth.load();
+        let creds = auth.credentials(audience, crate::unix_now())?;
         form.extend(creds.form);
         // `name_client`: the form must carry `client_id` even where the client's
         // authentication does not (`client_secret_basic`); never twice.
         if name_client && !form.iter().any(|(k, _)| *k == "client_id") {
-            form.push(("client_id", self.auth.client_id().to_string()));
+            form.push(("client_id", auth.client_id().to_string()));
         }
         let mut req = self
             .http

@@ -22,6 +22,10 @@
 //!   (a handshake that failed or did not finish within `header_read_timeout`);
 //! - `tollgate_protocol_requests_total{protocol, tls}`: requests by `h1`/`h2` and TLS version
 //!   (`none`, `1.2`, `1.3`);
+//! - `tollgate_secret_reloads_total{secret, result}` (`ok`, `error`) and
+//!   `tollgate_secret_stale{secret}`: secrets re-read from their files (`secret` is the config
+//!   key: `session.keys_file`, `oidc.client_secret_file`, `oidc.private_key_file`,
+//!   `store.url_file`); stale is 1 while the file's current content could not be used;
 //! - `tollgate_tls_cert_reloads_total{result}` (`ok`, `error`) and `tollgate_tls_cert_stale`:
 //!   1 while the certificate files on disk did not load and the previous certificate is served.
 //!
@@ -34,8 +38,8 @@ use pingora::protocols::http::ServerSession;
 use std::sync::{Arc, OnceLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// One route's request counters and upstream latency, resolved once: `with_label_values`
@@ -91,6 +95,8 @@ pub(crate) struct Metrics {
     protocol_counters: Arc<[OnceLock<IntCounter>; PROTOCOLS.len() * TLS_VERSIONS.len()]>,
     cert_reloads: IntCounterVec,
     cert_stale: IntGauge,
+    secret_reloads: IntCounterVec,
+    secret_stale: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -199,6 +205,22 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let secret_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_secret_reloads_total",
+                "Secrets re-read from their files, by config key and result",
+            ),
+            &["secret", "result"],
+        )
+        .expect("valid metric");
+        let secret_stale = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_secret_stale",
+                "1 while a secret file's current content could not be used (the previous value is in use)",
+            ),
+            &["secret"],
+        )
+        .expect("valid metric");
         let cert_stale = IntGauge::new(
             "tollgate_tls_cert_stale",
             "1 while the certificate files did not load and the previous certificate is served",
@@ -218,6 +240,8 @@ impl Metrics {
             Box::new(protocols.clone()),
             Box::new(cert_reloads.clone()),
             Box::new(cert_stale.clone()),
+            Box::new(secret_reloads.clone()),
+            Box::new(secret_stale.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -237,6 +261,8 @@ impl Metrics {
             protocol_counters: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             cert_reloads,
             cert_stale,
+            secret_reloads,
+            secret_stale,
         }
     }
 
@@ -262,6 +288,15 @@ impl Metrics {
             latencies: self.upstream_latency.clone(),
             upstream_latency: OnceLock::new(),
         }
+    }
+
+    pub(crate) fn secret_reload(&self, secret: &str, ok: bool) {
+        self.secret_reloads
+            .with_label_values(&[secret, if ok { "ok" } else { "error" }])
+            .inc();
+        self.secret_stale
+            .with_label_values(&[secret])
+            .set(i64::from(!ok));
     }
 
     pub(crate) fn cert_reload(&self, ok: bool) {

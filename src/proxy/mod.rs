@@ -112,13 +112,15 @@ impl Tollgate {
         store: Option<Arc<Store>>,
     ) -> Result<Self, ResolveError> {
         let gate = Gate::new(
-            SessionCodec::new(&config.session, config.server.secure_cookies).with_cookie_budget(
-                config
-                    .server
-                    .limits
-                    .max_cookie_bytes
-                    .saturating_sub(COOKIE_ROOM),
-            ),
+            SessionCodec::new(&config.session, config.server.secure_cookies)
+                .with_sealer(oidc.sealer().clone())
+                .with_cookie_budget(
+                    config
+                        .server
+                        .limits
+                        .max_cookie_bytes
+                        .saturating_sub(COOKIE_ROOM),
+                ),
             revocations,
             store,
             CsrfPolicy::new(&config.csrf, &config.server.public_origin),

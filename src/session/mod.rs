@@ -259,6 +259,13 @@ impl SessionCodec {
     /// Limits the session's cookies to `bytes` of a `Cookie` header (`name=value; …`), so that
     /// a session is refused when it is written rather than answered `431` on every request
     /// after (`[server] max_cookie_bytes` less room for other cookies).
+    /// Seals with `sealer`'s key ring (shared with the login state and the store's values,
+    /// so one reload of `keys_file` changes them all).
+    pub(crate) fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = sealer;
+        self
+    }
+
     pub fn with_cookie_budget(mut self, bytes: usize) -> Self {
         self.cookie_budget = bytes;
         self
@@ -313,7 +320,8 @@ impl SessionCodec {
     /// Decrypts and decodes a sealed value, or finds it opened recently. Only a value that
     /// decodes is kept.
     fn open_sealed(&self, sealed: &str) -> Result<Payload, SessionError> {
-        if let Some(session) = self.opened.get(sealed) {
+        let generation = self.sealer.generation();
+        if let Some(session) = self.opened.get(sealed, generation) {
             return Ok(Payload(session));
         }
         let plain = self.sealer.open(sealed, self.name.as_bytes())?;
@@ -324,7 +332,7 @@ impl SessionCodec {
             _ => return Err(SessionError::Payload),
         };
         let session = std::sync::Arc::new(session.into_owned());
-        self.opened.put(sealed, session.clone());
+        self.opened.put(sealed, session.clone(), generation);
         Ok(Payload(session))
     }
 

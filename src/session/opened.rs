@@ -38,6 +38,8 @@ impl<V> Default for Shard<V> {
 struct Entry<V> {
     sealed: Box<str>,
     opened: Arc<V>,
+    /// The key ring it was opened under ([`crate::session::seal::Sealer::generation`]).
+    generation: u64,
 }
 
 /// Keeps what a sealed value opened to (`V`: the decoded session).
@@ -95,16 +97,18 @@ impl<V> OpenedCache<V> {
         self.shards.get(mixed as usize % SHARDS)
     }
 
-    /// What `sealed` opened to, if it was opened recently.
-    pub(crate) fn get(&self, sealed: &str) -> Option<Arc<V>> {
+    /// What `sealed` opened to, if it was opened recently under key ring `generation` (a
+    /// value opened under another ring is opened again: its key may be gone).
+    pub(crate) fn get(&self, sealed: &str, generation: u64) -> Option<Arc<V>> {
         let k = key(sealed);
         let shard = self.shard(k)?.lock().ok()?;
         let entry = shard.entries.get(&k)?;
-        same(&entry.sealed, sealed).then(|| entry.opened.clone())
+        (entry.generation == generation && same(&entry.sealed, sealed))
+            .then(|| entry.opened.clone())
     }
 
-    /// Keeps what `sealed` opened to.
-    pub(crate) fn put(&self, sealed: &str, opened: Arc<V>) {
+    /// Keeps what `sealed` opened to under key ring `generation`.
+    pub(crate) fn put(&self, sealed: &str, opened: Arc<V>, generation: u64) {
         let k = key(sealed);
         let Some(Ok(mut shard)) = self.shard(k).map(Mutex::lock) else {
             return;
@@ -112,6 +116,7 @@ impl<V> OpenedCache<V> {
         let entry = Entry {
             sealed: sealed.into(),
             opened,
+            generation,
         };
         if shard.entries.insert(k, entry).is_some() {
             return;
@@ -137,23 +142,24 @@ mod tests {
     fn answers_only_for_the_identical_value() {
         let cache = OpenedCache::<Vec<u8>>::default();
         let s = sealed(1);
-        cache.put(&s, Arc::new(b"payload".to_vec()));
-        assert_eq!(cache.get(&s).as_deref(), Some(&b"payload".to_vec()));
+        cache.put(&s, Arc::new(b"payload".to_vec()), 0);
+        assert_eq!(cache.get(&s, 0).as_deref(), Some(&b"payload".to_vec()));
+        assert_eq!(cache.get(&s, 1), None, "opened under another key ring");
         // Same tail (same key), one byte changed anywhere before it: a miss.
         let mut other = s.clone().into_bytes();
         other[10] = b'y';
         let other = String::from_utf8(other).unwrap();
         assert_eq!(key(&other), key(&s));
-        assert_eq!(cache.get(&other), None);
-        assert_eq!(cache.get(&s[1..]), None);
-        assert_eq!(cache.get(""), None);
+        assert_eq!(cache.get(&other, 0), None);
+        assert_eq!(cache.get(&s[1..], 0), None);
+        assert_eq!(cache.get("", 0), None);
     }
 
     #[test]
     fn stays_within_its_capacity() {
         let cache = OpenedCache::<Vec<u8>>::with_capacity(64);
         for i in 0..10_000 {
-            cache.put(&sealed(i), Arc::new(b"p".to_vec()));
+            cache.put(&sealed(i), Arc::new(b"p".to_vec()), 0);
         }
         let kept: usize = cache
             .shards
@@ -161,14 +167,14 @@ mod tests {
             .map(|s| s.lock().unwrap().entries.len())
             .sum();
         assert!(kept <= 64, "{kept} entries kept");
-        assert!(cache.get(&sealed(9_999)).is_some(), "the newest is kept");
-        assert!(cache.get(&sealed(0)).is_none(), "the oldest is gone");
+        assert!(cache.get(&sealed(9_999), 0).is_some(), "the newest is kept");
+        assert!(cache.get(&sealed(0), 0).is_none(), "the oldest is gone");
     }
 
     #[test]
     fn capacity_zero_keeps_nothing() {
         let cache = OpenedCache::<Vec<u8>>::with_capacity(0);
-        cache.put(&sealed(1), Arc::new(b"p".to_vec()));
-        assert_eq!(cache.get(&sealed(1)), None);
+        cache.put(&sealed(1), Arc::new(b"p".to_vec()), 0);
+        assert_eq!(cache.get(&sealed(1), 0), None);
     }
 }

@@ -20,6 +20,10 @@
 //! implementations at hand: ring's AES-256-GCM (hardware AES and carry-less multiply; about
 //! 3.5× the throughput of the `aes-gcm` crate on our machines) and SIMD base64 decoding.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use base64_simd::URL_SAFE_NO_PAD;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -55,16 +59,40 @@ struct SealKey {
     cipher: LessSafeKey,
 }
 
-/// Seals and opens byte strings with the configured keys.
+/// Seals and opens byte strings with the configured keys. Clones share one key ring, which
+/// [`Sealer::replace_keys`] swaps for all of them at once (a reloaded `keys_file`).
+#[derive(Clone)]
 pub struct Sealer {
-    keys: Vec<SealKey>,
+    ring: Arc<Ring>,
     rng: SystemRandom,
+}
+
+struct Ring {
+    keys: ArcSwap<Vec<SealKey>>,
+    /// Bumped by every replacement: what was opened under an earlier ring is opened again.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealer({} keys)", self.keys.len())
+        write!(f, "Sealer({} keys)", self.ring.keys.load().len())
     }
+}
+
+fn ring(keys: &[[u8; 32]]) -> Vec<SealKey> {
+    keys.iter()
+        .map(|k| SealKey {
+            id: key_id(k),
+            cipher: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, k).expect("32-byte AES-256 key"),
+            ),
+        })
+        .collect()
+}
+
+/// A key's id in hex, for a log line (the id is public: every sealed value carries it).
+pub(crate) fn key_id_hex(key: &[u8; 32]) -> String {
+    key_id(key).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The stable identifier of a key, as carried in the wire format.
@@ -84,22 +112,33 @@ impl Sealer {
     pub fn new(keys: &[[u8; 32]]) -> Self {
         assert!(!keys.is_empty(), "Sealer needs at least one key");
         Sealer {
-            keys: keys
-                .iter()
-                .map(|k| SealKey {
-                    id: key_id(k),
-                    cipher: LessSafeKey::new(
-                        UnboundKey::new(&AES_256_GCM, k).expect("32-byte AES-256 key"),
-                    ),
-                })
-                .collect(),
+            ring: Arc::new(Ring {
+                keys: ArcSwap::from_pointee(ring(keys)),
+                generation: AtomicU64::new(0),
+            }),
             rng: SystemRandom::new(),
         }
     }
 
+    /// Replaces the key ring of this sealer and every clone: `keys[0]` seals from now on, and
+    /// values sealed under a key no longer listed stop opening. An empty list is ignored.
+    pub fn replace_keys(&self, keys: &[[u8; 32]]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.ring.keys.store(Arc::new(ring(keys)));
+        self.ring.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Which key ring is in use (changes with every [`Sealer::replace_keys`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.ring.generation.load(Ordering::Acquire)
+    }
+
     /// Encrypts `plaintext` bound to `context` and returns the base64url text.
     pub fn seal(&self, plaintext: &[u8], context: &[u8]) -> Result<String, SealError> {
-        let key = &self.keys[0];
+        let keys = self.ring.keys.load();
+        let key = &keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| SealError)?;
         let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
@@ -132,8 +171,8 @@ impl Sealer {
             return Err(OpenError::Version(raw[0]));
         }
         let id = &raw[1..1 + KEY_ID_LEN];
-        let key = self
-            .keys
+        let keys = self.ring.keys.load();
+        let key = keys
             .iter()
             .find(|k| k.id == id)
             .ok_or(OpenError::UnknownKey)?;

@@ -50,6 +50,21 @@ pub(crate) const EXAMPLE_SESSION_KEYS: [&str; 3] = [
 ];
 
 pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
+    let secret_files: Vec<(&'static str, std::path::PathBuf)> = [
+        ("session.keys_file", raw.session.keys_file.clone()),
+        (
+            "oidc.client_secret_file",
+            raw.oidc.client_secret_file.clone(),
+        ),
+        ("oidc.private_key_file", raw.oidc.private_key_file.clone()),
+        (
+            "store.url_file",
+            raw.store.as_ref().and_then(|s| s.url_file.clone()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, f)| Some((k, std::path::PathBuf::from(f?))))
+    .collect();
     let server = server::server(raw.server)?;
     let oidc = oidc::oidc(raw.oidc, &server.public_url)?;
     let session = session::session(raw.session, server.secure_cookies)?;
@@ -69,6 +84,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
         metrics,
         store,
         tls,
+        secret_files,
     };
     cross_section(&config, &session.key_names)?;
     Ok(config)

@@ -1,0 +1,242 @@
+//! Secrets that change under a running tollgate: the files named by `*_file` keys, replaced
+//! the way Kubernetes updates a mounted Secret (a new directory, then the `..data` symlink
+//! swapped over it), are re-read without a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::flow::*;
+use common::idp::CLIENTS;
+use common::*;
+use reqwest::cookie::CookieStore;
+use sha2::{Digest, Sha256};
+
+/// A directory laid out like a mounted Kubernetes Secret: `NAME -> ..data/NAME`, `..data ->
+/// ..<version>`; [`SecretDir::write`] swaps in a new version atomically.
+struct SecretDir {
+    dir: tempfile::TempDir,
+    version: u32,
+}
+
+impl SecretDir {
+    fn new(name: &str, content: &str) -> SecretDir {
+        let mut s = SecretDir {
+            dir: tempfile::tempdir().unwrap(),
+            version: 0,
+        };
+        s.write(name, content);
+        std::os::unix::fs::symlink(format!("..data/{name}"), s.dir.path().join(name)).unwrap();
+        s
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&mut self, name: &str, content: &str) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        std::fs::create_dir(self.dir.path().join(&version)).unwrap();
+        std::fs::write(self.dir.path().join(&version).join(name), content).unwrap();
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+    }
+}
+
+/// Waits (bounded) for a metrics line that holds every one of `parts`.
+async fn metric_line(tg: &Tollgate, parts: &[&str]) -> String {
+    let client = reqwest::Client::new();
+    let mut last = String::new();
+    for _ in 0..100 {
+        if let Ok(r) = client.get(tg.metrics_url()).send().await {
+            last = r.text().await.unwrap_or_default();
+            if let Some(line) = last.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return line.to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no metrics line with {parts:?}; last scrape:\n{last}");
+}
+
+/// The key id (hex) a session cookie was sealed with: bytes 1..5 of the sealed value.
+fn cookie_key_id(cookie_header: &str) -> String {
+    let value = cookie_header
+        .split("; ")
+        .find_map(|c| {
+            c.strip_prefix("tollgate=")
+                .or_else(|| c.strip_prefix("tollgate.0="))
+        })
+        .unwrap_or_else(|| panic!("no session cookie in {cookie_header}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .unwrap();
+    raw[1..5].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn key_id(key_b64: &str) -> String {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key_b64)
+        .unwrap();
+    let digest = Sha256::new()
+        .chain_update(b"tollgate-key-id")
+        .chain_update(&key)
+        .finalize();
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Logs in with a fresh cookie jar: the `Cookie` header the browser now sends.
+async fn login(tg: &Tollgate) -> String {
+    let (jar, b) = browser_with_jar();
+    let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "login: {}", tg.log());
+    jar.cookies(&tg.url("/").parse().unwrap())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn api_status(tg: &Tollgate, cookie: &str) -> u16 {
+    plain()
+        .get(tg.url("/api/x"))
+        .header("cookie", cookie)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn with_file(config: String, line_start: &str, file_line: String) -> String {
+    let line = config
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .unwrap_or_else(|| panic!("no {line_start} line"))
+        .to_string();
+    config.replacen(&line, &file_line, 1)
+}
+
+fn file_line(key: &str, path: &Path) -> String {
+    format!("{key} = {:?}", path.display().to_string())
+}
+
+/// A new key ring in `keys_file` takes effect without a restart: sessions sealed under a key
+/// still listed keep working, new cookies carry the new key's id; a file that does not parse
+/// keeps the old ring (error, metric); a key taken out of the ring stops opening its cookies,
+/// even ones opened (and kept opened) before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_cookie_key_file_keeps_sessions_and_seals_with_the_new_key() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let new_key = {
+        let mut k = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
+        base64::engine::general_purpose::STANDARD.encode(k)
+    };
+    let mut secret = SecretDir::new("keys", &format!("{KEY}\n"));
+    let keys_path = secret.path("keys");
+    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "");
+    let tg = Tollgate::start_on(port, |p, m| {
+        with_file(
+            config.render(p, m),
+            "keys = ",
+            file_line("keys_file", &keys_path),
+        )
+    })
+    .await;
+    let mut tg = tg;
+    tg.wait_for("/readyz").await.unwrap();
+
+    let old = login(&tg).await;
+    assert_eq!(cookie_key_id(&old), key_id(KEY));
+    assert_eq!(api_status(&tg, &old).await, 200);
+
+    // The new key first, the old one kept.
+    secret.write("keys", &format!("# rotated\n{new_key}\n{KEY}\n"));
+    metric_line(
+        &tg,
+        &[
+            "tollgate_secret_reloads_total{",
+            "session.keys_file",
+            "\"ok\"",
+            "} 1",
+        ],
+    )
+    .await;
+    assert_eq!(
+        api_status(&tg, &old).await,
+        200,
+        "a session under a key still listed"
+    );
+    let new = login(&tg).await;
+    assert_eq!(
+        cookie_key_id(&new),
+        key_id(&new_key),
+        "new cookies carry the new key"
+    );
+
+    // A broken file: the ring stays, the error is counted, the process serves on.
+    secret.write("keys", "not a key\n");
+    metric_line(&tg, &["tollgate_secret_stale{", "session.keys_file", "} 1"]).await;
+    assert_eq!(api_status(&tg, &old).await, 200);
+    assert_eq!(api_status(&tg, &new).await, 200);
+    assert!(tg.log().contains("secrets not reloaded"), "{}", tg.log());
+    assert!(!tg.log().contains(&new_key), "a key reached the log");
+
+    // The old key leaves the ring: its cookies stop opening (the one opened above too).
+    secret.write("keys", &format!("{new_key}\n"));
+    metric_line(&tg, &["tollgate_secret_stale{", "session.keys_file", "} 0"]).await;
+    assert_eq!(api_status(&tg, &old).await, 401);
+    assert_eq!(api_status(&tg, &new).await, 200);
+}
+
+/// A replaced client secret file is used by the next call to the provider: a login that the
+/// provider refused with the wrong secret works once the right one is in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_client_secret_file_is_used_by_the_next_login() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let client = &CLIENTS[0];
+    let right = client.secret.expect("a client with a secret");
+    let mut secret = SecretDir::new("client_secret", "wrong-secret-0123456789abcdef\n");
+    let secret_path = secret.path("client_secret");
+    let config = tollgate_config(&idp, client, &echo.url(), "");
+    let mut tg = Tollgate::start_on(port, |p, m| {
+        with_file(
+            config.render(p, m),
+            "client_secret = ",
+            file_line("client_secret_file", &secret_path),
+        )
+    })
+    .await;
+    tg.wait_for("/readyz").await.unwrap();
+
+    let r = browser()
+        .get(tg.url("/login?return_to=/"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 200, "the wrong secret logged in");
+
+    secret.write("client_secret", &format!("{right}\n"));
+    metric_line(
+        &tg,
+        &[
+            "tollgate_secret_reloads_total{",
+            "oidc.client_secret_file",
+            "\"ok\"",
+            "} 1",
+        ],
+    )
+    .await;
+    login(&tg).await;
+    assert!(!tg.log().contains(right), "the secret reached the log");
+}
