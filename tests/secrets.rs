@@ -240,3 +240,68 @@ async fn a_new_client_secret_file_is_used_by_the_next_login() {
     login(&tg).await;
     assert!(!tg.log().contains(right), "the secret reached the log");
 }
+
+/// A new `store.url_file` moves the store to another server without a restart: once the old
+/// server is gone, revocations still reach the store (the new one) and the subscription is
+/// up there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_store_url_file_moves_to_the_new_server() {
+    let mut first = common::redis::Redis::start().await;
+    let second = common::redis::Redis::start().await;
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let mut secret = SecretDir::new("store_url", &format!("{}\n", first.url()));
+    let url_path = secret.path("store_url");
+    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "").section(&format!(
+        "[store]\n{}\nkey_prefix = \"test:\"\ntimeout = \"300ms\"\n",
+        file_line("url_file", &url_path)
+    ));
+    let mut tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
+    tg.wait_for("/readyz").await.unwrap();
+    tg.wait_metrics(&["tollgate_store_up 1"]).await;
+
+    secret.write("store_url", &format!("{}\n", second.url()));
+    metric_line(
+        &tg,
+        &[
+            "tollgate_secret_reloads_total{",
+            "store.url_file",
+            "\"ok\"",
+            "} 1",
+        ],
+    )
+    .await;
+    first.stop();
+
+    // A logout publishes its revocation: to the second server.
+    let cookie = login(&tg).await;
+    let r = plain()
+        .post(tg.url("/logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let client = ::redis::Client::open(second.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let revoked: u64 = ::redis::cmd("ZCARD")
+        .arg("test:revoked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        revoked,
+        1,
+        "the revocation is in the new store: {}",
+        tg.log()
+    );
+    tg.wait_metrics(&["tollgate_store_up 1"]).await;
+    assert!(
+        !tg.log().contains("did not record the revocation"),
+        "{}",
+        tg.log()
+    );
+}
