@@ -30,6 +30,10 @@ struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value = "pretty")]
     log_format: LogFormat,
+    /// Take the listening sockets over from the running tollgate (zero-downtime restart):
+    /// start this, then send SIGQUIT to the old process.
+    #[arg(long, global = true)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     announce(&config);
-    let server = match tollgate::server::build(&config, &cli.config) {
+    let server = match tollgate::server::build(&config, &cli.config, cli.upgrade) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("tollgate: cannot start: {e}");

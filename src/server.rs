@@ -46,15 +46,28 @@ pub enum StartError {
 }
 
 /// Builds the server from `config`, read from `config_path` (read again when a secret file
-/// changes); call `run_forever()` on the result.
-pub fn build(config: &Config, config_path: &std::path::Path) -> Result<Server, StartError> {
+/// changes); with `upgrade`, it takes the listening sockets of the running process over
+/// `[server] upgrade_sock` instead of binding them (README, "Zero-downtime restart"). Call
+/// `run_forever()` on the result.
+pub fn build(
+    config: &Config,
+    config_path: &std::path::Path,
+    upgrade: bool,
+) -> Result<Server, StartError> {
     let conf = ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // With `upgrade`, this waits for the running process to send its sockets (it does when it
+    // gets SIGQUIT).
     server.bootstrap();
 
     let metrics = Metrics::new();
@@ -115,10 +128,21 @@ pub fn build(config: &Config, config_path: &std::path::Path) -> Result<Server, S
         revocations,
         store,
     )?;
+    // Bound here, so a port in use is a start error; taken over from the old process when
+    // upgrading (then the front door finds them among the inherited sockets).
+    let bind = |addr: &std::net::SocketAddr| -> Result<Option<std::net::TcpListener>, StartError> {
+        if upgrade {
+            return Ok(None);
+        }
+        front::bind(*addr)
+            .map(Some)
+            .map_err(|e| StartError::Listen(*addr, e))
+    };
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
         listeners.push(Listener {
-            socket: front::bind(*addr).map_err(|e| StartError::Listen(*addr, e))?,
+            addr: *addr,
+            socket: bind(addr)?,
             tls: None,
         });
     }
@@ -128,7 +152,8 @@ pub fn build(config: &Config, config_path: &std::path::Path) -> Result<Server, S
         let acceptor = Arc::new(Acceptor::from_server_config(server_config));
         for addr in &tls.listen {
             listeners.push(Listener {
-                socket: front::bind(*addr).map_err(|e| StartError::Listen(*addr, e))?,
+                addr: *addr,
+                socket: bind(addr)?,
                 tls: Some(acceptor.clone()),
             });
         }
@@ -143,13 +168,17 @@ pub fn build(config: &Config, config_path: &std::path::Path) -> Result<Server, S
         ));
     }
     let proxy = pingora::proxy::http_proxy(&server.configuration, app);
-    server.add_service(FrontDoor::new(
-        proxy,
-        listeners,
-        config.server.limits.clone(),
-        metrics.clone(),
-        readiness,
-    ));
+    let phases = server.watch_execution_phase();
+    server.add_service(
+        FrontDoor::new(
+            proxy,
+            listeners,
+            config.server.limits.clone(),
+            metrics.clone(),
+            readiness,
+        )
+        .with_upgrades(phases, upgrade),
+    );
 
     if let Some(addr) = config.metrics.listen {
         let mut service = Service::new("tollgate metrics".to_string(), MetricsApp { metrics });

@@ -110,6 +110,13 @@ pub(crate) struct ServerSection {
     pub max_body_bytes: usize,
     #[serde(default, deserialize_with = "de::lenient")]
     pub redirect_to_https: bool,
+    /// Where `tollgate --upgrade` takes the listening sockets from the running process.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+}
+
+fn default_upgrade_sock() -> String {
+    "/tmp/tollgate-upgrade.sock".into()
 }
 
 fn max_connections() -> usize {

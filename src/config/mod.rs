@@ -140,6 +140,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Plain listeners answer `308` to `public_url` (health and readiness excepted).
     pub redirect_to_https: bool,
+    /// The Unix socket a `tollgate --upgrade` process takes the listening sockets over.
+    pub upgrade_sock: PathBuf,
 }
 
 /// `[server]` limits on what one client can hold or send before tollgate answers for it.

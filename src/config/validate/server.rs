@@ -44,6 +44,7 @@ pub(super) fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
         public_url,
         threads,
         grace_period: s.grace_period,
+        upgrade_sock: std::path::PathBuf::from(&s.upgrade_sock),
         limits,
         redirect_to_https: s.redirect_to_https,
     })

@@ -43,8 +43,8 @@ use pingora::protocols::http::v2::server::{
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Digest, GetSocketDigest, SocketDigest, Ssl, Stream};
-use pingora::server::ListenFds;
 use pingora::server::ShutdownWatch;
+use pingora::server::{ExecutionPhase, ListenFds};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -85,9 +85,11 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// A listening socket, plain or with the TLS acceptor of `[tls]`.
+/// A listening socket, plain or with the TLS acceptor of `[tls]`; `socket` is `None` when it
+/// is to be taken over from the running process (`tollgate --upgrade`).
 pub(crate) struct Listener {
-    pub(crate) socket: std::net::TcpListener,
+    pub(crate) addr: SocketAddr,
+    pub(crate) socket: Option<std::net::TcpListener>,
     pub(crate) tls: Option<Arc<Acceptor>>,
 }
 
@@ -96,7 +98,15 @@ pub(crate) struct FrontDoor<A> {
     app: Option<A>,
     listeners: Vec<Listener>,
     shared: Arc<Shared>,
+    /// Pingora's execution phases: a graceful upgrade hands the listening sockets over.
+    phases: Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>,
+    /// This process took its sockets over from another (`--upgrade`).
+    upgraded: bool,
 }
+
+/// How long a process that took the sockets over waits for the provider metadata before it
+/// accepts (the old process accepts for 5 s more after handing them over).
+const UPGRADE_READY_WAIT: Duration = Duration::from_secs(4);
 
 struct Shared {
     limits: Limits,
@@ -104,6 +114,9 @@ struct Shared {
     readiness: Arc<Readiness>,
     slots: Arc<Semaphore>,
     draining: AtomicBool,
+    /// The listening sockets went to a new process (graceful upgrade): at shutdown they are
+    /// left as they are, the new process accepts from them.
+    handed_over: AtomicBool,
     /// HTTP/2 settings for TLS connections that negotiate `h2`.
     h2: H2Options,
 }
@@ -129,9 +142,67 @@ impl<A> FrontDoor<A> {
                 metrics,
                 readiness,
                 draining: AtomicBool::new(false),
+                handed_over: AtomicBool::new(false),
                 h2,
             }),
+            phases: None,
+            upgraded: false,
         }
+    }
+
+    /// Follows Pingora's `phases` (a graceful upgrade hands the sockets over); `upgraded`:
+    /// this process takes them over.
+    pub(crate) fn with_upgrades(
+        mut self,
+        phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+        upgraded: bool,
+    ) -> Self {
+        self.phases = Some(phases);
+        self.upgraded = upgraded;
+        self
+    }
+
+    /// The listening socket of `l`: bound at build time (then registered among the sockets a
+    /// graceful upgrade hands over), or taken from those the old process handed over, or, for
+    /// an address the old process did not have, bound now.
+    fn socket(
+        l: Listener,
+        fds: Option<&ListenFds>,
+    ) -> Option<(std::net::TcpListener, Option<Arc<Acceptor>>)> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let key = l.addr.to_string();
+        let inherited = match (&l.socket, fds) {
+            (None, Some(fds)) => fds.lock().get(&key).copied(),
+            _ => None,
+        };
+        let socket = match (l.socket, inherited) {
+            (Some(s), _) => s,
+            (None, Some(fd)) => {
+                // SAFETY: the fd came from the old process over the upgrade socket and is
+                // used by this listener only (the table keeps the number for the next upgrade).
+                let s = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                if let Err(e) = s.set_nonblocking(true) {
+                    tracing::error!(addr = %l.addr, error = %e, "cannot use a socket taken over");
+                    return None;
+                }
+                tracing::info!(addr = %l.addr, "listening socket taken over from the old process");
+                return Some((s, l.tls));
+            }
+            (None, None) => match bind(l.addr) {
+                Ok(s) => {
+                    tracing::warn!(addr = %l.addr, "the old process did not hand this address over; bound anew");
+                    s
+                }
+                Err(e) => {
+                    tracing::error!(addr = %l.addr, error = %e, "cannot listen");
+                    return None;
+                }
+            },
+        };
+        if let Some(fds) = fds {
+            fds.lock().add(key, socket.as_raw_fd());
+        }
+        Some((socket, l.tls))
     }
 }
 
@@ -142,16 +213,46 @@ where
 {
     async fn start_service(
         &mut self,
-        _fds: Option<ListenFds>,
+        fds: Option<ListenFds>,
         shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
         let Some(app) = self.app.take() else {
             return;
         };
+        if let Some(mut phases) = self.phases.take() {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match phases.recv().await {
+                        Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                            shared.handed_over.store(true, Ordering::Release);
+                            tracing::info!("graceful upgrade: the listening sockets go to the new process; requests in flight finish here");
+                            return;
+                        }
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
+        let sockets: Vec<_> = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .filter_map(|l| Self::socket(l, fds.as_ref()))
+            .collect();
+        if self.upgraded {
+            // The old process still accepts for a few seconds: answer once the provider
+            // metadata is in, so no request meets a provider that is not loaded yet.
+            let started = tokio::time::Instant::now();
+            while !self.shared.readiness.provider_loaded() && started.elapsed() < UPGRADE_READY_WAIT
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let app = Arc::new(app);
         let mut loops = Vec::new();
-        for Listener { socket, tls } in std::mem::take(&mut self.listeners) {
+        for (socket, tls) in sockets {
             let listener = match TcpListener::from_std(socket) {
                 Ok(l) => l,
                 Err(e) => {
@@ -246,6 +347,12 @@ where
 {
     let shared = &door.shared;
     shared.draining.store(true, Ordering::Release);
+    if shared.handed_over.load(Ordering::Acquire) {
+        // The socket is the new process's now (it holds the same one): no filter on it, no
+        // draining of its queue; closing this process's descriptor leaves it listening.
+        tracing::info!(listener = ?listener.local_addr().ok(), "listener handed over; not accepting here any more");
+        return;
+    }
     shared.readiness.set_draining();
     if let Err(e) = refuse_new_handshakes(&listener) {
         tracing::warn!(error = %e, "cannot refuse new handshakes while draining; connections arriving now may be reset");
