@@ -16,6 +16,9 @@ pub(crate) struct Readiness {
     provider_loaded: AtomicBool,
     /// Set at shutdown: the load balancer should stop sending new clients.
     draining: AtomicBool,
+    /// Set when the listening sockets went to a new process (graceful upgrade): responses
+    /// close their connections, so keep-alive clients move over while this process answers.
+    handed_over: AtomicBool,
 }
 
 impl Default for Readiness {
@@ -24,6 +27,7 @@ impl Default for Readiness {
             config_loaded: AtomicBool::new(true),
             provider_loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
         }
     }
 }
@@ -42,6 +46,15 @@ impl Readiness {
 
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn set_handed_over(&self) {
+        self.handed_over.store(true, Ordering::Release);
+    }
+
+    /// Whether responses should close their connection ([`Readiness::set_handed_over`]).
+    pub(crate) fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Relaxed)
     }
 
     pub(crate) fn provider_loaded(&self) -> bool {

@@ -60,6 +60,8 @@ pub(crate) struct Tollgate {
     route_metrics: Vec<RouteMetrics>,
     gate: Gate,
     endpoints: Endpoints,
+    /// Read on every request for a graceful upgrade under way ([`Readiness::handed_over`]).
+    readiness: Arc<Readiness>,
     metrics: Metrics,
     oidc: Arc<Oidc>,
     proto: &'static str,
@@ -140,6 +142,7 @@ impl Tollgate {
             routes,
             route_metrics,
             gate,
+            readiness: readiness.clone(),
             endpoints: Endpoints::new(
                 oidc.clone(),
                 readiness,
@@ -419,6 +422,10 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        if self.readiness.handed_over() {
+            // A graceful upgrade is under way: this connection ends with this response.
+            session.set_keepalive(None);
+        }
         ctx.request_id = request_id::from_headers(&session.req_header().headers);
         ctx.protocol = if session.is_http2() { "h2" } else { "h1" };
         ctx.tls = tls_version(session);

@@ -228,6 +228,14 @@ where
                     match phases.recv().await {
                         Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
                             shared.handed_over.store(true, Ordering::Release);
+                            // Responses from now on close their connection, so keep-alive
+                            // clients reconnect (to either process) while this one still
+                            // answers, instead of meeting the close of an idle connection at
+                            // shutdown with a request under way. (Pingora sets keep-alive from
+                            // the request once it reads it: the proxy's request filter applies
+                            // this, see `Readiness::handed_over`.)
+                            shared.draining.store(true, Ordering::Release);
+                            shared.readiness.set_handed_over();
                             tracing::info!("graceful upgrade: the listening sockets go to the new process; requests in flight finish here");
                             return;
                         }
