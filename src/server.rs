@@ -66,9 +66,6 @@ pub fn build(
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
-    // With `upgrade`, this waits for the running process to send its sockets (it does when it
-    // gets SIGQUIT).
-    server.bootstrap();
 
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
@@ -169,6 +166,15 @@ pub fn build(
     }
     let proxy = pingora::proxy::http_proxy(&server.configuration, app);
     let phases = server.watch_execution_phase();
+    let mut claimed: Vec<String> = config
+        .server
+        .listen
+        .iter()
+        .chain(config.tls.iter().flat_map(|t| t.listen.iter()))
+        .chain(config.metrics.listen.iter())
+        .map(|a| a.to_string())
+        .collect();
+    claimed.sort();
     server.add_service(
         FrontDoor::new(
             proxy,
@@ -177,7 +183,7 @@ pub fn build(
             metrics.clone(),
             readiness,
         )
-        .with_upgrades(phases, upgrade),
+        .with_upgrades(phases, upgrade, config.server.upgrade_sock.clone(), claimed),
     );
 
     if let Some(addr) = config.metrics.listen {
@@ -185,5 +191,9 @@ pub fn build(
         service.add_tcp(&addr.to_string());
         server.add_service(service);
     }
+    // Last, once everything that can fail has: with `upgrade`, this waits for the running
+    // process to send its sockets (it does when it gets SIGQUIT), and a process that then
+    // failed to start would leave none listening.
+    server.bootstrap();
     Ok(server)
 }

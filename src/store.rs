@@ -50,6 +50,8 @@ pub(crate) enum StoreError {
     Timeout(Duration),
     #[error("the store refused: {0}")]
     Redis(String),
+    #[error("a value in the store does not open with this replica's session keys")]
+    Unreadable,
 }
 
 /// How the store is reached: one server, or a Redis Cluster (its client and, for pub/sub, a
@@ -108,6 +110,8 @@ pub(crate) struct Store {
     clients: std::sync::RwLock<Arc<Clients>>,
     /// Tells the subscription to start over (on the new URL).
     reconnect: tokio::sync::Notify,
+    /// SHA-256 of the URL in use (`url_file` reloads compare; the URL holds a password).
+    url_hash: std::sync::Mutex<[u8; 32]>,
     metrics: Metrics,
     conn: RwLock<Option<Conn>>,
     prefix: String,
@@ -127,6 +131,11 @@ impl std::fmt::Debug for Store {
 /// `WRONGPASS`), which names neither the URL nor its password.
 fn connect_error(e: redis::RedisError) -> StoreError {
     StoreError::Connect(format!("{:?}: {e}", e.kind()))
+}
+
+fn url_hash(url: &crate::config::Secret) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(url.expose().as_bytes()).into()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -159,6 +168,10 @@ impl Store {
         Ok(Store {
             clients: std::sync::RwLock::new(Arc::new(clients)),
             reconnect: tokio::sync::Notify::new(),
+            url_hash: std::sync::Mutex::new(match &config.target {
+                StoreTarget::Single(url) => url_hash(url),
+                StoreTarget::Cluster(_) => [0; 32],
+            }),
             metrics,
             conn: RwLock::new(None),
             prefix: config.key_prefix.clone(),
@@ -184,16 +197,29 @@ impl Store {
 
     /// Connects to `url` from now on (a reloaded `url_file`): the next operation opens a new
     /// connection, the subscription starts over; operations in progress finish on the old one.
-    pub(crate) async fn replace_url(&self, url: &crate::config::Secret) -> Result<(), StoreError> {
+    /// `false` when `url` is the one in use (nothing changes).
+    pub(crate) async fn replace_url(
+        &self,
+        url: &crate::config::Secret,
+    ) -> Result<bool, StoreError> {
+        let hash = url_hash(url);
+        if self.url_hash.lock().is_ok_and(|h| *h == hash) {
+            return Ok(false);
+        }
         let client = redis::Client::open(url.expose())
             .map_err(|e| StoreError::Redis(format!("{:?}", e.kind())))?;
+        if let Ok(mut h) = self.url_hash.lock() {
+            *h = hash;
+        }
         match self.clients.write() {
             Ok(mut c) => *c = Arc::new(Clients::Single(client)),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(Clients::Single(client)),
         }
         *self.conn.write().await = None;
-        self.reconnect.notify_one();
-        Ok(())
+        // Only a subscription running now: one between attempts connects anew anyway (a
+        // stored permit would end the next healthy one).
+        self.reconnect.notify_waiters();
+        Ok(true)
     }
 
     async fn connection(&self) -> Result<Conn, StoreError> {

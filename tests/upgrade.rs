@@ -143,3 +143,40 @@ async fn an_upgrade_under_load_fails_no_request() {
     let _ = new.kill();
     let _ = new.wait();
 }
+
+/// A `SIGQUIT` with no new process waiting at the upgrade socket: the sockets are not handed
+/// to anybody, so the process stops as at `SIGTERM` (it says so) and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_without_a_new_process_stops_as_sigterm() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let metrics_port = free_port();
+    let idp = idp_for(&[port]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "").server(&format!(
+        "upgrade_sock = {:?}\ngrace_period = \"1s\"",
+        sock.display().to_string()
+    ));
+    let config_path = dir.path().join("tollgate.toml");
+    std::fs::write(&config_path, config.render(port, metrics_port)).unwrap();
+    let log = dir.path().join("tollgate.log");
+    let mut tg = spawn(&config_path, &log, false);
+    let probe = plain();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let started = Instant::now();
+    while !matches!(probe.get(&url).send().await, Ok(r) if r.status() == 200) {
+        assert!(started.elapsed() < Duration::from_secs(20), "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SAFETY: signals a child process of this test.
+    assert_eq!(unsafe { libc::kill(tg.id() as i32, libc::SIGQUIT) }, 0);
+    wait_until("the process exits", Duration::from_secs(60), || {
+        matches!(tg.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(tg.wait().unwrap().code(), Some(0), "{text}");
+    assert!(text.contains("no new process waiting"), "{text}");
+    assert!(!text.contains("listener handed over"), "{text}");
+}

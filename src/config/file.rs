@@ -116,7 +116,7 @@ pub(crate) struct ServerSection {
 }
 
 fn default_upgrade_sock() -> String {
-    "/tmp/tollgate-upgrade.sock".into()
+    "/run/tollgate/upgrade.sock".into()
 }
 
 fn max_connections() -> usize {

@@ -693,7 +693,19 @@ impl Oidc {
         let usable = |s: &Spent| s.purpose == purpose || rotated_to(s, &key).is_some();
         let mut waited = false;
         loop {
-            if let Some(spent) = self.published(store, &flight).await?.filter(usable) {
+            let published = match self.published(store, &flight).await {
+                Err(StoreError::Unreadable) => {
+                    // Another replica refreshed with keys this one does not have yet: asking
+                    // the provider again could spend the token twice. Try again later.
+                    tracing::warn!(request_id = %job.request_id, "refresh: another replica's result is sealed under a session key this replica does not have (a key rotation under way?); not refreshing");
+                    return Ok(Spent {
+                        purpose,
+                        outcome: RefreshOutcome::Unavailable,
+                    });
+                }
+                other => other?,
+            };
+            if let Some(spent) = published.filter(usable) {
                 self.metrics
                     .refresh(if waited { "waited" } else { "reused" });
                 return Ok(spent);
@@ -797,16 +809,23 @@ impl Oidc {
         Spent { purpose, outcome }
     }
 
-    /// The result another replica published for `flight`, unsealed.
+    /// The result another replica published for `flight`, unsealed. A result that is there
+    /// but does not open (sealed under a session key this replica does not have yet, in the
+    /// middle of a key rotation) is `Err(StoreError::Unreadable)`: the token it came from may
+    /// be spent, so it must not be taken for "no result".
     async fn published(&self, store: &Store, flight: &str) -> Result<Option<Spent>, StoreError> {
-        Ok(store.result(flight).await?.and_then(|sealed| {
-            self.sealer
-                .open_value::<(Purpose, TokenResponse, u64)>(RESULT_VERSION, &sealed, flight)
-                .map(|(purpose, tokens, at)| Spent {
+        let Some(sealed) = store.result(flight).await? else {
+            return Ok(None);
+        };
+        self.sealer
+            .open_value::<(Purpose, TokenResponse, u64)>(RESULT_VERSION, &sealed, flight)
+            .map(|(purpose, tokens, at)| {
+                Some(Spent {
                     purpose,
                     outcome: RefreshOutcome::Refreshed(Arc::new(tokens), at),
                 })
-        }))
+            })
+            .ok_or(StoreError::Unreadable)
     }
 
     async fn call_refresh(&self, refresh_token: &str, job: &Job) -> RefreshOutcome {

@@ -79,6 +79,9 @@ impl SecretWatch {
         match secret {
             "session.keys_file" => {
                 let keys = &config.session.keys;
+                if self.oidc.sealer().has_keys(keys) {
+                    return Ok("session keys unchanged".into());
+                }
                 self.oidc.sealer().replace_keys(keys);
                 Ok(format!(
                     "session keys reloaded: {} key(s); new cookies are sealed with key id {}",
@@ -100,7 +103,9 @@ impl SecretWatch {
                 let StoreTarget::Single(url) = &c.target else {
                     return Err("store.url_file now names a cluster; restart to change".into());
                 };
-                store.replace_url(url).await.map_err(|e| e.to_string())?;
+                if !store.replace_url(url).await.map_err(|e| e.to_string())? {
+                    return Ok("store URL unchanged".into());
+                }
                 Ok("store URL reloaded; the next connection uses it".into())
             }
             other => Err(format!("{other} cannot be reloaded")),

@@ -130,6 +130,13 @@ impl Sealer {
         self.ring.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Whether the ring is `keys`, in that order (a reload that changed nothing keeps it, and
+    /// with it the cache of opened cookies).
+    pub(crate) fn has_keys(&self, keys: &[[u8; 32]]) -> bool {
+        let ring = self.ring.keys.load();
+        ring.len() == keys.len() && ring.iter().zip(keys).all(|(r, k)| r.id == key_id(k))
+    }
+
     /// Which key ring is in use (changes with every [`Sealer::replace_keys`]).
     pub(crate) fn generation(&self) -> u64 {
         self.ring.generation.load(Ordering::Acquire)

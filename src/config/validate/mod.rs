@@ -98,6 +98,27 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
             "needs an https server.public_url to redirect to",
         ));
     }
+    // One socket per address: a graceful upgrade hands sockets over by address.
+    let mut seen = std::collections::HashSet::new();
+    for (key, addr) in c
+        .server
+        .listen
+        .iter()
+        .map(|a| ("server.listen", a))
+        .chain(
+            c.tls
+                .iter()
+                .flat_map(|t| t.listen.iter().map(|a| ("tls.listen", a))),
+        )
+        .chain(c.metrics.listen.iter().map(|a| ("metrics.listen", a)))
+    {
+        if !seen.insert(*addr) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{addr} is listed twice (server.listen, tls.listen and metrics.listen must not share an address)"),
+            ));
+        }
+    }
     if let Some(tls) = &c.tls {
         if let Some(a) = tls.listen.iter().find(|a| c.server.listen.contains(a)) {
             return Err(ConfigError::invalid(

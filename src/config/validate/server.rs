@@ -36,6 +36,7 @@ pub(super) fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
             .map(|n| n.get())
             .unwrap_or(1),
     };
+    upgrade_sock_safe(&s.upgrade_sock)?;
     Ok(ServerConfig {
         listen: s.listen.into_iter().map(|a| a.0).collect(),
         public_origin: public_url.origin().ascii_serialization(),
@@ -96,4 +97,26 @@ fn limits(s: &ServerSection) -> Result<Limits, ConfigError> {
         max_cookie_bytes: s.max_cookie_bytes,
         max_body_bytes: s.max_body_bytes,
     })
+}
+
+/// The running process sends its listening sockets to whoever listens at `upgrade_sock` when
+/// it gets SIGQUIT: in a directory other users can write to (`/tmp`), one of them could be
+/// listening there first and receive them.
+fn upgrade_sock_safe(path: &str) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::path::Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.permissions().mode() & 0o002 != 0 => Err(ConfigError::invalid(
+            "server.upgrade_sock",
+            format!(
+                "{} is writable by other users, who could receive the listening sockets at an upgrade; use a private directory (the default /run/tollgate/, e.g. systemd RuntimeDirectory=tollgate)",
+                dir.display()
+            ),
+        )),
+        // A directory that does not exist (yet) is only needed for an upgrade.
+        _ => Ok(()),
+    }
 }

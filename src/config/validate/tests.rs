@@ -665,3 +665,33 @@ fn route_audiences() {
         "the same resource with other scopes is another audience"
     );
 }
+
+#[test]
+fn upgrade_socket_and_listen_addresses() {
+    let e = err(
+        &edit(
+            "upgrade_sock = \"/run/tollgate/upgrade.sock\"",
+            "upgrade_sock = \"/tmp/tollgate.sock\"",
+        ),
+        &[],
+    );
+    assert!(
+        e.starts_with("`server.upgrade_sock`: /tmp is writable by other users"),
+        "{e}"
+    );
+    let private = tempfile::tempdir().unwrap();
+    let path = private.path().join("upgrade.sock");
+    let text = edit(
+        "upgrade_sock = \"/run/tollgate/upgrade.sock\"",
+        &format!("upgrade_sock = {:?}", path.display().to_string()),
+    );
+    if let Err(e) = load(&text, &[]) {
+        panic!("{e}");
+    }
+
+    let e = err(
+        &edit("listen = \"127.0.0.1:9100\"", "listen = \"127.0.0.1:8080\""),
+        &[],
+    );
+    assert!(e.contains("127.0.0.1:8080 is listed twice"), "{e}");
+}

@@ -102,6 +102,11 @@ pub(crate) struct FrontDoor<A> {
     phases: Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>,
     /// This process took its sockets over from another (`--upgrade`).
     upgraded: bool,
+    /// Where a new process waits for the sockets (`[server] upgrade_sock`).
+    upgrade_sock: std::path::PathBuf,
+    /// Every address this process listens on (front door, TLS, metrics): inherited sockets
+    /// for other addresses are closed.
+    claimed: Vec<String>,
 }
 
 /// How long a process that took the sockets over waits for the provider metadata before it
@@ -147,6 +152,8 @@ impl<A> FrontDoor<A> {
             }),
             phases: None,
             upgraded: false,
+            upgrade_sock: std::path::PathBuf::new(),
+            claimed: Vec::new(),
         }
     }
 
@@ -156,20 +163,26 @@ impl<A> FrontDoor<A> {
         mut self,
         phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
         upgraded: bool,
+        upgrade_sock: std::path::PathBuf,
+        claimed: Vec<String>,
     ) -> Self {
         self.phases = Some(phases);
         self.upgraded = upgraded;
+        self.upgrade_sock = upgrade_sock;
+        self.claimed = claimed;
         self
     }
 
     /// The listening socket of `l`: bound at build time (then registered among the sockets a
     /// graceful upgrade hands over), or taken from those the old process handed over, or, for
-    /// an address the old process did not have, bound now.
+    /// an address the old process did not have, bound now. A socket enters the table only
+    /// once it is in use here, and an inherited one that cannot be used is left open (the
+    /// table keeps its number, which must not come to name another file).
     fn socket(
         l: Listener,
         fds: Option<&ListenFds>,
-    ) -> Option<(std::net::TcpListener, Option<Arc<Acceptor>>)> {
-        use std::os::fd::{AsRawFd, FromRawFd};
+    ) -> Option<(TcpListener, Option<Arc<Acceptor>>)> {
+        use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
         let key = l.addr.to_string();
         let inherited = match (&l.socket, fds) {
             (None, Some(fds)) => fds.lock().get(&key).copied(),
@@ -181,12 +194,22 @@ impl<A> FrontDoor<A> {
                 // SAFETY: the fd came from the old process over the upgrade socket and is
                 // used by this listener only (the table keeps the number for the next upgrade).
                 let s = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-                if let Err(e) = s.set_nonblocking(true) {
-                    tracing::error!(addr = %l.addr, error = %e, "cannot use a socket taken over");
-                    return None;
-                }
-                tracing::info!(addr = %l.addr, "listening socket taken over from the old process");
-                return Some((s, l.tls));
+                let used = s
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(s.try_clone()?));
+                return match used {
+                    Ok(listener) => {
+                        // The clone serves; the original number stays open for the table.
+                        let _ = s.into_raw_fd();
+                        tracing::info!(addr = %l.addr, "listening socket taken over from the old process");
+                        Some((listener, l.tls))
+                    }
+                    Err(e) => {
+                        let _ = s.into_raw_fd();
+                        tracing::error!(addr = %l.addr, error = %e, "cannot use a socket taken over");
+                        None
+                    }
+                };
             }
             (None, None) => match bind(l.addr) {
                 Ok(s) => {
@@ -199,11 +222,31 @@ impl<A> FrontDoor<A> {
                 }
             },
         };
-        if let Some(fds) = fds {
-            fds.lock().add(key, socket.as_raw_fd());
+        let fd = socket.as_raw_fd();
+        match TcpListener::from_std(socket) {
+            Ok(listener) => {
+                if let Some(fds) = fds {
+                    fds.lock().add(key, fd);
+                }
+                Some((listener, l.tls))
+            }
+            Err(e) => {
+                tracing::error!(addr = %l.addr, error = %e, "cannot use a listening socket");
+                None
+            }
         }
-        Some((socket, l.tls))
     }
+}
+
+/// Whether a process waits for the listening sockets at `path`: a Unix socket owned by this
+/// user. Pingora announces the handover before it tries to send them, and sends them even to
+/// nobody; only then are the sockets truly the new process's.
+fn upgrade_waiting(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::symlink_metadata(path).is_ok_and(|m| {
+        // SAFETY: geteuid cannot fail.
+        m.file_type().is_socket() && m.uid() == unsafe { libc::geteuid() }
+    })
 }
 
 #[async_trait]
@@ -220,12 +263,30 @@ where
         let Some(app) = self.app.take() else {
             return;
         };
+        if let (true, Some(fds)) = (self.upgraded, fds.as_ref()) {
+            // Sockets the old process had for addresses this config no longer names: nobody
+            // would accept on them, and the kernel would keep completing handshakes there.
+            let keep: std::collections::HashSet<String> = self.claimed.iter().cloned().collect();
+            for addr in fds.lock().close_unclaimed(&keep) {
+                tracing::info!(
+                    addr,
+                    "closed a socket taken over for an address no longer configured"
+                );
+            }
+        }
         if let Some(mut phases) = self.phases.take() {
             let shared = self.shared.clone();
+            let upgrade_sock = self.upgrade_sock.clone();
             tokio::spawn(async move {
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
                     match phases.recv().await {
+                        Ok(ExecutionPhase::GracefulUpgradeTransferringFds)
+                            if !upgrade_waiting(&upgrade_sock) =>
+                        {
+                            tracing::warn!(upgrade_sock = %upgrade_sock.display(), "SIGQUIT with no new process waiting for the sockets: stopping as at SIGTERM");
+                            return;
+                        }
                         Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
                             shared.handed_over.store(true, Ordering::Release);
                             // Responses from now on close their connection, so keep-alive
@@ -260,14 +321,7 @@ where
         }
         let app = Arc::new(app);
         let mut loops = Vec::new();
-        for (socket, tls) in sockets {
-            let listener = match TcpListener::from_std(socket) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot use a listening socket");
-                    continue;
-                }
-            };
+        for (listener, tls) in sockets {
             let door = Door {
                 tls,
                 app: app.clone(),
