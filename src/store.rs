@@ -376,11 +376,38 @@ impl Store {
         Ok(())
     }
 
+    /// The sealed value of kind `what` under `key`, if any (operation `op` in the metrics).
+    async fn get_sealed(
+        &self,
+        op: &'static str,
+        what: &str,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(op, conn.get(self.refresh_key(what, key)))
+            .await
+    }
+
+    /// Keeps a sealed value of kind `what` under `key` for `ttl` seconds.
+    async fn put_sealed(
+        &self,
+        op: &'static str,
+        what: &str,
+        key: &str,
+        sealed: &str,
+        ttl: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(
+            op,
+            conn.set_ex::<_, _, ()>(self.refresh_key(what, key), sealed, ttl.max(1)),
+        )
+        .await
+    }
+
     /// The sealed refresh result published for `flight`, if any.
     pub(crate) async fn result(&self, flight: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.connection().await?;
-        self.bounded("get_result", conn.get(self.refresh_key("result", flight)))
-            .await
+        self.get_sealed("get_result", "result", flight).await
     }
 
     /// Publishes the sealed refresh result of `flight` for `ttl` seconds.
@@ -390,19 +417,13 @@ impl Store {
         sealed: &str,
         ttl: u64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        self.bounded(
-            "put_result",
-            conn.set_ex::<_, _, ()>(self.refresh_key("result", flight), sealed, ttl.max(1)),
-        )
-        .await
+        self.put_sealed("put_result", "result", flight, sealed, ttl)
+            .await
     }
 
     /// The sealed rotation recorded for `flight` (what its refresh token rotated to), if any.
     pub(crate) async fn rotation(&self, flight: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.connection().await?;
-        self.bounded("get_rotation", conn.get(self.refresh_key("next", flight)))
-            .await
+        self.get_sealed("get_rotation", "next", flight).await
     }
 
     /// Records the sealed rotation of `flight` for `ttl` seconds.
@@ -412,19 +433,13 @@ impl Store {
         sealed: &str,
         ttl: u64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        self.bounded(
-            "put_rotation",
-            conn.set_ex::<_, _, ()>(self.refresh_key("next", flight), sealed, ttl.max(1)),
-        )
-        .await
+        self.put_sealed("put_rotation", "next", flight, sealed, ttl)
+            .await
     }
 
     /// The sealed route token kept under `key` ([`crate::oidc::audience`]), if any.
     pub(crate) async fn route_token(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.connection().await?;
-        self.bounded("get_route_token", conn.get(self.refresh_key("token", key)))
-            .await
+        self.get_sealed("get_route_token", "token", key).await
     }
 
     /// Removes the route token kept under `key`.
@@ -445,12 +460,8 @@ impl Store {
         sealed: &str,
         ttl: u64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        self.bounded(
-            "put_route_token",
-            conn.set_ex::<_, _, ()>(self.refresh_key("token", key), sealed, ttl.max(1)),
-        )
-        .await
+        self.put_sealed("put_route_token", "token", key, sealed, ttl)
+            .await
     }
 
     /// Every revocation still in the store. `ZSCAN` returns every member present for the

@@ -442,22 +442,9 @@ impl Gate {
         let mut changed = false;
         if refresh_due {
             let still_valid = session.access_expires_at > now;
-            let refresh_token = session
-                .refresh_token
-                .as_deref()
-                .filter(|_| session.refresh_expires_at.is_none_or(|at| at > now));
-            match refresh_token {
-                Some(refresh_token) => {
-                    let r = refresher
-                        .refresh(RefreshRequest {
-                            refresh_token,
-                            sub: &session.claims.sub,
-                            session_id: session.id,
-                            request_id: rid,
-                            dpop_key: session.dpop_key.as_deref(),
-                            audience: None,
-                        })
-                        .await;
+            match refresh_request(&session, now, rid, None) {
+                Some(req) => {
+                    let r = refresher.refresh(req).await;
                     changed = self.take_passed(&mut session, &r);
                     match r.outcome {
                         RefreshOutcome::Refreshed(tokens, issued_at) => {
@@ -541,22 +528,9 @@ impl Gate {
             Some(t) => t.access_token.clone(),
             None => {
                 let still_valid = kept.filter(|t| t.expires_at > now);
-                let refresh_token = session
-                    .refresh_token
-                    .as_deref()
-                    .filter(|_| session.refresh_expires_at.is_none_or(|at| at > now));
-                match refresh_token {
-                    Some(refresh_token) => {
-                        let r = refresher
-                            .refresh(RefreshRequest {
-                                refresh_token,
-                                sub: &session.claims.sub,
-                                session_id: session.id,
-                                request_id: rid,
-                                dpop_key: session.dpop_key.as_deref(),
-                                audience: Some(audience),
-                            })
-                            .await;
+                match refresh_request(&session, now, rid, Some(audience)) {
+                    Some(req) => {
+                        let r = refresher.refresh(req).await;
                         changed = self.take_passed(&mut session, &r);
                         let refused = |fault: Fault, session: &Session<'_>| {
                             Reply::from(fault)
@@ -689,6 +663,28 @@ impl Gate {
             })),
         ))
     }
+}
+
+/// A refresh with `session`'s refresh token for `audience` (`None`: the session's own token),
+/// or `None` when it has no refresh token or the token is past its expiry.
+fn refresh_request<'s>(
+    session: &'s Session<'_>,
+    now: u64,
+    request_id: &'s str,
+    audience: Option<&'s Arc<Audience>>,
+) -> Option<RefreshRequest<'s>> {
+    let refresh_token = session
+        .refresh_token
+        .as_deref()
+        .filter(|_| session.refresh_expires_at.is_none_or(|at| at > now))?;
+    Some(RefreshRequest {
+        refresh_token,
+        sub: &session.claims.sub,
+        session_id: session.id,
+        request_id,
+        dpop_key: session.dpop_key.as_deref(),
+        audience,
+    })
 }
 
 fn bearer(token: &str, request_id: &str) -> Result<HeaderValue, Fault> {
