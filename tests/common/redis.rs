@@ -147,7 +147,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
         let mut nodes = Vec::new();
         for port in &ports {
             let child = Command::new("redis-server")
@@ -172,14 +172,17 @@ impl RedisCluster {
         for port in &cluster.ports {
             let node = Redis::on(*port);
             let mut up = false;
-            for _ in 0..100 {
+            for _ in 0..300 {
                 if node.ping().await {
                     up = true;
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(up, "redis-server (cluster node) did not answer on {port}");
+            assert!(
+                up,
+                "redis-server (cluster node) did not answer on {port} within 15 s"
+            );
         }
         let addresses: Vec<String> = cluster
             .ports
@@ -238,4 +241,18 @@ impl Drop for RedisCluster {
             let _ = c.wait();
         }
     }
+}
+
+/// A port for a cluster node whose cluster bus port (the port + 10000) is free too and, like
+/// the port, below the kernel's ephemeral range (where an outbound connection could take it
+/// before the node binds it).
+fn cluster_port() -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..10_000 {
+        let port = 10_000 + rand::random::<u16>() % 12_768;
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no port whose cluster bus port is free");
 }
