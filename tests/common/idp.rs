@@ -193,19 +193,48 @@ impl Idp {
     }
 
     /// Starts the provider process (again) and waits for its discovery document.
+    ///
+    /// Twice in CI (never locally) a provider that was still running did not answer within
+    /// 20-30 s. The cause is unknown, so a provider that does not answer within 30 s is
+    /// reported with its own output and kernel state, and started once more.
     pub async fn restart(&mut self) {
-        self.stop();
-        let child = Command::new("node")
-            .arg(idp_dir().join("server.js"))
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node (is Node.js installed?)");
-        let child = self.child.insert(child);
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
-        if let Err(e) = wait_http(child, &url, Duration::from_secs(20)).await {
-            panic!("the test provider did not serve its discovery document: {e}");
+        for attempt in 1..=2 {
+            self.stop();
+            let log_path = self._state_dir.path().join(format!("idp-{attempt}.log"));
+            let log = std::fs::File::create(&log_path).expect("create the provider's log file");
+            let child = Command::new("node")
+                .arg(idp_dir().join("server.js"))
+                .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdout(log.try_clone().expect("clone the log file handle"))
+                .stderr(log)
+                .spawn()
+                .expect("start node (is Node.js installed?)");
+            let child = self.child.insert(child);
+            let pid = child.id();
+            match wait_http(child, &url, Duration::from_secs(30)).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let proc_state = |f: &str| {
+                        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+                            .unwrap_or_else(|e| format!("({e})"))
+                    };
+                    let report = format!(
+                        "the test provider (attempt {attempt}) did not serve its discovery \
+                         document: {e}\n  wchan: {}\n  stat: {}\n  loadavg: {}\n  output:\n{}",
+                        proc_state("wchan"),
+                        proc_state("stat").trim(),
+                        std::fs::read_to_string("/proc/loadavg")
+                            .unwrap_or_default()
+                            .trim(),
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                    if attempt == 2 {
+                        panic!("{report}");
+                    }
+                    eprintln!("{report}\n  starting it once more");
+                }
+            }
         }
     }
 

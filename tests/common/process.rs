@@ -14,20 +14,18 @@ pub async fn wait_http(child: &mut Child, url: &str, within: Duration) -> Result
         .build()
         .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + within;
+    let mut last = String::from("no probe answered");
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("exited with {status}"));
         }
-        if client
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return Ok(());
+        match client.get(url).send().await {
+            Ok(r) if r.status() == 200 => return Ok(()),
+            Ok(r) => last = format!("last answer {}", r.status()),
+            Err(e) => last = format!("last probe failed: {e}"),
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("no 200 from {url} within {within:?}"));
+            return Err(format!("no 200 from {url} within {within:?} ({last})"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
