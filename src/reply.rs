@@ -32,6 +32,8 @@ pub(crate) enum Fault {
     Csrf(CsrfError),
     MethodNotAllowed,
     UpstreamUnavailable,
+    /// The route's upstream pool has no healthy member (`503`, same code as above).
+    NoHealthyUpstream,
     UpstreamTimeout,
     Internal,
     /// The provider answered the authorization request with an error (its code, sanitized).
@@ -90,7 +92,7 @@ impl Fault {
             NotFound => 404,
             BadPath | BadRequest => 400,
             Unauthenticated | SessionExpired => 401,
-            ProviderUnavailable | StoreUnavailable => 503,
+            ProviderUnavailable | StoreUnavailable | NoHealthyUpstream => 503,
             Csrf(_) | Forbidden | InsufficientScope => 403,
             MethodNotAllowed => 405,
             UpstreamUnavailable => 502,
@@ -133,6 +135,7 @@ impl Fault {
             Csrf(CsrfError::ForeignOrigin) => "requests from this Origin are not allowed",
             Csrf(CsrfError::MissingOrigin) => "a WebSocket handshake must carry an allowed Origin",
             UpstreamUnavailable => "the upstream could not be reached",
+            NoHealthyUpstream => "no upstream of this route is healthy; retry shortly",
             UpstreamTimeout => "the upstream did not answer in time",
             ProviderUnavailable => {
                 "the identity provider cannot be reached or is not loaded yet; retry shortly"
@@ -179,6 +182,7 @@ impl Fault {
                 | Fault::Csrf(_)
                 | Fault::MethodNotAllowed
                 | Fault::UpstreamUnavailable
+                | Fault::NoHealthyUpstream
                 | Fault::UpstreamTimeout
                 | Fault::Internal
                 | Fault::ProviderUnavailable
@@ -356,7 +360,7 @@ impl Fault {
             Csrf(CsrfError::ForeignOrigin) => "origin_not_allowed",
             Csrf(CsrfError::MissingOrigin) => "origin_missing",
             MethodNotAllowed => "method_not_allowed",
-            UpstreamUnavailable => "upstream_unavailable",
+            UpstreamUnavailable | NoHealthyUpstream => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             Internal => "internal_error",
             ProviderError(_) => "provider_error",
@@ -482,6 +486,7 @@ mod tests {
             (Fault::BadPath, 400),
             (Fault::SessionExpired, 401),
             (Fault::ProviderUnavailable, 503),
+            (Fault::NoHealthyUpstream, 503),
             (Fault::MethodNotAllowed, 405),
             (Fault::UpstreamTimeout, 504),
             (Fault::InvalidIdToken { nonce: true }, 400),

@@ -164,6 +164,13 @@ pub fn build(
             },
         ));
     }
+    let pools = app.pools();
+    if !pools.is_empty() {
+        server.add_service(pingora::services::background::background_service(
+            "upstream pools",
+            crate::proxy::pool::PoolService { pools },
+        ));
+    }
     let proxy = pingora::proxy::http_proxy(&server.configuration, app);
     let phases = server.watch_execution_phase();
     let mut claimed: Vec<String> = config

@@ -16,7 +16,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::de::{self, Addr, HttpUrl, Issuer};
-use super::{AuthMethod, ParMode, Profile, RouteAuth, TokenBinding};
+use super::{AuthMethod, Balance, ParMode, Profile, RouteAuth, TokenBinding};
 use crate::session::claims::ClaimRule;
 
 #[derive(Deserialize)]
@@ -113,6 +113,8 @@ pub(crate) struct ServerSection {
     /// Where `tollgate --upgrade` takes the listening sockets from the running process.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
+    /// A hosts-format file consulted before the system resolver for upstream names.
+    pub hosts_file: Option<String>,
 }
 
 fn default_upgrade_sock() -> String {
@@ -226,7 +228,20 @@ impl Default for CsrfSection {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RouteSection {
     pub prefix: String,
-    pub upstream: HttpUrl,
+    /// One upstream URL, or a pool of them (every address of every name joins it).
+    #[serde(deserialize_with = "de::list")]
+    pub upstream: Vec<HttpUrl>,
+    /// How a pool picks a member: `round_robin`, or `sticky` (consistent hashing on the
+    /// session).
+    #[serde(default)]
+    pub balance: Balance,
+    /// How often upstream names are resolved again.
+    #[serde(default = "secs::<30>", deserialize_with = "de::duration")]
+    pub resolve_interval: Duration,
+    /// Active health checks: `GET` this path on every member (none: passive ejection only).
+    pub health_check_path: Option<String>,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub health_check_interval: Duration,
     #[serde(default = "default_route_auth")]
     pub auth: RouteAuth,
     #[serde(default, deserialize_with = "de::lenient")]

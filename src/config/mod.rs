@@ -142,6 +142,8 @@ pub struct ServerConfig {
     pub redirect_to_https: bool,
     /// The Unix socket a `tollgate --upgrade` process takes the listening sockets over.
     pub upgrade_sock: PathBuf,
+    /// `hosts_file`: names found there resolve to its addresses, before the system resolver.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// `[server]` limits on what one client can hold or send before tollgate answers for it.
@@ -355,6 +357,35 @@ pub enum TokenBinding {
     Dpop,
 }
 
+/// `[[routes]] balance`: how a pool of upstream addresses is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each request to the next healthy member.
+    #[default]
+    RoundRobin,
+    /// Consistent hashing on the session (the client address without one): a user stays on
+    /// one member while it is healthy, and only the users of a member that leaves move.
+    Sticky,
+}
+
+/// One URL of a route's `upstream` list.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub url: Url,
+    /// The URL's authority (`host[:port]`).
+    pub host: String,
+    /// The same, as the upstream request's `Host` header value.
+    pub host_header: HeaderValue,
+}
+
+/// `[[routes]] health_check_path` and `health_check_interval`.
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+}
+
 /// `[[routes]] resource` and `scopes`: the audience of a route's own access token (RFC 8707),
 /// obtained with the session's refresh token. Two routes with the same resource and scopes
 /// share one token.
@@ -421,7 +452,13 @@ impl RouteAuth {
 pub struct RouteConfig {
     /// Normalised prefix: starts with `/`, no trailing `/` except for the catch-all `/`.
     pub prefix: String,
+    /// The first upstream URL (all of a pool's share its scheme and path).
     pub upstream: Url,
+    /// Every upstream URL, the first included.
+    pub upstreams: Vec<UpstreamUrl>,
+    pub balance: Balance,
+    pub resolve_interval: Duration,
+    pub health_check: Option<HealthCheckConfig>,
     /// `Host` for the upstream request: the upstream URL's authority (`host[:port]`).
     pub host: String,
     /// The same, as a header value built once.

@@ -28,6 +28,10 @@
 //!   `store.url_file`); stale is 1 while the file's current content could not be used;
 //! - `tollgate_tls_cert_reloads_total{result}` (`ok`, `error`) and `tollgate_tls_cert_stale`:
 //!   1 while the certificate files on disk did not load and the previous certificate is served.
+//! - `tollgate_upstream_members{route, state}`: the addresses of a route's upstream pool, by
+//!   `healthy` (active checks pass, or none configured), `unhealthy`, `ejected` (a connect
+//!   failure took it out for a while);
+//! - `tollgate_upstream_ejections_total{route}`: members taken out after a connect failure.
 //!
 //! A registry of our own (not the process-global one) keeps tests independent.
 
@@ -97,6 +101,8 @@ pub(crate) struct Metrics {
     cert_stale: IntGauge,
     secret_reloads: IntCounterVec,
     secret_stale: IntGaugeVec,
+    upstream_members: IntGaugeVec,
+    upstream_ejections: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -221,6 +227,22 @@ impl Metrics {
             &["secret"],
         )
         .expect("valid metric");
+        let upstream_members = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_members",
+                "Addresses of a route's upstream pool, by state (healthy, unhealthy, ejected)",
+            ),
+            &["route", "state"],
+        )
+        .expect("valid metric");
+        let upstream_ejections = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_ejections_total",
+                "Upstream pool members taken out after a connect failure",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         let cert_stale = IntGauge::new(
             "tollgate_tls_cert_stale",
             "1 while the certificate files did not load and the previous certificate is served",
@@ -242,6 +264,8 @@ impl Metrics {
             Box::new(cert_stale.clone()),
             Box::new(secret_reloads.clone()),
             Box::new(secret_stale.clone()),
+            Box::new(upstream_members.clone()),
+            Box::new(upstream_ejections.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -263,7 +287,26 @@ impl Metrics {
             cert_stale,
             secret_reloads,
             secret_stale,
+            upstream_members,
+            upstream_ejections,
         }
+    }
+
+    /// A route's upstream pool: how many members are `healthy`, `unhealthy` and `ejected`.
+    pub(crate) fn upstream_members(&self, route: &str, healthy: i64, unhealthy: i64, ejected: i64) {
+        for (state, n) in [
+            ("healthy", healthy),
+            ("unhealthy", unhealthy),
+            ("ejected", ejected),
+        ] {
+            self.upstream_members
+                .with_label_values(&[route, state])
+                .set(n);
+        }
+    }
+
+    pub(crate) fn upstream_ejection(&self, route: &str) {
+        self.upstream_ejections.with_label_values(&[route]).inc();
     }
 
     pub(crate) fn protocol(&self, protocol: &str, tls: &str) {

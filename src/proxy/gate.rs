@@ -74,6 +74,14 @@ pub(crate) struct Grant {
     pub(crate) dpop: Option<Box<DpopGrant>>,
     /// `Set-Cookie` lines for the response (a refreshed or renewed session).
     pub(crate) set_cookies: Vec<String>,
+    /// What a sticky upstream pool hashes: from the session's id (0 without a session).
+    pub(crate) affinity: u64,
+}
+
+/// What a sticky upstream pool hashes for `session`: its random id, folded to 64 bits
+/// (never 0, which means "no session").
+fn affinity(session: &Session<'_>) -> u64 {
+    ((session.id >> 64) as u64 ^ session.id as u64).max(1)
 }
 
 /// The session's DPoP key and the access token's hash, for the upstream request's proof,
@@ -434,6 +442,7 @@ impl Gate {
                 identity,
                 dpop,
                 set_cookies: Vec::new(),
+                affinity: affinity(&session),
             });
         }
         let mut session = session.into_owned();
@@ -474,6 +483,7 @@ impl Gate {
             identity,
             dpop,
             set_cookies,
+            affinity: affinity(&session),
         })
     }
 
@@ -520,6 +530,7 @@ impl Gate {
                 identity,
                 dpop,
                 set_cookies: Vec::new(),
+                affinity: affinity(&session),
             });
         }
         let mut session = session.into_owned();
@@ -575,6 +586,7 @@ impl Gate {
             identity,
             dpop,
             set_cookies,
+            affinity: affinity(&session),
         })
     }
 

@@ -18,6 +18,7 @@ pub(crate) mod csrf;
 pub(crate) mod front;
 pub(crate) mod gate;
 pub mod headers;
+pub(crate) mod pool;
 pub(crate) mod request_id;
 pub(crate) mod respond;
 pub(crate) mod routes;
@@ -75,6 +76,24 @@ pub(crate) struct Tollgate {
     public_origin: String,
 }
 
+/// The error type of a pool with no member to take a request (`503`).
+const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
+
+/// Attempts of one request on a pool whose members refuse connections.
+const MAX_POOL_ATTEMPTS: usize = 3;
+
+/// A sticky pool's key for a request without a session: the client's address.
+fn client_affinity(session: &Session) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        .hash(&mut h);
+    h.finish().max(1)
+}
+
 /// Room in `[server] max_cookie_bytes` kept for cookies besides the session's (a pending
 /// login or logout, the application's own): a session that needs more is refused at login.
 const COOKIE_ROOM: usize = 2048;
@@ -97,6 +116,12 @@ pub(crate) struct Ctx {
     set_cookies: Vec<String>,
     upstream_started: Option<Instant>,
     upstream_latency: Option<Duration>,
+    /// What a sticky pool hashes ([`gate::Grant::affinity`]).
+    affinity: u64,
+    /// The pool member this attempt goes to, and the addresses of this request's attempts
+    /// that could not connect (a retry goes elsewhere).
+    member: Option<Arc<pool::Member>>,
+    failed: Vec<std::net::SocketAddr>,
     /// `h1` or `h2`, and the TLS version (`none`, `1.2`, `1.3`), for metrics and the log.
     protocol: &'static str,
     tls: &'static str,
@@ -131,7 +156,11 @@ impl Tollgate {
             config.session.idle_timeout.as_secs(),
         )
         .with_groups_claim(&config.oidc.groups_claim);
-        let routes = RouteTable::new(&config.routes)?;
+        let routes = RouteTable::new(
+            &config.routes,
+            config.server.hosts_file.as_deref(),
+            &metrics,
+        )?;
         let route_metrics = routes
             .iter()
             .map(|r| r.prefix.as_str())
@@ -162,6 +191,11 @@ impl Tollgate {
             },
             forwarded_host: config.server.forwarded_host.clone(),
         })
+    }
+
+    /// The routes' upstream pools (kept resolved and checked by [`pool::PoolService`]).
+    pub(crate) fn pools(&self) -> Vec<Arc<pool::Pool>> {
+        self.routes.pools()
     }
 
     /// The `Strict-Transport-Security` value for this request's responses, over TLS only.
@@ -256,6 +290,7 @@ impl Tollgate {
                 ctx.identity = grant.identity;
                 ctx.dpop = grant.dpop;
                 ctx.set_cookies = grant.set_cookies;
+                ctx.affinity = grant.affinity;
                 if let Cow::Owned(p) = target.path {
                     ctx.path = Some(p);
                 }
@@ -289,6 +324,8 @@ pub(crate) struct Upstream<'a> {
     pub(crate) dpop: Option<&'a gate::DpopGrant>,
     pub(crate) client_ip: Option<IpAddr>,
     pub(crate) request_id: &'a str,
+    /// The pool member chosen (`None` on a route with a fixed peer).
+    pub(crate) member: Option<&'a pool::Member>,
 }
 
 impl Tollgate {
@@ -306,7 +343,8 @@ impl Tollgate {
         // RFC 9449 §4.2: the proof names the method and the URL the upstream serves.
         let dpop_proof = match upstream.dpop {
             Some(grant) => {
-                let htu = format!("{}{}", route.origin, new_path);
+                let origin = upstream.member.map_or(&route.origin, |m| &m.origin);
+                let htu = format!("{origin}{new_path}");
                 let proof = grant
                     .key
                     .proof_with_ath(
@@ -333,7 +371,9 @@ impl Tollgate {
                 proto: self.proto,
                 forwarded_host: &self.forwarded_host,
                 request_id: upstream.request_id,
-                upstream_host: &route.host_header,
+                upstream_host: upstream
+                    .member
+                    .map_or(&route.host_header, |m| &m.host_header),
                 path: changed.then_some(new_path.as_ref()),
             },
         )
@@ -379,6 +419,7 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<bytes::Bytes, 
 fn proxy_fault(e: &Error) -> Option<Fault> {
     use ErrorType::*;
     match e.etype() {
+        Custom(NO_HEALTHY_UPSTREAM) => Some(Fault::NoHealthyUpstream),
         HTTPStatus(code) if *code >= 500 => Some(Fault::UpstreamUnavailable),
         HTTPStatus(_) => Some(Fault::BadRequest),
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
@@ -415,6 +456,9 @@ impl ProxyHttp for Tollgate {
             set_cookies: Vec::new(),
             upstream_started: None,
             upstream_latency: None,
+            affinity: 0,
+            member: None,
+            failed: Vec::new(),
             protocol: "h1",
             tls: "none",
             outcome: "proxied",
@@ -454,12 +498,50 @@ impl ProxyHttp for Tollgate {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let peer = self.route(ctx)?.peer();
+        let route = self.route(ctx)?;
+        let peer = match (&route.pool, route.peer()) {
+            (_, Some(peer)) => peer,
+            (Some(pool), None) => {
+                let key = if ctx.affinity == 0 && pool.sticky() {
+                    client_affinity(session)
+                } else {
+                    ctx.affinity
+                };
+                let member = pool.select(key, &ctx.failed).map_err(|_| {
+                    Error::explain(ErrorType::Custom(NO_HEALTHY_UPSTREAM), "no healthy member")
+                })?;
+                let peer = member.peer();
+                ctx.member = Some(member);
+                peer
+            }
+            (None, None) => return Err(Error::explain(ErrorType::InternalError, "no upstream")),
+        };
         ctx.upstream_started = Some(Instant::now());
         Ok(peer)
+    }
+
+    /// A pool member that refused the connection is ejected, and the request is tried on
+    /// another member (at most [`MAX_POOL_ATTEMPTS`] in all).
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let pool = ctx
+            .route
+            .and_then(|i| self.routes.get(i))
+            .and_then(|r| r.pool.as_ref());
+        if let (Some(pool), Some(member)) = (pool, ctx.member.take()) {
+            pool.eject(&member);
+            ctx.failed.push(member.addr);
+            e.set_retry(ctx.failed.len() < MAX_POOL_ATTEMPTS && pool.has_other(&ctx.failed));
+        }
+        e
     }
 
     async fn upstream_request_filter(
@@ -482,6 +564,7 @@ impl ProxyHttp for Tollgate {
             dpop: ctx.dpop.as_deref(),
             client_ip,
             request_id: &ctx.request_id,
+            member: ctx.member.as_deref(),
         };
         self.rewrite_upstream(req, upstream_request, &upstream)
             .map_err(|e| {

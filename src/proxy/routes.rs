@@ -1,22 +1,23 @@
 //! Route table: which upstream serves a path, and under which auth rule.
 //!
 //! Routes match by path prefix on segment boundaries (`/api` matches `/api` and `/api/x`, not
-//! `/apix`), longest prefix first, so a catch-all `/` for the SPA can sit beside `/api`. The
-//! upstream address is resolved once at startup and the [`HttpPeer`] built then; the hot path
-//! only clones it.
+//! `/apix`), longest prefix first, so a catch-all `/` for the SPA can sit beside `/api`. A route
+//! with one IP-address upstream gets its [`HttpPeer`] built at startup and the hot path only
+//! clones it; any other route has a [`Pool`] that follows DNS and health.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
+
+use super::pool::{prepare_peer, Pool};
+use crate::ops::metrics::Metrics;
 
 use super::target::Target;
 use crate::config::{RouteAuth, RouteConfig};
 use crate::reply::Fault;
 use crate::session::claims::ClaimRule;
-
-/// How long an idle pooled upstream connection is kept.
-const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 #[error("`routes[{index}].upstream`: cannot resolve {authority}: {problem}")]
@@ -50,13 +51,16 @@ pub(crate) struct Route {
     /// `Host` for the upstream request: the upstream URL's authority, as a header value built
     /// once (cloning it shares the bytes).
     pub host_header: HeaderValue,
-    peer: HttpPeer,
+    /// The prepared peer of a route with one fixed address, or else its pool.
+    peer: Option<HttpPeer>,
+    pub(crate) pool: Option<Arc<Pool>>,
 }
 
 impl Route {
-    /// A fresh peer for one request (cheap clone of the prepared template).
-    pub(crate) fn peer(&self) -> Box<HttpPeer> {
-        Box::new(self.peer.clone())
+    /// A fresh peer for one request (cheap clone of the prepared template) on a route with
+    /// a fixed address; `None` on a pool's route.
+    pub(crate) fn peer(&self) -> Option<Box<HttpPeer>> {
+        self.peer.as_ref().map(|p| Box::new(p.clone()))
     }
 
     /// The path to request upstream for a downstream `path` (which matched this route).
@@ -93,35 +97,37 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 impl RouteTable {
-    pub(crate) fn new(configs: &[RouteConfig]) -> Result<Self, ResolveError> {
+    pub(crate) fn new(
+        configs: &[RouteConfig],
+        hosts_file: Option<&std::path::Path>,
+        metrics: &Metrics,
+    ) -> Result<Self, ResolveError> {
+        let hosts_file = hosts_file.map(std::path::Path::to_path_buf);
         let mut routes = Vec::with_capacity(configs.len());
         for (index, c) in configs.iter().enumerate() {
-            let tls = c.upstream.scheme() == "https";
-            let host = c.upstream.host_str().unwrap_or_default().to_string();
-            let port = c.upstream.port_or_known_default().unwrap_or(80);
-            let addr: SocketAddr = (host.trim_matches(['[', ']']), port)
-                .to_socket_addrs()
-                .map_err(|e| e.to_string())
-                .and_then(|mut a| a.next().ok_or_else(|| "no address found".to_string()))
-                .map_err(|problem| ResolveError {
-                    index,
-                    authority: c.host.clone(),
-                    problem,
-                })?;
-            let sni = if tls {
-                host.trim_matches(['[', ']']).to_string()
+            // One IP-address URL and no health check: a fixed peer, nothing to re-resolve.
+            let ip = c
+                .upstream
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']']);
+            let fixed = c.upstreams.len() == 1
+                && c.health_check.is_none()
+                && ip.parse::<std::net::IpAddr>().is_ok();
+            let (peer, pool) = if fixed {
+                let addr = ip
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, c.upstream.port_or_known_default().unwrap_or(80)))
+                    .map_err(|e| ResolveError {
+                        index,
+                        authority: c.host.clone(),
+                        problem: e.to_string(),
+                    })?;
+                (Some(prepare_peer(addr, c, &c.upstream)), None)
             } else {
-                String::new()
+                let pool = Arc::new(Pool::new(c, hosts_file.clone(), metrics.clone()));
+                (None, Some(pool))
             };
-            let mut peer = HttpPeer::new(addr, tls, sni);
-            let o = &mut peer.options;
-            o.connection_timeout = Some(c.connect_timeout);
-            o.total_connection_timeout = Some(c.connect_timeout);
-            o.read_timeout = Some(c.read_timeout);
-            o.write_timeout = Some(c.read_timeout);
-            o.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-            o.verify_cert = true;
-            o.verify_hostname = true;
             routes.push(Route {
                 host_header: c.host_header.clone(),
                 prefix: c.prefix.clone(),
@@ -135,6 +141,7 @@ impl RouteTable {
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),
                 peer,
+                pool,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -147,6 +154,11 @@ impl RouteTable {
             .iter()
             .enumerate()
             .find(|(_, r)| prefix_matches(&r.prefix, path))
+    }
+
+    /// The routes' upstream pools, for the background service that keeps them up to date.
+    pub(crate) fn pools(&self) -> Vec<Arc<Pool>> {
+        self.routes.iter().filter_map(|r| r.pool.clone()).collect()
     }
 
     /// Every route, in the order of their indices.
@@ -182,7 +194,15 @@ mod tests {
         let (host, host_header) = crate::config::validate::host_header(&upstream).unwrap();
         RouteConfig {
             prefix: prefix.into(),
+            upstreams: vec![crate::config::UpstreamUrl {
+                url: upstream.clone(),
+                host: host.clone(),
+                host_header: host_header.clone(),
+            }],
             upstream,
+            balance: Default::default(),
+            resolve_interval: Duration::from_secs(30),
+            health_check: None,
             host,
             host_header,
             auth: RouteAuth::Required,
@@ -199,11 +219,15 @@ mod tests {
 
     #[test]
     fn longest_prefix_on_segment_boundaries() {
-        let t = RouteTable::new(&[
-            route("/", "http://127.0.0.1:1", false),
-            route("/api", "http://127.0.0.1:2", false),
-            route("/api/admin", "http://127.0.0.1:3", false),
-        ])
+        let t = RouteTable::new(
+            &[
+                route("/", "http://127.0.0.1:1", false),
+                route("/api", "http://127.0.0.1:2", false),
+                route("/api/admin", "http://127.0.0.1:3", false),
+            ],
+            None,
+            &Metrics::new(),
+        )
         .unwrap();
         let p = |path| t.find(path).map(|(_, r)| r.prefix.as_str());
         assert_eq!(p("/api"), Some("/api"));
@@ -212,17 +236,26 @@ mod tests {
         assert_eq!(p("/api/admin/users"), Some("/api/admin"));
         assert_eq!(p("/api/administrator"), Some("/api"));
         assert_eq!(p("/index.html"), Some("/"));
-        let t = RouteTable::new(&[route("/api", "http://127.0.0.1:2", false)]).unwrap();
+        let t = RouteTable::new(
+            &[route("/api", "http://127.0.0.1:2", false)],
+            None,
+            &Metrics::new(),
+        )
+        .unwrap();
         assert!(t.find("/other").is_none());
     }
 
     #[test]
     fn upstream_paths() {
-        let t = RouteTable::new(&[
-            route("/api", "http://127.0.0.1:2/v1/", true),
-            route("/raw", "http://127.0.0.1:2", false),
-            route("/strip", "http://localhost:2", true),
-        ])
+        let t = RouteTable::new(
+            &[
+                route("/api", "http://127.0.0.1:2/v1/", true),
+                route("/raw", "http://127.0.0.1:2", false),
+                route("/strip", "http://localhost:2", true),
+            ],
+            None,
+            &Metrics::new(),
+        )
         .unwrap();
         let up = |p: &str| t.find(p).unwrap().1.upstream_path(p).into_owned();
         assert_eq!(up("/api/users"), "/v1/users");
@@ -255,7 +288,7 @@ mod properties {
             .iter()
             .map(|p| route(p, "http://127.0.0.1:1", false))
             .collect();
-        RouteTable::new(&configs).unwrap()
+        RouteTable::new(&configs, None, &Metrics::new()).unwrap()
     }
 
     fn prefixes() -> impl Strategy<Value = std::collections::BTreeSet<String>> {

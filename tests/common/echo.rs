@@ -56,6 +56,8 @@ pub struct Echo {
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     pub slow_started: Arc<Notify>,
+    /// Set by [`Echo::stop`]: the listener and every connection close.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 pub const STREAM_CHUNK: usize = 64 * 1024;
@@ -64,6 +66,16 @@ pub const STREAM_CHUNKS: usize = 8;
 impl Echo {
     pub async fn start() -> Echo {
         Self::start_on("127.0.0.1:0".parse().unwrap(), None).await
+    }
+
+    /// A plain echo upstream on `bind` (a fixed address, e.g. another loopback IP).
+    pub async fn start_at(bind: SocketAddr) -> Echo {
+        Self::start_on(bind, None).await
+    }
+
+    /// Stops listening and closes every open connection, as a stopped process would.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// An echo upstream speaking TLS with `acceptor`'s certificate, on `bind`.
@@ -79,38 +91,50 @@ impl Echo {
         let release = Arc::new(Notify::new());
         let slow_started = Arc::new(Notify::new());
         let (s, r, ss) = (seen.clone(), release.clone(), slow_started.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut stop_accepting = stopped.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop_accepting.changed() => return,
+                };
+                let Ok((stream, _)) = accepted else {
                     continue;
                 };
                 let (s, r, ss) = (s.clone(), r.clone(), ss.clone());
                 let tls = tls.clone();
+                let mut stop_serving = stopped.clone();
                 tokio::spawn(async move {
-                    let builder = hyper::server::conn::http1::Builder::new();
-                    match tls {
-                        None => {
-                            let svc = service_fn(move |req| {
-                                handle(req, None, s.clone(), r.clone(), ss.clone())
-                            });
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .with_upgrades()
-                                .await;
-                        }
-                        Some(acceptor) => {
-                            let Ok(stream) = acceptor.accept(stream).await else {
-                                return;
-                            };
-                            let sni = stream.get_ref().1.server_name().map(String::from);
-                            let svc = service_fn(move |req| {
-                                handle(req, sni.clone(), s.clone(), r.clone(), ss.clone())
-                            });
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .with_upgrades()
-                                .await;
-                        }
+                    tokio::select! {
+                     _ = stop_serving.changed() => {}
+                     _ = async move {
+                      let builder = hyper::server::conn::http1::Builder::new();
+                      match tls {
+                          None => {
+                              let svc = service_fn(move |req| {
+                                  handle(req, None, s.clone(), r.clone(), ss.clone())
+                              });
+                              let _ = builder
+                                  .serve_connection(TokioIo::new(stream), svc)
+                                  .with_upgrades()
+                                  .await;
+                          }
+                          Some(acceptor) => {
+                              let Ok(stream) = acceptor.accept(stream).await else {
+                                  return;
+                              };
+                              let sni = stream.get_ref().1.server_name().map(String::from);
+                              let svc = service_fn(move |req| {
+                                  handle(req, sni.clone(), s.clone(), r.clone(), ss.clone())
+                              });
+                              let _ = builder
+                                  .serve_connection(TokioIo::new(stream), svc)
+                                  .with_upgrades()
+                                  .await;
+                          }
+                      }
+                     } => {}
                     }
                 });
             }
@@ -121,6 +145,7 @@ impl Echo {
             seen,
             release,
             slow_started,
+            stop,
         }
     }
 

@@ -14,7 +14,7 @@ pub async fn wait_http(child: &mut Child, url: &str, within: Duration) -> Result
         .build()
         .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + within;
-    let mut last = String::from("no probe answered");
+    let mut last;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("exited with {status}"));

@@ -210,7 +210,9 @@ fn fapi2_cross_section(c: &Config) -> Result<(), ConfigError> {
         }
     }
     for (i, r) in c.routes.iter().enumerate() {
-        tls_only(format!("routes[{i}].upstream"), &r.upstream)?;
+        for u in &r.upstreams {
+            tls_only(format!("routes[{i}].upstream"), &u.url)?;
+        }
         if r.auth != RouteAuth::None && r.token_binding != crate::config::TokenBinding::Dpop {
             return Err(ConfigError::invalid(
                 format!("routes[{i}].token_binding"),

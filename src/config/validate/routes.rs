@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 
 use super::{host_header, is_reachable_path, UNREACHABLE_PATH};
 use crate::config::file::RouteSection;
-use crate::config::{Audience, ConfigError, RouteAuth, RouteConfig, TokenBinding};
+use crate::config::{
+    Audience, ConfigError, HealthCheckConfig, RouteAuth, RouteConfig, TokenBinding, UpstreamUrl,
+};
 
 pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigError> {
     if raw.is_empty() {
@@ -48,11 +50,33 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
                 format!("{prefix:?} overlaps an earlier route with the same prefix"),
             ));
         }
-        let upstream = r.upstream.0;
-        if upstream.query().is_some() || upstream.fragment().is_some() {
+        let upstreams = upstreams(r.upstream, &key)?;
+        let upstream = upstreams[0].url.clone();
+        let health_check = match r.health_check_path {
+            None => None,
+            Some(path) if path.starts_with('/') && !path.contains(['#', ' ']) => {
+                if r.health_check_interval.is_zero() {
+                    return Err(ConfigError::invalid(
+                        key("health_check_interval"),
+                        "must be more than zero",
+                    ));
+                }
+                Some(HealthCheckConfig {
+                    path,
+                    interval: r.health_check_interval,
+                })
+            }
+            Some(path) => {
+                return Err(ConfigError::invalid(
+                    key("health_check_path"),
+                    format!("{path:?} must be a path starting with / (no spaces or fragment)"),
+                ))
+            }
+        };
+        if r.resolve_interval < std::time::Duration::from_secs(1) {
             return Err(ConfigError::invalid(
-                key("upstream"),
-                "must not have a query or fragment",
+                key("resolve_interval"),
+                "must be at least 1s",
             ));
         }
         if r.keep_authorization && r.auth != RouteAuth::None {
@@ -91,11 +115,14 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
                 "needs a route with a session (auth = \"required\" or \"optional\")",
             ));
         }
-        let (host, host_header) =
-            host_header(&upstream).map_err(|p| ConfigError::invalid(key("upstream"), p))?;
+        let (host, host_header) = (upstreams[0].host.clone(), upstreams[0].host_header.clone());
         routes.push(RouteConfig {
             prefix,
             upstream,
+            upstreams,
+            balance: r.balance,
+            resolve_interval: r.resolve_interval,
+            health_check,
             host,
             host_header,
             auth: r.auth,
@@ -110,6 +137,47 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
         });
     }
     Ok(routes)
+}
+
+/// `upstream`: one URL or a list. A pool's URLs may name different hosts, but share the
+/// scheme and the path (a request must mean the same on every member).
+fn upstreams(
+    raw: Vec<crate::config::de::HttpUrl>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Vec<UpstreamUrl>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::invalid(key("upstream"), "names no URL"));
+    }
+    let mut out: Vec<UpstreamUrl> = Vec::with_capacity(raw.len());
+    for (j, u) in raw.into_iter().enumerate() {
+        let k = if j == 0 {
+            key("upstream")
+        } else {
+            format!("{}[{j}]", key("upstream"))
+        };
+        let url = u.0;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(ConfigError::invalid(k, "must not have a query or fragment"));
+        }
+        if let Some(first) = out.first() {
+            if first.url.scheme() != url.scheme() || first.url.path() != url.path() {
+                return Err(ConfigError::invalid(
+                    k,
+                    "must have the same scheme and path as the first upstream URL",
+                ));
+            }
+            if out.iter().any(|o| o.url == url) {
+                return Err(ConfigError::invalid(k, "is listed twice"));
+            }
+        }
+        let (host, host_header) = host_header(&url).map_err(|p| ConfigError::invalid(k, p))?;
+        out.push(UpstreamUrl {
+            url,
+            host,
+            host_header,
+        });
+    }
+    Ok(out)
 }
 
 /// `resource` and `scopes`: a resource indicator is an absolute URI without a fragment (RFC

@@ -37,6 +37,14 @@ pub(super) fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
             .unwrap_or(1),
     };
     upgrade_sock_safe(&s.upgrade_sock)?;
+    if let Some(path) = &s.hosts_file {
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(ConfigError::invalid(
+                "server.hosts_file",
+                format!("cannot read {path}: {e}"),
+            ));
+        }
+    }
     Ok(ServerConfig {
         listen: s.listen.into_iter().map(|a| a.0).collect(),
         public_origin: public_url.origin().ascii_serialization(),
@@ -46,6 +54,7 @@ pub(super) fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
         threads,
         grace_period: s.grace_period,
         upgrade_sock: std::path::PathBuf::from(&s.upgrade_sock),
+        hosts_file: s.hosts_file.as_deref().map(std::path::PathBuf::from),
         limits,
         redirect_to_https: s.redirect_to_https,
     })
