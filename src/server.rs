@@ -43,6 +43,8 @@ pub enum StartError {
     Listen(std::net::SocketAddr, std::io::Error),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::CertError),
+    #[error("tracing: {0}")]
+    Telemetry(#[from] crate::ops::telemetry::TelemetryError),
 }
 
 /// Builds the server from `config`, read from `config_path` (read again when a secret file
@@ -67,6 +69,22 @@ pub fn build(
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
 
+    if let Some(settings) =
+        crate::ops::telemetry::settings(&config.tracing, |k| std::env::var(k).ok())?
+    {
+        let telemetry = crate::ops::telemetry::start(&settings)?;
+        tracing::info!(
+            endpoint = settings.endpoint.as_deref().unwrap_or("(OTEL_EXPORTER_OTLP_* environment)"),
+            protocol = ?settings.protocol,
+            service_name = %settings.service_name,
+            sample_ratio = settings.sample_ratio,
+            "traces: exporting over OTLP"
+        );
+        server.add_service(pingora::services::background::background_service(
+            "trace export",
+            crate::ops::telemetry::FlushOnShutdown { telemetry },
+        ));
+    }
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
     let http = crate::oidc::http_client(config).map_err(StartError::HttpClient)?;

@@ -280,9 +280,21 @@ impl Store {
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
+        let span = crate::ops::telemetry::ChildSpan::start(
+            "store",
+            vec![
+                opentelemetry::KeyValue::new("db.system.name", "redis"),
+                opentelemetry::KeyValue::new("db.operation.name", name),
+            ],
+        );
         let result = tokio::time::timeout(self.timeout, op).await;
         self.metrics
             .store_operation(name, started.elapsed().as_secs_f64());
+        span.end(match &result {
+            Err(_) => Some("timeout"),
+            Ok(Err(_)) => Some("error"),
+            Ok(Ok(_)) => None,
+        });
         match result {
             Err(_) => Err(StoreError::Timeout(self.timeout)),
             Ok(Ok(v)) => Ok(v),

@@ -33,6 +33,20 @@ pub(crate) struct FileConfig {
     pub metrics: MetricsSection,
     pub store: Option<StoreSection>,
     pub tls: Option<TlsSection>,
+    #[serde(default)]
+    pub tracing: TracingSection,
+}
+
+/// `[tracing]`: OpenTelemetry traces over OTLP (the `OTEL_*` variables fill what is unset).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TracingSection {
+    pub otlp_endpoint: Option<HttpUrl>,
+    /// `http/protobuf` or `grpc`.
+    pub otlp_protocol: Option<String>,
+    pub service_name: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_lenient")]
+    pub sample_ratio: Option<f64>,
 }
 
 #[derive(Deserialize)]

@@ -83,10 +83,40 @@ pub struct Config {
     pub store: Option<StoreConfig>,
     /// `[tls]`: HTTPS listeners; `None` for plain HTTP only.
     pub tls: Option<TlsConfig>,
+    /// `[tracing]`: what the config file says of OpenTelemetry export ([`crate::ops::telemetry`]
+    /// adds the `OTEL_*` environment).
+    pub tracing: TracingConfig,
     /// The secrets read from files (`session.keys_file`, `oidc.client_secret_file`,
     /// `oidc.private_key_file`, `store.url_file`): each key and its file, for the reload
     /// ([`crate::ops::secrets`]).
     pub secret_files: Vec<(&'static str, PathBuf)>,
+}
+
+/// `[tracing]` as written; unset keys come from the `OTEL_*` environment at startup.
+#[derive(Debug, Clone, Default)]
+pub struct TracingConfig {
+    pub otlp_endpoint: Option<Url>,
+    pub otlp_protocol: Option<OtlpProtocol>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+}
+
+/// `[tracing] otlp_protocol` (and `OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    HttpProtobuf,
+    Grpc,
+}
+
+impl OtlpProtocol {
+    /// The spec's names; `http/json` is not supported.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "http/protobuf" => Some(OtlpProtocol::HttpProtobuf),
+            "grpc" => Some(OtlpProtocol::Grpc),
+            _ => None,
+        }
+    }
 }
 
 /// `[tls]`: tollgate terminates TLS itself (HTTP/2 by ALPN).

@@ -253,7 +253,7 @@ impl Flights {
         if let Some(tx) = start {
             let table = self.table.clone();
             let kept = rx.clone();
-            tokio::spawn(async move {
+            let task = async move {
                 let spent = tokio::time::timeout(wait, work).await.unwrap_or(Spent {
                     purpose,
                     outcome: RefreshOutcome::Unavailable,
@@ -262,7 +262,15 @@ impl Flights {
                     forget_flight(&table, &key, &kept);
                 }
                 let _ = tx.send(Some(spent));
-            });
+            };
+            // Traced: the flight's provider and store calls are children of the request
+            // that started it.
+            if crate::ops::telemetry::enabled() {
+                use opentelemetry::context::FutureExt;
+                tokio::spawn(task.with_current_context());
+            } else {
+                tokio::spawn(task);
+            }
         }
         let spent = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
             Ok(Ok(spent)) => spent.clone(),

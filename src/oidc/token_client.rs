@@ -310,9 +310,53 @@ impl TokenClient {
         &self,
         endpoint: &str,
         audience: &str,
+        form: Vec<(&str, String)>,
+        name_client: bool,
+        dpop_proof: Option<String>,
+    ) -> Result<bytes::Bytes, TokenError> {
+        // Traced as the kind of call (the grant type, `revocation` or `par`) and its status;
+        // never the form, which holds codes, tokens and credentials.
+        let span = if crate::ops::telemetry::enabled() {
+            let call = match form.iter().find(|(k, _)| *k == "grant_type") {
+                Some((_, g)) if g == "authorization_code" => "authorization_code",
+                Some((_, g)) if g == "refresh_token" => "refresh_token",
+                Some(_) => "other",
+                None if name_client => "par",
+                None => "revocation",
+            };
+            crate::ops::telemetry::ChildSpan::start(
+                "oidc.provider",
+                vec![opentelemetry::KeyValue::new("tollgate.oidc.call", call)],
+            )
+        } else {
+            crate::ops::telemetry::ChildSpan::start("oidc.provider", Vec::new())
+        };
+        let result = self
+            .post_form_traced(endpoint, audience, form, name_client, dpop_proof, &span)
+            .await;
+        let error = match &result {
+            Ok(_) => None,
+            Err(TokenError::Provider { status, .. }) => {
+                span.attribute(opentelemetry::KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(*status),
+                ));
+                Some("provider refused")
+            }
+            Err(_) => Some("provider unreachable"),
+        };
+        span.end(error);
+        result
+    }
+
+    async fn post_form_traced(
+        &self,
+        endpoint: &str,
+        audience: &str,
         mut form: Vec<(&str, String)>,
         name_client: bool,
         dpop_proof: Option<String>,
+        span: &crate::ops::telemetry::ChildSpan,
     ) -> Result<bytes::Bytes, TokenError> {
         let audience = self.assertion_audience.as_deref().unwrap_or(audience);
         let auth = self.auth.load();
@@ -333,6 +377,9 @@ impl TokenClient {
         }
         if let Some(proof) = dpop_proof {
             req = req.header("dpop", proof);
+        }
+        for (name, value) in span.headers() {
+            req = req.header(name, value);
         }
         let resp = req
             .send()

@@ -41,6 +41,7 @@ use crate::config::Limits;
 use crate::endpoints::{Endpoint, Endpoints};
 use crate::oidc::Oidc;
 use crate::ops::health::Readiness;
+use crate::ops::telemetry::{self, RequestTrace};
 use crate::ops::metrics::{Metrics, RouteMetrics};
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
@@ -122,6 +123,8 @@ pub(crate) struct Ctx {
     /// that could not connect (a retry goes elsewhere).
     member: Option<Arc<pool::Member>>,
     failed: Vec<std::net::SocketAddr>,
+    /// The request's spans, while traces are on ([`telemetry`]).
+    trace: Option<Box<RequestTrace>>,
     /// `h1` or `h2`, and the TLS version (`none`, `1.2`, `1.3`), for metrics and the log.
     protocol: &'static str,
     tls: &'static str,
@@ -459,6 +462,7 @@ impl ProxyHttp for Tollgate {
             affinity: 0,
             member: None,
             failed: Vec::new(),
+            trace: None,
             protocol: "h1",
             tls: "none",
             outcome: "proxied",
@@ -473,6 +477,15 @@ impl ProxyHttp for Tollgate {
         ctx.request_id = request_id::from_headers(&session.req_header().headers);
         ctx.protocol = if session.is_http2() { "h2" } else { "h1" };
         ctx.tls = tls_version(session);
+        if telemetry::enabled() {
+            let req = session.req_header();
+            ctx.trace = RequestTrace::start(
+                &req.headers,
+                req.method.as_str(),
+                req.uri.path(),
+                &ctx.request_id,
+            );
+        }
         let mut body = None;
         if self.endpoints.takes_body(session.req_header().uri.path()) {
             match read_body(session, self.limits.max_body_bytes).await {
@@ -488,7 +501,17 @@ impl ProxyHttp for Tollgate {
                 }
             }
         }
-        let Some(reply) = self.handle(session, ctx, body.as_deref()).await else {
+        // Traced: the provider and store calls made for this request are its span's children.
+        let handled = match ctx.trace.as_ref().map(|t| t.cx.clone()) {
+            None => self.handle(session, ctx, body.as_deref()).await,
+            Some(cx) => {
+                use opentelemetry::context::FutureExt;
+                self.handle(session, ctx, body.as_deref())
+                    .with_context(cx)
+                    .await
+            }
+        };
+        let Some(reply) = handled else {
             return Ok(false);
         };
         ctx.outcome = reply.outcome();
@@ -519,6 +542,9 @@ impl ProxyHttp for Tollgate {
             }
             (None, None) => return Err(Error::explain(ErrorType::InternalError, "no upstream")),
         };
+        if let Some(t) = ctx.trace.as_mut() {
+            t.upstream_started(pingora::upstreams::peer::Peer::address(&*peer).to_string());
+        }
         ctx.upstream_started = Some(Instant::now());
         Ok(peer)
     }
@@ -573,17 +599,27 @@ impl ProxyHttp for Tollgate {
                     "rewriting the upstream request",
                     e,
                 )
-            })
+            })?;
+        // The upstream continues the trace from the upstream call's span.
+        if let Some(t) = &ctx.trace {
+            for (name, value) in t.upstream_headers() {
+                upstream_request.insert_header(name, value)?;
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         if ctx.upstream_latency.is_none() {
             ctx.upstream_latency = ctx.upstream_started.map(|t| t.elapsed());
+        }
+        if let Some(t) = ctx.trace.as_mut() {
+            t.upstream_answered(upstream_response.status.as_u16());
         }
         Ok(())
     }
@@ -677,9 +713,21 @@ impl ProxyHttp for Tollgate {
         let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         let upstream_ms = ctx.upstream_latency.map(|l| l.as_secs_f64() * 1000.0);
         let error = e.map(|e| e.etype().as_str());
+        // The trace this request is part of: ours while traces are on, else the client's.
+        let trace_id: Option<Cow<'_, str>> = match ctx.trace.as_mut() {
+            Some(t) => {
+                if route != "-" {
+                    t.routed(req.method.as_str(), route);
+                }
+                t.finish(status, ctx.outcome, error);
+                Some(Cow::Owned(t.trace_id()))
+            }
+            None => telemetry::incoming_trace_id(&req.headers).map(Cow::Borrowed),
+        };
         tracing::info!(
             target: "tollgate::access",
             request_id = %ctx.request_id,
+            trace_id = trace_id.as_deref(),
             method = %req.method,
             path = req.uri.path(),
             route,

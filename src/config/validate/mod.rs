@@ -75,6 +75,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     };
     let store = raw.store.map(store::store).transpose()?;
     let tls = raw.tls.map(tls::tls).transpose()?;
+    let tracing = tracing(raw.tracing)?;
     let config = Config {
         server,
         oidc,
@@ -84,6 +85,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
         metrics,
         store,
         tls,
+        tracing,
         secret_files,
     };
     cross_section(&config, &session.key_names)?;
@@ -257,4 +259,34 @@ pub(crate) fn host_header(url: &Url) -> Result<(String, HeaderValue), &'static s
     };
     let value = HeaderValue::from_str(&authority).map_err(|_| "is not a valid Host header")?;
     Ok((authority, value))
+}
+
+/// `[tracing]`: a known protocol, a ratio between 0 and 1, a non-empty service name.
+fn tracing(t: crate::config::file::TracingSection) -> Result<crate::config::TracingConfig, ConfigError> {
+    let otlp_protocol = match t.otlp_protocol.as_deref() {
+        None => None,
+        Some(p) => Some(crate::config::OtlpProtocol::parse(p).ok_or_else(|| {
+            ConfigError::invalid(
+                "tracing.otlp_protocol",
+                format!("{p:?} must be \"http/protobuf\" or \"grpc\""),
+            )
+        })?),
+    };
+    if let Some(r) = t.sample_ratio {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(ConfigError::invalid(
+                "tracing.sample_ratio",
+                format!("{r} must be between 0 and 1"),
+            ));
+        }
+    }
+    if t.service_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(ConfigError::invalid("tracing.service_name", "must not be empty"));
+    }
+    Ok(crate::config::TracingConfig {
+        otlp_endpoint: t.otlp_endpoint.map(|u| u.0),
+        otlp_protocol,
+        service_name: t.service_name,
+        sample_ratio: t.sample_ratio,
+    })
 }
