@@ -21,9 +21,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{
-    SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -164,7 +162,10 @@ fn sampler_ratio(sampler: Option<String>, arg: Option<String>) -> Result<f64, Te
 /// The running exporter: flushed and stopped by [`Telemetry::shutdown`].
 pub struct Telemetry {
     provider: SdkTracerProvider,
-    runtime: Option<(std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    runtime: Option<(
+        std::thread::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
 }
 
 impl Telemetry {
@@ -179,7 +180,6 @@ impl Telemetry {
             let _ = thread.join();
         }
     }
-
 }
 
 /// Starts the exporter for `settings` and turns traces on. Call once, outside any runtime.
@@ -272,7 +272,9 @@ impl opentelemetry_http::HttpClient for OtlpHttp {
         let client = self.client.clone();
         let task = self.handle.spawn(async move {
             let (parts, body) = request.into_parts();
-            let mut req = client.request(parts.method, parts.uri.to_string()).body(body);
+            let mut req = client
+                .request(parts.method, parts.uri.to_string())
+                .body(body);
             for (name, value) in parts.headers.iter() {
                 req = req.header(name, value);
             }
@@ -403,7 +405,10 @@ impl RequestTrace {
     pub(crate) fn upstream_answered(&mut self, status: u16) {
         if let Some(cx) = self.upstream.take() {
             let span = cx.span();
-            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
             if status >= 500 {
                 span.set_status(Status::error(""));
             }
@@ -414,11 +419,15 @@ impl RequestTrace {
     /// Ends the request's span (and an upstream span still open: the call failed).
     pub(crate) fn finish(&mut self, status: u16, outcome: &str, error: Option<&str>) {
         if let Some(cx) = self.upstream.take() {
-            cx.span().set_status(Status::error(error.unwrap_or("").to_string()));
+            cx.span()
+                .set_status(Status::error(error.unwrap_or("").to_string()));
             cx.span().end();
         }
         let span = self.cx.span();
-        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
         span.set_attribute(KeyValue::new("tollgate.outcome", outcome.to_string()));
         if let Some(e) = error {
             span.set_attribute(KeyValue::new("error.type", e.to_string()));
@@ -485,7 +494,9 @@ pub(crate) fn incoming_trace_id(headers: &http::HeaderMap) -> Option<&str> {
     let id = v.get(3..35)?;
     (v.starts_with("00-")
         && v.as_bytes().get(35) == Some(&b'-')
-        && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && id.bytes().any(|b| b != b'0'))
     .then_some(id)
 }
@@ -532,7 +543,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
+        assert_eq!(
+            s.endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
         assert_eq!(s.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(s.service_name, "bff");
         assert_eq!(s.sample_ratio, 0.25);
@@ -580,9 +594,14 @@ mod tests {
         assert_eq!(incoming_trace_id(&h), None);
         h.insert(
             "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
         );
-        assert_eq!(incoming_trace_id(&h), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            incoming_trace_id(&h),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",

@@ -262,7 +262,9 @@ pub(crate) fn host_header(url: &Url) -> Result<(String, HeaderValue), &'static s
 }
 
 /// `[tracing]`: a known protocol, a ratio between 0 and 1, a non-empty service name.
-fn tracing(t: crate::config::file::TracingSection) -> Result<crate::config::TracingConfig, ConfigError> {
+fn tracing(
+    t: crate::config::file::TracingSection,
+) -> Result<crate::config::TracingConfig, ConfigError> {
     let otlp_protocol = match t.otlp_protocol.as_deref() {
         None => None,
         Some(p) => Some(crate::config::OtlpProtocol::parse(p).ok_or_else(|| {
@@ -280,8 +282,14 @@ fn tracing(t: crate::config::file::TracingSection) -> Result<crate::config::Trac
             ));
         }
     }
-    if t.service_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
-        return Err(ConfigError::invalid("tracing.service_name", "must not be empty"));
+    if t.service_name
+        .as_deref()
+        .is_some_and(|n| n.trim().is_empty())
+    {
+        return Err(ConfigError::invalid(
+            "tracing.service_name",
+            "must not be empty",
+        ));
     }
     Ok(crate::config::TracingConfig {
         otlp_endpoint: t.otlp_endpoint.map(|u| u.0),
