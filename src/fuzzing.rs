@@ -350,6 +350,7 @@ impl Harness {
                     dpop: None,
                     client_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                     request_id: "fuzz",
+                    member: None,
                 },
             )
             .map(|()| String::from_utf8_lossy(upstream_request.raw_path()).into_owned())
@@ -414,6 +415,7 @@ impl Harness {
                         dpop: None,
                         client_ip: None,
                         request_id: "fuzz",
+                        member: None,
                     },
                 )
                 .map_err(|e| e.to_string())?;
