@@ -55,8 +55,93 @@ fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String 
     }
 }
 
+/// Decodes one export into `store`; whether it was an `ExportTraceServiceRequest`.
+fn record(store: &Mutex<Vec<Got>>, body: bytes::Bytes) -> bool {
+    let Ok(export) = ExportTraceServiceRequest::decode(body) else {
+        return false;
+    };
+    let mut got = store.lock().unwrap();
+    for rs in export.resource_spans {
+        let service = rs
+            .resource
+            .iter()
+            .flat_map(|r| r.attributes.iter())
+            .find(|kv| kv.key == "service.name")
+            .map(|kv| text(&kv.value))
+            .unwrap_or_default();
+        for s in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+            got.push(Got {
+                service: service.clone(),
+                name: s.name,
+                kind: s.kind,
+                trace_id: hex(&s.trace_id),
+                span_id: hex(&s.span_id),
+                parent: hex(&s.parent_span_id),
+                attrs: s
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), text(&kv.value)))
+                    .collect(),
+            });
+        }
+    }
+    true
+}
+
+type Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// OTLP/HTTP: `POST /v1/traces`, protobuf both ways.
+async fn answer_http(
+    store: Arc<Mutex<Vec<Got>>>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let status = if path != "/v1/traces" {
+        404
+    } else if record(&store, body) {
+        200
+    } else {
+        400
+    };
+    let body = ExportTraceServiceResponse::default().encode_to_vec();
+    Ok(hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/x-protobuf")
+        .body(Full::new(bytes::Bytes::from(body)).boxed())
+        .unwrap())
+}
+
+/// OTLP/gRPC: the `TraceService/Export` unary call over h2c (a 5-byte length prefix on each
+/// message, `grpc-status` in the trailers).
+async fn answer_grpc(
+    store: Arc<Mutex<Vec<Got>>>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let ok = path == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        && body.len() >= 5
+        && body[0] == 0
+        && record(&store, body.slice(5..));
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", if ok { "0" } else { "3" }.parse().unwrap());
+    let frames = futures_util::stream::iter(vec![
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ]))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ]);
+    Ok(hyper::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(http_body_util::StreamBody::new(frames).boxed())
+        .unwrap())
+}
+
 impl Receiver {
-    async fn start() -> Receiver {
+    /// A receiver for `http/protobuf` (`grpc`: false) or `grpc`.
+    async fn start(grpc: bool) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let spans: Arc<Mutex<Vec<Got>>> = Arc::default();
@@ -65,56 +150,20 @@ impl Receiver {
             while let Ok((stream, _)) = listener.accept().await {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let status = if path != "/v1/traces" {
-                                404
-                            } else if let Ok(export) = ExportTraceServiceRequest::decode(body) {
-                                let mut got = store.lock().unwrap();
-                                for rs in export.resource_spans {
-                                    let service = rs
-                                        .resource
-                                        .iter()
-                                        .flat_map(|r| r.attributes.iter())
-                                        .find(|kv| kv.key == "service.name")
-                                        .map(|kv| text(&kv.value))
-                                        .unwrap_or_default();
-                                    for s in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
-                                        got.push(Got {
-                                            service: service.clone(),
-                                            name: s.name,
-                                            kind: s.kind,
-                                            trace_id: hex(&s.trace_id),
-                                            span_id: hex(&s.span_id),
-                                            parent: hex(&s.parent_span_id),
-                                            attrs: s
-                                                .attributes
-                                                .iter()
-                                                .map(|kv| (kv.key.clone(), text(&kv.value)))
-                                                .collect(),
-                                        });
-                                    }
-                                }
-                                200
-                            } else {
-                                400
-                            };
-                            let body = ExportTraceServiceResponse::default().encode_to_vec();
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/x-protobuf")
-                                    .body(Full::new(bytes::Bytes::from(body)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
+                    let io = TokioIo::new(stream);
+                    if grpc {
+                        let svc = service_fn(move |req| answer_grpc(store.clone(), req));
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, svc)
                         .await;
+                    } else {
+                        let svc = service_fn(move |req| answer_http(store.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
                 });
             }
         });
@@ -146,7 +195,7 @@ fn traceparent(trace: &str, span: &str) -> String {
 /// provider calls continue the trace, and no span holds a token, cookie or secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_follow_the_request_to_the_upstream_provider_and_store() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(false).await;
     let echo = Echo::start().await;
     let redis = Redis::start().await;
     let port = free_port();
@@ -327,4 +376,46 @@ async fn off_the_client_trace_passes_through() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!tg.log().contains("traces: exporting"));
+}
+
+/// The gRPC transport: the same spans reach a receiver speaking OTLP/gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_over_grpc_too() {
+    let receiver = Receiver::start(true).await;
+    let echo = Echo::start().await;
+    let config = TestConfig::without_provider()
+        .threads(2)
+        .route("/", &echo.url(), "auth = \"none\"")
+        .section(&format!(
+            "[tracing]\notlp_endpoint = \"http://{}\"\notlp_protocol = \"grpc\"",
+            receiver.addr
+        ));
+    let tg = Tollgate::start_with_env(
+        |p, m| config.render(p, m),
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "from-env"),
+        ],
+    )
+    .await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let r = reqwest::Client::new()
+        .get(tg.url("/grpc"))
+        .header("traceparent", traceparent(trace, "00f067aa0ba902b8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let req = receiver
+        .wait_for("for the request over gRPC", |s| {
+            s.trace_id == trace && s.kind == SERVER
+        })
+        .await;
+    assert_eq!(req.service, "from-env");
+    assert_eq!(req.name, "GET /");
+    receiver
+        .wait_for("for the upstream call over gRPC", |s| {
+            s.parent == req.span_id
+        })
+        .await;
 }

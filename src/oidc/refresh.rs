@@ -640,11 +640,15 @@ impl Oidc {
         }
         let store = self.store.as_ref()?;
         let flight: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        // The rotation first: it is written after the result, so with it visible a result
+        // still kept is visible too. (Looking for the result first raced with a publish in
+        // between: the request then refreshed again from the new token, a second provider
+        // call for one burst, seen across three replicas.)
+        let sealed = store.rotation(&flight).await.ok()??;
         // A result another replica published has the tokens: the flight will reuse it.
         if store.result(&flight).await.ok()?.is_some() {
             return None;
         }
-        let sealed = store.rotation(&flight).await.ok()??;
         let (next, expires_at) =
             self.sealer
                 .open_value::<(String, Option<u64>)>(ROTATION_VERSION, &sealed, &flight)?;
@@ -722,6 +726,31 @@ impl Oidc {
             // store write happens in between).
             let hold = self.http_timeout + Duration::from_secs(2);
             if store.try_lock(&flight, hold).await? {
+                // The winner of the last round publishes, then unlocks: a result that
+                // appeared between the look above and this lock would otherwise be missed,
+                // and its spent token sent to the provider again (seen in a burst across
+                // three replicas: `invalid_grant`, then a 401). Look again, holding the lock.
+                match self.published(store, &flight).await {
+                    Ok(Some(spent)) if usable(&spent) => {
+                        if let Err(e) = store.unlock(&flight).await {
+                            tracing::warn!(request_id = %job.request_id, error = %e, "refresh: could not release the store lock");
+                        }
+                        self.metrics
+                            .refresh(if waited { "waited" } else { "reused" });
+                        return Ok(spent);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = store.unlock(&flight).await;
+                        if matches!(e, StoreError::Unreadable) {
+                            return Ok(Spent {
+                                purpose,
+                                outcome: RefreshOutcome::Unavailable,
+                            });
+                        }
+                        return Err(e);
+                    }
+                }
                 self.metrics.refresh("won");
                 let outcome = self.call_refresh(refresh_token, job).await;
                 // From here on the token may be spent: a store failure is logged, never a
