@@ -197,6 +197,68 @@ async fn rotating_the_cookie_key_file_keeps_sessions_and_seals_with_the_new_key(
     assert_eq!(api_status(&tg, &new).await, 200);
 }
 
+/// A reload that failed for a reason outside the secret's file (here the config file itself,
+/// which is not watched) is tried again, so the new key ring arrives once the config is
+/// fixed, although the key file did not change again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_is_retried_until_it_passes() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let new_key = {
+        let mut k = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
+        base64::engine::general_purpose::STANDARD.encode(k)
+    };
+    let mut secret = SecretDir::new("keys", &format!("{KEY}\n"));
+    let keys_path = secret.path("keys");
+    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "");
+    let mut tg = Tollgate::start_on(port, |p, m| {
+        with_file(
+            config.render(p, m),
+            "keys = ",
+            file_line("keys_file", &keys_path),
+        )
+    })
+    .await;
+    tg.wait_for("/readyz").await.unwrap();
+    let config_path = tg.log_path.parent().unwrap().join("tollgate.toml");
+    let good = tg.config_text.clone();
+
+    // The config file breaks, then the key file changes: the reload fails.
+    std::fs::write(&config_path, format!("{good}\n[no_such_section]\n")).unwrap();
+    secret.write("keys", &format!("{new_key}\n{KEY}\n"));
+    metric_line(&tg, &["tollgate_secret_stale{", "session.keys_file", "} 1"]).await;
+
+    // The config is fixed; the key file stays as it is. The retry (every 10 s) applies it.
+    std::fs::write(&config_path, &good).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(tg.metrics_url())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| {
+            l.starts_with("tollgate_secret_stale{")
+                && l.contains("session.keys_file")
+                && l.ends_with(" 0")
+        }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never retried: {}",
+            tg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(tg.log().contains("retrying a secret that did not reload"));
+    let cookie = login(&tg).await;
+    assert_eq!(cookie_key_id(&cookie), key_id(&new_key));
+}
+
 /// A replaced client secret file is used by the next call to the provider: a login that the
 /// provider refused with the wrong secret works once the right one is in the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

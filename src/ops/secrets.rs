@@ -30,6 +30,9 @@ use crate::ops::metrics::Metrics;
 use crate::store::Store;
 use crate::tls::{stamp, POLL};
 
+/// How often a secret whose reload failed is tried again while its file does not change.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 type Stamp = Option<(PathBuf, u64, std::time::SystemTime)>;
 
 /// Watches the secret files of a config and applies their new contents.
@@ -48,10 +51,11 @@ impl SecretWatch {
         self.files.iter().map(|(_, f)| stamp(f)).collect()
     }
 
-    /// Reads the config again and applies the secrets named in `changed`.
-    async fn reload(&self, changed: &[&'static str], why: &str) {
+    /// Reads the config again and applies the secrets named in `changed`; returns those
+    /// that could not be applied (tried again every [`RETRY`]).
+    async fn reload(&self, changed: &[&'static str], why: &str) -> Vec<&'static str> {
         if changed.is_empty() {
-            return;
+            return Vec::new();
         }
         let config = match Config::load(&self.config_path) {
             Ok(c) => c,
@@ -60,19 +64,22 @@ impl SecretWatch {
                     self.metrics.secret_reload(secret, false);
                 }
                 tracing::error!(why, secrets = ?changed, error = %e, "secrets not reloaded; the previous values stay in use");
-                return;
+                return changed.to_vec();
             }
         };
+        let mut failed = Vec::new();
         for &secret in changed {
             let result = self.apply(secret, &config).await;
             self.metrics.secret_reload(secret, result.is_ok());
             match result {
                 Ok(what) => tracing::info!(why, secret, "{what}"),
                 Err(e) => {
+                    failed.push(secret);
                     tracing::error!(why, secret, error = %e, "secret not reloaded; the previous value stays in use")
                 }
             }
         }
+        failed
     }
 
     async fn apply(&self, secret: &str, config: &Config) -> Result<String, String> {
@@ -124,6 +131,10 @@ impl BackgroundService for SecretWatch {
             }
         };
         let mut seen = self.stamps();
+        // Secrets whose last reload failed: tried again every RETRY until one passes (a file
+        // another one depends on may be fixed without the failed one changing again).
+        let mut pending: Vec<&'static str> = Vec::new();
+        let mut retry_at = tokio::time::Instant::now();
         loop {
             let hangup = async {
                 match hup.as_mut() {
@@ -136,7 +147,8 @@ impl BackgroundService for SecretWatch {
                 _ = hangup => {
                     seen = self.stamps();
                     let all: Vec<&'static str> = self.files.iter().map(|(k, _)| *k).collect();
-                    self.reload(&all, "SIGHUP").await;
+                    pending = self.reload(&all, "SIGHUP").await;
+                    retry_at = tokio::time::Instant::now() + RETRY;
                 }
                 _ = tokio::time::sleep(POLL) => {
                     let now = self.stamps();
@@ -148,7 +160,22 @@ impl BackgroundService for SecretWatch {
                         .map(|((k, _), _)| *k)
                         .collect();
                     seen = now;
-                    self.reload(&changed, "a secret file changed").await;
+                    let mut why = "a secret file changed";
+                    let mut changed = changed;
+                    if tokio::time::Instant::now() >= retry_at {
+                        for p in &pending {
+                            if !changed.contains(p) {
+                                changed.push(p);
+                                why = "retrying a secret that did not reload";
+                            }
+                        }
+                    }
+                    if !changed.is_empty() {
+                        let failed = self.reload(&changed, why).await;
+                        pending.retain(|p| !changed.contains(p));
+                        pending.extend(failed);
+                        retry_at = tokio::time::Instant::now() + RETRY;
+                    }
                 }
             }
         }
