@@ -82,7 +82,10 @@ pub fn build(
         );
         server.add_service(pingora::services::background::background_service(
             "trace export",
-            crate::ops::telemetry::FlushOnShutdown { telemetry },
+            crate::ops::telemetry::FlushOnShutdown {
+                telemetry,
+                grace_period: config.server.grace_period,
+            },
         ));
     }
     let metrics = Metrics::new();

@@ -40,6 +40,10 @@ use crate::ops::metrics::Metrics;
 use crate::session::revocations::{Revocation, Revocations};
 
 /// Why a store operation did not happen.
+/// Proof of holding a refresh lock ([`Store::try_lock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LockToken(u64);
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
     #[error("the store is not connected")]
@@ -356,33 +360,45 @@ impl Store {
         format!("{}refresh-{what}:{flight}", self.prefix)
     }
 
-    /// Takes the cluster-wide refresh lock of `flight` for `ttl`; `false` when another replica
-    /// holds it.
-    pub(crate) async fn try_lock(&self, flight: &str, ttl: Duration) -> Result<bool, StoreError> {
+    /// Takes the cluster-wide refresh lock of `flight` for `ttl`; `None` when another replica
+    /// holds it. The lock holds a random token, so only its holder releases it.
+    pub(crate) async fn try_lock(
+        &self,
+        flight: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockToken>, StoreError> {
         let mut conn = self.connection().await?;
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let token = LockToken(rand::random::<u64>().max(1));
         let set: Option<String> = self
             .bounded(
                 "lock",
                 redis::cmd("SET")
                     .arg(self.refresh_key("lock", flight))
-                    .arg(1)
+                    .arg(token.0)
                     .arg("NX")
                     .arg("PX")
                     .arg(ms)
                     .query_async(&mut conn),
             )
             .await?;
-        Ok(set.is_some())
+        Ok(set.map(|_| token))
     }
 
-    /// Releases the refresh lock of `flight` (after a refresh that did not succeed, so the next
-    /// replica need not wait for it to expire).
-    pub(crate) async fn unlock(&self, flight: &str) -> Result<(), StoreError> {
+    /// Releases the refresh lock of `flight` if it is still `token`'s: a holder whose lock
+    /// lapsed must not release the next holder's (compare and delete, in one script).
+    pub(crate) async fn unlock(&self, flight: &str, token: LockToken) -> Result<(), StoreError> {
+        const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                               return redis.call('DEL', KEYS[1]) else return 0 end";
         let mut conn = self.connection().await?;
         self.bounded(
             "unlock",
-            conn.del::<_, i64>(self.refresh_key("lock", flight)),
+            redis::cmd("EVAL")
+                .arg(RELEASE)
+                .arg(1)
+                .arg(self.refresh_key("lock", flight))
+                .arg(token.0)
+                .query_async::<i64>(&mut conn),
         )
         .await?;
         Ok(())

@@ -129,9 +129,17 @@ async fn a_stopped_member_costs_no_failed_request_and_an_empty_pool_answers_503(
     }
     assert_eq!(served(&b) - before, 10);
 
-    // Both stopped: 503 upstream_unavailable with Retry-After, at once.
+    // Both stopped: the connect failure is a 502 (no healthy member to retry on); once the
+    // health check took `b` out too, 503 upstream_unavailable with Retry-After.
     b.stop();
     wait_closed(b.addr).await;
+    let r = c.get(tg.url("/refused")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    wait_metric(
+        &tg,
+        "tollgate_upstream_members{route=\"/\",state=\"unhealthy\"} 2",
+    )
+    .await;
     let r = c.get(tg.url("/none")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());

@@ -22,7 +22,12 @@ use super::token_client::{TokenError, TokenResponse};
 use super::Oidc;
 use crate::config::Audience;
 use crate::session::Session;
-use crate::store::{Store, StoreError};
+use crate::store::{LockToken, Store, StoreError};
+
+/// A flight's own time limit, in callers' waits ([`Flights::run`]): far past its longest
+/// legitimate run (waiting out another replica's lock, a provider call, a JWKS fetch, store
+/// writes), so it never cuts a provider call short.
+const FLIGHT_LIMIT_FACTOR: u32 = 4;
 
 /// Puts tokens refreshed at `issued_at` (Unix seconds; lifetimes count from then, not from when
 /// a later request picks up the shared result) into `session`. A rotated refresh token replaces
@@ -254,10 +259,16 @@ impl Flights {
             let table = self.table.clone();
             let kept = rx.clone();
             let task = async move {
-                let spent = tokio::time::timeout(wait, work).await.unwrap_or(Spent {
-                    purpose,
-                    outcome: RefreshOutcome::Unavailable,
-                });
+                // Callers stop waiting after `wait`; the flight itself may run longer, since
+                // a provider call that started must finish and be recorded (cut short, its
+                // rotation would be lost and the next request would spend the old token).
+                // The limit is only a safety net past every bounded step the work has.
+                let spent = tokio::time::timeout(FLIGHT_LIMIT_FACTOR * wait, work)
+                    .await
+                    .unwrap_or(Spent {
+                        purpose,
+                        outcome: RefreshOutcome::Unavailable,
+                    });
                 if matches!(spent.outcome, RefreshOutcome::Unavailable) {
                     forget_flight(&table, &key, &kept);
                 }
@@ -513,7 +524,8 @@ impl Oidc {
         };
         // With a store, a replica may first wait out another's lock, then refresh itself.
         let wait = match self.store {
-            Some(_) => 2 * self.http_timeout + Duration::from_secs(2),
+            // Another's lock (its hold, below) plus this replica's own call.
+            Some(_) => 3 * self.http_timeout + Duration::from_secs(4),
             None => self.http_timeout + Duration::from_secs(2),
         };
         let purpose = Purpose::of(req.audience.map(|a| a.as_ref()));
@@ -704,6 +716,8 @@ impl Oidc {
         // own turn (under the same lock).
         let usable = |s: &Spent| s.purpose == purpose || rotated_to(s, &key).is_some();
         let mut waited = false;
+        // Long enough to wait out one lock that lapses (its holder died).
+        let give_up = tokio::time::Instant::now() + 2 * self.http_timeout + Duration::from_secs(3);
         loop {
             let published = match self.published(store, &flight).await {
                 Err(StoreError::Unreadable) => {
@@ -722,17 +736,27 @@ impl Oidc {
                     .refresh(if waited { "waited" } else { "reused" });
                 return Ok(spent);
             }
-            // Held while the provider is asked and the result published (the route token's
-            // store write happens in between).
-            let hold = self.http_timeout + Duration::from_secs(2);
-            if store.try_lock(&flight, hold).await? {
+            // Held while the provider is asked (its call, and a JWKS fetch when the ID token
+            // names a new signing key: two HTTP timeouts) and the result published (the route
+            // token's store write happens in between). A lock that lapsed early would let
+            // another replica spend the token again; one that lasts long delays the others
+            // only when its holder died.
+            let hold = 2 * self.http_timeout + Duration::from_secs(2);
+            if tokio::time::Instant::now() >= give_up {
+                // Waited a whole lock's lifetime and more: never ask the provider this late.
+                return Ok(Spent {
+                    purpose,
+                    outcome: RefreshOutcome::Unavailable,
+                });
+            }
+            if let Some(lock) = store.try_lock(&flight, hold).await? {
                 // The winner of the last round publishes, then unlocks: a result that
                 // appeared between the look above and this lock would otherwise be missed,
                 // and its spent token sent to the provider again (seen in a burst across
                 // three replicas: `invalid_grant`, then a 401). Look again, holding the lock.
                 match self.published(store, &flight).await {
                     Ok(Some(spent)) if usable(&spent) => {
-                        if let Err(e) = store.unlock(&flight).await {
+                        if let Err(e) = store.unlock(&flight, lock).await {
                             tracing::warn!(request_id = %job.request_id, error = %e, "refresh: could not release the store lock");
                         }
                         self.metrics
@@ -740,15 +764,17 @@ impl Oidc {
                         return Ok(spent);
                     }
                     Ok(_) => {}
+                    Err(StoreError::Unreadable) => {
+                        let _ = store.unlock(&flight, lock).await;
+                        return Ok(Spent {
+                            purpose,
+                            outcome: RefreshOutcome::Unavailable,
+                        });
+                    }
+                    // Holding the lock, a failed look is "no result", as before the look:
+                    // unlocking and falling back would let the waiting replicas in too.
                     Err(e) => {
-                        let _ = store.unlock(&flight).await;
-                        if matches!(e, StoreError::Unreadable) {
-                            return Ok(Spent {
-                                purpose,
-                                outcome: RefreshOutcome::Unavailable,
-                            });
-                        }
-                        return Err(e);
+                        tracing::warn!(request_id = %job.request_id, error = %e, "refresh: could not look for a published result again; refreshing under the lock");
                     }
                 }
                 self.metrics.refresh("won");
@@ -758,7 +784,7 @@ impl Oidc {
                 return Ok(self
                     .publish(
                         store,
-                        &flight,
+                        (&flight, lock),
                         key,
                         purpose,
                         refresh_token,
@@ -781,7 +807,7 @@ impl Oidc {
     async fn publish(
         &self,
         store: &Store,
-        flight: &str,
+        (flight, lock): (&str, LockToken),
         key: [u8; 32],
         purpose: Purpose,
         refresh_token: &str,
@@ -840,7 +866,7 @@ impl Oidc {
         }
         // Released once published: a replica that comes for another purpose of a token that
         // did not rotate need not wait for the lock to lapse.
-        if let Err(e) = store.unlock(flight).await {
+        if let Err(e) = store.unlock(flight, lock).await {
             warn(e);
         }
         Spent { purpose, outcome }

@@ -51,6 +51,8 @@ fn tracer() -> Option<&'static SdkTracer> {
 pub struct Settings {
     /// `None`: the exporter reads `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` itself.
     pub endpoint: Option<String>,
+    /// The endpoint in effect (this one or the environment's) is `https`.
+    pub https: bool,
     pub protocol: OtlpProtocol,
     pub service_name: String,
     pub sample_ratio: f64,
@@ -79,12 +81,13 @@ pub fn settings(
     {
         return Ok(None);
     }
-    let env_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        .is_some();
-    if config.otlp_endpoint.is_none() && !env_endpoint {
-        return Ok(None);
-    }
+    let env_endpoint =
+        var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let https = match (&config.otlp_endpoint, &env_endpoint) {
+        (Some(u), _) => u.scheme() == "https",
+        (None, Some(e)) => e.trim().to_ascii_lowercase().starts_with("https://"),
+        (None, None) => return Ok(None),
+    };
     let protocol = match config.otlp_protocol {
         Some(p) => p,
         None => {
@@ -124,6 +127,7 @@ pub fn settings(
     };
     Ok(Some(Settings {
         endpoint,
+        https,
         protocol,
         service_name,
         sample_ratio,
@@ -222,14 +226,15 @@ pub fn start(settings: &Settings) -> Result<Telemetry, TelemetryError> {
             }
             OtlpProtocol::Grpc => {
                 let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                // tonic's default TLS config trusts no roots: the system's, as for HTTP.
+                if settings.https {
+                    use opentelemetry_otlp::WithTonicConfig;
+                    b = b.with_tls_config(
+                        opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                            .with_native_roots(),
+                    );
+                }
                 if let Some(e) = &settings.endpoint {
-                    if e.starts_with("https://") {
-                        use opentelemetry_otlp::WithTonicConfig;
-                        b = b.with_tls_config(
-                            opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
-                                .with_native_roots(),
-                        );
-                    }
                     b = b.with_endpoint(e.clone());
                 }
                 b.build()
@@ -295,14 +300,25 @@ impl opentelemetry_http::HttpClient for OtlpHttp {
 /// server begins to shut down (Pingora exits the process without returning to `main`).
 pub(crate) struct FlushOnShutdown {
     pub(crate) telemetry: Telemetry,
+    /// `[server] grace_period`: requests still finish during it, and so do their spans.
+    pub(crate) grace_period: Duration,
 }
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for FlushOnShutdown {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let _ = shutdown.changed().await;
-        let provider = self.telemetry.provider.clone();
-        let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+        let flush = || {
+            let provider = self.telemetry.provider.clone();
+            tokio::task::spawn_blocking(move || provider.force_flush())
+        };
+        let _ = flush().await;
+        // Again shortly before the runtimes stop, for the spans of requests that finished
+        // during the grace period.
+        if let Some(rest) = self.grace_period.checked_sub(Duration::from_secs(1)) {
+            tokio::time::sleep(rest).await;
+            let _ = flush().await;
+        }
     }
 }
 
@@ -323,6 +339,9 @@ struct Collected(Vec<(&'static str, String)>);
 
 impl Injector for Collected {
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
         let name = match key {
             "traceparent" => "traceparent",
             "tracestate" => "tracestate",
@@ -365,7 +384,8 @@ impl RequestTrace {
         }))
     }
 
-    /// The trace id, for the access log (only of a sampled or continued trace).
+    /// The trace id, for the access log (also of a trace the sampler dropped, which the
+    /// upstream may still record).
     pub(crate) fn trace_id(&self) -> String {
         self.cx.span().span_context().trace_id().to_string()
     }
@@ -381,8 +401,8 @@ impl RequestTrace {
     pub(crate) fn upstream_started(&mut self, addr: String) {
         let Some(tracer) = tracer() else { return };
         if let Some(cx) = self.upstream.take() {
-            // A retry on another member: the failed attempt's span ends here.
-            cx.span().set_status(Status::error("connect failed"));
+            // A retry: the failed attempt's span ends here.
+            cx.span().set_status(Status::error("attempt failed"));
             cx.span().end();
         }
         let span = tracer
@@ -401,8 +421,11 @@ impl RequestTrace {
         out.0
     }
 
-    /// The upstream answered with `status`.
+    /// The upstream answered with `status` (an interim `1xx` is not the answer).
     pub(crate) fn upstream_answered(&mut self, status: u16) {
+        if status < 200 {
+            return;
+        }
         if let Some(cx) = self.upstream.take() {
             let span = cx.span();
             span.set_attribute(KeyValue::new(
@@ -520,6 +543,14 @@ mod tests {
         assert_eq!(settings(&c, env(&[])).unwrap(), None);
         let on = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]);
         assert!(settings(&c, on).unwrap().is_some());
+        let tls = env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://collector:4317",
+        )]);
+        assert!(
+            settings(&c, tls).unwrap().unwrap().https,
+            "TLS from the environment's URL"
+        );
         let off = env(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
             ("OTEL_SDK_DISABLED", "true"),

@@ -54,6 +54,9 @@ pub(crate) const EJECT_FOR: Duration = Duration::from_secs(10);
 /// repeats members, hence the margin).
 const MAX_SELECT_STEPS: usize = 256;
 
+/// Bound on one resolution or one round of health checks.
+const PASS_LIMIT: Duration = Duration::from_secs(10);
+
 /// How long an idle pooled upstream connection is kept.
 pub(crate) const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -250,13 +253,14 @@ impl Pool {
         self.report();
     }
 
-    /// Whether another member than those in `exclude` could take a retry.
+    /// Whether another healthy member than those in `exclude` could take a retry (else the
+    /// connect failure itself is the answer, a 502).
     pub(crate) fn has_other(&self, exclude: &[SocketAddr]) -> bool {
-        self.balancer
-            .backends()
+        let backends = self.balancer.backends();
+        backends
             .get_backend()
             .iter()
-            .any(|b| member(b).is_some_and(|m| !exclude.contains(&m.addr)))
+            .any(|b| backends.ready(b) && member(b).is_some_and(|m| !exclude.contains(&m.addr)))
     }
 
     /// Sets `tollgate_upstream_members` for this pool.
@@ -283,15 +287,26 @@ impl Pool {
         let mut next_check = tokio::time::Instant::now();
         loop {
             let now = tokio::time::Instant::now();
+            // Each pass is bounded (a resolver or a health endpoint that never finishes must
+            // not stop the other): both are cancel-safe.
             if now >= next_resolve {
-                if let Err(e) = self.balancer.update().await {
-                    tracing::warn!(route = %self.route, error = %e, "upstream pool: resolution failed");
+                match tokio::time::timeout(PASS_LIMIT, self.balancer.update()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(route = %self.route, error = %e, "upstream pool: resolution failed")
+                    }
+                    Err(_) => {
+                        tracing::warn!(route = %self.route, "upstream pool: resolution did not finish in time")
+                    }
                 }
                 next_resolve = now + self.resolve_interval;
             }
             if let Some(interval) = self.health_interval {
                 if now >= next_check {
-                    self.balancer.backends().run_health_check(true).await;
+                    let pass = self.balancer.backends().run_health_check(true);
+                    if tokio::time::timeout(PASS_LIMIT, pass).await.is_err() {
+                        tracing::warn!(route = %self.route, "upstream pool: health checks did not finish in time");
+                    }
                     next_check = tokio::time::Instant::now() + interval;
                 }
             }
@@ -402,7 +417,7 @@ impl ServiceDiscovery for Resolver {
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut backends = BTreeSet::new();
-        let mut live = HashMap::new();
+        let mut live: HashMap<(usize, SocketAddr), Arc<Member>> = HashMap::new();
         for (i, r) in resolved.into_iter().enumerate() {
             let addrs = match r {
                 Ok(mut addrs) => {
@@ -421,6 +436,16 @@ impl ServiceDiscovery for Resolver {
                 }
             };
             for addr in addrs {
+                if let Some(other) = live
+                    .keys()
+                    .find(|(j, a)| *a == addr && *j != i)
+                    .map(|(j, _)| *j)
+                {
+                    // One address, one member (Pingora's backends are keyed by address): the
+                    // earlier URL's Host and SNI are used for it.
+                    tracing::warn!(route = %self.route, upstream = %self.config.upstreams[i].host, shared_with = %self.config.upstreams[other].host, %addr, "upstream pool: two upstream URLs resolve to the same address; requests to it use the first URL's Host");
+                    continue;
+                }
                 let m = state.members.get(&(i, addr)).cloned().unwrap_or_else(|| {
                     let u = &self.config.upstreams[i];
                     Arc::new(Member {
