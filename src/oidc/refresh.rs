@@ -777,6 +777,17 @@ impl Oidc {
                         tracing::warn!(request_id = %job.request_id, error = %e, "refresh: could not look for a published result again; refreshing under the lock");
                     }
                 }
+                // A rotation recorded without a result (its write failed, or the result
+                // expired): the token is spent. Not this time; the next request follows the
+                // rotation ([`Oidc::rotated`]).
+                if matches!(store.rotation(&flight).await, Ok(Some(_))) {
+                    let _ = store.unlock(&flight, lock).await;
+                    tracing::warn!(request_id = %job.request_id, "refresh: the token was already rotated and its result is gone; not refreshing it again");
+                    return Ok(Spent {
+                        purpose,
+                        outcome: RefreshOutcome::Unavailable,
+                    });
+                }
                 self.metrics.refresh("won");
                 let outcome = self.call_refresh(refresh_token, job).await;
                 // From here on the token may be spent: a store failure is logged, never a
