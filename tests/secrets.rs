@@ -11,7 +11,6 @@ use base64::Engine as _;
 use common::flow::*;
 use common::idp::CLIENTS;
 use common::*;
-use reqwest::cookie::CookieStore;
 use sha2::{Digest, Sha256};
 
 /// A directory laid out like a mounted Kubernetes Secret: `NAME -> ..data/NAME`, `..data ->
@@ -89,16 +88,31 @@ fn key_id(key_b64: &str) -> String {
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Logs in with a fresh cookie jar: the `Cookie` header the browser now sends.
-async fn login(tg: &Tollgate) -> String {
-    let (jar, b) = browser_with_jar();
-    let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "login: {}", tg.log());
-    jar.cookies(&tg.url("/").parse().unwrap())
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string()
+/// A fresh random key, base64.
+fn random_key() -> String {
+    let mut k = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+/// Tollgate (ready) with its cookie keys in `keys` of a Secret-like directory holding `KEY`.
+async fn with_keys_file() -> (Echo, common::idp::Idp, SecretDir, Tollgate) {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let secret = SecretDir::new("keys", &format!("{KEY}\n"));
+    let keys_path = secret.path("keys");
+    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "");
+    let mut tg = Tollgate::start_on(port, |p, m| {
+        with_file(
+            config.render(p, m),
+            "keys = ",
+            file_line("keys_file", &keys_path),
+        )
+    })
+    .await;
+    tg.wait_for("/readyz").await.unwrap();
+    (echo, idp, secret, tg)
 }
 
 async fn api_status(tg: &Tollgate, cookie: &str) -> u16 {
@@ -132,29 +146,10 @@ fn file_line(key: &str, path: &Path) -> String {
 /// even ones opened (and kept opened) before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_cookie_key_file_keeps_sessions_and_seals_with_the_new_key() {
-    let echo = Echo::start().await;
-    let port = free_port();
-    let idp = idp_for(&[port]).await;
-    let new_key = {
-        let mut k = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
-        base64::engine::general_purpose::STANDARD.encode(k)
-    };
-    let mut secret = SecretDir::new("keys", &format!("{KEY}\n"));
-    let keys_path = secret.path("keys");
-    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "");
-    let tg = Tollgate::start_on(port, |p, m| {
-        with_file(
-            config.render(p, m),
-            "keys = ",
-            file_line("keys_file", &keys_path),
-        )
-    })
-    .await;
-    let mut tg = tg;
-    tg.wait_for("/readyz").await.unwrap();
+    let (_echo, _idp, mut secret, tg) = with_keys_file().await;
+    let new_key = random_key();
 
-    let old = login(&tg).await;
+    let old = login_cookie(&tg).await;
     assert_eq!(cookie_key_id(&old), key_id(KEY));
     assert_eq!(api_status(&tg, &old).await, 200);
 
@@ -175,7 +170,7 @@ async fn rotating_the_cookie_key_file_keeps_sessions_and_seals_with_the_new_key(
         200,
         "a session under a key still listed"
     );
-    let new = login(&tg).await;
+    let new = login_cookie(&tg).await;
     assert_eq!(
         cookie_key_id(&new),
         key_id(&new_key),
@@ -202,26 +197,8 @@ async fn rotating_the_cookie_key_file_keeps_sessions_and_seals_with_the_new_key(
 /// fixed, although the key file did not change again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_reload_is_retried_until_it_passes() {
-    let echo = Echo::start().await;
-    let port = free_port();
-    let idp = idp_for(&[port]).await;
-    let new_key = {
-        let mut k = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
-        base64::engine::general_purpose::STANDARD.encode(k)
-    };
-    let mut secret = SecretDir::new("keys", &format!("{KEY}\n"));
-    let keys_path = secret.path("keys");
-    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "");
-    let mut tg = Tollgate::start_on(port, |p, m| {
-        with_file(
-            config.render(p, m),
-            "keys = ",
-            file_line("keys_file", &keys_path),
-        )
-    })
-    .await;
-    tg.wait_for("/readyz").await.unwrap();
+    let (_echo, _idp, mut secret, tg) = with_keys_file().await;
+    let new_key = random_key();
     let config_path = tg.log_path.parent().unwrap().join("tollgate.toml");
     let good = tg.config_text.clone();
 
@@ -255,7 +232,7 @@ async fn a_failed_reload_is_retried_until_it_passes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(tg.log().contains("retrying a secret that did not reload"));
-    let cookie = login(&tg).await;
+    let cookie = login_cookie(&tg).await;
     assert_eq!(cookie_key_id(&cookie), key_id(&new_key));
 }
 
@@ -299,7 +276,7 @@ async fn a_new_client_secret_file_is_used_by_the_next_login() {
         ],
     )
     .await;
-    login(&tg).await;
+    login_cookie(&tg).await;
     assert!(!tg.log().contains(right), "the secret reached the log");
 }
 
@@ -337,7 +314,7 @@ async fn a_new_store_url_file_moves_to_the_new_server() {
     first.stop();
 
     // A logout publishes its revocation: to the second server.
-    let cookie = login(&tg).await;
+    let cookie = login_cookie(&tg).await;
     let r = plain()
         .post(tg.url("/logout"))
         .header("cookie", &cookie)

@@ -21,7 +21,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
-use reqwest::cookie::CookieStore;
 
 /// One span as the receiver got it (ids in lower-case hex, attribute values as text).
 #[derive(Debug, Clone)]
@@ -220,13 +219,7 @@ async fn spans_follow_the_request_to_the_upstream_provider_and_store() {
     tg.wait_metrics(&["tollgate_store_up 1"]).await;
 
     // Log in: the code exchange is a span of the callback request's trace.
-    let (jar, browser) = browser_with_jar();
-    let r = browser.get(tg.url("/login")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "login failed: {}", tg.log());
-    let cookie = jar
-        .cookies(&tg.url("/").parse().unwrap())
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap();
+    let cookie = login_cookie(&tg).await;
     let exchange = receiver
         .wait_for("for the code exchange", |s| {
             s.name == "oidc.provider"

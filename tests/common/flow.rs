@@ -167,6 +167,19 @@ pub async fn logged_in(tg: &Tollgate) -> reqwest::Client {
     b
 }
 
+/// Logs a fresh browser in through `tg`: the `Cookie` header it then sends to `tg`.
+pub async fn login_cookie(tg: &Tollgate) -> String {
+    use reqwest::cookie::CookieStore;
+    let (jar, b) = browser_with_jar();
+    let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "login failed: {}", tg.log());
+    jar.cookies(&tg.url("/").parse().unwrap())
+        .expect("session cookies")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 /// `GET path` at `tg` with the CSRF header, as the SPA calls an API: the JSON body.
 pub async fn api_json(b: &reqwest::Client, tg: &Tollgate, path: &str) -> serde_json::Value {
     b.get(tg.url(path))
