@@ -434,16 +434,16 @@ impl Gate {
         let refresh_due = session.access_expires_at <= now + self.refresh_skew;
         let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
         if !refresh_due && !reseal_due {
-            let (authorization, dpop) = self
-                .present(&session.access_token, &session, policy, rid)
-                .map_err(Reply::from)?;
-            return Ok(Grant {
-                bearer: Some(authorization),
-                identity,
-                dpop,
-                set_cookies: Vec::new(),
-                affinity: affinity(&session),
-            });
+            return self
+                .grant(
+                    &session.access_token,
+                    &session,
+                    policy,
+                    rid,
+                    identity,
+                    Vec::new(),
+                )
+                .map_err(Reply::from);
         }
         let mut session = session.into_owned();
         drop(payload);
@@ -475,16 +475,15 @@ impl Gate {
             }
         }
         let set_cookies = self.renew(&mut session, &present, changed, now, rid);
-        let (authorization, dpop) = self
-            .present(&session.access_token, &session, policy, rid)
-            .map_err(Reply::from)?;
-        Ok(Grant {
-            bearer: Some(authorization),
+        self.grant(
+            &session.access_token,
+            &session,
+            policy,
+            rid,
             identity,
-            dpop,
             set_cookies,
-            affinity: affinity(&session),
-        })
+        )
+        .map_err(Reply::from)
     }
 
     /// A route with its own audience (`resource`, `scopes`): its kept token while it lasts,
@@ -522,16 +521,9 @@ impl Gate {
             .filter(|t| t.expires_at > now + self.refresh_skew);
         let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
         if let (Some(t), false) = (fresh, reseal_due) {
-            let (authorization, dpop) = self
-                .present(&t.access_token, &session, policy, rid)
-                .map_err(Reply::from)?;
-            return Ok(Grant {
-                bearer: Some(authorization),
-                identity,
-                dpop,
-                set_cookies: Vec::new(),
-                affinity: affinity(&session),
-            });
+            return self
+                .grant(&t.access_token, &session, policy, rid, identity, Vec::new())
+                .map_err(Reply::from);
         }
         let mut session = session.into_owned();
         let mut changed = false;
@@ -578,16 +570,8 @@ impl Gate {
             }
         };
         let set_cookies = self.renew(&mut session, present, changed, now, rid);
-        let (authorization, dpop) = self
-            .present(&token, &session, policy, rid)
-            .map_err(Reply::from)?;
-        Ok(Grant {
-            bearer: Some(authorization),
-            identity,
-            dpop,
-            set_cookies,
-            affinity: affinity(&session),
-        })
+        self.grant(&token, &session, policy, rid, identity, set_cookies)
+            .map_err(Reply::from)
     }
 
     /// Takes the refresh tokens of the refreshes `r` passed through ([`Refresh::passed`]);
@@ -641,6 +625,26 @@ impl Gate {
                 Vec::new()
             }
         }
+    }
+
+    /// The grant for a request: `access_token` presented as the route asks ([`Self::present`]).
+    fn grant(
+        &self,
+        access_token: &str,
+        session: &Session<'_>,
+        policy: Policy<'_>,
+        rid: &str,
+        identity: Option<Box<Identity>>,
+        set_cookies: Vec<String>,
+    ) -> Result<Grant, Fault> {
+        let (authorization, dpop) = self.present(access_token, session, policy, rid)?;
+        Ok(Grant {
+            bearer: Some(authorization),
+            identity,
+            dpop,
+            set_cookies,
+            affinity: affinity(session),
+        })
     }
 
     /// How the session's access token goes upstream: `Bearer`, or `DPoP` with what the proof
