@@ -198,26 +198,11 @@ async fn logout_is_enforced_by_all(c: Replicas) {
 /// CA trusted through `SSL_CERT_FILE`: revocations and refreshes are shared as over plain TCP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_over_tls_with_an_acl_user_is_shared() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let path = |name: &str, text: String| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let (ca_file, cert_file, key_file) = (
-        path("ca.pem", ca.pem()),
-        path("redis.crt", cert.pem()),
-        path("redis.key", key.serialize_pem()),
-    );
+    let ca = common::ca::Ca::new();
+    ca.issue(1);
+    let (cert_file, key_file) = (ca.cert_file(), ca.key_file());
+    let ca_file = cert_file.with_file_name("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
     let redis = Redis::start_tls(&cert_file, &key_file, "tollgate", "s3cret-pw").await;
     assert!(redis.url().starts_with("rediss://tollgate:s3cret-pw@"));
     let c = start(

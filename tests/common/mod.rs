@@ -4,6 +4,7 @@
 //! - [`session`]: minting sessions with the library and sending requests with one;
 //! - [`raw`]: requests written byte for byte (HTTP clients normalise request targets);
 //! - [`redis`]: a real `redis-server` for the shared-store tests;
+//! - [`ca`]: a test CA issuing server certificates for the TLS tests;
 //! - [`config`]: one builder for every test's config text;
 //! - [`idp`] and [`flow`]: the real OpenID Provider (npm `oidc-provider`) and login flows.
 //!
@@ -12,6 +13,7 @@
 // A test binary is its own crate: `pub` here means "for the test files", not a public API.
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
+pub mod ca;
 pub mod config;
 pub mod dpop_rs;
 pub mod echo;

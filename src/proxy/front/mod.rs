@@ -119,11 +119,23 @@ struct Shared {
     readiness: Arc<Readiness>,
     slots: Arc<Semaphore>,
     draining: AtomicBool,
+    /// Becomes `true` with `draining`: HTTP/2 connections wait on it to say GOAWAY (HTTP/1.1
+    /// connections read `draining` between requests).
+    drain_started: tokio::sync::watch::Sender<bool>,
     /// The listening sockets went to a new process (graceful upgrade): at shutdown they are
     /// left as they are, the new process accepts from them.
     handed_over: AtomicBool,
     /// HTTP/2 settings for TLS connections that negotiate `h2`.
     h2: H2Options,
+}
+
+impl Shared {
+    /// From now on connections close after their current request (HTTP/1.1: `Connection:
+    /// close`; HTTP/2: GOAWAY, streams under way finish).
+    fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.drain_started.send_replace(true);
+    }
 }
 
 impl<A> FrontDoor<A> {
@@ -147,6 +159,7 @@ impl<A> FrontDoor<A> {
                 metrics,
                 readiness,
                 draining: AtomicBool::new(false),
+                drain_started: tokio::sync::watch::Sender::new(false),
                 handed_over: AtomicBool::new(false),
                 h2,
             }),
@@ -295,7 +308,7 @@ where
                             // shutdown with a request under way. (Pingora sets keep-alive from
                             // the request once it reads it: the proxy's request filter applies
                             // this, see `Readiness::handed_over`.)
-                            shared.draining.store(true, Ordering::Release);
+                            shared.start_draining();
                             shared.readiness.set_handed_over();
                             tracing::info!("graceful upgrade: the listening sockets go to the new process; requests in flight finish here");
                             return;
@@ -408,7 +421,7 @@ where
     A: HttpServerApp + Send + Sync + 'static,
 {
     let shared = &door.shared;
-    shared.draining.store(true, Ordering::Release);
+    shared.start_draining();
     if shared.handed_over.load(Ordering::Acquire) {
         // The socket is the new process's now (it holds the same one): no filter on it, no
         // draining of its queue; closing this process's descriptor leaves it listening.
@@ -657,7 +670,12 @@ where
 }
 
 /// Streams on one HTTP/2 connection (TLS with ALPN `h2`): each request is a task; the
-/// connection closes after `keepalive_timeout` without streams, and says GOAWAY at shutdown.
+/// connection closes after `keepalive_timeout` without streams, and says GOAWAY at shutdown or
+/// once draining has started and it has carried a request. At a graceful upgrade draining
+/// starts when the sockets go to the new process, five seconds before shutdown: clients move
+/// there at once, as HTTP/1.1 clients do on `Connection: close`. (h2 sends GOAWAY for the
+/// highest stream id first, then the last one it took once a ping's round trip has passed, so
+/// requests in flight are not refused.)
 async fn serve_h2<A>(stream: Stream, app: &Arc<A>, shared: &Shared, shutdown: &ShutdownWatch)
 where
     A: HttpServerApp + Send + Sync + 'static,
@@ -680,13 +698,25 @@ where
     };
     let mut tasks = tokio::task::JoinSet::new();
     let mut closing = shutdown.clone();
+    let mut draining = shared.drain_started.subscribe();
     let mut goaway = false;
+    // Whether a stream came on this connection: see the draining branch.
+    let mut used = false;
     let mut rejected = 0usize;
     loop {
         let idle = tasks.is_empty();
         let next = tokio::select! {
             biased;
             _ = closing.wait_for(|down| *down), if !goaway => {
+                conn.graceful_shutdown();
+                goaway = true;
+                continue;
+            }
+            // Only once the connection has carried a request: a client's first request on a
+            // new connection is not retried when GOAWAY comes before it (hyper's pool retries
+            // only on a reused connection), and after the handover this process still accepts
+            // for a while, so a client moving away may well land here again.
+            _ = draining.wait_for(|d| *d), if !goaway && used => {
                 conn.graceful_shutdown();
                 goaway = true;
                 continue;
@@ -700,6 +730,7 @@ where
         };
         match next {
             Ok(Some(H2Accept::Session(h2))) => {
+                used = true;
                 if h2.req_header().headers.len() > limits.max_headers {
                     shared.metrics.limit("header_count");
                     tasks.spawn(too_many_h2_fields(h2, shared.metrics.clone()));
