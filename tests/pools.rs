@@ -6,18 +6,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::flow::{plain, HANG};
 use common::*;
-
-/// Generous bound so a hang fails the test instead of blocking CI; not a speed assertion.
-const HANG: Duration = Duration::from_secs(20);
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(HANG)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 /// Requests that reached `echo`, health checks left out.
 fn served(echo: &Echo) -> usize {
@@ -56,7 +46,7 @@ async fn a_stopped_member_costs_no_failed_request_and_an_empty_pool_answers_503(
         "tollgate_upstream_members{route=\"/\",state=\"healthy\"} 2",
     )
     .await;
-    let c = client();
+    let c = plain();
 
     // Round robin: both members take traffic.
     for _ in 0..20 {
@@ -82,7 +72,7 @@ async fn a_stopped_member_costs_no_failed_request_and_an_empty_pool_answers_503(
         let stop_after = stop_after.clone();
         clients.push(tokio::spawn(async move {
             let c = if k % 2 == 0 {
-                client()
+                plain()
             } else {
                 reqwest::Client::builder()
                     .timeout(HANG)
@@ -166,7 +156,7 @@ async fn a_name_whose_address_changes_is_followed() {
             "auth = \"none\"\nresolve_interval = \"1s\"",
         );
     let tg = Tollgate::start(|p, m| config.render(p, m)).await;
-    let c = client();
+    let c = plain();
     for _ in 0..5 {
         let r = c.get(tg.url("/first")).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -208,7 +198,7 @@ async fn sticky_sessions_stay_on_one_member() {
         "auth = \"required\"\nbalance = \"sticky\"",
     );
     let tg = Tollgate::start(|port, metrics| config.render(port, metrics)).await;
-    let c = client();
+    let c = plain();
     let token = access_token(600);
     let mut on_a = 0;
     for i in 0..16u128 {

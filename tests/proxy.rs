@@ -4,21 +4,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::flow::{plain, HANG};
 use common::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Generous bound so a hang fails the test instead of blocking CI; not a speed assertion.
-const HANG: Duration = Duration::from_secs(20);
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(HANG)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 async fn start() -> (Echo, Tollgate) {
     let echo = Echo::start().await;
@@ -49,7 +39,7 @@ async fn json(resp: reqwest::Response) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_never_reach_the_upstream() {
     let (echo, tg) = start().await;
-    let c = client();
+    let c = plain();
     let token = access_token(1200);
     let cookie = tg.mint_cookie(&token);
 
@@ -145,7 +135,7 @@ async fn refusals_never_reach_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_gets_bearer_not_cookies() {
     let (echo, tg) = start().await;
-    let c = client();
+    let c = plain();
     // Three ~1.2 KB JWTs: the session spans several cookies.
     let token = access_token(1200);
     let cookie = tg.mint_cookie(&token);
@@ -261,7 +251,7 @@ async fn upstream_gets_bearer_not_cookies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_pass_intact_both_ways() {
     let (echo, tg) = start().await;
-    let c = client();
+    let c = plain();
     let cookie = tg.mint_cookie(&access_token(800));
 
     // A 10 MB upload arrives byte for byte.
@@ -313,7 +303,7 @@ async fn bodies_pass_intact_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_are_gateway_errors() {
     let (echo, tg) = start().await;
-    let c = client();
+    let c = plain();
 
     // Nothing listens behind /down: 502 with the request id, not a hang.
     let r = c.get(tg.url("/down/x")).send().await.unwrap();
@@ -346,7 +336,7 @@ async fn upstream_failures_are_gateway_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builtin_endpoints_and_bad_paths() {
     let (echo, tg) = start().await;
-    let c = client();
+    let c = plain();
     let r = c.get(tg.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json(r).await["status"], "ok");
@@ -516,7 +506,7 @@ async fn sigterm_finishes_in_flight_requests() {
     let (echo, mut tg) = start().await;
     let cookie = tg.mint_cookie(&access_token(100));
     // /opt has the default read timeout (60 s), so the 3 s slow answer is awaited.
-    let c = client();
+    let c = plain();
     let url = tg.url("/opt/slow");
     let in_flight = tokio::spawn(async move {
         c.get(url)
@@ -606,7 +596,7 @@ async fn client_authorization_is_dropped_on_anonymous_routes_unless_kept() {
         .route("/keep", &api, "auth = \"none\"\nkeep_authorization = true")
         .route("/", &api, "auth = \"none\"");
     let tg = Tollgate::start(|port, metrics| config.render(port, metrics)).await;
-    let c = client();
+    let c = plain();
     for (path, kept) in [("/index.html", false), ("/keep/x", true)] {
         let r = c
             .get(tg.url(path))
@@ -633,7 +623,7 @@ async fn responses_with_session_cookies_are_private_and_not_stored() {
     session.last_seen -= 5 * 3600;
     let cookie = tg.mint_cookie_for(session);
     let r = tg
-        .with_session(&client(), reqwest::Method::GET, "/api/cacheable", &cookie)
+        .with_session(&plain(), reqwest::Method::GET, "/api/cacheable", &cookie)
         .send()
         .await
         .unwrap();
@@ -647,7 +637,7 @@ async fn responses_with_session_cookies_are_private_and_not_stored() {
     );
     assert_eq!(r.headers()["cache-control"], "private, no-store");
     // Without a tollgate cookie on the response, the upstream's caching stands.
-    let r = client().get(tg.url("/cacheable")).send().await.unwrap();
+    let r = plain().get(tg.url("/cacheable")).send().await.unwrap();
     assert_eq!(r.headers()["cache-control"], "public, max-age=600");
 }
 
@@ -659,7 +649,7 @@ async fn app_cookies_pass_and_upstreams_cannot_set_tollgates_cookies() {
     let cookie = tg.mint_cookie(&access_token(300));
     let r = tg
         .with_session(
-            &client(),
+            &plain(),
             reqwest::Method::GET,
             "/api/set-tollgate-cookies",
             &format!("{cookie}; tollgate-theme=light"),
