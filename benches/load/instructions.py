@@ -9,10 +9,13 @@ requests only (counters zeroed after a warm-up): instructions, heap allocations,
 tollgate, the inclusive cost of its own hooks. tollgate is measured twice: alone, and with
 `[store]` on a local redis-server (the shared-store issue's budget: at most 3 % more, since
 the revocation check never leaves the process); the second run is skipped when redis-server
-is not installed. Needs valgrind, nginx and the test provider (`npm ci` in tests/idp).
-Loopback only.
+is not installed. With `--variants`, twice more: with the API route's upstream as a pool (a
+one-member list with an active health check, so each request goes through the load balancer's
+selection), and with traces on (`sample_ratio = 1`, exported over OTLP/HTTP to the nginx
+upstream, which answers the exporter's POSTs with 200). Needs valgrind, nginx and the test
+provider (`npm ci` in tests/idp). Loopback only.
 
-Usage: python3 benches/load/instructions.py [--requests 2000] [--allocator mimalloc|jemalloc|system]
+Usage: python3 benches/load/instructions.py [--requests 2000] [--allocator mimalloc|jemalloc|system] [--variants]
 """
 
 import argparse
@@ -127,6 +130,8 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--allocator", choices=sorted(R.ALLOCATORS), default="mimalloc",
                     help="the global allocator of both builds (default: tollgate's, mimalloc)")
+    ap.add_argument("--variants", action="store_true",
+                    help="also measure a pool route and traces on, each against plain tollgate")
     args = ap.parse_args()
     R.build(args.allocator)
     idp_dir = os.path.join(R.ROOT, "tests", "idp")
@@ -166,6 +171,21 @@ def main():
             stop("tollgate-store")
         else:
             R.log("redis-server not installed: the [store] run is skipped")
+        variants = {}
+        if args.variants:
+            base = open(R.tollgate_conf()).read()
+            api = f'upstream = "http://{R.HOST}:{R.PORTS["upstream"]}"'
+            assert base.count(api) == 2, "the API route's upstream line"
+            pool = base.replace(api, f'upstream = ["http://{R.HOST}:{R.PORTS["upstream"]}"]\n'
+                                f'health_check_path = "/"', 1)
+            traces = base + (f'\n[tracing]\notlp_endpoint = "http://{R.HOST}:{R.PORTS["upstream"]}"\n'
+                             'sample_ratio = 1.0\n')
+            for label, text in (("pool route", pool), ("traces on", traces)):
+                name = "tollgate-" + label.split()[0]
+                conf = R.write(os.path.join(R.WORK, f"{name}.toml"), text)
+                variants[label] = measure(name, [tollgate_bin, "--config", conf], R.PORTS["tollgate"],
+                                          ready, args.requests, tollgate_headers, env=quiet)
+                stop(name)
         bp = measure("bare-pingora", [os.path.join(R.ROOT, "target", "release", "examples", "bare_pingora"),
                                       f"{R.HOST}:{R.PORTS['bare-pingora']}", f"{R.HOST}:{R.PORTS['upstream']}", "2"],
                      R.PORTS["bare-pingora"], f"http://{R.HOST}:{R.PORTS['bare-pingora']}/", args.requests,
@@ -181,6 +201,11 @@ def main():
         print("|---|---|---|---|")
         print(f"| instructions | {ts['instructions']:,.0f} | {tg['instructions']:,.0f} | {ts['instructions'] / tg['instructions']:.3f} |")
         print(f"| heap allocations | {ts['allocations']:.1f} | {tg['allocations']:.1f} | {ts['allocations'] / tg['allocations']:.3f} |")
+    for label, v in variants.items():
+        print(f"\n| {label} | tollgate, {label} | tollgate | ratio |")
+        print("|---|---|---|---|")
+        print(f"| instructions | {v['instructions']:,.0f} | {tg['instructions']:,.0f} | {v['instructions'] / tg['instructions']:.3f} |")
+        print(f"| heap allocations | {v['allocations']:.1f} | {tg['allocations']:.1f} | {v['allocations'] / tg['allocations']:.3f} |")
     print("\ntollgate's hooks (inclusive instructions per request):\n")
     for f, c in sorted(tg["hooks"].items(), key=lambda x: -x[1]):
         hook = f.split(">::", 1)[-1].replace("::{{closure}}", "")
