@@ -671,7 +671,7 @@ where
 
 /// Streams on one HTTP/2 connection (TLS with ALPN `h2`): each request is a task; the
 /// connection closes after `keepalive_timeout` without streams, and says GOAWAY at shutdown or
-/// once draining has started and it has carried a request. At a graceful upgrade draining
+/// once draining has started and it has answered a request. At a graceful upgrade draining
 /// starts when the sockets go to the new process, five seconds before shutdown: clients move
 /// there at once, as HTTP/1.1 clients do on `Connection: close`. (h2 sends GOAWAY for the
 /// highest stream id first, then the last one it took once a ping's round trip has passed, so
@@ -700,8 +700,8 @@ where
     let mut closing = shutdown.clone();
     let mut draining = shared.drain_started.subscribe();
     let mut goaway = false;
-    // Whether a stream came on this connection: see the draining branch.
-    let mut used = false;
+    // Whether a request on this connection has been answered: see the draining branch.
+    let mut answered = false;
     let mut rejected = 0usize;
     loop {
         let idle = tasks.is_empty();
@@ -712,16 +712,22 @@ where
                 goaway = true;
                 continue;
             }
-            // Only once the connection has carried a request: a client's first request on a
-            // new connection is not retried when GOAWAY comes before it (hyper's pool retries
-            // only on a reused connection), and after the handover this process still accepts
-            // for a while, so a client moving away may well land here again.
-            _ = draining.wait_for(|d| *d), if !goaway && used => {
+            // Only once a request on the connection has been answered: a client's first
+            // request on a new connection is not retried when GOAWAY comes before it is sent
+            // (hyper's pool retries only on a reused connection), and after the handover this
+            // process still accepts for a while, so a client moving away may well land here
+            // again. Not at the first stream either: hyper may send requests that were waiting
+            // for the connection before the one that opened it. By the first answer, all
+            // requests queued at connect time are out.
+            _ = draining.wait_for(|d| *d), if !goaway && answered => {
                 conn.graceful_shutdown();
                 goaway = true;
                 continue;
             }
-            Some(_) = tasks.join_next(), if !idle => continue,
+            Some(_) = tasks.join_next(), if !idle => {
+                answered = true;
+                continue;
+            }
             accepted = H2Session::from_h2_conn(&mut conn, digest.clone()) => accepted,
             _ = tokio::time::sleep(limits.keepalive_timeout), if idle && !goaway => {
                 shared.metrics.limit("keepalive_timeout");
@@ -730,7 +736,6 @@ where
         };
         match next {
             Ok(Some(H2Accept::Session(h2))) => {
-                used = true;
                 if h2.req_header().headers.len() > limits.max_headers {
                     shared.metrics.limit("header_count");
                     tasks.spawn(too_many_h2_fields(h2, shared.metrics.clone()));
