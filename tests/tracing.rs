@@ -412,3 +412,70 @@ async fn spans_go_over_grpc_too() {
         })
         .await;
 }
+
+/// `sample_ratio = 0`: a request that starts its own trace is not sampled (no span exported,
+/// the upstream's `traceparent` says so with flags `00`, the access log still names the
+/// trace), while a client's sampled trace is continued and exported (parent-based sampling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_drops_new_traces_and_follows_the_clients_decision() {
+    let receiver = Receiver::start(false).await;
+    let echo = Echo::start().await;
+    let config = TestConfig::without_provider()
+        .threads(2)
+        .route("/", &echo.url(), "auth = \"none\"")
+        .section(&format!(
+            "[tracing]\notlp_endpoint = \"http://{}\"\nsample_ratio = 0.0",
+            receiver.addr
+        ));
+    let tg = Tollgate::start_with_env(
+        |p, m| config.render(p, m),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .get(tg.url("/dropped"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = echo
+        .last()
+        .header("traceparent")
+        .expect("the upstream gets a traceparent")
+        .to_string();
+    assert!(sent.ends_with("-00"), "not sampled: {sent}");
+    let dropped = sent[3..35].to_string();
+    // A sampled trace from the client, sent after: once its spans are in, the unsampled
+    // request's would have been exported too (one batch processor, in order).
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let r = reqwest::Client::new()
+        .get(tg.url("/kept"))
+        .header("traceparent", traceparent(trace, "00f067aa0ba902b9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let kept = receiver
+        .wait_for("for the client's sampled trace", |s| {
+            s.trace_id == trace && s.kind == SERVER
+        })
+        .await;
+    assert_eq!(kept.attrs["url.path"], "/kept");
+    receiver
+        .wait_for("for its upstream call", |s| s.parent == kept.span_id)
+        .await;
+    assert!(
+        receiver.spans().iter().all(|s| s.trace_id != dropped),
+        "the unsampled trace was exported: {:#?}",
+        receiver.spans()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !tg.log().contains(&format!("\"trace_id\":\"{dropped}\"")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the access log names the unsampled trace: {}",
+            tg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -9,11 +9,11 @@ requests only (counters zeroed after a warm-up): instructions, heap allocations,
 tollgate, the inclusive cost of its own hooks. tollgate is measured twice: alone, and with
 `[store]` on a local redis-server (the shared-store issue's budget: at most 3 % more, since
 the revocation check never leaves the process); the second run is skipped when redis-server
-is not installed. With `--variants`, twice more: with the API route's upstream as a pool (a
-one-member list with an active health check, so each request goes through the load balancer's
-selection), and with traces on (`sample_ratio = 1`, exported over OTLP/HTTP to the nginx
-upstream, which answers the exporter's POSTs with 200). Needs valgrind, nginx and the test
-provider (`npm ci` in tests/idp). Loopback only.
+is not installed. With `--variants`, three times more: with the API route's upstream as a
+pool (a one-member list with an active health check, so each request goes through the load
+balancer's selection), and with traces on, exported over OTLP/HTTP to the nginx upstream
+(which answers the exporter's POSTs with 200), every request sampled, then one in ten. Needs
+valgrind, nginx and the test provider (`npm ci` in tests/idp). Loopback only.
 
 Usage: python3 benches/load/instructions.py [--requests 2000] [--allocator mimalloc|jemalloc|system] [--variants]
 """
@@ -178,10 +178,11 @@ def main():
             assert base.count(api) == 2, "the API route's upstream line"
             pool = base.replace(api, f'upstream = ["http://{R.HOST}:{R.PORTS["upstream"]}"]\n'
                                 f'health_check_path = "/"', 1)
-            traces = base + (f'\n[tracing]\notlp_endpoint = "http://{R.HOST}:{R.PORTS["upstream"]}"\n'
-                             'sample_ratio = 1.0\n')
-            for label, text in (("pool route", pool), ("traces on", traces)):
-                name = "tollgate-" + label.split()[0]
+            otlp = f'\n[tracing]\notlp_endpoint = "http://{R.HOST}:{R.PORTS["upstream"]}"\n'
+            for label, text in (("pool route", pool),
+                                ("traces on", base + otlp + "sample_ratio = 1.0\n"),
+                                ("traces on, 1 in 10 sampled", base + otlp + "sample_ratio = 0.1\n")):
+                name = "tollgate-" + "-".join(label.replace(",", "").split()[:4])
                 conf = R.write(os.path.join(R.WORK, f"{name}.toml"), text)
                 variants[label] = measure(name, [tollgate_bin, "--config", conf], R.PORTS["tollgate"],
                                           ready, args.requests, tollgate_headers, env=quiet)

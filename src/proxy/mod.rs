@@ -543,7 +543,7 @@ impl ProxyHttp for Tollgate {
             (None, None) => return Err(Error::explain(ErrorType::InternalError, "no upstream")),
         };
         if let Some(t) = ctx.trace.as_mut() {
-            t.upstream_started(pingora::upstreams::peer::Peer::address(&*peer).to_string());
+            t.upstream_started(pingora::upstreams::peer::Peer::address(&*peer));
         }
         ctx.upstream_started = Some(Instant::now());
         Ok(peer)
