@@ -267,6 +267,8 @@ async fn spans_follow_the_request_to_the_upstream_provider_and_store() {
         .await;
     assert_eq!((up.kind, up.trace_id.as_str()), (CLIENT, trace));
     assert_eq!(up.attrs["http.response.status_code"], "200");
+    let echo_host = echo.url().trim_start_matches("http://").to_string();
+    assert_eq!(up.attrs["server.address"], echo_host);
     let req = receiver
         .wait_for("for the API request", |s| s.span_id == up.parent)
         .await;
@@ -275,6 +277,16 @@ async fn spans_follow_the_request_to_the_upstream_provider_and_store() {
     assert_eq!(req.attrs["http.route"], "/api");
     assert_eq!(req.attrs["url.path"], "/api/data", "never the query");
     assert_eq!(req.attrs["http.response.status_code"], "200");
+    assert_eq!(req.attrs["http.request.method"], "GET");
+    assert_eq!(req.attrs["tollgate.outcome"], "proxied");
+    assert!(!req.attrs.contains_key("error.type"), "{:?}", req.attrs);
+    let request_id = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(req.attrs["tollgate.request_id"], request_id);
     // The access log line carries the trace id.
     let log = tg.log();
     assert!(
