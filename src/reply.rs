@@ -75,6 +75,9 @@ pub(crate) enum Fault {
     InvalidLogoutToken,
     /// A request body over what tollgate reads for its own endpoints.
     PayloadTooLarge,
+    /// A request body that did not arrive in time (`body_read_timeout`, or a route's
+    /// `read_timeout` for a proxied upload).
+    RequestTimeout,
     /// The `Cookie` header, or the session's chunks, over what tollgate accepts.
     CookieTooLarge,
     /// The shared store is needed and cannot be reached.
@@ -99,6 +102,7 @@ impl Fault {
             UpstreamTimeout => 504,
             Internal | SessionTooLarge => 500,
             PayloadTooLarge => 413,
+            RequestTimeout => 408,
             CookieTooLarge => 431,
             ProviderError(_) | CallbackUnreadable | InvalidState | UnknownState | LoginExpired
             | IssuerMismatch | IssuerMissing | MissingCode | CodeRejected | InvalidLogoutToken => {
@@ -162,6 +166,7 @@ impl Fault {
             SessionTooLarge => "The session could not be stored.",
             InvalidLogoutToken => "the logout token is not valid",
             PayloadTooLarge => "the request body is too large",
+            RequestTimeout => "the request body did not arrive in time",
             CookieTooLarge => {
                 "the cookies sent to this site are larger than it accepts; clear them and sign in again"
             }
@@ -188,6 +193,7 @@ impl Fault {
                 | Fault::ProviderUnavailable
                 | Fault::InvalidLogoutToken
                 | Fault::PayloadTooLarge
+                | Fault::RequestTimeout
                 | Fault::StoreUnavailable
                 | Fault::Forbidden
                 | Fault::InsufficientScope
@@ -380,6 +386,7 @@ impl Fault {
             SessionTooLarge => "session_too_large",
             InvalidLogoutToken => "invalid_request",
             PayloadTooLarge => "payload_too_large",
+            RequestTimeout => "request_timeout",
             CookieTooLarge => "request_header_fields_too_large",
             StoreUnavailable => "store_unavailable",
             Forbidden => "forbidden",

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
-use pingora::services::listening::Service;
 
 use crate::config::Config;
 use crate::oidc::client_auth::ClientAuthError;
@@ -203,6 +202,31 @@ pub fn build(
         .map(|a| a.to_string())
         .collect();
     claimed.sort();
+    // The metrics listener has the front door's limits too (a smaller connection limit).
+    if let Some(addr) = config.metrics.listen {
+        let listener = Listener {
+            addr,
+            socket: bind(&addr)?,
+            tls: None,
+        };
+        let door = FrontDoor::admin(
+            MetricsApp {
+                metrics: metrics.clone(),
+            },
+            listener,
+            &config.server.limits,
+            metrics.clone(),
+            readiness.clone(),
+            "tollgate metrics",
+        );
+        let phases = server.watch_execution_phase();
+        server.add_service(door.with_upgrades(
+            phases,
+            upgrade,
+            config.server.upgrade_sock.clone(),
+            claimed.clone(),
+        ));
+    }
     server.add_service(
         FrontDoor::new(
             proxy,
@@ -213,12 +237,6 @@ pub fn build(
         )
         .with_upgrades(phases, upgrade, config.server.upgrade_sock.clone(), claimed),
     );
-
-    if let Some(addr) = config.metrics.listen {
-        let mut service = Service::new("tollgate metrics".to_string(), MetricsApp { metrics });
-        service.add_tcp(&addr.to_string());
-        server.add_service(service);
-    }
     // Last, once everything that can fail has: with `upgrade`, this waits for the running
     // process to send its sockets (it does when it gets SIGQUIT), and a process that then
     // failed to start would leave none listening.

@@ -122,6 +122,17 @@ pub(crate) struct ServerSection {
     pub max_cookie_bytes: usize,
     #[serde(default = "bytes::<65536>", deserialize_with = "de::lenient")]
     pub max_body_bytes: usize,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub body_read_timeout: Duration,
+    #[serde(default = "secs::<30>", deserialize_with = "de::duration")]
+    pub write_timeout: Duration,
+    /// Bytes per second; 0 turns the rate check off (`write_timeout` still applies).
+    #[serde(default = "bytes::<1024>", deserialize_with = "de::lenient")]
+    pub min_send_rate: usize,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub send_rate_window: Duration,
+    #[serde(default = "bytes::<32>", deserialize_with = "de::lenient")]
+    pub h2_max_concurrent_streams: usize,
     #[serde(default, deserialize_with = "de::lenient")]
     pub redirect_to_https: bool,
     /// Where `tollgate --upgrade` takes the listening sockets from the running process.
@@ -262,6 +273,9 @@ pub(crate) struct RouteSection {
     pub strip_prefix: bool,
     #[serde(default, deserialize_with = "de::lenient")]
     pub keep_authorization: bool,
+    /// Leave the upstream's caching headers as they are on a route with sessions.
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub cache_public: bool,
     pub require: Option<ClaimRule>,
     #[serde(default, deserialize_with = "de::lenient")]
     pub identity_headers: bool,

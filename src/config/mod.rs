@@ -194,6 +194,17 @@ pub struct Limits {
     pub max_cookie_bytes: usize,
     /// Request bodies of tollgate's own endpoints (`413` beyond).
     pub max_body_bytes: usize,
+    /// A request body tollgate reads itself must arrive whole within this long (`408`).
+    pub body_read_timeout: Duration,
+    /// A response write that makes no progress for this long ends the connection.
+    pub write_timeout: Duration,
+    /// A client that, while responses wait for it, takes fewer than `min_send_rate` bytes a
+    /// second over `send_rate_window` of waiting is cut off; 0 turns the check off.
+    pub min_send_rate: usize,
+    pub send_rate_window: Duration,
+    /// Concurrent streams one HTTP/2 connection may open, which also bounds the upstream
+    /// connections it can hold (one per stream; an HTTP/1.1 connection holds at most one).
+    pub h2_max_concurrent_streams: usize,
 }
 
 /// `[oidc] profile`: a security profile the configuration must conform to.
@@ -497,6 +508,9 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Pass a client-sent `Authorization` to the upstream (`auth = "none"` routes only).
     pub keep_authorization: bool,
+    /// Answers to requests with a session keep the upstream's caching headers (else they
+    /// are made `private`, CDN-only headers dropped).
+    pub cache_public: bool,
     /// Claims the session must have (`require`; empty: none).
     pub require: ClaimRule,
     /// Send `X-Auth-Request-User`, `-Email` and `-Groups` to the upstream.

@@ -267,6 +267,9 @@ pub(crate) struct ResponseRewrite<'a> {
     pub cookie_name: &'a str,
     /// tollgate's own `Set-Cookie` lines (a renewed or refreshed session).
     pub set_cookies: Vec<String>,
+    /// The answer is for a request with a session on a route without `cache_public`: no
+    /// shared cache may keep it ([`make_private`]).
+    pub private: bool,
 }
 
 const STRICT_TRANSPORT_SECURITY: HeaderName = http::header::STRICT_TRANSPORT_SECURITY;
@@ -310,26 +313,77 @@ fn rewrite_response_parts(
         }
     }
     if rw.set_cookies.is_empty() {
+        if rw.private {
+            make_private(headers);
+        }
         return Ok(());
     }
     for line in rw.set_cookies {
         let v = HeaderValue::try_from(line).map_err(|_| RewriteError::Header)?;
         headers.append(SET_COOKIE, v);
     }
-    // CDNs obey their own cache headers over `Cache-Control` (RFC 9213 and vendors').
-    for cdn in [
-        "cdn-cache-control",
-        "cloudflare-cdn-cache-control",
-        "surrogate-control",
-        "expires",
-    ] {
-        headers.remove(cdn);
-    }
+    drop_cdn_cache_headers(headers);
+    headers.remove(http::header::EXPIRES);
     headers.insert(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
     );
     Ok(())
+}
+
+/// CDNs obey their own cache headers over `Cache-Control` (RFC 9213 and vendors').
+fn drop_cdn_cache_headers(headers: &mut HeaderMap) {
+    for cdn in [
+        "cdn-cache-control",
+        "cloudflare-cdn-cache-control",
+        "surrogate-control",
+    ] {
+        headers.remove(cdn);
+    }
+}
+
+/// An answer made for one user: a CDN or shared cache in front of tollgate sees only the
+/// session cookie, never the bearer the upstream saw, so it could serve the answer to others.
+/// `Cache-Control` becomes `private` (keeping `max-age` and the rest for the browser; `public`,
+/// `s-maxage` and `proxy-revalidate`, which speak to shared caches, go), and CDN-only headers
+/// are dropped. An answer without `Cache-Control` gets `private` (a shared cache could
+/// otherwise store it heuristically, RFC 9111 §4.2.2).
+fn make_private(headers: &mut HeaderMap) {
+    drop_cdn_cache_headers(headers);
+    let mut kept = String::new();
+    let mut private = false;
+    for value in headers.get_all(http::header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let name = directive.split('=').next().unwrap_or_default().trim();
+            if ["public", "s-maxage", "proxy-revalidate"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+            {
+                continue;
+            }
+            // `private="set-cookie"` (only some fields private) becomes wholly private.
+            if name.eq_ignore_ascii_case("private") {
+                if !private {
+                    private = true;
+                    kept.push_str(if kept.is_empty() { "" } else { ", " });
+                    kept.push_str("private");
+                }
+                continue;
+            }
+            kept.push_str(if kept.is_empty() { "" } else { ", " });
+            kept.push_str(directive);
+        }
+    }
+    let value = match (private, kept.is_empty()) {
+        (_, true) => HeaderValue::from_static("private"),
+        (true, false) => HeaderValue::try_from(kept).unwrap_or(HeaderValue::from_static("private")),
+        (false, false) => HeaderValue::try_from(format!("private, {kept}"))
+            .unwrap_or(HeaderValue::from_static("private")),
+    };
+    headers.insert(http::header::CACHE_CONTROL, value);
 }
 
 /// Whether a `Set-Cookie` line sets one of tollgate's cookies, including a nameless cookie
@@ -651,6 +705,7 @@ mod tests {
             hsts: None,
             cookie_name: "tg",
             set_cookies,
+            private: false,
         };
         rewrite_response(&mut resp, rw(Vec::new())).unwrap();
         let lines: Vec<&str> = resp
@@ -667,5 +722,60 @@ mod tests {
         assert!(resp.headers.get("cdn-cache-control").is_none());
         assert!(resp.headers.get("surrogate-control").is_none());
         assert_eq!(resp.headers.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn answers_with_a_session_are_made_private() {
+        let cases = [
+            (None, "private"),
+            (Some("public, max-age=600"), "private, max-age=600"),
+            (
+                Some("max-age=60, s-maxage=3600, PUBLIC, proxy-revalidate"),
+                "private, max-age=60",
+            ),
+            (Some("private, max-age=5"), "private, max-age=5"),
+            (Some("no-store"), "private, no-store"),
+            (Some("private=\"set-cookie\", max-age=5"), "private, max-age=5"),
+        ];
+        for (upstream, want) in cases {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            if let Some(cc) = upstream {
+                resp.insert_header("cache-control", cc).unwrap();
+            }
+            resp.insert_header("cdn-cache-control", "max-age=600").unwrap();
+            resp.insert_header("surrogate-control", "max-age=600").unwrap();
+            resp.insert_header("expires", "Wed, 21 Oct 2099 07:28:00 GMT")
+                .unwrap();
+            let rw = ResponseRewrite {
+                request_id: "rid-1",
+                hsts: None,
+                cookie_name: "tg",
+                set_cookies: Vec::new(),
+                private: true,
+            };
+            rewrite_response(&mut resp, rw).unwrap();
+            let h = &resp.headers;
+            assert_eq!(h.get_all("cache-control").iter().count(), 1);
+            assert_eq!(h["cache-control"], want, "{upstream:?}");
+            assert!(h.get("cdn-cache-control").is_none());
+            assert!(h.get("surrogate-control").is_none());
+            // The browser's own cache keeps its instructions.
+            assert!(h.get("expires").is_some());
+        }
+        // Without a session (or with `cache_public`), nothing changes.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("cache-control", "public, max-age=600")
+            .unwrap();
+        resp.insert_header("cdn-cache-control", "max-age=600").unwrap();
+        let rw = ResponseRewrite {
+            request_id: "rid-1",
+            hsts: None,
+            cookie_name: "tg",
+            set_cookies: Vec::new(),
+            private: false,
+        };
+        rewrite_response(&mut resp, rw).unwrap();
+        assert_eq!(resp.headers["cache-control"], "public, max-age=600");
+        assert!(resp.headers.get("cdn-cache-control").is_some());
     }
 }

@@ -80,6 +80,10 @@ pub(crate) struct Tollgate {
 /// The error type of a pool with no member to take a request (`503`).
 const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 
+/// The error type of a proxied request body that did not arrive within the route's
+/// `read_timeout` (`408`).
+const REQUEST_BODY_TIMEOUT: &str = "request body timeout";
+
 /// Attempts of one request on a pool whose members refuse connections.
 const MAX_POOL_ATTEMPTS: usize = 3;
 
@@ -130,6 +134,11 @@ pub(crate) struct Ctx {
     tls: &'static str,
     /// Why tollgate answered itself, for the access log.
     outcome: &'static str,
+    /// The answer is for a session: shared caches must not keep it (`cache_public` off).
+    private: bool,
+    /// When the request body must have arrived whole (the route's `read_timeout` from the
+    /// request's start).
+    body_deadline: Option<Instant>,
 }
 
 impl Tollgate {
@@ -293,7 +302,10 @@ impl Tollgate {
                 ctx.identity = grant.identity;
                 ctx.dpop = grant.dpop;
                 ctx.set_cookies = grant.set_cookies;
+                // A session's affinity is never 0.
+                ctx.private = grant.affinity != 0 && !route.cache_public;
                 ctx.affinity = grant.affinity;
+                ctx.body_deadline = Some(ctx.started + route.read_timeout);
                 if let Cow::Owned(p) = target.path {
                     ctx.path = Some(p);
                 }
@@ -423,10 +435,14 @@ fn proxy_fault(e: &Error) -> Option<Fault> {
     use ErrorType::*;
     match e.etype() {
         Custom(NO_HEALTHY_UPSTREAM) => Some(Fault::NoHealthyUpstream),
+        Custom(REQUEST_BODY_TIMEOUT) => Some(Fault::RequestTimeout),
         HTTPStatus(code) if *code >= 500 => Some(Fault::UpstreamUnavailable),
         HTTPStatus(_) => Some(Fault::BadRequest),
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
             match e.esource() {
+                // Only request bodies are read from the client under a timeout here (the
+                // head was read by the front door): the upload stalled.
+                ErrorSource::Downstream if *e.etype() == ReadTimedout => Some(Fault::RequestTimeout),
                 ErrorSource::Downstream => None,
                 _ => Some(Fault::UpstreamTimeout),
             }
@@ -466,6 +482,8 @@ impl ProxyHttp for Tollgate {
             protocol: "h1",
             tls: "none",
             outcome: "proxied",
+            private: false,
+            body_deadline: None,
         }
     }
 
@@ -488,11 +506,22 @@ impl ProxyHttp for Tollgate {
         }
         let mut body = None;
         if self.endpoints.takes_body(session.req_header().uri.path()) {
-            match read_body(session, self.limits.max_body_bytes).await {
+            let limits = &self.limits;
+            let read = tokio::time::timeout(
+                limits.body_read_timeout,
+                read_body(session, limits.max_body_bytes),
+            );
+            let read = read.await.unwrap_or(Err(Fault::RequestTimeout));
+            match read {
                 Ok(b) => body = Some(b),
                 Err(fault) => {
-                    if fault == Fault::PayloadTooLarge {
-                        self.metrics.limit("body_bytes");
+                    match fault {
+                        Fault::PayloadTooLarge => self.metrics.limit("body_bytes"),
+                        Fault::RequestTimeout => {
+                            self.metrics.limit("body_read_timeout");
+                            tracing::info!(request_id = %ctx.request_id, "request body did not arrive within server.body_read_timeout");
+                        }
+                        _ => {}
                     }
                     let reply = Reply::from(fault);
                     ctx.outcome = reply.outcome();
@@ -512,11 +541,40 @@ impl ProxyHttp for Tollgate {
             }
         };
         let Some(reply) = handled else {
+            if let Some(deadline) = ctx.body_deadline {
+                // HTTP/1.1 reads of the body wait at most until the whole body is due
+                // (Pingora's own wait is 60 s per read; HTTP/2 has none: `request_body_filter`
+                // and the upstream's read timeout bound it there).
+                let left = deadline.saturating_duration_since(Instant::now());
+                session.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            }
             return Ok(false);
         };
         ctx.outcome = reply.outcome();
         respond::write(session, &reply, &ctx.request_id, self.hsts(ctx)).await?;
         Ok(true)
+    }
+
+    /// A proxied body must arrive whole within the route's `read_timeout` from the request's
+    /// start (not per read: a byte every few seconds does not keep it going).
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let Some(deadline) = ctx.body_deadline.filter(|_| !end_of_stream) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            self.metrics.limit("body_read_timeout");
+            tracing::info!(request_id = %ctx.request_id, "request body did not arrive within the route's read_timeout");
+            return Err(Error::new_down(ErrorType::Custom(REQUEST_BODY_TIMEOUT)));
+        }
+        session.set_read_timeout(Some(deadline - now));
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -635,6 +693,7 @@ impl ProxyHttp for Tollgate {
             hsts: self.hsts(ctx),
             cookie_name: self.gate.codec().cookie_name(),
             set_cookies: std::mem::take(&mut ctx.set_cookies),
+            private: ctx.private,
         };
         headers::rewrite_response(upstream_response, rw)
             .map_err(|e| Error::because(ErrorType::InternalError, "rewriting the response", e))
@@ -767,5 +826,9 @@ mod tests {
         assert_eq!(proxy_fault(&e), Some(Fault::UpstreamTimeout));
         let e = Error::new_down(ErrorType::ConnectionClosed);
         assert_eq!(proxy_fault(&e), None);
+        let e = Error::new_down(ErrorType::ReadTimedout);
+        assert_eq!(proxy_fault(&e), Some(Fault::RequestTimeout));
+        let e = Error::new_down(ErrorType::Custom(REQUEST_BODY_TIMEOUT));
+        assert_eq!(proxy_fault(&e), Some(Fault::RequestTimeout));
     }
 }

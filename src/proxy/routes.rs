@@ -34,6 +34,10 @@ pub(crate) struct Route {
     pub auth: RouteAuth,
     /// Pass a client-sent `Authorization` on (only on `auth = "none"` routes).
     pub keep_authorization: bool,
+    /// `cache_public`: answers to requests with a session keep their caching headers.
+    pub cache_public: bool,
+    /// `read_timeout`, which also bounds the whole upload of a request body.
+    pub read_timeout: std::time::Duration,
     /// Claims the session must have (`require`).
     pub require: Option<ClaimRule>,
     /// Send the user's identity upstream (`identity_headers`).
@@ -133,6 +137,8 @@ impl RouteTable {
                 prefix: c.prefix.clone(),
                 auth: c.auth,
                 keep_authorization: c.keep_authorization,
+                cache_public: c.cache_public,
+                read_timeout: c.read_timeout,
                 require: (!c.require.is_empty()).then(|| c.require.clone()),
                 identity_headers: c.identity_headers,
                 dpop: c.token_binding == crate::config::TokenBinding::Dpop,
@@ -208,6 +214,7 @@ mod tests {
             auth: RouteAuth::Required,
             strip_prefix: strip,
             keep_authorization: false,
+            cache_public: false,
             require: Default::default(),
             identity_headers: false,
             token_binding: Default::default(),

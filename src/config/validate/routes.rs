@@ -128,6 +128,7 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
             auth: r.auth,
             strip_prefix: r.strip_prefix,
             keep_authorization: r.keep_authorization,
+            cache_public: r.cache_public,
             require: r.require.unwrap_or_default(),
             identity_headers: r.identity_headers,
             token_binding: r.token_binding,

@@ -75,6 +75,20 @@ fn limits(s: &ServerSection) -> Result<Limits, ConfigError> {
     )?;
     positive("server.max_connections", s.max_connections == 0)?;
     positive("server.max_body_bytes", s.max_body_bytes == 0)?;
+    positive("server.body_read_timeout", s.body_read_timeout.is_zero())?;
+    positive("server.write_timeout", s.write_timeout.is_zero())?;
+    if s.send_rate_window < std::time::Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "server.send_rate_window",
+            "must be at least 1s",
+        ));
+    }
+    if s.h2_max_concurrent_streams == 0 || s.h2_max_concurrent_streams > 1000 {
+        return Err(ConfigError::invalid(
+            "server.h2_max_concurrent_streams",
+            "must be between 1 and 1000",
+        ));
+    }
     if s.max_header_bytes < 1024 {
         return Err(ConfigError::invalid(
             "server.max_header_bytes",
@@ -105,6 +119,11 @@ fn limits(s: &ServerSection) -> Result<Limits, ConfigError> {
         max_headers: s.max_headers,
         max_cookie_bytes: s.max_cookie_bytes,
         max_body_bytes: s.max_body_bytes,
+        body_read_timeout: s.body_read_timeout,
+        write_timeout: s.write_timeout,
+        min_send_rate: s.min_send_rate,
+        send_rate_window: s.send_rate_window,
+        h2_max_concurrent_streams: s.h2_max_concurrent_streams,
     })
 }
 

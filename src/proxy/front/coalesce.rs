@@ -9,17 +9,10 @@
 //! end of a body, before an upgrade), and [`Shutdown`] flushes before closing.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::tls::SslDigest;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
+use pingora::protocols::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 
 /// Pingora's `DEFAULT_L4_WRITE_BUFFER_SIZE`: one Ethernet segment's payload.
@@ -37,8 +30,12 @@ impl<S: AsyncRead + AsyncWrite> Coalesced<S> {
         }
     }
 
-    fn get(&self) -> &S {
+    fn get_ref(&self) -> &S {
         self.inner.get_ref()
+    }
+
+    fn get_mut(&mut self) -> &mut S {
+        self.inner.get_mut()
     }
 }
 
@@ -94,66 +91,4 @@ where
     }
 }
 
-impl<S: UniqueID + AsyncRead + AsyncWrite> UniqueID for Coalesced<S> {
-    fn id(&self) -> UniqueIDType {
-        self.get().id()
-    }
-}
-
-impl<S: Ssl + AsyncRead + AsyncWrite> Ssl for Coalesced<S> {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.get().get_ssl()
-    }
-
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.get().get_ssl_digest()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.get().selected_alpn_proto()
-    }
-}
-
-impl<S: GetTimingDigest + AsyncRead + AsyncWrite> GetTimingDigest for Coalesced<S> {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.get().get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.get().get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.get().get_write_pending_time()
-    }
-}
-
-impl<S: GetProxyDigest + AsyncRead + AsyncWrite> GetProxyDigest for Coalesced<S> {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.get().get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.get_mut().set_proxy_digest(digest);
-    }
-}
-
-impl<S: GetSocketDigest + AsyncRead + AsyncWrite> GetSocketDigest for Coalesced<S> {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.get().get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.get_mut().set_socket_digest(digest);
-    }
-}
-
-#[async_trait]
-impl<S> Peek for Coalesced<S>
-where
-    S: Peek + AsyncRead + AsyncWrite + Send,
-{
-    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.get_mut().try_peek(buf).await
-    }
-}
+super::stream::delegate_stream_traits!(Coalesced);

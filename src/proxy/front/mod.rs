@@ -25,6 +25,8 @@
 
 mod coalesce;
 pub(crate) mod head;
+mod pace;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +56,7 @@ use crate::ops::health::Readiness;
 use crate::ops::metrics::Metrics;
 use coalesce::Coalesced;
 use head::{HeadScanner, Scan};
+use pace::{PaceLimits, Paced};
 
 /// How long the drain waits for handshakes already under way to reach the accept queue
 /// after new ones are refused (a few round trips on any network tollgate sits in).
@@ -107,7 +110,13 @@ pub(crate) struct FrontDoor<A> {
     /// Every address this process listens on (front door, TLS, metrics): inherited sockets
     /// for other addresses are closed.
     claimed: Vec<String>,
+    /// The service's name (Pingora's log lines).
+    name: &'static str,
 }
+
+/// The most connections the metrics listener holds open: scrapers are few, and a flood of
+/// unfinished requests there must not take descriptors from the front door.
+pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// How long a process that took the sockets over waits for the provider metadata before it
 /// accepts (the old process accepts for 5 s more after handing them over).
@@ -127,6 +136,10 @@ struct Shared {
     handed_over: AtomicBool,
     /// HTTP/2 settings for TLS connections that negotiate `h2`.
     h2: H2Options,
+    /// What a client that does not read its responses is allowed ([`pace`]).
+    pace: PaceLimits,
+    /// Connections are counted in `tollgate_open_connections` (not on the metrics listener).
+    counted: bool,
 }
 
 impl Shared {
@@ -150,6 +163,13 @@ impl<A> FrontDoor<A> {
         // Over this, h2 itself answers 431 for the stream (decoded names and values, plus 32
         // bytes per field, RFC 9113 §6.5.2).
         h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        // Each stream can hold an upstream connection: this bounds what one client holds.
+        h2.max_concurrent_streams(u32::try_from(limits.h2_max_concurrent_streams).unwrap_or(32));
+        let pace = PaceLimits {
+            write_timeout: limits.write_timeout,
+            min_send_rate: limits.min_send_rate as u64,
+            window: limits.send_rate_window,
+        };
         FrontDoor {
             app: Some(app),
             listeners,
@@ -162,12 +182,37 @@ impl<A> FrontDoor<A> {
                 drain_started: tokio::sync::watch::Sender::new(false),
                 handed_over: AtomicBool::new(false),
                 h2,
+                pace,
+                counted: true,
             }),
             phases: None,
             upgraded: false,
             upgrade_sock: std::path::PathBuf::new(),
             claimed: Vec::new(),
+            name: "tollgate",
         }
+    }
+
+    /// The same limits for an administrative listener (metrics): at most
+    /// [`ADMIN_MAX_CONNECTIONS`] connections, not counted with the clients'.
+    pub(crate) fn admin(
+        app: A,
+        listener: Listener,
+        limits: &Limits,
+        metrics: Metrics,
+        readiness: Arc<Readiness>,
+        name: &'static str,
+    ) -> Self {
+        let limits = Limits {
+            max_connections: limits.max_connections.min(ADMIN_MAX_CONNECTIONS),
+            ..limits.clone()
+        };
+        let mut door = FrontDoor::new(app, vec![listener], limits, metrics, readiness);
+        if let Some(shared) = Arc::get_mut(&mut door.shared) {
+            shared.counted = false;
+        }
+        door.name = name;
+        door
     }
 
     /// Follows Pingora's `phases` (a graceful upgrade hands the sockets over); `upgraded`:
@@ -350,7 +395,7 @@ where
     }
 
     fn name(&self) -> &str {
-        "tollgate"
+        self.name
     }
 }
 
@@ -544,7 +589,7 @@ fn spawn_connection<A>(
             shared,
             shutdown,
         } = door;
-        let _open = Open::new(&shared.metrics, permit);
+        let _open = Open::new(shared.counted.then_some(&shared.metrics), permit);
         let _ = tcp.set_nodelay(true);
         let mut l4 = L4Stream::from(tcp);
         let digest = {
@@ -555,7 +600,8 @@ fn spawn_connection<A>(
         // Before the handshake: a TLS stream cannot take it afterwards.
         l4.set_socket_digest(digest);
         let Some(acceptor) = tls else {
-            serve(Box::new(Coalesced::new(l4)), &app, &shared, &shutdown).await;
+            let paced = Paced::new(l4, shared.pace, shared.metrics.clone());
+            serve(Box::new(Coalesced::new(paced)), &app, &shared, &shutdown).await;
             return;
         };
         let handshake = tokio::time::timeout(
@@ -575,25 +621,28 @@ fn spawn_connection<A>(
                 return;
             }
         };
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            serve_h2(Box::new(stream), &app, &shared, &shutdown).await;
+        let paced = Paced::new(stream, shared.pace, shared.metrics.clone());
+        if matches!(paced.selected_alpn_proto(), Some(ALPN::H2)) {
+            serve_h2(Box::new(paced), &app, &shared, &shutdown).await;
         } else {
-            serve(Box::new(Coalesced::new(stream)), &app, &shared, &shutdown).await;
+            serve(Box::new(Coalesced::new(paced)), &app, &shared, &shutdown).await;
         }
     });
 }
 
 /// One open client connection: counted while it lives, its slot given back when it ends.
 struct Open {
-    metrics: Metrics,
+    metrics: Option<Metrics>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Open {
-    fn new(metrics: &Metrics, permit: Option<OwnedSemaphorePermit>) -> Self {
-        metrics.connection_opened();
+    fn new(metrics: Option<&Metrics>, permit: Option<OwnedSemaphorePermit>) -> Self {
+        if let Some(m) = metrics {
+            m.connection_opened();
+        }
         Open {
-            metrics: metrics.clone(),
+            metrics: metrics.cloned(),
             _permit: permit,
         }
     }
@@ -601,7 +650,9 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.metrics.connection_closed();
+        if let Some(m) = &self.metrics {
+            m.connection_closed();
+        }
     }
 }
 
@@ -736,15 +787,19 @@ where
         };
         match next {
             Ok(Some(H2Accept::Session(h2))) => {
-                if h2.req_header().headers.len() > limits.max_headers {
+                if h2_field_count(&h2.req_header().headers) > limits.max_headers {
                     shared.metrics.limit("header_count");
                     tasks.spawn(too_many_h2_fields(h2, shared.metrics.clone()));
                     continue;
                 }
                 let (app, shutdown) = (app.clone(), shutdown.clone());
+                let mut session = ServerSession::new_http2(h2);
+                // A stream the client gives no flow-control window (or too little) waits
+                // for it at most this long per write, then ends and frees its upstream
+                // connection; the connection itself is watched by `Paced`.
+                session.set_write_timeout(Some(limits.write_timeout));
                 tasks.spawn(async move {
-                    app.process_new_http(ServerSession::new_http2(h2), &shutdown)
-                        .await;
+                    app.process_new_http(session, &shutdown).await;
                 });
             }
             Ok(Some(H2Accept::Rejected)) => {
@@ -759,6 +814,15 @@ where
     drop(conn);
     // Never abort a request: each ends by itself (and logs).
     while tasks.join_next().await.is_some() {}
+}
+
+/// The header fields of an HTTP/2 request as `max_headers` counts them: browsers send each
+/// cookie as a field of its own over HTTP/2 (RFC 9113 §8.2.3), which count as the one `Cookie`
+/// field they are over HTTP/1.1 (their bytes count against `max_header_bytes` and
+/// `max_cookie_bytes` all the same).
+fn h2_field_count(headers: &http::HeaderMap) -> usize {
+    let cookies = headers.get_all(http::header::COOKIE).iter().count();
+    headers.len() - cookies.saturating_sub(1)
 }
 
 /// `431` for an HTTP/2 request with more header fields than `max_headers`.
