@@ -381,3 +381,195 @@ async fn an_endpoint_body_over_max_body_bytes_gets_413() {
     tg.wait_metrics(&["tollgate_limits_total{limit=\"body_bytes\"} 1"])
         .await;
 }
+
+/// Sends a request head announcing a large body, then one body byte every `every` until the
+/// connection fails; returns what tollgate answered (bounded by [`HANG`]).
+async fn dribble_body(addr: std::net::SocketAddr, head: &str, every: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        loop {
+            tokio::time::sleep(every).await;
+            if wr.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    };
+    let read = async {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(HANG, rd.read_to_end(&mut got)).await;
+        got
+    };
+    let got = tokio::select! {
+        got = read => got,
+        () = write => Vec::new(),
+    };
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A body tollgate reads itself (`/backchannel-logout`, open to anyone) must arrive whole
+/// within `body_read_timeout`, however steadily it dribbles: `408`, the connection closed, and
+/// the slots the slow clients held serve others again. (Before: a byte every few seconds kept
+/// a connection forever, and `max_connections` such clients stopped the process serving.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_to_an_own_endpoint_gets_408_and_gives_its_slot_back() {
+    let (_echo, tg) = start("max_connections = 2\nbody_read_timeout = \"1s\"").await;
+    let head = "POST /backchannel-logout HTTP/1.1\r\nHost: a\r\n\
+                content-type: application/x-www-form-urlencoded\r\ncontent-length: 100000\r\n\r\n";
+    let every = Duration::from_millis(200);
+    let (a, b) = tokio::join!(
+        dribble_body(tg.addr(), head, every),
+        dribble_body(tg.addr(), head, every)
+    );
+    for got in [a, b] {
+        assert!(got.starts_with("HTTP/1.1 408 "), "{got:.300}\n{}", tg.log());
+        assert!(got.contains("\"error\":\"request_timeout\""), "{got}");
+        assert!(
+            got.to_ascii_lowercase().contains("connection: close"),
+            "{got}"
+        );
+    }
+    let r = one_request(tg.addr()).await;
+    assert_eq!(r, Ok(true), "a new client is served");
+    tg.wait_metrics(&["tollgate_limits_total{limit=\"body_read_timeout\"} 2"])
+        .await;
+}
+
+/// A proxied upload must arrive whole within the route's `read_timeout` (not per read): a
+/// byte every 200 ms to a route with `read_timeout = "1s"` gets `408` and the connection
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_proxied_upload_is_cut_off_at_the_routes_read_timeout() {
+    let echo = Echo::start().await;
+    let config = TestConfig::without_provider().threads(2).route(
+        "/",
+        &echo.url(),
+        "auth = \"none\"\nread_timeout = \"1s\"",
+    );
+    let tg = Tollgate::start(|port, metrics| config.render(port, metrics)).await;
+    let head = "POST /upload HTTP/1.1\r\nHost: a\r\ncontent-length: 100000\r\n\r\n";
+    let started = std::time::Instant::now();
+    let got = dribble_body(tg.addr(), head, Duration::from_millis(200)).await;
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got:.300}\n{}", tg.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        echo.seen().iter().all(|s| s.body_len < 100_000),
+        "the upstream never got a whole request"
+    );
+}
+
+/// Connects with a small receive buffer (4 KiB, as the attack used) and asks for a large
+/// answer.
+async fn ask_for_big(addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+/// Slow readers: a client that reads nothing of a large answer, and one that reads it at
+/// 512 B/s, are cut off once they took less than `min_send_rate` over `send_rate_window` of
+/// waiting; their upstream connections are released and their slots serve others. A client
+/// that reads normally gets the whole answer. (Before: 8 such clients held every slot for
+/// 150 s+.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_are_cut_off_and_their_upstream_connections_released() {
+    let (echo, tg) = start(
+        "max_connections = 2\nwrite_timeout = \"5s\"\nmin_send_rate = 1024\nsend_rate_window = \"1s\"",
+    )
+    .await;
+    let mut idle = ask_for_big(tg.addr()).await;
+    let slow = ask_for_big(tg.addr()).await;
+    let (cut, mut cut_seen) = tokio::sync::watch::channel(false);
+    let trickle = tokio::spawn(async move {
+        let mut s = slow;
+        let mut buf = [0u8; 256];
+        let mut read = 0usize;
+        // 256 bytes every 500 ms until tollgate has cut it off; then whatever the kernels
+        // still buffer, to the end.
+        while !*cut_seen.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = cut_seen.changed() => {}
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return read,
+                Ok(n) => read += n,
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        read + rest.len()
+    });
+    tg.wait_metrics(&["tollgate_limits_total{limit=\"min_send_rate\"} 2"])
+        .await;
+    let _ = cut.send(true);
+    // Both connections end (what the kernel had buffered may still be read first).
+    assert!(
+        closed_by_peer(&mut idle).await,
+        "the idle reader was cut off"
+    );
+    let trickled = tokio::time::timeout(HANG, trickle).await.unwrap().unwrap();
+    assert!(trickled < BIG_BODY, "{trickled}");
+    let deadline = std::time::Instant::now() + HANG;
+    while echo.open_connections() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream connections still open: {}",
+            echo.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A client that reads gets everything.
+    let body = reqwest::Client::new()
+        .get(tg.url("/big"))
+        .timeout(HANG)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), BIG_BODY);
+}
+
+/// The metrics listener has the front door's limits: unfinished request heads are closed
+/// after `header_read_timeout` (before: they stayed open 30 s and more), and metrics are
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_closes_unfinished_heads() {
+    let (_echo, tg) = start("header_read_timeout = \"1s\"").await;
+    let addr: std::net::SocketAddr = tg
+        .metrics_url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metr").await.unwrap();
+        held.push(s);
+    }
+    let r = reqwest::Client::new()
+        .get(tg.metrics_url())
+        .timeout(HANG)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for mut s in held {
+        assert!(
+            closed_by_peer(&mut s).await,
+            "an unfinished head was kept open"
+        );
+    }
+}

@@ -22,6 +22,7 @@ async fn start() -> (Echo, Tollgate) {
         .section("[csrf]\nallowed_origins = [\"http://localhost:3000\"]")
         .route("/api", &api, "auth = \"required\"\nread_timeout = \"1s\"")
         .route("/opt", &api, "auth = \"optional\"")
+        .route("/pub", &api, "auth = \"required\"\ncache_public = true")
         .route(
             "/down",
             &format!("http://127.0.0.1:{down}"),
@@ -639,6 +640,52 @@ async fn responses_with_session_cookies_are_private_and_not_stored() {
     // Without a tollgate cookie on the response, the upstream's caching stands.
     let r = plain().get(tg.url("/cacheable")).send().await.unwrap();
     assert_eq!(r.headers()["cache-control"], "public, max-age=600");
+}
+
+/// A CDN in front of tollgate sees the session cookie, never the bearer: an answer made for a
+/// session is made `private` (the browser keeps `max-age`), and CDN-only cache headers are
+/// dropped, unless the route says `cache_public = true`. Answers without a session (`optional`
+/// and `none` routes) keep the upstream's caching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_for_a_session_are_not_left_to_shared_caches() {
+    let (_echo, tg) = start().await;
+    let cookie = tg.mint_cookie(&access_token(300));
+    for (path, cache_control, cdn) in [
+        ("/api/cacheable", "private, max-age=600", false),
+        ("/opt/cacheable", "private, max-age=600", false),
+        ("/pub/cacheable", "public, max-age=600", true),
+    ] {
+        let r = tg
+            .with_session(&plain(), reqwest::Method::GET, path, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r
+            .headers()
+            .get("set-cookie")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("upstream=")));
+        assert_eq!(r.headers()["cache-control"], cache_control, "{path}");
+        assert_eq!(r.headers().contains_key("cdn-cache-control"), cdn, "{path}");
+        assert_eq!(r.headers().contains_key("surrogate-control"), cdn, "{path}");
+    }
+    // An answer with no Cache-Control at all is private too (no heuristic caching).
+    let r = tg
+        .with_session(&plain(), reqwest::Method::GET, "/api/plain", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "private");
+    // Without a session the upstream's caching stands.
+    for path in ["/opt/cacheable", "/cacheable"] {
+        let r = plain().get(tg.url(path)).send().await.unwrap();
+        assert_eq!(
+            r.headers()["cache-control"],
+            "public, max-age=600",
+            "{path}"
+        );
+        assert!(r.headers().contains_key("cdn-cache-control"), "{path}");
+    }
 }
 
 /// An app's cookie that starts with tollgate's cookie name reaches the app; an upstream cannot

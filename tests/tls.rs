@@ -328,6 +328,156 @@ async fn http2_requests_with_too_many_fields_get_431() {
         .await;
 }
 
+/// Browsers send each cookie as a field of its own over HTTP/2: 60 cookies are one `Cookie`
+/// field for `max_headers` (before: `431`, a site with many cookies locked out over h2 only),
+/// and the upstream gets them joined in one header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_crumbs_count_as_one_field() {
+    let h = start("", "max_headers = 50").await;
+    let client = h.browser(false);
+    let mut req = client.get(h.url("/public"));
+    for i in 0..60 {
+        req = req.header("cookie", format!("c{i}=v{i}"));
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let cookie = h.echo.last().header("cookie").unwrap().to_string();
+    assert_eq!(cookie.split("; ").count(), 60, "{cookie}");
+    assert_eq!(h.echo.last().header_count("cookie"), 1);
+}
+
+type H2Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// One HTTP/2 connection to `h` held by hand (hyper over rustls, ALPN h2), with the stream
+/// flow-control window the client announces (`SETTINGS_INITIAL_WINDOW_SIZE`).
+async fn h2_connection(
+    h: &Https,
+    window: u32,
+) -> (
+    hyper::client::conn::http2::SendRequest<H2Body>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(h.ca.pem().as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls_config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.tls_port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .adaptive_window(false)
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// HTTP/2 streams that give tollgate no flow-control window cannot hold upstream
+/// connections: at most `h2_max_concurrent_streams` are open at once, and each is ended after
+/// `write_timeout` without progress, its upstream connection released, while the client
+/// connection stays open. (Before: one connection with a zero window and 100 streams of a large
+/// answer held 100 upstream connections, 71 still after 100 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_http2_streams_do_not_hold_upstream_connections() {
+    use http_body_util::BodyExt;
+    let h = start("", "write_timeout = \"2s\"\nh2_max_concurrent_streams = 4").await;
+    let (mut send, conn) = h2_connection(&h, 0).await;
+    // Once a request is answered the client has the server's settings (and queues streams
+    // past the limit instead of having them refused).
+    let req = hyper::Request::head(h.url("/healthz"))
+        .body(http_body_util::Empty::new().boxed())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let mut send = send.clone();
+        let req = hyper::Request::get(h.url("/public/big"))
+            .body(http_body_util::Empty::new().boxed())
+            .unwrap();
+        streams.push(tokio::spawn(async move {
+            // The head arrives (HEADERS are not flow-controlled); the body never can.
+            let resp = send.send_request(req).await?;
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                frame?;
+            }
+            Ok::<_, hyper::Error>(())
+        }));
+    }
+    for s in streams {
+        let ended = tokio::time::timeout(HANG, s)
+            .await
+            .expect("every stream ends");
+        assert!(
+            ended.unwrap().is_err(),
+            "a stream without window cannot complete"
+        );
+    }
+    assert_eq!(h.echo.count(), 8);
+    assert!(
+        h.echo.peak_connections() <= 4,
+        "{} upstream connections at once",
+        h.echo.peak_connections()
+    );
+    let deadline = std::time::Instant::now() + HANG;
+    while h.echo.open_connections() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream connections held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        !conn.is_finished(),
+        "the client connection itself stays open"
+    );
+}
+
+/// Over HTTP/2 too, a body tollgate reads itself must arrive within `body_read_timeout`: a
+/// stream whose body never ends gets `408` (before: it stayed open with no limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_that_never_ends_gets_408() {
+    use http_body_util::BodyExt;
+    let h = start("", "body_read_timeout = \"1s\"").await;
+    let (mut send, _conn) = h2_connection(&h, 65_535).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    tx.send(bytes::Bytes::from_static(b"logout_token="))
+        .await
+        .unwrap();
+    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async {
+        let chunk = rx.recv().await?;
+        Some((Ok(hyper::body::Frame::data(chunk)), rx))
+    }));
+    let req = hyper::Request::post(h.url("/backchannel-logout"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(BodyExt::boxed(body))
+        .unwrap();
+    let resp = tokio::time::timeout(HANG, send.send_request(req))
+        .await
+        .expect("an answer before the body ends")
+        .unwrap();
+    assert_eq!(resp.status(), 408);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "request_timeout");
+    drop(tx);
+}
+
 /// Bodies stream through HTTP/2 both ways: a 10 MiB upload arrives whole at the upstream, and
 /// a response's first chunk reaches the client while the upstream still holds the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -735,15 +735,20 @@ mod tests {
             ),
             (Some("private, max-age=5"), "private, max-age=5"),
             (Some("no-store"), "private, no-store"),
-            (Some("private=\"set-cookie\", max-age=5"), "private, max-age=5"),
+            (
+                Some("private=\"set-cookie\", max-age=5"),
+                "private, max-age=5",
+            ),
         ];
         for (upstream, want) in cases {
             let mut resp = ResponseHeader::build(200, None).unwrap();
             if let Some(cc) = upstream {
                 resp.insert_header("cache-control", cc).unwrap();
             }
-            resp.insert_header("cdn-cache-control", "max-age=600").unwrap();
-            resp.insert_header("surrogate-control", "max-age=600").unwrap();
+            resp.insert_header("cdn-cache-control", "max-age=600")
+                .unwrap();
+            resp.insert_header("surrogate-control", "max-age=600")
+                .unwrap();
             resp.insert_header("expires", "Wed, 21 Oct 2099 07:28:00 GMT")
                 .unwrap();
             let rw = ResponseRewrite {
@@ -766,7 +771,8 @@ mod tests {
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.insert_header("cache-control", "public, max-age=600")
             .unwrap();
-        resp.insert_header("cdn-cache-control", "max-age=600").unwrap();
+        resp.insert_header("cdn-cache-control", "max-age=600")
+            .unwrap();
         let rw = ResponseRewrite {
             request_id: "rid-1",
             hsts: None,

@@ -442,7 +442,9 @@ fn proxy_fault(e: &Error) -> Option<Fault> {
             match e.esource() {
                 // Only request bodies are read from the client under a timeout here (the
                 // head was read by the front door): the upload stalled.
-                ErrorSource::Downstream if *e.etype() == ReadTimedout => Some(Fault::RequestTimeout),
+                ErrorSource::Downstream if *e.etype() == ReadTimedout => {
+                    Some(Fault::RequestTimeout)
+                }
                 ErrorSource::Downstream => None,
                 _ => Some(Fault::UpstreamTimeout),
             }

@@ -49,6 +49,7 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// - any path: answers 200 with the [`Seen`] record as JSON (after reading the whole body);
 /// - `…/stream`: sends one 64 KiB chunk, waits for [`Echo::release_stream`], sends the rest;
 /// - `…/slow`: waits 3 s before answering;
+/// - `…/big`: answers [`BIG_BODY`] bytes;
 /// - a WebSocket handshake: answers 101 and echoes bytes on the upgraded connection.
 pub struct Echo {
     pub addr: SocketAddr,
@@ -58,7 +59,40 @@ pub struct Echo {
     pub slow_started: Arc<Notify>,
     /// Set by [`Echo::stop`]: the listener and every connection close.
     stop: tokio::sync::watch::Sender<bool>,
+    /// Connections open now, and the most open at once.
+    connections: Arc<Connections>,
 }
+
+/// The echo's open connections, counted.
+#[derive(Default)]
+struct Connections {
+    open: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// One open connection to the echo: counted until it closes.
+struct OpenConnection(Arc<Connections>);
+
+impl OpenConnection {
+    fn new(c: &Arc<Connections>) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = c.open.fetch_add(1, SeqCst) + 1;
+        c.peak.fetch_max(now, SeqCst);
+        OpenConnection(c.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `…/big` answers this many bytes (512 chunks of 64 KiB): more than any socket buffers hold.
+pub const BIG_BODY: usize = 512 * STREAM_CHUNK;
+static BIG_CHUNK: [u8; STREAM_CHUNK] = [b'x'; STREAM_CHUNK];
 
 pub const STREAM_CHUNK: usize = 64 * 1024;
 pub const STREAM_CHUNKS: usize = 8;
@@ -93,6 +127,8 @@ impl Echo {
         let (s, r, ss) = (seen.clone(), release.clone(), slow_started.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut stop_accepting = stopped.clone();
+        let connections = Arc::new(Connections::default());
+        let counted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -105,7 +141,9 @@ impl Echo {
                 let (s, r, ss) = (s.clone(), r.clone(), ss.clone());
                 let tls = tls.clone();
                 let mut stop_serving = stopped.clone();
+                let open = OpenConnection::new(&counted);
                 tokio::spawn(async move {
+                    let _open = open;
                     tokio::select! {
                      _ = stop_serving.changed() => {}
                      _ = async move {
@@ -146,7 +184,22 @@ impl Echo {
             release,
             slow_started,
             stop,
+            connections,
         }
+    }
+
+    /// Connections to the echo open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections
+            .open
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at once.
+    pub fn peak_connections(&self) -> usize {
+        self.connections
+            .peak
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -262,6 +315,18 @@ async fn handle(
         slow_started.notify_one();
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    if path.ends_with("/big") {
+        let chunks = (0..BIG_BODY / STREAM_CHUNK)
+            .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from_static(&BIG_CHUNK))));
+        return Ok(Response::builder()
+            .status(200)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", BIG_BODY)
+            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                chunks,
+            ))))
+            .unwrap());
+    }
     if path.ends_with("/stream") {
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
         tokio::spawn(async move {
@@ -288,7 +353,10 @@ async fn handle(
         .header("set-cookie", "upstream=1; Path=/");
     // A response a shared cache may keep.
     if path.contains("/cacheable") {
-        resp = resp.header("cache-control", "public, max-age=600");
+        resp = resp
+            .header("cache-control", "public, max-age=600")
+            .header("cdn-cache-control", "max-age=3600")
+            .header("surrogate-control", "max-age=3600");
     }
     // An upstream that tries to set (end, replace) tollgate's session, beside its own cookie.
     if path.contains("/set-tollgate-cookies") {

@@ -23,9 +23,7 @@ macro_rules! delegate_stream_traits {
                 self.get_ref().get_ssl()
             }
 
-            fn get_ssl_digest(
-                &self,
-            ) -> Option<std::sync::Arc<pingora::protocols::tls::SslDigest>> {
+            fn get_ssl_digest(&self) -> Option<std::sync::Arc<pingora::protocols::tls::SslDigest>> {
                 self.get_ref().get_ssl_digest()
             }
 
