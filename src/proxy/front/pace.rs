@@ -67,7 +67,7 @@ struct Window {
     waited: Duration,
     /// When the wait under way started.
     waiting_since: Option<Instant>,
-    /// The last time the client took bytes (or the window started).
+    /// The last time the client took bytes, or the wait under way started.
     progress: Instant,
 }
 
@@ -99,7 +99,16 @@ impl Pace {
             waiting_since: None,
             progress: now,
         });
-        let since = *w.waiting_since.get_or_insert(now);
+        let since = match w.waiting_since {
+            Some(since) => since,
+            None => {
+                // A new wait: time before it (between requests, or while the upstream took
+                // its time) is not time without progress.
+                w.waiting_since = Some(now);
+                w.progress = now;
+                now
+            }
+        };
         let waited = w.waited + now.saturating_duration_since(since);
         if now.saturating_duration_since(w.progress) >= limits.write_timeout {
             return Err(Stalled::NoProgress);
@@ -337,6 +346,16 @@ mod tests {
             assert!(p.waits(at(t0, s * 1000), &LIMITS).is_ok(), "second {s}");
             p.wrote(100, at(t0, s * 1000 + 5), &LIMITS);
         }
+    }
+
+    #[test]
+    fn idle_time_between_waits_is_not_time_without_progress() {
+        let t0 = Instant::now();
+        let mut p = Pace::default();
+        assert!(p.waits(t0, &LIMITS).is_ok());
+        p.wrote(4096, at(t0, 100), &LIMITS);
+        // A keep-alive connection's next response, a minute later, waits again.
+        assert_eq!(p.waits(at(t0, 60_000), &LIMITS), Ok(at(t0, 69_900)));
     }
 
     #[test]
