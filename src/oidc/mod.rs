@@ -139,7 +139,6 @@ impl Oidc {
         metrics: crate::ops::metrics::Metrics,
     ) -> Result<Oidc, ClientAuthError> {
         let auth = ClientAuth::new(&config.oidc)?;
-        let public = config.server.public_origin.trim_end_matches('/');
         Ok(Oidc {
             provider,
             tokens: TokenClient::new(
@@ -153,7 +152,7 @@ impl Oidc {
             http,
             sealer: Sealer::new(&config.session.keys),
             client_id: config.oidc.client_id.clone(),
-            redirect_uri: format!("{public}{}", config.oidc.callback_path),
+            redirect_uri: config.redirect_uri(),
             scope: config.login_scope(),
             resources: config.resources(),
             resource_tags: config
@@ -187,7 +186,7 @@ impl Oidc {
             metrics,
             http_timeout: config.oidc.http_timeout,
             max_response_bytes: config.oidc.max_response_bytes,
-            post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.to_string(),
+            post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.clone(),
             allow_get_logout: config.oidc.allow_get_logout,
             kept_claims: config.kept_claim_names(),
             dpop: config.oidc.dpop,
