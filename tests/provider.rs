@@ -4,7 +4,12 @@
 
 mod common;
 
+use common::flow::*;
+use common::idp::{Idp, CLIENTS};
 use common::*;
+use reqwest::cookie::CookieStore;
+
+const CLIENT: usize = 0; // tollgate-basic
 
 /// The JSON log lines of `log` whose message is `message`.
 fn log_lines(log: &str, message: &str) -> Vec<serde_json::Value> {
@@ -40,4 +45,119 @@ async fn the_startup_log_names_the_exact_uris_to_register() {
             format!("{public}/backchannel-logout")
         );
     }
+}
+
+/// A provider whose discovery document omits `revocation_endpoint` but whose RFC 8414
+/// metadata lists it (in either form): logout revokes the refresh token all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_through_the_rfc8414_metadata_when_discovery_lacks_the_endpoint() {
+    let echo = Echo::start().await;
+    for (form, path) in [
+        (
+            "inserted",
+            "/.well-known/oauth-authorization-server/test/as",
+        ),
+        (
+            "appended",
+            "/test/as/.well-known/oauth-authorization-server",
+        ),
+    ] {
+        let port = free_port();
+        let idp = Idp::start_env(
+            port,
+            None,
+            &[("IDP_DISCOVERY_NO_REVOCATION", "1"), ("IDP_RFC8414", form)],
+        )
+        .await;
+        let discovery: serde_json::Value =
+            reqwest::get(format!("{}/.well-known/openid-configuration", idp.issuer))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        assert!(discovery.get("revocation_endpoint").is_none(), "{form}");
+        let tg = start_tollgate(port, &idp, &CLIENTS[CLIENT], &echo).await;
+        let log = tg.log();
+        let found = log_lines(
+            &log,
+            "revocation endpoint taken from the provider's RFC 8414 metadata (its discovery \
+             document lists none)",
+        );
+        assert_eq!(found.len(), 1, "{form}: {log}");
+        assert_eq!(found[0]["metadata"], idp.url(path), "{form}");
+
+        let (jar, b) = browser_with_jar();
+        let r = b.get(tg.url("/login?return_to=/")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{form}: login failed: {}", tg.log());
+        let cookie = jar
+            .cookies(&tg.url("/").parse().unwrap())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let session = open_session(&tg.codec(), &cookie).expect("a session");
+        let refresh_token = session.refresh_token.expect("a refresh token");
+        let r = plain()
+            .post(tg.url("/logout"))
+            .header("cookie", &cookie)
+            .header("x-csrf", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{form}");
+        let (status, body) = idp
+            .try_refresh(
+                CLIENTS[CLIENT].id,
+                CLIENTS[CLIENT].secret.unwrap(),
+                &refresh_token,
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{form}: the refresh token still works after logout: {}",
+            tg.log()
+        );
+        assert!(tg.log().contains("refresh token revoked"), "{form}");
+    }
+}
+
+/// Without a revocation endpoint anywhere, tollgate warns once when the metadata loads, not at
+/// every logout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_revocation_endpoint_anywhere_is_warned_once() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = Idp::start_env(
+        port,
+        None,
+        &[("IDP_DISCOVERY_NO_REVOCATION", "1"), ("IDP_RFC8414", "off")],
+    )
+    .await;
+    let tg = start_tollgate(port, &idp, &CLIENTS[CLIENT], &echo).await;
+    for _ in 0..2 {
+        let cookie = login_cookie(&tg).await;
+        let r = plain()
+            .post(tg.url("/logout"))
+            .header("cookie", &cookie)
+            .header("x-csrf", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+    }
+    let log = tg.log();
+    let warned = log_lines(
+        &log,
+        "the provider advertises no revocation endpoint: logout cannot revoke refresh tokens \
+         (set [oidc] revocation_endpoint if it has one)",
+    );
+    assert_eq!(warned.len(), 1, "{log}");
+    assert_eq!(warned[0]["level"], "WARN");
+    let reason = warned[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("answered 404"), "{reason}");
+    let per_logout = log_lines(&log, "provider has no revocation endpoint");
+    assert_eq!(per_logout.len(), 2, "{log}");
+    assert!(per_logout.iter().all(|l| l["level"] == "DEBUG"), "{log}");
 }
