@@ -161,3 +161,27 @@ async fn no_revocation_endpoint_anywhere_is_warned_once() {
     assert_eq!(per_logout.len(), 2, "{log}");
     assert!(per_logout.iter().all(|l| l["level"] == "DEBUG"), "{log}");
 }
+
+/// A configured scope the provider does not advertise is named in one warning at load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_the_provider_does_not_list_are_warned_about() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let config = tollgate_config(&idp, &CLIENTS[CLIENT], &echo.url(), "").scopes(&[
+        "openid",
+        "offline_access",
+        "no_such_scope",
+        "profile",
+    ]);
+    let tg = start_ready(port, &config).await;
+    let log = tg.log();
+    let warned = log_lines(
+        &log,
+        "[oidc] scopes has scopes the provider does not list in scopes_supported: it may \
+         refuse logins with invalid_scope (offline_access is the usual one; remove them)",
+    );
+    assert_eq!(warned.len(), 1, "{log}");
+    assert_eq!(warned[0]["level"], "WARN");
+    assert_eq!(warned[0]["scopes"], "no_such_scope");
+}

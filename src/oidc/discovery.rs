@@ -78,6 +78,7 @@ struct Document {
     #[serde(default)]
     require_pushed_authorization_requests: bool,
     dpop_signing_alg_values_supported: Option<Vec<String>>,
+    scopes_supported: Option<Vec<String>>,
 }
 
 /// The provider as tollgate uses it: discovered values with the config's overrides applied.
@@ -98,6 +99,21 @@ pub(crate) struct Metadata {
     pub par_endpoint: Option<Url>,
     /// Where `revocation_endpoint` came from, or why there is none (logged at load).
     pub revocation_source: RevocationSource,
+    /// `[oidc] scopes` the provider does not list in `scopes_supported` (logged at load).
+    pub unsupported_scopes: Vec<String>,
+}
+
+/// The scopes of `configured` that `supported` (a discovery document's `scopes_supported`)
+/// does not list, in config order; none when the document has no such list (it is optional).
+fn unsupported_scopes(configured: &[String], supported: Option<&[String]>) -> Vec<String> {
+    let Some(supported) = supported else {
+        return Vec::new();
+    };
+    configured
+        .iter()
+        .filter(|s| !supported.contains(s))
+        .cloned()
+        .collect()
 }
 
 /// Where the revocation endpoint came from.
@@ -185,6 +201,7 @@ pub(crate) async fn fetch_metadata(
             pushed_authorization_request_endpoint: None,
             require_pushed_authorization_requests: false,
             dpop_signing_alg_values_supported: None,
+            scopes_supported: None,
         };
         return metadata(doc, cfg);
     }
@@ -424,6 +441,7 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
         }
     };
     Ok(Metadata {
+        unsupported_scopes: unsupported_scopes(&cfg.scopes, doc.scopes_supported.as_deref()),
         revocation_source,
         par_endpoint,
         authorization_endpoint: required(
@@ -591,6 +609,16 @@ fn announce(before: Option<&Metadata>, now: &Metadata) {
             RevocationSource::Config | RevocationSource::Discovery => {}
         }
     }
+    if !now.unsupported_scopes.is_empty()
+        && before.map(|b| &b.unsupported_scopes) != Some(&now.unsupported_scopes)
+    {
+        tracing::warn!(
+            issuer = %now.issuer,
+            scopes = %now.unsupported_scopes.join(" "),
+            "[oidc] scopes has scopes the provider does not list in scopes_supported: it may \
+             refuse logins with invalid_scope (offline_access is the usual one; remove them)"
+        );
+    }
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -664,6 +692,7 @@ mod tests {
             iss_parameter_supported: false,
             par_endpoint: None,
             revocation_source: RevocationSource::Discovery,
+            unsupported_scopes: Vec::new(),
         }
     }
 
@@ -879,6 +908,41 @@ mod tests {
         ));
         cfg.endpoints.revocation_endpoint = Some(Url::parse("https://idp.example/r").unwrap());
         assert_eq!(source(doc(false), &cfg), RevocationSource::Config);
+    }
+
+    #[test]
+    fn configured_scopes_missing_from_scopes_supported() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let configured = v(&["openid", "profile", "offline_access", "email"]);
+        assert_eq!(
+            unsupported_scopes(&configured, Some(&v(&["openid", "profile", "email"]))),
+            v(&["offline_access"])
+        );
+        assert_eq!(
+            unsupported_scopes(&configured, Some(&v(&["openid"]))),
+            v(&["profile", "offline_access", "email"])
+        );
+        assert!(unsupported_scopes(
+            &configured,
+            Some(&v(&["openid", "offline_access", "profile", "email", "x"]))
+        )
+        .is_empty());
+        // The list is optional: without it nothing is known to be missing.
+        assert!(unsupported_scopes(&configured, None).is_empty());
+
+        // From a discovery document, against the example's [oidc] scopes.
+        let mut cfg = example_oidc();
+        cfg.issuer_id = "https://idp.example".into();
+        let doc = serde_json::json!({
+            "issuer": "https://idp.example",
+            "authorization_endpoint": "https://idp.example/auth",
+            "token_endpoint": "https://idp.example/token",
+            "jwks_uri": "https://idp.example/jwks",
+            "scopes_supported": ["openid", "profile", "email"],
+        })
+        .to_string();
+        let m = metadata_from_document(doc.as_bytes(), &cfg).unwrap();
+        assert_eq!(m.unsupported_scopes, v(&["offline_access"]));
     }
 
     #[test]
