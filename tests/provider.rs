@@ -185,3 +185,40 @@ async fn scopes_the_provider_does_not_list_are_warned_about() {
     assert_eq!(warned[0]["level"], "WARN");
     assert_eq!(warned[0]["scopes"], "no_such_scope");
 }
+
+/// `[session] refresh_skew` longer than the provider's access tokens live: capped at half
+/// their lifetime, so API calls right after login do not each spend a refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_skew_longer_than_the_token_lifetime_does_not_refresh_every_request() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = Idp::start_env(port, Some(60), &[]).await;
+    let config =
+        tollgate_config(&idp, &CLIENTS[CLIENT], &echo.url(), "").session("refresh_skew = \"120s\"");
+    let tg = start_ready(port, &config).await;
+    let b = logged_in(&tg).await;
+    idp.reset_stats().await;
+    for _ in 0..2 {
+        let r = b
+            .get(tg.url("/api/data"))
+            .header("x-csrf", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", tg.log());
+    }
+    assert_eq!(
+        idp.stats().await["token_requests"]["refresh_token"],
+        0,
+        "{}",
+        tg.log()
+    );
+    let log = tg.log();
+    let warned = log_lines(
+        &log,
+        "[session] refresh_skew is more than half the provider's access token lifetime: tokens \
+         are refreshed half-way through instead (logged once)",
+    );
+    assert_eq!(warned.len(), 1, "{log}");
+    assert_eq!(warned[0]["effective_skew_secs"], 30);
+}
