@@ -222,3 +222,69 @@ async fn a_refresh_skew_longer_than_the_token_lifetime_does_not_refresh_every_re
     assert_eq!(warned.len(), 1, "{log}");
     assert_eq!(warned[0]["effective_skew_secs"], 30);
 }
+
+/// An issuer configured with a trailing `/` that the provider's discovery document does not
+/// have: `/login` says that the issuers differ, naming both, instead of "cannot be reached".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_names_both_issuers_when_they_do_not_match() {
+    let echo = Echo::start().await;
+    let port = free_port();
+    let idp = idp_for(&[port]).await;
+    let configured = format!("{}/", idp.issuer);
+    let config = TestConfig::with_oidc_text(format!(
+        "issuer = \"{configured}\"\n{}",
+        CLIENTS[CLIENT].oidc_toml()
+    ))
+    .route("/", &echo.url(), "auth = \"none\"");
+    let tg = Tollgate::start_on(port, |p, m| config.render(p, m)).await;
+    let login = || async {
+        let r = plain()
+            .get(tg.url("/login"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    // Until the first discovery attempt has failed, /login can only say "unavailable".
+    let mut answer = login().await;
+    for _ in 0..100 {
+        if answer.1["error"] == "provider_issuer_mismatch" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        answer = login().await;
+    }
+    let (status, body) = answer;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "provider_issuer_mismatch", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{configured:?}"))
+            && message.contains(&format!("{:?}", idp.issuer))
+            && message.contains("does not match"),
+        "{message}"
+    );
+    // The page a person sees says the same.
+    let r = plain().get(tg.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains(&format!("&quot;{configured}&quot;"))
+            && page.contains(&format!("&quot;{}&quot;", idp.issuer)),
+        "{page}"
+    );
+    // And the log line.
+    let log = tg.log();
+    let lines = log_lines(&log, "provider metadata not loaded");
+    let error = lines[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("does not match the configured issuer")
+            && error.contains(&configured)
+            && error.contains(&idp.issuer),
+        "{error}"
+    );
+}

@@ -114,7 +114,7 @@ impl Oidc {
                 _ => Fault::UnknownState,
             }
         })?;
-        let provider = self.provider().ok_or(Fault::ProviderUnavailable)?;
+        let provider = self.loaded_provider()?;
         match q.iss.as_deref() {
             Some(iss) if iss != provider.metadata.issuer => {
                 tracing::warn!(

@@ -41,7 +41,10 @@ pub(crate) enum DiscoveryError {
     Status { url: String, status: u16 },
     #[error("{url} is not a valid discovery document: {problem}")]
     Document { url: String, problem: String },
-    #[error("discovery document issuer {found:?} is not the configured issuer {expected:?}")]
+    #[error(
+        "the discovery document's issuer {found:?} does not match the configured issuer \
+         {expected:?} (they must be identical, trailing slash included)"
+    )]
     IssuerMismatch { expected: String, found: String },
     #[error(transparent)]
     Jwks(#[from] JwksError),
@@ -523,6 +526,9 @@ pub(crate) struct Provider {
 #[derive(Debug, Default)]
 pub(crate) struct ProviderStore {
     current: RwLock<Option<Arc<Provider>>>,
+    /// Why the last load failed, until one succeeds: what `/login` tells people while no
+    /// provider is loaded.
+    failure: RwLock<Option<Arc<DiscoveryError>>>,
 }
 
 impl ProviderStore {
@@ -530,10 +536,25 @@ impl ProviderStore {
         self.current.read().ok().and_then(|g| g.clone())
     }
 
+    /// Why the last load failed (none since the last success).
+    pub(crate) fn failure(&self) -> Option<Arc<DiscoveryError>> {
+        self.failure.read().ok().and_then(|g| g.clone())
+    }
+
+    /// Records why a load failed.
+    pub(crate) fn set_failure(&self, e: DiscoveryError) {
+        if let Ok(mut g) = self.failure.write() {
+            *g = Some(Arc::new(e));
+        }
+    }
+
     /// Stores freshly loaded metadata and keys, unless the keys already stored were fetched
     /// later (an unknown-`kid` refetch that finished while this load was under way): then the
     /// new metadata is kept with those newer keys.
     pub(crate) fn set(&self, metadata: Metadata, jwks: Jwks, jwks_fetched: Instant) {
+        if let Ok(mut g) = self.failure.write() {
+            *g = None;
+        }
         if let Ok(mut g) = self.current.write() {
             let provider = match g.as_ref() {
                 Some(cur) if cur.jwks_fetched > jwks_fetched => Provider {
@@ -655,6 +676,7 @@ impl BackgroundService for MetadataRefresher {
                     }
                     // Keep serving with the previous snapshot, if any.
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "provider metadata not loaded");
+                    self.store.set_failure(e);
                     let w = backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     w

@@ -26,9 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::reply::Fault;
 use crate::session::seal::Sealer;
 use client_auth::{ClientAuth, ClientAuthError};
-use discovery::{Provider, ProviderStore};
+use discovery::{DiscoveryError, Provider, ProviderStore};
 use jwks::Jwks;
 use token_client::TokenClient;
 
@@ -208,6 +209,24 @@ impl Oidc {
     /// The provider snapshot, if metadata has loaded.
     pub(crate) fn provider(&self) -> Option<Arc<Provider>> {
         self.provider.get()
+    }
+
+    /// The loaded provider, or the fault a person in the login flow gets without one: a
+    /// discovery document naming another issuer is said so (with both issuers), since
+    /// retrying will not help; anything else is "unavailable".
+    pub(crate) fn loaded_provider(&self) -> Result<Arc<Provider>, Fault> {
+        if let Some(p) = self.provider() {
+            return Ok(p);
+        }
+        Err(match self.provider.failure().as_deref() {
+            Some(DiscoveryError::IssuerMismatch { expected, found }) => {
+                Fault::ProviderIssuerMismatch {
+                    configured: expected.clone(),
+                    discovered: found.clone(),
+                }
+            }
+            _ => Fault::ProviderUnavailable,
+        })
     }
 
     /// Runs `check` with the provider key that signed `token` (a JWT from the provider: ID
