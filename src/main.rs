@@ -97,8 +97,15 @@ fn announce(config: &Config) {
         keys = config.session.keys.len(),
         issuer = %config.oidc.issuer_id,
         client_id = %config.oidc.client_id,
-        redirect_uri = %format!("{}{}", config.server.public_origin, config.oidc.callback_path),
         "tollgate starting"
+    );
+    // Providers compare these character for character with what the client has registered
+    // (a `/` more or less is a mismatch): the exact strings tollgate sends.
+    tracing::info!(
+        redirect_uri = %config.redirect_uri(),
+        post_logout_redirect_uri = %config.oidc.post_logout_redirect_uri,
+        backchannel_logout_uri = %config.backchannel_logout_uri(),
+        "register exactly these URIs at the provider"
     );
     for r in &config.routes {
         tracing::info!(prefix = %r.prefix, upstream = %r.upstream, auth = r.auth.as_str(), strip_prefix = r.strip_prefix, "route");

@@ -9,6 +9,8 @@
 //! the same facts as a small HTML page. Bodies carry the request id, so a user's bug report
 //! leads to our log line, and never anything from the session.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -29,6 +31,12 @@ pub(crate) enum Fault {
     SessionExpired,
     /// The provider is needed (refresh, login) and cannot be reached or is not loaded yet.
     ProviderUnavailable,
+    /// The provider is not loaded because its discovery document names another issuer than
+    /// the configured one (both named: a trailing `/` is the usual difference).
+    ProviderIssuerMismatch {
+        configured: String,
+        discovered: String,
+    },
     Csrf(CsrfError),
     MethodNotAllowed,
     UpstreamUnavailable,
@@ -95,7 +103,12 @@ impl Fault {
             NotFound => 404,
             BadPath | BadRequest => 400,
             Unauthenticated | SessionExpired => 401,
-            ProviderUnavailable | StoreUnavailable | NoHealthyUpstream => 503,
+            // The provider cannot be used, as for ProviderUnavailable (until the config or
+            // the provider is fixed).
+            ProviderUnavailable
+            | ProviderIssuerMismatch { .. }
+            | StoreUnavailable
+            | NoHealthyUpstream => 503,
             Csrf(_) | Forbidden | InsufficientScope => 403,
             MethodNotAllowed => 405,
             UpstreamUnavailable => 502,
@@ -130,9 +143,9 @@ impl Fault {
     }
 
     /// A sentence for people.
-    pub(crate) fn message(&self) -> Option<&'static str> {
+    pub(crate) fn message(&self) -> Option<Cow<'_, str>> {
         use Fault::*;
-        Some(match self {
+        Some(Cow::Borrowed(match self {
             Csrf(CsrfError::MissingHeader) => {
                 "authenticated requests must carry the CSRF header (x-csrf: 1 by default)"
             }
@@ -173,8 +186,18 @@ impl Fault {
             StoreUnavailable => "the shared store cannot be reached; retry shortly",
             Forbidden => "this account is not allowed here",
             InsufficientScope => "the identity provider does not grant this session a token for this API",
+            ProviderIssuerMismatch {
+                configured,
+                discovered,
+            } => {
+                return Some(Cow::Owned(format!(
+                    "The identity provider's discovery document names the issuer {discovered:?}, \
+                     which does not match the configured issuer {configured:?} (they must be \
+                     identical, trailing slash included)."
+                )))
+            }
             _ => return None,
-        })
+        }))
     }
 
     /// Whether the body points the client at `/login`.
@@ -191,6 +214,7 @@ impl Fault {
                 | Fault::UpstreamTimeout
                 | Fault::Internal
                 | Fault::ProviderUnavailable
+                | Fault::ProviderIssuerMismatch { .. }
                 | Fault::InvalidLogoutToken
                 | Fault::PayloadTooLarge
                 | Fault::RequestTimeout
@@ -362,6 +386,7 @@ impl Fault {
             Unauthenticated => "unauthenticated",
             SessionExpired => "session_expired",
             ProviderUnavailable => "provider_unavailable",
+            ProviderIssuerMismatch { .. } => "provider_issuer_mismatch",
             Csrf(CsrfError::MissingHeader) => "csrf_header_missing",
             Csrf(CsrfError::ForeignOrigin) => "origin_not_allowed",
             Csrf(CsrfError::MissingOrigin) => "origin_missing",
@@ -406,9 +431,10 @@ struct ErrorBody<'a> {
 }
 
 fn fault_json(fault: &Fault, request_id: &str) -> Bytes {
+    let message = fault.message();
     let body = ErrorBody {
         error: fault.code(),
-        message: fault.message(),
+        message: message.as_deref(),
         login: fault.login_hint().then_some("/login"),
         request_id,
     };
@@ -425,7 +451,11 @@ fn fault_html(fault: &Fault, request_id: &str) -> String {
 <h1>Sign-in failed</h1><p>{}</p><p>Error: <code>{}</code></p>\
 <p><a href=\"/login\">Start again</a></p>\
 <p style=\"color:#666;font-size:.85rem\">Request id: <code>{}</code></p></body></html>\n",
-        escape(fault.message().unwrap_or("Something went wrong.")),
+        escape(
+            &fault
+                .message()
+                .unwrap_or(Cow::Borrowed("Something went wrong."))
+        ),
         escape(fault.code()),
         escape(request_id)
     )
@@ -493,6 +523,13 @@ mod tests {
             (Fault::BadPath, 400),
             (Fault::SessionExpired, 401),
             (Fault::ProviderUnavailable, 503),
+            (
+                Fault::ProviderIssuerMismatch {
+                    configured: "a".into(),
+                    discovered: "b".into(),
+                },
+                503,
+            ),
             (Fault::NoHealthyUpstream, 503),
             (Fault::MethodNotAllowed, 405),
             (Fault::UpstreamTimeout, 504),
@@ -507,6 +544,25 @@ mod tests {
             Reply::from(Fault::ProviderError("evil".into())).outcome(),
             "provider_error"
         );
+    }
+
+    /// The issuer mismatch names both issuers, in JSON and on the page.
+    #[test]
+    fn an_issuer_mismatch_names_both_issuers() {
+        let fault = Fault::ProviderIssuerMismatch {
+            configured: "https://idp.example/".into(),
+            discovered: "https://idp.example".into(),
+        };
+        let v = json_of(&Reply::from(fault.clone()));
+        assert_eq!(v["error"], "provider_issuer_mismatch");
+        let m = v["message"].as_str().unwrap();
+        assert!(
+            m.contains("\"https://idp.example/\"") && m.contains("\"https://idp.example\""),
+            "{m}"
+        );
+        let (_, body) = Reply::fault(fault, Format::Html).render("rid");
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(html.contains("&quot;https://idp.example/&quot;"), "{html}");
     }
 
     #[test]

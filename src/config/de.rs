@@ -94,6 +94,20 @@ impl<'de> Deserialize<'de> for Issuer {
     }
 }
 
+/// An http(s) URL, checked, and kept exactly as written: a provider may compare it character
+/// for character with what was registered there, and the parsed URL could differ (it gains a
+/// `/` after a bare host).
+#[derive(Debug, Clone)]
+pub(crate) struct UrlAsWritten(pub String);
+
+impl<'de> Deserialize<'de> for UrlAsWritten {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_http_url(&text).map_err(de::Error::custom)?;
+        Ok(UrlAsWritten(text.trim().to_string()))
+    }
+}
+
 /// A listen address: `"127.0.0.1:8080"`, `"[::]:8080"`, or a name (`"localhost:8080"`)
 /// resolved once, here.
 #[derive(Debug, Clone, Copy)]

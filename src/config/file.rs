@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
-use super::de::{self, Addr, HttpUrl, Issuer};
+use super::de::{self, Addr, HttpUrl, Issuer, UrlAsWritten};
 use super::{AuthMethod, Balance, ParMode, Profile, RouteAuth, TokenBinding};
 use crate::session::claims::ClaimRule;
 
@@ -186,8 +186,8 @@ pub(crate) struct OidcSection {
     pub max_response_bytes: usize,
     #[serde(default = "secs::<3600>", deserialize_with = "de::duration")]
     pub metadata_refresh: Duration,
-    /// Default: `server.public_url`.
-    pub post_logout_redirect_uri: Option<HttpUrl>,
+    /// Default: `server.public_url` with its `/` (`https://app.example.com/`). Sent as written.
+    pub post_logout_redirect_uri: Option<UrlAsWritten>,
     #[serde(default, deserialize_with = "de::lenient")]
     pub allow_get_logout: bool,
     #[serde(default = "default_par")]

@@ -330,8 +330,9 @@ pub struct OidcConfig {
     pub max_response_bytes: usize,
     /// How often provider metadata and keys are fetched again.
     pub metadata_refresh: Duration,
-    /// Where the provider sends the browser after logout (and tollgate, without one).
-    pub post_logout_redirect_uri: Url,
+    /// Where the provider sends the browser after logout (and tollgate, without one), exactly
+    /// as sent: as configured, or `public_url` with its `/`.
+    pub post_logout_redirect_uri: String,
     /// Whether `GET /logout` works (besides `POST /logout` with the CSRF header).
     pub allow_get_logout: bool,
     /// Pushed authorization requests: `auto`, `always` or `never`.
@@ -576,6 +577,25 @@ impl Config {
             }
         }
         out
+    }
+
+    /// The `redirect_uri` tollgate sends (`{public_url}{callback_path}`): what the provider
+    /// must have registered, character for character.
+    pub fn redirect_uri(&self) -> String {
+        format!(
+            "{}{}",
+            self.server.public_origin.trim_end_matches('/'),
+            self.oidc.callback_path
+        )
+    }
+
+    /// The `backchannel_logout_uri` to register at the provider.
+    pub fn backchannel_logout_uri(&self) -> String {
+        format!(
+            "{}{}",
+            self.server.public_origin.trim_end_matches('/'),
+            self.oidc.backchannel_logout_path
+        )
     }
 
     /// The login's `scope`: `[oidc] scopes`, then every scope a route names, each once (the

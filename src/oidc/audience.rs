@@ -21,6 +21,9 @@ use crate::config::Audience;
 pub(crate) struct AudienceToken {
     pub(crate) access_token: String,
     pub(crate) expires_at: u64,
+    /// The lifetime it was issued for, in seconds (the provider's `expires_in`): it is asked
+    /// for again no earlier than half-way through.
+    pub(crate) lifetime: u64,
     /// Not a token: the provider refused this audience to the session; until `expires_at`
     /// the route answers `403` without asking again.
     pub(crate) refused: bool,
@@ -34,6 +37,7 @@ impl std::fmt::Debug for AudienceToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AudienceToken")
             .field("expires_at", &self.expires_at)
+            .field("lifetime", &self.lifetime)
             .field("refused", &self.refused)
             .finish_non_exhaustive()
     }
@@ -44,8 +48,8 @@ impl std::fmt::Debug for AudienceToken {
 /// it; without, the next request asks the provider again.
 const CAPACITY: usize = 16_384;
 
-/// The wire version of a route token in the store.
-const VERSION: u8 = 1;
+/// The wire version of a route token in the store (2: with its lifetime).
+const VERSION: u8 = 2;
 
 /// A session id and an audience id.
 type Key = (u128, [u8; 16]);
@@ -131,12 +135,13 @@ impl Oidc {
                 return None;
             }
         };
-        let (access_token, expires_at) = self
+        let (access_token, expires_at, lifetime) = self
             .sealer
-            .open_value::<(String, u64)>(VERSION, &sealed, &key)?;
+            .open_value::<(String, u64, u64)>(VERSION, &sealed, &key)?;
         let token = Arc::new(AudienceToken {
             access_token,
             expires_at,
+            lifetime,
             refused: false,
         });
         if token.expires_at <= now {
@@ -158,6 +163,7 @@ impl Oidc {
         let refusal = Arc::new(AudienceToken {
             access_token: String::new(),
             expires_at: now + REFUSAL_TTL,
+            lifetime: REFUSAL_TTL,
             refused: true,
         });
         self.audience_tokens
@@ -197,6 +203,7 @@ impl Oidc {
         let token = Arc::new(AudienceToken {
             access_token: tokens.access_token.clone(),
             expires_at: super::callback::expires_at(issued_at, tokens.expires_in),
+            lifetime: super::callback::lifetime(tokens.expires_in),
             refused: false,
         });
         self.audience_tokens
@@ -211,7 +218,11 @@ impl Oidc {
         }
         let Some(sealed) = self.sealer.seal_value(
             VERSION,
-            &(token.access_token.as_str(), token.expires_at),
+            &(
+                token.access_token.as_str(),
+                token.expires_at,
+                token.lifetime,
+            ),
             &key,
         ) else {
             return;
@@ -230,6 +241,7 @@ mod tests {
         Arc::new(AudienceToken {
             access_token: "at".into(),
             expires_at,
+            lifetime: 300,
             refused: false,
         })
     }

@@ -26,7 +26,12 @@ const MAX_EXPIRES_IN: u64 = 366 * 24 * 3600;
 
 /// When a token issued at `issued_at` with the provider's `expires_in` expires.
 pub(crate) fn expires_at(issued_at: u64, expires_in: Option<u64>) -> u64 {
-    issued_at.saturating_add(expires_in.unwrap_or(DEFAULT_EXPIRES_IN).min(MAX_EXPIRES_IN))
+    issued_at.saturating_add(lifetime(expires_in))
+}
+
+/// How long a token the provider gave `expires_in` for is used as valid, in seconds.
+pub(crate) fn lifetime(expires_in: Option<u64>) -> u64 {
+    expires_in.unwrap_or(DEFAULT_EXPIRES_IN).min(MAX_EXPIRES_IN)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,7 +114,7 @@ impl Oidc {
                 _ => Fault::UnknownState,
             }
         })?;
-        let provider = self.provider().ok_or(Fault::ProviderUnavailable)?;
+        let provider = self.loaded_provider()?;
         match q.iss.as_deref() {
             Some(iss) if iss != provider.metadata.issuer => {
                 tracing::warn!(
@@ -208,6 +213,7 @@ impl Oidc {
             kept_claims: kept_claims.into(),
             dpop_key: dpop.map(|k| k.pkcs8().to_vec().into()),
             resources: self.resource_tags.clone().into(),
+            access_lifetime: lifetime(tokens.expires_in),
         };
         let previous = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
         let mut cookies = codec

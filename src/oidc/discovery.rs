@@ -41,7 +41,10 @@ pub(crate) enum DiscoveryError {
     Status { url: String, status: u16 },
     #[error("{url} is not a valid discovery document: {problem}")]
     Document { url: String, problem: String },
-    #[error("discovery document issuer {found:?} is not the configured issuer {expected:?}")]
+    #[error(
+        "the discovery document's issuer {found:?} does not match the configured issuer \
+         {expected:?} (they must be identical, trailing slash included)"
+    )]
     IssuerMismatch { expected: String, found: String },
     #[error(transparent)]
     Jwks(#[from] JwksError),
@@ -78,6 +81,7 @@ struct Document {
     #[serde(default)]
     require_pushed_authorization_requests: bool,
     dpop_signing_alg_values_supported: Option<Vec<String>>,
+    scopes_supported: Option<Vec<String>>,
 }
 
 /// The provider as tollgate uses it: discovered values with the config's overrides applied.
@@ -96,6 +100,64 @@ pub(crate) struct Metadata {
     /// Where `/login` pushes the authorization request (RFC 9126), when it does: set by
     /// `[oidc] par` and what the provider offers.
     pub par_endpoint: Option<Url>,
+    /// Where `revocation_endpoint` came from, or why there is none (logged at load).
+    pub revocation_source: RevocationSource,
+    /// `[oidc] scopes` the provider does not list in `scopes_supported` (logged at load).
+    pub unsupported_scopes: Vec<String>,
+}
+
+/// The scopes of `configured` that `supported` (a discovery document's `scopes_supported`)
+/// does not list, in config order; none when the document has no such list (it is optional).
+fn unsupported_scopes(configured: &[String], supported: Option<&[String]>) -> Vec<String> {
+    let Some(supported) = supported else {
+        return Vec::new();
+    };
+    configured
+        .iter()
+        .filter(|s| !supported.contains(s))
+        .cloned()
+        .collect()
+}
+
+/// Where the revocation endpoint came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RevocationSource {
+    /// `[oidc] revocation_endpoint`.
+    Config,
+    /// The OpenID discovery document.
+    Discovery,
+    /// The RFC 8414 authorization server metadata at this URL (discovery lacked it).
+    AuthorizationServerMetadata(String),
+    /// None anywhere: why (logouts cannot revoke refresh tokens).
+    Missing(String),
+}
+
+/// The RFC 8414 metadata fields tollgate reads when discovery lacks them.
+#[derive(Debug, Deserialize)]
+struct AuthorizationServerDocument {
+    issuer: String,
+    revocation_endpoint: Option<String>,
+}
+
+/// The RFC 8414 authorization server metadata URLs for `issuer_id`, in the order tried: the
+/// well-known segment between host and path (RFC 8414 §3.1), then appended to the issuer as
+/// OpenID discovery does (what many providers serve as well). One URL for an issuer without
+/// a path. The issuer's trailing `/` is removed first.
+pub(crate) fn authorization_server_metadata_urls(issuer_id: &str) -> Vec<String> {
+    const WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
+    let issuer = issuer_id.trim_end_matches('/');
+    let authority_at = issuer.find("://").map_or(0, |i| i + 3);
+    let path_at = issuer[authority_at..]
+        .find('/')
+        .map_or(issuer.len(), |i| authority_at + i);
+    let (base, path) = issuer.split_at(path_at);
+    let inserted = format!("{base}{WELL_KNOWN}{path}");
+    let appended = format!("{issuer}{WELL_KNOWN}");
+    if inserted == appended {
+        vec![inserted]
+    } else {
+        vec![inserted, appended]
+    }
 }
 
 /// `{issuer}/.well-known/openid-configuration`, the issuer's trailing `/` removed first
@@ -142,40 +204,129 @@ pub(crate) async fn fetch_metadata(
             pushed_authorization_request_endpoint: None,
             require_pushed_authorization_requests: false,
             dpop_signing_alg_values_supported: None,
+            scopes_supported: None,
         };
         return metadata(doc, cfg);
     }
-    let url = discovery_url(&cfg.issuer_id);
+    let bytes = fetch_json(http, &discovery_url(&cfg.issuer_id), cfg.max_response_bytes).await?;
+    let mut doc = document(&bytes, cfg)?;
+    if doc.revocation_endpoint.is_some() || cfg.endpoints.revocation_endpoint.is_some() {
+        return metadata(doc, cfg);
+    }
+    // Some providers list the revocation endpoint only in their OAuth metadata (RFC 8414).
+    let source = match revocation_from_authorization_server(http, cfg).await {
+        Ok((url, endpoint)) => {
+            doc.revocation_endpoint = Some(endpoint);
+            RevocationSource::AuthorizationServerMetadata(url)
+        }
+        Err(why) => RevocationSource::Missing(why),
+    };
+    let mut m = metadata(doc, cfg)?;
+    m.revocation_source = source;
+    Ok(m)
+}
+
+/// GETs a provider JSON document: a success status and at most `max` bytes, within the
+/// client's timeouts.
+async fn fetch_json(
+    http: &reqwest::Client,
+    url: &str,
+    max: usize,
+) -> Result<bytes::Bytes, DiscoveryError> {
     let resp = http
-        .get(&url)
+        .get(url)
         .header("accept", "application/json")
         .send()
         .await
         .map_err(|source| DiscoveryError::Http {
-            url: url.clone(),
+            url: url.to_string(),
             source,
         })?;
     if !resp.status().is_success() {
         return Err(DiscoveryError::Status {
-            url,
+            url: url.to_string(),
             status: resp.status().as_u16(),
         });
     }
-    let bytes = super::read_body(resp, cfg.max_response_bytes)
+    super::read_body(resp, max)
         .await
         .map_err(|source| DiscoveryError::Body {
-            url: url.clone(),
+            url: url.to_string(),
             source,
+        })
+}
+
+/// The revocation endpoint from the provider's RFC 8414 metadata (each of
+/// [`authorization_server_metadata_urls`] in turn, fetched as discovery is): the URL it came
+/// from and the endpoint, or why there is none.
+async fn revocation_from_authorization_server(
+    http: &reqwest::Client,
+    cfg: &OidcConfig,
+) -> Result<(String, String), String> {
+    let mut why = Vec::new();
+    for url in authorization_server_metadata_urls(&cfg.issuer_id) {
+        let found = match fetch_json(http, &url, cfg.max_response_bytes).await {
+            Ok(bytes) => revocation_in_authorization_server_document(&bytes, &url, cfg),
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(Some(endpoint)) => return Ok((url, endpoint)),
+            Ok(None) => why.push(format!("{url} lists no revocation_endpoint")),
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    Err(format!(
+        "the discovery document lists no revocation_endpoint; {}",
+        why.join("; ")
+    ))
+}
+
+/// The usable `revocation_endpoint` of an RFC 8414 document fetched from `url`: its `issuer`
+/// must be the configured one (RFC 8414 §3.3), the endpoint https (or http under an http
+/// issuer).
+fn revocation_in_authorization_server_document(
+    bytes: &[u8],
+    url: &str,
+    cfg: &OidcConfig,
+) -> Result<Option<String>, DiscoveryError> {
+    let doc: AuthorizationServerDocument =
+        serde_json::from_slice(bytes).map_err(|e| DiscoveryError::Document {
+            url: url.to_string(),
+            problem: e.to_string(),
         })?;
-    metadata_from_document(&bytes, cfg)
+    if doc.issuer != cfg.issuer_id {
+        return Err(DiscoveryError::IssuerMismatch {
+            expected: cfg.issuer_id.clone(),
+            found: doc.issuer,
+        });
+    }
+    let Some(endpoint) = doc.revocation_endpoint else {
+        return Ok(None);
+    };
+    match Url::parse(&endpoint) {
+        Ok(u) if endpoint_scheme_allowed(u.scheme(), &cfg.issuer_id) => Ok(Some(endpoint)),
+        _ => Err(DiscoveryError::Document {
+            url: url.to_string(),
+            problem: format!(
+                "revocation_endpoint {endpoint:?} is not an https URL of the issuer's"
+            ),
+        }),
+    }
 }
 
 /// The provider metadata from a discovery document's bytes (as fetched from
-/// [`discovery_url`]) and the config's overrides.
+/// [`discovery_url`]) and the config's overrides, without the RFC 8414 fallback (for the fuzz
+/// harness and tests).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn metadata_from_document(
     bytes: &[u8],
     cfg: &OidcConfig,
 ) -> Result<Metadata, DiscoveryError> {
+    metadata(document(bytes, cfg)?, cfg)
+}
+
+/// A discovery document's bytes, parsed; its issuer must be the configured one.
+fn document(bytes: &[u8], cfg: &OidcConfig) -> Result<Document, DiscoveryError> {
     let doc: Document = serde_json::from_slice(bytes).map_err(|e| DiscoveryError::Document {
         url: discovery_url(&cfg.issuer_id),
         problem: e.to_string(),
@@ -186,7 +337,7 @@ pub(crate) fn metadata_from_document(
             found: doc.issuer,
         });
     }
-    metadata(doc, cfg)
+    Ok(doc)
 }
 
 /// `doc` with the config's endpoint overrides applied, checked.
@@ -282,7 +433,19 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
         )?,
         doc.require_pushed_authorization_requests,
     )?;
+    let revocation_source = match (&e.revocation_endpoint, &doc.revocation_endpoint) {
+        (Some(_), _) => RevocationSource::Config,
+        (None, Some(_)) => RevocationSource::Discovery,
+        (None, None) if e.skip_discovery() => RevocationSource::Missing(
+            "no [oidc] revocation_endpoint (and no discovery: the endpoints are configured)".into(),
+        ),
+        (None, None) => {
+            RevocationSource::Missing("the discovery document lists no revocation_endpoint".into())
+        }
+    };
     Ok(Metadata {
+        unsupported_scopes: unsupported_scopes(&cfg.scopes, doc.scopes_supported.as_deref()),
+        revocation_source,
         par_endpoint,
         authorization_endpoint: required(
             "authorization_endpoint",
@@ -363,6 +526,9 @@ pub(crate) struct Provider {
 #[derive(Debug, Default)]
 pub(crate) struct ProviderStore {
     current: RwLock<Option<Arc<Provider>>>,
+    /// Why the last load failed, until one succeeds: what `/login` tells people while no
+    /// provider is loaded.
+    failure: RwLock<Option<Arc<DiscoveryError>>>,
 }
 
 impl ProviderStore {
@@ -370,10 +536,25 @@ impl ProviderStore {
         self.current.read().ok().and_then(|g| g.clone())
     }
 
+    /// Why the last load failed (none since the last success).
+    pub(crate) fn failure(&self) -> Option<Arc<DiscoveryError>> {
+        self.failure.read().ok().and_then(|g| g.clone())
+    }
+
+    /// Records why a load failed.
+    pub(crate) fn set_failure(&self, e: DiscoveryError) {
+        if let Ok(mut g) = self.failure.write() {
+            *g = Some(Arc::new(e));
+        }
+    }
+
     /// Stores freshly loaded metadata and keys, unless the keys already stored were fetched
     /// later (an unknown-`kid` refetch that finished while this load was under way): then the
     /// new metadata is kept with those newer keys.
     pub(crate) fn set(&self, metadata: Metadata, jwks: Jwks, jwks_fetched: Instant) {
+        if let Ok(mut g) = self.failure.write() {
+            *g = None;
+        }
         if let Ok(mut g) = self.current.write() {
             let provider = match g.as_ref() {
                 Some(cur) if cur.jwks_fetched > jwks_fetched => Provider {
@@ -429,6 +610,38 @@ pub(crate) struct MetadataRefresher {
     pub metrics: crate::ops::metrics::Metrics,
 }
 
+/// Logs what the operator should know about freshly loaded metadata: at the first load, and
+/// again only when it changed since `before` (not at every periodic refresh, nor per request).
+fn announce(before: Option<&Metadata>, now: &Metadata) {
+    if before.map(|b| &b.revocation_source) != Some(&now.revocation_source) {
+        match &now.revocation_source {
+            RevocationSource::Missing(why) => tracing::warn!(
+                issuer = %now.issuer,
+                reason = %why,
+                "the provider advertises no revocation endpoint: logout cannot revoke refresh \
+                 tokens (set [oidc] revocation_endpoint if it has one)"
+            ),
+            RevocationSource::AuthorizationServerMetadata(url) => tracing::info!(
+                issuer = %now.issuer,
+                metadata = %url,
+                "revocation endpoint taken from the provider's RFC 8414 metadata (its discovery \
+                 document lists none)"
+            ),
+            RevocationSource::Config | RevocationSource::Discovery => {}
+        }
+    }
+    if !now.unsupported_scopes.is_empty()
+        && before.map(|b| &b.unsupported_scopes) != Some(&now.unsupported_scopes)
+    {
+        tracing::warn!(
+            issuer = %now.issuer,
+            scopes = %now.unsupported_scopes.join(" "),
+            "[oidc] scopes has scopes the provider does not list in scopes_supported: it may \
+             refuse logins with invalid_scope (offline_access is the usual one; remove them)"
+        );
+    }
+}
+
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -437,10 +650,14 @@ impl BackgroundService for MetadataRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut backoff = BACKOFF_START;
         loop {
+            let before = self.store.get();
             let wait = match self.store.load(&self.http, &self.config).await {
                 Ok(()) => {
                     if !self.readiness.provider_loaded() {
                         tracing::info!(issuer = %self.config.issuer_id, "provider metadata and keys loaded");
+                    }
+                    if let Some(now) = self.store.get() {
+                        announce(before.as_ref().map(|p| &p.metadata), &now.metadata);
                     }
                     self.readiness.set_provider_loaded();
                     backoff = BACKOFF_START;
@@ -459,6 +676,7 @@ impl BackgroundService for MetadataRefresher {
                     }
                     // Keep serving with the previous snapshot, if any.
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "provider metadata not loaded");
+                    self.store.set_failure(e);
                     let w = backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     w
@@ -495,6 +713,8 @@ mod tests {
             id_token_algs: vec![jsonwebtoken::Algorithm::RS256],
             iss_parameter_supported: false,
             par_endpoint: None,
+            revocation_source: RevocationSource::Discovery,
+            unsupported_scopes: Vec::new(),
         }
     }
 
@@ -561,8 +781,8 @@ mod tests {
         assert!(p.jwks.find(Some("new"), rs).is_some());
     }
 
-    #[test]
-    fn discovered_endpoints_must_be_https_or_the_issuers_http() {
+    /// The example config's `[oidc]` without endpoint overrides.
+    fn example_oidc() -> OidcConfig {
         let text = include_str!("../../conf/tollgate.toml");
         let mut cfg = crate::config::Config::from_toml_str(
             text,
@@ -572,6 +792,12 @@ mod tests {
         .unwrap()
         .oidc;
         cfg.endpoints = Default::default();
+        cfg
+    }
+
+    #[test]
+    fn discovered_endpoints_must_be_https_or_the_issuers_http() {
+        let mut cfg = example_oidc();
         let doc = |issuer: &str, auth: &str| {
             serde_json::json!({
                 "issuer": issuer,
@@ -610,6 +836,135 @@ mod tests {
             discovery_url("https://tenant.auth0.com/"),
             "https://tenant.auth0.com/.well-known/openid-configuration"
         );
+    }
+
+    #[test]
+    fn authorization_server_metadata_urls_insert_then_append() {
+        assert_eq!(
+            authorization_server_metadata_urls("https://idp.example.com/realms/x/"),
+            vec![
+                "https://idp.example.com/.well-known/oauth-authorization-server/realms/x",
+                "https://idp.example.com/realms/x/.well-known/oauth-authorization-server",
+            ]
+        );
+        // Without a path both forms are one URL.
+        for issuer in ["https://idp.example.com", "https://idp.example.com/"] {
+            assert_eq!(
+                authorization_server_metadata_urls(issuer),
+                vec!["https://idp.example.com/.well-known/oauth-authorization-server"]
+            );
+        }
+        assert_eq!(
+            authorization_server_metadata_urls("http://127.0.0.1:9/test/as"),
+            vec![
+                "http://127.0.0.1:9/.well-known/oauth-authorization-server/test/as",
+                "http://127.0.0.1:9/test/as/.well-known/oauth-authorization-server",
+            ]
+        );
+    }
+
+    #[test]
+    fn revocation_from_authorization_server_metadata_needs_the_same_issuer() {
+        let mut cfg = example_oidc();
+        cfg.issuer_id = "https://idp.example".into();
+        let url = "https://idp.example/.well-known/oauth-authorization-server";
+        let doc = |issuer: &str, revocation: Option<&str>| {
+            let mut d = serde_json::json!({ "issuer": issuer });
+            if let Some(r) = revocation {
+                d["revocation_endpoint"] = r.into();
+            }
+            d.to_string()
+        };
+        let read = |d: String| revocation_in_authorization_server_document(d.as_bytes(), url, &cfg);
+        assert_eq!(
+            read(doc(
+                "https://idp.example",
+                Some("https://idp.example/revoke")
+            ))
+            .unwrap(),
+            Some("https://idp.example/revoke".to_string())
+        );
+        assert_eq!(read(doc("https://idp.example", None)).unwrap(), None);
+        assert!(matches!(
+            read(doc(
+                "https://idp.example/",
+                Some("https://idp.example/revoke")
+            )),
+            Err(DiscoveryError::IssuerMismatch { .. })
+        ));
+        assert!(matches!(
+            read(doc(
+                "https://idp.example",
+                Some("http://idp.example/revoke")
+            )),
+            Err(DiscoveryError::Document { .. })
+        ));
+        assert!(read("not json".into()).is_err());
+    }
+
+    #[test]
+    fn where_the_revocation_endpoint_comes_from() {
+        let mut cfg = example_oidc();
+        cfg.issuer_id = "https://idp.example".into();
+        let doc = |revocation: bool| {
+            let mut d = serde_json::json!({
+                "issuer": "https://idp.example",
+                "authorization_endpoint": "https://idp.example/auth",
+                "token_endpoint": "https://idp.example/token",
+                "jwks_uri": "https://idp.example/jwks",
+            });
+            if revocation {
+                d["revocation_endpoint"] = "https://idp.example/revoke".into();
+            }
+            d.to_string()
+        };
+        let source = |d: String, cfg: &OidcConfig| {
+            metadata_from_document(d.as_bytes(), cfg)
+                .unwrap()
+                .revocation_source
+        };
+        assert_eq!(source(doc(true), &cfg), RevocationSource::Discovery);
+        assert!(matches!(
+            source(doc(false), &cfg),
+            RevocationSource::Missing(_)
+        ));
+        cfg.endpoints.revocation_endpoint = Some(Url::parse("https://idp.example/r").unwrap());
+        assert_eq!(source(doc(false), &cfg), RevocationSource::Config);
+    }
+
+    #[test]
+    fn configured_scopes_missing_from_scopes_supported() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let configured = v(&["openid", "profile", "offline_access", "email"]);
+        assert_eq!(
+            unsupported_scopes(&configured, Some(&v(&["openid", "profile", "email"]))),
+            v(&["offline_access"])
+        );
+        assert_eq!(
+            unsupported_scopes(&configured, Some(&v(&["openid"]))),
+            v(&["profile", "offline_access", "email"])
+        );
+        assert!(unsupported_scopes(
+            &configured,
+            Some(&v(&["openid", "offline_access", "profile", "email", "x"]))
+        )
+        .is_empty());
+        // The list is optional: without it nothing is known to be missing.
+        assert!(unsupported_scopes(&configured, None).is_empty());
+
+        // From a discovery document, against the example's [oidc] scopes.
+        let mut cfg = example_oidc();
+        cfg.issuer_id = "https://idp.example".into();
+        let doc = serde_json::json!({
+            "issuer": "https://idp.example",
+            "authorization_endpoint": "https://idp.example/auth",
+            "token_endpoint": "https://idp.example/token",
+            "jwks_uri": "https://idp.example/jwks",
+            "scopes_supported": ["openid", "profile", "email"],
+        })
+        .to_string();
+        let m = metadata_from_document(doc.as_bytes(), &cfg).unwrap();
+        assert_eq!(m.unsupported_scopes, v(&["offline_access"]));
     }
 
     #[test]

@@ -135,7 +135,7 @@ impl super::Oidc {
     /// are pushed first, with the client's authentication, and the redirect carries only
     /// `client_id` and the `request_uri` the provider gave (RFC 9126 §4).
     pub(crate) async fn login(&self, facts: &Facts<'_>) -> Result<Reply, Fault> {
-        let provider = self.provider().ok_or(Fault::ProviderUnavailable)?;
+        let provider = self.loaded_provider()?;
         let q: LoginQuery =
             serde_urlencoded::from_str(facts.query.unwrap_or("")).unwrap_or_default();
         let now = facts.now;

@@ -172,7 +172,8 @@ impl Oidc {
             return;
         };
         let Some(endpoint) = &p.metadata.revocation_endpoint else {
-            tracing::info!(request_id, "provider has no revocation endpoint");
+            // Warned once when the metadata loaded ([`super::discovery`]).
+            tracing::debug!(request_id, "provider has no revocation endpoint");
             return;
         };
         match self

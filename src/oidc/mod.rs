@@ -26,9 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::reply::Fault;
 use crate::session::seal::Sealer;
 use client_auth::{ClientAuth, ClientAuthError};
-use discovery::{Provider, ProviderStore};
+use discovery::{DiscoveryError, Provider, ProviderStore};
 use jwks::Jwks;
 use token_client::TokenClient;
 
@@ -139,7 +140,6 @@ impl Oidc {
         metrics: crate::ops::metrics::Metrics,
     ) -> Result<Oidc, ClientAuthError> {
         let auth = ClientAuth::new(&config.oidc)?;
-        let public = config.server.public_origin.trim_end_matches('/');
         Ok(Oidc {
             provider,
             tokens: TokenClient::new(
@@ -153,7 +153,7 @@ impl Oidc {
             http,
             sealer: Sealer::new(&config.session.keys),
             client_id: config.oidc.client_id.clone(),
-            redirect_uri: format!("{public}{}", config.oidc.callback_path),
+            redirect_uri: config.redirect_uri(),
             scope: config.login_scope(),
             resources: config.resources(),
             resource_tags: config
@@ -187,7 +187,7 @@ impl Oidc {
             metrics,
             http_timeout: config.oidc.http_timeout,
             max_response_bytes: config.oidc.max_response_bytes,
-            post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.to_string(),
+            post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.clone(),
             allow_get_logout: config.oidc.allow_get_logout,
             kept_claims: config.kept_claim_names(),
             dpop: config.oidc.dpop,
@@ -209,6 +209,24 @@ impl Oidc {
     /// The provider snapshot, if metadata has loaded.
     pub(crate) fn provider(&self) -> Option<Arc<Provider>> {
         self.provider.get()
+    }
+
+    /// The loaded provider, or the fault a person in the login flow gets without one: a
+    /// discovery document naming another issuer is said so (with both issuers), since
+    /// retrying will not help; anything else is "unavailable".
+    pub(crate) fn loaded_provider(&self) -> Result<Arc<Provider>, Fault> {
+        if let Some(p) = self.provider() {
+            return Ok(p);
+        }
+        Err(match self.provider.failure().as_deref() {
+            Some(DiscoveryError::IssuerMismatch { expected, found }) => {
+                Fault::ProviderIssuerMismatch {
+                    configured: expected.clone(),
+                    discovered: found.clone(),
+                }
+            }
+            _ => Fault::ProviderUnavailable,
+        })
     }
 
     /// Runs `check` with the provider key that signed `token` (a JWT from the provider: ID

@@ -36,6 +36,7 @@ const FLIGHT_LIMIT_FACTOR: u32 = 4;
 pub fn apply(session: &mut Session<'static>, tokens: &TokenResponse, issued_at: u64) {
     session.access_token = tokens.access_token.clone().into();
     session.access_expires_at = super::callback::expires_at(issued_at, tokens.expires_in);
+    session.access_lifetime = super::callback::lifetime(tokens.expires_in);
     if let Some(rt) = &tokens.refresh_token {
         session.refresh_token = Some(rt.clone().into());
         session.refresh_expires_at = tokens

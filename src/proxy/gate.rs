@@ -11,6 +11,7 @@
 //! [`super`] only moves facts in and results out.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Version};
@@ -215,6 +216,8 @@ pub(crate) struct Gate {
     csrf: CsrfPolicy,
     metrics: Metrics,
     refresh_skew: u64,
+    /// Set once `refresh_skew` was first capped at half a token's lifetime (logged once).
+    skew_capped: AtomicBool,
     idle_reseal_after: u64,
     /// The claim that lists the user's groups (`[oidc] groups_claim`).
     groups_claim: String,
@@ -268,6 +271,7 @@ impl Gate {
             csrf,
             metrics,
             refresh_skew,
+            skew_capped: AtomicBool::new(false),
             idle_reseal_after: (idle_timeout / 2).max(1),
             groups_claim: "groups".into(),
             dpop_keys: DpopKeys::default(),
@@ -358,6 +362,25 @@ impl Gate {
         session
     }
 
+    /// Whether a token expiring at `expires_at`, issued for `lifetime` seconds, is due for a
+    /// refresh at `now` ([`refresh_due`]); warns the first time the skew is capped.
+    fn refresh_due(&self, expires_at: u64, lifetime: u64, now: u64) -> bool {
+        let (due, capped) = refresh_due(expires_at, lifetime, now, self.refresh_skew);
+        if capped
+            && !self.skew_capped.load(Ordering::Relaxed)
+            && !self.skew_capped.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                refresh_skew_secs = self.refresh_skew,
+                token_lifetime_secs = lifetime,
+                effective_skew_secs = lifetime / 2,
+                "[session] refresh_skew is more than half the provider's access token lifetime: \
+                 tokens are refreshed half-way through instead (logged once)"
+            );
+        }
+        due
+    }
+
     /// Decides a request on a route with rule `auth`. Refreshes the access token when it is
     /// due and re-seals the cookie when the session changed.
     pub(crate) async fn decide(
@@ -431,7 +454,7 @@ impl Gate {
 
         // The common case: a valid token, no renewal due. The token goes from the decrypted
         // payload straight into the header value, with no owned copy of the session.
-        let refresh_due = session.access_expires_at <= now + self.refresh_skew;
+        let refresh_due = self.refresh_due(session.access_expires_at, session.access_lifetime, now);
         let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
         if !refresh_due && !reseal_due {
             return self
@@ -518,7 +541,7 @@ impl Gate {
         }
         let fresh = kept
             .as_ref()
-            .filter(|t| t.expires_at > now + self.refresh_skew);
+            .filter(|t| !self.refresh_due(t.expires_at, t.lifetime, now));
         let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
         if let (Some(t), false) = (fresh, reseal_due) {
             return self
@@ -703,6 +726,17 @@ fn refresh_request<'s>(
     })
 }
 
+/// Whether a token expiring at `expires_at`, issued for `lifetime` seconds (0: not known), is
+/// due for a refresh at `now` with `[session] refresh_skew` = `skew`, and whether the skew was
+/// capped. It is due once it expires within the skew, but the skew is at most half the
+/// lifetime: a skew as long as the tokens live would refresh on every request, spending a
+/// refresh token each time.
+fn refresh_due(expires_at: u64, lifetime: u64, now: u64, skew: u64) -> (bool, bool) {
+    let capped = lifetime > 0 && skew > lifetime / 2;
+    let skew = if capped { lifetime / 2 } else { skew };
+    (expires_at <= now.saturating_add(skew), capped)
+}
+
 fn bearer(token: &str, request_id: &str) -> Result<HeaderValue, Fault> {
     headers::bearer_value(token).map_err(|_| {
         tracing::error!(request_id, "the access token is not a valid header value");
@@ -770,6 +804,10 @@ mod tests {
     }
 
     fn gate() -> Gate {
+        gate_with_skew(30)
+    }
+
+    fn gate_with_skew(refresh_skew: u64) -> Gate {
         let codec = SessionCodec::new(
             &SessionConfig {
                 cookie_name: "tg".into(),
@@ -789,7 +827,15 @@ mod tests {
             },
             "https://app.example.com",
         );
-        Gate::new(codec, Arc::default(), None, csrf, Metrics::new(), 30, 3_600)
+        Gate::new(
+            codec,
+            Arc::default(),
+            None,
+            csrf,
+            Metrics::new(),
+            refresh_skew,
+            3_600,
+        )
     }
 
     fn session() -> Session<'static> {
@@ -848,6 +894,59 @@ mod tests {
 
     fn untouched() -> Provider {
         Provider::answering(RefreshOutcome::Unavailable)
+    }
+
+    /// A skew longer than half the token's lifetime is capped there: with 300 s and a 60 s
+    /// token, not due 10 s after issue, due 31 s after. An unknown lifetime is not capped.
+    #[test]
+    fn the_refresh_skew_is_at_most_half_the_token_lifetime() {
+        let issued = NOW;
+        let expires = issued + 60;
+        assert_eq!(refresh_due(expires, 60, issued + 10, 300), (false, true));
+        assert_eq!(refresh_due(expires, 60, issued + 29, 300), (false, true));
+        assert_eq!(refresh_due(expires, 60, issued + 31, 300), (true, true));
+        // Under half the lifetime the skew is used as configured.
+        assert_eq!(refresh_due(expires, 60, issued + 10, 20), (false, false));
+        assert_eq!(refresh_due(expires, 60, issued + 41, 20), (true, false));
+        assert_eq!(refresh_due(expires, 3_600, issued + 10, 300), (true, false));
+        // A session sealed before lifetimes were recorded.
+        assert_eq!(refresh_due(expires, 0, issued + 10, 300), (true, false));
+    }
+
+    /// The same through the gate, for the session's token and for a route's token: no
+    /// provider call until half-way through a token's life, however long the skew.
+    #[tokio::test]
+    async fn a_long_skew_does_not_refresh_a_young_token() {
+        let g = gate_with_skew(300);
+        for (age, calls) in [(10, 0), (31, 1)] {
+            let mut s = session();
+            s.access_lifetime = 60;
+            s.access_expires_at = NOW - age + 60;
+            let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
+            let p = Provider::answering(RefreshOutcome::Refreshed(issued("at-2", None), NOW));
+            let grant = decide(&g, RouteAuth::Required, &Method::GET, &h, &p)
+                .await
+                .unwrap();
+            assert_eq!(p.calls(), calls, "{age} s after issue");
+            let want = if calls == 0 {
+                "Bearer at-1"
+            } else {
+                "Bearer at-2"
+            };
+            assert_eq!(grant.bearer.unwrap(), want);
+
+            let a = orders();
+            let mut p =
+                Provider::answering(RefreshOutcome::Refreshed(issued("orders-2", None), NOW));
+            p.kept = Some(Arc::new(AudienceToken {
+                access_token: "orders-1".into(),
+                expires_at: NOW - age + 60,
+                lifetime: 60,
+                refused: false,
+            }));
+            decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
+            assert_eq!(p.calls(), calls, "route token, {age} s after issue");
+        }
     }
 
     #[tokio::test]
@@ -1216,6 +1315,7 @@ mod tests {
         p.kept = Some(Arc::new(AudienceToken {
             access_token: "orders-at".into(),
             expires_at: NOW + 600,
+            lifetime: 3_600,
             refused: false,
         }));
         let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
@@ -1237,6 +1337,7 @@ mod tests {
         p.kept = Some(Arc::new(AudienceToken {
             access_token: "stale".into(),
             expires_at: NOW + 5,
+            lifetime: 3_600,
             refused: false,
         }));
         let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();
@@ -1284,6 +1385,7 @@ mod tests {
         p.kept = Some(Arc::new(AudienceToken {
             access_token: String::new(),
             expires_at: NOW + 30,
+            lifetime: 3_600,
             refused: true,
         }));
         let r = decide_route(&g, &route_session(&a), &a, &p).await;
@@ -1322,6 +1424,7 @@ mod tests {
         p.kept = Some(Arc::new(AudienceToken {
             access_token: "orders-at".into(),
             expires_at: NOW + 5,
+            lifetime: 3_600,
             refused: false,
         }));
         let grant = decide_route(&g, &route_session(&a), &a, &p).await.unwrap();

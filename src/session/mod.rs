@@ -75,6 +75,10 @@ pub struct Session<'a> {
     /// The resources (RFC 8707) its login asked for, as [`crate::config::resource_tag`]s: a
     /// route's own token is asked for only with a resource the grant covers.
     pub resources: Cow<'a, [u64]>,
+    /// The access token's lifetime in seconds (the provider's `expires_in` when it was issued
+    /// or refreshed): it is refreshed no earlier than half-way through. 0: not known (a session
+    /// sealed as payload version 5).
+    pub access_lifetime: u64,
 }
 
 /// As [`borrowed`], for bytes.
@@ -123,6 +127,7 @@ impl Session<'_> {
             kept_claims: Cow::Borrowed(&self.kept_claims),
             dpop_key: self.dpop_key.as_deref().map(Cow::Borrowed),
             resources: Cow::Borrowed(&self.resources),
+            access_lifetime: self.access_lifetime,
         }
     }
 
@@ -146,6 +151,7 @@ impl Session<'_> {
             kept_claims: Cow::Owned(self.kept_claims.into_owned()),
             dpop_key: self.dpop_key.map(|k| Cow::Owned(k.into_owned())),
             resources: Cow::Owned(self.resources.into_owned()),
+            access_lifetime: self.access_lifetime,
         }
     }
 }
@@ -156,6 +162,7 @@ impl std::fmt::Debug for Session<'_> {
         f.debug_struct("Session")
             .field("sub", &self.claims.sub)
             .field("access_expires_at", &self.access_expires_at)
+            .field("access_lifetime", &self.access_lifetime)
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("created_at", &self.created_at)
             .field("last_seen", &self.last_seen)
@@ -182,7 +189,8 @@ impl std::fmt::Debug for Payload {
 /// 3: claims kept for route rules and identity headers (`kept_claims`).
 /// 4: the DPoP key (`dpop_key`).
 /// 5: the resources asked for at login (`resources`).
-pub(crate) const PAYLOAD_VERSION: u8 = 5;
+/// 6: the access token's lifetime (`access_lifetime`). Version 5 still opens, with it 0.
+pub(crate) const PAYLOAD_VERSION: u8 = 6;
 
 /// Why a request's session could not be used. `reason()` is the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -325,12 +333,19 @@ impl SessionCodec {
             return Ok(Payload(session));
         }
         let plain = self.sealer.open(sealed, self.name.as_bytes())?;
-        let session: Session<'_> = match plain.split_first() {
-            Some((&PAYLOAD_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|_| SessionError::Payload)?
+        let upgraded: Vec<u8>;
+        let bytes = match plain.split_first() {
+            Some((&PAYLOAD_VERSION, rest)) => rest,
+            // Version 5 is version 6 without its last field: postcard writes fields in order
+            // with nothing between them, so a trailing 0 reads as `access_lifetime: 0`.
+            Some((&5, rest)) => {
+                upgraded = [rest, &[0]].concat();
+                &upgraded
             }
             _ => return Err(SessionError::Payload),
         };
+        let session: Session<'_> =
+            postcard::from_bytes(bytes).map_err(|_| SessionError::Payload)?;
         let session = std::sync::Arc::new(session.into_owned());
         self.opened.put(sealed, session.clone(), generation);
         Ok(Payload(session))
@@ -416,6 +431,7 @@ pub mod fixture {
             kept_claims: Default::default(),
             dpop_key: None,
             resources: Default::default(),
+            access_lifetime: 300,
         }
     }
 }
@@ -574,6 +590,29 @@ mod tests {
             assert!(!debug.contains(&secret[..40]), "{debug}");
         }
     }
+
+    /// A cookie sealed as payload version 5 (before `access_lifetime`) still opens, with the
+    /// lifetime unknown (0); other versions do not.
+    #[test]
+    fn a_version_5_payload_opens_with_an_unknown_lifetime() {
+        let codec = SessionCodec::new(&config(), true);
+        let mut s = session(1);
+        s.access_lifetime = 0;
+        let v6 = postcard::to_allocvec(&s).unwrap();
+        // Version 5 is the same bytes without the last field (0 is one byte).
+        let v5 = &v6[..v6.len() - 1];
+        let open = |version: u8, body: &[u8]| {
+            let payload = [&[version], body].concat();
+            let sealed = codec.sealer.seal(&payload, codec.name.as_bytes()).unwrap();
+            let header = format!("{}={sealed}", codec.name);
+            let (_, payload) = codec.open([header.as_str()]);
+            payload.and_then(|p| codec.decode(&p, 2).map(Session::into_owned))
+        };
+        assert_eq!(open(5, v5).unwrap(), s);
+        assert_eq!(open(6, &v6).unwrap(), s);
+        assert_eq!(open(4, v5), Err(SessionError::Payload));
+        assert_eq!(open(5, &v6[..v6.len() - 2]), Err(SessionError::Payload));
+    }
 }
 
 #[cfg(test)]
@@ -616,6 +655,7 @@ mod properties {
             kept in proptest::collection::vec(
                 (text(), proptest::collection::vec(text(), 0..4)), 0..3),
             resources in proptest::collection::vec(any::<u64>(), 0..4),
+            access_lifetime in any::<u64>(),
         ) -> (Session<'static>, u64) {
             let kept: Vec<(String, claims::ClaimValue)> = kept
                 .into_iter()
@@ -636,6 +676,7 @@ mod properties {
                 kept_claims: Cow::Owned(kept),
                 dpop_key: dpop_key.map(Cow::Owned),
                 resources: Cow::Owned(resources),
+                access_lifetime,
             }, now)
         }
     }

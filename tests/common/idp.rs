@@ -138,6 +138,40 @@ impl Idp {
         access_token_ttl: Option<u64>,
         interactive: bool,
     ) -> Idp {
+        Self::launch(
+            redirect_uri,
+            post_logout_redirect_uri,
+            access_token_ttl,
+            interactive,
+            &[],
+        )
+        .await
+    }
+
+    /// As [`Idp::start`] for tollgate on `port` (`/callback`, `/`), with `key=value` pairs in the
+    /// provider's environment (e.g. `IDP_DISCOVERY_NO_REVOCATION`).
+    pub async fn start_env(
+        port: u16,
+        access_token_ttl: Option<u64>,
+        extra: &[(&'static str, &str)],
+    ) -> Idp {
+        Self::launch(
+            &format!("http://127.0.0.1:{port}/callback"),
+            &format!("http://127.0.0.1:{port}/"),
+            access_token_ttl,
+            false,
+            extra,
+        )
+        .await
+    }
+
+    async fn launch(
+        redirect_uri: &str,
+        post_logout_redirect_uri: &str,
+        access_token_ttl: Option<u64>,
+        interactive: bool,
+        extra: &[(&'static str, &str)],
+    ) -> Idp {
         let dir = idp_dir();
         assert!(
             dir.join("node_modules").join("oidc-provider").exists(),
@@ -174,6 +208,7 @@ impl Idp {
         if interactive {
             env.push(("IDP_INTERACTIVE", "1".to_string()));
         }
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let mut idp = Idp {
             child: None,
             port,

@@ -17,6 +17,13 @@
 //                              "required" (the only way to start a login), "off" (not offered)
 //   IDP_DPOP_NONCE             "1": DPoP proofs at the token endpoint must carry a provider nonce
 //                              (RFC 9449 §8; the first proof without one is refused)
+//   IDP_DISCOVERY_NO_REVOCATION "1": the OpenID discovery document omits revocation_endpoint
+//                              (the RFC 8414 metadata below still lists it)
+//   IDP_RFC8414                where the RFC 8414 authorization server metadata (the discovery
+//                              document, revocation_endpoint included) is served: "both"
+//                              (default), "inserted" (RFC 8414 §3.1:
+//                              /.well-known/oauth-authorization-server/test/as), "appended"
+//                              (/test/as/.well-known/oauth-authorization-server) or "off"
 import http from 'node:http';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -45,6 +52,17 @@ if (!['on', 'required', 'off'].includes(par)) {
   console.error('IDP_PAR must be on, required or off');
   process.exit(2);
 }
+const noRevocationInDiscovery = process.env.IDP_DISCOVERY_NO_REVOCATION === '1';
+const rfc8414 = process.env.IDP_RFC8414 || 'both';
+if (!['both', 'inserted', 'appended', 'off'].includes(rfc8414)) {
+  console.error('IDP_RFC8414 must be both, inserted, appended or off');
+  process.exit(2);
+}
+// The RFC 8414 metadata paths, by form.
+const asMetadataPaths = {
+  inserted: `/.well-known/oauth-authorization-server${issuerPath}`,
+  appended: `${issuerPath}/.well-known/oauth-authorization-server`,
+};
 
 // A storage adapter (oidc-provider's interface) kept in memory and, with IDP_STATE_FILE,
 // written through to a JSON file and read back at start.
@@ -253,6 +271,19 @@ const provider = new Provider(issuer, {
   },
 });
 provider.proxy = false;
+// The OpenID discovery document without revocation_endpoint (IDP_DISCOVERY_NO_REVOCATION); the
+// RFC 8414 metadata (another route of oidc-provider's) keeps it.
+provider.use(async (ctx, next) => {
+  await next();
+  if (
+    noRevocationInDiscovery &&
+    ctx.path === '/.well-known/openid-configuration' &&
+    ctx.body &&
+    typeof ctx.body === 'object'
+  ) {
+    delete ctx.body.revocation_endpoint;
+  }
+});
 
 const stats = {
   token_requests: { authorization_code: 0, refresh_token: 0 },
@@ -394,6 +425,17 @@ const server = http.createServer(async (req, res) => {
       const { status, error } = refuseNextToken;
       refuseNextToken = null;
       return send(res, status, { error, error_description: 'refused by the test hook' });
+    }
+    // RFC 8414 authorization server metadata: oidc-provider serves it appended to the issuer;
+    // the §3.1 form (well-known segment before the issuer's path) is that same document.
+    const asForm = Object.keys(asMetadataPaths).find((f) => asMetadataPaths[f] === url.pathname);
+    if (asForm && rfc8414 !== 'both' && rfc8414 !== asForm) {
+      return send(res, 404, { error: 'not_found' });
+    }
+    if (asForm === 'inserted') {
+      req.originalUrl = asMetadataPaths.appended;
+      req.url = '/.well-known/oauth-authorization-server';
+      return callback(req, res);
     }
     if (url.pathname.startsWith('/interaction/')) return await interaction(req, res);
     if (req.method === 'GET' && url.pathname === `${issuerPath}/authorize`) {

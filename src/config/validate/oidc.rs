@@ -215,7 +215,7 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
     Ok(OidcConfig {
         post_logout_redirect_uri: o
             .post_logout_redirect_uri
-            .map_or_else(|| public_url.clone(), |u| u.0),
+            .map_or_else(|| public_url.to_string(), |u| u.0),
         allow_get_logout: o.allow_get_logout,
         // FAPI 2.0: every authorization request is pushed.
         par: if o.profile == Some(Profile::Fapi2) {

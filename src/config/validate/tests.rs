@@ -53,6 +53,35 @@ fn issuer_is_kept_as_written() {
     }
 }
 
+/// The URIs registered at the provider are sent exactly: the default post-logout URI is
+/// `public_url` with its `/`, a configured one is kept as written (no `/` added).
+#[test]
+fn uris_to_register_are_exact() {
+    let c = load(EXAMPLE, &[]).unwrap();
+    assert_eq!(c.redirect_uri(), "http://127.0.0.1:8080/callback");
+    assert_eq!(c.oidc.post_logout_redirect_uri, "http://127.0.0.1:8080/");
+    assert_eq!(
+        c.backchannel_logout_uri(),
+        "http://127.0.0.1:8080/backchannel-logout"
+    );
+    for uri in ["http://127.0.0.1:8080", "http://127.0.0.1:8080/bye"] {
+        let text = edit(
+            "# post_logout_redirect_uri = ",
+            &format!("post_logout_redirect_uri = \"{uri}\"\n#"),
+        );
+        assert_eq!(load(&text, &[]).unwrap().oidc.post_logout_redirect_uri, uri);
+    }
+    let text = edit(
+        "# post_logout_redirect_uri = ",
+        "post_logout_redirect_uri = \"javascript:alert(1)\"\n#",
+    );
+    assert!(
+        err(&text, &[]).contains("oidc.post_logout_redirect_uri"),
+        "{}",
+        err(&text, &[])
+    );
+}
+
 #[test]
 fn example_config_is_valid() {
     let c = load(EXAMPLE, &[]).unwrap();
