@@ -499,6 +499,18 @@ async fn websocket_round_trip(tg: &Tollgate, cookie: &str) -> Result<(), String>
         .unwrap()
         .map_err(|e| e.to_string())?;
     assert_eq!(&echoed, b"ping-through-tollgate");
+    // A tunnel in use lives past the route's read_timeout (1 s): that bounds an upload, not an
+    // upgraded connection's life.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(2500) {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        s.write_all(b"ping-through-tollgate").await.unwrap();
+        tokio::time::timeout(HANG, s.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("the tunnel ended after {:?}: {e}", started.elapsed()));
+        assert_eq!(&echoed, b"ping-through-tollgate");
+    }
     Ok(())
 }
 

@@ -47,6 +47,11 @@ impl Https {
 /// tollgate with a plain listener and `[tls]`, `public_url` on the TLS port, the provider
 /// redirecting there; `tls_lines` and `server_lines` go into their sections.
 async fn start(tls_lines: &str, server_lines: &str) -> Https {
+    start_with_routes(tls_lines, server_lines, &[]).await
+}
+
+/// As [`start`], with more routes to the echo upstream: `(prefix, route lines)`.
+async fn start_with_routes(tls_lines: &str, server_lines: &str, routes: &[(&str, &str)]) -> Https {
     let ca = Ca::new();
     ca.issue(1);
     let echo = Echo::start().await;
@@ -58,7 +63,11 @@ async fn start(tls_lines: &str, server_lines: &str) -> Https {
         Some(60),
     )
     .await;
-    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "")
+    let mut config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "");
+    for (prefix, lines) in routes {
+        config = config.route(prefix, &echo.url(), lines);
+    }
+    let config = config
         .public_url(&origin)
         .random_key()
         .server(server_lines)
@@ -395,7 +404,11 @@ async fn h2_connection(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_window_http2_streams_do_not_hold_upstream_connections() {
     use http_body_util::BodyExt;
-    let h = start("", "write_timeout = \"2s\"\nh2_max_concurrent_streams = 4").await;
+    let h = start(
+        "",
+        "write_timeout = \"2s\"\nh2_max_concurrent_streams = 4\nmax_headers = 50",
+    )
+    .await;
     let (mut send, conn) = h2_connection(&h, 0).await;
     // Once a request is answered the client has the server's settings (and queues streams
     // past the limit instead of having them refused).
@@ -419,6 +432,22 @@ async fn zero_window_http2_streams_do_not_hold_upstream_connections() {
             Ok::<_, hyper::Error>(())
         }));
     }
+    // tollgate's own `431` (more fields than max_headers) waits for window like any answer.
+    let mut refused = hyper::Request::get(h.url("/public/x"));
+    for i in 0..60 {
+        refused = refused.header(format!("x-h-{i}"), "v");
+    }
+    let refused = refused.body(http_body_util::Empty::new().boxed()).unwrap();
+    let mut sender = send.clone();
+    streams.push(tokio::spawn(async move {
+        let resp = sender.send_request(refused).await?;
+        assert_eq!(resp.status(), 431);
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            frame?;
+        }
+        Ok::<_, hyper::Error>(())
+    }));
     for s in streams {
         let ended = tokio::time::timeout(HANG, s)
             .await
@@ -476,6 +505,44 @@ async fn an_http2_body_that_never_ends_gets_408() {
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"], "request_timeout");
     drop(tx);
+}
+
+/// Over HTTP/2 a proxied upload that never ends is bounded by the route's `read_timeout`
+/// too (HTTP/2 has no per-read timeout in Pingora): the stream gets `408` within it, and the
+/// connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_that_never_ends_is_bounded_by_the_routes_read_timeout() {
+    use http_body_util::BodyExt;
+    let h = start_with_routes(
+        "",
+        "",
+        &[("/upload", "auth = \"none\"\nread_timeout = \"1s\"")],
+    )
+    .await;
+    let (mut send, _conn) = h2_connection(&h, 65_535).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    tx.send(bytes::Bytes::from_static(b"a")).await.unwrap();
+    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async {
+        let chunk = rx.recv().await?;
+        Some((Ok(hyper::body::Frame::data(chunk)), rx))
+    }));
+    let req = hyper::Request::post(h.url("/upload"))
+        .body(BodyExt::boxed(body))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(HANG, send.send_request(req)).await;
+    let took = started.elapsed();
+    let status = resp
+        .expect("an answer before the body ends")
+        .unwrap()
+        .status();
+    assert_eq!(status, 408);
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    drop(tx);
+    let req = hyper::Request::get(h.url("/healthz"))
+        .body(http_body_util::Empty::new().boxed())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
 }
 
 /// Bodies stream through HTTP/2 both ways: a 10 MiB upload arrives whole at the upstream, and

@@ -48,8 +48,10 @@ impl std::fmt::Debug for AudienceToken {
 /// it; without, the next request asks the provider again.
 const CAPACITY: usize = 16_384;
 
-/// The wire version of a route token in the store (2: with its lifetime).
-const VERSION: u8 = 2;
+/// The wire version of a route token in the store. Its lifetime was appended to version 1
+/// compatibly: builds before it read the token and expiry and ignore the rest, and an entry
+/// they wrote reads here with the lifetime unknown (0).
+const VERSION: u8 = 1;
 
 /// A session id and an audience id.
 type Key = (u128, [u8; 16]);
@@ -135,9 +137,18 @@ impl Oidc {
                 return None;
             }
         };
-        let (access_token, expires_at, lifetime) = self
+        let (access_token, expires_at, lifetime) = match self
             .sealer
-            .open_value::<(String, u64, u64)>(VERSION, &sealed, &key)?;
+            .open_value::<(String, u64, u64)>(VERSION, &sealed, &key)
+        {
+            Some(t) => t,
+            None => {
+                let (token, expires_at) = self
+                    .sealer
+                    .open_value::<(String, u64)>(VERSION, &sealed, &key)?;
+                (token, expires_at, 0)
+            }
+        };
         let token = Arc::new(AudienceToken {
             access_token,
             expires_at,

@@ -130,6 +130,9 @@ pub(crate) enum RevocationSource {
     AuthorizationServerMetadata(String),
     /// None anywhere: why (logouts cannot revoke refresh tokens).
     Missing(String),
+    /// The RFC 8414 metadata could not be fetched (network, 5xx): why. A refresh keeps the
+    /// endpoint an earlier load found there rather than turn revocation off until the next.
+    Unavailable(String),
 }
 
 /// The RFC 8414 metadata fields tollgate reads when discovery lacks them.
@@ -219,7 +222,8 @@ pub(crate) async fn fetch_metadata(
             doc.revocation_endpoint = Some(endpoint);
             RevocationSource::AuthorizationServerMetadata(url)
         }
-        Err(why) => RevocationSource::Missing(why),
+        Err((why, true)) => RevocationSource::Unavailable(why),
+        Err((why, false)) => RevocationSource::Missing(why),
     };
     let mut m = metadata(doc, cfg)?;
     m.revocation_source = source;
@@ -258,16 +262,22 @@ async fn fetch_json(
 
 /// The revocation endpoint from the provider's RFC 8414 metadata (each of
 /// [`authorization_server_metadata_urls`] in turn, fetched as discovery is): the URL it came
-/// from and the endpoint, or why there is none.
+/// from and the endpoint, or why there is none and whether that may pass (a network error or
+/// a 5xx answer: the document could not be read, rather than said there is none).
 async fn revocation_from_authorization_server(
     http: &reqwest::Client,
     cfg: &OidcConfig,
-) -> Result<(String, String), String> {
+) -> Result<(String, String), (String, bool)> {
     let mut why = Vec::new();
+    let mut transient = false;
     for url in authorization_server_metadata_urls(&cfg.issuer_id) {
         let found = match fetch_json(http, &url, cfg.max_response_bytes).await {
             Ok(bytes) => revocation_in_authorization_server_document(&bytes, &url, cfg),
-            Err(e) => Err(e),
+            Err(e) => {
+                transient |= matches!(e, DiscoveryError::Http { .. } | DiscoveryError::Body { .. })
+                    || matches!(e, DiscoveryError::Status { status, .. } if status >= 500);
+                Err(e)
+            }
         };
         match found {
             Ok(Some(endpoint)) => return Ok((url, endpoint)),
@@ -275,9 +285,12 @@ async fn revocation_from_authorization_server(
             Err(e) => why.push(e.to_string()),
         }
     }
-    Err(format!(
-        "the discovery document lists no revocation_endpoint; {}",
-        why.join("; ")
+    Err((
+        format!(
+            "the discovery document lists no revocation_endpoint; {}",
+            why.join("; ")
+        ),
+        transient,
     ))
 }
 
@@ -593,7 +606,20 @@ impl ProviderStore {
         http: &reqwest::Client,
         cfg: &OidcConfig,
     ) -> Result<(), DiscoveryError> {
-        let metadata = fetch_metadata(http, cfg).await?;
+        let mut metadata = fetch_metadata(http, cfg).await?;
+        if let (RevocationSource::Unavailable(_), Some(cur)) =
+            (&metadata.revocation_source, self.get())
+        {
+            // The endpoint an earlier load found stays while the document cannot be read.
+            if let RevocationSource::AuthorizationServerMetadata(_) = cur.metadata.revocation_source
+            {
+                tracing::debug!(
+                    "RFC 8414 metadata not readable now; keeping its revocation endpoint"
+                );
+                metadata.revocation_endpoint = cur.metadata.revocation_endpoint.clone();
+                metadata.revocation_source = cur.metadata.revocation_source.clone();
+            }
+        }
         let fetched = Instant::now();
         let jwks = Jwks::fetch(http, &metadata.jwks_uri, cfg.max_response_bytes).await?;
         self.set(metadata, jwks, fetched);
@@ -613,9 +639,11 @@ pub(crate) struct MetadataRefresher {
 /// Logs what the operator should know about freshly loaded metadata: at the first load, and
 /// again only when it changed since `before` (not at every periodic refresh, nor per request).
 fn announce(before: Option<&Metadata>, now: &Metadata) {
-    if before.map(|b| &b.revocation_source) != Some(&now.revocation_source) {
+    // Said again only when the kind of source changes (not each time a reason's text does).
+    let kind = std::mem::discriminant::<RevocationSource>;
+    if before.map(|b| kind(&b.revocation_source)) != Some(kind(&now.revocation_source)) {
         match &now.revocation_source {
-            RevocationSource::Missing(why) => tracing::warn!(
+            RevocationSource::Missing(why) | RevocationSource::Unavailable(why) => tracing::warn!(
                 issuer = %now.issuer,
                 reason = %why,
                 "the provider advertises no revocation endpoint: logout cannot revoke refresh \

@@ -406,6 +406,11 @@ pub(crate) struct MetricsApp {
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if !session.is_body_empty() {
+            // Scrapes have no body: one that comes is not read (Pingora would drain it for
+            // keep-alive, 60 s per read); the connection closes after the answer.
+            session.set_keepalive(None);
+        }
         let path = session.req_header().uri.path();
         let (status, ctype, body) = if path == "/metrics" {
             (200, "text/plain; version=0.0.4", self.metrics.render())

@@ -331,14 +331,20 @@ fn rewrite_response_parts(
     Ok(())
 }
 
-/// CDNs obey their own cache headers over `Cache-Control` (RFC 9213 and vendors').
+/// Cache headers that CDNs and reverse-proxy caches obey over `Cache-Control` (RFC 9213's
+/// `CDN-Cache-Control`, Cloudflare's, Fastly's and Akamai's `Surrogate-Control` and
+/// `Edge-Control`, nginx's `X-Accel-Expires`).
+const CDN_CACHE_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("cdn-cache-control"),
+    HeaderName::from_static("cloudflare-cdn-cache-control"),
+    HeaderName::from_static("surrogate-control"),
+    HeaderName::from_static("edge-control"),
+    HeaderName::from_static("x-accel-expires"),
+];
+
 fn drop_cdn_cache_headers(headers: &mut HeaderMap) {
-    for cdn in [
-        "cdn-cache-control",
-        "cloudflare-cdn-cache-control",
-        "surrogate-control",
-    ] {
-        headers.remove(cdn);
+    for name in &CDN_CACHE_HEADERS {
+        headers.remove(name);
     }
 }
 
@@ -350,39 +356,36 @@ fn drop_cdn_cache_headers(headers: &mut HeaderMap) {
 /// otherwise store it heuristically, RFC 9111 §4.2.2).
 fn make_private(headers: &mut HeaderMap) {
     drop_cdn_cache_headers(headers);
-    let mut kept = String::new();
-    let mut private = false;
-    for value in headers.get_all(http::header::CACHE_CONTROL) {
-        let Ok(value) = value.to_str() else {
-            continue;
-        };
-        for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-            let name = directive.split('=').next().unwrap_or_default().trim();
-            if ["public", "s-maxage", "proxy-revalidate"]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n))
-            {
-                continue;
-            }
-            // `private="set-cookie"` (only some fields private) becomes wholly private.
-            if name.eq_ignore_ascii_case("private") {
-                if !private {
-                    private = true;
-                    kept.push_str(if kept.is_empty() { "" } else { ", " });
-                    kept.push_str("private");
-                }
-                continue;
-            }
-            kept.push_str(if kept.is_empty() { "" } else { ", " });
-            kept.push_str(directive);
+    let mut upstream = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .peekable();
+    if upstream.peek().is_none() {
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("private"),
+        );
+        return;
+    }
+    let mut value = String::with_capacity(64);
+    value.push_str("private");
+    for directive in upstream
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        let name = directive.split('=').next().unwrap_or_default().trim();
+        // `private="set-cookie"` (only some fields private) becomes wholly private.
+        let dropped = ["public", "s-maxage", "proxy-revalidate", "private"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n));
+        if !dropped {
+            value.push_str(", ");
+            value.push_str(directive);
         }
     }
-    let value = match (private, kept.is_empty()) {
-        (_, true) => HeaderValue::from_static("private"),
-        (true, false) => HeaderValue::try_from(kept).unwrap_or(HeaderValue::from_static("private")),
-        (false, false) => HeaderValue::try_from(format!("private, {kept}"))
-            .unwrap_or(HeaderValue::from_static("private")),
-    };
+    let value = HeaderValue::try_from(value).unwrap_or(HeaderValue::from_static("private"));
     headers.insert(http::header::CACHE_CONTROL, value);
 }
 
@@ -764,6 +767,8 @@ mod tests {
             assert_eq!(h["cache-control"], want, "{upstream:?}");
             assert!(h.get("cdn-cache-control").is_none());
             assert!(h.get("surrogate-control").is_none());
+            assert!(h.get("x-accel-expires").is_none());
+            assert!(h.get("edge-control").is_none());
             // The browser's own cache keeps its instructions.
             assert!(h.get("expires").is_some());
         }

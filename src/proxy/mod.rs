@@ -136,8 +136,9 @@ pub(crate) struct Ctx {
     outcome: &'static str,
     /// The answer is for a session: shared caches must not keep it (`cache_public` off).
     private: bool,
-    /// When the request body must have arrived whole (the route's `read_timeout` from the
-    /// request's start).
+    /// The route's `read_timeout`, which bounds the whole upload of a request body, and once
+    /// the body is known to come (not for an upgrade), when it must have arrived.
+    upload_timeout: Option<Duration>,
     body_deadline: Option<Instant>,
 }
 
@@ -305,7 +306,7 @@ impl Tollgate {
                 // A session's affinity is never 0.
                 ctx.private = grant.affinity != 0 && !route.cache_public;
                 ctx.affinity = grant.affinity;
-                ctx.body_deadline = Some(ctx.started + route.read_timeout);
+                ctx.upload_timeout = Some(route.read_timeout);
                 if let Cow::Owned(p) = target.path {
                     ctx.path = Some(p);
                 }
@@ -485,6 +486,7 @@ impl ProxyHttp for Tollgate {
             tls: "none",
             outcome: "proxied",
             private: false,
+            upload_timeout: None,
             body_deadline: None,
         }
     }
@@ -543,12 +545,17 @@ impl ProxyHttp for Tollgate {
             }
         };
         let Some(reply) = handled else {
-            if let Some(deadline) = ctx.body_deadline {
-                // HTTP/1.1 reads of the body wait at most until the whole body is due
-                // (Pingora's own wait is 60 s per read; HTTP/2 has none: `request_body_filter`
-                // and the upstream's read timeout bound it there).
-                let left = deadline.saturating_duration_since(Instant::now());
-                session.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            if let Some(timeout) = ctx.upload_timeout {
+                // A body (not an upgrade's stream, which lives as long as it is used) must
+                // arrive whole within the route's read_timeout from now, once the decision
+                // (and any refresh) is made. HTTP/1.1 reads of it wait at most that long
+                // (Pingora's own wait is 60 s per read, restarted by every byte;
+                // `request_body_filter` lowers it as the deadline nears). HTTP/2 has no read
+                // timeout in Pingora: the filter and the upstream's read timeout bound it.
+                if !session.is_body_empty() && !session.is_upgrade_req() {
+                    ctx.body_deadline = Some(Instant::now() + timeout);
+                    session.set_read_timeout(Some(timeout));
+                }
             }
             return Ok(false);
         };
@@ -702,7 +709,16 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let fault = proxy_fault(e);
+        let mut fault = proxy_fault(e);
+        if fault == Some(Fault::UpstreamTimeout)
+            && ctx.body_deadline.is_some()
+            && !session.is_body_done()
+        {
+            // The upstream waited past read_timeout for an upload that had not arrived (over
+            // HTTP/2, which has no per-read timeout, this is how a stalled upload ends).
+            self.metrics.limit("body_read_timeout");
+            fault = Some(Fault::RequestTimeout);
+        }
         let mut code = fault.as_ref().map_or(0, Fault::status);
         if session.response_written().is_some() {
             // Headers already went out (failure mid-body): the connection just ends.

@@ -188,9 +188,12 @@ impl std::fmt::Debug for Payload {
 /// 2: the ID token's expiry, never read, is no longer kept; the session has an id.
 /// 3: claims kept for route rules and identity headers (`kept_claims`).
 /// 4: the DPoP key (`dpop_key`).
-/// 5: the resources asked for at login (`resources`).
-/// 6: the access token's lifetime (`access_lifetime`). Version 5 still opens, with it 0.
-pub(crate) const PAYLOAD_VERSION: u8 = 6;
+/// 5: the resources asked for at login (`resources`). The access token's lifetime
+///    (`access_lifetime`) was appended to version 5 compatibly, so that replicas and an
+///    upgrade's old process, running a build from before it, still open the cookies a newer
+///    build seals (postcard ignores bytes after the last field it knows): a payload without
+///    it opens with the lifetime unknown (0).
+pub(crate) const PAYLOAD_VERSION: u8 = 5;
 
 /// Why a request's session could not be used. `reason()` is the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -333,20 +336,18 @@ impl SessionCodec {
             return Ok(Payload(session));
         }
         let plain = self.sealer.open(sealed, self.name.as_bytes())?;
-        let upgraded: Vec<u8>;
-        let bytes = match plain.split_first() {
-            Some((&PAYLOAD_VERSION, rest)) => rest,
-            // Version 5 is version 6 without its last field: postcard writes fields in order
-            // with nothing between them, so a trailing 0 reads as `access_lifetime: 0`.
-            Some((&5, rest)) => {
-                upgraded = [rest, &[0]].concat();
-                &upgraded
-            }
-            _ => return Err(SessionError::Payload),
+        let Some((&PAYLOAD_VERSION, bytes)) = plain.split_first() else {
+            return Err(SessionError::Payload);
         };
-        let session: Session<'_> =
-            postcard::from_bytes(bytes).map_err(|_| SessionError::Payload)?;
-        let session = std::sync::Arc::new(session.into_owned());
+        let session = match postcard::from_bytes::<Session<'_>>(bytes) {
+            Ok(session) => session.into_owned(),
+            // Sealed without `access_lifetime` (the last field): postcard writes fields in
+            // order with nothing between them, so a trailing 0 reads as "unknown".
+            Err(_) => postcard::from_bytes::<Session<'_>>(&[bytes, &[0]].concat())
+                .map_err(|_| SessionError::Payload)?
+                .into_owned(),
+        };
+        let session = std::sync::Arc::new(session);
         self.opened.put(sealed, session.clone(), generation);
         Ok(Payload(session))
     }
@@ -591,16 +592,17 @@ mod tests {
         }
     }
 
-    /// A cookie sealed as payload version 5 (before `access_lifetime`) still opens, with the
-    /// lifetime unknown (0); other versions do not.
+    /// A cookie sealed before `access_lifetime` existed still opens, with the lifetime unknown
+    /// (0), and what this build seals opens in a build from before it (which reads the fields
+    /// it knows and ignores the rest): replicas of both versions share cookies.
     #[test]
-    fn a_version_5_payload_opens_with_an_unknown_lifetime() {
+    fn the_lifetime_is_appended_compatibly() {
         let codec = SessionCodec::new(&config(), true);
         let mut s = session(1);
         s.access_lifetime = 0;
-        let v6 = postcard::to_allocvec(&s).unwrap();
-        // Version 5 is the same bytes without the last field (0 is one byte).
-        let v5 = &v6[..v6.len() - 1];
+        let now = postcard::to_allocvec(&s).unwrap();
+        // Before: the same bytes without the last field (0 is one byte).
+        let before = &now[..now.len() - 1];
         let open = |version: u8, body: &[u8]| {
             let payload = [&[version], body].concat();
             let sealed = codec.sealer.seal(&payload, codec.name.as_bytes()).unwrap();
@@ -608,10 +610,22 @@ mod tests {
             let (_, payload) = codec.open([header.as_str()]);
             payload.and_then(|p| codec.decode(&p, 2).map(Session::into_owned))
         };
-        assert_eq!(open(5, v5).unwrap(), s);
-        assert_eq!(open(6, &v6).unwrap(), s);
-        assert_eq!(open(4, v5), Err(SessionError::Payload));
-        assert_eq!(open(5, &v6[..v6.len() - 2]), Err(SessionError::Payload));
+        assert_eq!(open(5, before).unwrap(), s);
+        assert_eq!(open(5, &now).unwrap(), s);
+        assert_eq!(open(4, before), Err(SessionError::Payload));
+        assert_eq!(open(5, &now[..now.len() - 2]), Err(SessionError::Payload));
+        // An older build decodes a payload sealed now: its fields are a prefix.
+        s.access_lifetime = 3_600;
+        let sealed = postcard::to_allocvec(&s).unwrap();
+        let old: Session<'_> = postcard::from_bytes(&sealed[..]).unwrap();
+        assert_eq!(old.access_token, s.access_token);
+        assert!(sealed.starts_with(
+            &postcard::to_allocvec(&Session {
+                access_lifetime: 0,
+                ..s.clone()
+            })
+            .unwrap()[..now.len() - 1]
+        ));
     }
 }
 

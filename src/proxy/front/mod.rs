@@ -789,6 +789,9 @@ where
             Ok(Some(H2Accept::Session(h2))) => {
                 if h2_field_count(&h2.req_header().headers) > limits.max_headers {
                     shared.metrics.limit("header_count");
+                    let mut h2 = h2;
+                    // Like every stream's: a client that gives no window cannot hold it.
+                    h2.set_write_timeout(Some(limits.write_timeout));
                     tasks.spawn(too_many_h2_fields(h2, shared.metrics.clone()));
                     continue;
                 }

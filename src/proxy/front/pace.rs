@@ -109,19 +109,24 @@ impl Pace {
                 now
             }
         };
-        let waited = w.waited + now.saturating_duration_since(since);
         if now.saturating_duration_since(w.progress) >= limits.write_timeout {
             return Err(Stalled::NoProgress);
         }
         let mut next = w.progress + limits.write_timeout;
         if limits.min_send_rate > 0 {
+            let mut waited = w.waited + now.saturating_duration_since(since);
             if waited >= limits.window {
                 if w.bytes < required(limits) {
                     return Err(Stalled::TooSlow);
                 }
-            } else {
-                next = next.min(now + (limits.window - waited));
+                // The rate held over this window: the next one starts now, still waiting (a
+                // burst before a window's end buys that window, not a long stall after it).
+                w.bytes = 0;
+                w.waited = Duration::ZERO;
+                w.waiting_since = Some(now);
+                waited = Duration::ZERO;
             }
+            next = next.min(now + (limits.window - waited));
         }
         Ok(next)
     }
@@ -178,7 +183,10 @@ impl<S> Paced<S> {
         }
         match polled {
             Poll::Ready(Ok(v)) => {
-                self.pace.wrote(taken(&v), Instant::now(), &self.limits);
+                // Nothing to account while no write has waited (the common case: no clock).
+                if self.pace.window.is_some() {
+                    self.pace.wrote(taken(&v), Instant::now(), &self.limits);
+                }
                 Poll::Ready(Ok(v))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -275,7 +283,12 @@ where
     S: pingora::protocols::Shutdown + Send,
 {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await;
+        if self.stalled.is_some() {
+            // The client does not read: a TLS close_notify would wait on it too.
+            return;
+        }
+        // Closing flushes (TLS: the rest of the records and close_notify), bounded as a write.
+        let _ = tokio::time::timeout(self.limits.write_timeout, self.inner.shutdown()).await;
     }
 }
 
@@ -356,6 +369,20 @@ mod tests {
         p.wrote(4096, at(t0, 100), &LIMITS);
         // A keep-alive connection's next response, a minute later, waits again.
         assert_eq!(p.waits(at(t0, 60_000), &LIMITS), Ok(at(t0, 69_900)));
+    }
+
+    #[test]
+    fn a_burst_before_the_windows_end_does_not_buy_a_long_stall() {
+        // 10 KiB just before each window ends, then nothing: cut off at the next window's end,
+        // not after write_timeout.
+        let t0 = Instant::now();
+        let mut p = Pace::default();
+        assert!(p.waits(t0, &LIMITS).is_ok());
+        p.wrote(10_240, at(t0, 9_900), &LIMITS);
+        assert_eq!(p.waits(at(t0, 9_900), &LIMITS), Ok(at(t0, 10_000)));
+        // The window's waiting time is complete and its rate held: a new one starts.
+        assert_eq!(p.waits(at(t0, 10_000), &LIMITS), Ok(at(t0, 20_000)));
+        assert_eq!(p.waits(at(t0, 20_000), &LIMITS), Err(Stalled::TooSlow));
     }
 
     #[test]
