@@ -461,6 +461,13 @@ async fn a_slow_proxied_upload_is_cut_off_at_the_routes_read_timeout() {
         echo.seen().iter().all(|s| s.body_len < 100_000),
         "the upstream never got a whole request"
     );
+    // A body that never starts: answered when the upstream has waited read_timeout for it.
+    let mut s = TcpStream::connect(tg.addr()).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(HANG, s.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got:.300}");
 }
 
 /// Connects with a small receive buffer (4 KiB, as the attack used) and asks for a large

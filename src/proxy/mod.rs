@@ -137,7 +137,7 @@ pub(crate) struct Ctx {
     /// The answer is for a session: shared caches must not keep it (`cache_public` off).
     private: bool,
     /// The route's `read_timeout`, which bounds the whole upload of a request body, and once
-    /// the body is known to come (not for an upgrade), when it must have arrived.
+    /// its first bytes came (not an upgrade's), when it must have arrived.
     upload_timeout: Option<Duration>,
     body_deadline: Option<Instant>,
 }
@@ -545,18 +545,6 @@ impl ProxyHttp for Tollgate {
             }
         };
         let Some(reply) = handled else {
-            if let Some(timeout) = ctx.upload_timeout {
-                // A body (not an upgrade's stream, which lives as long as it is used) must
-                // arrive whole within the route's read_timeout from now, once the decision
-                // (and any refresh) is made. HTTP/1.1 reads of it wait at most that long
-                // (Pingora's own wait is 60 s per read, restarted by every byte;
-                // `request_body_filter` lowers it as the deadline nears). HTTP/2 has no read
-                // timeout in Pingora: the filter and the upstream's read timeout bound it.
-                if !session.is_body_empty() && !session.is_upgrade_req() {
-                    ctx.body_deadline = Some(Instant::now() + timeout);
-                    session.set_read_timeout(Some(timeout));
-                }
-            }
             return Ok(false);
         };
         ctx.outcome = reply.outcome();
@@ -564,17 +552,31 @@ impl ProxyHttp for Tollgate {
         Ok(true)
     }
 
-    /// A proxied body must arrive whole within the route's `read_timeout` from the request's
-    /// start (not per read: a byte every few seconds does not keep it going).
+    /// A proxied body must arrive whole within the route's `read_timeout` of its first bytes
+    /// (not per read: a byte every few seconds does not keep it going). HTTP/1.1 reads of it
+    /// wait at most until then (Pingora's own wait is 60 s per read, restarted by every byte).
+    /// A body whose first bytes never come, and over HTTP/2 (no read timeout in Pingora) one
+    /// that stalls, is ended by the upstream's read timeout instead: `408` all the same
+    /// (`fail_to_proxy`). An upgraded connection's stream (WebSocket) is no
+    /// upload: it lives as long as it is used.
     async fn request_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
+        body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        let Some(deadline) = ctx.body_deadline.filter(|_| !end_of_stream) else {
+        if end_of_stream {
             return Ok(());
+        }
+        let deadline = match (ctx.body_deadline, ctx.upload_timeout) {
+            (Some(deadline), _) => deadline,
+            (None, Some(timeout)) if body.is_some() && !session.was_upgraded() => {
+                let deadline = Instant::now() + timeout;
+                ctx.body_deadline = Some(deadline);
+                deadline
+            }
+            _ => return Ok(()),
         };
         let now = Instant::now();
         if now >= deadline {
@@ -711,7 +713,8 @@ impl ProxyHttp for Tollgate {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let mut fault = proxy_fault(e);
         if fault == Some(Fault::UpstreamTimeout)
-            && ctx.body_deadline.is_some()
+            && ctx.upload_timeout.is_some()
+            && !session.was_upgraded()
             && !session.is_body_done()
         {
             // The upstream waited past read_timeout for an upload that had not arrived (over
