@@ -99,9 +99,12 @@ def measure(name, binary, extra, wait):
     conf = open(R.tollgate_conf(max_connections=MAX_CONNECTIONS)).read()
     conf = conf.replace(f"max_connections = {MAX_CONNECTIONS}", f"max_connections = {MAX_CONNECTIONS}\n{extra}")
     path = R.write(os.path.join(R.WORK, f"slow-{len(R.procs)}.toml"), conf)
-    R.start(name, [binary, "--config", path], env={**os.environ, "TOLLGATE_LOG": "warn"})
+    R.start(name, [binary, "--config", path], env={**os.environ, "TOLLGATE_LOG": os.environ.get("TOLLGATE_LOG", "warn")})
     port = R.PORTS["tollgate"]
     R.wait_http(name, f"http://{R.HOST}:{port}/healthz")
+    # The slow readers' answer must be the large one (an error page would leave them idle
+    # keep-alive connections instead, a different limit).
+    R.wait_http(name, f"http://{R.HOST}:{port}/big")
     rows = []
     try:
         for kind in ["slow-body", "slow-reader"]:
@@ -132,11 +135,15 @@ def main():
     ap.add_argument("--bin", default=os.path.join(R.ROOT, "target", "release", "tollgate"))
     ap.add_argument("--before", help="an older tollgate binary, run with its own defaults")
     ap.add_argument("--probe-wait", type=float, default=35.0)
+    ap.add_argument("--only", help="one contender: before, limits-off or defaults")
     args = ap.parse_args()
     R.WORK = tempfile.mkdtemp(prefix="tollgate-slow-")
     big = os.path.join(R.WORK, "big")
     with open(big, "wb") as f:
         f.write(b"x" * BIG)
+    # nginx's workers run as another user: they must be able to read the file.
+    os.chmod(R.WORK, 0o755)
+    os.chmod(big, 0o644)
     R.start("upstream", ["nginx", "-p", R.WORK, "-c", R.nginx_conf("upstream", R.PORTS["upstream"], f"""
   server {{ listen {R.HOST}:{R.PORTS['upstream']};
     location = /big {{ alias {big}; }}
@@ -148,6 +155,9 @@ def main():
     ]
     if args.before:
         contenders.insert(0, ("before (--before)", args.before, ""))
+    if args.only:
+        keep = {"before": "before (--before)", "limits-off": "limits off", "defaults": "defaults"}[args.only]
+        contenders = [c for c in contenders if c[0] == keep]
     results = []
     try:
         for name, binary, extra in contenders:
