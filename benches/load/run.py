@@ -68,6 +68,7 @@ PORTS = {
     "tollgate-storm": 18086,
     "tollgate-storm-metrics": 18096,
     "idp": 18090,
+    "idp-storm": 18091,
     "redis": 18095,
 }
 THREADS = 2
@@ -76,9 +77,13 @@ CLIENT_SECRET = "basic-secret-0123456789abcdef0123456789"
 KEY = "bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q="
 ISSUER = f"http://{HOST}:{PORTS['idp']}/test/as"
 # The provider's access token lifetime, and how long after its issue the refresh storm's tollgate
-# (refresh_skew = ACCESS_TTL - DUE_AFTER) takes a token as due for a refresh.
+# takes a token as due for a refresh. tollgate refreshes no earlier than half-way through a
+# token's life (refresh_skew is capped there), so the storm has a provider of its own whose
+# tokens live 2 × DUE_AFTER, and refresh_skew = DUE_AFTER.
 ACCESS_TTL = 3600
 DUE_AFTER = 3
+STORM_TTL = 2 * DUE_AFTER
+STORM_ISSUER = f"http://{HOST}:{PORTS['idp-storm']}/test/as"
 # Logins at a time while the refresh storm's sessions are logged in.
 LOGIN_WORKERS = 4
 WRK_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.lua")
@@ -245,7 +250,8 @@ ProxyPass /api/ http://{HOST}:{PORTS['upstream']}/api/ keepalive=On
 """)
 
 
-def tollgate_conf(store_url=None, *, max_connections=None, instance="tollgate", refresh_skew=None):
+def tollgate_conf(store_url=None, *, max_connections=None, instance="tollgate", refresh_skew=None,
+                  issuer=ISSUER):
     """tollgate's config; with `store_url`, a `[store]` section too (written beside the other);
     with `max_connections`, that limit in place of the default (4096). `instance` names the
     ports (PORTS[instance] and PORTS[instance + "-metrics"]) and the file; `refresh_skew` in
@@ -260,7 +266,7 @@ listen = ["{HOST}:{PORTS[instance]}"]
 public_url = "http://{HOST}:{PORTS[instance]}"
 threads = {THREADS}{limit}
 [oidc]
-issuer = "{ISSUER}"
+issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 scopes = ["openid", "profile", "email"]
@@ -394,9 +400,9 @@ def idle_connections_rss(pids, n, port, path="/healthz"):
             s.close()
 
 
-def idp_stats(reset=False):
+def idp_stats(reset=False, idp="idp"):
     """The test provider's token request counts (tests/idp/server.js, /__test/stats), or zeroes them."""
-    url = f"http://{HOST}:{PORTS['idp']}/__test/" + ("reset" if reset else "stats")
+    url = f"http://{HOST}:{PORTS[idp]}/__test/" + ("reset" if reset else "stats")
     req = urllib.request.Request(url, data=b"" if reset else None, method="POST" if reset else "GET")
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
@@ -573,12 +579,17 @@ def refresh_storm(args, tollgate_bin):
     its issue; the provider counts the refresh_token grants."""
     n, per, window = args.sessions, args.per_session, args.storm_window
     port = PORTS["tollgate-storm"]
+    start("idp-storm", ["node", os.path.join(ROOT, "tests", "idp", "server.js")], env={**os.environ,
+          "IDP_PORT": str(PORTS["idp-storm"]),
+          "ACCESS_TOKEN_TTL": str(STORM_TTL),
+          "REDIRECT_URIS": f"http://{HOST}:{port}/callback"})
+    wait_http("idp-storm", f"{STORM_ISSUER}/.well-known/openid-configuration")
     start("tollgate-storm", [tollgate_bin, "--config",
                              tollgate_conf(instance="tollgate-storm", max_connections=max(4096, per * window + 256),
-                                           refresh_skew=ACCESS_TTL - DUE_AFTER), "--log-format", "json"],
+                                           refresh_skew=DUE_AFTER, issuer=STORM_ISSUER), "--log-format", "json"],
           env={**os.environ, "TOLLGATE_LOG": "warn"})
     wait_http("tollgate-storm", f"http://{HOST}:{port}/readyz")
-    idp_stats(reset=True)
+    idp_stats(reset=True, idp="idp-storm")
     log(f"refresh storm: logging in {n} sessions through tollgate ({LOGIN_WORKERS} at a time)")
     url = f"http://{HOST}:{port}/login?return_to=/landing"
     t0 = time.perf_counter()
@@ -586,7 +597,7 @@ def refresh_storm(args, tollgate_bin):
         cookies = list(ex.map(lambda _: login(url, "tollgate"), range(n)))
     login_s = time.perf_counter() - t0
     last_issue = time.time()
-    at_login = idp_stats()["token_requests"]
+    at_login = idp_stats(idp="idp-storm")["token_requests"]
     log(f"refresh storm: {n} logins in {login_s:.1f} s ({n / login_s:.0f}/s); provider: {at_login}")
     if at_login.get("refresh_token", 0):
         raise SystemExit(f"refresh storm: {at_login['refresh_token']} refreshes while logging in (tokens due too early)")
@@ -595,13 +606,13 @@ def refresh_storm(args, tollgate_bin):
     waited = max(0.0, last_issue + DUE_AFTER + 1.5 - time.time())
     log(f"refresh storm: waiting {waited:.1f} s for the last tokens to come due")
     time.sleep(waited)
-    idp_stats(reset=True)
-    tg_pid, idp_pid = procs["tollgate-storm"].pid, procs["idp"].pid
+    idp_stats(reset=True, idp="idp-storm")
+    tg_pid, idp_pid = procs["tollgate-storm"].pid, procs["idp-storm"].pid
     cpu_tg, cpu_idp = cpu_seconds(tg_pid), cpu_seconds(idp_pid)
     log(f"refresh storm: {per} concurrent requests per session, {window} sessions in flight")
     latencies, statuses, errors, resealed, bursts, wall = storm(port, cookies, per, window)
     cpu_tg, cpu_idp = cpu_seconds(tg_pid) - cpu_tg, cpu_seconds(idp_pid) - cpu_idp
-    stats = idp_stats()
+    stats = idp_stats(idp="idp-storm")
     refreshes = stats["token_requests"].get("refresh_token", 0)
     non200 = sum(v for k, v in statuses.items() if k != 200)
     renewed = sum(1 for r in resealed if r == per)
@@ -983,7 +994,7 @@ def report(args, conns, results, failed):
         "",
         f"{st['sessions']} sessions logged in through a second tollgate ({st['login_s']:.1f} s, "
         f"{st['sessions'] / st['login_s']:.0f} logins/s, {LOGIN_WORKERS} at a time), whose `refresh_skew` "
-        f"({ACCESS_TTL - DUE_AFTER} s against the provider's {ACCESS_TTL} s access tokens) makes every token due "
+        f"({DUE_AFTER} s against its own provider's {STORM_TTL} s access tokens) makes every token due "
         f"{DUE_AFTER} s after its issue; {st['waited']:.1f} s after the last login, each session's {st['per']} requests "
         f"(`GET /api/items` with its cookie) written at once on {st['per']} keep-alive connections, "
         f"{st['window']} sessions in flight ({st['per'] * st['window']} connections), the next session as soon as one "
