@@ -776,6 +776,6 @@ pub fn config_header_values(config: &Config) -> Result<Vec<String>, String> {
 /// Whether `path` is a request path tollgate can route as written: it passes the target check
 /// unchanged (no empty or dot segment, escape, `;params`, backslash or control character).
 pub fn is_routable_as_written(path: &str) -> bool {
-    crate::proxy::target::check(path.as_bytes(), path)
+    crate::target::check(path.as_bytes(), path)
         .is_ok_and(|t| t.path == path && t.canonical.is_none())
 }

@@ -15,6 +15,8 @@
 //! - [`ops`]: health, metrics and logging;
 //! - [`server`]: assembles the Pingora server from a validated config.
 
+pub(crate) mod certs;
+pub mod claims;
 pub mod config;
 pub(crate) mod endpoints;
 #[cfg(feature = "fuzzing")]
@@ -27,7 +29,9 @@ pub(crate) mod reply;
 pub(crate) mod request;
 pub mod server;
 pub mod session;
+pub(crate) mod sessions;
 pub(crate) mod store;
+pub(crate) mod target;
 pub mod tls;
 
 /// Seconds since the Unix epoch, the clock every expiry in tollgate is measured against.

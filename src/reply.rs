@@ -14,14 +14,23 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::proxy::csrf::CsrfError;
+/// Why a request failed the CSRF checks ([`crate::sessions::csrf`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CsrfError {
+    #[error("the CSRF header is missing")]
+    MissingHeader,
+    #[error("the Origin is not allowed")]
+    ForeignOrigin,
+    #[error("a WebSocket handshake without Origin")]
+    MissingOrigin,
+}
 
 /// Every error tollgate answers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fault {
     /// No route matches the path.
     NotFound,
-    /// The request target is unusable or ambiguous for routing ([`crate::proxy::target`]).
+    /// The request target is unusable or ambiguous for routing ([`crate::target`]).
     BadPath,
     /// A malformed request (an HTTP/1.1 request without `Host`, an unreadable upload).
     BadRequest,

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::de::{self, Addr, HttpUrl, Issuer, UrlAsWritten};
 use super::{AuthMethod, Balance, ParMode, Profile, RouteAuth, TokenBinding};
-use crate::session::claims::ClaimRule;
+use crate::claims::ClaimRule;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

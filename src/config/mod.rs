@@ -24,7 +24,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use url::Url;
 
-use crate::session::claims::ClaimRule;
+use crate::claims::ClaimRule;
 
 /// Why a configuration was refused. The message always names the key (or variable, or file).
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +345,13 @@ pub struct OidcConfig {
     /// ([`validate`]'s `fapi2`) and in force at run time (algorithms, `iss`, RSA sizes).
     pub fapi2: bool,
 }
+
+// The session cookie's wire limits ([`crate::session::cookie`]), here so that validation
+// (`[server] max_cookie_bytes` against what a session may need) reads no runtime code.
+/// The longest value put in one cookie; with the name and attributes it stays under 4096 bytes.
+pub const CHUNK_SIZE: usize = 3800;
+/// Chunks beyond this are ignored on read and never written (≈ 38 KB of session).
+pub const MAX_CHUNKS: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameSite {

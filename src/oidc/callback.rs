@@ -166,7 +166,7 @@ impl Oidc {
                     TokenError::Provider { status: 400, error } if error == "invalid_grant" => {
                         Fault::CodeRejected
                     }
-                    e => token_fault(e, Fault::TokenRefused),
+                    e => e.fault(Fault::TokenRefused),
                 }
             })?;
         // The provider's share of the callback (the load benchmark subtracts it).
@@ -253,18 +253,5 @@ impl Oidc {
             )
         })
         .await?
-    }
-}
-
-/// The reply to a failed call to the provider's token or PAR endpoint; `refused` wraps the
-/// provider's own error code.
-pub(super) fn token_fault(e: TokenError, refused: fn(String) -> Fault) -> Fault {
-    match e {
-        TokenError::Provider { error, .. } => refused(provider_code(&error)),
-        TokenError::Unreachable(_) => Fault::ProviderUnreachable,
-        TokenError::Invalid(_) | TokenError::TooLarge | TokenError::ClientAuth(_) => {
-            Fault::InvalidTokenResponse
-        }
-        TokenError::Dpop(_) => Fault::Internal,
     }
 }

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-use crate::session::claims::ClaimValue;
+use crate::claims::ClaimValue;
 
 /// Clock skew tolerated between tollgate and the provider.
 pub(crate) const LEEWAY_SECS: u64 = 60;
@@ -65,7 +65,7 @@ pub(crate) struct IdClaims {
 impl IdClaims {
     /// Every claim named in `names`, as the session keeps it: a claim the token lacks, or of
     /// a type no rule can compare, is kept as an empty list (it matches nothing), so that a
-    /// session records which names it looked for ([`crate::session::claims::ClaimRule::asks_unknown`]).
+    /// session records which names it looked for ([`crate::claims::ClaimRule::asks_unknown`]).
     pub(crate) fn keep(&self, names: &[String]) -> Vec<(String, ClaimValue)> {
         names
             .iter()

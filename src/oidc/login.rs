@@ -199,7 +199,7 @@ impl super::Oidc {
                     .await
                     .map_err(|e| {
                         tracing::warn!(request_id = facts.request_id, error = %e, provider_error = e.provider_error(), "login: pushed authorization request failed");
-                        super::callback::token_fault(e, Fault::ParRefused)
+                        e.fault(Fault::ParRefused)
                     })?;
                 url.query_pairs_mut()
                     .append_pair("client_id", &self.client_id)

@@ -28,6 +28,20 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// The reply to a failed call to the provider's token or PAR endpoint; `refused` wraps
+    /// the provider's own error code.
+    pub(crate) fn fault(self, refused: fn(String) -> crate::reply::Fault) -> crate::reply::Fault {
+        use crate::reply::Fault;
+        match self {
+            TokenError::Provider { error, .. } => refused(crate::reply::provider_code(&error)),
+            TokenError::Unreachable(_) => Fault::ProviderUnreachable,
+            TokenError::Invalid(_) | TokenError::TooLarge | TokenError::ClientAuth(_) => {
+                Fault::InvalidTokenResponse
+            }
+            TokenError::Dpop(_) => Fault::Internal,
+        }
+    }
+
     /// The provider's OAuth error code, when it gave one.
     pub fn provider_error(&self) -> Option<&str> {
         match self {

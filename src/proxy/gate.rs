@@ -16,9 +16,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Version};
 
-use super::csrf::CsrfPolicy;
 use super::headers::{self, Identity};
-use super::target::{self, Target};
+use crate::claims::{self, ClaimRule};
 use crate::config::{Audience, RouteAuth};
 use crate::oidc::audience::AudienceToken;
 use crate::oidc::dpop::{DpopError, DpopKey};
@@ -27,11 +26,12 @@ use crate::oidc::Oidc;
 use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
-use crate::session::claims::{self, ClaimRule};
 use crate::session::cookie::{ChunkError, SessionCookies};
 use crate::session::revocations::{Revocation, Revocations, SeenJtis};
 use crate::session::{Payload, Session, SessionCodec, SessionError};
+use crate::sessions::csrf::CsrfPolicy;
 use crate::store::{Store, StoreError};
+use crate::target::{self, Target};
 
 /// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]) and
 /// finds kept route tokens ([`crate::oidc::audience`]).
@@ -752,7 +752,7 @@ mod tests {
     use super::*;
     use crate::config::{CsrfConfig, SameSite, SessionConfig};
     use crate::oidc::token_client::TokenResponse;
-    use crate::proxy::csrf::CsrfError;
+    use crate::reply::CsrfError;
 
     const NOW: u64 = 1_800_000_000;
 
@@ -966,7 +966,7 @@ mod tests {
     /// refresh, no bearer); one they pass gets the bearer, and the identity when asked for.
     #[tokio::test]
     async fn claim_rules_and_identity() {
-        use crate::session::claims::{ClaimRule, ClaimValue};
+        use crate::claims::{ClaimRule, ClaimValue};
         let g = gate().with_groups_claim("roles");
         let mut s = session();
         s.access_expires_at = NOW + 5; // due: a refresh would be tried if the rule passed

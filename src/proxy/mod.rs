@@ -14,7 +14,6 @@
 //!
 //! Per-request state lives in [`Ctx`].
 
-pub(crate) mod csrf;
 pub(crate) mod front;
 pub(crate) mod gate;
 pub mod headers;
@@ -22,7 +21,6 @@ pub(crate) mod pool;
 pub(crate) mod request_id;
 pub(crate) mod respond;
 pub(crate) mod routes;
-pub(crate) mod target;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -47,12 +45,12 @@ use crate::reply::{Fault, Reply};
 use crate::request::Facts;
 use crate::session::revocations::Revocations;
 use crate::session::SessionCodec;
+use crate::sessions::csrf::CsrfPolicy;
 use crate::store::Store;
-use csrf::CsrfPolicy;
+use crate::target::Target;
 use gate::Gate;
 use headers::{RewriteError, UpstreamRewrite};
 use routes::{ResolveError, Route, RouteTable};
-use target::Target;
 
 /// Everything the hot path needs, built once from the validated config.
 #[derive(Debug)]

@@ -14,10 +14,10 @@ use pingora::upstreams::peer::HttpPeer;
 use super::pool::{prepare_peer, Pool};
 use crate::ops::metrics::Metrics;
 
-use super::target::Target;
+use crate::claims::ClaimRule;
 use crate::config::{RouteAuth, RouteConfig};
 use crate::reply::Fault;
-use crate::session::claims::ClaimRule;
+use crate::target::Target;
 
 #[derive(Debug, thiserror::Error)]
 #[error("`routes[{index}].upstream`: cannot resolve {authority}: {problem}")]
@@ -278,7 +278,7 @@ mod tests {
 mod properties {
     use super::tests::route;
     use super::*;
-    use crate::proxy::target;
+    use crate::target;
     use proptest::prelude::*;
 
     /// Segments from a tiny alphabet, so that prefixes and paths overlap often.

@@ -14,11 +14,7 @@ use std::time::Duration;
 use cookie::Cookie;
 
 use crate::config::SameSite;
-
-/// The longest value put in one cookie; with the name and attributes it stays under 4096 bytes.
-pub(crate) const CHUNK_SIZE: usize = 3800;
-/// Chunks beyond this are ignored on read and never written (≈ 38 KB of session).
-pub const MAX_CHUNKS: usize = 10;
+pub use crate::config::{CHUNK_SIZE, MAX_CHUNKS};
 
 /// Why the session cookie(s) could not be reassembled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

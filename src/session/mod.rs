@@ -7,7 +7,6 @@
 //! name, and on the way back enforces the absolute (`max_lifetime`) and sliding
 //! (`idle_timeout`) limits, so an expired session opens to an error exactly like a forged one.
 
-pub mod claims;
 pub mod cookie;
 mod opened;
 pub mod revocations;
@@ -67,7 +66,7 @@ pub struct Session<'a> {
     pub id: u128,
     /// The ID token's claims that route rules and identity headers read ([`claims`]), and
     /// no others: each one is in every request's cookie.
-    pub kept_claims: Cow<'a, [(String, claims::ClaimValue)]>,
+    pub kept_claims: Cow<'a, [(String, crate::claims::ClaimValue)]>,
     /// The session's DPoP private key (PKCS#8), with `[oidc] dpop`: its tokens are bound to
     /// it ([`crate::oidc::dpop`]).
     #[serde(borrow, deserialize_with = "borrowed_bytes")]
@@ -671,10 +670,10 @@ mod properties {
             resources in proptest::collection::vec(any::<u64>(), 0..4),
             access_lifetime in any::<u64>(),
         ) -> (Session<'static>, u64) {
-            let kept: Vec<(String, claims::ClaimValue)> = kept
+            let kept: Vec<(String, crate::claims::ClaimValue)> = kept
                 .into_iter()
-                .map(|(n, vs)| (n, claims::ClaimValue::Many(
-                    vs.into_iter().map(claims::Scalar::Str).collect())))
+                .map(|(n, vs)| (n, crate::claims::ClaimValue::Many(
+                    vs.into_iter().map(crate::claims::Scalar::Str).collect())))
                 .collect();
             let now = 1_700_000_000;
             (Session {

@@ -240,7 +240,7 @@ pub(super) fn is_loopback_http(url: &Url) -> bool {
 /// character), so a normalised request path can equal it or start with it. A route prefix or
 /// endpoint path that is not would never match a request.
 pub(crate) fn is_reachable_path(path: &str) -> bool {
-    crate::proxy::target::check(path.as_bytes(), path)
+    crate::target::check(path.as_bytes(), path)
         .is_ok_and(|t| t.path == path && t.canonical.is_none())
 }
 

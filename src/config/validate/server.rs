@@ -7,7 +7,7 @@
 use super::host_header;
 use crate::config::file::ServerSection;
 use crate::config::{ConfigError, Limits, ServerConfig};
-use crate::session::cookie::{CHUNK_SIZE, MAX_CHUNKS};
+use crate::config::{CHUNK_SIZE, MAX_CHUNKS};
 
 /// Pingora parses at most this many header fields; more must be refused before it sees them.
 pub(crate) const MAX_HEADERS_CEILING: usize = 256;

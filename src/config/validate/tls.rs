@@ -37,7 +37,7 @@ pub(super) fn tls(t: TlsSection) -> Result<TlsConfig, ConfigError> {
         })?),
     };
     let (cert_file, key_file) = (PathBuf::from(&t.cert_file), PathBuf::from(&t.key_file));
-    crate::tls::load(&cert_file, &key_file)
+    crate::certs::load(&cert_file, &key_file)
         .map_err(|e| ConfigError::invalid("tls.cert_file", e.to_string()))?;
     Ok(TlsConfig {
         listen: t.listen.into_iter().map(|a| a.0).collect(),

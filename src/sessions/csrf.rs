@@ -17,16 +17,7 @@ use http::{HeaderMap, HeaderName, Method};
 use crate::request::is_websocket;
 
 use crate::config::CsrfConfig;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum CsrfError {
-    #[error("the CSRF header is missing")]
-    MissingHeader,
-    #[error("the Origin is not allowed")]
-    ForeignOrigin,
-    #[error("a WebSocket handshake without Origin")]
-    MissingOrigin,
-}
+use crate::reply::CsrfError;
 
 #[derive(Debug)]
 pub(crate) struct CsrfPolicy {
