@@ -16,9 +16,9 @@ use serde::Serialize;
 use crate::oidc::logout::CONTINUE_PATH;
 use crate::oidc::Oidc;
 use crate::ops::health::{self, Readiness};
-use crate::proxy::gate::Gate;
 use crate::reply::{Fault, Format, Reply};
 use crate::request::Facts;
+use crate::sessions::Sessions;
 
 /// One of tollgate's own paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,18 +88,23 @@ impl Endpoints {
     }
 
     /// Answers a request for `endpoint`.
-    pub(crate) async fn answer(&self, endpoint: Endpoint, facts: &Facts<'_>, gate: &Gate) -> Reply {
+    pub(crate) async fn answer(
+        &self,
+        endpoint: Endpoint,
+        facts: &Facts<'_>,
+        sessions: &Sessions,
+    ) -> Reply {
         let read_only = facts.method == Method::GET || facts.method == Method::HEAD;
         let person = Format::for_person(facts.accept());
         match endpoint {
             Endpoint::BackchannelLogout => self
                 .oidc
-                .backchannel_logout(facts, gate)
+                .backchannel_logout(facts, sessions)
                 .await
                 .unwrap_or_else(Reply::from),
             Endpoint::Logout => self
                 .oidc
-                .logout(facts, gate)
+                .logout(facts, sessions)
                 .await
                 .unwrap_or_else(Reply::from),
             _ if !read_only => Reply::from(Fault::MethodNotAllowed),
@@ -108,12 +113,12 @@ impl Endpoints {
                 .login(facts)
                 .await
                 .unwrap_or_else(|f| Reply::fault(f, person)),
-            Endpoint::Callback => self.oidc.callback(facts, gate.codec()).await,
+            Endpoint::Callback => self.oidc.callback(facts, sessions.codec()).await,
             Endpoint::LogoutContinue => self
                 .oidc
                 .logout_continue(facts)
                 .unwrap_or_else(|f| Reply::fault(f, person)),
-            Endpoint::Session => session_info(facts, gate).unwrap_or_else(Reply::from),
+            Endpoint::Session => session_info(facts, sessions).unwrap_or_else(Reply::from),
             Endpoint::Healthz => {
                 let (status, body) = health::healthz();
                 Reply::body(status, "application/json", Bytes::from(body))
@@ -127,12 +132,13 @@ impl Endpoints {
 }
 
 /// `/session`: what the SPA may know about the user; never a token.
-fn session_info(facts: &Facts<'_>, gate: &Gate) -> Result<Reply, Fault> {
-    gate.csrf()
+fn session_info(facts: &Facts<'_>, sessions: &Sessions) -> Result<Reply, Fault> {
+    sessions
+        .csrf()
         .check(facts.headers, facts.method)
         .map_err(Fault::Csrf)?;
-    let (_, payload) = gate.open(facts);
-    let session = gate
+    let (_, payload) = sessions.open(facts);
+    let session = sessions
         .session(&payload, facts)
         .map_err(|_| Fault::Unauthenticated)?;
     let c = &session.claims;
@@ -143,7 +149,7 @@ fn session_info(facts: &Facts<'_>, gate: &Gate) -> Result<Reply, Fault> {
             name: c.name.as_deref(),
             email: c.email.as_deref(),
             sid: c.sid.as_deref(),
-            expires_at: gate.codec().expires_at(&session),
+            expires_at: sessions.codec().expires_at(&session),
             logout_url: "/logout",
         },
     )

@@ -19,10 +19,10 @@ use serde::Deserialize;
 
 use super::id_token::{self, KindDescription, LEEWAY_SECS};
 use super::Oidc;
-use crate::proxy::gate::Gate;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
 use crate::session::revocations::Revocation;
+use crate::sessions::Sessions;
 
 /// The event a logout token must carry.
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -70,7 +70,7 @@ impl Oidc {
     pub(crate) async fn backchannel_logout(
         &self,
         facts: &Facts<'_>,
-        gate: &Gate,
+        sessions: &Sessions,
     ) -> Result<Reply, Fault> {
         if facts.method != Method::POST {
             return Err(Fault::MethodNotAllowed);
@@ -86,7 +86,7 @@ impl Oidc {
         };
         // Kept as long as the token could be accepted at all.
         let jti_ttl = MAX_AGE_SECS + 2 * LEEWAY_SECS;
-        match gate.first_use(&claims.jti, jti_ttl, facts.now).await {
+        match sessions.first_use(&claims.jti, jti_ttl, facts.now).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(request_id = rid, reason = %LogoutTokenError::Replayed, "back-channel logout refused");
@@ -98,7 +98,7 @@ impl Oidc {
             }
         }
         // Any session this ends was created before now, so it opens until at most this.
-        let until = gate.codec().lives_until(facts.now);
+        let until = sessions.codec().lives_until(facts.now);
         let revocation = match (&claims.sid, &claims.sub) {
             (Some(sid), _) => Revocation::ProviderSession {
                 sid: sid.clone(),
@@ -111,7 +111,7 @@ impl Oidc {
             },
             (None, None) => return Err(Fault::InvalidLogoutToken),
         };
-        if let Err(e) = gate.revoke(revocation, "backchannel", facts.now).await {
+        if let Err(e) = sessions.revoke(revocation, "backchannel", facts.now).await {
             // Enforced here; the provider retries, so every replica learns of it later.
             tracing::error!(request_id = rid, error = %e, "back-channel logout: the store did not record the revocation");
             return Err(Fault::StoreUnavailable);

@@ -20,12 +20,12 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 
 use super::Oidc;
-use crate::proxy::gate::Gate;
 use crate::reply::{wants_json, Fault, Reply};
 use crate::request::Facts;
 use crate::session::cookie::{self, logout_cookie_name};
 use crate::session::revocations::Revocation;
 use crate::session::Session;
+use crate::sessions::Sessions;
 
 /// Where `POST /logout` with `Accept: application/json` sends the SPA.
 pub(crate) const CONTINUE_PATH: &str = "/logout/continue";
@@ -47,18 +47,23 @@ struct Pending {
 
 impl Oidc {
     /// `/logout`: revokes, clears every session cookie, and answers with where to go.
-    pub(crate) async fn logout(&self, facts: &Facts<'_>, gate: &Gate) -> Result<Reply, Fault> {
+    pub(crate) async fn logout(
+        &self,
+        facts: &Facts<'_>,
+        sessions: &Sessions,
+    ) -> Result<Reply, Fault> {
         if facts.method == Method::POST {
-            gate.csrf()
+            sessions
+                .csrf()
                 .check(facts.headers, facts.method)
                 .map_err(Fault::Csrf)?;
         } else if !(facts.method == Method::GET && self.allow_get_logout) {
             return Err(Fault::MethodNotAllowed);
         }
         let rid = facts.request_id;
-        let codec = gate.codec();
-        let (present, payload) = gate.open(facts);
-        let session = gate.session(&payload, facts).ok();
+        let codec = sessions.codec();
+        let (present, payload) = sessions.open(facts);
+        let session = sessions.session(&payload, facts).ok();
         let json = facts.method == Method::POST && wants_json(facts.accept());
         let mut clear = codec.clear_cookie_lines(&present);
         // Every other cookie of tollgate's goes too: pending logins, and an earlier pending
@@ -72,7 +77,7 @@ impl Oidc {
                 id: s.id,
                 until: codec.lives_until(s.created_at),
             };
-            if let Err(e) = gate.revoke(revocation, "logout", facts.now).await {
+            if let Err(e) = sessions.revoke(revocation, "logout", facts.now).await {
                 tracing::warn!(request_id = rid, error = %e, "logout: the store did not record the revocation; other replicas may accept copies of this cookie");
             }
             // The cookie may hold a refresh token already rotated (two routes refreshed at

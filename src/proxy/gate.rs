@@ -1,37 +1,42 @@
-//! The decision core: what to do with a request, without Pingora.
+//! The decision core: what to do with a request on a route, without Pingora.
 //!
-//! [`screen`] refuses requests that no route may see (`TRACE`, an HTTP/1.1 request without
-//! `Host`, a request target that is not safe to route on; whether its decoded form would route
-//! elsewhere is `RouteTable::resolve`'s check). [`Gate::decide`] takes
-//! the route's auth rule, the request's [`Facts`] and the time, and returns either a
-//! [`Grant`] — the bearer value for the upstream, the identity headers and the cookies to set
-//! on its response — or the [`Reply`] to send instead (a route's claim rule is checked here). The provider is reached only through [`Refresher`], so a
-//! unit test drives every branch (missing, forged, expired session; CSRF; refresh refused,
-//! unavailable, accepted; idle renewal) with a stand-in, and the Pingora adapter in
-//! [`super`] only moves facts in and results out.
+//! [`Gate::decide`] takes the route's rules ([`Policy`]), the request's [`Facts`] and the time,
+//! and returns either a [`Grant`] — the `Authorization` value for the upstream, the identity
+//! headers and the cookies to set on its response — or the [`Reply`] to send instead. It runs
+//! in three steps, each a short function:
+//!
+//! 1. open the session and check it: CSRF, the route's claim rule ([`Gate::admit`]);
+//! 2. pick the token: the session's own, or the route's audience token ([`Source`]); use it
+//!    while it is not due, else refresh, and look the outcome up in one table
+//!    ([`after_refresh`]);
+//! 3. carry out the cookie work once, at the end ([`Sessions::cookie_lines`]).
+//!
+//! The provider is reached only through [`Refresher`], so a unit test drives every branch
+//! (missing, forged, expired session; CSRF; refresh refused, unavailable, accepted; idle
+//! renewal) with a stand-in, and the Pingora adapter in [`super`] only moves facts in and
+//! results out.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Version};
+use http::HeaderValue;
 
-use super::headers::{self, Identity};
-use crate::claims::{self, ClaimRule};
+use super::credential::{DpopGrant, DpopKeys};
+use super::headers::Identity;
+use super::identity::identity;
+use crate::claims::ClaimRule;
 use crate::config::{Audience, RouteAuth};
 use crate::oidc::audience::AudienceToken;
-use crate::oidc::dpop::{DpopError, DpopKey};
 use crate::oidc::refresh::{self, Refresh, RefreshOutcome, RefreshRequest};
+use crate::oidc::token_client::TokenResponse;
 use crate::oidc::Oidc;
 use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
-use crate::session::cookie::{ChunkError, SessionCookies};
-use crate::session::revocations::{Revocation, Revocations, SeenJtis};
-use crate::session::{Payload, Session, SessionCodec, SessionError};
-use crate::sessions::csrf::CsrfPolicy;
-use crate::store::{Store, StoreError};
-use crate::target::{self, Target};
+use crate::session::cookie::ChunkError;
+use crate::session::{Session, SessionError};
+use crate::sessions::{CookieWork, Sessions};
 
 /// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]) and
 /// finds kept route tokens ([`crate::oidc::audience`]).
@@ -85,14 +90,6 @@ fn affinity(session: &Session<'_>) -> u64 {
     ((session.id >> 64) as u64 ^ session.id as u64).max(1)
 }
 
-/// The session's DPoP key and the access token's hash, for the upstream request's proof,
-/// which needs the upstream URL (known once the request is rewritten).
-#[derive(Debug, Clone)]
-pub(crate) struct DpopGrant {
-    pub(crate) key: Arc<DpopKey>,
-    pub(crate) ath: String,
-}
-
 /// A route's rules for [`Gate::decide`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy<'a> {
@@ -121,99 +118,80 @@ impl Policy<'_> {
     }
 }
 
-/// The identity of `session` for its headers; a value that cannot be a header (a control
-/// character in a claim) is left out and logged, never sent half-way.
-fn identity(session: &Session<'_>, groups_claim: &str, request_id: &str) -> Option<Box<Identity>> {
-    let value = |what: &'static str, text: &str| {
-        HeaderValue::from_str(text)
-            .inspect_err(|_| {
-                tracing::warn!(
-                    request_id,
-                    claim = what,
-                    "identity header left out: the claim is not a valid header value"
-                )
-            })
-            .ok()
-    };
-    // Comma-separated: a group whose name has a comma (an LDAP DN) would be split upstream,
-    // so then the header is left out rather than sent ambiguous.
-    let groups = claims::claim(&session.kept_claims, groups_claim)
-        .map(|g| g.values().iter().map(|v| v.text()).collect::<Vec<_>>())
-        .filter(|g| !g.is_empty())
-        .filter(|g| {
-            let plain = g.iter().all(|v| !v.contains(','));
-            if !plain {
-                tracing::warn!(
-                    request_id,
-                    "X-Auth-Request-Groups left out: a group name has a comma"
-                );
-            }
-            plain
-        })
-        .map(|g| g.join(","));
-    Some(Box::new(Identity {
-        user: value("sub", &session.claims.sub)?,
-        // Only a verified address: upstreams written for oauth2-proxy trust this header, and
-        // oauth2-proxy refuses unverified ones (a self-registered `admin@corp.example`).
-        email: session
-            .claims
-            .email
-            .as_deref()
-            .filter(|_| {
-                claims::claim(&session.kept_claims, "email_verified")
-                    == Some(&claims::ClaimValue::One(claims::Scalar::Bool(true)))
-            })
-            .and_then(|e| value("email", e)),
-        groups: groups.as_deref().and_then(|g| value("groups", g)),
-    }))
+/// Where the request's access token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source<'a> {
+    /// The session's own access token, refreshed in the session.
+    Session,
+    /// A route's audience token (`resource`, `scopes`; [`crate::oidc::audience`]): kept beside
+    /// the session and asked for with its refresh token; the session's own token is not used,
+    /// nor refreshed, for it.
+    Route(&'a Arc<Audience>),
 }
 
-/// Refuses what no route may see, before routing: `TRACE` (it would echo the request,
-/// cookies included, back to a script), an HTTP/1.1 request without `Host` (RFC 9112 §3.2),
-/// and a request target that is not safe to route on ([`target::check`]).
-pub(crate) fn screen<'r>(
-    method: &Method,
-    version: Version,
-    headers: &HeaderMap,
-    raw_target: &[u8],
-    uri_path: &'r str,
-    max_cookie_bytes: usize,
-    request_id: &str,
-) -> Result<Target<'r>, Fault> {
-    if method == Method::TRACE {
-        return Err(Fault::MethodNotAllowed);
-    }
-    let cookie_bytes: usize = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .map(|v| v.len())
-        .sum();
-    if cookie_bytes > max_cookie_bytes {
-        tracing::info!(
-            request_id,
-            cookie_bytes,
-            "Cookie header over server.max_cookie_bytes"
-        );
-        return Err(Fault::CookieTooLarge);
-    }
-    if version == Version::HTTP_11 && !headers.contains_key(http::header::HOST) {
-        tracing::info!(request_id, "HTTP/1.1 request without Host");
-        return Err(Fault::BadRequest);
-    }
-    target::check(raw_target, uri_path).map_err(|e| {
-        tracing::info!(request_id, reason = %e, "request target refused");
-        Fault::BadPath
-    })
+/// A token the request could use as it is, and when it falls due.
+#[derive(Debug, Clone)]
+struct Current<T> {
+    token: T,
+    expires_at: u64,
+    /// Seconds it was issued for (0: not known).
+    lifetime: u64,
 }
 
-/// The session and CSRF rules of the hot path, built once from the config.
+/// What happened when the request's token was due ([`after_refresh`]'s input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// The provider issued a new token.
+    Refreshed,
+    /// The provider rejected the refresh token (`invalid_grant`): the session is over.
+    Rejected,
+    /// The provider refused this request (another error code).
+    Refused,
+    /// The provider could not be reached or answered nonsense.
+    Unavailable,
+    /// No refresh was asked for: the session has no refresh token, or it expired.
+    NoRefreshToken { expired: bool },
+}
+
+/// What the request does next ([`after_refresh`]'s output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Next {
+    /// Go on with the new token.
+    UseNew,
+    /// Go on with the current token: it has not expired yet.
+    UseCurrent,
+    /// Refuse with this fault; the session's cookies are re-sealed if a refresh on the way
+    /// changed the session.
+    Refuse(Fault),
+    /// `401 session_expired`, clearing the session's cookies.
+    Expire,
+}
+
+/// The one table of refresh outcomes, for both token sources. `still_valid`: the current
+/// token has not expired (a token due for refresh may still be used a little longer).
+fn after_refresh(source: &Source<'_>, attempt: Attempt, still_valid: bool) -> Next {
+    let route = matches!(source, Source::Route(_));
+    match attempt {
+        Attempt::Refreshed => Next::UseNew,
+        Attempt::Rejected => Next::Expire,
+        // The provider refused a route's audience to this session: that is the answer.
+        Attempt::Refused if route => Next::Refuse(Fault::InsufficientScope),
+        // Keep the session; use the current token while it lasts.
+        Attempt::Refused | Attempt::Unavailable if still_valid => Next::UseCurrent,
+        Attempt::Refused | Attempt::Unavailable => Next::Refuse(Fault::ProviderUnavailable),
+        Attempt::NoRefreshToken { .. } if still_valid => Next::UseCurrent,
+        // A route's token is only ever asked for with a refresh token.
+        Attempt::NoRefreshToken { expired: false } if route => {
+            Next::Refuse(Fault::InsufficientScope)
+        }
+        Attempt::NoRefreshToken { .. } => Next::Expire,
+    }
+}
+
+/// The session rules of the hot path, built once from the config.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    codec: SessionCodec,
-    revocations: Arc<Revocations>,
-    store: Option<Arc<Store>>,
-    seen_jtis: SeenJtis,
-    csrf: CsrfPolicy,
+    sessions: Arc<Sessions>,
     metrics: Metrics,
     refresh_skew: u64,
     /// Set once `refresh_skew` was first capped at half a token's lifetime (logged once).
@@ -221,54 +199,19 @@ pub(crate) struct Gate {
     idle_reseal_after: u64,
     /// The claim that lists the user's groups (`[oidc] groups_claim`).
     groups_claim: String,
-    /// Sessions' DPoP keys, loaded once ([`DpopKeys`]).
+    /// Sessions' DPoP keys, loaded once.
     dpop_keys: DpopKeys,
-}
-
-/// Loaded DPoP keys by session id: loading one from the session's PKCS#8 verifies it (a
-/// scalar multiplication), as costly as the proof's signature. Bounded: emptied when full.
-#[derive(Debug, Default)]
-struct DpopKeys(std::sync::Mutex<std::collections::HashMap<u128, Arc<DpopKey>>>);
-
-const DPOP_KEYS: usize = 1024;
-
-impl DpopKeys {
-    fn get(&self, session: &Session<'_>) -> Result<Arc<DpopKey>, DpopError> {
-        let pkcs8 = session.dpop_key.as_deref().ok_or(DpopError::Load)?;
-        if let Some(k) = self.0.lock().ok().and_then(|m| m.get(&session.id).cloned()) {
-            // The id is the session's, chosen at login with its key; a renewed cookie keeps
-            // both. Compared anyway: a cached key is used only for the same key bytes.
-            if k.pkcs8() == pkcs8 {
-                return Ok(k);
-            }
-        }
-        let key = Arc::new(DpopKey::from_pkcs8(pkcs8)?);
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= DPOP_KEYS {
-                m.clear();
-            }
-            m.insert(session.id, key.clone());
-        }
-        Ok(key)
-    }
 }
 
 impl Gate {
     pub(crate) fn new(
-        codec: SessionCodec,
-        revocations: Arc<Revocations>,
-        store: Option<Arc<Store>>,
-        csrf: CsrfPolicy,
+        sessions: Arc<Sessions>,
         metrics: Metrics,
         refresh_skew: u64,
         idle_timeout: u64,
     ) -> Gate {
         Gate {
-            codec,
-            revocations,
-            store,
-            seen_jtis: SeenJtis::default(),
-            csrf,
+            sessions,
             metrics,
             refresh_skew,
             skew_capped: AtomicBool::new(false),
@@ -284,82 +227,9 @@ impl Gate {
         self
     }
 
-    pub(crate) fn codec(&self) -> &SessionCodec {
-        &self.codec
-    }
-
-    pub(crate) fn csrf(&self) -> &CsrfPolicy {
-        &self.csrf
-    }
-
-    /// Records `r` here at once, then in the shared store when there is one (within its
-    /// timeout). `Err` means the other replicas may not learn of it.
-    pub(crate) async fn revoke(
-        &self,
-        r: Revocation,
-        source: &'static str,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        self.revocations.apply(&r, now);
-        self.metrics.revocation(source);
-        match &self.store {
-            Some(store) => store.publish(&r, now).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Whether this is the first use of a logout token id, here and (with a store) on every
-    /// replica. `Err` when the store cannot say.
-    pub(crate) async fn first_use(
-        &self,
-        jti: &str,
-        ttl: u64,
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        let here = self.seen_jtis.first_use(jti, now, ttl);
-        match &self.store {
-            Some(store) => Ok(store.first_use(jti, ttl).await? && here),
-            None => Ok(here),
-        }
-    }
-
-    /// The request's session cookies, decrypted ([`SessionCodec::open`]).
-    pub(crate) fn open<'r>(
-        &self,
-        facts: &Facts<'r>,
-    ) -> (SessionCookies<'r>, Result<Payload, SessionError>) {
-        self.codec.open(facts.cookie_headers())
-    }
-
-    /// The session in `payload`, checked against the time; a session that was present but
-    /// could not be used is counted and logged.
-    pub(crate) fn session<'p>(
-        &self,
-        payload: &'p Result<Payload, SessionError>,
-        facts: &Facts<'_>,
-    ) -> Result<Session<'p>, SessionError> {
-        let session = payload
-            .as_ref()
-            .map_err(|e| *e)
-            .and_then(|p| self.codec.decode(p, facts.now))
-            .and_then(|s| {
-                if self.revocations.is_revoked(&s, facts.now) {
-                    Err(SessionError::Revoked)
-                } else {
-                    Ok(s)
-                }
-            });
-        if let Err(e) = &session {
-            if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
-                self.metrics.session_failure(e.reason());
-                tracing::info!(
-                    request_id = facts.request_id,
-                    reason = e.reason(),
-                    "session did not open"
-                );
-            }
-        }
-        session
+    /// The session service the gate decides with.
+    pub(crate) fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     /// Whether a token expiring at `expires_at`, issued for `lifetime` seconds, is due for a
@@ -381,276 +251,256 @@ impl Gate {
         due
     }
 
-    /// Decides a request on a route with rule `auth`. Refreshes the access token when it is
-    /// due and re-seals the cookie when the session changed.
+    /// Whether the session's cookie is due for its sliding renewal: once more than half of
+    /// the idle window has passed, not on every request (a client that never stores the new
+    /// cookie, like a load generator or a script, would otherwise cause a re-seal and an 8 KB
+    /// Set-Cookie on every call).
+    fn renewal_due(&self, session: &Session<'_>, now: u64) -> bool {
+        now.saturating_sub(session.last_seen) >= self.idle_reseal_after
+    }
+
+    /// Decides a request on a route with `policy`. Refreshes the token when it is due and
+    /// re-seals the cookie when the session changed; the cookie lines are made once, here.
     pub(crate) async fn decide(
         &self,
         policy: Policy<'_>,
         facts: &Facts<'_>,
         refresher: &impl Refresher,
     ) -> Result<Grant, Reply> {
-        let auth = policy.auth;
-        if auth == RouteAuth::None {
+        if policy.auth == RouteAuth::None {
             return Ok(Grant::default());
         }
-        let now = facts.now;
-        let rid = facts.request_id;
-        let (present, payload) = self.open(facts);
-        let session = match self.session(&payload, facts) {
-            Ok(s) => s,
-            Err(e) => {
-                if auth == RouteAuth::Optional {
-                    return Ok(Grant::default());
-                }
-                let fault = match e {
-                    SessionError::Cookie(ChunkError::TooManyChunks) => {
-                        self.metrics.limit("session_chunks");
-                        Fault::CookieTooLarge
-                    }
-                    _ => Fault::Unauthenticated,
-                };
-                let mut reply = Reply::from(fault);
-                if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
-                    reply = reply.with_cookies(self.codec.clear_cookie_lines(&present));
-                }
-                return Err(reply);
+        let (present, payload) = self.sessions.open(facts);
+        let (verdict, work) = match self.sessions.session(&payload, facts) {
+            Ok(session) => self.with_session(session, policy, facts, refresher).await,
+            Err(_) if policy.auth == RouteAuth::Optional => return Ok(Grant::default()),
+            // Nothing to clear when nothing came.
+            Err(SessionError::Cookie(ChunkError::Missing)) => {
+                (Err(Fault::Unauthenticated), CookieWork::Keep)
             }
+            Err(e) => (Err(self.no_session(e)), CookieWork::Clear),
         };
-        self.csrf
+        let lines = self
+            .sessions
+            .cookie_lines(work, &present, facts.now, facts.request_id);
+        match verdict {
+            Ok(mut grant) => {
+                grant.set_cookies = lines;
+                Ok(grant)
+            }
+            Err(fault) => Err(Reply::from(fault).with_cookies(lines)),
+        }
+    }
+
+    /// The fault for a session that did not open.
+    fn no_session(&self, e: SessionError) -> Fault {
+        match e {
+            SessionError::Cookie(ChunkError::TooManyChunks) => {
+                self.metrics.limit("session_chunks");
+                Fault::CookieTooLarge
+            }
+            _ => Fault::Unauthenticated,
+        }
+    }
+
+    /// Step 1: whether `session` may make this request at all (CSRF, the route's claim rule).
+    fn admit(
+        &self,
+        session: &Session<'_>,
+        policy: Policy<'_>,
+        facts: &Facts<'_>,
+    ) -> Result<(), Fault> {
+        self.sessions
+            .csrf()
             .check(facts.headers, facts.method)
-            .map_err(|e| Reply::from(Fault::Csrf(e)))?;
-        if let Some(rule) = policy.require {
-            if rule.asks_unknown(&session.kept_claims) {
-                // Logged in before the rule named this claim: log in again to keep it (a 403
-                // would lock out members of the group until the session ends).
+            .map_err(Fault::Csrf)?;
+        let Some(rule) = policy.require else {
+            return Ok(());
+        };
+        if rule.asks_unknown(&session.kept_claims) {
+            // Logged in before the rule named this claim: log in again to keep it (a 403
+            // would lock out members of the group until the session ends).
+            tracing::info!(
+                request_id = facts.request_id,
+                "the route's require rule reads a claim this session did not keep"
+            );
+            return Err(Fault::Unauthenticated);
+        }
+        if !rule.allows(&session.kept_claims) {
+            tracing::info!(
+                request_id = facts.request_id,
+                sub = %session.claims.sub,
+                "the session's claims do not satisfy the route's require rule"
+            );
+            return Err(Fault::Forbidden);
+        }
+        Ok(())
+    }
+
+    /// A route's token before any refresh: `Err` when the route cannot be served from this
+    /// session at all, else the kept token if there is one.
+    async fn route_token(
+        &self,
+        audience: &Arc<Audience>,
+        session: &Session<'_>,
+        facts: &Facts<'_>,
+        refresher: &impl Refresher,
+    ) -> Result<Option<Arc<AudienceToken>>, Fault> {
+        if let Some(tag) = audience.resource_tag() {
+            if !session.resources.contains(&tag) {
+                // Configured after this session's login: the grant does not cover it, and
+                // asking would spend the refresh token for a refusal. A new login asks for it.
                 tracing::info!(
-                    request_id = rid,
-                    "the route's require rule reads a claim this session did not keep"
+                    request_id = facts.request_id,
+                    "the route's resource was not asked for at this session's login"
                 );
-                return Err(Reply::from(Fault::Unauthenticated));
+                return Err(Fault::Unauthenticated);
             }
-            if !rule.allows(&session.kept_claims) {
-                tracing::info!(
-                    request_id = rid,
-                    sub = %session.claims.sub,
-                    "the session's claims do not satisfy the route's require rule"
-                );
-                return Err(Reply::from(Fault::Forbidden));
-            }
+        }
+        let kept = refresher.route_token(session.id, audience, facts.now).await;
+        if kept.as_ref().is_some_and(|t| t.refused) {
+            return Err(Fault::InsufficientScope);
+        }
+        Ok(kept)
+    }
+
+    /// Steps 1 and 2 for an open session: the verdict, and what to do with the cookies.
+    async fn with_session(
+        &self,
+        session: Session<'_>,
+        policy: Policy<'_>,
+        facts: &Facts<'_>,
+        refresher: &impl Refresher,
+    ) -> (Result<Grant, Fault>, CookieWork) {
+        let (now, rid) = (facts.now, facts.request_id);
+        if let Err(fault) = self.admit(&session, policy, facts) {
+            return (Err(fault), CookieWork::Keep);
         }
         let identity = if policy.identity_headers {
             identity(&session, &self.groups_claim, rid)
         } else {
             None
         };
-
-        if let Some(audience) = policy.audience {
-            return self
-                .decide_route_token(
-                    audience, session, &present, policy, facts, identity, refresher,
-                )
-                .await;
-        }
+        let source = match policy.audience {
+            Some(a) => Source::Route(a),
+            None => Source::Session,
+        };
+        let kept = match &source {
+            Source::Session => None,
+            Source::Route(a) => match self.route_token(a, &session, facts, refresher).await {
+                Ok(kept) => kept,
+                Err(fault) => return (Err(fault), CookieWork::Keep),
+            },
+        };
+        let current = match &source {
+            Source::Session => Some(Current {
+                token: &*session.access_token,
+                expires_at: session.access_expires_at,
+                lifetime: session.access_lifetime,
+            }),
+            Source::Route(_) => kept.as_deref().map(|t| Current {
+                token: t.access_token.as_str(),
+                expires_at: t.expires_at,
+                lifetime: t.lifetime,
+            }),
+        };
+        let due = current
+            .as_ref()
+            .is_none_or(|c| self.refresh_due(c.expires_at, c.lifetime, now));
 
         // The common case: a valid token, no renewal due. The token goes from the decrypted
         // payload straight into the header value, with no owned copy of the session.
-        let refresh_due = self.refresh_due(session.access_expires_at, session.access_lifetime, now);
-        let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
-        if !refresh_due && !reseal_due {
-            return self
-                .grant(
-                    &session.access_token,
-                    &session,
-                    policy,
-                    rid,
-                    identity,
-                    Vec::new(),
-                )
-                .map_err(Reply::from);
+        if !due && !self.renewal_due(&session, now) {
+            if let Some(c) = &current {
+                let grant = self.grant(c.token, &session, policy, rid, identity);
+                return (grant, CookieWork::Keep);
+            }
         }
+        let current = current.map(|c| Current {
+            token: c.token.to_owned(),
+            expires_at: c.expires_at,
+            lifetime: c.lifetime,
+        });
         let mut session = session.into_owned();
-        drop(payload);
-
-        let mut changed = false;
-        if refresh_due {
-            let still_valid = session.access_expires_at > now;
-            match refresh_request(&session, now, rid, None) {
-                Some(req) => {
-                    let r = refresher.refresh(req).await;
-                    changed = self.take_passed(&mut session, &r);
-                    match r.outcome {
-                        RefreshOutcome::Refreshed(tokens, issued_at) => {
-                            refresh::apply(&mut session, &tokens, issued_at);
-                            changed = true;
-                        }
-                        RefreshOutcome::Rejected(_) => return Err(self.expired(&present)),
-                        // Keep the session; use the current token while it lasts.
-                        RefreshOutcome::Unavailable | RefreshOutcome::Refused(_) if still_valid => {
-                        }
-                        RefreshOutcome::Unavailable | RefreshOutcome::Refused(_) => {
-                            return Err(Reply::from(Fault::ProviderUnavailable)
-                                .with_cookies(self.reseal(&session, &present, changed, now, rid)))
-                        }
-                    }
-                }
-                None if still_valid => {}
-                None => return Err(self.expired(&present)),
+        let (token, mut changed) = if due {
+            match self
+                .refresh(&source, &mut session, current, facts, refresher)
+                .await
+            {
+                Ok(taken) => taken,
+                Err((fault, work)) => return (Err(fault), work),
             }
-        }
-        let set_cookies = self.renew(&mut session, &present, changed, now, rid);
-        self.grant(
-            &session.access_token,
-            &session,
-            policy,
-            rid,
-            identity,
-            set_cookies,
-        )
-        .map_err(Reply::from)
-    }
-
-    /// A route with its own audience (`resource`, `scopes`): its kept token while it lasts,
-    /// else a new one asked for with the session's refresh token. The session's own access
-    /// token is not used, nor refreshed, here.
-    #[allow(clippy::too_many_arguments)]
-    async fn decide_route_token(
-        &self,
-        audience: &Arc<Audience>,
-        session: Session<'_>,
-        present: &SessionCookies<'_>,
-        policy: Policy<'_>,
-        facts: &Facts<'_>,
-        identity: Option<Box<Identity>>,
-        refresher: &impl Refresher,
-    ) -> Result<Grant, Reply> {
-        let (now, rid) = (facts.now, facts.request_id);
-        if let Some(tag) = audience.resource_tag() {
-            if !session.resources.contains(&tag) {
-                // Configured after this session's login: the grant does not cover it, and
-                // asking would spend the refresh token for a refusal. A new login asks for it.
-                tracing::info!(
-                    request_id = rid,
-                    "the route's resource was not asked for at this session's login"
-                );
-                return Err(Reply::from(Fault::Unauthenticated));
-            }
-        }
-        let kept = refresher.route_token(session.id, audience, now).await;
-        if kept.as_ref().is_some_and(|t| t.refused) {
-            return Err(Reply::from(Fault::InsufficientScope));
-        }
-        let fresh = kept
-            .as_ref()
-            .filter(|t| !self.refresh_due(t.expires_at, t.lifetime, now));
-        let reseal_due = now.saturating_sub(session.last_seen) >= self.idle_reseal_after;
-        if let (Some(t), false) = (fresh, reseal_due) {
-            return self
-                .grant(&t.access_token, &session, policy, rid, identity, Vec::new())
-                .map_err(Reply::from);
-        }
-        let mut session = session.into_owned();
-        let mut changed = false;
-        let token: String = match fresh {
-            Some(t) => t.access_token.clone(),
-            None => {
-                let still_valid = kept.filter(|t| t.expires_at > now);
-                match refresh_request(&session, now, rid, Some(audience)) {
-                    Some(req) => {
-                        let r = refresher.refresh(req).await;
-                        changed = self.take_passed(&mut session, &r);
-                        let refused = |fault: Fault, session: &Session<'_>| {
-                            Reply::from(fault)
-                                .with_cookies(self.reseal(session, present, changed, now, rid))
-                        };
-                        match r.outcome {
-                            RefreshOutcome::Refreshed(tokens, issued_at) => {
-                                refresh::apply_rotation(&mut session, &tokens, issued_at);
-                                changed |= tokens.refresh_token.is_some();
-                                tokens.access_token.clone()
-                            }
-                            RefreshOutcome::Rejected(_) => return Err(self.expired(present)),
-                            RefreshOutcome::Refused(_) => {
-                                return Err(refused(Fault::InsufficientScope, &session))
-                            }
-                            RefreshOutcome::Unavailable => match still_valid {
-                                Some(t) => t.access_token.clone(),
-                                None => return Err(refused(Fault::ProviderUnavailable, &session)),
-                            },
-                        }
-                    }
-                    None => match (still_valid, &session.refresh_token) {
-                        (Some(t), _) => t.access_token.clone(),
-                        (None, Some(_)) => return Err(self.expired(present)),
-                        (None, None) => {
-                            tracing::warn!(
-                                request_id = rid,
-                                "a route with its own audience needs a refresh token; the provider gave this session none"
-                            );
-                            return Err(Reply::from(Fault::InsufficientScope));
-                        }
-                    },
-                }
-            }
+        } else {
+            // Not due: only the renewal below.
+            (current.map(|c| c.token).unwrap_or_default(), false)
         };
-        let set_cookies = self.renew(&mut session, present, changed, now, rid);
-        self.grant(&token, &session, policy, rid, identity, set_cookies)
-            .map_err(Reply::from)
-    }
-
-    /// Takes the refresh tokens of the refreshes `r` passed through ([`Refresh::passed`]);
-    /// whether the session changed.
-    fn take_passed(&self, session: &mut Session<'static>, r: &Refresh) -> bool {
-        refresh::apply_passed(session, &r.passed);
-        !r.passed.is_empty()
-    }
-
-    /// `401 session_expired`, clearing the session's cookies.
-    fn expired(&self, present: &SessionCookies<'_>) -> Reply {
-        Reply::from(Fault::SessionExpired).with_cookies(self.codec.clear_cookie_lines(present))
-    }
-
-    /// Sliding expiration renews at half-life: the cookie is re-sealed once more than half of
-    /// the idle window has passed, not on every request (a client that never stores the new
-    /// cookie, like a load generator or a script, would otherwise cause a re-seal and an 8 KB
-    /// Set-Cookie on every call). The `Set-Cookie` lines when the session changed.
-    fn renew(
-        &self,
-        session: &mut Session<'static>,
-        present: &SessionCookies<'_>,
-        mut changed: bool,
-        now: u64,
-        rid: &str,
-    ) -> Vec<String> {
-        if now.saturating_sub(session.last_seen) >= self.idle_reseal_after {
+        if self.renewal_due(&session, now) {
             session.last_seen = now;
             changed = true;
         }
-        self.reseal(session, present, changed, now, rid)
+        let grant = self.grant(&token, &session, policy, rid, identity);
+        (grant, reseal_if(changed, session))
     }
 
-    /// The session's `Set-Cookie` lines if it `changed` (also on a refusal: a refresh token
-    /// rotated on the way must reach the browser whatever the reply).
-    fn reseal(
+    /// Refreshes the token of `source`, which is due: the token to use and whether the session
+    /// changed, or the refusal and its cookie work ([`after_refresh`]).
+    async fn refresh(
         &self,
-        session: &Session<'_>,
-        present: &SessionCookies<'_>,
-        changed: bool,
-        now: u64,
-        rid: &str,
-    ) -> Vec<String> {
-        if !changed {
-            return Vec::new();
-        }
-        match self.codec.set_cookie_lines(session, present, now) {
-            Ok(lines) => lines,
-            Err(e) => {
-                tracing::error!(request_id = rid, error = %e, "session could not be re-sealed");
-                Vec::new()
+        source: &Source<'_>,
+        session: &mut Session<'static>,
+        current: Option<Current<String>>,
+        facts: &Facts<'_>,
+        refresher: &impl Refresher,
+    ) -> Result<(String, bool), (Fault, CookieWork)> {
+        let (now, rid) = (facts.now, facts.request_id);
+        let audience = match source {
+            Source::Session => None,
+            Source::Route(a) => Some(*a),
+        };
+        let still_valid = current.filter(|c| c.expires_at > now);
+        let mut changed = false;
+        let mut new_token = None;
+        let attempt = match refresh_request(session, now, rid, audience) {
+            Some(req) => {
+                let r = refresher.refresh(req).await;
+                refresh::apply_passed(session, &r.passed);
+                changed = !r.passed.is_empty();
+                match r.outcome {
+                    RefreshOutcome::Refreshed(tokens, issued_at) => {
+                        changed |= take(source, session, &tokens, issued_at);
+                        new_token = Some(tokens.access_token.clone());
+                        Attempt::Refreshed
+                    }
+                    RefreshOutcome::Rejected(_) => Attempt::Rejected,
+                    RefreshOutcome::Refused(_) => Attempt::Refused,
+                    RefreshOutcome::Unavailable => Attempt::Unavailable,
+                }
             }
+            None => Attempt::NoRefreshToken {
+                expired: session.refresh_token.is_some(),
+            },
+        };
+        let next = after_refresh(source, attempt, still_valid.is_some());
+        if matches!(source, Source::Route(_))
+            && next == Next::Refuse(Fault::InsufficientScope)
+            && attempt == (Attempt::NoRefreshToken { expired: false })
+        {
+            tracing::warn!(
+                request_id = rid,
+                "a route with its own audience needs a refresh token; the provider gave this session none"
+            );
+        }
+        match (next, new_token, still_valid) {
+            (Next::UseNew, Some(token), _) => Ok((token, changed)),
+            (Next::UseCurrent, _, Some(c)) => Ok((c.token, changed)),
+            (Next::Expire, ..) => Err((Fault::SessionExpired, CookieWork::Clear)),
+            (Next::Refuse(fault), ..) => Err((fault, reseal_if(changed, session.clone()))),
+            // Not reached: `UseNew` comes with a token, `UseCurrent` with a valid one.
+            _ => Err((Fault::Internal, CookieWork::Keep)),
         }
     }
 
-    /// The grant for a request: `access_token` presented as the route asks ([`Self::present`]).
+    /// The grant for a request: `access_token` presented as the route asks.
     fn grant(
         &self,
         access_token: &str,
@@ -658,49 +508,48 @@ impl Gate {
         policy: Policy<'_>,
         rid: &str,
         identity: Option<Box<Identity>>,
-        set_cookies: Vec<String>,
     ) -> Result<Grant, Fault> {
-        let (authorization, dpop) = self.present(access_token, session, policy, rid)?;
+        let (authorization, dpop) =
+            self.dpop_keys
+                .present(access_token, session, policy.dpop, rid)?;
         Ok(Grant {
             bearer: Some(authorization),
             identity,
             dpop,
-            set_cookies,
+            set_cookies: Vec::new(),
             affinity: affinity(session),
         })
     }
+}
 
-    /// How the session's access token goes upstream: `Bearer`, or `DPoP` with what the proof
-    /// needs. A session without a DPoP key (from before `[oidc] dpop`) cannot use a DPoP
-    /// route: `401`, log in again.
-    fn present(
-        &self,
-        access_token: &str,
-        session: &Session<'_>,
-        policy: Policy<'_>,
-        rid: &str,
-    ) -> Result<(HeaderValue, Option<Box<DpopGrant>>), Fault> {
-        if !policy.dpop {
-            return Ok((bearer(access_token, rid)?, None));
+/// Takes a refresh's new tokens into `session`: for the session's own token, all of them; for
+/// a route's token, only a rotated refresh token (the access token is the route's, kept
+/// beside the session). Whether the session changed.
+fn take(
+    source: &Source<'_>,
+    session: &mut Session<'static>,
+    tokens: &TokenResponse,
+    issued_at: u64,
+) -> bool {
+    match source {
+        Source::Session => {
+            refresh::apply(session, tokens, issued_at);
+            true
         }
-        let key = self.dpop_keys.get(session).map_err(|e| {
-            tracing::info!(request_id = rid, error = %e, "a DPoP route and a session without a usable DPoP key");
-            Fault::Unauthenticated
-        })?;
-        let value = headers::dpop_value(access_token).map_err(|_| {
-            tracing::error!(
-                request_id = rid,
-                "the access token is not a valid header value"
-            );
-            Fault::Internal
-        })?;
-        Ok((
-            value,
-            Some(Box::new(DpopGrant {
-                key,
-                ath: crate::oidc::dpop::ath(access_token),
-            })),
-        ))
+        Source::Route(_) => {
+            refresh::apply_rotation(session, tokens, issued_at);
+            tokens.refresh_token.is_some()
+        }
+    }
+}
+
+/// Re-seal `session` if it `changed` (also on a refusal: a refresh token rotated on the way
+/// must reach the browser whatever the reply).
+fn reseal_if(changed: bool, session: Session<'static>) -> CookieWork {
+    if changed {
+        CookieWork::Reseal(Box::new(session))
+    } else {
+        CookieWork::Keep
     }
 }
 
@@ -737,22 +586,21 @@ fn refresh_due(expires_at: u64, lifetime: u64, now: u64, skew: u64) -> (bool, bo
     (expires_at <= now.saturating_add(skew), capped)
 }
 
-fn bearer(token: &str, request_id: &str) -> Result<HeaderValue, Fault> {
-    headers::bearer_value(token).map_err(|_| {
-        tracing::error!(request_id, "the access token is not a valid header value");
-        Fault::Internal
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use http::{HeaderMap, Method};
+
     use super::*;
     use crate::config::{CsrfConfig, SameSite, SessionConfig};
     use crate::oidc::token_client::TokenResponse;
     use crate::reply::CsrfError;
+    use crate::session::cookie::SessionCookies;
+    use crate::session::revocations::Revocation;
+    use crate::session::SessionCodec;
+    use crate::sessions::csrf::CsrfPolicy;
 
     const NOW: u64 = 1_800_000_000;
 
@@ -828,10 +676,13 @@ mod tests {
             "https://app.example.com",
         );
         Gate::new(
-            codec,
-            Arc::default(),
-            None,
-            csrf,
+            Arc::new(Sessions::new(
+                codec,
+                Arc::default(),
+                None,
+                csrf,
+                Metrics::new(),
+            )),
             Metrics::new(),
             refresh_skew,
             3_600,
@@ -853,7 +704,8 @@ mod tests {
         let mut h = HeaderMap::new();
         if let Some(s) = session {
             let lines = gate
-                .codec
+                .sessions
+                .codec()
                 .set_cookie_lines(s, &SessionCookies::default(), NOW)
                 .unwrap();
             let cookie: Vec<&str> = lines.iter().map(|l| l.split(';').next().unwrap()).collect();
@@ -894,6 +746,42 @@ mod tests {
 
     fn untouched() -> Provider {
         Provider::answering(RefreshOutcome::Unavailable)
+    }
+
+    /// The one table of refresh outcomes, row by row, for both token sources.
+    #[test]
+    fn the_refresh_outcome_table() {
+        let a = orders();
+        let route = Source::Route(&a);
+        let s = Source::Session;
+        let scope = Next::Refuse(Fault::InsufficientScope);
+        let down = Next::Refuse(Fault::ProviderUnavailable);
+        let none = |expired| Attempt::NoRefreshToken { expired };
+        #[rustfmt::skip]
+        let rows = [
+            // attempt,              still valid, session's token,   route's token
+            (Attempt::Refreshed,     false,       Next::UseNew,      Next::UseNew),
+            (Attempt::Rejected,      true,        Next::Expire,      Next::Expire),
+            (Attempt::Refused,       true,        Next::UseCurrent,  scope.clone()),
+            (Attempt::Refused,       false,       down.clone(),      scope.clone()),
+            (Attempt::Unavailable,   true,        Next::UseCurrent,  Next::UseCurrent),
+            (Attempt::Unavailable,   false,       down.clone(),      down.clone()),
+            (none(true),             true,        Next::UseCurrent,  Next::UseCurrent),
+            (none(true),             false,       Next::Expire,      Next::Expire),
+            (none(false),            false,       Next::Expire,      scope.clone()),
+        ];
+        for (attempt, valid, own, routed) in rows {
+            assert_eq!(
+                after_refresh(&s, attempt, valid),
+                own,
+                "{attempt:?} {valid}"
+            );
+            assert_eq!(
+                after_refresh(&route, attempt, valid),
+                routed,
+                "{attempt:?} {valid}"
+            );
+        }
     }
 
     /// A skew longer than half the token's lifetime is capped there: with 300 s and a 60 s
@@ -1202,16 +1090,17 @@ mod tests {
         let g = gate();
         let s = session();
         let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
-        g.revoke(
-            Revocation::Session {
-                id: s.id,
-                until: NOW + 3_600,
-            },
-            "logout",
-            NOW,
-        )
-        .await
-        .unwrap();
+        g.sessions
+            .revoke(
+                Revocation::Session {
+                    id: s.id,
+                    until: NOW + 3_600,
+                },
+                "logout",
+                NOW,
+            )
+            .await
+            .unwrap();
         let r = decide(&g, RouteAuth::Required, &Method::GET, &h, &untouched()).await;
         assert_eq!(refused(r), (401, "unauthenticated".into(), 1));
     }
@@ -1226,29 +1115,6 @@ mod tests {
             .await
             .unwrap();
         assert!(!grant.set_cookies.is_empty());
-    }
-
-    #[test]
-    fn screen_refuses_trace_hostless_http11_and_bad_targets() {
-        let mut h = HeaderMap::new();
-        let s = |m: &Method, v, h: &HeaderMap, t: &str| {
-            screen(m, v, h, t.as_bytes(), t, 12288, "rid").map(|_| ())
-        };
-        assert_eq!(
-            s(&Method::GET, Version::HTTP_11, &h, "/api"),
-            Err(Fault::BadRequest)
-        );
-        assert_eq!(s(&Method::GET, Version::HTTP_10, &h, "/api"), Ok(()));
-        h.insert("host", "app".parse().unwrap());
-        assert_eq!(s(&Method::GET, Version::HTTP_11, &h, "/api"), Ok(()));
-        assert_eq!(
-            s(&Method::TRACE, Version::HTTP_11, &h, "/api"),
-            Err(Fault::MethodNotAllowed)
-        );
-        assert_eq!(
-            s(&Method::GET, Version::HTTP_11, &h, "//api/admin"),
-            Err(Fault::BadPath)
-        );
     }
 
     fn orders() -> Arc<Audience> {
@@ -1296,9 +1162,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("cookie", cookie.join("; ").parse().unwrap());
         let (_, payload) = g
-            .codec
+            .sessions
+            .codec()
             .open(h.get_all("cookie").iter().map(|v| v.to_str().unwrap()));
-        g.codec.decode(&payload.unwrap(), NOW).unwrap().into_owned()
+        g.sessions
+            .codec()
+            .decode(&payload.unwrap(), NOW)
+            .unwrap()
+            .into_owned()
     }
 
     fn route_session(audience: &Audience) -> Session<'static> {

@@ -14,13 +14,16 @@
 //!
 //! Per-request state lives in [`Ctx`].
 
+pub(crate) mod credential;
 pub(crate) mod front;
 pub(crate) mod gate;
 pub mod headers;
+pub(crate) mod identity;
 pub(crate) mod pool;
 pub(crate) mod request_id;
 pub(crate) mod respond;
 pub(crate) mod routes;
+pub(crate) mod screen;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -46,6 +49,7 @@ use crate::request::Facts;
 use crate::session::revocations::Revocations;
 use crate::session::SessionCodec;
 use crate::sessions::csrf::CsrfPolicy;
+use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::target::Target;
 use gate::Gate;
@@ -114,7 +118,7 @@ pub(crate) struct Ctx {
     /// The identity headers' values, on a route with `identity_headers`.
     identity: Option<Box<headers::Identity>>,
     /// The DPoP key and token hash, on a route with `token_binding = "dpop"`.
-    dpop: Option<Box<gate::DpopGrant>>,
+    dpop: Option<Box<credential::DpopGrant>>,
     /// Set-Cookie lines for the proxied response (a refreshed or renewed session).
     set_cookies: Vec<String>,
     upstream_started: Option<Instant>,
@@ -149,7 +153,7 @@ impl Tollgate {
         revocations: Arc<Revocations>,
         store: Option<Arc<Store>>,
     ) -> Result<Self, ResolveError> {
-        let gate = Gate::new(
+        let sessions = Sessions::new(
             SessionCodec::new(&config.session, config.server.secure_cookies)
                 .with_sealer(oidc.sealer().clone())
                 .with_cookie_budget(
@@ -162,6 +166,10 @@ impl Tollgate {
             revocations,
             store,
             CsrfPolicy::new(&config.csrf, &config.server.public_origin),
+            metrics.clone(),
+        );
+        let gate = Gate::new(
+            Arc::new(sessions),
             metrics.clone(),
             config.session.refresh_skew.as_secs(),
             config.session.idle_timeout.as_secs(),
@@ -227,7 +235,7 @@ impl Tollgate {
         req: &'r RequestHeader,
         request_id: &str,
     ) -> Result<(Target<'r>, Destination), Fault> {
-        let target = gate::screen(
+        let target = screen::screen(
             &req.method,
             req.version,
             &req.headers,
@@ -280,7 +288,11 @@ impl Tollgate {
         };
         let index = match destination {
             Destination::Endpoint(endpoint) => {
-                return Some(self.endpoints.answer(endpoint, &facts, &self.gate).await)
+                return Some(
+                    self.endpoints
+                        .answer(endpoint, &facts, self.gate.sessions())
+                        .await,
+                )
             }
             Destination::Route(index) => index,
         };
@@ -335,7 +347,7 @@ pub(crate) struct Upstream<'a> {
     pub(crate) path: &'a str,
     pub(crate) bearer: Option<&'a HeaderValue>,
     pub(crate) identity: Option<&'a headers::Identity>,
-    pub(crate) dpop: Option<&'a gate::DpopGrant>,
+    pub(crate) dpop: Option<&'a credential::DpopGrant>,
     pub(crate) client_ip: Option<IpAddr>,
     pub(crate) request_id: &'a str,
     /// The pool member chosen (`None` on a route with a fixed peer).
@@ -380,7 +392,7 @@ impl Tollgate {
                 identity: upstream.identity,
                 dpop_proof: dpop_proof.as_ref(),
                 drop_client_authorization: !route.keep_authorization,
-                cookie_name: self.gate.codec().cookie_name(),
+                cookie_name: self.gate.sessions().codec().cookie_name(),
                 client_ip: upstream.client_ip,
                 proto: self.proto,
                 forwarded_host: &self.forwarded_host,
@@ -700,7 +712,7 @@ impl ProxyHttp for Tollgate {
         let rw = headers::ResponseRewrite {
             request_id: &ctx.request_id,
             hsts: self.hsts(ctx),
-            cookie_name: self.gate.codec().cookie_name(),
+            cookie_name: self.gate.sessions().codec().cookie_name(),
             set_cookies: std::mem::take(&mut ctx.set_cookies),
             private: ctx.private,
         };
