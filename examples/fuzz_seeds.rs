@@ -47,6 +47,7 @@ fn main() {
     let from_provider = Session {
         access_token: text("access_token").expect("access_token"),
         access_expires_at: NOW + 3000,
+        access_lifetime: 3600,
         refresh_token: text("refresh_token"),
         refresh_expires_at: None,
         id_token: text("id_token"),

@@ -24,7 +24,9 @@ use crate::oidc::login::{self, LoginState};
 use crate::oidc::{client_auth::ClientAuth, refresh, return_to, token_client, Oidc};
 use crate::ops::health::Readiness;
 use crate::ops::metrics::Metrics;
-use crate::proxy::{Destination, Tollgate, Upstream};
+use crate::proxy::dispatch::Destination;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::Tollgate;
 use crate::reply::Reply;
 use crate::request::Facts;
 use crate::session::cookie::{self, SessionCookies};
@@ -299,7 +301,7 @@ impl Harness {
     pub fn target_path(&self, raw: &[u8]) -> Option<TargetOutcome> {
         let mut req = RequestHeader::build("GET", raw, None).ok()?;
         req.insert_header("host", "app.example.com").ok()?;
-        let checked = crate::proxy::gate::screen(
+        let checked = crate::proxy::screen::screen(
             &req.method,
             req.version,
             &req.headers,
@@ -310,7 +312,7 @@ impl Harness {
         )
         .map(|t| (t.path.into_owned(), t.canonical))
         .map_err(|f| f.status());
-        let (target, destination) = match self.app.destination(&req, "fuzz") {
+        let (target, destination) = match self.app.dispatch().destination(&req, "fuzz") {
             Ok(d) => d,
             Err(fault) => {
                 return Some(TargetOutcome {
@@ -330,7 +332,7 @@ impl Harness {
             }
             Destination::Route(index) => index,
         };
-        let route = self.app.routes().get(index)?;
+        let route = self.app.dispatch().routes().get(index)?;
         // As `Ctx::path`: the normalised path when it was decoded, else the URI's.
         let path = match &target.path {
             Cow::Owned(p) => p.as_str(),
@@ -364,12 +366,16 @@ impl Harness {
 
     /// The route for an already normal `path` (longest prefix), as the route table finds it.
     pub fn route_of(&self, path: &str) -> Option<usize> {
-        self.app.routes().find(path).map(|(i, _)| i)
+        self.app.dispatch().routes().find(path).map(|(i, _)| i)
     }
 
     /// The prefix of route `index`.
     pub fn prefix_of(&self, index: usize) -> Option<&str> {
-        self.app.routes().get(index).map(|r| r.prefix.as_str())
+        self.app
+            .dispatch()
+            .routes()
+            .get(index)
+            .map(|r| r.prefix.as_str())
     }
 
     // --- Cookie headers and chunks --------------------------------------------------------
@@ -401,7 +407,7 @@ impl Harness {
                     .map_err(|e| e.to_string())?;
             }
             let index = self.route_of("/api/x").ok_or("no route")?;
-            let route = self.app.routes().get(index).ok_or("no route")?;
+            let route = self.app.dispatch().routes().get(index).ok_or("no route")?;
             let mut up = req.clone();
             self.app
                 .rewrite_upstream(
@@ -465,13 +471,14 @@ impl Harness {
         let headers = Self::headers(&pairs);
         let method = Method::GET;
         let facts = Self::facts(&method, None, &headers, None);
-        let gate = self.app.gate();
-        let (found, payload) = gate.open(&facts);
+        let gate = self.app.dispatch().gate();
+        let (found, payload) = gate.sessions().open(&facts);
         let sealed = found
             .value()
             .map(Cow::into_owned)
             .map_err(|e| e.to_string());
         let opened = gate
+            .sessions()
             .session(&payload, &facts)
             .map(|_| ())
             .map_err(|e| e.to_string());
@@ -574,8 +581,10 @@ impl Harness {
         accept: Option<&str>,
     ) -> ReplyParts {
         let reply = Self::get(query, cookie, accept, |facts| {
-            self.runtime
-                .block_on(self.oidc.callback(facts, self.app.gate().codec()))
+            self.runtime.block_on(
+                self.oidc
+                    .callback(facts, self.app.dispatch().gate().sessions().codec()),
+            )
         });
         ReplyParts::of(&reply)
     }
@@ -596,10 +605,10 @@ impl Harness {
         let headers = Self::headers(&pairs);
         let method = if post { Method::POST } else { Method::GET };
         let facts = Self::facts(&method, query, &headers, None);
-        let first = match self
-            .runtime
-            .block_on(self.oidc.logout(&facts, self.app.gate()))
-        {
+        let first = match self.runtime.block_on(
+            self.oidc
+                .logout(&facts, self.app.dispatch().gate().sessions()),
+        ) {
             Ok(reply) => ReplyParts::of(&reply),
             Err(fault) => ReplyParts::of(&Reply::from(fault)),
         };
@@ -717,10 +726,10 @@ impl Harness {
         let headers = HeaderMap::new();
         let method = Method::POST;
         let facts = Self::facts(&method, None, &headers, Some(body));
-        match self
-            .runtime
-            .block_on(self.oidc.backchannel_logout(&facts, self.app.gate()))
-        {
+        match self.runtime.block_on(
+            self.oidc
+                .backchannel_logout(&facts, self.app.dispatch().gate().sessions()),
+        ) {
             Ok(reply) => ReplyParts::of(&reply),
             Err(fault) => ReplyParts::of(&Reply::from(fault)),
         }
