@@ -208,14 +208,43 @@ def references(mod, code):
     return refs
 
 
-def owning_file(path, mods):
-    """The longest module prefix of `path` that is a file, or None."""
+def owning_file(path, mods, exports=None):
+    """The file that defines what `path` names: the longest module prefix of `path` that is a
+    file, followed through that file's re-exports (`pub use child::Name` names the child's
+    item, so using it is an edge to the child, not to the re-exporting mod.rs)."""
     segs = path.split("::") if path else []
     for k in range(len(segs), -1, -1):
         cand = "::".join(segs[:k])
         if cand in mods:
+            if exports is not None and k < len(segs):
+                target = exports.get(cand, {}).get(segs[k])
+                if target is not None and target != path:
+                    return owning_file(target, mods, exports)
             return cand
     return None
+
+
+def reexports(mod, code):
+    """`pub use …` items of `mod`: name → the absolute path it re-exports."""
+    out = {}
+    here = mod.split("::") if mod else []
+    for m in re.finditer(r"\bpub(?:\([a-z]+\))?\s+use\s+([^;]*);", code):
+        for p in expand_use(m.group(1)):
+            segs = p.split("::")
+            if segs[0] == "crate":
+                absolute = segs[1:]
+            elif segs[0] in ("self", "super"):
+                base = list(here)
+                while segs and segs[0] in ("self", "super"):
+                    if segs[0] == "super":
+                        base = base[:-1]
+                    segs = segs[1:]
+                absolute = base + segs
+            else:
+                absolute = here + segs
+            if absolute and absolute[-1] != "*":
+                out[absolute[-1]] = "::".join(absolute)
+    return out
 
 
 def layer_of(mod, layers):
@@ -264,15 +293,19 @@ def main():
     mods = module_files()
     graph = {}
     problems = []
-    for mod, path in sorted(mods.items()):
+    codes = {}
+    for mod, path in mods.items():
         with open(path, encoding="utf-8") as f:
-            code = strip_code(f.read())
+            codes[mod] = strip_code(f.read())
+    exports = {mod: reexports(mod, code) for mod, code in codes.items()}
+    for mod, path in sorted(mods.items()):
+        code = codes[mod]
         if mod == "" or path.endswith("mod.rs"):
             # In a mod.rs, `super` is the parent of the directory's module.
             pass
         deps = set()
         for r in references(mod, code):
-            target = owning_file(r, mods)
+            target = owning_file(r, mods, exports)
             # A reference to a module's own children's names through `self::child` is an edge
             # to the child; a reference that resolves to the file itself is not an edge.
             if target is None or target == mod:

@@ -17,8 +17,8 @@ use http::Method;
 use jsonwebtoken::Validation;
 use serde::Deserialize;
 
+use super::client::Oidc;
 use super::id_token::{self, KindDescription, LEEWAY_SECS};
-use super::Oidc;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
 use crate::session::revocations::Revocation;

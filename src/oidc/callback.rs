@@ -9,30 +9,16 @@
 
 use serde::Deserialize;
 
+use super::client::Oidc;
 use super::dpop::DpopKey;
 use super::id_token::{self, Expected, IdTokenError};
+use super::lifetime::{expires_at, lifetime};
 use super::login::{self, LoginState, LoginStateError};
 use super::token_client::TokenError;
-use super::Oidc;
 use crate::reply::{provider_code, Fault, Format, Reply};
 use crate::request::Facts;
 use crate::session::cookie::{is_plausible_state, login_cookie_name, SessionCookies};
 use crate::session::{Claims, Session, SessionCodec};
-
-/// Default access-token lifetime when the provider omits `expires_in`.
-pub(crate) const DEFAULT_EXPIRES_IN: u64 = 3600;
-/// Longer lifetimes from the provider are taken as this (a year): no overflow, no absurd dates.
-const MAX_EXPIRES_IN: u64 = 366 * 24 * 3600;
-
-/// When a token issued at `issued_at` with the provider's `expires_in` expires.
-pub(crate) fn expires_at(issued_at: u64, expires_in: Option<u64>) -> u64 {
-    issued_at.saturating_add(lifetime(expires_in))
-}
-
-/// How long a token the provider gave `expires_in` for is used as valid, in seconds.
-pub(crate) fn lifetime(expires_in: Option<u64>) -> u64 {
-    expires_in.unwrap_or(DEFAULT_EXPIRES_IN).min(MAX_EXPIRES_IN)
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct CallbackQuery {

@@ -35,7 +35,7 @@ pub(crate) enum DiscoveryError {
     Body {
         url: String,
         #[source]
-        source: super::BodyError,
+        source: super::http::BodyError,
     },
     #[error("{url} answered {status}")]
     Status { url: String, status: u16 },
@@ -252,7 +252,7 @@ async fn fetch_json(
             status: resp.status().as_u16(),
         });
     }
-    super::read_body(resp, max)
+    super::http::read_body(resp, max)
         .await
         .map_err(|source| DiscoveryError::Body {
             url: url.to_string(),

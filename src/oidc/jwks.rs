@@ -3,7 +3,7 @@
 //! Keys are parsed once per fetch. A key is found by `kid` and must fit the token's algorithm
 //! family (an RSA key never verifies an ES256 signature); encryption keys are ignored. Fetching
 //! again on an unknown `kid` (key rotation) is rate-limited by the caller
-//! ([`super::Oidc`]), never done per request.
+//! ([`super::client::Oidc`]), never done per request.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -21,7 +21,7 @@ pub(crate) enum JwksError {
     Body {
         url: String,
         #[source]
-        source: super::BodyError,
+        source: super::http::BodyError,
     },
     #[error("JWKS {url} answered {status}")]
     Status { url: String, status: u16 },
@@ -150,7 +150,7 @@ impl Jwks {
                 status: resp.status().as_u16(),
             });
         }
-        let body = super::read_body(resp, max_bytes)
+        let body = super::http::read_body(resp, max_bytes)
             .await
             .map_err(|source| JwksError::Body {
                 url: u.clone(),

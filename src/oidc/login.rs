@@ -128,7 +128,7 @@ pub(crate) fn login_cookie_line(
     crate::session::cookie::cookie_line(name, value, max_age, secure, SameSite::Lax)
 }
 
-impl super::Oidc {
+impl super::client::Oidc {
     /// `GET /login`: a redirect to the provider's authorization endpoint, with the login
     /// cookie, and the expiry of the oldest pending logins beyond [`MAX_PENDING_LOGINS`].
     /// When the provider takes pushed authorization requests (`[oidc] par`), the parameters

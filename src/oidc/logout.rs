@@ -19,7 +19,7 @@ use std::time::Duration;
 use http::Method;
 use serde::{Deserialize, Serialize};
 
-use super::Oidc;
+use super::client::Oidc;
 use crate::reply::{wants_json, Fault, Reply};
 use crate::request::Facts;
 use crate::session::cookie::{self, logout_cookie_name};

@@ -410,14 +410,14 @@ impl TokenClient {
                 *slot = Some(nonce.to_string());
             }
         }
-        let body = super::read_body(resp, self.max_body)
+        let body = super::http::read_body(resp, self.max_body)
             .await
             .map_err(|e| match e {
-                super::BodyError::TooLarge(_) => {
+                super::http::BodyError::TooLarge(_) => {
                     self.metrics.limit("provider_response_bytes");
                     TokenError::TooLarge
                 }
-                super::BodyError::Http(e) => TokenError::Unreachable(describe(&e)),
+                super::http::BodyError::Http(e) => TokenError::Unreachable(describe(&e)),
             })?;
         if !(200..300).contains(&status) {
             let error = provider_error(&body);

@@ -27,7 +27,7 @@ use super::headers::Identity;
 use super::identity::identity;
 use crate::claims::ClaimRule;
 use crate::config::{Audience, RouteAuth};
-use crate::oidc::audience::AudienceToken;
+use crate::oidc::audience_tokens::AudienceToken;
 use crate::oidc::refresh::{self, Refresh, RefreshOutcome, RefreshRequest};
 use crate::oidc::token_client::TokenResponse;
 use crate::oidc::Oidc;
