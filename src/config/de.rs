@@ -203,3 +203,21 @@ where
 {
     lenient(d).map(Some)
 }
+
+// Defaults serde fills in (`#[serde(default = "…")]`), shared by the sections.
+
+pub(crate) fn yes() -> bool {
+    true
+}
+
+pub(crate) fn millis<const N: u64>() -> Duration {
+    Duration::from_millis(N)
+}
+
+pub(crate) fn bytes<const N: usize>() -> usize {
+    N
+}
+
+pub(crate) fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}

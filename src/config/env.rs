@@ -10,7 +10,7 @@
 
 use toml::Value;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// The prefix that marks a variable as a tollgate override.
 pub(crate) const PREFIX: &str = "TOLLGATE__";

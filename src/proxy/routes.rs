@@ -197,7 +197,7 @@ mod tests {
 
     pub(super) fn route(prefix: &str, upstream: &str, strip: bool) -> RouteConfig {
         let upstream: url::Url = upstream.parse().unwrap();
-        let (host, host_header) = crate::config::validate::host_header(&upstream).unwrap();
+        let (host, host_header) = crate::config::common::host_header(&upstream).unwrap();
         RouteConfig {
             prefix: prefix.into(),
             upstreams: vec![crate::config::UpstreamUrl {

@@ -5,10 +5,108 @@
 //! key is one of the repository's published examples depends on `server.public_url`, so that
 //! check is with the other cross-section checks in the parent module.
 
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::de::{self, secs};
+use super::error::ConfigError;
 use base64::Engine;
 
-use crate::config::file::{SameSiteSetting, SessionSection};
-use crate::config::{ConfigError, SameSite, SessionConfig};
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionSection {
+    #[serde(default = "default_cookie_name")]
+    pub cookie_name: String,
+    /// Base64 text: decoded in validation, which names each key without quoting it.
+    #[serde(default, deserialize_with = "de::opt_list")]
+    pub keys: Option<Vec<String>>,
+    pub keys_file: Option<String>,
+    #[serde(default = "default_same_site")]
+    pub same_site: SameSiteSetting,
+    #[serde(default = "secs::<86400>", deserialize_with = "de::duration")]
+    pub max_lifetime: Duration,
+    #[serde(default = "secs::<28800>", deserialize_with = "de::duration")]
+    pub idle_timeout: Duration,
+    #[serde(default = "secs::<30>", deserialize_with = "de::duration")]
+    pub refresh_skew: Duration,
+}
+
+/// `same_site` as written. `"none"` is a real SameSite value, so it parses, and validation
+/// refuses it with the reason (it would defeat the CSRF defence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SameSiteSetting {
+    #[serde(alias = "Lax")]
+    Lax,
+    #[serde(alias = "Strict")]
+    Strict,
+    #[serde(alias = "None")]
+    None,
+}
+
+fn default_cookie_name() -> String {
+    "__Host-tollgate".into()
+}
+
+fn default_same_site() -> SameSiteSetting {
+    SameSiteSetting::Lax
+}
+
+// The session cookie's wire limits ([`crate::session::cookie`]), here so that validation
+// (`[server] max_cookie_bytes` against what a session may need) reads no runtime code.
+/// The longest value put in one cookie; with the name and attributes it stays under 4096 bytes.
+pub const CHUNK_SIZE: usize = 3800;
+
+/// Chunks beyond this are ignored on read and never written (≈ 38 KB of session).
+pub const MAX_CHUNKS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+}
+
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// The cookie name actually used (without `__Host-` when cookies are not `Secure`).
+    pub cookie_name: String,
+    /// Set when the configured name had to lose its `__Host-` prefix (http `public_url`).
+    pub dropped_host_prefix: bool,
+    /// Sealing keys: the first seals, all open.
+    pub keys: Vec<[u8; 32]>,
+    pub same_site: SameSite,
+    pub max_lifetime: Duration,
+    pub idle_timeout: Duration,
+    /// Refresh the access token when it expires within this long.
+    pub refresh_skew: Duration,
+}
+
+impl fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("cookie_name", &self.cookie_name)
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("same_site", &self.same_site)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("refresh_skew", &self.refresh_skew)
+            .finish()
+    }
+}
+
+/// Every session key published in this repository as an example: `conf/tollgate.toml`,
+/// `benches/load/run.py` and the test suites (`tests/common/mod.rs`), the Kubernetes example
+/// overlay (`deploy/kubernetes/overlays/example/secrets/cookie_keys.example`), and the all-zero
+/// key of the unit tests. Anyone can read them, so anyone could forge sessions sealed with
+/// them: they are accepted only where nobody else can reach tollgate, on a loopback `http`
+/// `public_url`. A new example key elsewhere in the repository belongs in this list.
+pub(crate) const EXAMPLE_SESSION_KEYS: [&str; 3] = [
+    "bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=",
+    "cX/YoznuBp7+yL48hHfkYSHiNy865Fe3gut4ykzT2+E=",
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+];
 
 /// The session config and, for each key, the name errors about it use.
 pub(super) struct Session {

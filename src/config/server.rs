@@ -4,10 +4,129 @@
 //! cookies are `Secure` and the `X-Forwarded-Host` sent upstream. All of that is derived here,
 //! once, so no other module re-parses it or has to guess a fallback.
 
-use super::host_header;
-use crate::config::file::ServerSection;
-use crate::config::{ConfigError, Limits, ServerConfig};
-use crate::config::{CHUNK_SIZE, MAX_CHUNKS};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderValue;
+use serde::Deserialize;
+use url::Url;
+
+use super::common::host_header;
+use super::de::{self, bytes, secs, Addr, HttpUrl};
+use super::error::ConfigError;
+use super::session::{CHUNK_SIZE, MAX_CHUNKS};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerSection {
+    #[serde(default = "default_listen", deserialize_with = "de::list")]
+    pub listen: Vec<Addr>,
+    pub public_url: HttpUrl,
+    /// Default: the number of CPUs.
+    #[serde(default, deserialize_with = "de::opt_lenient")]
+    pub threads: Option<usize>,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub grace_period: Duration,
+    #[serde(default = "secs::<60>", deserialize_with = "de::duration")]
+    pub keepalive_timeout: Duration,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub header_read_timeout: Duration,
+    #[serde(default = "max_connections", deserialize_with = "de::lenient")]
+    pub max_connections: usize,
+    #[serde(default = "bytes::<16384>", deserialize_with = "de::lenient")]
+    pub max_header_bytes: usize,
+    #[serde(default = "bytes::<100>", deserialize_with = "de::lenient")]
+    pub max_headers: usize,
+    #[serde(default = "bytes::<12288>", deserialize_with = "de::lenient")]
+    pub max_cookie_bytes: usize,
+    #[serde(default = "bytes::<65536>", deserialize_with = "de::lenient")]
+    pub max_body_bytes: usize,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub body_read_timeout: Duration,
+    #[serde(default = "secs::<30>", deserialize_with = "de::duration")]
+    pub write_timeout: Duration,
+    /// Bytes per second; 0 turns the rate check off (`write_timeout` still applies).
+    #[serde(default = "bytes::<1024>", deserialize_with = "de::lenient")]
+    pub min_send_rate: usize,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub send_rate_window: Duration,
+    #[serde(default = "bytes::<32>", deserialize_with = "de::lenient")]
+    pub h2_max_concurrent_streams: usize,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub redirect_to_https: bool,
+    /// Where `tollgate --upgrade` takes the listening sockets from the running process.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    /// A hosts-format file consulted before the system resolver for upstream names.
+    pub hosts_file: Option<String>,
+}
+
+fn default_upgrade_sock() -> String {
+    "/run/tollgate/upgrade.sock".into()
+}
+
+fn max_connections() -> usize {
+    4096
+}
+
+fn default_listen() -> Vec<Addr> {
+    vec![Addr(SocketAddr::from(([127, 0, 0, 1], 8080)))]
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// The external origin the browser sees, e.g. `https://app.example.com`.
+    pub public_url: Url,
+    /// `public_url` as an origin string (`scheme://host[:port]`), as browsers send in `Origin`.
+    pub public_origin: String,
+    /// Whether cookies get the `Secure` attribute (`public_url` is https).
+    pub secure_cookies: bool,
+    /// `public_url`'s authority (`host[:port]`), as sent upstream in `X-Forwarded-Host`.
+    pub forwarded_host: HeaderValue,
+    pub threads: usize,
+    pub grace_period: Duration,
+    /// What one client may hold or send (`[server]` limits).
+    pub limits: Limits,
+    /// Plain listeners answer `308` to `public_url` (health and readiness excepted).
+    pub redirect_to_https: bool,
+    /// The Unix socket a `tollgate --upgrade` process takes the listening sockets over.
+    pub upgrade_sock: PathBuf,
+    /// `hosts_file`: names found there resolve to its addresses, before the system resolver.
+    pub hosts_file: Option<PathBuf>,
+}
+
+/// `[server]` limits on what one client can hold or send before tollgate answers for it.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// An idle keep-alive connection is closed after this long.
+    pub keepalive_timeout: Duration,
+    /// A whole request head must arrive within this long (not reset per byte).
+    pub header_read_timeout: Duration,
+    /// Open client connections per process; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Request line and headers together, in bytes (`431` beyond).
+    pub max_header_bytes: usize,
+    /// Header fields per request (`431` beyond).
+    pub max_headers: usize,
+    /// All `Cookie` header values together, in bytes (`431` beyond); sessions that would not
+    /// fit are refused at login.
+    pub max_cookie_bytes: usize,
+    /// Request bodies of tollgate's own endpoints (`413` beyond).
+    pub max_body_bytes: usize,
+    /// A request body tollgate reads itself must arrive whole within this long (`408`).
+    pub body_read_timeout: Duration,
+    /// A response write that makes no progress for this long ends the connection.
+    pub write_timeout: Duration,
+    /// A client that, while responses wait for it, takes fewer than `min_send_rate` bytes a
+    /// second over `send_rate_window` of waiting is cut off; 0 turns the check off.
+    pub min_send_rate: usize,
+    pub send_rate_window: Duration,
+    /// Concurrent streams one HTTP/2 connection may open, which also bounds the upstream
+    /// connections it can hold (one per stream; an HTTP/1.1 connection holds at most one).
+    pub h2_max_concurrent_streams: usize,
+}
 
 /// Pingora parses at most this many header fields; more must be refused before it sees them.
 pub(crate) const MAX_HEADERS_CEILING: usize = 256;

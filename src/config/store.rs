@@ -5,9 +5,49 @@
 //! (`cluster_urls`, its seed nodes), not both: a config naming both would leave it unclear which
 //! store the replicas share.
 
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::de::{self, millis};
+use super::error::{ConfigError, Secret};
 use super::oidc::secret_value;
-use crate::config::file::StoreSection;
-use crate::config::{ConfigError, Secret, StoreConfig, StoreTarget};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreSection {
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    #[serde(default)]
+    pub cluster_urls: Vec<String>,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "millis::<500>", deserialize_with = "de::duration")]
+    pub timeout: Duration,
+}
+
+fn default_key_prefix() -> String {
+    "tollgate:".to_string()
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Where the store is: one server, or the seed nodes of a Redis Cluster.
+    pub target: StoreTarget,
+    /// Prepended to every key and channel.
+    pub key_prefix: String,
+    /// The longest one store operation may take.
+    pub timeout: Duration,
+}
+
+/// `[store] url` (one Redis or Valkey server) or `[store] cluster_urls` (Redis Cluster seed
+/// nodes). Each URL is `redis://` or `rediss://`, possibly with `user:password@` (hence secrets).
+#[derive(Debug, Clone)]
+pub enum StoreTarget {
+    Single(Secret),
+    Cluster(Vec<Secret>),
+}
 
 const URL_SHAPE: &str =
     "must be redis://HOST[:PORT][/DB] or rediss:// (TLS), optionally with user:password@";

@@ -9,45 +9,17 @@
 //! Startup must fail fast and say exactly what is wrong, so each check names the key
 //! (`routes[1].upstream`, `session.keys[0]`) and the problem.
 
-mod csrf;
-mod oidc;
-mod routes;
-mod server;
-mod session;
-mod store;
-#[cfg(test)]
-mod tests;
-mod tls;
+use url::Url;
 
-use http::HeaderValue;
-use url::{Host, Url};
-
+use super::common::{is_loopback_http, RESERVED_PATHS};
+use super::error::ConfigError;
 use super::file::FileConfig;
-use super::*;
-
-pub use session::decode_key;
-
-/// Paths tollgate answers itself; a route may not claim them exactly.
-pub const RESERVED_PATHS: [&str; 6] = [
-    "/healthz",
-    "/readyz",
-    "/login",
-    "/logout",
-    "/logout/continue",
-    "/session",
-];
-
-/// Every session key published in this repository as an example: `conf/tollgate.toml`,
-/// `benches/load/run.py` and the test suites (`tests/common/mod.rs`), the Kubernetes example
-/// overlay (`deploy/kubernetes/overlays/example/secrets/cookie_keys.example`), and the all-zero
-/// key of the unit tests. Anyone can read them, so anyone could forge sessions sealed with
-/// them: they are accepted only where nobody else can reach tollgate, on a loopback `http`
-/// `public_url`. A new example key elsewhere in the repository belongs in this list.
-pub(crate) const EXAMPLE_SESSION_KEYS: [&str; 3] = [
-    "bdUQR9e39/klNsj8v+uB7pY3l4mG3G+InOMg6tpcX4Q=",
-    "cX/YoznuBp7+yL48hHfkYSHiNy865Fe3gut4ykzT2+E=",
-    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-];
+use super::model::Config;
+use super::routes::RouteAuth;
+pub use super::session::decode_key;
+use super::session::EXAMPLE_SESSION_KEYS;
+use super::telemetry::MetricsConfig;
+use super::{csrf, oidc, routes, server, session, store, telemetry, tls};
 
 pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let secret_files: Vec<(&'static str, std::path::PathBuf)> = [
@@ -75,7 +47,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     };
     let store = raw.store.map(store::store).transpose()?;
     let tls = raw.tls.map(tls::tls).transpose()?;
-    let tracing = tracing(raw.tracing)?;
+    let tracing = telemetry::tracing(raw.tracing)?;
     let config = Config {
         server,
         oidc,
@@ -179,8 +151,6 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `http://localhost`, `http://127.x.x.x` or `http://[::1]`, any port: reachable from this
-/// machine only.
 /// FAPI 2.0 across sections: every route with a session sends its token sender-constrained,
 /// and nothing tokens or assertions travel to is plain http (but on loopback).
 fn fapi2_cross_section(c: &Config) -> Result<(), ConfigError> {
@@ -223,78 +193,4 @@ fn fapi2_cross_section(c: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-pub(super) fn is_loopback_http(url: &Url) -> bool {
-    url.scheme() == "http"
-        && match url.host() {
-            Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            Some(Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        }
-}
-
-/// Whether requests can reach `path` as written: it is a path the request-target check
-/// passes unchanged (no empty or dot segment, `%` escape, `;params`, backslash or control
-/// character), so a normalised request path can equal it or start with it. A route prefix or
-/// endpoint path that is not would never match a request.
-pub(crate) fn is_reachable_path(path: &str) -> bool {
-    crate::target::check(path.as_bytes(), path)
-        .is_ok_and(|t| t.path == path && t.canonical.is_none())
-}
-
-/// What a path that fails [`is_reachable_path`] is told.
-pub(crate) const UNREACHABLE_PATH: &str = "can never match a request: tollgate routes on the \
-     normalised path (escapes decoded, no empty or dot segments, no `;params`, backslashes or \
-     control characters), so write it that way";
-
-/// `host[:port]` of `url`, the port only when it is not the scheme's default: what `Host` (or
-/// `X-Forwarded-Host`) carries for it; as text and as a header value.
-pub(crate) fn host_header(url: &Url) -> Result<(String, HeaderValue), &'static str> {
-    let host = url.host_str().ok_or("has no host")?;
-    let authority = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    };
-    let value = HeaderValue::from_str(&authority).map_err(|_| "is not a valid Host header")?;
-    Ok((authority, value))
-}
-
-/// `[tracing]`: a known protocol, a ratio between 0 and 1, a non-empty service name.
-fn tracing(
-    t: crate::config::file::TracingSection,
-) -> Result<crate::config::TracingConfig, ConfigError> {
-    let otlp_protocol = match t.otlp_protocol.as_deref() {
-        None => None,
-        Some(p) => Some(crate::config::OtlpProtocol::parse(p).ok_or_else(|| {
-            ConfigError::invalid(
-                "tracing.otlp_protocol",
-                format!("{p:?} must be \"http/protobuf\" or \"grpc\""),
-            )
-        })?),
-    };
-    if let Some(r) = t.sample_ratio {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(ConfigError::invalid(
-                "tracing.sample_ratio",
-                format!("{r} must be between 0 and 1"),
-            ));
-        }
-    }
-    if t.service_name
-        .as_deref()
-        .is_some_and(|n| n.trim().is_empty())
-    {
-        return Err(ConfigError::invalid(
-            "tracing.service_name",
-            "must not be empty",
-        ));
-    }
-    Ok(crate::config::TracingConfig {
-        otlp_endpoint: t.otlp_endpoint.map(|u| u.0),
-        otlp_protocol,
-        service_name: t.service_name,
-        sample_ratio: t.sample_ratio,
-    })
 }

@@ -6,16 +6,225 @@
 //! by `*_file` keys are read here, once, so a missing Kubernetes Secret mount stops the process
 //! at startup instead of failing the first login.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey};
+use serde::Deserialize;
 use url::Url;
 
-use crate::config::file::OidcSection;
-use crate::config::{
-    AuthMethod, ConfigError, EndpointOverrides, OidcConfig, ParMode, PrivateKey, PrivateKeyKind,
-    Profile, Secret,
-};
+use super::de::{self, bytes, secs, HttpUrl, Issuer, UrlAsWritten};
+use super::error::{ConfigError, Secret};
+use jsonwebtoken::{Algorithm, EncodingKey};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OidcSection {
+    pub issuer: Issuer,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    #[serde(default = "default_auth_method")]
+    pub auth_method: AuthMethod,
+    pub private_key_file: Option<String>,
+    #[serde(default = "default_scopes", deserialize_with = "de::list")]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_callback_path")]
+    pub callback_path: String,
+    #[serde(default = "default_backchannel_logout_path")]
+    pub backchannel_logout_path: String,
+    #[serde(default)]
+    pub extra_auth_params: BTreeMap<String, String>,
+    pub private_key_alg: Option<jsonwebtoken::Algorithm>,
+    pub private_key_id: Option<String>,
+    pub authorization_endpoint: Option<HttpUrl>,
+    pub token_endpoint: Option<HttpUrl>,
+    pub jwks_uri: Option<HttpUrl>,
+    pub end_session_endpoint: Option<HttpUrl>,
+    pub revocation_endpoint: Option<HttpUrl>,
+    pub pushed_authorization_request_endpoint: Option<HttpUrl>,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub http_timeout: Duration,
+    #[serde(default = "bytes::<1048576>", deserialize_with = "de::lenient")]
+    pub max_response_bytes: usize,
+    #[serde(default = "secs::<3600>", deserialize_with = "de::duration")]
+    pub metadata_refresh: Duration,
+    /// Default: `server.public_url` with its `/` (`https://app.example.com/`). Sent as written.
+    pub post_logout_redirect_uri: Option<UrlAsWritten>,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub allow_get_logout: bool,
+    #[serde(default = "default_par")]
+    pub par: ParMode,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub dpop: bool,
+    pub profile: Option<Profile>,
+}
+
+fn default_auth_method() -> AuthMethod {
+    AuthMethod::ClientSecretBasic
+}
+
+fn default_par() -> ParMode {
+    ParMode::Auto
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "profile", "email", "offline_access"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_backchannel_logout_path() -> String {
+    "/backchannel-logout".to_string()
+}
+
+fn default_callback_path() -> String {
+    "/callback".into()
+}
+
+/// `[oidc] profile`: a security profile the configuration must conform to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// FAPI 2.0 Security Profile (final, 2025).
+    Fapi2,
+}
+
+/// `[oidc] par`: whether `/login` uses pushed authorization requests (RFC 9126).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParMode {
+    /// When the provider advertises `pushed_authorization_request_endpoint`.
+    Auto,
+    /// Always: a provider without the endpoint is refused at startup.
+    Always,
+    /// Never: a provider that requires PAR is refused at startup.
+    Never,
+}
+
+impl ParMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParMode::Auto => "auto",
+            ParMode::Always => "always",
+            ParMode::Never => "never",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    ClientSecretJwt,
+    PrivateKeyJwt,
+    None,
+}
+
+impl AuthMethod {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::ClientSecretJwt => "client_secret_jwt",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::None => "none",
+        }
+    }
+
+    pub fn needs_client_secret(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::ClientSecretBasic
+                | AuthMethod::ClientSecretPost
+                | AuthMethod::ClientSecretJwt
+        )
+    }
+}
+
+/// The kind of key found in `private_key_file`, which decides the JWT algorithms it can sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrivateKeyKind {
+    Rsa,
+    Ec,
+    Ed25519,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrivateKey {
+    pub kind: PrivateKeyKind,
+    pub pem: Secret,
+    /// The JWS algorithm for client assertions (RS256, PS256, ES256 or EdDSA).
+    pub alg: jsonwebtoken::Algorithm,
+    /// `kid` for the assertion header, when the provider needs it to pick the key.
+    pub kid: Option<String>,
+}
+
+/// Provider endpoints set in the config; each replaces the discovered one.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointOverrides {
+    pub authorization_endpoint: Option<Url>,
+    pub token_endpoint: Option<Url>,
+    pub jwks_uri: Option<Url>,
+    pub end_session_endpoint: Option<Url>,
+    pub revocation_endpoint: Option<Url>,
+    pub pushed_authorization_request_endpoint: Option<Url>,
+}
+
+impl EndpointOverrides {
+    /// With these three set, tollgate needs no discovery document.
+    pub fn skip_discovery(&self) -> bool {
+        self.authorization_endpoint.is_some()
+            && self.token_endpoint.is_some()
+            && self.jwks_uri.is_some()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: Url,
+    /// The issuer exactly as configured (trailing slash and all): discovery documents and ID
+    /// tokens must carry this string, compared as written (OpenID Connect Discovery §4.3).
+    pub issuer_id: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub auth_method: AuthMethod,
+    pub private_key: Option<PrivateKey>,
+    pub scopes: Vec<String>,
+    pub callback_path: String,
+    /// Where the provider posts back-channel logout tokens (`{public_url}{path}` is registered
+    /// as `backchannel_logout_uri`).
+    pub backchannel_logout_path: String,
+    pub extra_auth_params: BTreeMap<String, String>,
+    pub endpoints: EndpointOverrides,
+    /// Timeout of every request to the provider (discovery, JWKS, token).
+    pub http_timeout: Duration,
+    /// The largest response body read from the provider.
+    pub max_response_bytes: usize,
+    /// How often provider metadata and keys are fetched again.
+    pub metadata_refresh: Duration,
+    /// Where the provider sends the browser after logout (and tollgate, without one), exactly
+    /// as sent: as configured, or `public_url` with its `/`.
+    pub post_logout_redirect_uri: String,
+    /// Whether `GET /logout` works (besides `POST /logout` with the CSRF header).
+    pub allow_get_logout: bool,
+    /// Pushed authorization requests: `auto`, `always` or `never`.
+    pub par: ParMode,
+    /// The claim that lists the user's groups (`X-Auth-Request-Groups`).
+    pub groups_claim: String,
+    /// DPoP-bound tokens (RFC 9449): a key pair per session, proofs on every token request.
+    pub dpop: bool,
+    /// `profile = "fapi2"`: the FAPI 2.0 Security Profile, checked at load
+    /// ([`validate`]'s `fapi2`) and in force at run time (algorithms, `iss`, RSA sizes).
+    pub fapi2: bool,
+}
 
 /// Authorization request parameters tollgate sets itself.
 const PROTOCOL_PARAMS: [&str; 15] = [
@@ -123,10 +332,10 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
                 "must be a path starting with / (no query or fragment)",
             ));
         }
-        if !super::is_reachable_path(path) {
+        if !super::common::is_reachable_path(path) {
             return Err(ConfigError::invalid(
                 key,
-                format!("{path:?} {}", super::UNREACHABLE_PATH),
+                format!("{path:?} {}", super::common::UNREACHABLE_PATH),
             ));
         }
     }
@@ -339,7 +548,7 @@ fn fapi2(
         ));
     }
     for (key, url) in [("oidc.issuer", issuer), ("server.public_url", public_url)] {
-        if url.scheme() != "https" && !super::is_loopback_http(url) {
+        if url.scheme() != "https" && !super::common::is_loopback_http(url) {
             return Err(ConfigError::invalid(
                 key,
                 format!("is not https; {WHY} only TLS (plain http only on a loopback address, for development)"),

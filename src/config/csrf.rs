@@ -4,8 +4,41 @@
 //! headers a browser or tollgate sets (requiring one of those would defend nothing) and
 //! reducing each allowed origin to the `scheme://host[:port]` form browsers send.
 
-use crate::config::file::CsrfSection;
-use crate::config::{ConfigError, CsrfConfig};
+use http::HeaderName;
+use serde::Deserialize;
+
+use super::de::{self, HttpUrl};
+use super::error::ConfigError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CsrfSection {
+    #[serde(default = "default_csrf_header", deserialize_with = "de::header_name")]
+    pub header: HeaderName,
+    #[serde(default, deserialize_with = "de::list")]
+    pub allowed_origins: Vec<HttpUrl>,
+}
+
+impl Default for CsrfSection {
+    fn default() -> Self {
+        CsrfSection {
+            header: default_csrf_header(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+fn default_csrf_header() -> HeaderName {
+    HeaderName::from_static("x-csrf")
+}
+
+#[derive(Debug, Clone)]
+pub struct CsrfConfig {
+    /// The header that authenticated requests must carry.
+    pub header: HeaderName,
+    /// Origins accepted in `Origin` besides `public_url`'s.
+    pub allowed_origins: Vec<String>,
+}
 
 /// Headers that browsers or tollgate set themselves: as the CSRF header they would prove nothing.
 const STANDARD_HEADERS: [&str; 5] = ["cookie", "origin", "host", "authorization", "content-type"];

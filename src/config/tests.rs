@@ -1,10 +1,13 @@
 //! Loading whole configurations: the shipped example, each section's errors naming their key,
 //! environment overrides, secrets from files, the example session keys.
 
+use std::time::Duration;
+
+use super::session::{decode_key, EXAMPLE_SESSION_KEYS};
 use super::*;
 use std::path::Path;
 
-const EXAMPLE: &str = include_str!("../../../conf/tollgate.toml");
+const EXAMPLE: &str = include_str!("../../conf/tollgate.toml");
 
 fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
     Config::from_toml_str(
@@ -191,11 +194,11 @@ fn example_keys_only_with_loopback_http() {
 #[test]
 fn example_key_list_is_complete() {
     let files = [
-        include_str!("../../../conf/tollgate.toml"),
-        include_str!("../../../README.md"),
-        include_str!("../../../deploy/kubernetes/overlays/example/secrets/cookie_keys.example"),
-        include_str!("../../../tests/common/process.rs"),
-        include_str!("../../../benches/load/run.py"),
+        include_str!("../../conf/tollgate.toml"),
+        include_str!("../../README.md"),
+        include_str!("../../deploy/kubernetes/overlays/example/secrets/cookie_keys.example"),
+        include_str!("../../tests/common/process.rs"),
+        include_str!("../../benches/load/run.py"),
     ];
     let listed: Vec<[u8; 32]> = EXAMPLE_SESSION_KEYS
         .iter()

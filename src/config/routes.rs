@@ -7,12 +7,200 @@
 //! cross-section check, in the parent module.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::{host_header, is_reachable_path, UNREACHABLE_PATH};
-use crate::config::file::RouteSection;
-use crate::config::{
-    Audience, ConfigError, HealthCheckConfig, RouteAuth, RouteConfig, TokenBinding, UpstreamUrl,
-};
+use http::HeaderValue;
+use serde::Deserialize;
+use url::Url;
+
+use super::common::{host_header, is_reachable_path, UNREACHABLE_PATH};
+use super::de::{self, secs, HttpUrl};
+use super::error::ConfigError;
+use crate::claims::ClaimRule;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteSection {
+    pub prefix: String,
+    /// One upstream URL, or a pool of them (every address of every name joins it).
+    #[serde(deserialize_with = "de::list")]
+    pub upstream: Vec<HttpUrl>,
+    /// How a pool picks a member: `round_robin`, or `sticky` (consistent hashing on the
+    /// session).
+    #[serde(default)]
+    pub balance: Balance,
+    /// How often upstream names are resolved again.
+    #[serde(default = "secs::<30>", deserialize_with = "de::duration")]
+    pub resolve_interval: Duration,
+    /// Active health checks: `GET` this path on every member (none: passive ejection only).
+    pub health_check_path: Option<String>,
+    #[serde(default = "secs::<10>", deserialize_with = "de::duration")]
+    pub health_check_interval: Duration,
+    #[serde(default = "default_route_auth")]
+    pub auth: RouteAuth,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub strip_prefix: bool,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub keep_authorization: bool,
+    /// Leave the upstream's caching headers as they are on a route with sessions.
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub cache_public: bool,
+    pub require: Option<ClaimRule>,
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub identity_headers: bool,
+    #[serde(default)]
+    pub token_binding: TokenBinding,
+    /// RFC 8707 resource indicator of the route's own access token.
+    pub resource: Option<String>,
+    /// Scopes of the route's own access token.
+    #[serde(default, deserialize_with = "de::list")]
+    pub scopes: Vec<String>,
+    #[serde(default = "secs::<5>", deserialize_with = "de::duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "secs::<60>", deserialize_with = "de::duration")]
+    pub read_timeout: Duration,
+}
+
+fn default_route_auth() -> RouteAuth {
+    RouteAuth::Required
+}
+
+/// `[[routes]] token_binding`: how the access token is presented to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenBinding {
+    /// `Authorization: Bearer <token>`.
+    #[default]
+    Bearer,
+    /// `Authorization: DPoP <token>` and a `DPoP` proof for the upstream request.
+    Dpop,
+}
+
+/// `[[routes]] balance`: how a pool of upstream addresses is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each request to the next healthy member.
+    #[default]
+    RoundRobin,
+    /// Consistent hashing on the session (the client address without one): a user stays on
+    /// one member while it is healthy, and only the users of a member that leaves move.
+    Sticky,
+}
+
+/// One URL of a route's `upstream` list.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub url: Url,
+    /// The URL's authority (`host[:port]`).
+    pub host: String,
+    /// The same, as the upstream request's `Host` header value.
+    pub host_header: HeaderValue,
+}
+
+/// `[[routes]] health_check_path` and `health_check_interval`.
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+}
+
+/// `[[routes]] resource` and `scopes`: the audience of a route's own access token (RFC 8707),
+/// obtained with the session's refresh token. Two routes with the same resource and scopes
+/// share one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience {
+    /// `resource=` for the token request: an absolute URI without fragment.
+    pub resource: Option<String>,
+    /// `scope=` for the token request (space-separated), if the route names scopes.
+    pub scope: Option<String>,
+    /// What caches, single flights and the store know it by: a hash of both, the same on
+    /// every replica with the same config.
+    pub id: [u8; 16],
+}
+
+impl Audience {
+    pub fn new(resource: Option<String>, scopes: &[String]) -> Audience {
+        let scope = (!scopes.is_empty()).then(|| scopes.join(" "));
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, b"tollgate audience\0");
+        sha2::Digest::update(&mut h, resource.as_deref().unwrap_or("").as_bytes());
+        sha2::Digest::update(&mut h, b"\0");
+        sha2::Digest::update(&mut h, scope.as_deref().unwrap_or("").as_bytes());
+        let digest = sha2::Digest::finalize(h);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Audience {
+            resource,
+            scope,
+            id,
+        }
+    }
+
+    /// The resource's tag in a session ([`resource_tag`]).
+    pub fn resource_tag(&self) -> Option<u64> {
+        self.resource.as_deref().map(resource_tag)
+    }
+}
+
+/// What a session records of a resource asked for at its login: 8 bytes of its SHA-256.
+pub fn resource_tag(resource: &str) -> u64 {
+    let d = <sha2::Sha256 as sha2::Digest>::digest(resource.as_bytes());
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAuth {
+    Required,
+    Optional,
+    None,
+}
+
+impl RouteAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteAuth::Required => "required",
+            RouteAuth::Optional => "optional",
+            RouteAuth::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Normalised prefix: starts with `/`, no trailing `/` except for the catch-all `/`.
+    pub prefix: String,
+    /// The first upstream URL (all of a pool's share its scheme and path).
+    pub upstream: Url,
+    /// Every upstream URL, the first included.
+    pub upstreams: Vec<UpstreamUrl>,
+    pub balance: Balance,
+    pub resolve_interval: Duration,
+    pub health_check: Option<HealthCheckConfig>,
+    /// `Host` for the upstream request: the upstream URL's authority (`host[:port]`).
+    pub host: String,
+    /// The same, as a header value built once.
+    pub host_header: HeaderValue,
+    pub auth: RouteAuth,
+    pub strip_prefix: bool,
+    /// Pass a client-sent `Authorization` to the upstream (`auth = "none"` routes only).
+    pub keep_authorization: bool,
+    /// Answers to requests with a session keep the upstream's caching headers (else they
+    /// are made `private`, CDN-only headers dropped).
+    pub cache_public: bool,
+    /// Claims the session must have (`require`; empty: none).
+    pub require: ClaimRule,
+    /// Send `X-Auth-Request-User`, `-Email` and `-Groups` to the upstream.
+    pub identity_headers: bool,
+    /// How the access token goes upstream: `Bearer`, or `DPoP` with a proof.
+    pub token_binding: TokenBinding,
+    /// The route's own access token (`resource`, `scopes`), instead of the session's.
+    pub audience: Option<Arc<Audience>>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
 
 pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigError> {
     if raw.is_empty() {

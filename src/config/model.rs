@@ -1,0 +1,106 @@
+//! The validated configuration every other module works from ([`Config`]), and what is derived
+//! from more than one section (the redirect URI, the login's scope and resources, the claims a
+//! session keeps).
+
+use std::path::PathBuf;
+
+use super::csrf::CsrfConfig;
+use super::oidc::OidcConfig;
+use super::routes::RouteConfig;
+use super::server::ServerConfig;
+use super::session::SessionConfig;
+use super::store::StoreConfig;
+use super::telemetry::{MetricsConfig, TracingConfig};
+use super::tls::TlsConfig;
+
+/// The validated configuration every other module works from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub oidc: OidcConfig,
+    pub session: SessionConfig,
+    pub csrf: CsrfConfig,
+    pub routes: Vec<RouteConfig>,
+    pub metrics: MetricsConfig,
+    /// `[store]`: the shared store replicas use (Redis or Valkey); `None` for one process.
+    pub store: Option<StoreConfig>,
+    /// `[tls]`: HTTPS listeners; `None` for plain HTTP only.
+    pub tls: Option<TlsConfig>,
+    /// `[tracing]`: what the config file says of OpenTelemetry export ([`crate::ops::telemetry`]
+    /// adds the `OTEL_*` environment).
+    pub tracing: TracingConfig,
+    /// The secrets read from files (`session.keys_file`, `oidc.client_secret_file`,
+    /// `oidc.private_key_file`, `store.url_file`): each key and its file, for the reload
+    /// ([`crate::ops::secrets`]).
+    pub secret_files: Vec<(&'static str, PathBuf)>,
+}
+
+impl Config {
+    /// The ID token claims a session keeps: those the routes' `require` rules read, and the
+    /// groups claim when a route sends identity headers (`sub` and `email` are kept anyway).
+    pub fn kept_claim_names(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<&str> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.require.claim_names())
+            .collect();
+        if self.routes.iter().any(|r| r.identity_headers) {
+            names.insert(&self.oidc.groups_claim);
+            // X-Auth-Request-Email goes only with a verified address.
+            names.insert("email_verified");
+        }
+        names.into_iter().map(str::to_string).collect()
+    }
+
+    /// The resources the routes name, each once, in config order: `/login` asks for all of
+    /// them (RFC 8707 §2.1).
+    pub fn resources(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in self
+            .routes
+            .iter()
+            .filter_map(|r| r.audience.as_ref()?.resource.as_ref())
+        {
+            if !out.contains(r) {
+                out.push(r.clone());
+            }
+        }
+        out
+    }
+
+    /// The `redirect_uri` tollgate sends (`{public_url}{callback_path}`): what the provider
+    /// must have registered, character for character.
+    pub fn redirect_uri(&self) -> String {
+        format!(
+            "{}{}",
+            self.server.public_origin.trim_end_matches('/'),
+            self.oidc.callback_path
+        )
+    }
+
+    /// The `backchannel_logout_uri` to register at the provider.
+    pub fn backchannel_logout_uri(&self) -> String {
+        format!(
+            "{}{}",
+            self.server.public_origin.trim_end_matches('/'),
+            self.oidc.backchannel_logout_path
+        )
+    }
+
+    /// The login's `scope`: `[oidc] scopes`, then every scope a route names, each once (the
+    /// grant must cover what a route's token asks for).
+    pub fn login_scope(&self) -> String {
+        let mut scopes: Vec<&str> = self.oidc.scopes.iter().map(String::as_str).collect();
+        for s in self
+            .routes
+            .iter()
+            .filter_map(|r| r.audience.as_ref()?.scope.as_deref())
+            .flat_map(|s| s.split(' '))
+        {
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
+        scopes.join(" ")
+    }
+}
