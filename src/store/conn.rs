@@ -274,3 +274,220 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{free_port, store_at, Redis, BOUND, TIMEOUT};
+    use redis::AsyncCommands;
+
+    fn secret(url: &str) -> crate::config::Secret {
+        crate::config::Secret::new(url.to_string())
+    }
+
+    #[test]
+    fn errors_say_what_failed() {
+        assert_eq!(StoreError::Down.to_string(), "the store is not connected");
+        assert_eq!(
+            StoreError::Timeout(Duration::from_millis(250)).to_string(),
+            "the store did not answer within 250ms"
+        );
+        assert_eq!(
+            StoreError::Redis("ResponseError".into()).to_string(),
+            "the store refused: ResponseError"
+        );
+        assert_eq!(
+            StoreError::Connect("x".into()).to_string(),
+            "cannot connect to the store: x"
+        );
+        assert!(StoreError::Unreadable.to_string().contains("session keys"));
+    }
+
+    #[test]
+    fn a_url_that_is_not_redis_is_refused_at_start() {
+        let err = Store::new(
+            &StoreConfig {
+                target: StoreTarget::Single(secret("http://127.0.0.1:6379")),
+                key_prefix: "p:".into(),
+                timeout: TIMEOUT,
+            },
+            Metrics::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Redis(_)), "{err:?}");
+    }
+
+    #[test]
+    fn debug_shows_the_prefix_not_the_url() {
+        let store = store_at("redis://user:hunter2@127.0.0.1:1/0", "tg:", TIMEOUT);
+        let text = format!("{store:?}");
+        assert!(text.contains("tg:"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("127.0.0.1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn url_hash_tells_urls_apart() {
+        let a = url_hash(&secret("redis://a:1@h/0"));
+        assert_eq!(a, url_hash(&secret("redis://a:1@h/0")));
+        assert_ne!(a, url_hash(&secret("redis://a:2@h/0")));
+        assert_ne!(a, [0; 32]);
+    }
+
+    #[tokio::test]
+    async fn replace_url_changes_only_for_a_new_url() {
+        let store = store_at("redis://127.0.0.1:1/0", "p:", TIMEOUT);
+        assert!(!store
+            .replace_url(&secret("redis://127.0.0.1:1/0"))
+            .await
+            .unwrap());
+        assert!(store
+            .replace_url(&secret("redis://127.0.0.1:2/0"))
+            .await
+            .unwrap());
+        assert!(!store
+            .replace_url(&secret("redis://127.0.0.1:2/0"))
+            .await
+            .unwrap());
+        // A URL the client refuses leaves the one in use as it was.
+        let err = store.replace_url(&secret("http://x")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Redis(_)), "{err:?}");
+        assert!(!store
+            .replace_url(&secret("redis://127.0.0.1:2/0"))
+            .await
+            .unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_cluster_store_takes_any_replacement_url() {
+        // A cluster has no single URL to compare with (its hash is all zeros).
+        let store = Store::new(
+            &StoreConfig {
+                target: StoreTarget::Cluster(vec![
+                    secret("redis://127.0.0.1:1"),
+                    secret("redis://127.0.0.1:2"),
+                ]),
+                key_prefix: "p:".into(),
+                timeout: TIMEOUT,
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        assert!(
+            matches!(store.clients().as_ref(), Clients::Cluster { nodes, .. } if nodes.len() == 2)
+        );
+        assert!(store
+            .replace_url(&secret("redis://127.0.0.1:1/0"))
+            .await
+            .unwrap());
+        assert!(matches!(store.clients().as_ref(), Clients::Single(_)));
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error_within_the_timeout() {
+        tokio::time::timeout(BOUND, async {
+            let port = free_port();
+            let timeout = Duration::from_millis(500);
+            let store = store_at(
+                &format!("redis://user:hunter2@127.0.0.1:{port}/0"),
+                "p:",
+                timeout,
+            );
+            for _ in 0..2 {
+                let started = std::time::Instant::now();
+                let err = store.connection().await.err().unwrap();
+                assert!(started.elapsed() < timeout + Duration::from_millis(500));
+                let StoreError::Connect(why) = &err else {
+                    panic!("{err:?}");
+                };
+                assert!(!why.contains("hunter2"), "{why}");
+                assert!(err.to_string().starts_with("cannot connect to the store"));
+            }
+            // Nothing half-made is kept: the next operation tries again (and fails again).
+            assert!(store.conn.read().await.is_none());
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_never_answers_times_out() {
+        tokio::time::timeout(BOUND, async {
+            // Accepts connections and never says a word.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let held = tokio::spawn(async move {
+                let mut open = Vec::new();
+                while let Ok((s, _)) = listener.accept().await {
+                    open.push(s);
+                }
+            });
+            let timeout = Duration::from_millis(300);
+            let store = store_at(&format!("redis://127.0.0.1:{port}/0"), "p:", timeout);
+            let started = std::time::Instant::now();
+            let err = match store.connection().await {
+                Err(e) => e,
+                Ok(mut conn) => store
+                    .bounded("get", conn.get::<_, Option<String>>("k"))
+                    .await
+                    .unwrap_err(),
+            };
+            assert!(
+                matches!(err, StoreError::Timeout(t) if t == timeout),
+                "{err:?}"
+            );
+            assert!(started.elapsed() < 3 * timeout + Duration::from_millis(500));
+            held.abort();
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn operations_run_on_the_url_in_use_and_come_back_after_an_outage() {
+        tokio::time::timeout(BOUND, async {
+            let mut a = Redis::start().await;
+            let b = Redis::start().await;
+            let store = a.store("p:");
+            let mut conn = store.connection().await.unwrap();
+            store
+                .bounded("set", conn.set::<_, _, ()>("k", "on a"))
+                .await
+                .unwrap();
+            let got: Option<String> = store.bounded("get", conn.get("k")).await.unwrap();
+            assert_eq!(got.as_deref(), Some("on a"));
+            let metrics = String::from_utf8(store.metrics.render()).unwrap();
+            assert!(metrics.contains(r#"op="set""#), "{metrics}");
+
+            // Down: an operation fails within the timeout; back: the connection comes back.
+            a.stop();
+            let started = std::time::Instant::now();
+            let down = store
+                .bounded("get", conn.get::<_, Option<String>>("k"))
+                .await;
+            assert!(down.is_err());
+            assert!(started.elapsed() < TIMEOUT + Duration::from_secs(1));
+            let a = Redis::start_on(a.port).await;
+            let mut back = false;
+            while !back {
+                let mut conn = store.connection().await.unwrap();
+                back = store
+                    .bounded("set", conn.set::<_, _, ()>("k", "again"))
+                    .await
+                    .is_ok();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            drop(a);
+
+            // A new URL: the next operation connects there.
+            assert!(store.replace_url(&secret(&b.url())).await.unwrap());
+            let mut conn = store.connection().await.unwrap();
+            let got: Option<String> = store.bounded("get", conn.get("k")).await.unwrap();
+            assert_eq!(got, None, "b never had k");
+        })
+        .await
+        .expect("bounded");
+    }
+}

@@ -34,6 +34,8 @@ mod refresh;
 mod revocations;
 mod route_tokens;
 mod sealed;
+#[cfg(test)]
+mod testing;
 
 pub(crate) use conn::{Store, StoreError};
 pub(crate) use refresh::LockToken;

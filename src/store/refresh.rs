@@ -87,3 +87,135 @@ impl Store {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{get, ttl, Redis, BOUND};
+
+    /// Another token than `t`, as a replica whose lock lapsed would hold.
+    fn other(t: LockToken) -> LockToken {
+        LockToken(if t.0 == 1 { 2 } else { t.0 - 1 })
+    }
+
+    #[tokio::test]
+    async fn a_lock_is_held_once_and_released_only_by_its_token() {
+        tokio::time::timeout(BOUND, async {
+            let redis = Redis::start().await;
+            let store = redis.store("tg:");
+            let mut raw = redis.raw().await;
+            let ttl_10s = Duration::from_secs(10);
+            let token = store.try_lock("f", ttl_10s).await.unwrap().unwrap();
+            assert_ne!(token.0, 0);
+            assert_eq!(
+                get(&mut raw, "tg:refresh-lock:f").await,
+                Some(token.0.to_string())
+            );
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg("tg:refresh-lock:f")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            assert!((1..=10_000).contains(&pttl), "{pttl}");
+            assert_eq!(store.try_lock("f", ttl_10s).await.unwrap(), None, "held");
+            assert!(
+                redis
+                    .store("tg:")
+                    .try_lock("g", ttl_10s)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "another flight has its own lock"
+            );
+
+            store.unlock("f", other(token)).await.unwrap();
+            assert_eq!(
+                store.try_lock("f", ttl_10s).await.unwrap(),
+                None,
+                "still held"
+            );
+            store.unlock("f", token).await.unwrap();
+            let again = store.try_lock("f", ttl_10s).await.unwrap();
+            assert!(again.is_some(), "released");
+            let metrics = String::from_utf8(store.metrics.render()).unwrap();
+            assert!(metrics.contains(r#"op="lock""#) && metrics.contains(r#"op="unlock""#));
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_holder_does_not_release_the_next_holders_lock() {
+        tokio::time::timeout(BOUND, async {
+            let redis = Redis::start().await;
+            let store = redis.store("tg:");
+            let first = store
+                .try_lock("f", Duration::from_millis(100))
+                .await
+                .unwrap()
+                .unwrap();
+            // Wait for the lock to lapse (polling the store, not guessing).
+            let second = loop {
+                if let Some(t) = store.try_lock("f", Duration::from_secs(10)).await.unwrap() {
+                    break t;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert_ne!(first, second);
+            store.unlock("f", first).await.unwrap();
+            assert_eq!(
+                store.try_lock("f", Duration::from_secs(10)).await.unwrap(),
+                None,
+                "the second holder still holds it"
+            );
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn a_lock_shorter_than_a_millisecond_is_still_a_lock() {
+        tokio::time::timeout(BOUND, async {
+            let redis = Redis::start().await;
+            let store = redis.store("tg:");
+            // `PX 0` is an error in redis: the lock lasts at least a millisecond.
+            assert!(store.try_lock("f", Duration::ZERO).await.unwrap().is_some());
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn results_and_rotations_round_trip_with_their_ttl() {
+        tokio::time::timeout(BOUND, async {
+            let redis = Redis::start().await;
+            let store = redis.store("tg:");
+            let mut raw = redis.raw().await;
+            assert_eq!(store.result("f").await.unwrap(), None);
+            store.put_result("f", "sealed result", 30).await.unwrap();
+            assert_eq!(
+                store.result("f").await.unwrap().as_deref(),
+                Some("sealed result")
+            );
+            assert!((1..=30).contains(&ttl(&mut raw, "tg:refresh-result:f").await));
+
+            assert_eq!(store.rotation("f").await.unwrap(), None, "another key");
+            store.put_rotation("f", "sealed next", 0).await.unwrap();
+            assert_eq!(
+                store.rotation("f").await.unwrap().as_deref(),
+                Some("sealed next")
+            );
+            assert_eq!(ttl(&mut raw, "tg:refresh-next:f").await, 1, "at least 1 s");
+            assert_eq!(
+                store.result("f").await.unwrap().as_deref(),
+                Some("sealed result")
+            );
+            let metrics = String::from_utf8(store.metrics.render()).unwrap();
+            for op in ["get_result", "put_result", "get_rotation", "put_rotation"] {
+                assert!(metrics.contains(&format!(r#"op="{op}""#)), "{op}");
+            }
+        })
+        .await
+        .expect("bounded");
+    }
+}

@@ -40,3 +40,49 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::testing::{store_at, ttl, Redis, BOUND, TIMEOUT};
+
+    #[test]
+    fn keys_name_the_kind_and_the_key_under_the_prefix() {
+        let store = store_at("redis://127.0.0.1:1/0", "tg:", TIMEOUT);
+        assert_eq!(store.refresh_key("lock", "f1"), "tg:refresh-lock:f1");
+        assert_eq!(store.refresh_key("result", "f1"), "tg:refresh-result:f1");
+        assert_eq!(store.refresh_key("next", "f1"), "tg:refresh-next:f1");
+        assert_eq!(store.refresh_key("token", "k"), "tg:refresh-token:k");
+    }
+
+    #[tokio::test]
+    async fn a_sealed_value_is_kept_for_its_ttl_and_at_least_a_second() {
+        tokio::time::timeout(BOUND, async {
+            let redis = Redis::start().await;
+            let store = redis.store("tg:");
+            let mut raw = redis.raw().await;
+            assert_eq!(store.get_sealed("get", "result", "f").await.unwrap(), None);
+            store
+                .put_sealed("put", "result", "f", "sealed text", 30)
+                .await
+                .unwrap();
+            assert_eq!(
+                store
+                    .get_sealed("get", "result", "f")
+                    .await
+                    .unwrap()
+                    .as_deref(),
+                Some("sealed text")
+            );
+            assert_eq!(
+                store.get_sealed("get", "next", "f").await.unwrap(),
+                None,
+                "another kind is another key"
+            );
+            assert!((1..=30).contains(&ttl(&mut raw, "tg:refresh-result:f").await));
+            store.put_sealed("put", "next", "f", "x", 0).await.unwrap();
+            assert_eq!(ttl(&mut raw, "tg:refresh-next:f").await, 1);
+        })
+        .await
+        .expect("bounded");
+    }
+}
