@@ -2,29 +2,30 @@
 //! atomically — new handshakes get the new certificate, established connections keep theirs.
 //!
 //! One `rustls::ServerConfig` lives for the process; only the [`CertifiedKey`] behind its
-//! resolver changes. [`CertWatch`] re-reads the files when they change (cert-manager and
+//! resolver changes. The file-watch loop (`server::watch`) re-reads the files when they change (cert-manager and
 //! Kubernetes Secrets replace them in place, through a symlink swap) and on `SIGHUP`; a file
 //! that does not load keeps the old certificate, logs an error and counts it.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::certs::provider;
 pub use crate::certs::{load, CertError};
 use crate::config::TlsConfig;
-use crate::ops::metrics::Metrics;
 
 /// Hands every handshake the current certificate.
 #[derive(Debug)]
 pub(crate) struct CertStore(ArcSwap<CertifiedKey>);
+
+impl CertStore {
+    /// New handshakes get `key` from now on; established connections keep theirs.
+    pub(crate) fn replace(&self, key: CertifiedKey) {
+        self.0.store(Arc::new(key));
+    }
+}
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
@@ -62,75 +63,4 @@ pub(crate) fn server_config(
     config.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| CertError::Config(e.to_string()))?;
     Ok((Arc::new(config), store))
-}
-
-/// How often the certificate files are looked at.
-pub(crate) const POLL: Duration = Duration::from_secs(2);
-
-/// What identifies a file's content without reading it: the target of any symlink chain
-/// (Kubernetes swaps a `..data` link), its size and its modification time.
-pub(crate) fn stamp(path: &Path) -> Option<(PathBuf, u64, SystemTime)> {
-    let target = std::fs::canonicalize(path).ok()?;
-    let meta = std::fs::metadata(&target).ok()?;
-    Some((target, meta.len(), meta.modified().ok()?))
-}
-
-/// Re-reads the certificate when its files change, and on `SIGHUP`.
-pub(crate) struct CertWatch {
-    pub(crate) cert_file: PathBuf,
-    pub(crate) key_file: PathBuf,
-    pub(crate) store: Arc<CertStore>,
-    pub(crate) metrics: Metrics,
-}
-
-impl CertWatch {
-    fn reload(&self, why: &str) {
-        match load(&self.cert_file, &self.key_file) {
-            Ok(key) => {
-                self.store.0.store(Arc::new(key));
-                self.metrics.cert_reload(true);
-                tracing::info!(why, "TLS certificate loaded");
-            }
-            Err(e) => {
-                self.metrics.cert_reload(false);
-                tracing::error!(why, error = %e, "TLS certificate not reloaded; keeping the previous one");
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for CertWatch {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; certificate files are still watched");
-                None
-            }
-        };
-        let mut seen = (stamp(&self.cert_file), stamp(&self.key_file));
-        loop {
-            let hangup = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = hangup => {
-                    seen = (stamp(&self.cert_file), stamp(&self.key_file));
-                    self.reload("SIGHUP");
-                }
-                _ = tokio::time::sleep(POLL) => {
-                    let now = (stamp(&self.cert_file), stamp(&self.key_file));
-                    if now != seen {
-                        seen = now;
-                        self.reload("the certificate files changed");
-                    }
-                }
-            }
-        }
-    }
 }

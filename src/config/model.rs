@@ -31,7 +31,7 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// The secrets read from files (`session.keys_file`, `oidc.client_secret_file`,
     /// `oidc.private_key_file`, `store.url_file`): each key and its file, for the reload
-    /// ([`crate::ops::secrets`]).
+    /// ([`crate::server::secrets`]).
     pub secret_files: Vec<(&'static str, PathBuf)>,
 }
 

@@ -6,5 +6,4 @@
 pub(crate) mod health;
 pub mod logging;
 pub(crate) mod metrics;
-pub(crate) mod secrets;
 pub mod telemetry;

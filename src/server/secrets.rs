@@ -2,9 +2,7 @@
 //! (`session.keys_file`, `oidc.client_secret_file`, `oidc.private_key_file`,
 //! `store.url_file`) are re-read when they change and on `SIGHUP`.
 //!
-//! Kubernetes updates a mounted Secret in place by swapping a `..data` symlink, so a file is
-//! known by the target of its symlink chain, its size and its modification time
-//! ([`crate::tls::stamp`]), looked at every [`crate::tls::POLL`]. A change reloads the whole
+//! The files are watched by the one file-watch loop ([`super::watch`]). A change reloads the whole
 //! configuration file with the process's `TOLLGATE__*` environment, as at startup, so a secret
 //! passes exactly the checks it passed then (a key of 32 bytes, a private key that fits its
 //! algorithm, a URL that parses); only the changed secrets are applied. A file that no longer
@@ -20,20 +18,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 
+use super::watch::Reload;
 use crate::config::{Config, StoreTarget};
 use crate::oidc::client_auth::ClientAuth;
 use crate::oidc::Oidc;
 use crate::ops::metrics::Metrics;
 use crate::store::Store;
-use crate::tls::{stamp, POLL};
-
-/// How often a secret whose reload failed is tried again while its file does not change.
-const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
-
-type Stamp = Option<(PathBuf, u64, std::time::SystemTime)>;
 
 /// Watches the secret files of a config and applies their new contents.
 pub(crate) struct SecretWatch {
@@ -46,13 +37,22 @@ pub(crate) struct SecretWatch {
     pub(crate) metrics: Metrics,
 }
 
-impl SecretWatch {
-    fn stamps(&self) -> Vec<Stamp> {
-        self.files.iter().map(|(_, f)| stamp(f)).collect()
+#[async_trait]
+impl Reload for SecretWatch {
+    fn files(&self) -> &[(&'static str, PathBuf)] {
+        &self.files
+    }
+
+    fn changed_reason(&self) -> &'static str {
+        "a secret file changed"
+    }
+
+    fn retry_reason(&self) -> &'static str {
+        "retrying a secret that did not reload"
     }
 
     /// Reads the config again and applies the secrets named in `changed`; returns those
-    /// that could not be applied (tried again every [`RETRY`]).
+    /// that could not be applied (tried again by the watch loop).
     async fn reload(&self, changed: &[&'static str], why: &str) -> Vec<&'static str> {
         if changed.is_empty() {
             return Vec::new();
@@ -81,7 +81,9 @@ impl SecretWatch {
         }
         failed
     }
+}
 
+impl SecretWatch {
     async fn apply(&self, secret: &str, config: &Config) -> Result<String, String> {
         match secret {
             "session.keys_file" => {
@@ -116,68 +118,6 @@ impl SecretWatch {
                 Ok("store URL reloaded; the next connection uses it".into())
             }
             other => Err(format!("{other} cannot be reloaded")),
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for SecretWatch {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; secret files are still watched");
-                None
-            }
-        };
-        let mut seen = self.stamps();
-        // Secrets whose last reload failed: tried again every RETRY until one passes (a file
-        // another one depends on may be fixed without the failed one changing again).
-        let mut pending: Vec<&'static str> = Vec::new();
-        let mut retry_at = tokio::time::Instant::now();
-        loop {
-            let hangup = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = hangup => {
-                    seen = self.stamps();
-                    let all: Vec<&'static str> = self.files.iter().map(|(k, _)| *k).collect();
-                    pending = self.reload(&all, "SIGHUP").await;
-                    retry_at = tokio::time::Instant::now() + RETRY;
-                }
-                _ = tokio::time::sleep(POLL) => {
-                    let now = self.stamps();
-                    let changed: Vec<&'static str> = self
-                        .files
-                        .iter()
-                        .zip(now.iter().zip(&seen))
-                        .filter(|(_, (a, b))| a != b)
-                        .map(|((k, _), _)| *k)
-                        .collect();
-                    seen = now;
-                    let mut why = "a secret file changed";
-                    let mut changed = changed;
-                    if tokio::time::Instant::now() >= retry_at {
-                        for p in &pending {
-                            if !changed.contains(p) {
-                                changed.push(p);
-                                why = "retrying a secret that did not reload";
-                            }
-                        }
-                    }
-                    if !changed.is_empty() {
-                        let failed = self.reload(&changed, why).await;
-                        pending.retain(|p| !changed.contains(p));
-                        pending.extend(failed);
-                        retry_at = tokio::time::Instant::now() + RETRY;
-                    }
-                }
-            }
         }
     }
 }

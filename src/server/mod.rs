@@ -7,6 +7,10 @@
 //! queued), lets in-flight requests finish for `grace_period`, then exits; SIGINT exits at
 //! once.
 
+mod cert_reload;
+pub(crate) mod secrets;
+pub(crate) mod watch;
+
 use std::sync::Arc;
 
 use pingora::server::configuration::ServerConf;
@@ -24,6 +28,10 @@ use crate::proxy::Tollgate;
 use crate::session::revocations::Revocations;
 use crate::store::{Store, StoreSync};
 use pingora::listeners::tls::Acceptor;
+
+use cert_reload::CertReload;
+use secrets::SecretWatch;
+use watch::{FileWatch, Reload};
 
 /// How long runtimes get to wind down after the grace period.
 const RUNTIME_SHUTDOWN_SECS: u64 = 2;
@@ -115,17 +123,16 @@ pub fn build(
         store.clone(),
         metrics.clone(),
     )?);
+    // Files re-read when they change and on SIGHUP: one watch loop for all of them.
+    let mut watched: Vec<Box<dyn Reload>> = Vec::new();
     if !config.secret_files.is_empty() {
-        server.add_service(pingora::services::background::background_service(
-            "secret files",
-            crate::ops::secrets::SecretWatch {
-                config_path: config_path.to_path_buf(),
-                files: config.secret_files.clone(),
-                oidc: oidc.clone(),
-                store: store.clone(),
-                metrics: metrics.clone(),
-            },
-        ));
+        watched.push(Box::new(SecretWatch {
+            config_path: config_path.to_path_buf(),
+            files: config.secret_files.clone(),
+            oidc: oidc.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+        }));
     }
     server.add_service(pingora::services::background::background_service(
         "provider metadata",
@@ -174,14 +181,19 @@ pub fn build(
                 tls: Some(acceptor.clone()),
             });
         }
+        watched.push(Box::new(CertReload {
+            files: [
+                ("tls.cert_file", tls.cert_file.clone()),
+                ("tls.key_file", tls.key_file.clone()),
+            ],
+            store,
+            metrics: metrics.clone(),
+        }));
+    }
+    if !watched.is_empty() {
         server.add_service(pingora::services::background::background_service(
-            "tls certificate",
-            crate::tls::CertWatch {
-                cert_file: tls.cert_file.clone(),
-                key_file: tls.key_file.clone(),
-                store,
-                metrics: metrics.clone(),
-            },
+            "watched files",
+            FileWatch { watched },
         ));
     }
     let pools = app.pools();
