@@ -10,7 +10,7 @@ use pingora::apps::HttpServerApp;
 use tokio::net::TcpListener;
 
 use super::listen::{accept_failed, spawn_connection};
-use super::Door;
+use super::shared::Door;
 
 /// How long the drain waits for handshakes already under way to reach the accept queue
 /// after new ones are refused (a few round trips on any network tollgate sits in).

@@ -10,7 +10,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 
-use super::Shared;
+use super::shared::Shared;
 use crate::ops::metrics::Metrics;
 
 /// Streams on one HTTP/2 connection (TLS with ALPN `h2`): each request is a task; the

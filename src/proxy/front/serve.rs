@@ -15,7 +15,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::head::{HeadScanner, Scan};
-use super::Shared;
+use super::shared::Shared;
 
 /// How long a refused client's remaining request bytes are read (and discarded) after the
 /// `431`, so that closing does not reset the connection before the client reads the answer.
