@@ -32,7 +32,8 @@
 //! [`listen`] accepts and starts each connection; [`serve`] reads HTTP/1 request heads and
 //! hands them to Pingora; [`h2`] serves HTTP/2 streams; [`drain`] closes a listener at
 //! shutdown; [`head`] scans heads against the limits; [`pace`] watches writes; [`coalesce`]
-//! buffers HTTP/1 writes; [`stream`] passes Pingora's stream traits through the wrappers.
+//! buffers HTTP/1 writes; [`stream`] passes Pingora's stream traits through the wrappers;
+//! [`refuse`] writes the `431`s, rendered from the one [`crate::reply::Fault`] table.
 
 mod coalesce;
 mod door;
@@ -42,6 +43,7 @@ mod handover;
 pub(crate) mod head;
 mod listen;
 mod pace;
+mod refuse;
 mod serve;
 mod shared;
 mod stream;

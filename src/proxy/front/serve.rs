@@ -15,7 +15,9 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::head::{HeadScanner, Scan};
+use super::refuse;
 use super::shared::Shared;
+use crate::reply::{Fault, HeadLimit, Reply};
 
 /// How long a refused client's remaining request bytes are read (and discarded) after the
 /// `431`, so that closing does not reset the connection before the client reads the answer.
@@ -139,22 +141,17 @@ async fn read_head(
 /// Answers `431` to a head over the limits, then closes without resetting the connection.
 async fn too_large(stream: &mut Stream, limit: &'static str, shared: &Shared) {
     let request_id = crate::proxy::request_id::generate();
-    let body = format!(
-        r#"{{"error":"request_header_fields_too_large","message":"the request head is over the {} limit","request_id":"{request_id}"}}"#,
-        match limit {
-            "header_count" => "server.max_headers",
-            _ => "server.max_header_bytes",
-        }
-    );
-    let reply = format!(
-        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n\
-         x-request-id: {request_id}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+    let head_limit = match limit {
+        "header_count" => HeadLimit::Fields,
+        _ => HeadLimit::Bytes,
+    };
+    let reply = refuse::http1(
+        &Reply::from(Fault::HeaderFieldsTooLarge(head_limit)),
+        &request_id,
     );
     tracing::warn!(request_id = %request_id, limit, "request head refused with 431");
     shared.metrics.request("-", 431);
-    if stream.write_all(reply.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+    if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err() {
         return;
     }
     let _ = pingora::protocols::Shutdown::shutdown(&mut **stream).await;
