@@ -89,3 +89,49 @@ impl<A> Clone for Door<A> {
         }
     }
 }
+
+/// A front door's state for tests, with limits a test can reach quickly.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Shared;
+    use crate::config::Limits;
+    use crate::ops::health::Readiness;
+    use crate::ops::metrics::Metrics;
+
+    /// Generous limits (no test waits on them) but those named by the test.
+    pub(crate) fn limits() -> Limits {
+        Limits {
+            keepalive_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 16,
+            max_header_bytes: 8192,
+            max_headers: 100,
+            max_cookie_bytes: 8192,
+            max_body_bytes: 1 << 20,
+            body_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            min_send_rate: 0,
+            send_rate_window: Duration::from_secs(10),
+            h2_max_concurrent_streams: 8,
+        }
+    }
+
+    pub(crate) fn shared(limits: Limits) -> Arc<Shared> {
+        Arc::new(Shared::new(
+            limits,
+            Metrics::new(),
+            Arc::new(Readiness::default()),
+        ))
+    }
+
+    /// What `metrics` rendered says about `line` (a metric line's prefix), if anything.
+    pub(crate) fn metric_line(shared: &Shared, prefix: &str) -> Option<String> {
+        let text = String::from_utf8(shared.metrics.render()).ok()?;
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_string)
+    }
+}
