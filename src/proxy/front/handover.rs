@@ -162,3 +162,143 @@ pub(crate) async fn follow_upgrade(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pingora::server::Fds;
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    fn table() -> ListenFds {
+        ListenFds::new(Fds::new().into())
+    }
+
+    fn loopback() -> (SocketAddr, std::net::TcpListener) {
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        (socket.local_addr().unwrap(), socket)
+    }
+
+    /// Accepts one client on `listener` from a fresh connection to `addr`.
+    async fn serves(listener: &TcpListener, addr: SocketAddr) {
+        let (client, accepted) = tokio::time::timeout(BOUND, async {
+            tokio::join!(TcpStream::connect(addr), listener.accept())
+        })
+        .await
+        .expect("bounded");
+        let (client, (accepted, _)) = (client.unwrap(), accepted.unwrap());
+        assert_eq!(accepted.peer_addr().unwrap(), client.local_addr().unwrap());
+    }
+
+    #[test]
+    fn a_process_waits_only_behind_a_unix_socket_of_this_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        assert!(!upgrade_waiting(&path), "nothing there");
+        std::fs::write(&path, b"").unwrap();
+        assert!(!upgrade_waiting(&path), "a plain file");
+        std::fs::remove_file(&path).unwrap();
+        let _waiting = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(upgrade_waiting(&path));
+    }
+
+    #[tokio::test]
+    async fn a_socket_bound_here_enters_the_table_once_in_use() {
+        let (addr, socket) = loopback();
+        let fds = table();
+        let l = Listener {
+            addr,
+            socket: Some(socket),
+            tls: None,
+        };
+        let (listener, tls) = listening_socket(l, Some(&fds)).unwrap();
+        assert!(tls.is_none());
+        assert!(fds.lock().get(&addr.to_string()).is_some());
+        serves(&listener, addr).await;
+    }
+
+    /// The old process sends its table over a Unix socket in a temporary directory (Pingora's
+    /// own transfer, as at `SIGQUIT`); the new one takes the socket over and accepts on it,
+    /// after the old one has closed its own descriptor.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sockets_handed_over_a_unix_socket_are_taken_over_and_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        let path_str = path.to_str().unwrap().to_string();
+        let (addr, socket) = loopback();
+        let old_fds = table();
+        let (old_listener, _) = listening_socket(
+            Listener {
+                addr,
+                socket: Some(socket),
+                tls: None,
+            },
+            Some(&old_fds),
+        )
+        .unwrap();
+        // The new process waits for the sockets (Pingora retries its accept once a second).
+        let (got, received) = std::sync::mpsc::channel();
+        let receiver_path = path_str.clone();
+        std::thread::spawn(move || {
+            let mut fds = Fds::new();
+            let _ = got.send(fds.get_from_sock(receiver_path.as_str()).map(|()| fds));
+        });
+        let waited = std::time::Instant::now();
+        while !upgrade_waiting(&path) {
+            assert!(waited.elapsed() < BOUND, "the new process never listened");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        old_fds.lock().send_to_sock(path_str.as_str()).unwrap();
+        let new_fds = received.recv_timeout(BOUND).unwrap().unwrap();
+        let new_fds: ListenFds = ListenFds::new(new_fds.into());
+        drop(old_listener);
+
+        let (listener, _) = listening_socket(
+            Listener {
+                addr,
+                socket: None,
+                tls: None,
+            },
+            Some(&new_fds),
+        )
+        .expect("taken over");
+        // The table keeps the number for the next upgrade.
+        assert!(new_fds.lock().get(&addr.to_string()).is_some());
+        serves(&listener, addr).await;
+    }
+
+    #[tokio::test]
+    async fn an_address_the_old_process_did_not_hand_over_is_bound_anew() {
+        let (addr, socket) = loopback();
+        // Free the port for the new bind (nothing else on loopback takes it meanwhile).
+        drop(socket);
+        let fds = table();
+        let l = Listener {
+            addr,
+            socket: None,
+            tls: None,
+        };
+        let (listener, _) = listening_socket(l, Some(&fds)).expect("bound anew");
+        assert!(fds.lock().get(&addr.to_string()).is_some());
+        serves(&listener, addr).await;
+    }
+
+    #[test]
+    fn sockets_for_addresses_no_longer_configured_are_closed() {
+        let (kept, kept_socket) = loopback();
+        let (gone, gone_socket) = loopback();
+        let fds = table();
+        use std::os::fd::IntoRawFd;
+        fds.lock().add(kept.to_string(), kept_socket.into_raw_fd());
+        fds.lock().add(gone.to_string(), gone_socket.into_raw_fd());
+        close_unclaimed(&fds, &[kept.to_string()]);
+        assert!(fds.lock().get(&kept.to_string()).is_some());
+        assert!(fds.lock().get(&gone.to_string()).is_none());
+        // Closed: nothing listens there any more.
+        assert!(std::net::TcpStream::connect(gone).is_err());
+    }
+}
