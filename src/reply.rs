@@ -25,6 +25,18 @@ pub(crate) enum CsrfError {
     MissingOrigin,
 }
 
+/// Which limit a request head is over (`431`, answered by the front door before Pingora
+/// parses the head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadLimit {
+    /// `server.max_header_bytes` (HTTP/1).
+    Bytes,
+    /// `server.max_headers` (HTTP/1).
+    Fields,
+    /// `server.max_headers` over HTTP/2 (each cookie field counted as part of one).
+    H2Fields,
+}
+
 /// Every error tollgate answers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fault {
@@ -97,6 +109,8 @@ pub(crate) enum Fault {
     RequestTimeout,
     /// The `Cookie` header, or the session's chunks, over what tollgate accepts.
     CookieTooLarge,
+    /// A request head over `max_header_bytes` or `max_headers`.
+    HeaderFieldsTooLarge(HeadLimit),
     /// The shared store is needed and cannot be reached.
     StoreUnavailable,
     /// The session's claims do not satisfy the route's `require` rule.
@@ -125,7 +139,7 @@ impl Fault {
             Internal | SessionTooLarge => 500,
             PayloadTooLarge => 413,
             RequestTimeout => 408,
-            CookieTooLarge => 431,
+            CookieTooLarge | HeaderFieldsTooLarge(_) => 431,
             ProviderError(_) | CallbackUnreadable | InvalidState | UnknownState | LoginExpired
             | IssuerMismatch | IssuerMissing | MissingCode | CodeRejected | InvalidLogoutToken => {
                 400
@@ -192,6 +206,15 @@ impl Fault {
             CookieTooLarge => {
                 "the cookies sent to this site are larger than it accepts; clear them and sign in again"
             }
+            HeaderFieldsTooLarge(HeadLimit::Bytes) => {
+                "the request head is over the server.max_header_bytes limit"
+            }
+            HeaderFieldsTooLarge(HeadLimit::Fields) => {
+                "the request head is over the server.max_headers limit"
+            }
+            HeaderFieldsTooLarge(HeadLimit::H2Fields) => {
+                "the request has more header fields than server.max_headers"
+            }
             StoreUnavailable => "the shared store cannot be reached; retry shortly",
             Forbidden => "this account is not allowed here",
             InsufficientScope => "the identity provider does not grant this session a token for this API",
@@ -227,6 +250,7 @@ impl Fault {
                 | Fault::InvalidLogoutToken
                 | Fault::PayloadTooLarge
                 | Fault::RequestTimeout
+                | Fault::HeaderFieldsTooLarge(_)
                 | Fault::StoreUnavailable
                 | Fault::Forbidden
                 | Fault::InsufficientScope
@@ -421,7 +445,7 @@ impl Fault {
             InvalidLogoutToken => "invalid_request",
             PayloadTooLarge => "payload_too_large",
             RequestTimeout => "request_timeout",
-            CookieTooLarge => "request_header_fields_too_large",
+            CookieTooLarge | HeaderFieldsTooLarge(_) => "request_header_fields_too_large",
             StoreUnavailable => "store_unavailable",
             Forbidden => "forbidden",
             InsufficientScope => "insufficient_scope",
@@ -545,6 +569,7 @@ mod tests {
             (Fault::InvalidIdToken { nonce: true }, 400),
             (Fault::InvalidIdToken { nonce: false }, 502),
             (Fault::TokenRefused("x".into()), 502),
+            (Fault::HeaderFieldsTooLarge(HeadLimit::H2Fields), 431),
         ] {
             assert_eq!(fault.status(), status, "{fault:?}");
             assert!(!fault.label().is_empty());

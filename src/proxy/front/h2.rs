@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use pingora::apps::HttpServerApp;
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::{self as h2_server, H2Accept, HttpSession as H2Session};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 
-use super::Shared;
+use super::refuse;
+use super::shared::Shared;
 use crate::ops::metrics::Metrics;
+use crate::reply::{Fault, HeadLimit, Reply};
 
 /// Streams on one HTTP/2 connection (TLS with ALPN `h2`): each request is a task; the
 /// connection closes after `keepalive_timeout` without streams, and says GOAWAY at shutdown or
@@ -128,25 +129,13 @@ fn h2_field_count(headers: &http::HeaderMap) -> usize {
 /// `431` for an HTTP/2 request with more header fields than `max_headers`.
 async fn too_many_h2_fields(mut h2: H2Session, metrics: Metrics) {
     let request_id = crate::proxy::request_id::generate();
-    let body = format!(
-        r#"{{"error":"request_header_fields_too_large","message":"the request has more header fields than server.max_headers","request_id":"{request_id}"}}"#
-    );
     tracing::warn!(request_id = %request_id, limit = "header_count", "request head refused with 431");
     metrics.request("-", 431);
-    let Ok(mut resp) = ResponseHeader::build(431, Some(6)) else {
+    let reply = Reply::from(Fault::HeaderFieldsTooLarge(HeadLimit::H2Fields));
+    let Ok((resp, body)) = refuse::h2(&reply, &request_id) else {
         return;
     };
-    let headers = [
-        ("content-type", "application/json"),
-        ("cache-control", "no-store"),
-        ("x-content-type-options", "nosniff"),
-    ];
-    for (n, v) in headers {
-        let _ = resp.insert_header(n, v);
-    }
-    let _ = resp.insert_header("content-length", body.len().to_string());
-    let _ = resp.insert_header("x-request-id", request_id.as_str());
     if h2.write_response_header(Box::new(resp), false).is_ok() {
-        let _ = h2.write_body(bytes::Bytes::from(body), true).await;
+        let _ = h2.write_body(body, true).await;
     }
 }

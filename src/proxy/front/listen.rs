@@ -14,14 +14,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::coalesce::Coalesced;
-use super::drain::drain;
 use super::h2::serve_h2;
 use super::pace::Paced;
 use super::serve::serve;
-use super::Door;
+use super::shared::Door;
 use crate::ops::metrics::Metrics;
 
-pub(super) async fn accept_loop<A>(listener: TcpListener, door: Door<A>)
+/// Accepts until shutdown (then the listener is drained, [`super::drain`]).
+pub(super) async fn accept_loop<A>(listener: &TcpListener, door: &Door<A>)
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
@@ -60,7 +60,6 @@ where
             Err(e) => accept_failed(e).await,
         }
     }
-    drain(listener, &door).await;
 }
 
 pub(super) async fn accept_failed(e: std::io::Error) {
