@@ -126,10 +126,8 @@ impl Running {
         )
         .await;
         // SAFETY: signals a child process of this test.
-        assert_eq!(
-            unsafe { libc::kill(self.old.id() as i32, libc::SIGQUIT) },
-            0
-        );
+        let sent = unsafe { libc::kill(self.old.id() as i32, libc::SIGQUIT) };
+        assert_eq!(sent, 0);
         (new, new_log)
     }
 

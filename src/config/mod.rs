@@ -1,7 +1,7 @@
 //! Configuration: from `conf/tollgate.toml` plus `TOLLGATE__*` overrides to a validated model.
 //!
-//! Loading happens in three steps: [`env`] applies environment overrides to the parsed TOML
-//! document, serde deserializes it into the file's types ([`file`], with the deserializers of
+//! Loading happens in three steps: [`mod@env`] applies environment overrides to the parsed TOML
+//! document, serde deserializes it into the file's types ([`mod@file`], with the deserializers of
 //! [`de`]), and [`validate`] checks what types cannot express and builds the [`Config`]
 //! ([`model`]). Nothing outside this module sees raw strings: URLs are parsed, keys decoded,
 //! secrets read from their files, header values built. Every error names the key it is about.

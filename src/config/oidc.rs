@@ -222,7 +222,7 @@ pub struct OidcConfig {
     /// DPoP-bound tokens (RFC 9449): a key pair per session, proofs on every token request.
     pub dpop: bool,
     /// `profile = "fapi2"`: the FAPI 2.0 Security Profile, checked at load
-    /// ([`validate`]'s `fapi2`) and in force at run time (algorithms, `iss`, RSA sizes).
+    /// ([`super::validate`]'s `fapi2`) and in force at run time (algorithms, `iss`, RSA sizes).
     pub fapi2: bool,
 }
 

@@ -1,6 +1,6 @@
 //! The one writer of the responses tollgate makes itself.
 //!
-//! Every [`Reply`] goes out through [`write`], so every one of them carries the same headers:
+//! Every [`Reply`] goes out through [`fn@write`], so every one of them carries the same headers:
 //! `content-type` (for a body), `content-length`, `cache-control: no-store`,
 //! `x-content-type-options: nosniff`, the request id, `retry-after` on a 503, a strict content
 //! security policy on an HTML page, and the reply's cookies. A request whose body tollgate did

@@ -3,7 +3,7 @@
 //! It carries refresh results (one refresh per refresh token across replicas: a short lock,
 //! the result sealed with the session keys) and revocations (logout, back-channel logout) and
 //! logout token ids between replicas. The hot path never waits for the store: each replica keeps
-//! the revocation set in memory ([`Revocations`]), and [`StoreSync`] keeps it current — every
+//! the revocation set in memory ([`crate::session::revocations::Revocations`]), and [`StoreSync`] keeps it current — every
 //! revocation is added to one sorted set scored by when it lapses (so a replica that
 //! (re)connects reloads the whole set with `ZSCAN`, and lapsed ones are trimmed on each write)
 //! and published on a channel (so the others learn of it within a moment). A replica that

@@ -5,7 +5,7 @@
 //! token rotation, break the session: the second use of a rotated refresh token is
 //! `invalid_grant` (and some providers then revoke the whole family). So concurrent refreshes
 //! of the same refresh token share one call (single flight, keyed by the token's SHA-256), and
-//! a successful result is kept for [`RESULT_TTL`] so that requests still carrying the old
+//! a successful result is kept for [`outcome::RESULT_TTL`] so that requests still carrying the old
 //! cookie, sent before the browser saw the new one, get the same new tokens instead of a second
 //! refresh. A failure because the provider is unreachable is not kept: the next request tries
 //! again. Waiting is bounded by the HTTP timeout.

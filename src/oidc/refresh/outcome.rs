@@ -96,7 +96,7 @@ pub struct Spent {
     pub outcome: RefreshOutcome,
 }
 
-/// What a caller of [`Oidc::refresh`] gets.
+/// What a caller of [`crate::oidc::Oidc::refresh`] gets.
 #[derive(Debug, Clone)]
 pub struct Refresh {
     /// Refreshes for other purposes that spent (and rotated) the caller's refresh token first,

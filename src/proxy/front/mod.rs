@@ -1,5 +1,5 @@
 //! The front door: tollgate's own accept loop and request-head reading, in front of Pingora's
-//! HTTP handling ([`HttpServerApp::process_new_http`]).
+//! HTTP handling (`HttpServerApp::process_new_http`).
 //!
 //! Why not Pingora's listening service: in 0.9 it has no connection limit; no deadline for a
 //! whole request head (a head dribbled a byte every 20 s is kept forever); no idle timeout on
