@@ -16,177 +16,29 @@
 //! renewal) with a stand-in, and the Pingora adapter in [`super`] only moves facts in and
 //! results out.
 
-use std::future::Future;
+mod grant;
+mod plan;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http::HeaderValue;
-
-use super::credential::{DpopGrant, DpopKeys};
+use super::credential::DpopKeys;
 use super::headers::Identity;
 use super::identity::identity;
-use crate::claims::ClaimRule;
 use crate::config::{Audience, RouteAuth};
 use crate::oidc::audience_tokens::AudienceToken;
-use crate::oidc::refresh::{self, Refresh, RefreshOutcome, RefreshRequest};
-use crate::oidc::token_client::TokenResponse;
-use crate::oidc::Oidc;
+use crate::oidc::refresh::{self, RefreshOutcome};
 use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
 use crate::session::cookie::ChunkError;
 use crate::session::{Session, SessionError};
 use crate::sessions::{CookieWork, Sessions};
-
-/// Refreshes an access token at the provider (single flight; [`crate::oidc::refresh`]) and
-/// finds kept route tokens ([`crate::oidc::audience`]).
-pub(crate) trait Refresher: Sync {
-    fn refresh(&self, req: RefreshRequest<'_>) -> impl Future<Output = Refresh> + Send;
-
-    /// The kept, unexpired token of session `session` for `audience`, if any.
-    fn route_token(
-        &self,
-        session: u128,
-        audience: &Audience,
-        now: u64,
-    ) -> impl Future<Output = Option<Arc<AudienceToken>>> + Send;
-}
-
-impl Refresher for Arc<Oidc> {
-    fn refresh(&self, req: RefreshRequest<'_>) -> impl Future<Output = Refresh> + Send {
-        Oidc::refresh(self, req)
-    }
-
-    fn route_token(
-        &self,
-        session: u128,
-        audience: &Audience,
-        now: u64,
-    ) -> impl Future<Output = Option<Arc<AudienceToken>>> + Send {
-        self.audience_token(session, audience, now)
-    }
-}
-
-/// What an allowed request takes upstream.
-#[derive(Debug, Default)]
-pub(crate) struct Grant {
-    /// `Bearer <access token>` for the upstream request (marked sensitive).
-    pub(crate) bearer: Option<HeaderValue>,
-    /// Who the user is, for a route with `identity_headers`.
-    /// (Boxed, as the next field: most routes have neither, and the grant is moved into every
-    /// request's context.)
-    pub(crate) identity: Option<Box<Identity>>,
-    /// What the upstream request's DPoP proof is made with (`token_binding = "dpop"`).
-    pub(crate) dpop: Option<Box<DpopGrant>>,
-    /// `Set-Cookie` lines for the response (a refreshed or renewed session).
-    pub(crate) set_cookies: Vec<String>,
-    /// What a sticky upstream pool hashes: from the session's id (0 without a session).
-    pub(crate) affinity: u64,
-}
-
-/// What a sticky upstream pool hashes for `session`: its random id, folded to 64 bits
-/// (never 0, which means "no session").
-fn affinity(session: &Session<'_>) -> u64 {
-    ((session.id >> 64) as u64 ^ session.id as u64).max(1)
-}
-
-/// A route's rules for [`Gate::decide`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Policy<'a> {
-    pub(crate) auth: RouteAuth,
-    /// Claims the session must have (`require`).
-    pub(crate) require: Option<&'a ClaimRule>,
-    /// Send [`Identity`] upstream.
-    pub(crate) identity_headers: bool,
-    /// `token_binding = "dpop"`: `Authorization: DPoP` and a proof.
-    pub(crate) dpop: bool,
-    /// `resource`/`scopes`: the route's own token instead of the session's.
-    pub(crate) audience: Option<&'a Arc<Audience>>,
-}
-
-#[cfg(any(test, feature = "fuzzing"))]
-impl Policy<'_> {
-    /// Only the auth rule: no claim rule, no identity headers.
-    pub(crate) fn auth(auth: RouteAuth) -> Policy<'static> {
-        Policy {
-            auth,
-            require: None,
-            identity_headers: false,
-            dpop: false,
-            audience: None,
-        }
-    }
-}
-
-/// Where the request's access token comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source<'a> {
-    /// The session's own access token, refreshed in the session.
-    Session,
-    /// A route's audience token (`resource`, `scopes`; [`crate::oidc::audience`]): kept beside
-    /// the session and asked for with its refresh token; the session's own token is not used,
-    /// nor refreshed, for it.
-    Route(&'a Arc<Audience>),
-}
-
-/// A token the request could use as it is, and when it falls due.
-#[derive(Debug, Clone)]
-struct Current<T> {
-    token: T,
-    expires_at: u64,
-    /// Seconds it was issued for (0: not known).
-    lifetime: u64,
-}
-
-/// What happened when the request's token was due ([`after_refresh`]'s input).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Attempt {
-    /// The provider issued a new token.
-    Refreshed,
-    /// The provider rejected the refresh token (`invalid_grant`): the session is over.
-    Rejected,
-    /// The provider refused this request (another error code).
-    Refused,
-    /// The provider could not be reached or answered nonsense.
-    Unavailable,
-    /// No refresh was asked for: the session has no refresh token, or it expired.
-    NoRefreshToken { expired: bool },
-}
-
-/// What the request does next ([`after_refresh`]'s output).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Next {
-    /// Go on with the new token.
-    UseNew,
-    /// Go on with the current token: it has not expired yet.
-    UseCurrent,
-    /// Refuse with this fault; the session's cookies are re-sealed if a refresh on the way
-    /// changed the session.
-    Refuse(Fault),
-    /// `401 session_expired`, clearing the session's cookies.
-    Expire,
-}
-
-/// The one table of refresh outcomes, for both token sources. `still_valid`: the current
-/// token has not expired (a token due for refresh may still be used a little longer).
-fn after_refresh(source: &Source<'_>, attempt: Attempt, still_valid: bool) -> Next {
-    let route = matches!(source, Source::Route(_));
-    match attempt {
-        Attempt::Refreshed => Next::UseNew,
-        Attempt::Rejected => Next::Expire,
-        // The provider refused a route's audience to this session: that is the answer.
-        Attempt::Refused if route => Next::Refuse(Fault::InsufficientScope),
-        // Keep the session; use the current token while it lasts.
-        Attempt::Refused | Attempt::Unavailable if still_valid => Next::UseCurrent,
-        Attempt::Refused | Attempt::Unavailable => Next::Refuse(Fault::ProviderUnavailable),
-        Attempt::NoRefreshToken { .. } if still_valid => Next::UseCurrent,
-        // A route's token is only ever asked for with a refresh token.
-        Attempt::NoRefreshToken { expired: false } if route => {
-            Next::Refuse(Fault::InsufficientScope)
-        }
-        Attempt::NoRefreshToken { .. } => Next::Expire,
-    }
-}
+use grant::affinity;
+pub(crate) use grant::{Grant, Policy, Refresher};
+use plan::{
+    after_refresh, refresh_due, refresh_request, reseal_if, take, Attempt, Current, Next, Source,
+};
 
 /// The session rules of the hot path, built once from the config.
 #[derive(Debug)]
@@ -522,72 +374,11 @@ impl Gate {
     }
 }
 
-/// Takes a refresh's new tokens into `session`: for the session's own token, all of them; for
-/// a route's token, only a rotated refresh token (the access token is the route's, kept
-/// beside the session). Whether the session changed.
-fn take(
-    source: &Source<'_>,
-    session: &mut Session<'static>,
-    tokens: &TokenResponse,
-    issued_at: u64,
-) -> bool {
-    match source {
-        Source::Session => {
-            refresh::apply(session, tokens, issued_at);
-            true
-        }
-        Source::Route(_) => {
-            refresh::apply_rotation(session, tokens, issued_at);
-            tokens.refresh_token.is_some()
-        }
-    }
-}
-
-/// Re-seal `session` if it `changed` (also on a refusal: a refresh token rotated on the way
-/// must reach the browser whatever the reply).
-fn reseal_if(changed: bool, session: Session<'static>) -> CookieWork {
-    if changed {
-        CookieWork::Reseal(Box::new(session))
-    } else {
-        CookieWork::Keep
-    }
-}
-
-/// A refresh with `session`'s refresh token for `audience` (`None`: the session's own token),
-/// or `None` when it has no refresh token or the token is past its expiry.
-fn refresh_request<'s>(
-    session: &'s Session<'_>,
-    now: u64,
-    request_id: &'s str,
-    audience: Option<&'s Arc<Audience>>,
-) -> Option<RefreshRequest<'s>> {
-    let refresh_token = session
-        .refresh_token
-        .as_deref()
-        .filter(|_| session.refresh_expires_at.is_none_or(|at| at > now))?;
-    Some(RefreshRequest {
-        refresh_token,
-        sub: &session.claims.sub,
-        session_id: session.id,
-        request_id,
-        dpop_key: session.dpop_key.as_deref(),
-        audience,
-    })
-}
-
-/// Whether a token expiring at `expires_at`, issued for `lifetime` seconds (0: not known), is
-/// due for a refresh at `now` with `[session] refresh_skew` = `skew`, and whether the skew was
-/// capped. It is due once it expires within the skew, but the skew is at most half the
-/// lifetime: a skew as long as the tokens live would refresh on every request, spending a
-/// refresh token each time.
-fn refresh_due(expires_at: u64, lifetime: u64, now: u64, skew: u64) -> (bool, bool) {
-    let capped = lifetime > 0 && skew > lifetime / 2;
-    let skew = if capped { lifetime / 2 } else { skew };
-    (expires_at <= now.saturating_add(skew), capped)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
+    use crate::oidc::refresh::{Refresh, RefreshRequest};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
