@@ -4,16 +4,26 @@
 //! HttpOnly cookies and, on API calls, swaps the cookie for `Authorization: Bearer …` before
 //! proxying to the upstream.
 //!
-//! The modules follow the flow of a request:
-//! - [`config`]: the TOML file and `TOLLGATE__*` overrides, turned into a validated, typed model;
-//! - [`oidc`]: provider metadata, `/login` and `/callback`, the token client and ID token checks;
-//! - [`session`]: the sealed session cookie (wire format, chunking, the session payload);
-//! - `request` and `reply`: what a decision reads (facts, no Pingora types) and what tollgate
-//!   answers itself (one reply type, one error table);
-//! - `endpoints`: tollgate's own paths (`/login`, `/callback`, `/logout`, `/session`, health);
-//! - [`proxy`]: the Pingora `ProxyHttp` adapter around the decision core (`proxy::gate`);
-//! - [`ops`]: health, metrics and logging;
-//! - [`server`]: assembles the Pingora server from a validated config.
+//! The modules form layers, lowest first; a module uses its own layer and those below, never
+//! one above, and no two files import each other (the table is in `ARCHITECTURE.md`, and
+//! `.ci/check_layers.py` checks it in CI):
+//!
+//! 0. leaf types and counters: `request` (the facts a decision reads, no Pingora types),
+//!    `reply` (everything tollgate answers itself: one reply type, one error table), `target`
+//!    (the request-target check), [`claims`] (ID token claims and route rules on them),
+//!    `certs` (loading a PEM chain and key), and [`ops`]'s health, metrics and logging;
+//! 1. [`config`]: the TOML file and `TOLLGATE__*` overrides, turned into a validated, typed
+//!    model, one file per section;
+//! 2. `ops::telemetry`: OpenTelemetry traces;
+//! 3. [`session`]: the sealed session payload, its cookies (chunking) and the revocation list;
+//! 4. `store`: the shared store (Redis) that makes replicas act as one;
+//! 5. `sessions`: the session service — opening, checking and revoking sessions, CSRF, the
+//!    cookie lines a response carries;
+//! 6. [`oidc`]: provider metadata, `/login` and `/callback`, the token client, ID token checks,
+//!    refresh (single flight, across replicas), route tokens, logout;
+//! 7. `endpoints` (tollgate's own paths), [`proxy`] (the Pingora `ProxyHttp` adapter around the
+//!    decision core `proxy::gate`, and the front door) and [`tls`] (certificates for it);
+//! 8. [`server`]: assembles the Pingora server, and watches files (secrets, certificates).
 
 pub(crate) mod certs;
 pub mod claims;

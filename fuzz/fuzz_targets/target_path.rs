@@ -1,4 +1,4 @@
-//! The request target: Pingora's parse, `target::check` (via `gate::screen`), the endpoint or
+//! The request target: Pingora's parse, `target::check` (via `screen::screen`), the endpoint or
 //! route decision (`Tollgate::destination`) and the upstream request target
 //! (`Tollgate::rewrite_upstream`), for any request-target bytes.
 //!
