@@ -67,7 +67,7 @@ pub(crate) fn affinity(session: &Session<'_>) -> u64 {
     ((session.id >> 64) as u64 ^ session.id as u64).max(1)
 }
 
-/// A route's rules for [`Gate::decide`].
+/// A route's rules for [`super::Gate::decide`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy<'a> {
     pub(crate) auth: RouteAuth,
