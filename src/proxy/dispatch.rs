@@ -39,6 +39,15 @@ pub(crate) enum Destination {
     Route(usize),
 }
 
+/// Which limit a request body did not arrive within.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BodyLimit {
+    /// `[server] body_read_timeout`: a body tollgate reads itself.
+    Server,
+    /// The route's `read_timeout`: a proxied upload.
+    Route,
+}
+
 /// The routes, the endpoints and the decision core, built once from the validated config.
 #[derive(Debug)]
 pub(crate) struct Dispatch {
@@ -174,9 +183,7 @@ impl Dispatch {
             Err(fault) => {
                 match fault {
                     Fault::PayloadTooLarge => self.metrics.limit("body_bytes"),
-                    Fault::RequestTimeout => {
-                        self.body_timed_out(request_id, "server.body_read_timeout")
-                    }
+                    Fault::RequestTimeout => self.body_timed_out(request_id, BodyLimit::Server),
                     _ => {}
                 }
                 Err(fault)
@@ -185,9 +192,18 @@ impl Dispatch {
     }
 
     /// Counts and logs a request body that did not arrive within `limit` (`408`).
-    pub(crate) fn body_timed_out(&self, request_id: &str, limit: &str) {
+    pub(crate) fn body_timed_out(&self, request_id: &str, limit: BodyLimit) {
         self.metrics.limit("body_read_timeout");
-        tracing::info!(request_id, limit, "request body did not arrive in time");
+        match limit {
+            BodyLimit::Server => tracing::info!(
+                request_id,
+                "request body did not arrive within server.body_read_timeout"
+            ),
+            BodyLimit::Route => tracing::info!(
+                request_id,
+                "request body did not arrive within the route's read_timeout"
+            ),
+        }
     }
 
     /// Everything `request_filter` decides, as a reply to send or `None` to proxy (with the

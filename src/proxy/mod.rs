@@ -50,7 +50,7 @@ use crate::session::revocations::Revocations;
 use crate::store::Store;
 use access_log::AccessLog;
 use ctx::Ctx;
-use dispatch::Dispatch;
+use dispatch::{BodyLimit, Dispatch};
 use routes::{ResolveError, Route};
 use upstream::{Forwarding, Upstream};
 
@@ -208,7 +208,7 @@ impl ProxyHttp for Tollgate {
     ) -> pingora::Result<()> {
         upstream::upload_deadline(session, body, end_of_stream, ctx).inspect_err(|_| {
             self.dispatch
-                .body_timed_out(&ctx.request_id, "the route's read_timeout")
+                .body_timed_out(&ctx.request_id, BodyLimit::Route)
         })
     }
 
@@ -308,7 +308,7 @@ impl ProxyHttp for Tollgate {
         let (fault, upload_timed_out) = upstream::failure(e, session, ctx);
         if upload_timed_out {
             self.dispatch
-                .body_timed_out(&ctx.request_id, "the route's read_timeout");
+                .body_timed_out(&ctx.request_id, BodyLimit::Route);
         }
         let mut code = fault.as_ref().map_or(0, |f| f.status());
         if session.response_written().is_some() {

@@ -109,48 +109,45 @@ impl Watched<'_> {
 
 #[async_trait]
 impl BackgroundService for FileWatch {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; changed files are still reloaded");
-                None
+    /// One loop per [`Reload`], run side by side: a slow reload (a store that takes its time to
+    /// connect) does not hold up another's.
+    async fn start(&self, shutdown: ShutdownWatch) {
+        futures_util::future::join_all(
+            self.watched
+                .iter()
+                .map(|r| watch(r.as_ref(), shutdown.clone())),
+        )
+        .await;
+    }
+}
+
+/// Reloads `reload`'s files when they change and on `SIGHUP`, until shutdown.
+async fn watch(reload: &dyn Reload, mut shutdown: ShutdownWatch) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; changed files are still reloaded");
+            None
+        }
+    };
+    let mut w = Watched {
+        reload,
+        seen: Vec::new(),
+        pending: Vec::new(),
+        retry_at: tokio::time::Instant::now(),
+    };
+    w.seen = w.stamps();
+    loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
             }
         };
-        let mut watched: Vec<Watched<'_>> = self
-            .watched
-            .iter()
-            .map(|r| {
-                let mut w = Watched {
-                    reload: r.as_ref(),
-                    seen: Vec::new(),
-                    pending: Vec::new(),
-                    retry_at: tokio::time::Instant::now(),
-                };
-                w.seen = w.stamps();
-                w
-            })
-            .collect();
-        loop {
-            let hangup = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = hangup => {
-                    for w in &mut watched {
-                        w.reload_all().await;
-                    }
-                }
-                _ = tokio::time::sleep(POLL) => {
-                    for w in &mut watched {
-                        w.poll().await;
-                    }
-                }
-            }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = hangup => w.reload_all().await,
+            _ = tokio::time::sleep(POLL) => w.poll().await,
         }
     }
 }

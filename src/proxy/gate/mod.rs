@@ -274,7 +274,8 @@ impl Gate {
             lifetime: c.lifetime,
         });
         let mut session = session.into_owned();
-        let (token, mut changed) = if due {
+        let last_seen = session.last_seen;
+        let (token, refreshed) = if due {
             match self
                 .refresh(&source, &mut session, current, facts, refresher)
                 .await
@@ -286,12 +287,20 @@ impl Gate {
             // Not due: only the renewal below.
             (current.map(|c| c.token).unwrap_or_default(), false)
         };
-        if self.renewal_due(&session, now) {
+        let renewed = self.renewal_due(&session, now);
+        if renewed {
             session.last_seen = now;
-            changed = true;
         }
-        let grant = self.grant(&token, &session, policy, rid, identity);
-        (grant, reseal_if(changed, session))
+        match self.grant(&token, &session, policy, rid, identity) {
+            Ok(grant) => (Ok(grant), reseal_if(refreshed || renewed, session)),
+            // Refused after all: the tokens a refresh brought still reach the browser (a
+            // rotated refresh token must not be lost), but a refusal renews nothing.
+            Err(fault) if refreshed => {
+                session.last_seen = last_seen;
+                (Err(fault), reseal_if(true, session))
+            }
+            Err(fault) => (Err(fault), CookieWork::Keep),
+        }
     }
 
     /// Refreshes the token of `source`, which is due: the token to use and whether the session
@@ -537,6 +546,49 @@ mod tests {
 
     fn untouched() -> Provider {
         Provider::answering(RefreshOutcome::Unavailable)
+    }
+
+    /// A request refused at the last step (a DPoP route, and a session without a DPoP key)
+    /// still sends the browser what a refresh on the way brought (the rotated refresh token),
+    /// but without renewing the session; a refusal with nothing refreshed sets no cookie.
+    #[tokio::test]
+    async fn a_refusal_after_a_refresh_keeps_the_rotated_token() {
+        let g = gate();
+        let policy = Policy {
+            dpop: true,
+            ..Policy::auth(RouteAuth::Required)
+        };
+        let facts = |h| Facts {
+            method: &Method::GET,
+            query: None,
+            headers: h,
+            body: None,
+            request_id: "rid",
+            now: NOW,
+        };
+        // Due, and idle long enough for a renewal too.
+        let mut s = session();
+        s.access_expires_at = NOW + 5;
+        s.last_seen = NOW - 1_800;
+        let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
+        let p = Provider::answering(RefreshOutcome::Refreshed(issued("at-2", Some("rt-2")), NOW));
+        let reply = g
+            .decide(policy, &facts(&h), &p)
+            .await
+            .expect_err("no DPoP key");
+        assert_eq!(reply.status(), 401);
+        let kept = reopened(&g, reply.set_cookies());
+        assert_eq!(kept.refresh_token.as_deref(), Some("rt-2"));
+        assert_eq!(kept.last_seen, NOW - 1_800, "a refusal renews nothing");
+        // Only the renewal due: refused without a cookie.
+        let mut s = session();
+        s.last_seen = NOW - 1_800;
+        let h = headers_with(&g, Some(&s), &[("x-csrf", "1")]);
+        let reply = g
+            .decide(policy, &facts(&h), &untouched())
+            .await
+            .expect_err("no DPoP key");
+        assert_eq!((reply.status(), reply.set_cookies().len()), (401, 0));
     }
 
     /// The one table of refresh outcomes, row by row, for both token sources.
