@@ -171,9 +171,7 @@ def expand_use(tree):
 def references(mod, code):
     """Module paths (crate-absolute) that `code` of module `mod` refers to."""
     refs = set()
-    parent = mod.split("::")[:-1] if mod else []
     here = mod.split("::") if mod else []
-    is_dir_mod = False  # set by the caller through `here` for mod.rs files
 
     def absolute(path):
         segs = path.split("::")
@@ -300,9 +298,6 @@ def main():
     exports = {mod: reexports(mod, code) for mod, code in codes.items()}
     for mod, path in sorted(mods.items()):
         code = codes[mod]
-        if mod == "" or path.endswith("mod.rs"):
-            # In a mod.rs, `super` is the parent of the directory's module.
-            pass
         deps = set()
         for r in references(mod, code):
             target = owning_file(r, mods, exports)
