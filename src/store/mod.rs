@@ -34,6 +34,7 @@ mod refresh;
 mod revocations;
 mod route_tokens;
 mod sealed;
+mod sessions;
 #[cfg(test)]
 mod testing;
 
