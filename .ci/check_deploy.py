@@ -10,13 +10,18 @@
    where the config's *_file keys point (after the container's TOLLGATE__ overrides), no secret
    inline (client_secret, session keys, the store URL, which may carry a password), a [store]
    wherever more than one replica can run (Deployment replicas or HPA maxReplicas > 1: one
-   refresh per refresh token across replicas, logouts enforced by all), and a termination grace
-   period that covers the preStop pause plus tollgate's [server] grace_period.
+   refresh per refresh token across replicas, logouts enforced by all), a [store] wherever
+   `[session] storage = "store"` meets more than one replica or any HPA (without [store] the
+   sessions live in one replica's memory), a known [session] storage ("cookie" or "store"), and
+   a termination grace period that covers the preStop pause plus tollgate's [server]
+   grace_period. The rules on replicas and the store test themselves first (self_test()) on
+   small manifests written here.
 3. Runs `tollgate check` (the binary given as argv[1]) on each rendered tollgate.toml, with the
    Deployment's TOLLGATE__ environment overrides and the Secret's files, so a config we ship that
    the binary would refuse fails here, not at someone's rollout.
 
 Usage: check_deploy.py PATH/TO/tollgate
+       check_deploy.py --self-test     (the rules' self-tests only; no binary, no kubectl)
 """
 import base64
 import copy
@@ -173,20 +178,8 @@ def check_tollgate_pod(path, docs, binary):
             if key in config.get(section, {}):
                 fail(where, f"{section}.{key} is inline in the manifests; use {key}_file and a Secret")
 
-        # Several replicas act as one only through [store]: one refresh per refresh token (a
-        # provider that rotates them revokes the grant on reuse) and logouts enforced by all.
-        name = dep["metadata"]["name"]
-        most = max(
-            [dep["spec"].get("replicas", 1)]
-            + [
-                h["spec"]["maxReplicas"]
-                for h in by_kind.get("HorizontalPodAutoscaler", [])
-                if h["spec"]["scaleTargetRef"].get("kind") == "Deployment"
-                and h["spec"]["scaleTargetRef"]["name"] == name
-            ]
-        )
-        if most > 1 and "store" not in config:
-            fail(where, f"up to {most} replicas but no [store]: refreshes and logouts are per replica")
+        for problem in replica_store_problems(dep, by_kind.get("HorizontalPodAutoscaler", []), config):
+            fail(where, problem)
 
         grace = seconds(config.get("server", {}).get("grace_period", "0s"))
         pre_stop = tg.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
@@ -206,6 +199,109 @@ def check_tollgate_pod(path, docs, binary):
             fail(where, "listen on loopback is unreachable from the Service")
 
         run_tollgate_check(where, binary, toml_text, tg, secret_files, by_kind.get("Secret", []))
+
+
+SESSION_STORAGES = ("cookie", "store")
+
+
+def replica_store_problems(dep, hpas, config):
+    """What is wrong with this Deployment's replicas (its own and its HPAs') for this config
+    (env overrides applied), as a list of messages (empty: nothing)."""
+    problems = []
+    name = dep["metadata"]["name"]
+    own_hpas = [
+        h
+        for h in hpas
+        if h["spec"]["scaleTargetRef"].get("kind") == "Deployment"
+        and h["spec"]["scaleTargetRef"]["name"] == name
+    ]
+    replicas = dep["spec"].get("replicas", 1)
+    most = max([replicas] + [h["spec"]["maxReplicas"] for h in own_hpas])
+    has_store = "store" in config
+    # Several replicas act as one only through [store]: one refresh per refresh token (a
+    # provider that rotates them revokes the grant on reuse) and logouts enforced by all.
+    if most > 1 and not has_store:
+        problems.append(f"up to {most} replicas but no [store]: refreshes and logouts are per replica")
+    # Server-side sessions: without [store] they are kept in the process's own memory, so a
+    # second replica (or the next one an HPA starts) does not know them and sends the user to
+    # log in again. Any HPA counts: it exists to change the number of replicas.
+    storage = config.get("session", {}).get("storage", "cookie")
+    if storage not in SESSION_STORAGES:
+        problems.append(
+            f"[session] storage = {storage!r} is unknown; want one of {', '.join(map(repr, SESSION_STORAGES))}"
+        )
+    elif storage == "store" and not has_store and (replicas > 1 or own_hpas):
+        why = f"{replicas} replicas" if replicas > 1 else f"HorizontalPodAutoscaler/{own_hpas[0]['metadata']['name']}"
+        problems.append(
+            f'[session] storage = "store" without [store] ({why}): sessions in the in-process store '
+            "live on one replica only (another replica does not know them; a restart loses them); "
+            "add [store] (Redis), or run replicas: 1 with no HPA"
+        )
+    return problems
+
+
+def self_test():
+    """The rules of replica_store_problems() on small manifests: each case writes a Deployment,
+    an optional HPA and a tollgate.toml into a temp dir, reads them back as check_tollgate_pod
+    sees them (YAML documents, TOML) and compares the problems found with the ones expected."""
+    store_section = '[store]\nurl_file = "/etc/tollgate/secrets/store_url"\n'
+    cases = [
+        # (name, Deployment replicas, HPA maxReplicas or None, tollgate.toml, expected substrings)
+        ("cookie, 1 replica, no store", 1, None, "[session]\n", []),
+        ("cookie, 2 replicas, no store", 2, None, "[session]\n", ["up to 2 replicas but no [store]"]),
+        ("cookie, 2 replicas, store", 2, 10, "[session]\n" + store_section, []),
+        ("store, 3 replicas, no [store]", 3, None, '[session]\nstorage = "store"\n',
+         ["up to 3 replicas but no [store]", 'storage = "store" without [store] (3 replicas)']),
+        ("store, 1 replica + HPA max 1, no [store]", 1, 1, '[session]\nstorage = "store"\n',
+         ['storage = "store" without [store] (HorizontalPodAutoscaler/app)']),
+        ("store, 1 replica + HPA max 5, no [store]", 1, 5, '[session]\nstorage = "store"\n',
+         ["up to 5 replicas but no [store]", 'storage = "store" without [store] (HorizontalPodAutoscaler/app)']),
+        ("store, 3 replicas + HPA, [store]", 3, 10, '[session]\nstorage = "store"\n' + store_section, []),
+        ("store, 1 replica, no HPA, no [store]", 1, None, '[session]\nstorage = "store"\n', []),
+        ("cookie spelled out, 1 replica", 1, None, '[session]\nstorage = "cookie"\n', []),
+        ("unknown storage", 1, None, '[session]\nstorage = "redis"\n', ["storage = 'redis' is unknown"]),
+        ("unknown storage, with [store]", 2, None, '[session]\nstorage = "Store"\n' + store_section,
+         ["storage = 'Store' is unknown"]),
+    ]
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, replicas, hpa_max, toml_text, expected) in enumerate(cases):
+            d = Path(tmp) / str(i)
+            d.mkdir()
+            manifests = (
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\n"
+                f"spec:\n  replicas: {replicas}\n"
+            )
+            if hpa_max is not None:
+                manifests += (
+                    "---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\n"
+                    "metadata:\n  name: app\nspec:\n  scaleTargetRef:\n    apiVersion: apps/v1\n"
+                    f"    kind: Deployment\n    name: app\n  minReplicas: 1\n  maxReplicas: {hpa_max}\n"
+                )
+            (d / "manifests.yaml").write_text(manifests)
+            (d / "tollgate.toml").write_text(toml_text)
+            docs = [x for x in yaml.safe_load_all((d / "manifests.yaml").read_text()) if x]
+            dep = next(x for x in docs if x["kind"] == "Deployment")
+            hpas = [x for x in docs if x["kind"] == "HorizontalPodAutoscaler"]
+            config = tomllib.loads((d / "tollgate.toml").read_text())
+            got = replica_store_problems(dep, hpas, config)
+            ok = len(got) == len(expected) and all(
+                any(want in problem for problem in got) for want in expected
+            )
+            if not ok:
+                failures.append(f"self-test {name!r}: expected problems {expected}, got {got}")
+    # An HPA for another Deployment does not count.
+    other = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": "other"},
+             "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "other"}, "maxReplicas": 4}}
+    dep = {"kind": "Deployment", "metadata": {"name": "app"}, "spec": {"replicas": 1}}
+    got = replica_store_problems(dep, [other], {"session": {"storage": "store"}})
+    if got:
+        failures.append(f"self-test 'HPA of another Deployment': expected no problems, got {got}")
+    for f in failures:
+        fail("check_deploy.py", f)
+    if not failures:
+        print(f"ok   check_deploy.py: {len(cases) + 1} self-tests of the replica/store rules")
+    return not failures
 
 
 def run_tollgate_check(where, binary, toml_text, container, secret_mounts, secrets):
@@ -279,7 +375,10 @@ def validate_raw_files():
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
+    if sys.argv[1] == "--self-test":
+        sys.exit(0 if self_test() else 1)
     binary = sys.argv[1]
+    self_test()
     if not has_kustomize():
         print("WARNING: no kubectl with kustomize v4+ on this machine: overlays are NOT rendered;")
         print("WARNING: validating the plain manifest files only (install kubectl to check fully)")

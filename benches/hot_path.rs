@@ -29,6 +29,7 @@ fn codec() -> SessionCodec {
             max_lifetime: Duration::from_secs(86400),
             idle_timeout: Duration::from_secs(28800),
             refresh_skew: Duration::from_secs(30),
+            storage: Default::default(),
         },
         true,
     )

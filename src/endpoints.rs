@@ -18,6 +18,7 @@ use crate::oidc::Oidc;
 use crate::ops::health::{self, Readiness};
 use crate::reply::{Fault, Format, Reply};
 use crate::request::Facts;
+use crate::session::SessionError;
 use crate::sessions::Sessions;
 
 /// One of tollgate's own paths.
@@ -113,12 +114,14 @@ impl Endpoints {
                 .login(facts)
                 .await
                 .unwrap_or_else(|f| Reply::fault(f, person)),
-            Endpoint::Callback => self.oidc.callback(facts, sessions.codec()).await,
+            Endpoint::Callback => self.oidc.callback(facts, sessions).await,
             Endpoint::LogoutContinue => self
                 .oidc
                 .logout_continue(facts)
                 .unwrap_or_else(|f| Reply::fault(f, person)),
-            Endpoint::Session => session_info(facts, sessions).unwrap_or_else(Reply::from),
+            Endpoint::Session => session_info(facts, sessions)
+                .await
+                .unwrap_or_else(Reply::from),
             Endpoint::Healthz => {
                 let (status, body) = health::healthz();
                 Reply::body(status, "application/json", Bytes::from(body))
@@ -132,15 +135,18 @@ impl Endpoints {
 }
 
 /// `/session`: what the SPA may know about the user; never a token.
-fn session_info(facts: &Facts<'_>, sessions: &Sessions) -> Result<Reply, Fault> {
+async fn session_info(facts: &Facts<'_>, sessions: &Sessions) -> Result<Reply, Fault> {
     sessions
         .csrf()
         .check(facts.headers, facts.method)
         .map_err(Fault::Csrf)?;
-    let (_, payload) = sessions.open(facts);
+    let opened = sessions.open(facts).await;
     let session = sessions
-        .session(&payload, facts)
-        .map_err(|_| Fault::Unauthenticated)?;
+        .session(&opened.payload, facts)
+        .map_err(|e| match e {
+            SessionError::StoreUnavailable => Fault::StoreUnavailable,
+            _ => Fault::Unauthenticated,
+        })?;
     let c = &session.claims;
     Ok(Reply::json(
         200,

@@ -275,6 +275,7 @@ impl Harness {
             body,
             request_id: "fuzz",
             now: NOW,
+            client: None,
         }
     }
 

@@ -19,6 +19,8 @@ pub(crate) struct Facts<'r> {
     pub(crate) request_id: &'r str,
     /// Seconds since the Unix epoch.
     pub(crate) now: u64,
+    /// The client's address, when known (a stored session lists its login's).
+    pub(crate) client: Option<std::net::IpAddr>,
 }
 
 impl<'r> Facts<'r> {

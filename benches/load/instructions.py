@@ -6,12 +6,14 @@ not. This runs each proxy under `valgrind --tool=callgrind` in front of the same
 upstream, sends the same keep-alive request N times (tollgate with a session from a real
 login at the test provider, bare Pingora with the same headers), and counts, for those N
 requests only (counters zeroed after a warm-up): instructions, heap allocations, and, for
-tollgate, the inclusive cost of its own hooks. tollgate is measured twice: alone, and with
+tollgate, the inclusive cost of its own hooks. tollgate is measured three times: alone, with
 `[store]` on a local redis-server (the shared-store issue's budget: at most 3 % more, since
-the revocation check never leaves the process); the second run is skipped when redis-server
-is not installed. With `--variants`, three times more: with the API route's upstream as a
-pool (a one-member list with an active health check, so each request goes through the load
-balancer's selection), and with traces on, exported over OTLP/HTTP to the nginx upstream
+the revocation check never leaves the process), and with server-side sessions on that redis
+(`[session] storage = "store"`: the cookie a sealed handle, the session warm in this process's
+memory after the login, so no store round trip per request), for the store/cookie ratio; the
+runs with redis are skipped when redis-server is not installed. With `--variants`, three times
+more: with the API route's upstream as a pool (a one-member list with an active health check,
+so each request goes through the load balancer's selection), and with traces on, exported over OTLP/HTTP to the nginx upstream
 (which answers the exporter's POSTs with 200), every request sampled, then one in ten. Needs
 valgrind, nginx and the test provider (`npm ci` in tests/idp). Loopback only.
 
@@ -156,7 +158,7 @@ def main():
         tg = measure("tollgate", [tollgate_bin, "--config", R.tollgate_conf()],
                      R.PORTS["tollgate"], ready, args.requests, tollgate_headers, env=quiet)
         stop("tollgate")
-        ts = None
+        ts = tss = None
         if shutil.which("redis-server"):
             R.start("redis", ["redis-server", "--port", str(R.PORTS["redis"]), "--bind", R.HOST,
                               "--save", "", "--appendonly", "no"])
@@ -169,8 +171,24 @@ def main():
                          [tollgate_bin, "--config", R.tollgate_conf(f"redis://{R.HOST}:{R.PORTS['redis']}/0")],
                          R.PORTS["tollgate"], ready, args.requests, store_headers, env=quiet)
             stop("tollgate-store")
+
+            # Server-side sessions on the same redis. Its own cookie (a handle), kept apart from
+            # cookie["v"]: bare Pingora below gets the cookie-mode session's Cookie header.
+            def store_session_headers():
+                wait_store_up()
+                cookie["store"] = R.login(f"http://{R.HOST}:{R.PORTS['tollgate']}/login?return_to=/landing", "tollgate")
+                if len(cookie["store"]) > 512:
+                    raise SystemExit(f"store sessions: a {len(cookie['store'])}-byte Cookie header; a handle is "
+                                     "~100 bytes (is [session] storage = \"store\" in effect?)")
+                return {"Cookie": cookie["store"], "x-csrf": "1"}
+
+            tss = measure("tollgate-store-sessions",
+                          [tollgate_bin, "--config",
+                           R.tollgate_conf(f"redis://{R.HOST}:{R.PORTS['redis']}/0", storage="store")],
+                          R.PORTS["tollgate"], ready, args.requests, store_session_headers, env=quiet)
+            stop("tollgate-store-sessions")
         else:
-            R.log("redis-server not installed: the [store] run is skipped")
+            R.log("redis-server not installed: the [store] and server-side session runs are skipped")
         variants = {}
         if args.variants:
             base = open(R.tollgate_conf()).read()
@@ -202,6 +220,12 @@ def main():
         print("|---|---|---|---|")
         print(f"| instructions | {ts['instructions']:,.0f} | {tg['instructions']:,.0f} | {ts['instructions'] / tg['instructions']:.3f} |")
         print(f"| heap allocations | {ts['allocations']:.1f} | {tg['allocations']:.1f} | {ts['allocations'] / tg['allocations']:.3f} |")
+    if tss:
+        print(f"\n| server-side sessions (`[session] storage = \"store\"`, warm) | store | tollgate (cookie) | ratio |")
+        print("|---|---|---|---|")
+        print(f"| instructions | {tss['instructions']:,.0f} | {tg['instructions']:,.0f} | {tss['instructions'] / tg['instructions']:.3f} |")
+        print(f"| heap allocations | {tss['allocations']:.1f} | {tg['allocations']:.1f} | {tss['allocations'] / tg['allocations']:.3f} |")
+        print(f"| Cookie header bytes | {len(cookie['store'])} | {len(cookie['v'])} | {len(cookie['store']) / len(cookie['v']):.3f} |")
     for label, v in variants.items():
         print(f"\n| {label} | tollgate, {label} | tollgate | ratio |")
         print("|---|---|---|---|")
@@ -211,6 +235,11 @@ def main():
     for f, c in sorted(tg["hooks"].items(), key=lambda x: -x[1]):
         hook = f.split(">::", 1)[-1].replace("::{{closure}}", "")
         print(f"- {hook}: {c:,.0f}")
+    if tss:
+        print("\nwith server-side sessions (warm), the same hooks:\n")
+        for f, c in sorted(tss["hooks"].items(), key=lambda x: -x[1]):
+            hook = f.split(">::", 1)[-1].replace("::{{closure}}", "")
+            print(f"- {hook}: {c:,.0f} (cookie: {tg['hooks'].get(f, 0):,.0f})")
 
 
 if __name__ == "__main__":

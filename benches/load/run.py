@@ -8,7 +8,11 @@ of every contender:
   bare-pingora  examples/bare_pingora.rs: same Pingora version and thread count as tollgate
   nginx         nginx as a plain keep-alive reverse proxy
   apache-oidc   Apache httpd + mod_auth_openidc, logged in at the test provider, bearer header
-  tollgate      tollgate with a session from a real login at the test provider
+  tollgate      tollgate with a session from a real login at the test provider (the session
+                sealed whole in its cookie: `[session] storage = "cookie"`, the default)
+  store         tollgate with `[session] storage = "store"` and a `[store]` on a local
+                redis-server: logged in the same way, its cookie a sealed handle, the session in
+                redis and in this replica's memory (each request after the login is warm)
 
 Scenarios (GitHub issue 14):
 
@@ -18,6 +22,9 @@ Scenarios (GitHub issue 14):
       and sit idle, for tollgate, bare Pingora and nginx (its workers): KiB per connection
   (c) cold logins: sequential full /login -> provider -> /callback round trips, with the share
       of each callback that is tollgate's own work (the callback minus the token request)
+  cold requests: --cold-sessions sessions logged in through the store contender, then sent to a
+      second tollgate with the same config, keys and redis, which has never seen them: each
+      session's first request there (cold: one store GET) against its second (warm: memory)
   (b) refresh storm: --sessions sessions logged in through a second tollgate whose
       refresh_skew makes every access token due a few seconds after it was issued; then
       --per-session concurrent requests per session, --storm-window sessions in flight at a
@@ -26,14 +33,16 @@ Scenarios (GitHub issue 14):
 Results go to benches/RESULTS.md (between this script's markers; the rest of the file is
 kept) and a chart to benches/results.svg.
 
-Needs (Debian): nginx wrk apache2 libapache2-mod-auth-openidc, Node.js with `npm ci` in
-tests/idp, and the Rust toolchain (or --prebuilt DIR with tollgate and bare_pingora in it).
+Needs (Debian): nginx wrk apache2 libapache2-mod-auth-openidc redis-server, Node.js with `npm ci`
+in tests/idp, and the Rust toolchain (or --prebuilt DIR with tollgate and bare_pingora in it).
+`--without apache-oidc` and `--without store` leave those contenders (and their packages) out.
 Usage: python3 benches/load/run.py [--quick] [--prebuilt DIR] [--allocator mimalloc|jemalloc|system]
 """
 
 import argparse
 import collections
 import concurrent.futures
+import http.client
 import http.cookiejar
 import json
 import math
@@ -65,6 +74,11 @@ PORTS = {
     "apache-oidc": 18083,
     "tollgate": 18084,
     "tollgate-metrics": 18094,
+    # The store contender, and the second instance on its redis that times cold requests.
+    "tollgate-store": 18085,
+    "tollgate-store-metrics": 18097,
+    "tollgate-store-cold": 18087,
+    "tollgate-store-cold-metrics": 18098,
     "tollgate-storm": 18086,
     "tollgate-storm-metrics": 18096,
     "idp": 18090,
@@ -149,6 +163,93 @@ def stop_all():
             p.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+
+
+def stop_one(name):
+    """Stops one of the processes started here (its process group), before stop_all."""
+    p = procs.pop(name)
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def redis_url():
+    return f"redis://{HOST}:{PORTS['redis']}/0"
+
+
+def start_redis():
+    """A redis-server on loopback for the store contender: no persistence, stopped by stop_all."""
+    start("redis", ["redis-server", "--port", str(PORTS["redis"]), "--bind", HOST,
+                    "--save", "", "--appendonly", "no"])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if procs["redis"].poll() is not None:
+            raise SystemExit(f"redis-server exited with {procs['redis'].returncode}; see {WORK}/redis.log")
+        try:
+            if redis_command("PING").startswith(b"+PONG"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"redis-server did not answer on {HOST}:{PORTS['redis']} within 30s")
+
+
+def redis_command(*words):
+    """One command to the bench's redis-server (RESP), its whole reply as bytes."""
+    req = f"*{len(words)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in words)
+    with socket.create_connection((HOST, PORTS["redis"]), timeout=5) as s:
+        s.sendall(req)
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return buf
+            buf += chunk
+            if buf[:1] == b"$":
+                head, _, rest = buf.partition(b"\r\n")
+                if int(head[1:]) < 0 or len(rest) >= int(head[1:]) + 2:
+                    return buf
+            elif buf.endswith(b"\r\n"):
+                return buf
+
+
+def redis_commands():
+    """The commands redis has processed since it started (INFO stats): not this INFO itself, which
+    the next count includes."""
+    info = redis_command("INFO", "stats").decode("latin-1")
+    return int(re.search(r"^total_commands_processed:(\d+)", info, re.M).group(1))
+
+
+def metric(instance, name):
+    """The sum of a metric's samples at PORTS[instance + "-metrics"] (None when it has none)."""
+    url = f"http://{HOST}:{PORTS[instance + '-metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name + " ") or line.startswith(name + "{")]
+    return sum(values) if values else None
+
+
+def wait_store_up(instance, timeout=60):
+    """Until the tollgate `instance` reports its store connected (tollgate_store_up 1)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = procs.get(instance)
+        if p is not None and p.poll() is not None:
+            raise SystemExit(f"{instance} exited with {p.returncode}; see {WORK}/{instance}.log")
+        try:
+            if metric(instance, "tollgate_store_up") == 1:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{instance} never connected to the store (tollgate_store_up)")
 
 
 def opener(*handlers, context=None):
@@ -251,15 +352,17 @@ ProxyPass /api/ http://{HOST}:{PORTS['upstream']}/api/ keepalive=On
 
 
 def tollgate_conf(store_url=None, *, max_connections=None, instance="tollgate", refresh_skew=None,
-                  issuer=ISSUER):
+                  issuer=ISSUER, storage=None):
     """tollgate's config; with `store_url`, a `[store]` section too (written beside the other);
     with `max_connections`, that limit in place of the default (4096). `instance` names the
     ports (PORTS[instance] and PORTS[instance + "-metrics"]) and the file; `refresh_skew` in
-    seconds, in place of the default (30)."""
+    seconds, in place of the default (30); `storage`, `[session] storage` ("cookie" or "store"),
+    in place of the default (cookie)."""
     store = f'\n[store]\nurl = "{store_url}"\nkey_prefix = "bench:"\n' if store_url else ""
-    name = f"{instance}-store.toml" if store_url else f"{instance}.toml"
+    name = instance + ("-store" if store_url else "") + (f"-sessions-{storage}" if storage else "") + ".toml"
     limit = f"\nmax_connections = {max_connections}" if max_connections else ""
     skew = f"\nrefresh_skew = {refresh_skew}" if refresh_skew is not None else ""
+    skew += f'\nstorage = "{storage}"' if storage else ""
     return write(os.path.join(WORK, name), f"""
 [server]
 listen = ["{HOST}:{PORTS[instance]}"]
@@ -632,6 +735,71 @@ def refresh_storm(args, tollgate_bin):
     return r
 
 
+def cold_requests(args, tollgate_bin):
+    """The cost of a cold request (a session not in this replica's memory: one store GET) against
+    a warm one. --cold-sessions sessions log in through the store contender; a second tollgate
+    with the same config, keys and redis, started after those logins, has none of them in memory.
+    On one keep-alive connection to it (warmed up first with a session of its own, so that its
+    upstream pool and lazy state are warm too), each session's first request (cold) then its
+    second (warm). Also counted: the commands redis processed meanwhile, and the second
+    instance's tollgate_sessions_active before and after."""
+    k = args.cold_sessions
+    url = f"http://{HOST}:{PORTS['tollgate-store']}/login?return_to=/landing"
+    log(f"cold requests: logging in {k} + 1 sessions through the store contender")
+    with concurrent.futures.ThreadPoolExecutor(LOGIN_WORKERS) as ex:
+        cookies = list(ex.map(lambda _: login(url, "tollgate"), range(k + 1)))
+    name, port = "tollgate-store-cold", PORTS["tollgate-store-cold"]
+    start(name, [tollgate_bin, "--config", tollgate_conf(redis_url(), instance=name, storage="store"),
+                 "--log-format", "json"], env={**os.environ, "TOLLGATE_LOG": "warn"})
+    try:
+        wait_http(name, f"http://{HOST}:{port}/readyz")
+        wait_store_up(name)
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def get(cookie):
+            t0 = time.perf_counter()
+            conn.request("GET", "/api/items", headers={"Cookie": cookie, "x-csrf": "1", "Accept": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            elapsed = time.perf_counter() - t0
+            if r.status != 200:
+                raise SystemExit(f"cold requests: {name} answered {r.status} (see {WORK}/{name}.log)")
+            if conn.sock is None:
+                # The next request would pay for a new connection: not what is measured here.
+                raise SystemExit(f"cold requests: {name} closed the keep-alive connection")
+            return elapsed
+
+        for _ in range(50):
+            get(cookies[0])
+        active_before = metric(name, "tollgate_sessions_active")
+        commands_before = redis_commands()
+        cold, warm = [], []
+        for cookie in cookies[1:]:
+            cold.append(get(cookie))
+            warm.append(get(cookie))
+        # Less the INFO that read the count before.
+        commands = redis_commands() - commands_before - 1
+        active_after = metric(name, "tollgate_sessions_active")
+        conn.close()
+    finally:
+        stop_one(name)
+    r = {
+        "sessions": k,
+        "cold_p50": percentile(cold, 50), "cold_p99": percentile(cold, 99),
+        "warm_p50": percentile(warm, 50), "warm_p99": percentile(warm, 99),
+        "extra_p50": statistics.median(c - w for c, w in zip(cold, warm)),
+        "redis_commands_per_session": commands / k,
+        "active_before": active_before, "active_after": active_after,
+    }
+    log(f"cold requests: {k} sessions, cold p50 {r['cold_p50'] * 1000:.2f} ms p99 {r['cold_p99'] * 1000:.2f} ms, "
+        f"warm p50 {r['warm_p50'] * 1000:.2f} ms p99 {r['warm_p99'] * 1000:.2f} ms, "
+        f"{r['redis_commands_per_session']:.1f} redis commands per session (2 requests), "
+        f"tollgate_sessions_active {active_before} -> {active_after}")
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
@@ -644,7 +812,9 @@ def main():
     ap.add_argument("--per-session", type=int, default=64, help="refresh storm: concurrent requests per session (default 64)")
     ap.add_argument("--storm-window", type=int, default=8,
                     help="refresh storm: sessions in flight at a time (default 8, so 512 concurrent requests)")
-    ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round, 1000 idle, 20 logins")
+    ap.add_argument("--cold-sessions", type=int, default=100,
+                    help="cold requests: sessions whose first request meets a replica without them (default 100)")
+    ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round, 1000 idle, 20 logins, 20 cold sessions")
     ap.add_argument("--results", default=os.path.join(ROOT, "benches", "RESULTS.md"),
                     help="the Markdown file whose run.py section is replaced (default benches/RESULTS.md)")
     ap.add_argument("--chart", default=os.path.join(ROOT, "benches", "results.svg"),
@@ -654,20 +824,24 @@ def main():
     ap.add_argument("--allocator", choices=sorted(ALLOCATORS), default="mimalloc",
                     help="global allocator of both builds (default mimalloc); with --prebuilt, what DIR's "
                          "binaries were built with (recorded, not checked)")
-    ap.add_argument("--without", action="append", default=[], choices=["apache-oidc"],
-                    help="leave a contender out (apache-oidc when Apache or mod_auth_openidc is not installed)")
+    ap.add_argument("--without", action="append", default=[], choices=["apache-oidc", "store"],
+                    help="leave a contender out (apache-oidc when Apache or mod_auth_openidc is not installed, "
+                         "store when redis-server is not)")
     args = ap.parse_args()
     if args.quick:
-        args.duration, args.rounds, args.idle, args.logins = 3, 1, 1000, 20
+        args.duration, args.rounds, args.idle, args.logins, args.cold_sessions = 3, 1, 1000, 20, 20
     conns = [int(c) for c in args.connections.split(",")]
 
     apache = "apache-oidc" not in args.without
+    with_store = "store" not in args.without
     missing = [t for t in ("nginx", "wrk", "node") + (() if args.prebuilt else ("cargo",)) if not shutil.which(t)]
+    if with_store and not shutil.which("redis-server"):
+        missing.append("redis-server (or --without store)")
     if apache and (not os.path.exists("/usr/sbin/apache2")
                    or not os.path.exists("/usr/lib/apache2/modules/mod_auth_openidc.so")):
         missing.append("apache2 libapache2-mod-auth-openidc (or --without apache-oidc)")
     if missing:
-        raise SystemExit(f"missing: {', '.join(missing)} (apt-get install nginx wrk apache2 libapache2-mod-auth-openidc nodejs)")
+        raise SystemExit(f"missing: {', '.join(missing)} (apt-get install nginx wrk apache2 libapache2-mod-auth-openidc redis-server nodejs)")
     results = {}
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
@@ -700,7 +874,7 @@ def main():
             "IDP_PORT": str(PORTS["idp"]),
             "ACCESS_TOKEN_TTL": str(ACCESS_TTL),
             "REDIRECT_URIS": f"http://{HOST}:{PORTS['tollgate']}/callback,http://{HOST}:{PORTS['apache-oidc']}/redirect_uri,"
-                             f"http://{HOST}:{PORTS['tollgate-storm']}/callback",
+                             f"http://{HOST}:{PORTS['tollgate-storm']}/callback,http://{HOST}:{PORTS['tollgate-store']}/callback",
             "POST_LOGOUT_REDIRECT_URIS": f"http://{HOST}:{PORTS['tollgate']}/"})
         start("bare-pingora", [bare_bin, f"{HOST}:{PORTS['bare-pingora']}", f"{HOST}:{PORTS['upstream']}", str(THREADS)])
         wait_http("upstream", f"http://{HOST}:{PORTS['upstream']}/")
@@ -709,17 +883,33 @@ def main():
         start("tollgate", [tollgate_bin, "--config", tollgate_conf(max_connections=max(4096, args.idle + 1000)),
                            "--log-format", "json"],
               env={**os.environ, "TOLLGATE_LOG": "warn,tollgate::oidc=info"})
+        if with_store:
+            start_redis()
+            start("tollgate-store", [tollgate_bin, "--config",
+                                     tollgate_conf(redis_url(), instance="tollgate-store", storage="store"),
+                                     "--log-format", "json"], env={**os.environ, "TOLLGATE_LOG": "warn"})
         if apache:
             start("apache-oidc", ["/usr/sbin/apache2", "-f", apache_conf(), "-DFOREGROUND"])
         wait_http("nginx", f"http://{HOST}:{PORTS['nginx']}/")
         wait_http("bare-pingora", f"http://{HOST}:{PORTS['bare-pingora']}/")
         wait_http("tollgate", f"http://{HOST}:{PORTS['tollgate']}/readyz")
+        if with_store:
+            wait_http("tollgate-store", f"http://{HOST}:{PORTS['tollgate-store']}/readyz")
+            wait_store_up("tollgate-store")
         if apache:
             # Unauthenticated: a redirect to the provider (browsers) or 401 (other clients).
             wait_http("apache-oidc", f"http://{HOST}:{PORTS['apache-oidc']}/api/", expect=(302, 401))
 
-        log("logging in through tollgate" + (" and through Apache + mod_auth_openidc" if apache else ""))
+        log("logging in through tollgate" + (", through the store contender" if with_store else "")
+            + (" and through Apache + mod_auth_openidc" if apache else ""))
         tg_cookie = login(f"http://{HOST}:{PORTS['tollgate']}/login?return_to=/landing", "tollgate")
+        st_cookie = login(f"http://{HOST}:{PORTS['tollgate-store']}/login?return_to=/landing", "tollgate") if with_store else None
+        if with_store:
+            # The Cookie header each sends: the whole session against a sealed handle.
+            results["cookie_bytes"] = {"tollgate": len(tg_cookie), "store": len(st_cookie)}
+            if len(st_cookie) > 512:
+                raise SystemExit(f"store contender: a {len(st_cookie)}-byte Cookie header; a handle is ~100 bytes "
+                                 "(is [session] storage = \"store\" in effect?)")
         ap_cookie = login(f"http://{HOST}:{PORTS['apache-oidc']}/api/landing", "mod_auth_openidc_session") if apache else None
 
         contenders = [
@@ -728,6 +918,7 @@ def main():
             ("nginx", f"http://{HOST}:{PORTS['nginx']}/api/items", []),
             ("apache-oidc", f"http://{HOST}:{PORTS['apache-oidc']}/api/items", [f"Cookie: {ap_cookie}"]),
             ("tollgate", f"http://{HOST}:{PORTS['tollgate']}/api/items", [f"Cookie: {tg_cookie}", "x-csrf: 1"]),
+            ("store", f"http://{HOST}:{PORTS['tollgate-store']}/api/items", [f"Cookie: {st_cookie}", "x-csrf: 1"]),
         ]
         contenders = [c for c in contenders if c[0] not in args.without]
         results["contenders"] = [c[0] for c in contenders]
@@ -740,16 +931,26 @@ def main():
 
         tg_pid = procs["tollgate"].pid
         bp_pid = procs["bare-pingora"].pid
+        st_pid = procs["tollgate-store"].pid if with_store else None
         runs = {}
         tg_cpu, tg_requests = 0.0, 0
         bp_cpu, bp_requests = 0.0, 0
+        # The store contender: its CPU, and the commands redis processed during its runs (each
+        # request warm: none but the background ones expected).
+        st_cpu, st_requests, st_commands = 0.0, 0, 0
         for c in conns:
             for rnd in range(args.rounds):
                 # Each round starts with another contender, so none always runs first.
                 k = rnd % len(contenders)
                 for name, url, headers in contenders[k:] + contenders[:k]:
                     cpu0, bp0 = cpu_seconds(tg_pid), cpu_seconds(bp_pid)
+                    if name == "store":
+                        st0, cmd0 = cpu_seconds(st_pid), redis_commands()
                     r = wrk(url, c, args.duration, headers)
+                    if name == "store":
+                        st_cpu += cpu_seconds(st_pid) - st0
+                        st_commands += redis_commands() - cmd0 - 1
+                        st_requests += r["requests"]
                     if name == "tollgate":
                         tg_cpu += cpu_seconds(tg_pid) - cpu0
                         tg_requests += r["requests"]
@@ -769,6 +970,9 @@ def main():
         results["table"] = table
         results["tg_cpu_us_per_req"] = tg_cpu / max(1, tg_requests) * 1e6
         results["bp_cpu_us_per_req"] = bp_cpu / max(1, bp_requests) * 1e6
+        if with_store:
+            results["st_cpu_us_per_req"] = st_cpu / max(1, st_requests) * 1e6
+            results["st_redis_commands_per_req"] = st_commands / max(1, st_requests)
         results["tg_peak_rss_kib_load"] = status_kib(tg_pid, "VmHWM")
 
         # All three have served the load above, so their allocators and pools are warm; the
@@ -800,6 +1004,9 @@ def main():
                             statistics.median(own) if own else float("nan"), len(own),
                             statistics.median(share) if share else float("nan"))
 
+        if with_store:
+            results["cold"] = cold_requests(args, tollgate_bin)
+
         results["storm"] = refresh_storm(args, tollgate_bin)
         if not results["storm"]["exact"]:
             failed.append("refresh storm (not exactly one refresh per session)")
@@ -815,7 +1022,7 @@ def main():
 
 
 COLORS = {"upstream": "#9da3ab", "bare-pingora": "#4e79a7", "nginx": "#59a14f", "apache-oidc": "#e15759",
-          "tollgate": "#f28e2b"}
+          "tollgate": "#f28e2b", "store": "#b07aa1"}
 
 
 def nice_axis(vmax, ticks=5):
@@ -953,13 +1160,21 @@ def report(args, conns, results, failed):
     for base in [n for n in ("bare-pingora", "nginx", "apache-oidc") if n in names]:
         lines.append(f"| tollgate / {base} | " + " | ".join(f"{t[('tollgate', c)]['rps'] / t[(base, c)]['rps']:.2f}" for c in conns) + " |")
     lines.append("| tollgate p99 / bare-pingora p99 | " + " | ".join(f"{t[('tollgate', c)]['p99'] / max(1, t[('bare-pingora', c)]['p99']):.2f}" for c in conns) + " |")
+    if "store" in names:
+        lines.append("| store / tollgate (sessions in the store / in the cookie) | " + " | ".join(f"{t[('store', c)]['rps'] / t[('tollgate', c)]['rps']:.2f}" for c in conns) + " |")
+        lines.append("| store p99 / tollgate p99 | " + " | ".join(f"{t[('store', c)]['p99'] / max(1, t[('tollgate', c)]['p99']):.2f}" for c in conns) + " |")
     lines += [
         "",
         f"- CPU time per proxied request (all load runs): tollgate {results['tg_cpu_us_per_req']:.1f} µs, bare Pingora {results['bp_cpu_us_per_req']:.1f} µs",
         f"- tollgate peak RSS under load: {results['tg_peak_rss_kib_load'] / 1024:.1f} MiB",
     ]
-    if "apache-oidc" not in names:
-        lines.append("- apache-oidc left out of this run (--without apache-oidc)")
+    if "store" in names:
+        lines.append(f"- store contender: CPU time per proxied request {results['st_cpu_us_per_req']:.1f} µs; "
+                     f"redis commands per request during its runs {results['st_redis_commands_per_req']:.4f} "
+                     "(warm sessions: only the background ones)")
+    for left_out in ("apache-oidc", "store"):
+        if left_out not in names:
+            lines.append(f"- {left_out} left out of this run (--without {left_out})")
     n = args.idle
     lines += [
         "",
@@ -987,6 +1202,32 @@ def report(args, conns, results, failed):
         f"provider) median {own_ms:.2f} ms, {own_share * 100:.0f} % of the callback (median of the per-login shares; "
         f"{own_n} logins)",
     ]
+    if "cold" in results:
+        cd, cb = results["cold"], results["cookie_bytes"]
+        active = (f"{cd['active_before']:.0f} → {cd['active_after']:.0f}"
+                  if cd["active_before"] is not None and cd["active_after"] is not None else "not reported")
+        lines += [
+            "",
+            "### Server-side sessions: cold and warm requests",
+            "",
+            f"Cookie header value: tollgate (session in the cookie) {cb['tollgate']} bytes, store (a sealed handle) "
+            f"{cb['store']} bytes. {cd['sessions']} sessions logged in through the store contender, then sent to a "
+            "second tollgate with the same config, keys and redis, started after those logins (so none of them is "
+            "in its memory). On one keep-alive connection, warmed up first with a session of its own: each "
+            "session's first request there (cold: the session is read from redis) and then its second (warm: "
+            "from memory). Client-side latency of `GET /api/items`, Python http.client.",
+            "",
+            "| request | p50 ms | p99 ms |",
+            "|---|---|---|",
+            f"| cold (first at this replica) | {cd['cold_p50'] * 1000:.2f} | {cd['cold_p99'] * 1000:.2f} |",
+            f"| warm (second) | {cd['warm_p50'] * 1000:.2f} | {cd['warm_p99'] * 1000:.2f} |",
+            "",
+            f"- cold minus warm, median of the per-session differences: {cd['extra_p50'] * 1000:.2f} ms",
+            f"- redis commands per session (its cold and warm request, background included): "
+            f"{cd['redis_commands_per_session']:.1f}; the second instance's `tollgate_sessions_active`: {active}",
+        ]
+        if cd["sessions"] < 100:
+            lines.append(f"- with {cd['sessions']} sessions, p99 is the slowest one")
     st = results["storm"]
     lines += [
         "",

@@ -10,6 +10,7 @@
 
 use serde::Deserialize;
 
+use super::admin::AdminSection;
 use super::csrf::CsrfSection;
 use super::oidc::OidcSection;
 use super::routes::RouteSection;
@@ -35,4 +36,5 @@ pub(crate) struct FileConfig {
     pub tls: Option<TlsSection>,
     #[serde(default)]
     pub tracing: TracingSection,
+    pub admin: Option<AdminSection>,
 }

@@ -9,10 +9,11 @@
 //! Each section lives in one file with everything about it, as oauth2-proxy keeps its
 //! per-section options and validation together: the section as written (serde types and
 //! defaults), its validated model, its rules, and their tests — [`server`], [`oidc`],
-//! [`session`], [`csrf`], [`routes`], [`store`], [`tls`], [`telemetry`]. Adding a key touches
+//! [`session`], [`csrf`], [`routes`], [`store`], [`tls`], [`telemetry`], [`admin`]. Adding a key touches
 //! one file. Rules that tie sections together are in [`validate`]; rules several sections
 //! apply in [`common`].
 
+pub(crate) mod admin;
 pub(crate) mod common;
 pub(crate) mod csrf;
 mod de;
@@ -33,6 +34,7 @@ pub mod validate;
 
 use std::path::Path;
 
+pub use admin::AdminConfig;
 pub use csrf::CsrfConfig;
 pub use error::{ConfigError, Secret};
 pub use model::Config;
@@ -44,7 +46,7 @@ pub use routes::{
     UpstreamUrl,
 };
 pub use server::{Limits, ServerConfig};
-pub use session::{SameSite, SessionConfig, CHUNK_SIZE, MAX_CHUNKS};
+pub use session::{SameSite, SessionConfig, Storage, CHUNK_SIZE, MAX_CHUNKS};
 pub use store::{StoreConfig, StoreTarget};
 pub use telemetry::{MetricsConfig, OtlpProtocol, TracingConfig};
 pub use tls::TlsConfig;

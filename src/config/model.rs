@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use super::admin::AdminConfig;
 use super::csrf::CsrfConfig;
 use super::oidc::OidcConfig;
 use super::routes::RouteConfig;
@@ -29,6 +30,8 @@ pub struct Config {
     /// `[tracing]`: what the config file says of OpenTelemetry export ([`crate::ops::telemetry`]
     /// adds the `OTEL_*` environment).
     pub tracing: TracingConfig,
+    /// `[admin]`: the admin API's listener and token; `None` when off.
+    pub admin: Option<AdminConfig>,
     /// The secrets read from files (`session.keys_file`, `oidc.client_secret_file`,
     /// `oidc.private_key_file`, `store.url_file`): each key and its file, for the reload
     /// ([`crate::server::secrets`]).

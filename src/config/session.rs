@@ -31,6 +31,19 @@ pub(crate) struct SessionSection {
     pub idle_timeout: Duration,
     #[serde(default = "secs::<30>", deserialize_with = "de::duration")]
     pub refresh_skew: Duration,
+    #[serde(default)]
+    pub storage: Storage,
+}
+
+/// `storage`: where a session lives. `"cookie"` (the default): sealed whole in the browser's
+/// cookies. `"store"`: sealed in the store (`[store]`, or this process's memory without one),
+/// the cookie holding only a sealed handle ([`crate::sessions`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    #[default]
+    Cookie,
+    Store,
 }
 
 /// `same_site` as written. `"none"` is a real SameSite value, so it parses, and validation
@@ -81,6 +94,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Refresh the access token when it expires within this long.
     pub refresh_skew: Duration,
+    /// Where sessions live: in cookies, or in the store behind a handle cookie.
+    pub storage: Storage,
 }
 
 impl fmt::Debug for SessionConfig {
@@ -92,6 +107,7 @@ impl fmt::Debug for SessionConfig {
             .field("max_lifetime", &self.max_lifetime)
             .field("idle_timeout", &self.idle_timeout)
             .field("refresh_skew", &self.refresh_skew)
+            .field("storage", &self.storage)
             .finish()
     }
 }
@@ -217,6 +233,7 @@ pub(super) fn session(s: SessionSection, secure: bool) -> Result<Session, Config
             max_lifetime: s.max_lifetime,
             idle_timeout: s.idle_timeout,
             refresh_skew: s.refresh_skew,
+            storage: s.storage,
         },
         key_names,
     })

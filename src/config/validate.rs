@@ -19,7 +19,7 @@ use super::routes::RouteAuth;
 pub use super::session::decode_key;
 use super::session::EXAMPLE_SESSION_KEYS;
 use super::telemetry::MetricsConfig;
-use super::{csrf, oidc, routes, server, session, store, telemetry, tls};
+use super::{admin, csrf, oidc, routes, server, session, store, telemetry, tls};
 
 pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let secret_files: Vec<(&'static str, std::path::PathBuf)> = [
@@ -48,6 +48,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let store = raw.store.map(store::store).transpose()?;
     let tls = raw.tls.map(tls::tls).transpose()?;
     let tracing = telemetry::tracing(raw.tracing)?;
+    let admin = raw.admin.map(admin::admin).transpose()?;
     let config = Config {
         server,
         oidc,
@@ -58,6 +59,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
         store,
         tls,
         tracing,
+        admin,
         secret_files,
     };
     cross_section(&config, &session.key_names)?;
@@ -85,11 +87,12 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
                 .flat_map(|t| t.listen.iter().map(|a| ("tls.listen", a))),
         )
         .chain(c.metrics.listen.iter().map(|a| ("metrics.listen", a)))
+        .chain(c.admin.iter().map(|a| ("admin.listen", &a.listen)))
     {
         if !seen.insert(*addr) {
             return Err(ConfigError::invalid(
                 key,
-                format!("{addr} is listed twice (server.listen, tls.listen and metrics.listen must not share an address)"),
+                format!("{addr} is listed twice (server.listen, tls.listen, metrics.listen and admin.listen must not share an address)"),
             ));
         }
     }
@@ -100,6 +103,12 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
                 format!("{a} is also in server.listen (plain HTTP)"),
             ));
         }
+    }
+    if c.admin.is_some() && c.session.storage != crate::config::Storage::Store {
+        return Err(ConfigError::invalid(
+            "admin",
+            "the admin API lists and ends server-side sessions: it needs [session] storage = \"store\"",
+        ));
     }
     if c.oidc.fapi2 {
         fapi2_cross_section(c)?;

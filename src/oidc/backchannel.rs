@@ -116,9 +116,37 @@ impl Oidc {
             tracing::error!(request_id = rid, error = %e, "back-channel logout: the store did not record the revocation");
             return Err(Fault::StoreUnavailable);
         }
+        // Stored sessions are ended too (their records removed, their ids revoked).
+        let (value, by_sid) = match (&claims.sid, &claims.sub) {
+            (Some(sid), _) => (sid.as_str(), true),
+            (None, Some(sub)) => (sub.as_str(), false),
+            (None, None) => return Err(Fault::InvalidLogoutToken),
+        };
+        let ended = match sessions.of_user(value, by_sid, facts.now).await {
+            Ok(found) => {
+                // With only a `sub`, the sessions that started before the token.
+                let found: Vec<_> = found
+                    .into_iter()
+                    .filter(|r| by_sid || r.session.created_at < claims.iat)
+                    .collect();
+                sessions
+                    .end_records(&found, "backchannel", facts.now)
+                    .await
+                    .map(|()| found.len())
+            }
+            Err(e) => Err(e),
+        };
+        let ended = match ended {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(request_id = rid, error = %e, "back-channel logout: the store could not end the stored sessions");
+                return Err(Fault::StoreUnavailable);
+            }
+        };
         tracing::info!(
             request_id = rid,
-            by = if claims.sid.is_some() { "sid" } else { "sub" },
+            by = if by_sid { "sid" } else { "sub" },
+            stored_sessions = ended,
             "back-channel logout: sessions revoked"
         );
         Ok(Reply::json(200, &serde_json::json!({})).with_outcome("backchannel_logout"))

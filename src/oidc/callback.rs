@@ -17,8 +17,9 @@ use super::login::{self, LoginState, LoginStateError};
 use super::token_client::TokenError;
 use crate::reply::{provider_code, Fault, Format, Reply};
 use crate::request::Facts;
-use crate::session::cookie::{is_plausible_state, login_cookie_name, SessionCookies};
-use crate::session::{Claims, Session, SessionCodec};
+use crate::session::cookie::{is_plausible_state, login_cookie_name};
+use crate::session::{Claims, Session};
+use crate::sessions::{Sessions, StartError};
 
 #[derive(Debug, Default, Deserialize)]
 struct CallbackQuery {
@@ -30,7 +31,7 @@ struct CallbackQuery {
 
 impl Oidc {
     /// `GET /callback`. Whatever the outcome, the login cookie of a known state is expired.
-    pub(crate) async fn callback(&self, facts: &Facts<'_>, codec: &SessionCodec) -> Reply {
+    pub(crate) async fn callback(&self, facts: &Facts<'_>, sessions: &Sessions) -> Reply {
         let rid = facts.request_id;
         let Ok(q) = serde_urlencoded::from_str::<CallbackQuery>(facts.query.unwrap_or("")) else {
             tracing::info!(request_id = rid, "callback: unparseable query");
@@ -45,7 +46,7 @@ impl Oidc {
             .filter(|s| is_plausible_state(s))
             .map(|s| login_cookie_name(&self.session_cookie, s));
         match self
-            .finish_login(facts, codec, &q, login_cookie.as_deref())
+            .finish_login(facts, sessions, &q, login_cookie.as_deref())
             .await
         {
             Ok(reply) => reply,
@@ -66,7 +67,7 @@ impl Oidc {
     async fn finish_login(
         &self,
         facts: &Facts<'_>,
-        codec: &SessionCodec,
+        sessions: &Sessions,
         q: &CallbackQuery,
         login_cookie: Option<&str>,
     ) -> Result<Reply, Fault> {
@@ -201,15 +202,16 @@ impl Oidc {
             resources: self.resource_tags.clone().into(),
             access_lifetime: lifetime(tokens.expires_in),
         };
-        let previous = SessionCookies::scan(codec.cookie_name(), facts.cookie_headers());
-        let mut cookies = codec
-            .set_cookie_lines(&session, &previous, now)
-            .map_err(|e| {
-                tracing::error!(request_id = rid, error = %e, "callback: session could not be stored");
-                Fault::SessionTooLarge
-            })?;
+        let sub = session.claims.sub.to_string();
+        let mut cookies = sessions.start(session, facts).await.map_err(|e| {
+            tracing::error!(request_id = rid, error = %e, "callback: session could not be stored");
+            match e {
+                StartError::TooLarge => Fault::SessionTooLarge,
+                StartError::Store => Fault::StoreUnavailable,
+            }
+        })?;
         cookies.push(self.expire_login_cookie(cookie_name));
-        tracing::info!(request_id = rid, sub = %session.claims.sub, provider_ms, "login complete");
+        tracing::info!(request_id = rid, sub = %sub, provider_ms, "login complete");
         Ok(Reply::redirect(302, login.return_to)
             .with_cookies(cookies)
             .with_outcome("callback"))

@@ -13,6 +13,12 @@
 //! the provider URL carries the ID token as `id_token_hint`, which must never reach page
 //! script, so it waits sealed in a short-lived HttpOnly cookie until that navigation, which
 //! answers with the redirect. Otherwise the answer is the redirect itself.
+//!
+//! `/logout?everywhere=1` (same method and CSRF rules) also ends every other session of the
+//! user on every replica: with `[session] storage = "store"` each one is ended and its refresh
+//! token revoked at the provider; with cookies, which no replica can list, every session of the
+//! user that started before this moment is revoked (their refresh tokens are not known here, so
+//! they stay valid at the provider until they expire).
 
 use std::time::Duration;
 
@@ -23,8 +29,7 @@ use super::client::Oidc;
 use crate::reply::{wants_json, Fault, Reply};
 use crate::request::Facts;
 use crate::session::cookie::{self, logout_cookie_name};
-use crate::session::revocations::Revocation;
-use crate::session::Session;
+use crate::session::{Session, SessionError};
 use crate::sessions::Sessions;
 
 /// Where `POST /logout` with `Accept: application/json` sends the SPA.
@@ -32,6 +37,16 @@ pub(crate) const CONTINUE_PATH: &str = "/logout/continue";
 /// How long a pending provider logout waits for the browser.
 const PENDING_TTL: Duration = Duration::from_secs(300);
 const PAYLOAD_VERSION: u8 = 1;
+
+/// Whether the query asks to end all of the user's sessions (`everywhere=1`).
+fn everywhere(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .unwrap_or_default()
+            .iter()
+            .any(|(k, v)| k == "everywhere" && matches!(v.as_str(), "1" | "true"))
+    })
+}
 
 #[derive(Serialize)]
 struct LogoutJson<'a> {
@@ -61,11 +76,16 @@ impl Oidc {
             return Err(Fault::MethodNotAllowed);
         }
         let rid = facts.request_id;
-        let codec = sessions.codec();
-        let (present, payload) = sessions.open(facts);
-        let session = sessions.session(&payload, facts).ok();
+        let everywhere = everywhere(facts.query);
+        let opened = sessions.open(facts).await;
+        let session = match sessions.session(&opened.payload, facts) {
+            Ok(s) => Some(s),
+            // Not logged out, and nothing cleared: the session may still be there.
+            Err(SessionError::StoreUnavailable) => return Err(Fault::StoreUnavailable),
+            Err(_) => None,
+        };
         let json = facts.method == Method::POST && wants_json(facts.accept());
-        let mut clear = codec.clear_cookie_lines(&present);
+        let mut clear = sessions.codec().clear_cookie_lines(&opened.present);
         // Every other cookie of tollgate's goes too: pending logins, and an earlier pending
         // logout unless a new one replaces it.
         clear.extend(self.helper_cookies(facts, !json).map(|name| {
@@ -73,22 +93,32 @@ impl Oidc {
         }));
         if let Some(s) = &session {
             // A copy of this cookie taken before the logout opens to nothing from now on.
-            let revocation = Revocation::Session {
-                id: s.id,
-                until: codec.lives_until(s.created_at),
-            };
-            if let Err(e) = sessions.revoke(revocation, "logout", facts.now).await {
-                tracing::warn!(request_id = rid, error = %e, "logout: the store did not record the revocation; other replicas may accept copies of this cookie");
+            if let Err(e) = sessions.end(s, "logout", facts.now).await {
+                tracing::warn!(request_id = rid, error = %e, "logout: the store did not record the end of the session; other replicas may accept copies of this cookie");
             }
-            // The cookie may hold a refresh token already rotated (two routes refreshed at
-            // once and the browser kept the older cookie): the newest one is revoked.
-            let newest = match s.refresh_token.as_deref() {
-                Some(rt) => Some(self.newest_refresh_token(rt).await),
-                None => None,
-            };
-            self.end_refreshes(s.id, newest.as_deref(), &s.access_token)
-                .await;
-            self.revoke(newest.as_deref(), rid).await;
+            self.end_tokens(s, rid).await;
+            if everywhere {
+                // Sessions that start from now on are not affected.
+                match sessions
+                    .end_user(&s.claims.sub, facts.now + 1, "logout", facts.now)
+                    .await
+                {
+                    Ok(others) => {
+                        for r in others.iter().filter(|r| r.session.id != s.id) {
+                            self.end_tokens(&r.session, rid).await;
+                        }
+                        tracing::info!(
+                            request_id = rid,
+                            sessions = others.len(),
+                            "logout everywhere: the user's other sessions ended"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(request_id = rid, error = %e, "logout everywhere: the store could not end the user's other sessions");
+                        return Err(Fault::StoreUnavailable);
+                    }
+                }
+            }
         }
         tracing::info!(request_id = rid, had_session = session.is_some(), "logout");
         let with_hint = self.end_session_url(session.as_ref(), true);
@@ -114,6 +144,19 @@ impl Oidc {
         Ok(Reply::redirect(303, with_hint)
             .with_cookies(clear)
             .with_outcome("logout"))
+    }
+
+    /// Revokes what `s` holds at the provider, and forgets any refresh result kept for it.
+    pub(crate) async fn end_tokens(&self, s: &Session<'_>, rid: &str) {
+        // The cookie may hold a refresh token already rotated (two routes refreshed at
+        // once and the browser kept the older cookie): the newest one is revoked.
+        let newest = match s.refresh_token.as_deref() {
+            Some(rt) => Some(self.newest_refresh_token(rt).await),
+            None => None,
+        };
+        self.end_refreshes(s.id, newest.as_deref(), &s.access_token)
+            .await;
+        self.revoke(newest.as_deref(), rid).await;
     }
 
     /// The names of the request's pending login cookies, and of its pending-logout cookie when

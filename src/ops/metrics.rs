@@ -32,6 +32,12 @@
 //!   `healthy` (active checks pass, or none configured), `unhealthy`, `ejected` (a connect
 //!   failure took it out for a while);
 //! - `tollgate_upstream_ejections_total{route}`: members taken out after a connect failure.
+//! - `tollgate_sessions_active`: server-side sessions (`[session] storage = "store"`) in this
+//!   replica's memory: every session with the in-process store, the recently used ones with
+//!   `[store]`;
+//! - `tollgate_admin_actions_total{action, outcome}`: admin API calls (`[admin]`), by `list`,
+//!   `revoke`, `revoke_user` and `ok`, `not_found`, `unauthorized`, `bad_request`,
+//!   `store_unavailable`.
 //!
 //! A registry of our own (not the process-global one) keeps tests independent.
 
@@ -103,6 +109,8 @@ pub(crate) struct Metrics {
     secret_stale: IntGaugeVec,
     upstream_members: IntGaugeVec,
     upstream_ejections: IntCounterVec,
+    sessions_active: IntGauge,
+    admin_actions: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -243,6 +251,19 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let sessions_active = IntGauge::new(
+            "tollgate_sessions_active",
+            "Server-side sessions in this replica's memory (storage = \"store\")",
+        )
+        .expect("valid metric");
+        let admin_actions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_admin_actions_total",
+                "Admin API calls, by action (list, revoke, revoke_user) and outcome",
+            ),
+            &["action", "outcome"],
+        )
+        .expect("valid metric");
         let cert_stale = IntGauge::new(
             "tollgate_tls_cert_stale",
             "1 while the certificate files did not load and the previous certificate is served",
@@ -266,6 +287,8 @@ impl Metrics {
             Box::new(secret_stale.clone()),
             Box::new(upstream_members.clone()),
             Box::new(upstream_ejections.clone()),
+            Box::new(sessions_active.clone()),
+            Box::new(admin_actions.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -289,7 +312,23 @@ impl Metrics {
             secret_stale,
             upstream_members,
             upstream_ejections,
+            sessions_active,
+            admin_actions,
         }
+    }
+
+    /// How many server-side sessions this replica holds in memory now.
+    pub(crate) fn sessions_active(&self, n: usize) {
+        self.sessions_active
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// An admin API call: `action` (`list`, `revoke`, `revoke_user`) and its `outcome` (`ok`,
+    /// `not_found`, `unauthorized`, `store_unavailable`, `bad_request`).
+    pub(crate) fn admin_action(&self, action: &str, outcome: &str) {
+        self.admin_actions
+            .with_label_values(&[action, outcome])
+            .inc();
     }
 
     /// A route's upstream pool: how many members are `healthy`, `unhealthy` and `ejected`.

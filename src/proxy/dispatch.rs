@@ -85,6 +85,7 @@ impl Dispatch {
             store,
             CsrfPolicy::new(&config.csrf, &config.server.public_origin),
             metrics.clone(),
+            config.session.storage,
         );
         let gate = Gate::new(
             Arc::new(sessions),
@@ -236,6 +237,10 @@ impl Dispatch {
             body,
             request_id: &ctx.request_id,
             now: crate::unix_now(),
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
         };
         let index = match destination {
             Destination::Endpoint(endpoint) => {

@@ -9,6 +9,7 @@
 
 pub mod cookie;
 mod opened;
+pub mod record;
 pub mod revocations;
 pub mod seal;
 
@@ -175,6 +176,19 @@ impl std::fmt::Debug for Session<'_> {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Payload(std::sync::Arc<Session<'static>>);
 
+impl Payload {
+    /// The session, lifetimes unchecked.
+    pub fn session(&self) -> &Session<'static> {
+        &self.0
+    }
+}
+
+impl From<std::sync::Arc<Session<'static>>> for Payload {
+    fn from(session: std::sync::Arc<Session<'static>>) -> Self {
+        Payload(session)
+    }
+}
+
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // `Session`'s own Debug leaves the tokens out.
@@ -211,6 +225,16 @@ pub enum SessionError {
     Seal,
     #[error("session was logged out")]
     Revoked,
+    /// A handle cookie under `storage = "cookie"`: the session lives in a store this
+    /// configuration does not use.
+    #[error("session cookie is a store handle, and sessions are in cookies")]
+    Handle,
+    /// A handle whose record is not in the store (ended, expired, or another store).
+    #[error("session is not in the store")]
+    NotStored,
+    /// The store could not be asked for the session (not a logout: try again).
+    #[error("the store holding the session cannot be reached")]
+    StoreUnavailable,
 }
 
 impl SessionError {
@@ -231,7 +255,22 @@ impl SessionError {
             SessionError::Idle => "idle",
             SessionError::Seal => "seal",
             SessionError::Revoked => "revoked",
+            SessionError::Handle => "store_handle",
+            SessionError::NotStored => "not_stored",
+            SessionError::StoreUnavailable => "store_unavailable",
         }
+    }
+}
+
+/// A session from its serialized bytes (after the version byte).
+fn decode_payload(bytes: &[u8]) -> Result<Session<'static>, SessionError> {
+    match postcard::from_bytes::<Session<'_>>(bytes) {
+        Ok(session) => Ok(session.into_owned()),
+        // Sealed without `access_lifetime` (the last field): postcard writes fields in
+        // order with nothing between them, so a trailing 0 reads as "unknown".
+        Err(_) => Ok(postcard::from_bytes::<Session<'_>>(&[bytes, &[0]].concat())
+            .map_err(|_| SessionError::Payload)?
+            .into_owned()),
     }
 }
 
@@ -248,6 +287,8 @@ pub struct SessionCodec {
     /// Cookies opened recently ([`opened`]): the same cookie on the next call is not
     /// decrypted again.
     opened: opened::OpenedCache<Session<'static>>,
+    /// Handles opened recently ([`record`]), likewise.
+    handles: opened::OpenedCache<u128>,
 }
 
 impl SessionCodec {
@@ -263,6 +304,7 @@ impl SessionCodec {
             idle_timeout: config.idle_timeout.as_secs(),
             cookie_budget: usize::MAX,
             opened: opened::OpenedCache::default(),
+            handles: opened::OpenedCache::default(),
         }
     }
 
@@ -329,7 +371,7 @@ impl SessionCodec {
 
     /// Decrypts and decodes a sealed value, or finds it opened recently. Only a value that
     /// decodes is kept.
-    fn open_sealed(&self, sealed: &str) -> Result<Payload, SessionError> {
+    pub(crate) fn open_sealed(&self, sealed: &str) -> Result<Payload, SessionError> {
         let generation = self.sealer.generation();
         if let Some(session) = self.opened.get(sealed, generation) {
             return Ok(Payload(session));
@@ -338,15 +380,7 @@ impl SessionCodec {
         let Some((&PAYLOAD_VERSION, bytes)) = plain.split_first() else {
             return Err(SessionError::Payload);
         };
-        let session = match postcard::from_bytes::<Session<'_>>(bytes) {
-            Ok(session) => session.into_owned(),
-            // Sealed without `access_lifetime` (the last field): postcard writes fields in
-            // order with nothing between them, so a trailing 0 reads as "unknown".
-            Err(_) => postcard::from_bytes::<Session<'_>>(&[bytes, &[0]].concat())
-                .map_err(|_| SessionError::Payload)?
-                .into_owned(),
-        };
-        let session = std::sync::Arc::new(session);
+        let session = std::sync::Arc::new(decode_payload(bytes)?);
         self.opened.put(sealed, session.clone(), generation);
         Ok(Payload(session))
     }
@@ -411,6 +445,7 @@ mod tests {
             max_lifetime: Duration::from_secs(3600),
             idle_timeout: Duration::from_secs(600),
             refresh_skew: Duration::from_secs(30),
+            storage: Default::default(),
         }
     }
 
@@ -605,6 +640,7 @@ mod properties {
                 max_lifetime: Duration::from_secs(3600),
                 idle_timeout: Duration::from_secs(600),
                 refresh_skew: Duration::from_secs(30),
+                storage: Default::default(),
             },
             true,
         )

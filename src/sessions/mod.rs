@@ -1,25 +1,34 @@
 //! The session service: everything that reads, checks or changes a user's session, in one place.
 //!
-//! A session is a sealed payload in the browser's cookies ([`crate::session`]); what may be
-//! done with one lives here: opening it (checked against the time and the revocation list), the
-//! CSRF rules a request carrying it must pass, revoking it (here and, through the store, on every
-//! replica), the logout-token ids already seen, and the `Set-Cookie` lines a response carries.
+//! A session is sealed ([`crate::session`]) and lives either whole in the browser's cookies
+//! (`[session] storage = "cookie"`) or in the store behind a small sealed handle
+//! (`storage = "store"`, [`records`]); what may be done with one lives here: opening it
+//! (checked against the time and the revocation list), the CSRF rules a request carrying it
+//! must pass, starting and ending it, revoking it (here and, through the store, on every
+//! replica), listing and ending a user's sessions, the logout-token ids already seen, and the
+//! `Set-Cookie` lines a response carries.
 //!
-//! The gate (the hot path), tollgate's own endpoints, `/logout` and back-channel logout all use
-//! it; none of them reaches into another's module for a session. What a session *is* next
-//! (server-side storage, device binding, several providers) changes this module, not theirs.
+//! The gate (the hot path), tollgate's own endpoints, `/logout`, back-channel logout and the
+//! admin API all use it; none of them knows where sessions live. Switching `storage` keeps
+//! people logged in where it can: under `"store"`, a whole cookie session is moved into the
+//! store on its next request ([`Opened::moved`]); under `"cookie"`, a handle opens to a clean
+//! `401` ([`SessionError::Handle`]).
 
 pub(crate) mod csrf;
+pub(crate) mod records;
 
 use std::sync::Arc;
 
+use crate::config::Storage;
 use crate::ops::metrics::Metrics;
 use crate::request::Facts;
 use crate::session::cookie::{ChunkError, SessionCookies};
+use crate::session::record::{user_agent_family, Meta, Record};
 use crate::session::revocations::{Revocation, Revocations, SeenJtis};
 use crate::session::{Payload, Session, SessionCodec, SessionError};
 use crate::store::{Store, StoreError};
 use csrf::CsrfPolicy;
+use records::{Found, Records};
 
 /// The session service, built once from the config and shared by everything that serves a
 /// request.
@@ -31,6 +40,35 @@ pub(crate) struct Sessions {
     seen_jtis: SeenJtis,
     csrf: CsrfPolicy,
     metrics: Metrics,
+    /// With `storage = "store"`: where sessions live.
+    records: Option<Records>,
+}
+
+/// A request's session cookies and what they opened to.
+#[derive(Debug)]
+pub(crate) struct Opened<'r> {
+    /// The session cookies the request carried (a reply that clears or replaces them needs
+    /// their names).
+    pub(crate) present: SessionCookies<'r>,
+    /// The session, lifetimes not yet checked ([`Sessions::session`]).
+    pub(crate) payload: Result<Payload, SessionError>,
+    /// What the admin API lists about a stored session.
+    meta: Option<Arc<Meta>>,
+    /// A whole cookie session met under `storage = "store"`: moved into the store by the
+    /// response ([`Sessions::cookie_lines`] with `CookieWork::Reseal`).
+    pub(crate) moved: bool,
+}
+
+/// Why a session could not be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error(
+        "the sealed session is too large for {} cookies",
+        crate::config::MAX_CHUNKS
+    )]
+    TooLarge,
+    #[error("the session store cannot be reached")]
+    Store,
 }
 
 /// What a response does to the session's cookies: decided once per request, carried out once
@@ -53,7 +91,10 @@ impl Sessions {
         store: Option<Arc<Store>>,
         csrf: CsrfPolicy,
         metrics: Metrics,
+        storage: Storage,
     ) -> Sessions {
+        let records =
+            (storage == Storage::Store).then(|| Records::new(store.clone(), metrics.clone()));
         Sessions {
             codec,
             revocations,
@@ -61,7 +102,13 @@ impl Sessions {
             seen_jtis: SeenJtis::default(),
             csrf,
             metrics,
+            records,
         }
+    }
+
+    /// Whether sessions live in the store (`storage = "store"`).
+    pub(crate) fn stored(&self) -> bool {
+        self.records.is_some()
     }
 
     pub(crate) fn codec(&self) -> &SessionCodec {
@@ -103,12 +150,66 @@ impl Sessions {
         }
     }
 
-    /// The request's session cookies, decrypted ([`SessionCodec::open`]).
-    pub(crate) fn open<'r>(
-        &self,
-        facts: &Facts<'r>,
-    ) -> (SessionCookies<'r>, Result<Payload, SessionError>) {
-        self.codec.open(facts.cookie_headers())
+    /// The request's session: its cookies, and the session they open to (from the cookies,
+    /// or through the handle from memory or the store).
+    pub(crate) async fn open<'r>(&self, facts: &Facts<'r>) -> Opened<'r> {
+        let present = SessionCookies::scan(self.codec.cookie_name(), facts.cookie_headers());
+        let mut opened = Opened {
+            payload: Err(SessionError::Cookie(ChunkError::Missing)),
+            present,
+            meta: None,
+            moved: false,
+        };
+        let sealed = match opened.present.value() {
+            Ok(v) => v,
+            Err(e) => {
+                opened.payload = Err(e.into());
+                return opened;
+            }
+        };
+        let Some(records) = &self.records else {
+            opened.payload = self.codec.open_sealed(&sealed).map_err(|e| {
+                // A handle from a `storage = "store"` configuration: say so in the log.
+                if self.codec.open_handle(&sealed).is_ok() {
+                    SessionError::Handle
+                } else {
+                    e
+                }
+            });
+            return opened;
+        };
+        let id = match self.codec.open_handle(&sealed) {
+            Ok(id) => id,
+            Err(handle_error) => {
+                // A whole cookie session from `storage = "cookie"`: moved on this request.
+                opened.payload = self.codec.open_sealed(&sealed).map_err(|_| handle_error);
+                opened.moved = opened.payload.is_ok();
+                return opened;
+            }
+        };
+        let mut found = records.get(id, &self.codec, facts.now, false).await;
+        if let Ok(Found::Record(r)) = &found {
+            // A copy idle-expired here may have been used on another replica since.
+            if self
+                .codec
+                .decode(&Payload::from(r.session.clone()), facts.now)
+                == Err(SessionError::Idle)
+            {
+                found = records.get(id, &self.codec, facts.now, true).await;
+            }
+        }
+        opened.payload = match found {
+            Ok(Found::Record(r)) => {
+                opened.meta = Some(r.meta);
+                Ok(Payload::from(r.session))
+            }
+            Ok(Found::Gone) => Err(SessionError::NotStored),
+            Err(e) => {
+                tracing::error!(request_id = facts.request_id, error = %e, "the session store cannot be reached");
+                Err(SessionError::StoreUnavailable)
+            }
+        };
+        opened
     }
 
     /// The session in `payload`, checked against the time; a session that was present but
@@ -130,7 +231,10 @@ impl Sessions {
                 }
             });
         if let Err(e) = &session {
-            if !matches!(e, SessionError::Cookie(ChunkError::Missing)) {
+            if !matches!(
+                e,
+                SessionError::Cookie(ChunkError::Missing) | SessionError::StoreUnavailable
+            ) {
                 self.metrics.session_failure(e.reason());
                 tracing::info!(
                     request_id = facts.request_id,
@@ -142,27 +246,206 @@ impl Sessions {
         session
     }
 
-    /// The `Set-Cookie` lines that carry out `work` for a request that brought `present`. A
-    /// session that cannot be sealed is logged and leaves the cookies as they are.
-    pub(crate) fn cookie_lines(
+    /// The `Set-Cookie` lines that carry out `work` for the request's `opened` session. Under
+    /// `storage = "store"` a re-seal writes the store and leaves the handle cookie as it is
+    /// (or, for a session moved in from a cookie, replaces the cookies with a handle). A
+    /// session that cannot be sealed or written is logged and leaves the cookies as they are.
+    pub(crate) async fn cookie_lines(
         &self,
         work: CookieWork,
-        present: &SessionCookies<'_>,
-        now: u64,
-        request_id: &str,
+        opened: &Opened<'_>,
+        facts: &Facts<'_>,
     ) -> Vec<String> {
-        match work {
-            CookieWork::Keep => Vec::new(),
-            CookieWork::Clear => self.codec.clear_cookie_lines(present),
-            CookieWork::Reseal(session) => {
-                match self.codec.set_cookie_lines(&session, present, now) {
-                    Ok(lines) => lines,
-                    Err(e) => {
-                        tracing::error!(request_id, error = %e, "session could not be re-sealed");
-                        Vec::new()
-                    }
+        let (now, request_id) = (facts.now, facts.request_id);
+        let session = match work {
+            CookieWork::Keep => return Vec::new(),
+            CookieWork::Clear => return self.codec.clear_cookie_lines(&opened.present),
+            CookieWork::Reseal(session) => session,
+        };
+        let Some(records) = &self.records else {
+            return match self.codec.set_cookie_lines(&session, &opened.present, now) {
+                Ok(lines) => lines,
+                Err(e) => {
+                    tracing::error!(request_id, error = %e, "session could not be re-sealed");
+                    Vec::new()
                 }
+            };
+        };
+        let meta = opened
+            .meta
+            .clone()
+            .unwrap_or_else(|| Arc::new(self.meta(facts)));
+        let session: Arc<Session<'static>> = Arc::new(*session);
+        if let Err(e) = records
+            .put(session.clone(), meta, &self.codec, now, opened.moved)
+            .await
+        {
+            tracing::error!(request_id, error = %e, "the session could not be written to the store");
+            return Vec::new();
+        }
+        if !opened.moved {
+            return Vec::new();
+        }
+        match self
+            .codec
+            .handle_cookie_lines(&session, &opened.present, now)
+        {
+            Ok(lines) => {
+                tracing::info!(request_id, "a cookie session moved into the store");
+                lines
+            }
+            Err(e) => {
+                tracing::error!(request_id, error = %e, "the session handle could not be sealed");
+                Vec::new()
             }
         }
+    }
+
+    /// What the admin API will list about a session started by this request.
+    fn meta(&self, facts: &Facts<'_>) -> Meta {
+        Meta {
+            provider: records::PROVIDER.into(),
+            user_agent: user_agent_family(
+                facts
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .into(),
+            client: facts.client.map(|ip| ip.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// Starts `session` (a login): the `Set-Cookie` lines that carry it, or its handle after
+    /// writing it to the store. Replaces whatever session cookies the request brought.
+    pub(crate) async fn start(
+        &self,
+        session: Session<'static>,
+        facts: &Facts<'_>,
+    ) -> Result<Vec<String>, StartError> {
+        let previous = SessionCookies::scan(self.codec.cookie_name(), facts.cookie_headers());
+        let Some(records) = &self.records else {
+            return self
+                .codec
+                .set_cookie_lines(&session, &previous, facts.now)
+                .map_err(|_| StartError::TooLarge);
+        };
+        let session = Arc::new(session);
+        records
+            .put(session.clone(), Arc::new(self.meta(facts)), &self.codec, facts.now, true)
+            .await
+            .map_err(|e| {
+                tracing::error!(request_id = facts.request_id, error = %e, "the new session could not be written to the store");
+                StartError::Store
+            })?;
+        self.codec
+            .handle_cookie_lines(&session, &previous, facts.now)
+            .map_err(|_| StartError::TooLarge)
+    }
+
+    /// Ends `session` (logout): revoked on every replica, and its record removed from the
+    /// store. `Err` when the store did not record the revocation.
+    pub(crate) async fn end(
+        &self,
+        session: &Session<'_>,
+        source: &'static str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let revocation = Revocation::Session {
+            id: session.id,
+            until: self.codec.lives_until(session.created_at),
+        };
+        let revoked = self.revoke(revocation, source, now).await;
+        if let Some(records) = &self.records {
+            let record = Record {
+                session: Arc::new(session.clone().into_owned()),
+                meta: Arc::new(Meta::default()),
+            };
+            records.delete(&record).await?;
+        }
+        revoked
+    }
+
+    /// The live stored sessions of user `sub` (`by_sid`: of provider session `sub`), oldest
+    /// first. Empty under `storage = "cookie"`, where no replica knows them.
+    pub(crate) async fn of_user(
+        &self,
+        sub: &str,
+        by_sid: bool,
+        now: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        match &self.records {
+            Some(records) => records.of_user(sub, by_sid, &self.codec, now).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The stored session `id`, if it is live.
+    pub(crate) async fn find(&self, id: u128, now: u64) -> Result<Option<Record>, StoreError> {
+        let Some(records) = &self.records else {
+            return Ok(None);
+        };
+        Ok(match records.get(id, &self.codec, now, true).await? {
+            Found::Record(r)
+                if self
+                    .codec
+                    .decode(&Payload::from(r.session.clone()), now)
+                    .is_ok() =>
+            {
+                Some(r)
+            }
+            _ => None,
+        })
+    }
+
+    /// Ends every session of user `sub` on every replica. Stored sessions are ended one by one
+    /// and returned, for their refresh tokens to be revoked at the provider; under
+    /// `storage = "cookie"`, where no replica knows them, every session of `sub` that started
+    /// before `before` is revoked instead.
+    pub(crate) async fn end_user(
+        &self,
+        sub: &str,
+        before: u64,
+        source: &'static str,
+        now: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        if self.records.is_none() {
+            let revocation = Revocation::UserBefore {
+                sub: sub.to_string(),
+                before,
+                until: self.codec.lives_until(now),
+            };
+            self.revoke(revocation, source, now).await?;
+            return Ok(Vec::new());
+        }
+        let ended = self.of_user(sub, false, now).await?;
+        self.end_records(&ended, source, now).await?;
+        Ok(ended)
+    }
+
+    /// Ends the stored sessions in `ended`: revoked on every replica, their records removed.
+    pub(crate) async fn end_records(
+        &self,
+        ended: &[Record],
+        source: &'static str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let Some(records) = &self.records else {
+            return Ok(());
+        };
+        for r in ended {
+            let revocation = Revocation::Session {
+                id: r.session.id,
+                until: self.codec.lives_until(r.session.created_at),
+            };
+            self.revoke(revocation, source, now).await?;
+            records.delete(r).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether sessions live only in this process (`storage = "store"` without `[store]`).
+    pub(crate) fn in_process(&self) -> bool {
+        self.records.as_ref().is_some_and(Records::in_process)
     }
 }

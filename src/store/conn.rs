@@ -27,6 +27,8 @@ pub(crate) enum StoreError {
     Redis(String),
     #[error("a value in the store does not open with this replica's session keys")]
     Unreadable,
+    #[error("a value could not be sealed for the store")]
+    Seal,
 }
 
 /// How the store is reached: one server, or a Redis Cluster (its client and, for pub/sub, a

@@ -9,9 +9,6 @@
 //! Cluster routes each to the node that owns it; the index and the records it names may live on
 //! different nodes, and an index entry whose record has expired is skipped by its reader.
 //!
-//! Not wired in yet: the session service will use these once the handle cookie is built
-//! (see issue 25). Until then nothing calls them outside the tests.
-#![allow(dead_code)]
 
 use redis::AsyncCommands;
 

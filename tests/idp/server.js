@@ -24,6 +24,10 @@
 //                              (default), "inserted" (RFC 8414 §3.1:
 //                              /.well-known/oauth-authorization-server/test/as), "appended"
 //                              (/test/as/.well-known/oauth-authorization-server) or "off"
+//   IDP_GROUPS                 N > 0: the user's `groups` claim has N distinct entries, 'staff'
+//                              (first, so route rules still match) then N - 1 group object ids
+//                              as Entra ID sends them (36-character UUIDs, the same for the same
+//                              N at every start): big ID tokens and sessions (default: ['staff'])
 import http from 'node:http';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -63,6 +67,20 @@ const asMetadataPaths = {
   inserted: `/.well-known/oauth-authorization-server${issuerPath}`,
   appended: `${issuerPath}/.well-known/oauth-authorization-server`,
 };
+
+// IDP_GROUPS: how many groups the user is a member of (0 or unset: just 'staff').
+const groupCount = Number(process.env.IDP_GROUPS || 0);
+if (!Number.isInteger(groupCount) || groupCount < 0) {
+  console.error('IDP_GROUPS must be a whole number >= 0');
+  process.exit(2);
+}
+// Group i's object id: a version-4-shaped UUID from a hash of i, so runs are reproducible.
+const groupId = (i) => {
+  const h = crypto.createHash('sha256').update(`tollgate-test-group-${i}`).digest('hex');
+  const variant = ((parseInt(h[16], 16) & 0x3) | 0x8).toString(16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+};
+const groups = ['staff', ...Array.from({ length: Math.max(groupCount - 1, 0) }, (_, i) => groupId(i + 1))];
 
 // A storage adapter (oidc-provider's interface) kept in memory and, with IDP_STATE_FILE,
 // written through to a JSON file and read back at start.
@@ -175,8 +193,9 @@ const user = {
   family_name: 'User',
   email: 'test.user@example.com',
   email_verified: true,
-  // For route rules (`require`) and identity headers: a member of `staff`, not of `admin`.
-  groups: ['staff'],
+  // For route rules (`require`) and identity headers: a member of `staff`, not of `admin`
+  // (with IDP_GROUPS, of N - 1 more groups named by object id).
+  groups,
 };
 
 const provider = new Provider(issuer, {

@@ -122,9 +122,21 @@ impl Gate {
         if policy.auth == RouteAuth::None {
             return Ok(Grant::default());
         }
-        let (present, payload) = self.sessions.open(facts);
-        let (verdict, work) = match self.sessions.session(&payload, facts) {
-            Ok(session) => self.with_session(session, policy, facts, refresher).await,
+        let opened = self.sessions.open(facts).await;
+        let (verdict, work) = match self.sessions.session(&opened.payload, facts) {
+            Ok(session) => {
+                let (verdict, work) = self.with_session(session, policy, facts, refresher).await;
+                match work {
+                    // A cookie session met under `storage = "store"` moves in now.
+                    CookieWork::Keep if opened.moved => match &opened.payload {
+                        Ok(p) => (verdict, CookieWork::Reseal(Box::new(p.session().clone()))),
+                        Err(_) => (verdict, work),
+                    },
+                    work => (verdict, work),
+                }
+            }
+            // Not a logout: the store holding the session did not answer.
+            Err(SessionError::StoreUnavailable) => (Err(Fault::StoreUnavailable), CookieWork::Keep),
             Err(_) if policy.auth == RouteAuth::Optional => return Ok(Grant::default()),
             // Nothing to clear when nothing came.
             Err(SessionError::Cookie(ChunkError::Missing)) => {
@@ -132,9 +144,7 @@ impl Gate {
             }
             Err(e) => (Err(self.no_session(e)), CookieWork::Clear),
         };
-        let lines = self
-            .sessions
-            .cookie_lines(work, &present, facts.now, facts.request_id);
+        let lines = self.sessions.cookie_lines(work, &opened, facts).await;
         match verdict {
             Ok(mut grant) => {
                 grant.set_cookies = lines;
@@ -465,6 +475,7 @@ mod tests {
                 max_lifetime: Duration::from_secs(86_400),
                 idle_timeout: Duration::from_secs(3_600),
                 refresh_skew: Duration::from_secs(30),
+                storage: Default::default(),
             },
             true,
         );
@@ -482,6 +493,7 @@ mod tests {
                 None,
                 csrf,
                 Metrics::new(),
+                crate::config::Storage::Cookie,
             )),
             Metrics::new(),
             refresh_skew,
@@ -534,6 +546,7 @@ mod tests {
             body: None,
             request_id: "rid",
             now: NOW,
+            client: None,
         };
         gate.decide(Policy::auth(auth), &facts, provider).await
     }
@@ -565,6 +578,7 @@ mod tests {
             body: None,
             request_id: "rid",
             now: NOW,
+            client: None,
         };
         // Due, and idle long enough for a renewal too.
         let mut s = session();
@@ -727,6 +741,7 @@ mod tests {
             body: None,
             request_id: "rid",
             now: NOW,
+            client: None,
         };
         let admins = rule(r#"require = { roles = ["admin"] }"#);
         let p = untouched();
@@ -993,6 +1008,7 @@ mod tests {
             body: None,
             request_id: "rid",
             now: NOW,
+            client: None,
         };
         let mut policy = Policy::auth(RouteAuth::Required);
         policy.audience = Some(audience);
