@@ -473,14 +473,15 @@ impl Harness {
         let method = Method::GET;
         let facts = Self::facts(&method, None, &headers, None);
         let gate = self.app.dispatch().gate();
-        let (found, payload) = gate.sessions().open(&facts);
+        let found = self.runtime.block_on(gate.sessions().open(&facts));
         let sealed = found
+            .present
             .value()
             .map(Cow::into_owned)
             .map_err(|e| e.to_string());
         let opened = gate
             .sessions()
-            .session(&payload, &facts)
+            .session(&found.payload, &facts)
             .map(|_| ())
             .map_err(|e| e.to_string());
         let decided = self.runtime.block_on(gate.decide(
@@ -584,7 +585,7 @@ impl Harness {
         let reply = Self::get(query, cookie, accept, |facts| {
             self.runtime.block_on(
                 self.oidc
-                    .callback(facts, self.app.dispatch().gate().sessions().codec()),
+                    .callback(facts, self.app.dispatch().gate().sessions()),
             )
         });
         ReplyParts::of(&reply)

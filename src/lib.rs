@@ -17,14 +17,17 @@
 //! 2. `ops::telemetry`: OpenTelemetry traces;
 //! 3. [`session`]: the sealed session payload, its cookies (chunking) and the revocation list;
 //! 4. `store`: the shared store (Redis) that makes replicas act as one;
-//! 5. `sessions`: the session service — opening, checking and revoking sessions, CSRF, the
-//!    cookie lines a response carries;
+//! 5. `sessions`: the session service — opening, checking, starting, ending and revoking
+//!    sessions wherever they live (cookies, or the store behind a handle), CSRF, the cookie
+//!    lines a response carries;
 //! 6. [`oidc`]: provider metadata, `/login` and `/callback`, the token client, ID token checks,
 //!    refresh (single flight, across replicas), route tokens, logout;
 //! 7. `endpoints` (tollgate's own paths), [`proxy`] (the Pingora `ProxyHttp` adapter around the
-//!    decision core `proxy::gate`, and the front door) and [`tls`] (certificates for it);
+//!    decision core `proxy::gate`, and the front door), [`tls`] (certificates for it) and
+//!    `admin` (the admin API: list and end server-side sessions);
 //! 8. [`server`]: assembles the Pingora server, and watches files (secrets, certificates).
 
+pub(crate) mod admin;
 pub(crate) mod certs;
 pub mod claims;
 pub mod config;

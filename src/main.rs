@@ -71,6 +71,12 @@ fn main() -> ExitCode {
             cli.config.display(),
             config.routes.len()
         );
+        if config.session.storage == tollgate::config::Storage::Store && config.store.is_none() {
+            println!(
+                "note: [session] storage = \"store\" without [store]: sessions live in this \
+                 process's memory; a restart logs everyone out, and only one replica may run"
+            );
+        }
         return ExitCode::SUCCESS;
     }
     announce(&config);

@@ -13,9 +13,10 @@ the revocation check never leaves the process), and with server-side sessions on
 memory after the login, so no store round trip per request), for the store/cookie ratio; the
 runs with redis are skipped when redis-server is not installed. With `--variants`, three times
 more: with the API route's upstream as a pool (a one-member list with an active health check,
-so each request goes through the load balancer's selection), and with traces on, exported over OTLP/HTTP to the nginx upstream
-(which answers the exporter's POSTs with 200), every request sampled, then one in ten. Needs
-valgrind, nginx and the test provider (`npm ci` in tests/idp). Loopback only.
+so each request goes through the load balancer's selection), and with traces on, exported over
+OTLP/HTTP to the nginx upstream (which answers the exporter's POSTs with 200), every request
+sampled, then one in ten. Needs valgrind, nginx and the test provider (`npm ci` in tests/idp).
+Loopback only.
 
 Usage: python3 benches/load/instructions.py [--requests 2000] [--allocator mimalloc|jemalloc|system] [--variants]
 """

@@ -120,8 +120,8 @@ impl Dispatch {
         &self.routes
     }
 
-    /// The decision core ([`crate::fuzzing`] drives it).
-    #[cfg(feature = "fuzzing")]
+    /// The decision core ([`crate::fuzzing`] drives it; its session service is shared with
+    /// the admin API).
     pub(crate) fn gate(&self) -> &Gate {
         &self.gate
     }

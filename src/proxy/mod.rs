@@ -142,8 +142,8 @@ impl Tollgate {
         )
     }
 
-    /// Where requests go and the decision core ([`crate::fuzzing`] drives them).
-    #[cfg(feature = "fuzzing")]
+    /// Where requests go and the decision core ([`crate::fuzzing`] drives them; the server
+    /// shares its session service with the admin API).
     pub(crate) fn dispatch(&self) -> &Dispatch {
         &self.dispatch
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
+use crate::admin::{Admin, AdminApp};
 use crate::config::Config;
 use crate::oidc::client_auth::ClientAuthError;
 use crate::oidc::discovery::{MetadataRefresher, ProviderStore};
@@ -148,10 +149,17 @@ pub fn build(
         config,
         metrics.clone(),
         readiness.clone(),
-        oidc,
+        oidc.clone(),
         revocations,
         store,
     )?;
+    let sessions = app.dispatch().gate().sessions().clone();
+    if sessions.in_process() {
+        tracing::warn!(
+            "[session] storage = \"store\" without [store]: sessions live in this process only; \
+             a restart logs everyone out, and a second replica would not know them"
+        );
+    }
     // Bound here, so a port in use is a start error; taken over from the old process when
     // upgrading (then the front door finds them among the inherited sockets).
     let bind = |addr: &std::net::SocketAddr| -> Result<Option<std::net::TcpListener>, StartError> {
@@ -211,6 +219,7 @@ pub fn build(
         .iter()
         .chain(config.tls.iter().flat_map(|t| t.listen.iter()))
         .chain(config.metrics.listen.iter())
+        .chain(config.admin.iter().map(|a| &a.listen))
         .map(|a| a.to_string())
         .collect();
     claimed.sort();
@@ -230,6 +239,35 @@ pub fn build(
             metrics.clone(),
             readiness.clone(),
             "tollgate metrics",
+        );
+        let phases = server.watch_execution_phase();
+        server.add_service(door.with_upgrades(
+            phases,
+            upgrade,
+            config.server.upgrade_sock.clone(),
+            claimed.clone(),
+        ));
+    }
+    // The admin API has its own listener, with the metrics listener's limits.
+    if let Some(admin) = &config.admin {
+        let listener = Listener {
+            addr: admin.listen,
+            socket: bind(&admin.listen)?,
+            tls: None,
+        };
+        let app = AdminApp(Arc::new(Admin {
+            sessions,
+            oidc,
+            token: admin.token.clone(),
+            metrics: metrics.clone(),
+        }));
+        let door = FrontDoor::admin(
+            app,
+            listener,
+            &config.server.limits,
+            metrics.clone(),
+            readiness.clone(),
+            "tollgate admin",
         );
         let phases = server.watch_execution_phase();
         server.add_service(door.with_upgrades(

@@ -106,11 +106,6 @@ impl Sessions {
         }
     }
 
-    /// Whether sessions live in the store (`storage = "store"`).
-    pub(crate) fn stored(&self) -> bool {
-        self.records.is_some()
-    }
-
     pub(crate) fn codec(&self) -> &SessionCodec {
         &self.codec
     }

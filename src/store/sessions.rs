@@ -8,7 +8,6 @@
 //! caller, so the store learns no subject either. Every operation names one key, so a Redis
 //! Cluster routes each to the node that owns it; the index and the records it names may live on
 //! different nodes, and an index entry whose record has expired is skipped by its reader.
-//!
 
 use redis::AsyncCommands;
 

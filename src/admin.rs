@@ -1,0 +1,280 @@
+//! The admin API (`[admin]`): list and end server-side sessions, on a listener of its own.
+//!
+//! - `GET /sessions?sub=…`: the user's live sessions — id (the handle's id, never the cookie
+//!   value), provider, created, last seen (moved at most every half idle window), expires,
+//!   browser family and client address of the login;
+//! - `DELETE /sessions/{id}`: ends one session; `404` when there is no such live session;
+//! - `DELETE /sessions?sub=…`: ends all of the user's sessions.
+//!
+//! Ending a session revokes it on every replica (the store's pub/sub: within a moment),
+//! removes its record, and revokes its refresh token at the provider, as `/logout` does.
+//! Every call needs `Authorization: Bearer <token>` (`[admin] token_file`, compared in constant
+//! time: `401` otherwise) and is logged with the caller's address and a request id; each is
+//! counted in `tollgate_admin_actions_total{action, outcome}`. The decision ([`Admin::handle`])
+//! takes plain values, so unit tests drive it without a listener.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::Serialize;
+
+use crate::config::Secret;
+use crate::oidc::Oidc;
+use crate::ops::metrics::Metrics;
+use crate::proxy::request_id;
+use crate::session::record::Record;
+use crate::sessions::Sessions;
+
+/// The admin API, built once from the config.
+pub(crate) struct Admin {
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) oidc: Arc<Oidc>,
+    pub(crate) token: Secret,
+    pub(crate) metrics: Metrics,
+}
+
+/// One admin request, as plain values.
+#[derive(Debug)]
+pub(crate) struct AdminRequest<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) authorization: Option<&'a [u8]>,
+    pub(crate) request_id: &'a str,
+    pub(crate) client: Option<IpAddr>,
+    pub(crate) now: u64,
+}
+
+/// The answer: a status and a JSON body.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct AdminReply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+}
+
+#[derive(Serialize)]
+struct Listed<'a> {
+    id: String,
+    provider: &'a str,
+    sub: &'a str,
+    created_at: u64,
+    last_seen: u64,
+    expires_at: u64,
+    user_agent: &'a str,
+    client: &'a str,
+}
+
+fn reply(status: u16, body: serde_json::Value) -> AdminReply {
+    AdminReply {
+        status,
+        body: body.to_string(),
+    }
+}
+
+fn error(status: u16, code: &str, message: &str) -> AdminReply {
+    reply(
+        status,
+        serde_json::json!({ "error": code, "message": message }),
+    )
+}
+
+/// Equality that takes as long for any two values of the same length.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The `sub` of a query, if it has a non-empty one.
+fn sub_of(query: Option<&str>) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
+        .ok()?
+        .into_iter()
+        .find(|(k, v)| k == "sub" && !v.is_empty())
+        .map(|(_, v)| v)
+}
+
+impl Admin {
+    fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        same(given.trim_ascii(), self.token.expose().as_bytes())
+    }
+
+    /// Decides one admin request.
+    pub(crate) async fn handle(&self, r: &AdminRequest<'_>) -> AdminReply {
+        let rid = r.request_id;
+        let client = r.client.map(|c| c.to_string()).unwrap_or_default();
+        let action = match (r.method, r.path) {
+            (&Method::GET, "/sessions") => "list",
+            (&Method::DELETE, "/sessions") => "revoke_user",
+            (&Method::DELETE, p) if p.starts_with("/sessions/") => "revoke",
+            (_, "/sessions") => {
+                return error(405, "method_not_allowed", "use GET or DELETE");
+            }
+            _ => return error(404, "not_found", "the admin API serves /sessions"),
+        };
+        if !self.authorized(r.authorization) {
+            tracing::warn!(
+                request_id = rid,
+                client,
+                action,
+                "admin: refused (no valid token)"
+            );
+            self.metrics.admin_action(action, "unauthorized");
+            return error(401, "unauthorized", "a valid bearer token is required");
+        }
+        let (outcome, answer) = match action {
+            "list" => self.list(r).await,
+            "revoke_user" => self.revoke_user(r).await,
+            _ => self.revoke(r).await,
+        };
+        tracing::info!(request_id = rid, client, action, outcome, "admin");
+        self.metrics.admin_action(action, outcome);
+        answer
+    }
+
+    async fn list(&self, r: &AdminRequest<'_>) -> (&'static str, AdminReply) {
+        let Some(sub) = sub_of(r.query) else {
+            return (
+                "bad_request",
+                error(400, "invalid_request", "sub is required"),
+            );
+        };
+        match self.sessions.of_user(&sub, false, r.now).await {
+            Ok(records) => {
+                let listed: Vec<Listed<'_>> = records.iter().map(|rec| self.listed(rec)).collect();
+                ("ok", reply(200, serde_json::json!({ "sessions": listed })))
+            }
+            Err(e) => self.unavailable(r, &e),
+        }
+    }
+
+    fn listed<'r>(&self, rec: &'r Record) -> Listed<'r> {
+        let s = &rec.session;
+        Listed {
+            id: crate::sessions::records::id_hex(s.id),
+            provider: if rec.meta.provider.is_empty() {
+                crate::sessions::records::PROVIDER
+            } else {
+                &rec.meta.provider
+            },
+            sub: &s.claims.sub,
+            created_at: s.created_at,
+            last_seen: s.last_seen,
+            expires_at: self.sessions.codec().expires_at(s),
+            user_agent: &rec.meta.user_agent,
+            client: &rec.meta.client,
+        }
+    }
+
+    async fn revoke(&self, r: &AdminRequest<'_>) -> (&'static str, AdminReply) {
+        let hex = r.path.trim_start_matches("/sessions/");
+        let id = match u128::from_str_radix(hex, 16) {
+            Ok(id) if hex.len() == 32 => id,
+            _ => return ("not_found", error(404, "not_found", "no such session")),
+        };
+        let found = match self.sessions.find(id, r.now).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return ("not_found", error(404, "not_found", "no such session")),
+            Err(e) => return self.unavailable(r, &e),
+        };
+        let ended = std::slice::from_ref(&found);
+        if let Err(e) = self.sessions.end_records(ended, "admin", r.now).await {
+            return self.unavailable(r, &e);
+        }
+        self.oidc.end_tokens(&found.session, r.request_id).await;
+        ("ok", reply(200, serde_json::json!({ "ended": 1 })))
+    }
+
+    async fn revoke_user(&self, r: &AdminRequest<'_>) -> (&'static str, AdminReply) {
+        let Some(sub) = sub_of(r.query) else {
+            return (
+                "bad_request",
+                error(400, "invalid_request", "sub is required"),
+            );
+        };
+        match self
+            .sessions
+            .end_user(&sub, r.now + 1, "admin", r.now)
+            .await
+        {
+            Ok(ended) => {
+                for rec in &ended {
+                    self.oidc.end_tokens(&rec.session, r.request_id).await;
+                }
+                (
+                    "ok",
+                    reply(200, serde_json::json!({ "ended": ended.len() })),
+                )
+            }
+            Err(e) => self.unavailable(r, &e),
+        }
+    }
+
+    fn unavailable(
+        &self,
+        r: &AdminRequest<'_>,
+        e: &crate::store::StoreError,
+    ) -> (&'static str, AdminReply) {
+        tracing::error!(request_id = r.request_id, error = %e, "admin: the session store cannot be reached");
+        (
+            "store_unavailable",
+            error(
+                503,
+                "store_unavailable",
+                "the session store cannot be reached; retry shortly",
+            ),
+        )
+    }
+}
+
+/// The admin listener's HTTP side.
+pub(crate) struct AdminApp(pub(crate) Arc<Admin>);
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if !session.is_body_empty() {
+            // The API takes no body: one that comes is not read, and the connection closes.
+            session.set_keepalive(None);
+        }
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let req = session.req_header();
+        let request_id = request_id::from_headers(&req.headers);
+        let answer = self
+            .0
+            .handle(&AdminRequest {
+                method: &req.method,
+                path: req.uri.path(),
+                query: req.uri.query(),
+                authorization: req
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+                request_id: &request_id,
+                client,
+                now: crate::unix_now(),
+            })
+            .await;
+        let mut builder = Response::builder()
+            .status(answer.status)
+            .header("content-type", "application/json")
+            .header("cache-control", "no-store")
+            .header(request_id::HEADER, &request_id)
+            .header("content-length", answer.body.len());
+        if answer.status == 401 {
+            builder = builder.header("www-authenticate", "Bearer");
+        }
+        if answer.status == 503 {
+            builder = builder.header("retry-after", "1");
+        }
+        builder.body(answer.body.into_bytes()).unwrap_or_default()
+    }
+}
