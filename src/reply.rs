@@ -199,7 +199,7 @@ impl Fault {
             InvalidIdToken { .. } => {
                 "The identity provider's ID token is not valid for this sign-in."
             }
-            SessionTooLarge => "The session could not be stored.",
+            SessionTooLarge => "The sign-in could not be completed: the provider's tokens are too large to keep in cookies. (Administrators: set [session] storage = \"store\".)",
             InvalidLogoutToken => "the logout token is not valid",
             PayloadTooLarge => "the request body is too large",
             RequestTimeout => "the request body did not arrive in time",
