@@ -150,7 +150,7 @@ mod tests {
     use crate::session::fixture;
     use std::time::Duration;
 
-    fn codec(name: &str) -> SessionCodec {
+    fn codec_named(name: &str) -> SessionCodec {
         SessionCodec::new(
             &SessionConfig {
                 cookie_name: name.into(),
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_handle_is_small_and_opens_only_as_a_handle() {
-        let codec = codec("__Host-tollgate");
+        let codec = codec_named("__Host-tollgate");
         let s = fixture::session(1_700_000_000, &fixture::jwt(1200, 1));
         let lines = codec
             .handle_cookie_lines(&s, &SessionCookies::default(), s.created_at)
@@ -185,13 +185,13 @@ mod tests {
         let whole = codec.seal(&s).unwrap();
         assert!(codec.open_handle(&whole).is_err());
         // Another cookie name's handle does not open here.
-        let other = codec("other").seal_handle(s.id).unwrap();
+        let other = codec_named("other").seal_handle(s.id).unwrap();
         assert!(codec.open_handle(&other).is_err());
     }
 
     #[test]
     fn a_record_opens_only_under_its_own_id() {
-        let codec = codec("__Host-tollgate");
+        let codec = codec_named("__Host-tollgate");
         let s = fixture::session(1_700_000_000, &fixture::jwt(1200, 1));
         let meta = Meta {
             provider: "default".into(),
