@@ -455,7 +455,67 @@ async fn a_store_outage_answers_a_cold_session_503_and_serves_warm_ones() {
         .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
-    assert!(set_cookies(&r).is_empty(), "no logout");
+    assert!(
+        !set_cookies(&r).iter().any(|c| c.starts_with("tollgate")),
+        "no logout"
+    );
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "store_unavailable");
+}
+
+/// A refresh under `storage = "store"` writes the new tokens to the store and leaves the cookie
+/// as it is: another replica, which never saw the session, sends the new token without asking
+/// the provider again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_writes_the_store_and_leaves_the_cookie() {
+    let echo = Echo::start().await;
+    let redis = Redis::start().await;
+    let ports = [free_port(), free_port()];
+    let redirects: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/callback"))
+        .collect();
+    let post_logout: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/"))
+        .collect();
+    // Four-second access tokens: refreshed half-way through.
+    let idp = Idp::start(&redirects.join(","), &post_logout.join(","), Some(4)).await;
+    let config = stored(&idp, &echo, Some(&redis), None);
+    let first = start_ready(ports[0], &config).await;
+    let cookie = login_cookie(&first).await;
+    assert_eq!(api_status(&first, &cookie).await, 200);
+    let issued = echo.last().header("authorization").unwrap().to_string();
+    idp.reset_stats().await;
+    // Bounded wait for the token to come due (a clock condition, checked every 200 ms).
+    let mut refreshed = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = first
+            .with_session(&plain(), reqwest::Method::GET, "/api/data", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", first.log());
+        let ours: Vec<String> = set_cookies(&r)
+            .into_iter()
+            .filter(|c| c.starts_with("tollgate"))
+            .collect();
+        assert!(ours.is_empty(), "the cookie changed: {ours:?}");
+        let now = echo.last().header("authorization").unwrap().to_string();
+        if now != issued {
+            refreshed = Some(now);
+            break;
+        }
+    }
+    let refreshed = refreshed.expect("refreshed within 10 s");
+    let second = start_ready(ports[1], &config).await;
+    assert_eq!(api_status(&second, &cookie).await, 200);
+    assert_eq!(
+        echo.last().header("authorization").unwrap(),
+        refreshed,
+        "the other replica read the new token from the store"
+    );
+    let stats = idp.stats().await;
+    assert_eq!(stats["token_requests"]["refresh_token"], 1, "{stats}");
 }
