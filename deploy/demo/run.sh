@@ -7,6 +7,10 @@
 #   ./deploy/demo/run.sh --replicas 3
 #                                  the same URL, served by 3 tollgate replicas that share a
 #                                  redis-server ([store]), behind a round-robin balancer
+#   ./deploy/demo/run.sh --store-sessions [--replicas N]
+#                                  server-side sessions ([session] storage = "store"): the
+#                                  cookie holds a small handle; the session is in this process
+#                                  (one tollgate) or in the replicas' redis-server
 #
 # Ports (fixed by conf/tollgate.toml, which this demo uses unchanged): tollgate 8080, metrics
 # 9100, provider 9090, echo API 9000, SPA 9001.
@@ -34,8 +38,9 @@ while [ "$#" -gt 0 ]; do
   case "$1" in
     --replicas) [ "$#" -ge 2 ] || die "--replicas needs a number from 1 to 9"; replicas="$2"; shift 2 ;;
     --replicas=*) replicas="${1#--replicas=}"; shift ;;
+    --store-sessions) export TOLLGATE__SESSION__STORAGE=store; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-    *) die "unknown argument $1 (usage: $0 [--replicas N])" ;;
+    *) die "unknown argument $1 (usage: $0 [--replicas N] [--store-sessions])" ;;
   esac
 done
 if [ -n "$replicas" ]; then
