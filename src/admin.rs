@@ -278,3 +278,177 @@ impl ServeHttp for AdminApp {
         builder.body(answer.body.into_bytes()).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::oidc::discovery::ProviderStore;
+    use crate::request::Facts;
+    use crate::session::fixture;
+    use crate::session::revocations::Revocations;
+    use crate::session::SessionCodec;
+    use crate::sessions::csrf::CsrfPolicy;
+    use http::HeaderMap;
+
+    const TOKEN: &str = "admin-token-for-the-unit-tests-0123456789";
+    const NOW: u64 = 1_700_000_000;
+
+    /// The admin API over an in-process store (`storage = "store"` without `[store]`).
+    fn admin() -> Admin {
+        let config = Config::from_toml_str(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\npublic_url = \"http://127.0.0.1:1\"\n\
+             [oidc]\nissuer = \"http://127.0.0.1:1/as\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             [session]\nkeys = [\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\nstorage = \"store\"\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:2\"\n",
+            std::path::Path::new("admin.toml"),
+            [],
+        )
+        .unwrap();
+        let metrics = Metrics::new();
+        let http = crate::oidc::http_client(&config).unwrap();
+        let oidc = Oidc::new(
+            &config,
+            http,
+            Arc::new(ProviderStore::default()),
+            None,
+            metrics.clone(),
+        )
+        .unwrap();
+        let sessions = Sessions::new(
+            SessionCodec::new(&config.session, false),
+            Arc::new(Revocations::default()),
+            None,
+            CsrfPolicy::new(&config.csrf, &config.server.public_origin),
+            metrics.clone(),
+            config.session.storage,
+        );
+        Admin {
+            sessions: Arc::new(sessions),
+            oidc: Arc::new(oidc),
+            token: Secret::new(TOKEN.into()),
+            metrics,
+        }
+    }
+
+    async fn call(a: &Admin, method: Method, path: &str, token: Option<&str>) -> AdminReply {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        let auth = token.map(|t| format!("Bearer {t}"));
+        a.handle(&AdminRequest {
+            method: &method,
+            path,
+            query,
+            authorization: auth.as_deref().map(str::as_bytes),
+            request_id: "rid",
+            client: Some(IpAddr::from([127, 0, 0, 1])),
+            now: NOW + 1,
+        })
+        .await
+    }
+
+    /// Starts a session of `sub` in the in-process store; its id.
+    async fn start(a: &Admin, sub: &str) -> u128 {
+        let mut s = fixture::session(NOW, "at");
+        s.claims.sub = sub.to_string().into();
+        s.id = rand::random();
+        let id = s.id;
+        let headers = HeaderMap::new();
+        let facts = Facts {
+            method: &Method::GET,
+            query: None,
+            headers: &headers,
+            body: None,
+            request_id: "rid",
+            now: NOW,
+            client: Some(IpAddr::from([10, 0, 0, 7])),
+        };
+        a.sessions.start(s, &facts).await.unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn lists_and_ends_sessions_with_the_token_only() {
+        let a = admin();
+        let first = start(&a, "alice").await;
+        let second = start(&a, "alice").await;
+        start(&a, "bob").await;
+
+        for token in [None, Some("wrong"), Some(&TOKEN[..TOKEN.len() - 1])] {
+            let r = call(&a, Method::GET, "/sessions?sub=alice", token).await;
+            assert_eq!(r.status, 401, "{token:?}");
+        }
+        let r = call(&a, Method::GET, "/sessions?sub=alice", Some(TOKEN)).await;
+        assert_eq!(r.status, 200);
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let listed = body["sessions"].as_array().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0]["client"], "10.0.0.7");
+        assert_eq!(listed[0]["provider"], "default");
+        assert!(!r.body.contains("\"at\""), "no token: {}", r.body);
+
+        assert_eq!(
+            call(&a, Method::GET, "/sessions", Some(TOKEN)).await.status,
+            400
+        );
+        assert_eq!(
+            call(&a, Method::PUT, "/sessions", Some(TOKEN)).await.status,
+            405
+        );
+        assert_eq!(
+            call(&a, Method::GET, "/other", Some(TOKEN)).await.status,
+            404
+        );
+        let missing = format!("/sessions/{}", "0".repeat(32));
+        assert_eq!(
+            call(&a, Method::DELETE, &missing, Some(TOKEN)).await.status,
+            404
+        );
+        assert_eq!(
+            call(&a, Method::DELETE, "/sessions/xyz", Some(TOKEN))
+                .await
+                .status,
+            404
+        );
+
+        let one = format!("/sessions/{first:032x}");
+        assert_eq!(
+            call(&a, Method::DELETE, &one, Some(TOKEN)).await.status,
+            200
+        );
+        assert_eq!(
+            call(&a, Method::DELETE, &one, Some(TOKEN)).await.status,
+            404
+        );
+        let left = a.sessions.of_user("alice", false, NOW + 1).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].session.id, second);
+
+        let r = call(&a, Method::DELETE, "/sessions?sub=alice", Some(TOKEN)).await;
+        assert_eq!((r.status, r.body.as_str()), (200, r#"{"ended":1}"#));
+        assert!(a
+            .sessions
+            .of_user("alice", false, NOW + 1)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            a.sessions
+                .of_user("bob", false, NOW + 1)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let text = String::from_utf8(a.metrics.render()).unwrap();
+        assert!(
+            text.contains(
+                r#"tollgate_admin_actions_total{action="list",outcome="unauthorized"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("tollgate_sessions_active 1"), "{text}");
+    }
+}

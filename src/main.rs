@@ -46,6 +46,28 @@ enum Command {
     Check,
     /// Print a new random base64 key for `[session] keys`.
     Genkey,
+    /// List or end users' sessions through the admin API (`[admin]` of the config).
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// The user's live sessions, as JSON.
+    List {
+        /// The user (the provider's `sub`).
+        #[arg(long)]
+        sub: String,
+    },
+    /// End one session (`--id`) or all of a user's sessions (`--sub`).
+    Revoke {
+        #[arg(long, conflicts_with = "sub", required_unless_present = "sub")]
+        id: Option<String>,
+        #[arg(long)]
+        sub: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +87,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Sessions { action }) = &cli.command {
+        return sessions(&config, action);
+    }
     if let Some(Command::Check) = cli.command {
         println!(
             "{}: configuration is valid ({} routes)",
@@ -89,6 +114,64 @@ fn main() -> ExitCode {
         }
     };
     server.run_forever()
+}
+
+/// `tollgate sessions …`: one call to the admin API named by the config; prints its JSON answer.
+fn sessions(config: &Config, action: &SessionsAction) -> ExitCode {
+    let Some(admin) = &config.admin else {
+        eprintln!("tollgate: the config has no [admin] section: the admin API is off");
+        return ExitCode::from(2);
+    };
+    let mut addr = admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let query = |sub: &str| serde_urlencoded::to_string([("sub", sub)]).unwrap_or_default();
+    let (method, path) = match action {
+        SessionsAction::List { sub } => (reqwest::Method::GET, format!("/sessions?{}", query(sub))),
+        SessionsAction::Revoke { id: Some(id), .. } => {
+            (reqwest::Method::DELETE, format!("/sessions/{id}"))
+        }
+        SessionsAction::Revoke { sub, .. } => (
+            reqwest::Method::DELETE,
+            format!("/sessions?{}", query(sub.as_deref().unwrap_or_default())),
+        ),
+    };
+    let url = format!("http://{addr}{path}");
+    let call = async {
+        let r = reqwest::Client::new()
+            .request(method, &url)
+            .bearer_auth(admin.token.expose())
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await?;
+        Ok::<_, reqwest::Error>((r.status(), r.text().await?))
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(call) {
+        Ok((status, body)) => {
+            println!("{body}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("tollgate: the admin API answered {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("tollgate: cannot reach the admin API at {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs what this instance will do, so a misconfiguration is visible at a glance.

@@ -289,6 +289,24 @@ async fn the_admin_api_and_logout_everywhere_end_sessions_on_every_replica() {
     let value = one.split_once('=').unwrap().1;
     assert!(!serde_json::to_string(&listed).unwrap().contains(value));
 
+    // `tollgate sessions list` calls the same API, from the config's [admin].
+    let config_file = tempfile::NamedTempFile::new().unwrap();
+    let text =
+        stored(&idp, &echo, Some(&redis), Some((admin_ports[0], &token))).render(ports[0], 1);
+    std::fs::write(config_file.path(), text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["sessions", "list", "--sub", "test-user", "--config"])
+        .arg(config_file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["sessions"][0]["id"], id.as_str());
+
     let two = login_cookie(&tgs[0]).await;
     let three = login_cookie(&tgs[1]).await;
     assert_eq!(list(0).await.len(), 3);
