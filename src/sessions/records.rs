@@ -16,11 +16,15 @@
 //! **The in-process store** (no `[store]`) is the same map with no expiry but the session's
 //! own: it holds every session of this one replica, and a restart loses them all.
 //!
+//! Memory is swept every [`SWEEP_SECS`] of sessions that expired or, in front of the shared
+//! store, were not read from it for [`STALE_SECS`]; `tollgate_sessions_active` counts the rest.
+//!
 //! Bounded: the shared store's cache keeps [`CACHE_CAPACITY`] sessions, the in-process store
 //! [`LOCAL_CAPACITY`]; past that, expired entries go first, then the least recently used one
 //! (for the in-process store that ends a live session, and is logged).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::ops::metrics::Metrics;
@@ -37,6 +41,8 @@ pub(crate) const CACHE_CAPACITY: usize = 16_384;
 /// Sessions the in-process store holds.
 pub(crate) const LOCAL_CAPACITY: usize = 200_000;
 const SHARDS: usize = 16;
+/// How often memory is swept of sessions that ended or were not used lately.
+const SWEEP_SECS: u64 = 10;
 
 #[derive(Clone)]
 struct Entry {
@@ -77,6 +83,8 @@ pub(crate) struct Records {
     shards: Vec<Mutex<HashMap<u128, Entry>>>,
     per_shard: usize,
     metrics: Metrics,
+    /// When memory was last swept ([`Records::sweep`]).
+    swept_at: AtomicU64,
 }
 
 impl std::fmt::Debug for Records {
@@ -107,7 +115,33 @@ impl Records {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard: capacity.div_ceil(SHARDS),
             metrics,
+            swept_at: AtomicU64::new(0),
         }
+    }
+
+    /// Every [`SWEEP_SECS`], drops from memory the sessions that have expired and, in front of
+    /// the shared store, those not read from it for [`STALE_SECS`] (they would be read again),
+    /// so `tollgate_sessions_active` counts the sessions this replica serves.
+    fn sweep(&self, now: u64) {
+        let last = self.swept_at.load(Ordering::Relaxed);
+        if now < last.saturating_add(SWEEP_SECS)
+            || self
+                .swept_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let shared = self.shared.is_some();
+        for shard in &self.shards {
+            if let Ok(mut shard) = shard.lock() {
+                shard.retain(|_, e| {
+                    e.expires_at > now
+                        && !(shared && now.saturating_sub(e.fetched_at) >= STALE_SECS)
+                });
+            }
+        }
+        self.count();
     }
 
     /// Whether sessions live only in this process.
@@ -121,6 +155,7 @@ impl Records {
     }
 
     fn cached(&self, id: u128, now: u64) -> Option<Entry> {
+        self.sweep(now);
         let mut shard = self.shard(id).lock().ok()?;
         let entry = shard.get_mut(&id)?;
         entry.used_at = now;
@@ -342,6 +377,83 @@ fn index_keys(session: &Session<'_>, meta: &Meta) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{SameSite, SessionConfig, Storage};
+    use crate::session::fixture;
+    use std::time::Duration;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn codec() -> SessionCodec {
+        SessionCodec::new(
+            &SessionConfig {
+                cookie_name: "tg".into(),
+                dropped_host_prefix: false,
+                keys: vec![[9u8; 32]],
+                same_site: SameSite::Lax,
+                max_lifetime: Duration::from_secs(3600),
+                idle_timeout: Duration::from_secs(600),
+                refresh_skew: Duration::from_secs(30),
+                storage: Storage::Store,
+            },
+            false,
+        )
+    }
+
+    fn session(sub: &str, sid: Option<&str>) -> Arc<Session<'static>> {
+        let mut s = fixture::session(NOW, "at");
+        s.id = rand::random();
+        s.claims.sub = sub.to_string().into();
+        s.claims.sid = sid.map(|v| v.to_string().into());
+        Arc::new(s)
+    }
+
+    /// The in-process store keeps a session until it would expire, finds a user's sessions by
+    /// `sub` or `sid`, ends them, and counts what it holds.
+    #[tokio::test]
+    async fn the_in_process_store_keeps_finds_and_ends_sessions() {
+        let metrics = Metrics::new();
+        let records = Records::new(None, metrics.clone());
+        let codec = codec();
+        let (a, b, c) = (
+            session("alice", Some("p1")),
+            session("alice", None),
+            session("bob", None),
+        );
+        for s in [&a, &b, &c] {
+            records
+                .put(s.clone(), Arc::new(Meta::default()), &codec, NOW, true)
+                .await
+                .unwrap();
+        }
+        assert!(
+            matches!(records.get(a.id, &codec, NOW + 1, false).await.unwrap(), Found::Record(r) if r.session == a)
+        );
+        assert_eq!(
+            records
+                .of_user("alice", false, &codec, NOW + 1)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let by_sid = records.of_user("p1", true, &codec, NOW + 1).await.unwrap();
+        assert_eq!(by_sid.len(), 1);
+        assert_eq!(by_sid[0].session.id, a.id);
+        records.delete(&by_sid[0]).await.unwrap();
+        assert!(matches!(
+            records.get(a.id, &codec, NOW + 1, false).await.unwrap(),
+            Found::Gone
+        ));
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(text.contains("tollgate_sessions_active 2"), "{text}");
+        // Past the idle timeout: gone, and swept from memory.
+        assert!(matches!(
+            records.get(b.id, &codec, NOW + 600, false).await.unwrap(),
+            Found::Gone
+        ));
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(text.contains("tollgate_sessions_active 0"), "{text}");
+    }
 
     #[test]
     fn user_keys_hide_the_subject_and_differ_by_kind_and_provider() {
