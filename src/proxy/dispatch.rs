@@ -120,7 +120,7 @@ impl Dispatch {
         &self.routes
     }
 
-    /// The decision core ([`crate::fuzzing`] drives it; its session service is shared with
+    /// The decision core (the fuzz harness drives it; its session service is shared with
     /// the admin API).
     pub(crate) fn gate(&self) -> &Gate {
         &self.gate

@@ -142,7 +142,7 @@ impl Tollgate {
         )
     }
 
-    /// Where requests go and the decision core ([`crate::fuzzing`] drives them; the server
+    /// Where requests go and the decision core (the fuzz harness drives them; the server
     /// shares its session service with the admin API).
     pub(crate) fn dispatch(&self) -> &Dispatch {
         &self.dispatch
