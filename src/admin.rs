@@ -82,9 +82,16 @@ fn error(status: u16, code: &str, message: &str) -> AdminReply {
     )
 }
 
-/// Equality that takes as long for any two values of the same length.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `given` is the token, in time that tells nothing about either (not even the
+/// length): their SHA-256 digests are compared in constant time.
+fn same(given: &[u8], token: &[u8]) -> bool {
+    let digest = |v: &[u8]| ring::digest::digest(&ring::digest::SHA256, v);
+    let (a, b) = (digest(given), digest(token));
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// The `sub` of a query, if it has a non-empty one.
@@ -98,7 +105,11 @@ fn sub_of(query: Option<&str>) -> Option<String> {
 
 impl Admin {
     fn authorized(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let Some(given) = authorization
+            .filter(|a| a.len() > 7 && a[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|a| &a[7..])
+        else {
             return false;
         };
         same(given.trim_ascii(), self.token.expose().as_bytes())
@@ -203,9 +214,7 @@ impl Admin {
             .await
         {
             Ok(ended) => {
-                for rec in &ended {
-                    self.oidc.end_tokens(&rec.session, r.request_id).await;
-                }
+                self.oidc.end_all_tokens(&ended, r.request_id).await;
                 (
                     "ok",
                     reply(200, serde_json::json!({ "ended": ended.len() })),

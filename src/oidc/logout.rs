@@ -94,6 +94,11 @@ impl Oidc {
         if let Some(s) = &session {
             // A copy of this cookie taken before the logout opens to nothing from now on.
             if let Err(e) = sessions.end(s, "logout", facts.now).await {
+                if sessions.stored() {
+                    // The session lives in the store: ended here only, it would come back.
+                    tracing::error!(request_id = rid, error = %e, "logout: the store could not end the session");
+                    return Err(Fault::StoreUnavailable);
+                }
                 tracing::warn!(request_id = rid, error = %e, "logout: the store did not record the end of the session; other replicas may accept copies of this cookie");
             }
             self.end_tokens(s, rid).await;
@@ -104,9 +109,11 @@ impl Oidc {
                     .await
                 {
                     Ok(others) => {
-                        for r in others.iter().filter(|r| r.session.id != s.id) {
-                            self.end_tokens(&r.session, rid).await;
-                        }
+                        let others: Vec<_> = others
+                            .into_iter()
+                            .filter(|r| r.session.id != s.id)
+                            .collect();
+                        self.end_all_tokens(&others, rid).await;
                         tracing::info!(
                             request_id = rid,
                             sessions = others.len(),
@@ -157,6 +164,14 @@ impl Oidc {
         self.end_refreshes(s.id, newest.as_deref(), &s.access_token)
             .await;
         self.revoke(newest.as_deref(), rid).await;
+    }
+
+    /// [`Self::end_tokens`] for each of `ended`, a few at a time.
+    pub(crate) async fn end_all_tokens(&self, ended: &[crate::session::record::Record], rid: &str) {
+        for batch in ended.chunks(8) {
+            futures_util::future::join_all(batch.iter().map(|r| self.end_tokens(&r.session, rid)))
+                .await;
+        }
     }
 
     /// The names of the request's pending login cookies, and of its pending-logout cookie when

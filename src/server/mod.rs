@@ -250,6 +250,13 @@ pub fn build(
     }
     // The admin API has its own listener, with the metrics listener's limits.
     if let Some(admin) = &config.admin {
+        if !admin.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %admin.listen,
+                "[admin] listen is not a loopback address: the admin API speaks plain HTTP, so its \
+                 bearer token crosses the network in clear; keep it on a private network"
+            );
+        }
         let listener = Listener {
             addr: admin.listen,
             socket: bind(&admin.listen)?,

@@ -9,7 +9,7 @@
 
 pub mod cookie;
 mod opened;
-pub mod record;
+pub(crate) mod record;
 pub mod revocations;
 pub mod seal;
 
@@ -178,7 +178,7 @@ pub struct Payload(std::sync::Arc<Session<'static>>);
 
 impl Payload {
     /// The session, lifetimes unchecked.
-    pub fn session(&self) -> &Session<'static> {
+    pub(crate) fn session(&self) -> &Session<'static> {
         &self.0
     }
 }

@@ -21,25 +21,25 @@ const RECORD_VERSION: u8 = 1;
 /// What the admin API shows about a stored session besides its times: no token, no claim
 /// beyond the subject it is listed under.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// The provider that issued the session's tokens.
-    pub provider: String,
+    pub(crate) provider: String,
     /// The browser family of the login (`Chrome`, `Firefox`, …; [`user_agent_family`]).
-    pub user_agent: String,
+    pub(crate) user_agent: String,
     /// The client address of the login, as tollgate saw it.
-    pub client: String,
+    pub(crate) client: String,
 }
 
 /// A session and its [`Meta`], as opened from the store.
 #[derive(Debug, Clone)]
-pub struct Record {
-    pub session: Arc<Session<'static>>,
-    pub meta: Arc<Meta>,
+pub(crate) struct Record {
+    pub(crate) session: Arc<Session<'static>>,
+    pub(crate) meta: Arc<Meta>,
 }
 
 /// The family of a `User-Agent` header, for listing sessions: never the header itself (it is
 /// client-chosen text and a fingerprint).
-pub fn user_agent_family(ua: Option<&str>) -> &'static str {
+pub(crate) fn user_agent_family(ua: Option<&str>) -> &'static str {
     let Some(ua) = ua else {
         return "unknown";
     };
@@ -73,7 +73,7 @@ impl SessionCodec {
     }
 
     /// The cookie value of a stored session: its id, sealed.
-    pub fn seal_handle(&self, id: u128) -> Result<String, SessionError> {
+    pub(crate) fn seal_handle(&self, id: u128) -> Result<String, SessionError> {
         self.sealer
             .seal(&id.to_be_bytes(), self.handle_context().as_bytes())
             .map_err(|_| SessionError::Seal)
@@ -81,7 +81,7 @@ impl SessionCodec {
 
     /// The id in a handle cookie's value, or why it is not one. A handle seen recently is not
     /// decrypted again (the same cache rules as whole sessions: [`super::opened`]).
-    pub fn open_handle(&self, sealed: &str) -> Result<u128, SessionError> {
+    pub(crate) fn open_handle(&self, sealed: &str) -> Result<u128, SessionError> {
         let generation = self.sealer.generation();
         if let Some(id) = self.handles.get(sealed, generation) {
             return Ok(*id);
@@ -96,7 +96,7 @@ impl SessionCodec {
     /// The `Set-Cookie` lines that give the browser the handle of `session` (which ends at its
     /// `max_lifetime`), expiring whatever session cookies `previous` had (a cookie-mode
     /// session's chunks, when one moves to the store).
-    pub fn handle_cookie_lines(
+    pub(crate) fn handle_cookie_lines(
         &self,
         session: &Session<'_>,
         previous: &SessionCookies<'_>,
@@ -109,7 +109,11 @@ impl SessionCodec {
     }
 
     /// The store's text for `session` and `meta`, bound to the session's id.
-    pub fn seal_record(&self, session: &Session<'_>, meta: &Meta) -> Result<String, SessionError> {
+    pub(crate) fn seal_record(
+        &self,
+        session: &Session<'_>,
+        meta: &Meta,
+    ) -> Result<String, SessionError> {
         let mut plain =
             postcard::to_extend(meta, vec![RECORD_VERSION]).map_err(|_| SessionError::Seal)?;
         plain.push(PAYLOAD_VERSION);
@@ -120,7 +124,7 @@ impl SessionCodec {
     }
 
     /// Opens the record of session `id` from the store's text (lifetimes not yet checked).
-    pub fn open_record(&self, sealed: &str, id: u128) -> Result<Record, SessionError> {
+    pub(crate) fn open_record(&self, sealed: &str, id: u128) -> Result<Record, SessionError> {
         let plain = self
             .sealer
             .open(sealed, self.record_context(id).as_bytes())?;

@@ -28,7 +28,7 @@ use crate::session::revocations::{Revocation, Revocations, SeenJtis};
 use crate::session::{Payload, Session, SessionCodec, SessionError};
 use crate::store::{Store, StoreError};
 use csrf::CsrfPolicy;
-use records::{Found, Records};
+use records::{Found, Records, Write};
 
 /// The session service, built once from the config and shared by everything that serves a
 /// request.
@@ -272,7 +272,17 @@ impl Sessions {
             .unwrap_or_else(|| Arc::new(self.meta(facts)));
         let session: Arc<Session<'static>> = Arc::new(*session);
         if let Err(e) = records
-            .put(session.clone(), meta, &self.codec, now, opened.moved)
+            .put(
+                session.clone(),
+                meta,
+                &self.codec,
+                now,
+                if opened.moved {
+                    Write::MoveIn
+                } else {
+                    Write::Update
+                },
+            )
             .await
         {
             tracing::error!(request_id, error = %e, "the session could not be written to the store");
@@ -325,9 +335,29 @@ impl Sessions {
                 .set_cookie_lines(&session, &previous, facts.now)
                 .map_err(|_| StartError::TooLarge);
         };
+        // A new login in a browser that had a stored session: that one ends (it would stay
+        // listed, and usable from a copy of its cookie, until it expired).
+        if let Some(old) = previous
+            .value()
+            .ok()
+            .and_then(|v| self.codec.open_handle(&v).ok())
+            .filter(|old| *old != session.id)
+        {
+            if let Ok(Found::Record(r)) = records.get(old, &self.codec, facts.now, true).await {
+                if let Err(e) = self.end_records(&[r], "login", facts.now).await {
+                    tracing::warn!(request_id = facts.request_id, error = %e, "the session this login replaces could not be ended");
+                }
+            }
+        }
         let session = Arc::new(session);
         records
-            .put(session.clone(), Arc::new(self.meta(facts)), &self.codec, facts.now, true)
+            .put(
+                session.clone(),
+                Arc::new(self.meta(facts)),
+                &self.codec,
+                facts.now,
+                Write::Start,
+            )
             .await
             .map_err(|e| {
                 tracing::error!(request_id = facts.request_id, error = %e, "the new session could not be written to the store");
@@ -393,10 +423,10 @@ impl Sessions {
         })
     }
 
-    /// Ends every session of user `sub` on every replica. Stored sessions are ended one by one
-    /// and returned, for their refresh tokens to be revoked at the provider; under
-    /// `storage = "cookie"`, where no replica knows them, every session of `sub` that started
-    /// before `before` is revoked instead.
+    /// Ends every session of user `sub` on every replica: every session of `sub` that started
+    /// before `before` is revoked (under `storage = "cookie"` no replica knows them otherwise;
+    /// under `"store"`, this catches cookie sessions not moved in yet), and stored sessions are
+    /// ended one by one and returned, for their refresh tokens to be revoked at the provider.
     pub(crate) async fn end_user(
         &self,
         sub: &str,
@@ -404,15 +434,15 @@ impl Sessions {
         source: &'static str,
         now: u64,
     ) -> Result<Vec<Record>, StoreError> {
-        if self.records.is_none() {
-            let revocation = Revocation::UserBefore {
-                sub: sub.to_string(),
-                before,
-                until: self.codec.lives_until(now),
-            };
-            self.revoke(revocation, source, now).await?;
-            return Ok(Vec::new());
-        }
+        // Stored sessions are ended by id below, so a login in this very second is not caught
+        // here; a cookie session (not yet moved in) started before now is.
+        let before = if self.records.is_some() { now } else { before };
+        let revocation = Revocation::UserBefore {
+            sub: sub.to_string(),
+            before,
+            until: self.codec.lives_until(now),
+        };
+        self.revoke(revocation, source, now).await?;
         let ended = self.of_user(sub, false, now).await?;
         self.end_records(&ended, source, now).await?;
         Ok(ended)
@@ -437,6 +467,11 @@ impl Sessions {
             records.delete(r).await?;
         }
         Ok(())
+    }
+
+    /// Whether sessions live in the store (`storage = "store"`).
+    pub(crate) fn stored(&self) -> bool {
+        self.records.is_some()
     }
 
     /// Whether sessions live only in this process (`storage = "store"` without `[store]`).

@@ -13,6 +13,15 @@
 //! read within [`STALE_SECS`] keeps being served (each re-read waits at most `[store]
 //! timeout`); a session this replica has not seen gets `503 store_unavailable`, never a logout.
 //!
+//! **Writes.** A refresh writes the new tokens (one refresh at the provider per refresh token
+//! across replicas: the refresh ledger) and the idle renewal moves `last_seen`; a write of what
+//! this replica already wrote is skipped. A renewal reads the store first and keeps the tokens
+//! another replica wrote since this copy was read, so a stale copy never undoes a refresh. (A
+//! refresh on another replica between that read and the write can still be overwritten; the
+//! older refresh token then finds the newer result in the refresh ledger while it is kept
+//! there, as an old cookie does.) A write can bring back the record of a session ended
+//! meanwhile on another replica; it stays refused, since ending a session also revokes it.
+//!
 //! **The in-process store** (no `[store]`) is the same map with no expiry but the session's
 //! own: it holds every session of this one replica, and a restart loses them all.
 //!
@@ -30,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use crate::ops::metrics::Metrics;
 use crate::session::record::{Meta, Record};
 use crate::session::{Session, SessionCodec};
-use crate::store::{Store, StoreError};
+use crate::store::{Put, Store, StoreError};
 
 /// How long a session read from the store is used without reading it again.
 pub(crate) const FRESH_SECS: u64 = 30;
@@ -74,6 +83,20 @@ fn user_key(kind: &str, provider: &str, value: &str) -> String {
     format!("{kind}:{hex}")
 }
 
+/// Why a session is written ([`Records::put`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// A login: a new session, listed under its user.
+    Start,
+    /// A cookie session moved into the store.
+    MoveIn,
+    /// A refresh or an idle renewal of a stored session.
+    Update,
+}
+
+/// The most sessions of one user listed or ended at once (the rest on the next call).
+pub(crate) const MAX_PER_CALL: usize = 1000;
+
 /// The provider every session has until several are configured.
 pub(crate) const PROVIDER: &str = "default";
 
@@ -85,6 +108,8 @@ pub(crate) struct Records {
     metrics: Metrics,
     /// When memory was last swept ([`Records::sweep`]).
     swept_at: AtomicU64,
+    /// Set once the in-process store was found full since the last sweep (warned once).
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Records {
@@ -116,6 +141,7 @@ impl Records {
             per_shard: capacity.div_ceil(SHARDS),
             metrics,
             swept_at: AtomicU64::new(0),
+            full: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -133,6 +159,7 @@ impl Records {
             return;
         }
         let shared = self.shared.is_some();
+        self.full.store(false, Ordering::Relaxed);
         for shard in &self.shards {
             if let Ok(mut shard) = shard.lock() {
                 shard.retain(|_, e| {
@@ -172,10 +199,10 @@ impl Records {
                 let oldest = shard.iter().min_by_key(|(_, e)| e.used_at).map(|(k, _)| *k);
                 if let Some(oldest) = oldest {
                     shard.remove(&oldest);
-                    if self.in_process() {
+                    if self.in_process() && !self.full.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
                             capacity = self.per_shard * SHARDS,
-                            "the in-process session store is full: the least recently used session was ended (configure [store])"
+                            "the in-process session store is full: the least recently used sessions are ended (configure [store]; logged at most every 10 s)"
                         );
                     }
                 }
@@ -259,43 +286,98 @@ impl Records {
         }
     }
 
-    /// Writes `session` (with `meta`) to the store and memory, for as long as it can live
-    /// unused; `index`: also list it under its user (a new session, or one moved in).
+    /// Writes `session` (with `meta`) to the store and memory, as `write` says. A session
+    /// moved in from a cookie that is already in the store is not replaced: the stored copy
+    /// (which may hold newer tokens) is kept and used.
     pub(crate) async fn put(
         &self,
         session: Arc<Session<'static>>,
         meta: Arc<Meta>,
         codec: &SessionCodec,
         now: u64,
-        index: bool,
+        write: Write,
     ) -> Result<(), StoreError> {
         let id = session.id;
-        let expires_at = codec.expires_at(&session);
+        let mut session = session;
+        let mut meta = meta;
         if let Some(store) = &self.shared {
-            // Already written here, as is (two requests applied the same refresh)?
-            if !index {
+            if write == Write::Update {
                 if let Some(e) = self.cached(id, now) {
+                    // Already written here, as is (two requests applied the same refresh)?
                     if *e.record.session == *session {
                         return Ok(());
                     }
+                    // Only the idle window moved: another replica may have refreshed the
+                    // tokens since this copy was read, and its write must not be undone.
+                    if same_tokens(&e.record.session, &session) {
+                        session = self.renewed(store, session, codec).await?;
+                    }
                 }
             }
+            let expires_at = codec.expires_at(&session);
             let sealed = codec
                 .seal_record(&session, &meta)
                 .map_err(|_| StoreError::Seal)?;
             let hex = id_hex(id);
-            store
-                .put_session(&hex, &sealed, expires_at.saturating_sub(now))
-                .await?;
-            if index {
-                let lives = codec.lives_until(session.created_at).saturating_sub(now);
-                for key in index_keys(&session, &meta) {
-                    store.index_session(&key, &hex, lives).await?;
+            let when = match write {
+                Write::Start => Put::Always,
+                Write::MoveIn => Put::IfAbsent,
+                Write::Update => Put::IfPresent,
+            };
+            let ttl = expires_at.saturating_sub(now);
+            let written = store.put_session(&hex, &sealed, ttl, when).await?;
+            match write {
+                Write::Start => {
+                    let lives = codec.lives_until(session.created_at).saturating_sub(now);
+                    for key in index_keys(&session, &meta) {
+                        store.index_session(&key, &hex, lives).await?;
+                    }
                 }
+                // Another request moved it in first: use what it stored.
+                Write::MoveIn if !written => {
+                    if let Found::Record(r) = self.get(id, codec, now, true).await? {
+                        (session, meta) = (r.session, r.meta);
+                    }
+                }
+                Write::MoveIn => {
+                    let lives = codec.lives_until(session.created_at).saturating_sub(now);
+                    for key in index_keys(&session, &meta) {
+                        store.index_session(&key, &hex, lives).await?;
+                    }
+                }
+                // Ended meanwhile (logout, admin): not brought back, nor kept here.
+                Write::Update if !written => {
+                    self.forget(id);
+                    return Ok(());
+                }
+                Write::Update => {}
             }
         }
+        let expires_at = codec.expires_at(&session);
         self.keep(id, Record { session, meta }, now, expires_at);
         Ok(())
+    }
+
+    /// `session` with only its idle window moved, on top of what the store holds now: the
+    /// stored tokens when another replica refreshed them since, else `session` as it is.
+    async fn renewed(
+        &self,
+        store: &Store,
+        session: Arc<Session<'static>>,
+        codec: &SessionCodec,
+    ) -> Result<Arc<Session<'static>>, StoreError> {
+        let Some(text) = store.session(&id_hex(session.id)).await? else {
+            return Ok(session);
+        };
+        let Ok(current) = codec.open_record(&text, session.id) else {
+            return Ok(session);
+        };
+        if same_tokens(&current.session, &session) {
+            return Ok(session);
+        }
+        let mut merged = (*current.session).clone();
+        merged.last_seen = merged.last_seen.max(session.last_seen);
+        Ok(Arc::new(merged))
     }
 
     /// Ends session `id` here and in the store (its record and index entries).
@@ -336,7 +418,8 @@ impl Records {
                         shard
                             .values()
                             .filter(|e| e.expires_at > now && matches(&e.record.session))
-                            .map(|e| e.record.clone()),
+                            .map(|e| e.record.clone())
+                            .take(MAX_PER_CALL),
                     );
                 }
             }
@@ -345,7 +428,12 @@ impl Records {
         };
         let key = user_key(if by_sid { "sid" } else { "sub" }, PROVIDER, value);
         let mut out = Vec::new();
-        for hex in store.sessions_of(&key).await? {
+        for hex in store
+            .sessions_of(&key)
+            .await?
+            .into_iter()
+            .take(MAX_PER_CALL)
+        {
             let Ok(id) = u128::from_str_radix(&hex, 16) else {
                 continue;
             };
@@ -358,6 +446,11 @@ impl Records {
         out.sort_by_key(|r| r.session.created_at);
         Ok(out)
     }
+}
+
+/// Whether two copies of a session hold the same tokens (they differ at most in `last_seen`).
+fn same_tokens(a: &Session<'_>, b: &Session<'_>) -> bool {
+    a.access_token == b.access_token && a.refresh_token == b.refresh_token
 }
 
 /// The index keys a session is listed under: its user, and its provider session when known.
@@ -421,7 +514,13 @@ mod tests {
         );
         for s in [&a, &b, &c] {
             records
-                .put(s.clone(), Arc::new(Meta::default()), &codec, NOW, true)
+                .put(
+                    s.clone(),
+                    Arc::new(Meta::default()),
+                    &codec,
+                    NOW,
+                    Write::Start,
+                )
                 .await
                 .unwrap();
         }
@@ -453,6 +552,63 @@ mod tests {
         ));
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(text.contains("tollgate_sessions_active 0"), "{text}");
+    }
+
+    /// Two replicas on one Redis: the second holds a copy from before the first refreshed the
+    /// session; its idle renewal moves `last_seen` and keeps the newer tokens.
+    #[tokio::test]
+    async fn a_renewal_from_a_stale_copy_keeps_a_newer_refresh() {
+        use crate::store::testing::{Redis, BOUND};
+        tokio::time::timeout(BOUND, async {
+            let redis = Redis::start().await;
+            let codec = codec();
+            let a = Records::new(Some(Arc::new(redis.store("t:"))), Metrics::new());
+            let b = Records::new(Some(Arc::new(redis.store("t:"))), Metrics::new());
+            let first = session("alice", None);
+            let meta = Arc::new(Meta::default());
+            a.put(first.clone(), meta.clone(), &codec, NOW, Write::Start)
+                .await
+                .unwrap();
+            // B reads it (a copy in its memory), then A refreshes.
+            assert!(matches!(
+                b.get(first.id, &codec, NOW, false).await.unwrap(),
+                Found::Record(_)
+            ));
+            let mut refreshed = (*first).clone();
+            refreshed.access_token = "at-2".into();
+            refreshed.refresh_token = Some("rt-2".into());
+            a.put(
+                Arc::new(refreshed),
+                meta.clone(),
+                &codec,
+                NOW + 5,
+                Write::Update,
+            )
+            .await
+            .unwrap();
+            // B renews its copy, read before A's refresh and still fresh in its memory.
+            let mut renewed = (*first).clone();
+            renewed.last_seen = NOW + 20;
+            b.put(
+                Arc::new(renewed),
+                meta.clone(),
+                &codec,
+                NOW + 20,
+                Write::Update,
+            )
+            .await
+            .unwrap();
+            let c = Records::new(Some(Arc::new(redis.store("t:"))), Metrics::new());
+            let Found::Record(stored) = c.get(first.id, &codec, NOW + 21, false).await.unwrap()
+            else {
+                panic!("the session is gone");
+            };
+            assert_eq!(stored.session.access_token, "at-2");
+            assert_eq!(stored.session.refresh_token.as_deref(), Some("rt-2"));
+            assert_eq!(stored.session.last_seen, NOW + 20);
+        })
+        .await
+        .unwrap();
     }
 
     #[test]

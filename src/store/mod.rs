@@ -36,8 +36,9 @@ mod route_tokens;
 mod sealed;
 mod sessions;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub(crate) use conn::{Store, StoreError};
 pub(crate) use refresh::LockToken;
 pub(crate) use revocations::StoreSync;
+pub(crate) use sessions::Put;

@@ -13,6 +13,18 @@ use redis::AsyncCommands;
 
 use super::conn::{Store, StoreError};
 
+/// When a session record is written ([`Store::put_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Put {
+    /// A new session (a login): whatever is there.
+    Always,
+    /// A cookie session moved in: only if no copy of it got there first.
+    IfAbsent,
+    /// A change (refresh, renewal): only while the record exists, so that a session ended
+    /// meanwhile is not brought back.
+    IfPresent,
+}
+
 impl Store {
     fn session_key(&self, id: &str) -> String {
         format!("{}session:{id}", self.prefix)
@@ -31,18 +43,35 @@ impl Store {
 
     /// Keeps the sealed record of session `id` for `ttl` seconds (at least one): the earlier of
     /// its absolute and idle limits, so a session's record expires when the session would.
+    /// `when` says whether an existing record may be replaced or must be; `Ok(false)`: not
+    /// written, because of `when`.
     pub(crate) async fn put_session(
         &self,
         id: &str,
         sealed: &str,
         ttl: u64,
-    ) -> Result<(), StoreError> {
+        when: Put,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.connection().await?;
-        self.bounded(
-            "put_session",
-            conn.set_ex::<_, _, ()>(self.session_key(id), sealed, ttl.max(1)),
-        )
-        .await
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.session_key(id))
+            .arg(sealed)
+            .arg("EX")
+            .arg(ttl.max(1));
+        match when {
+            Put::Always => {}
+            Put::IfAbsent => {
+                cmd.arg("NX");
+            }
+            Put::IfPresent => {
+                cmd.arg("XX");
+            }
+        }
+        // `SET` answers OK, or nil when NX/XX stopped it.
+        let reply: Option<String> = self
+            .bounded("put_session", cmd.query_async(&mut conn))
+            .await?;
+        Ok(reply.is_some())
     }
 
     /// Removes the record of session `id` (its end); removing one that is gone is no error.
@@ -96,6 +125,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::Put;
     use crate::store::testing::{get, store_at, ttl, Redis, BOUND, TIMEOUT};
 
     #[test]
@@ -113,7 +143,10 @@ mod tests {
             let store = redis.store("tg:");
             let mut raw = redis.raw().await;
             assert_eq!(store.session("s1").await.unwrap(), None);
-            store.put_session("s1", "sealed-1", 600).await.unwrap();
+            assert!(store
+                .put_session("s1", "sealed-1", 600, Put::Always)
+                .await
+                .unwrap());
             assert_eq!(
                 store.session("s1").await.unwrap().as_deref(),
                 Some("sealed-1")
@@ -123,13 +156,31 @@ mod tests {
                 Some("sealed-1")
             );
             assert!((1..=600).contains(&ttl(&mut raw, "tg:session:s1").await));
+            // A second copy does not replace the first when moving in.
+            assert!(!store
+                .put_session("s1", "other", 600, Put::IfAbsent)
+                .await
+                .unwrap());
             // A renewal writes it again with a new TTL; a TTL of 0 is still a second.
-            store.put_session("s1", "sealed-2", 0).await.unwrap();
+            assert!(store
+                .put_session("s1", "sealed-2", 0, Put::IfPresent)
+                .await
+                .unwrap());
             assert_eq!(ttl(&mut raw, "tg:session:s1").await, 1);
+            assert_eq!(
+                store.session("s1").await.unwrap().as_deref(),
+                Some("sealed-2")
+            );
             assert_eq!(redis.store("other:").session("s1").await.unwrap(), None);
             store.delete_session("s1").await.unwrap();
             assert_eq!(store.session("s1").await.unwrap(), None);
             store.delete_session("s1").await.unwrap();
+            // An ended session is not brought back by a late change.
+            assert!(!store
+                .put_session("s1", "late", 600, Put::IfPresent)
+                .await
+                .unwrap());
+            assert_eq!(store.session("s1").await.unwrap(), None);
             let metrics = String::from_utf8(store.metrics.render()).unwrap();
             for op in ["get_session", "put_session", "delete_session"] {
                 assert!(metrics.contains(&format!(r#"op="{op}""#)), "{op}");
@@ -173,7 +224,7 @@ mod tests {
             let port = crate::store::testing::free_port();
             let store = store_at(&format!("redis://127.0.0.1:{port}/0"), "tg:", TIMEOUT);
             assert!(store.session("s1").await.is_err());
-            assert!(store.put_session("s1", "x", 10).await.is_err());
+            assert!(store.put_session("s1", "x", 10, Put::Always).await.is_err());
             assert!(store.sessions_of("u1").await.is_err());
         })
         .await

@@ -10,19 +10,19 @@ use crate::config::{Secret, StoreConfig, StoreTarget};
 use crate::ops::metrics::Metrics;
 
 /// Every store test finishes within this, or fails.
-pub(super) const BOUND: Duration = Duration::from_secs(20);
+pub(crate) const BOUND: Duration = Duration::from_secs(20);
 
 /// `[store] timeout` in these tests.
-pub(super) const TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A loopback port nothing listens on (just now).
-pub(super) fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("its address").port()
 }
 
 /// A store on `url` with key prefix `prefix` (no connection is made until an operation).
-pub(super) fn store_at(url: &str, prefix: &str, timeout: Duration) -> Store {
+pub(crate) fn store_at(url: &str, prefix: &str, timeout: Duration) -> Store {
     Store::new(
         &StoreConfig {
             target: StoreTarget::Single(Secret::new(url.to_string())),
@@ -35,14 +35,14 @@ pub(super) fn store_at(url: &str, prefix: &str, timeout: Duration) -> Store {
 }
 
 /// A `redis-server` child process, stopped on drop.
-pub(super) struct Redis {
+pub(crate) struct Redis {
     child: Option<Child>,
-    pub(super) port: u16,
+    pub(crate) port: u16,
 }
 
 impl Redis {
     /// Starts a server on a free port and waits until it answers `PING`.
-    pub(super) async fn start() -> Redis {
+    pub(crate) async fn start() -> Redis {
         // The port is free when chosen; another process may take it before the server binds
         // it, and then the server exits: try another.
         for _ in 0..5 {
@@ -58,7 +58,7 @@ impl Redis {
     }
 
     /// Starts a server on `port` (one a test chose earlier), waiting until it answers.
-    pub(super) async fn start_on(port: u16) -> Redis {
+    pub(crate) async fn start_on(port: u16) -> Redis {
         let mut r = Redis { child: None, port };
         assert!(r.try_start().await, "redis-server did not start on {port}");
         r
@@ -94,17 +94,17 @@ impl Redis {
         );
     }
 
-    pub(super) fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
     /// A store on this server with key prefix `prefix`.
-    pub(super) fn store(&self, prefix: &str) -> Store {
+    pub(crate) fn store(&self, prefix: &str) -> Store {
         store_at(&self.url(), prefix, TIMEOUT)
     }
 
     /// A plain connection, to look at keys as the store left them.
-    pub(super) async fn raw(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn raw(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .expect("a valid URL")
             .get_multiplexed_async_connection()
@@ -113,7 +113,7 @@ impl Redis {
     }
 
     /// Stops the server (the port stays this guard's, for [`Redis::start_on`]).
-    pub(super) fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -144,7 +144,7 @@ async fn ping(port: u16) -> bool {
 }
 
 /// Raw `TTL` of `key` in seconds (-2: no such key, -1: no expiry).
-pub(super) async fn ttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+pub(crate) async fn ttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
     redis::cmd("TTL")
         .arg(key)
         .query_async(conn)
@@ -153,7 +153,7 @@ pub(super) async fn ttl(conn: &mut redis::aio::MultiplexedConnection, key: &str)
 }
 
 /// Raw `GET` of `key`.
-pub(super) async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+pub(crate) async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
     redis::cmd("GET")
         .arg(key)
         .query_async(conn)
