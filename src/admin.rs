@@ -8,8 +8,8 @@
 //!
 //! Ending a session revokes it on every replica (the store's pub/sub: within a moment),
 //! removes its record, and revokes its refresh token at the provider, as `/logout` does.
-//! Every call needs `Authorization: Bearer <token>` (`[admin] token_file`, compared in constant
-//! time: `401` otherwise) and is logged with the caller's address and a request id; each is
+//! Every call needs `Authorization: Bearer <token>` (`[admin] token_file`, re-read when it
+//! changes like the other secret files; compared in constant time: `401` otherwise) and is logged with the caller's address and a request id; each is
 //! counted in `tollgate_admin_actions_total{action, outcome}`. The decision ([`Admin::handle`])
 //! takes plain values, so unit tests drive it without a listener.
 
@@ -33,7 +33,8 @@ use crate::sessions::Sessions;
 pub(crate) struct Admin {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) oidc: Arc<Oidc>,
-    pub(crate) token: Secret,
+    /// The bearer token (`[admin] token_file`, replaced when the file changes).
+    pub(crate) token: std::sync::RwLock<Secret>,
     pub(crate) metrics: Metrics,
 }
 
@@ -112,7 +113,23 @@ impl Admin {
         else {
             return false;
         };
-        same(given.trim_ascii(), self.token.expose().as_bytes())
+        match self.token.read() {
+            Ok(token) => same(given.trim_ascii(), token.expose().as_bytes()),
+            Err(_) => false,
+        }
+    }
+
+    /// Uses `token` from the next call on (`[admin] token_file` changed); `false` when it is
+    /// the token in use already.
+    pub(crate) fn replace_token(&self, token: &Secret) -> bool {
+        let Ok(mut current) = self.token.write() else {
+            return false;
+        };
+        if current.expose() == token.expose() {
+            return false;
+        }
+        *current = token.clone();
+        true
     }
 
     /// Decides one admin request.
@@ -335,7 +352,7 @@ mod tests {
         Admin {
             sessions: Arc::new(sessions),
             oidc: Arc::new(oidc),
-            token: Secret::new(TOKEN.into()),
+            token: std::sync::RwLock::new(Secret::new(TOKEN.into())),
             metrics,
         }
     }

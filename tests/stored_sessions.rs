@@ -437,6 +437,36 @@ async fn the_admin_api_and_logout_everywhere_end_sessions_on_every_replica() {
         assert_eq!(until_status(tg, &six, 401).await, 401, "{}", tg.log());
     }
     assert!(list(1).await.is_empty());
+
+    // A new token in the file: required from the next call on, on every replica.
+    let new_token = "a-new-admin-token-0123456789abcdef-0123456789";
+    std::fs::write(token.path(), new_token).unwrap();
+    for port in admin_ports {
+        let url = format!("http://127.0.0.1:{port}/sessions?sub=test-user");
+        let mut status = 0;
+        // The file watch polls every 2 s: bounded, well past that.
+        for _ in 0..100 {
+            let r = plain()
+                .get(&url)
+                .bearer_auth(new_token)
+                .send()
+                .await
+                .unwrap();
+            status = r.status().as_u16();
+            if status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 200, "the new token was not taken up");
+        let r = plain()
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "the old token still works");
+    }
 }
 
 /// Cookie mode to store mode: the cookie session is moved into the store on its next request

@@ -33,6 +33,10 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
             "store.url_file",
             raw.store.as_ref().and_then(|s| s.url_file.clone()),
         ),
+        (
+            "admin.token_file",
+            raw.admin.as_ref().map(|a| a.token_file.clone()),
+        ),
     ]
     .into_iter()
     .filter_map(|(k, f)| Some((k, std::path::PathBuf::from(f?))))

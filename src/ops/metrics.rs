@@ -25,7 +25,7 @@
 //! - `tollgate_secret_reloads_total{secret, result}` (`ok`, `error`) and
 //!   `tollgate_secret_stale{secret}`: secrets re-read from their files (`secret` is the config
 //!   key: `session.keys_file`, `oidc.client_secret_file`, `oidc.private_key_file`,
-//!   `store.url_file`); stale is 1 while the file's current content could not be used;
+//!   `store.url_file`, `admin.token_file`); stale is 1 while the file's current content could not be used;
 //! - `tollgate_tls_cert_reloads_total{result}` (`ok`, `error`) and `tollgate_tls_cert_stale`:
 //!   1 while the certificate files on disk did not load and the previous certificate is served.
 //! - `tollgate_upstream_members{route, state}`: the addresses of a route's upstream pool, by

@@ -124,17 +124,6 @@ pub fn build(
         store.clone(),
         metrics.clone(),
     )?);
-    // Files re-read when they change and on SIGHUP: one watch loop for all of them.
-    let mut watched: Vec<Box<dyn Reload>> = Vec::new();
-    if !config.secret_files.is_empty() {
-        watched.push(Box::new(SecretWatch {
-            config_path: config_path.to_path_buf(),
-            files: config.secret_files.clone(),
-            oidc: oidc.clone(),
-            store: store.clone(),
-            metrics: metrics.clone(),
-        }));
-    }
     server.add_service(pingora::services::background::background_service(
         "provider metadata",
         MetadataRefresher {
@@ -151,9 +140,29 @@ pub fn build(
         readiness.clone(),
         oidc.clone(),
         revocations,
-        store,
+        store.clone(),
     )?;
     let sessions = app.dispatch().gate().sessions().clone();
+    let admin_api = config.admin.as_ref().map(|a| {
+        Arc::new(Admin {
+            sessions: sessions.clone(),
+            oidc: oidc.clone(),
+            token: std::sync::RwLock::new(a.token.clone()),
+            metrics: metrics.clone(),
+        })
+    });
+    // Files re-read when they change and on SIGHUP: one watch loop for all of them.
+    let mut watched: Vec<Box<dyn Reload>> = Vec::new();
+    if !config.secret_files.is_empty() {
+        watched.push(Box::new(SecretWatch {
+            config_path: config_path.to_path_buf(),
+            files: config.secret_files.clone(),
+            oidc: oidc.clone(),
+            store: store.clone(),
+            admin: admin_api.clone(),
+            metrics: metrics.clone(),
+        }));
+    }
     if sessions.in_process() {
         tracing::warn!(
             "[session] storage = \"store\" without [store]: sessions live in this process only; \
@@ -249,7 +258,7 @@ pub fn build(
         ));
     }
     // The admin API has its own listener, with the metrics listener's limits.
-    if let Some(admin) = &config.admin {
+    if let (Some(admin), Some(admin_api)) = (&config.admin, admin_api) {
         if !admin.listen.ip().is_loopback() {
             tracing::warn!(
                 listen = %admin.listen,
@@ -262,12 +271,7 @@ pub fn build(
             socket: bind(&admin.listen)?,
             tls: None,
         };
-        let app = AdminApp(Arc::new(Admin {
-            sessions,
-            oidc,
-            token: admin.token.clone(),
-            metrics: metrics.clone(),
-        }));
+        let app = AdminApp(admin_api);
         let door = FrontDoor::admin(
             app,
             listener,

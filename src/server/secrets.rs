@@ -1,6 +1,6 @@
 //! Secrets that change under a running process: the files named by `*_file` keys
 //! (`session.keys_file`, `oidc.client_secret_file`, `oidc.private_key_file`,
-//! `store.url_file`) are re-read when they change and on `SIGHUP`.
+//! `store.url_file`, `admin.token_file`) are re-read when they change and on `SIGHUP`.
 //!
 //! The files are watched by the one file-watch loop ([`super::watch`]). A change reloads the whole
 //! configuration file with the process's `TOLLGATE__*` environment, as at startup, so a secret
@@ -12,7 +12,8 @@
 //! What a new value changes: a new cookie key ring seals from the next response on and opens
 //! every session sealed under any key still listed (so rotating is: add the new key first,
 //! keep the old one until the longest session has ended); a client secret or private key
-//! authenticates the next call to the provider; a store URL is used by the next connection.
+//! authenticates the next call to the provider; a store URL is used by the next connection; an
+//! admin token is required from the next admin call on.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::watch::Reload;
+use crate::admin::Admin;
 use crate::config::{Config, StoreTarget};
 use crate::oidc::client_auth::ClientAuth;
 use crate::oidc::Oidc;
@@ -34,6 +36,8 @@ pub(crate) struct SecretWatch {
     pub(crate) files: Vec<(&'static str, PathBuf)>,
     pub(crate) oidc: Arc<Oidc>,
     pub(crate) store: Option<Arc<Store>>,
+    /// The admin API, when `[admin]` is configured (its token file is a secret file).
+    pub(crate) admin: Option<Arc<Admin>>,
     pub(crate) metrics: Metrics,
 }
 
@@ -116,6 +120,17 @@ impl SecretWatch {
                     return Ok("store URL unchanged".into());
                 }
                 Ok("store URL reloaded; the next connection uses it".into())
+            }
+            "admin.token_file" => {
+                let (Some(admin), Some(c)) = (&self.admin, &config.admin) else {
+                    return Err(
+                        "the admin API was not configured at startup; restart to add it".into(),
+                    );
+                };
+                if !admin.replace_token(&c.token) {
+                    return Ok("admin token unchanged".into());
+                }
+                Ok("admin token reloaded; the next admin call needs it".into())
             }
             other => Err(format!("{other} cannot be reloaded")),
         }
