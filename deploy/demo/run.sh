@@ -174,7 +174,9 @@ run_replicas() {
     Config    $config
               (conf/tollgate.toml + [store]), the same for every replica; their ports are
               set by TOLLGATE__SERVER__LISTEN and TOLLGATE__METRICS__LISTEN
-    Store     redis-server on 127.0.0.1:$redis_port (keys tollgate-demo:*)
+    Store     redis-server on 127.0.0.1:$redis_port (keys tollgate-demo:*)${TOLLGATE__SESSION__STORAGE:+
+    Sessions  in redis-server too ([session] storage = \"store\", --store-sessions): the
+              cookie is a small sealed handle, any replica reads the session}
 
   See the sharing:
     - the [balancer] lines name the replica that answered each request; per replica:
@@ -222,7 +224,9 @@ else
 
     Open      http://127.0.0.1:8080/
     Log in    as test-user (any password)
-    Metrics   http://127.0.0.1:9100/metrics
+    Metrics   http://127.0.0.1:9100/metrics${TOLLGATE__SESSION__STORAGE:+
+    Sessions  in this process ([session] storage = \"store\", --store-sessions): the cookie is
+              a small sealed handle; a restart logs you out}
 
   Ctrl-C stops everything.
 
