@@ -4,7 +4,8 @@
 # presses Ctrl-C and checks that everything the demo started has stopped.
 # Then the same for ./deploy/demo/run.sh --replicas 3, walked with deploy/demo/check_sharing.sh
 # (curl: login through the balancer, API calls answered by more than one replica, logout, the
-# old cookie refused by every replica); a few seconds more.
+# old cookie refused by every replica); a few seconds more. And once more with server-side
+# sessions (--store-sessions --replicas 3): the session in redis, any replica reads it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target
@@ -70,3 +71,4 @@ smoke() {
 
 smoke target/demo-smoke.log walk_browser
 smoke target/demo-smoke-replicas.log walk_replicas --replicas 3
+smoke target/demo-smoke-store.log walk_replicas --store-sessions --replicas 3
