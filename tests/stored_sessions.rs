@@ -470,7 +470,8 @@ async fn the_admin_api_and_logout_everywhere_end_sessions_on_every_replica() {
 }
 
 /// Cookie mode to store mode: the cookie session is moved into the store on its next request
-/// (the browser gets the handle instead). Back to cookie mode: the handle gets a clean 401.
+/// (the browser gets the handle instead). Back to cookie mode: the handle gets a clean 401, and
+/// `/logout?everywhere=1` ends the user's other cookie sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_storage_moves_sessions_in_and_refuses_handles_cleanly() {
     let echo = Echo::start().await;
@@ -505,6 +506,17 @@ async fn switching_storage_moves_sessions_in_and_refuses_handles_cleanly() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["login"].is_string(), "{body}");
     assert!(tg.log().contains("store_handle"), "{}", tg.log());
+
+    // In cookie mode, logging out everywhere ends the user's other cookie sessions too.
+    let a = login_cookie(&tg).await;
+    let b = login_cookie(&tg).await;
+    let r = tg
+        .with_session(&plain(), reqwest::Method::POST, "/logout?everywhere=1", &a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(api_status(&tg, &b).await, 401);
 }
 
 /// The store down: a session this replica has in memory keeps working; one it has not seen
