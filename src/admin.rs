@@ -377,22 +377,41 @@ mod tests {
 
     /// Starts a session of `sub` in the in-process store; its id.
     async fn start(a: &Admin, sub: &str) -> u128 {
+        start_with(a, sub, &HeaderMap::new()).await.0
+    }
+
+    /// As [`start`], in a browser that sends `headers`; also the `Set-Cookie` lines.
+    async fn start_with(a: &Admin, sub: &str, headers: &HeaderMap) -> (u128, Vec<String>) {
         let mut s = fixture::session(NOW, "at");
         s.claims.sub = sub.to_string().into();
         s.id = rand::random();
         let id = s.id;
-        let headers = HeaderMap::new();
         let facts = Facts {
             method: &Method::GET,
             query: None,
-            headers: &headers,
+            headers,
             body: None,
             request_id: "rid",
             now: NOW,
             client: Some(IpAddr::from([10, 0, 0, 7])),
         };
-        a.sessions.start(s, &facts).await.unwrap();
-        id
+        let lines = a.sessions.start(s, &facts).await.unwrap();
+        (id, lines)
+    }
+
+    /// A new login in a browser that had a stored session ends that session.
+    #[tokio::test]
+    async fn a_new_login_ends_the_session_it_replaces() {
+        let a = admin();
+        let (first, lines) = start_with(&a, "alice", &HeaderMap::new()).await;
+        let pair = lines[0].split(';').next().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::COOKIE, pair.parse().unwrap());
+        let (second, _) = start_with(&a, "alice", &headers).await;
+        let left = a.sessions.of_user("alice", false, NOW + 1).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].session.id, second);
+        assert!(a.sessions.find(first, NOW + 1).await.unwrap().is_none());
     }
 
     #[tokio::test]
