@@ -8,6 +8,7 @@
 //! (`idle_timeout`) limits, so an expired session opens to an error exactly like a forged one.
 
 pub mod cookie;
+pub(crate) mod dbsc;
 mod opened;
 pub(crate) mod record;
 pub mod revocations;

@@ -1,0 +1,346 @@
+//! Device Bound Session Credentials (DBSC, W3C/WICG): the proofs a browser signs with a key that
+//! cannot leave its device.
+//!
+//! At registration the browser sends a `dbsc+jwt` whose header carries the public key (`jwk`,
+//! P-256) and whose payload's `jti` is the challenge tollgate gave; at each refresh it signs the
+//! nonce tollgate answered with, using the same key. Chromium signs ES256 with the raw `r‖s`
+//! form (64 bytes), which `ring` verifies as `ECDSA_P256_SHA256_FIXED`. Only ES256 is accepted:
+//! the registration header offers it first, and one algorithm is one less downgrade to test.
+//!
+//! This file only checks proofs: what the challenge and nonce are, and where the key is kept,
+//! belong to the session service. Nothing here logs: a proof, a challenge or a key must never
+//! reach a log line.
+//!
+//! Not wired in yet (issue 26 in progress): the registration and refresh endpoints will call it.
+#![allow(dead_code)]
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+use serde::Deserialize;
+
+/// The longest proof accepted: a P-256 `jwk` header, a short payload and a signature take
+/// about 500 bytes.
+pub(crate) const MAX_PROOF_BYTES: usize = 4096;
+
+/// The public key a session is bound to: an uncompressed P-256 point (`0x04 ‖ x ‖ y`).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct BoundKey(pub(crate) [u8; 65]);
+
+impl std::fmt::Debug for BoundKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoundKey(<P-256>)")
+    }
+}
+
+/// Why a proof was refused (a metric label and a log reason; never the proof).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ProofError {
+    #[error("the proof is not a compact JWT")]
+    Malformed,
+    #[error("the proof is over {MAX_PROOF_BYTES} bytes")]
+    TooLarge,
+    #[error("the proof's typ is not dbsc+jwt")]
+    Type,
+    #[error("the proof's alg is not ES256")]
+    Algorithm,
+    #[error("the proof's jwk is not a P-256 public key")]
+    Key,
+    #[error("the proof's signature does not verify")]
+    Signature,
+    #[error("the proof's jti is not the challenge")]
+    Challenge,
+}
+
+impl ProofError {
+    /// A short, fixed label.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            ProofError::Malformed => "malformed",
+            ProofError::TooLarge => "too_large",
+            ProofError::Type => "typ",
+            ProofError::Algorithm => "alg",
+            ProofError::Key => "key",
+            ProofError::Signature => "signature",
+            ProofError::Challenge => "challenge",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: &'a str,
+    #[serde(borrow)]
+    typ: Option<&'a str>,
+    jwk: Option<Jwk<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Jwk<'a> {
+    #[serde(borrow)]
+    kty: &'a str,
+    #[serde(borrow)]
+    crv: &'a str,
+    #[serde(borrow)]
+    x: &'a str,
+    #[serde(borrow)]
+    y: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    jti: Option<String>,
+}
+
+/// A proof split and decoded, its signature not yet checked.
+struct Parsed<'p> {
+    header: Vec<u8>,
+    payload: Vec<u8>,
+    signed: &'p str,
+    signature: Vec<u8>,
+}
+
+fn parse(proof: &str) -> Result<Parsed<'_>, ProofError> {
+    if proof.len() > MAX_PROOF_BYTES {
+        return Err(ProofError::TooLarge);
+    }
+    let mut parts = proof.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ProofError::Malformed);
+    };
+    let decode = |part: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| ProofError::Malformed)
+    };
+    Ok(Parsed {
+        header: decode(h)?,
+        payload: decode(p)?,
+        signed: &proof[..h.len() + 1 + p.len()],
+        signature: decode(s)?,
+    })
+}
+
+impl Parsed<'_> {
+    fn header(&self) -> Result<Header<'_>, ProofError> {
+        let header: Header<'_> =
+            serde_json::from_slice(&self.header).map_err(|_| ProofError::Malformed)?;
+        if header.typ != Some("dbsc+jwt") {
+            return Err(ProofError::Type);
+        }
+        if header.alg != "ES256" {
+            return Err(ProofError::Algorithm);
+        }
+        Ok(header)
+    }
+
+    /// Checks the signature with `key`, then that the payload's `jti` is `expected`.
+    fn verify(&self, key: &BoundKey, expected: &str) -> Result<(), ProofError> {
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.0[..])
+            .verify(self.signed.as_bytes(), &self.signature)
+            .map_err(|_| ProofError::Signature)?;
+        let payload: Payload =
+            serde_json::from_slice(&self.payload).map_err(|_| ProofError::Malformed)?;
+        if payload.jti.as_deref() != Some(expected) {
+            return Err(ProofError::Challenge);
+        }
+        Ok(())
+    }
+}
+
+impl Jwk<'_> {
+    fn key(&self) -> Result<BoundKey, ProofError> {
+        if self.kty != "EC" || self.crv != "P-256" {
+            return Err(ProofError::Key);
+        }
+        let coordinate = |c: &str| -> Result<[u8; 32], ProofError> {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or(ProofError::Key)
+        };
+        let mut point = [0u8; 65];
+        point[0] = 4;
+        point[1..33].copy_from_slice(&coordinate(self.x)?);
+        point[33..].copy_from_slice(&coordinate(self.y)?);
+        Ok(BoundKey(point))
+    }
+}
+
+/// A registration proof: signed by the key in its own header, for `challenge`. The key the
+/// session is to be bound to.
+pub(crate) fn verify_registration(proof: &str, challenge: &str) -> Result<BoundKey, ProofError> {
+    let parsed = parse(proof)?;
+    let key = parsed.header()?.jwk.ok_or(ProofError::Key)?.key()?;
+    // A point not on the curve fails here, as a signature that does not verify.
+    parsed.verify(&key, challenge)?;
+    Ok(key)
+}
+
+/// A refresh proof: signed by the session's `key`, for `nonce`. A `jwk` in its header, if any,
+/// is ignored: only the key kept at registration counts.
+pub(crate) fn verify_refresh(proof: &str, key: &BoundKey, nonce: &str) -> Result<(), ProofError> {
+    let parsed = parse(proof)?;
+    parsed.header()?;
+    parsed.verify(key, nonce)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    fn pair() -> EcdsaKeyPair {
+        let rng = SystemRandom::new();
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).unwrap()
+    }
+
+    fn jwk(pair: &EcdsaKeyPair) -> serde_json::Value {
+        let point = pair.public_key().as_ref();
+        serde_json::json!({
+            "kty": "EC", "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+        })
+    }
+
+    /// A proof as Chromium makes one: `header.payload` signed with `signer`.
+    fn proof(
+        signer: &EcdsaKeyPair,
+        header: serde_json::Value,
+        payload: serde_json::Value,
+    ) -> String {
+        let b64 = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let signed = format!("{}.{}", b64(&header), b64(&payload));
+        let sig = signer
+            .sign(&SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    fn registration(signer: &EcdsaKeyPair, key_of: &EcdsaKeyPair, jti: &str) -> String {
+        proof(
+            signer,
+            serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt", "jwk": jwk(key_of)}),
+            serde_json::json!({"jti": jti}),
+        )
+    }
+
+    #[test]
+    fn a_registration_binds_the_key_that_signed_it() {
+        let device = pair();
+        let key = verify_registration(&registration(&device, &device, "c1"), "c1").unwrap();
+        assert_eq!(&key.0[..], device.public_key().as_ref());
+        assert_eq!(format!("{key:?}"), "BoundKey(<P-256>)");
+        // For another challenge, or signed by a key other than the one it names: refused.
+        assert_eq!(
+            verify_registration(&registration(&device, &device, "c1"), "c2"),
+            Err(ProofError::Challenge)
+        );
+        assert_eq!(
+            verify_registration(&registration(&pair(), &device, "c1"), "c1"),
+            Err(ProofError::Signature)
+        );
+    }
+
+    #[test]
+    fn a_refresh_needs_the_bound_key_and_the_nonce() {
+        let device = pair();
+        let key = verify_registration(&registration(&device, &device, "c"), "c").unwrap();
+        let refresh = |signer: &EcdsaKeyPair, jti: &str| {
+            proof(
+                signer,
+                serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt"}),
+                serde_json::json!({"jti": jti}),
+            )
+        };
+        assert_eq!(verify_refresh(&refresh(&device, "n1"), &key, "n1"), Ok(()));
+        assert_eq!(
+            verify_refresh(&refresh(&device, "n1"), &key, "n2"),
+            Err(ProofError::Challenge)
+        );
+        // Another device, even naming itself in the header, is not the bound key.
+        let thief = pair();
+        let named = proof(
+            &thief,
+            serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt", "jwk": jwk(&thief)}),
+            serde_json::json!({"jti": "n1"}),
+        );
+        assert_eq!(
+            verify_refresh(&named, &key, "n1"),
+            Err(ProofError::Signature)
+        );
+    }
+
+    #[test]
+    fn malformed_proofs_are_refused_with_their_reason() {
+        let device = pair();
+        let good = registration(&device, &device, "c");
+        let (signed, _) = good.rsplit_once('.').unwrap();
+        let cases: Vec<(String, ProofError)> = vec![
+            ("a.b".into(), ProofError::Malformed),
+            ("a.b.c.d".into(), ProofError::Malformed),
+            ("!.b.c".into(), ProofError::Malformed),
+            ("x".repeat(MAX_PROOF_BYTES + 1), ProofError::TooLarge),
+            (format!("{signed}.AAAA"), ProofError::Signature),
+            (
+                proof(
+                    &device,
+                    serde_json::json!({"alg": "ES256", "typ": "JWT", "jwk": jwk(&device)}),
+                    serde_json::json!({"jti": "c"}),
+                ),
+                ProofError::Type,
+            ),
+            (
+                proof(
+                    &device,
+                    serde_json::json!({"alg": "RS256", "typ": "dbsc+jwt", "jwk": jwk(&device)}),
+                    serde_json::json!({"jti": "c"}),
+                ),
+                ProofError::Algorithm,
+            ),
+            (
+                proof(
+                    &device,
+                    serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt"}),
+                    serde_json::json!({"jti": "c"}),
+                ),
+                ProofError::Key,
+            ),
+            (
+                proof(
+                    &device,
+                    serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt", "jwk": {"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"}}),
+                    serde_json::json!({"jti": "c"}),
+                ),
+                ProofError::Key,
+            ),
+            (
+                proof(
+                    &device,
+                    serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt", "jwk": jwk(&device)}),
+                    serde_json::json!({"sub": "c"}),
+                ),
+                ProofError::Challenge,
+            ),
+        ];
+        for (p, want) in cases {
+            assert_eq!(verify_registration(&p, "c"), Err(want), "{want:?}");
+        }
+        // A point off the curve never verifies.
+        let mut bad = jwk(&device);
+        bad["y"] = serde_json::json!(URL_SAFE_NO_PAD.encode([1u8; 32]));
+        let off = proof(
+            &device,
+            serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt", "jwk": bad}),
+            serde_json::json!({"jti": "c"}),
+        );
+        assert_eq!(verify_registration(&off, "c"), Err(ProofError::Signature));
+    }
+}
