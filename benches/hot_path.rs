@@ -30,6 +30,8 @@ fn codec() -> SessionCodec {
             idle_timeout: Duration::from_secs(28800),
             refresh_skew: Duration::from_secs(30),
             storage: Default::default(),
+            device_binding: Default::default(),
+            bound_cookie_lifetime: Duration::from_secs(300),
         },
         true,
     )

@@ -46,7 +46,7 @@ pub use routes::{
     UpstreamUrl,
 };
 pub use server::{Limits, ServerConfig};
-pub use session::{SameSite, SessionConfig, Storage, CHUNK_SIZE, MAX_CHUNKS};
+pub use session::{DeviceBinding, SameSite, SessionConfig, Storage, CHUNK_SIZE, MAX_CHUNKS};
 pub use store::{StoreConfig, StoreTarget};
 pub use telemetry::{MetricsConfig, OtlpProtocol, TracingConfig};
 pub use tls::TlsConfig;

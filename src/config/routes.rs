@@ -51,6 +51,9 @@ pub(crate) struct RouteSection {
     pub identity_headers: bool,
     #[serde(default)]
     pub token_binding: TokenBinding,
+    /// Only sessions bound to their device (DBSC) may use the route.
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub require_device_binding: bool,
     /// RFC 8707 resource indicator of the route's own access token.
     pub resource: Option<String>,
     /// Scopes of the route's own access token.
@@ -196,6 +199,9 @@ pub struct RouteConfig {
     pub identity_headers: bool,
     /// How the access token goes upstream: `Bearer`, or `DPoP` with a proof.
     pub token_binding: TokenBinding,
+    /// Only sessions bound to their device (DBSC) may use the route (`403
+    /// device_binding_required` for the others).
+    pub require_device_binding: bool,
     /// The route's own access token (`resource`, `scopes`), instead of the session's.
     pub audience: Option<Arc<Audience>>,
     pub connect_timeout: Duration,
@@ -285,6 +291,12 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
                 "needs a route with a session (auth = \"required\" or \"optional\")",
             ));
         }
+        if r.require_device_binding && r.auth != RouteAuth::Required {
+            return Err(ConfigError::invalid(
+                key("require_device_binding"),
+                "only applies to auth = \"required\" routes (a binding needs a session)",
+            ));
+        }
         if r.identity_headers && r.auth == RouteAuth::None {
             return Err(ConfigError::invalid(
                 key("identity_headers"),
@@ -320,6 +332,7 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
             require: r.require.unwrap_or_default(),
             identity_headers: r.identity_headers,
             token_binding: r.token_binding,
+            require_device_binding: r.require_device_binding,
             audience,
             connect_timeout: r.connect_timeout,
             read_timeout: r.read_timeout,

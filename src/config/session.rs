@@ -33,7 +33,25 @@ pub(crate) struct SessionSection {
     pub refresh_skew: Duration,
     #[serde(default)]
     pub storage: Storage,
+    #[serde(default)]
+    pub device_binding: DeviceBinding,
+    #[serde(default = "secs::<300>", deserialize_with = "de::duration")]
+    pub bound_cookie_lifetime: Duration,
 }
+
+/// `device_binding`: whether sessions are bound to a key on the browser's device (DBSC,
+/// [`crate::session::dbsc`]). `"off"` (the default) or `"dbsc"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceBinding {
+    #[default]
+    Off,
+    Dbsc,
+}
+
+/// The shortest `bound_cookie_lifetime`: a browser refreshes its bound cookie before each
+/// expiry, so a shorter one costs a signed round trip every few seconds.
+pub(crate) const MIN_BOUND_COOKIE_SECS: u64 = 10;
 
 /// `storage`: where a session lives. `"cookie"` (the default): sealed whole in the browser's
 /// cookies. `"store"`: sealed in the store (`[store]`, or this process's memory without one),
@@ -96,6 +114,10 @@ pub struct SessionConfig {
     pub refresh_skew: Duration,
     /// Where sessions live: in cookies, or in the store behind a handle cookie.
     pub storage: Storage,
+    /// Whether sessions are bound to the browser's device (DBSC).
+    pub device_binding: DeviceBinding,
+    /// How long a bound cookie proves the device (then the browser refreshes it).
+    pub bound_cookie_lifetime: Duration,
 }
 
 impl fmt::Debug for SessionConfig {
@@ -108,6 +130,8 @@ impl fmt::Debug for SessionConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("refresh_skew", &self.refresh_skew)
             .field("storage", &self.storage)
+            .field("device_binding", &self.device_binding)
+            .field("bound_cookie_lifetime", &self.bound_cookie_lifetime)
             .finish()
     }
 }
@@ -224,6 +248,18 @@ pub(super) fn session(s: SessionSection, secure: bool) -> Result<Session, Config
             return Err(ConfigError::invalid(key, "must be greater than zero"));
         }
     }
+    if s.bound_cookie_lifetime.as_secs() < MIN_BOUND_COOKIE_SECS {
+        return Err(ConfigError::invalid(
+            "session.bound_cookie_lifetime",
+            format!("must be at least {MIN_BOUND_COOKIE_SECS}s"),
+        ));
+    }
+    if s.device_binding == DeviceBinding::Dbsc && !secure {
+        return Err(ConfigError::invalid(
+            "session.device_binding",
+            "\"dbsc\" needs an https server.public_url (browsers bind sessions over HTTPS only)",
+        ));
+    }
     Ok(Session {
         config: SessionConfig {
             cookie_name,
@@ -234,6 +270,8 @@ pub(super) fn session(s: SessionSection, secure: bool) -> Result<Session, Config
             idle_timeout: s.idle_timeout,
             refresh_skew: s.refresh_skew,
             storage: s.storage,
+            device_binding: s.device_binding,
+            bound_cookie_lifetime: s.bound_cookie_lifetime,
         },
         key_names,
     })

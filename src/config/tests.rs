@@ -727,3 +727,57 @@ fn upgrade_socket_and_listen_addresses() {
     );
     assert!(e.contains("127.0.0.1:8080 is listed twice"), "{e}");
 }
+
+/// DBSC: off by default; `"dbsc"` needs https; the bound cookie lives at least 10 s; a route
+/// that requires a binding needs it on, and a session.
+#[test]
+fn device_binding_keys() {
+    let c = load(EXAMPLE, &[]).unwrap();
+    assert_eq!(c.session.device_binding, DeviceBinding::Off);
+    assert_eq!(c.session.bound_cookie_lifetime, Duration::from_secs(300));
+    assert!(c.routes.iter().all(|r| !r.require_device_binding));
+
+    let https = edit(
+        "public_url = \"http://127.0.0.1:8080\"",
+        "public_url = \"https://app.example.com\"",
+    )
+    .replace(EXAMPLE_KEYS_LINE, &format!("keys = [\"{}\"]", &*OWN_KEY));
+    let on = |text: &str, extra: &str| {
+        text.replace(
+            "same_site = \"lax\"",
+            &format!("same_site = \"lax\"\n{extra}"),
+        )
+    };
+    let c = load(
+        &on(
+            &https,
+            "device_binding = \"dbsc\"\nbound_cookie_lifetime = \"10s\"",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.session.device_binding, DeviceBinding::Dbsc);
+    assert_eq!(c.session.bound_cookie_lifetime, Duration::from_secs(10));
+
+    let e = err(&on(EXAMPLE, "device_binding = \"dbsc\""), &[]);
+    assert!(
+        e.contains("session.device_binding") && e.contains("https"),
+        "{e}"
+    );
+    let e = err(&on(&https, "bound_cookie_lifetime = \"9s\""), &[]);
+    assert!(
+        e.contains("session.bound_cookie_lifetime") && e.contains("10s"),
+        "{e}"
+    );
+    let e = err(&on(&https, "device_binding = \"tpm\""), &[]);
+    assert!(e.contains("session.device_binding"), "{e}");
+
+    let e = err(
+        &https,
+        &[("TOLLGATE__ROUTES__0__REQUIRE_DEVICE_BINDING", "true")],
+    );
+    assert!(
+        e.contains("routes[0].require_device_binding") && e.contains("dbsc"),
+        "{e}"
+    );
+}

@@ -118,6 +118,14 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
         fapi2_cross_section(c)?;
     }
     for (i, r) in c.routes.iter().enumerate() {
+        if r.require_device_binding
+            && c.session.device_binding != crate::config::DeviceBinding::Dbsc
+        {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].require_device_binding"),
+                "needs [session] device_binding = \"dbsc\" (no session is bound without it)",
+            ));
+        }
         if r.token_binding == crate::config::TokenBinding::Dpop && !c.oidc.dpop {
             return Err(ConfigError::invalid(
                 format!("routes[{i}].token_binding"),

@@ -218,6 +218,7 @@ mod tests {
             require: Default::default(),
             identity_headers: false,
             token_binding: Default::default(),
+            require_device_binding: false,
             audience: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),

@@ -447,6 +447,8 @@ mod tests {
             idle_timeout: Duration::from_secs(600),
             refresh_skew: Duration::from_secs(30),
             storage: Default::default(),
+            device_binding: Default::default(),
+            bound_cookie_lifetime: Duration::from_secs(300),
         }
     }
 
@@ -642,6 +644,8 @@ mod properties {
                 idle_timeout: Duration::from_secs(600),
                 refresh_skew: Duration::from_secs(30),
                 storage: Default::default(),
+                device_binding: Default::default(),
+                bound_cookie_lifetime: Duration::from_secs(300),
             },
             true,
         )

@@ -487,6 +487,8 @@ mod tests {
                 idle_timeout: Duration::from_secs(600),
                 refresh_skew: Duration::from_secs(30),
                 storage: Storage::Store,
+                device_binding: Default::default(),
+                bound_cookie_lifetime: Duration::from_secs(300),
             },
             false,
         )

@@ -476,6 +476,8 @@ mod tests {
                 idle_timeout: Duration::from_secs(3_600),
                 refresh_skew: Duration::from_secs(30),
                 storage: Default::default(),
+                device_binding: Default::default(),
+                bound_cookie_lifetime: Duration::from_secs(300),
             },
             true,
         );
