@@ -201,6 +201,7 @@ impl Oidc {
             dpop_key: dpop.map(|k| k.pkcs8().to_vec().into()),
             resources: self.resource_tags.clone().into(),
             access_lifetime: lifetime(tokens.expires_in),
+            device_key: None,
         };
         let sub = session.claims.sub.to_string();
         let mut cookies = sessions.start(session, facts).await.map_err(|e| {

@@ -39,5 +39,6 @@ pub fn session(now: u64, access_token: &str) -> Session<'static> {
         dpop_key: None,
         resources: Default::default(),
         access_lifetime: 300,
+        device_key: None,
     }
 }

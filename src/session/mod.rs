@@ -80,6 +80,11 @@ pub struct Session<'a> {
     /// or refreshed): it is refreshed no earlier than half-way through. 0: not known (a session
     /// sealed as payload version 5).
     pub access_lifetime: u64,
+    /// The public key (an uncompressed P-256 point) the session is bound to, once its browser
+    /// registered one (DBSC, [`dbsc`]): from then on, every request must carry a fresh bound
+    /// cookie, which only that device can renew. Appended compatibly, as `access_lifetime`.
+    #[serde(borrow, deserialize_with = "borrowed_bytes")]
+    pub device_key: Option<Cow<'a, [u8]>>,
 }
 
 /// As [`borrowed`], for bytes.
@@ -129,6 +134,7 @@ impl Session<'_> {
             dpop_key: self.dpop_key.as_deref().map(Cow::Borrowed),
             resources: Cow::Borrowed(&self.resources),
             access_lifetime: self.access_lifetime,
+            device_key: self.device_key.as_deref().map(Cow::Borrowed),
         }
     }
 
@@ -153,6 +159,7 @@ impl Session<'_> {
             dpop_key: self.dpop_key.map(|k| Cow::Owned(k.into_owned())),
             resources: Cow::Owned(self.resources.into_owned()),
             access_lifetime: self.access_lifetime,
+            device_key: self.device_key.map(|k| Cow::Owned(k.into_owned())),
         }
     }
 }
@@ -164,6 +171,7 @@ impl std::fmt::Debug for Session<'_> {
             .field("sub", &self.claims.sub)
             .field("access_expires_at", &self.access_expires_at)
             .field("access_lifetime", &self.access_lifetime)
+            .field("device_bound", &self.device_key.is_some())
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("created_at", &self.created_at)
             .field("last_seen", &self.last_seen)
@@ -206,7 +214,8 @@ impl std::fmt::Debug for Payload {
 ///    (`access_lifetime`) was appended to version 5 compatibly, so that replicas and an
 ///    upgrade's old process, running a build from before it, still open the cookies a newer
 ///    build seals (postcard ignores bytes after the last field it knows): a payload without
-///    it opens with the lifetime unknown (0).
+///    it opens with the lifetime unknown (0). The device key (`device_key`, DBSC) was appended
+///    after it the same way: a payload without it opens unbound.
 pub(crate) const PAYLOAD_VERSION: u8 = 5;
 
 /// Why a request's session could not be used. `reason()` is the metrics label.
@@ -265,14 +274,19 @@ impl SessionError {
 
 /// A session from its serialized bytes (after the version byte).
 fn decode_payload(bytes: &[u8]) -> Result<Session<'static>, SessionError> {
-    match postcard::from_bytes::<Session<'_>>(bytes) {
-        Ok(session) => Ok(session.into_owned()),
-        // Sealed without `access_lifetime` (the last field): postcard writes fields in
-        // order with nothing between them, so a trailing 0 reads as "unknown".
-        Err(_) => Ok(postcard::from_bytes::<Session<'_>>(&[bytes, &[0]].concat())
-            .map_err(|_| SessionError::Payload)?
-            .into_owned()),
+    if let Ok(session) = postcard::from_bytes::<Session<'_>>(bytes) {
+        return Ok(session.into_owned());
     }
+    // Sealed before the last fields were appended (`access_lifetime`, then `device_key`):
+    // postcard writes fields in order with nothing between them, so a trailing 0 reads as
+    // "unknown" or "none" for each field missing.
+    for missing in 1..=2 {
+        let padded = [bytes, &[0u8; 2][..missing]].concat();
+        if let Ok(session) = postcard::from_bytes::<Session<'_>>(&padded) {
+            return Ok(session.into_owned());
+        }
+    }
+    Err(SessionError::Payload)
 }
 
 /// Seals sessions into cookies and opens them again, under one configuration.
@@ -599,8 +613,10 @@ mod tests {
         let mut s = session(1);
         s.access_lifetime = 0;
         let now = postcard::to_allocvec(&s).unwrap();
-        // Before: the same bytes without the last field (0 is one byte).
+        // Before: the same bytes without the last field, `device_key` (None is one byte) ...
         let before = &now[..now.len() - 1];
+        // ... and, earlier still, without `access_lifetime` (0 is one byte) either.
+        let first = &now[..now.len() - 2];
         let open = |version: u8, body: &[u8]| {
             let payload = [&[version], body].concat();
             let sealed = codec.sealer.seal(&payload, codec.name.as_bytes()).unwrap();
@@ -608,10 +624,11 @@ mod tests {
             let (_, payload) = codec.open([header.as_str()]);
             payload.and_then(|p| codec.decode(&p, 2).map(Session::into_owned))
         };
+        assert_eq!(open(5, first).unwrap(), s);
         assert_eq!(open(5, before).unwrap(), s);
         assert_eq!(open(5, &now).unwrap(), s);
         assert_eq!(open(4, before), Err(SessionError::Payload));
-        assert_eq!(open(5, &now[..now.len() - 2]), Err(SessionError::Payload));
+        assert_eq!(open(5, &now[..now.len() - 3]), Err(SessionError::Payload));
         // An older build decodes a payload sealed now: its fields are a prefix.
         s.access_lifetime = 3_600;
         let sealed = postcard::to_allocvec(&s).unwrap();
@@ -622,7 +639,7 @@ mod tests {
                 access_lifetime: 0,
                 ..s.clone()
             })
-            .unwrap()[..now.len() - 1]
+            .unwrap()[..now.len() - 2]
         ));
     }
 }
@@ -671,6 +688,7 @@ mod properties {
                 (text(), proptest::collection::vec(text(), 0..4)), 0..3),
             resources in proptest::collection::vec(any::<u64>(), 0..4),
             access_lifetime in any::<u64>(),
+            device_key in proptest::option::of(proptest::collection::vec(any::<u8>(), 65..=65)),
         ) -> (Session<'static>, u64) {
             let kept: Vec<(String, crate::claims::ClaimValue)> = kept
                 .into_iter()
@@ -692,6 +710,7 @@ mod properties {
                 dpop_key: dpop_key.map(Cow::Owned),
                 resources: Cow::Owned(resources),
                 access_lifetime,
+                device_key: device_key.map(Cow::Owned),
             }, now)
         }
     }
