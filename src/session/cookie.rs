@@ -41,13 +41,14 @@ pub struct SessionCookies<'a> {
 
 /// Whether `candidate` is one of the cookies tollgate writes for the session named `name`:
 /// the name itself, a chunk `name.N` (N below [`MAX_CHUNKS`]), a login cookie
-/// `name-login-STATE` or the pending-logout cookie `name-logout`. Nothing else: an app's own
-/// `name-theme` is the app's, passes to the upstream and may be set by it.
+/// `name-login-STATE`, the pending-logout cookie `name-logout` or the DBSC bound cookie
+/// `name-bound`. Nothing else: an app's own `name-theme` is the app's, passes to the upstream
+/// and may be set by it.
 pub(crate) fn is_own_cookie(candidate: &str, name: &str) -> bool {
     let Some(rest) = candidate.strip_prefix(name) else {
         return false;
     };
-    if rest.is_empty() || rest == LOGOUT_SUFFIX {
+    if rest.is_empty() || rest == LOGOUT_SUFFIX || rest == BOUND_SUFFIX {
         return true;
     }
     if let Some(index) = rest.strip_prefix('.') {
@@ -68,6 +69,12 @@ fn chunk_index(index: &str) -> Option<usize> {
 
 const LOGIN_INFIX: &str = "-login-";
 const LOGOUT_SUFFIX: &str = "-logout";
+const BOUND_SUFFIX: &str = "-bound";
+
+/// The DBSC bound cookie of the session cookie `session_cookie` (see [`super::dbsc`]).
+pub(crate) fn bound_cookie_name(session_cookie: &str) -> String {
+    format!("{session_cookie}{BOUND_SUFFIX}")
+}
 
 /// The login cookie of the login with `state` (see `oidc::login`).
 pub fn login_cookie_name(session_cookie: &str, state: &str) -> String {
@@ -496,6 +503,7 @@ mod tests {
             "tg.9".into(),
             login_cookie_name("tg", state),
             logout_cookie_name("tg"),
+            bound_cookie_name("tg"),
         ] {
             assert!(is_own_cookie(&n, "tg"), "{n}");
         }
@@ -513,6 +521,7 @@ mod tests {
             "tg-login-short",
             "tg-login.abc",
             "tg-logout-x",
+            "tg-bound-x",
         ] {
             assert!(!is_own_cookie(n, "tg"), "{n}");
         }

@@ -17,7 +17,9 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use super::seal::Sealer;
 
 /// The longest proof accepted: a P-256 `jwk` header, a short payload and a signature take
 /// about 500 bytes.
@@ -189,6 +191,124 @@ pub(crate) fn verify_refresh(proof: &str, key: &BoundKey, nonce: &str) -> Result
     parsed.verify(key, nonce)
 }
 
+/// How long a registration challenge or a refresh nonce may be answered.
+pub(crate) const CHALLENGE_TTL_SECS: u64 = 300;
+
+const BOUND_VERSION: u8 = 1;
+const CHALLENGE_VERSION: u8 = 1;
+
+/// The bound cookie's content: which session it proves, until when.
+#[derive(Serialize, Deserialize)]
+struct Bound {
+    id: u128,
+    expires_at: u64,
+}
+
+/// A challenge or nonce: for which session, when, and random (so each is new).
+#[derive(Serialize, Deserialize)]
+struct Challenge {
+    id: u128,
+    issued_at: u64,
+    random: [u8; 16],
+}
+
+/// Why a request's bound cookie does not prove its session's device (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BoundError {
+    /// No bound cookie came.
+    Missing,
+    /// It does not open (forged, another key ring, not a bound cookie).
+    Invalid,
+    /// It proves another session.
+    Foreign,
+    /// Its lifetime has passed: the browser should have refreshed it.
+    Expired,
+}
+
+impl BoundError {
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            BoundError::Missing => "missing",
+            BoundError::Invalid => "invalid",
+            BoundError::Foreign => "foreign",
+            BoundError::Expired => "expired",
+        }
+    }
+}
+
+/// The value of the bound cookie `name` for session `id`, valid until `expires_at`.
+pub(crate) fn seal_bound(sealer: &Sealer, name: &str, id: u128, expires_at: u64) -> Option<String> {
+    sealer.seal_value(BOUND_VERSION, &Bound { id, expires_at }, name)
+}
+
+/// Whether `value` (the request's bound cookie `name`) proves session `id` at `now`.
+pub(crate) fn check_bound(
+    sealer: &Sealer,
+    name: &str,
+    value: Option<&str>,
+    id: u128,
+    now: u64,
+) -> Result<(), BoundError> {
+    let value = value.ok_or(BoundError::Missing)?;
+    let bound: Bound = sealer
+        .open_value(BOUND_VERSION, value, name)
+        .ok_or(BoundError::Invalid)?;
+    if bound.id != id {
+        return Err(BoundError::Foreign);
+    }
+    if now >= bound.expires_at {
+        return Err(BoundError::Expired);
+    }
+    Ok(())
+}
+
+/// The context challenges are sealed under (never a cookie's name, so neither opens as the
+/// other).
+fn challenge_context(session_cookie: &str) -> String {
+    format!("{session_cookie}#dbsc-challenge")
+}
+
+/// A new challenge (registration) or nonce (refresh) for session `id`: sealed, so any replica
+/// can check it, and random, so none repeats.
+pub(crate) fn seal_challenge(
+    sealer: &Sealer,
+    session_cookie: &str,
+    id: u128,
+    now: u64,
+) -> Option<String> {
+    let challenge = Challenge {
+        id,
+        issued_at: now,
+        random: rand::random(),
+    };
+    sealer.seal_value(
+        CHALLENGE_VERSION,
+        &challenge,
+        &challenge_context(session_cookie),
+    )
+}
+
+/// Whether `challenge` is one tollgate issued for session `id` less than
+/// [`CHALLENGE_TTL_SECS`] ago. (That it is used once is for the caller to check, in the
+/// store across replicas.)
+pub(crate) fn check_challenge(
+    sealer: &Sealer,
+    session_cookie: &str,
+    challenge: &str,
+    id: u128,
+    now: u64,
+) -> bool {
+    sealer
+        .open_value::<Challenge>(
+            CHALLENGE_VERSION,
+            challenge,
+            &challenge_context(session_cookie),
+        )
+        .is_some_and(|c| {
+            c.id == id && c.issued_at <= now && now < c.issued_at.saturating_add(CHALLENGE_TTL_SECS)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +462,70 @@ mod tests {
             serde_json::json!({"jti": "c"}),
         );
         assert_eq!(verify_registration(&off, "c"), Err(ProofError::Signature));
+    }
+
+    #[test]
+    fn a_bound_cookie_proves_one_session_until_it_expires() {
+        let sealer = Sealer::new(&[[4u8; 32]]);
+        let name = "tg-bound";
+        let v = seal_bound(&sealer, name, 7, 100).unwrap();
+        assert_eq!(check_bound(&sealer, name, Some(&v), 7, 99), Ok(()));
+        assert_eq!(
+            check_bound(&sealer, name, Some(&v), 7, 100),
+            Err(BoundError::Expired)
+        );
+        assert_eq!(
+            check_bound(&sealer, name, Some(&v), 8, 99),
+            Err(BoundError::Foreign)
+        );
+        assert_eq!(
+            check_bound(&sealer, name, None, 7, 99),
+            Err(BoundError::Missing)
+        );
+        assert_eq!(
+            check_bound(&sealer, "other", Some(&v), 7, 99),
+            Err(BoundError::Invalid)
+        );
+        let other_keys = Sealer::new(&[[5u8; 32]]);
+        assert_eq!(
+            check_bound(&other_keys, name, Some(&v), 7, 99),
+            Err(BoundError::Invalid)
+        );
+        // A challenge is not a bound cookie, nor the other way round.
+        let c = seal_challenge(&sealer, "tg", 7, 50).unwrap();
+        assert_eq!(
+            check_bound(&sealer, name, Some(&c), 7, 99),
+            Err(BoundError::Invalid)
+        );
+        assert!(!check_challenge(&sealer, "tg", &v, 7, 50));
+    }
+
+    #[test]
+    fn a_challenge_is_for_one_session_for_a_while() {
+        let sealer = Sealer::new(&[[4u8; 32]]);
+        let c = seal_challenge(&sealer, "tg", 7, 1_000).unwrap();
+        assert_ne!(
+            c,
+            seal_challenge(&sealer, "tg", 7, 1_000).unwrap(),
+            "random"
+        );
+        assert!(check_challenge(&sealer, "tg", &c, 7, 1_000));
+        assert!(check_challenge(
+            &sealer,
+            "tg",
+            &c,
+            7,
+            1_000 + CHALLENGE_TTL_SECS - 1
+        ));
+        assert!(!check_challenge(
+            &sealer,
+            "tg",
+            &c,
+            7,
+            1_000 + CHALLENGE_TTL_SECS
+        ));
+        assert!(!check_challenge(&sealer, "tg", &c, 8, 1_000));
+        assert!(!check_challenge(&sealer, "other", &c, 7, 1_000));
+        assert!(!check_challenge(&sealer, "tg", "not-a-challenge", 7, 1_000));
     }
 }
