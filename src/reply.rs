@@ -117,6 +117,10 @@ pub(crate) enum Fault {
     Forbidden,
     /// The provider will not issue a token for the route's audience (`resource`, `scopes`).
     InsufficientScope,
+    /// The session is bound to a device (DBSC) and the request brought no valid proof of it.
+    DeviceProofRequired,
+    /// The route takes only sessions bound to their device, and this one is not.
+    DeviceBindingRequired,
 }
 
 impl Fault {
@@ -125,14 +129,14 @@ impl Fault {
         match self {
             NotFound => 404,
             BadPath | BadRequest => 400,
-            Unauthenticated | SessionExpired => 401,
+            Unauthenticated | SessionExpired | DeviceProofRequired => 401,
             // The provider cannot be used, as for ProviderUnavailable (until the config or
             // the provider is fixed).
             ProviderUnavailable
             | ProviderIssuerMismatch { .. }
             | StoreUnavailable
             | NoHealthyUpstream => 503,
-            Csrf(_) | Forbidden | InsufficientScope => 403,
+            Csrf(_) | Forbidden | InsufficientScope | DeviceBindingRequired => 403,
             MethodNotAllowed => 405,
             UpstreamUnavailable => 502,
             UpstreamTimeout => 504,
@@ -218,6 +222,12 @@ impl Fault {
             StoreUnavailable => "the shared store cannot be reached; retry shortly",
             Forbidden => "this account is not allowed here",
             InsufficientScope => "the identity provider does not grant this session a token for this API",
+            DeviceProofRequired => {
+                "this session is bound to a device, and the request did not prove it"
+            }
+            DeviceBindingRequired => {
+                "this API needs a session bound to its device (a browser with Device Bound Session Credentials)"
+            }
             ProviderIssuerMismatch {
                 configured,
                 discovered,
@@ -254,6 +264,7 @@ impl Fault {
                 | Fault::StoreUnavailable
                 | Fault::Forbidden
                 | Fault::InsufficientScope
+                | Fault::DeviceBindingRequired
         )
     }
 }
@@ -449,6 +460,8 @@ impl Fault {
             StoreUnavailable => "store_unavailable",
             Forbidden => "forbidden",
             InsufficientScope => "insufficient_scope",
+            DeviceProofRequired => "device_proof_required",
+            DeviceBindingRequired => "device_binding_required",
         }
     }
 }

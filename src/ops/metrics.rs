@@ -35,6 +35,8 @@
 //! - `tollgate_sessions_active`: server-side sessions (`[session] storage = "store"`) in this
 //!   replica's memory: every session with the in-process store, the recently used ones with
 //!   `[store]`;
+//! - `tollgate_dbsc_total{event}`: Device Bound Session Credentials — `registered`,
+//!   `refreshed`, `refused` (a bound session's request without a valid bound cookie);
 //! - `tollgate_admin_actions_total{action, outcome}`: admin API calls (`[admin]`), by `list`,
 //!   `revoke`, `revoke_user` and `ok`, `not_found`, `unauthorized`, `bad_request`,
 //!   `store_unavailable`.
@@ -111,6 +113,7 @@ pub(crate) struct Metrics {
     upstream_ejections: IntCounterVec,
     sessions_active: IntGauge,
     admin_actions: IntCounterVec,
+    dbsc: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -264,6 +267,14 @@ impl Metrics {
             &["action", "outcome"],
         )
         .expect("valid metric");
+        let dbsc = IntCounterVec::new(
+            Opts::new(
+                "tollgate_dbsc_total",
+                "Device Bound Session Credentials, by event (registered, refreshed, refused)",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
         let cert_stale = IntGauge::new(
             "tollgate_tls_cert_stale",
             "1 while the certificate files did not load and the previous certificate is served",
@@ -289,6 +300,7 @@ impl Metrics {
             Box::new(upstream_ejections.clone()),
             Box::new(sessions_active.clone()),
             Box::new(admin_actions.clone()),
+            Box::new(dbsc.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -314,7 +326,13 @@ impl Metrics {
             upstream_ejections,
             sessions_active,
             admin_actions,
+            dbsc,
         }
+    }
+
+    /// A DBSC event: `registered`, `refreshed` or `refused`.
+    pub(crate) fn dbsc(&self, event: &str) {
+        self.dbsc.with_label_values(&[event]).inc();
     }
 
     /// How many server-side sessions this replica holds in memory now.

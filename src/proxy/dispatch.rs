@@ -258,6 +258,7 @@ impl Dispatch {
             identity_headers: route.identity_headers,
             dpop: route.dpop,
             audience: route.audience.as_ref(),
+            require_device_binding: route.require_device_binding,
         };
         ctx.route = Some(index);
         let grant = match self.gate.decide(policy, &facts, &self.oidc).await {

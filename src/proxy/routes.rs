@@ -46,6 +46,8 @@ pub(crate) struct Route {
     pub dpop: bool,
     /// `resource`/`scopes`: the route's own token.
     pub audience: Option<std::sync::Arc<crate::config::Audience>>,
+    /// `require_device_binding`: only sessions bound to their device.
+    pub require_device_binding: bool,
     /// `scheme://authority` of the upstream as it sees itself (a DPoP proof's `htu` is this
     /// and the upstream path).
     pub origin: String,
@@ -143,6 +145,7 @@ impl RouteTable {
                 identity_headers: c.identity_headers,
                 dpop: c.token_binding == crate::config::TokenBinding::Dpop,
                 audience: c.audience.clone(),
+                require_device_binding: c.require_device_binding,
                 origin: c.upstream.origin().ascii_serialization(),
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),

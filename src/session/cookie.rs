@@ -71,9 +71,7 @@ const LOGIN_INFIX: &str = "-login-";
 const LOGOUT_SUFFIX: &str = "-logout";
 const BOUND_SUFFIX: &str = "-bound";
 
-/// The DBSC bound cookie of the session cookie `session_cookie` (see [`super::dbsc`]; not
-/// wired in yet).
-#[allow(dead_code)]
+/// The DBSC bound cookie of the session cookie `session_cookie` (see [`super::dbsc`]).
 pub(crate) fn bound_cookie_name(session_cookie: &str) -> String {
     format!("{session_cookie}{BOUND_SUFFIX}")
 }

@@ -338,6 +338,11 @@ impl SessionCodec {
         self
     }
 
+    /// The key ring sessions are sealed with (shared with the other sealed values).
+    pub(crate) fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
     /// When `session` ends if unused: the earlier of its absolute and idle limits.
     pub fn expires_at(&self, session: &Session<'_>) -> u64 {
         session

@@ -42,6 +42,8 @@ pub(crate) struct Sessions {
     metrics: Metrics,
     /// With `storage = "store"`: where sessions live.
     records: Option<Records>,
+    /// The DBSC bound cookie's name (`{cookie_name}-bound`).
+    bound_cookie: String,
 }
 
 /// A request's session cookies and what they opened to.
@@ -95,7 +97,9 @@ impl Sessions {
     ) -> Sessions {
         let records =
             (storage == Storage::Store).then(|| Records::new(store.clone(), metrics.clone()));
+        let bound_cookie = crate::session::cookie::bound_cookie_name(codec.cookie_name());
         Sessions {
+            bound_cookie,
             codec,
             revocations,
             store,
@@ -467,6 +471,34 @@ impl Sessions {
             records.delete(r).await?;
         }
         Ok(())
+    }
+
+    /// Whether the request proves the device `session` is bound to (DBSC): its bound cookie is
+    /// this session's and fresh. `Ok` for a session that is not bound.
+    pub(crate) fn check_device(
+        &self,
+        session: &Session<'_>,
+        facts: &Facts<'_>,
+    ) -> Result<(), crate::session::dbsc::BoundError> {
+        if session.device_key.is_none() {
+            return Ok(());
+        }
+        let value = crate::session::cookie::find(&self.bound_cookie, facts.cookie_headers());
+        crate::session::dbsc::check_bound(
+            self.codec.sealer(),
+            &self.bound_cookie,
+            value,
+            session.id,
+            facts.now,
+        )
+        .inspect_err(|e| {
+            self.metrics.dbsc("refused");
+            tracing::info!(
+                request_id = facts.request_id,
+                reason = e.reason(),
+                "a device-bound session without a valid bound cookie"
+            );
+        })
     }
 
     /// Whether sessions live in the store (`storage = "store"`).

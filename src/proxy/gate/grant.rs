@@ -79,6 +79,8 @@ pub(crate) struct Policy<'a> {
     pub(crate) dpop: bool,
     /// `resource`/`scopes`: the route's own token instead of the session's.
     pub(crate) audience: Option<&'a Arc<Audience>>,
+    /// `require_device_binding`: only sessions bound to their device (DBSC).
+    pub(crate) require_device_binding: bool,
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -91,6 +93,7 @@ impl Policy<'_> {
             identity_headers: false,
             dpop: false,
             audience: None,
+            require_device_binding: false,
         }
     }
 }

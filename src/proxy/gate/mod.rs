@@ -238,6 +238,13 @@ impl Gate {
         if let Err(fault) = self.admit(&session, policy, facts) {
             return (Err(fault), CookieWork::Keep);
         }
+        // A session bound to its device needs the device's proof on every request.
+        if self.sessions.check_device(&session, facts).is_err() {
+            return (Err(Fault::DeviceProofRequired), CookieWork::Keep);
+        }
+        if policy.require_device_binding && session.device_key.is_none() {
+            return (Err(Fault::DeviceBindingRequired), CookieWork::Keep);
+        }
         let identity = if policy.identity_headers {
             identity(&session, &self.groups_claim, rid)
         } else {
@@ -563,6 +570,83 @@ mod tests {
         Provider::answering(RefreshOutcome::Unavailable)
     }
 
+    /// DBSC on the hot path: a session bound to a device needs its own fresh bound cookie on
+    /// every request (401 `device_proof_required`); a route that requires a binding refuses an
+    /// unbound session (403 `device_binding_required`).
+    #[tokio::test]
+    async fn a_bound_session_needs_its_fresh_bound_cookie() {
+        use crate::session::dbsc::seal_bound;
+        let g = gate();
+        let p = untouched();
+        let mut bound = session();
+        bound.device_key = Some(vec![4u8; 65].into());
+        let sealer = g.sessions.codec().sealer().clone();
+        let cookie = |id: u128, until: u64| {
+            format!(
+                "tg-bound={}",
+                seal_bound(&sealer, "tg-bound", id, until).unwrap()
+            )
+        };
+        fn facts(h: &HeaderMap) -> Facts<'_> {
+            Facts {
+                method: &Method::GET,
+                query: None,
+                headers: h,
+                body: None,
+                request_id: "rid",
+                now: NOW,
+                client: None,
+            }
+        }
+        let required = Policy::auth(RouteAuth::Required);
+        let binding = Policy {
+            require_device_binding: true,
+            ..Policy::auth(RouteAuth::Required)
+        };
+        for (what, extra, policy, want) in [
+            ("no bound cookie", None, required, Some(401)),
+            (
+                "another session's",
+                Some(cookie(bound.id ^ 1, NOW + 60)),
+                required,
+                Some(401),
+            ),
+            ("expired", Some(cookie(bound.id, NOW)), required, Some(401)),
+            ("fresh", Some(cookie(bound.id, NOW + 60)), required, None),
+            (
+                "fresh, on a route that requires it",
+                Some(cookie(bound.id, NOW + 60)),
+                binding,
+                None,
+            ),
+        ] {
+            let extra: Vec<(&str, &str)> = extra
+                .iter()
+                .map(|c| ("cookie", c.as_str()))
+                .chain([("x-csrf", "1")])
+                .collect();
+            let h = headers_with(&g, Some(&bound), &extra);
+            let f = facts(&h);
+            let r = g.decide(policy, &f, &p).await;
+            match want {
+                Some(status) => {
+                    let (s, code, cookies) = refused(r);
+                    assert_eq!(
+                        (s, code.as_str(), cookies),
+                        (status, "device_proof_required", 0),
+                        "{what}"
+                    );
+                }
+                None => assert!(r.is_ok(), "{what}"),
+            }
+        }
+        // An unbound session works as before, except where a binding is required.
+        let h = headers_with(&g, Some(&session()), &[("x-csrf", "1")]);
+        assert!(g.decide(required, &facts(&h), &p).await.is_ok());
+        let (s, code, _) = refused(g.decide(binding, &facts(&h), &p).await);
+        assert_eq!((s, code.as_str()), (403, "device_binding_required"));
+    }
+
     /// A request refused at the last step (a DPoP route, and a session without a DPoP key)
     /// still sends the browser what a refresh on the way brought (the rotated refresh token),
     /// but without renewing the session; a refusal with nothing refreshed sets no cookie.
@@ -753,6 +837,7 @@ mod tests {
             identity_headers: true,
             dpop: false,
             audience: None,
+            require_device_binding: false,
         };
         let r = g.decide(policy, &facts, &p).await;
         assert_eq!(refused(r), (403, "forbidden".into(), 0));
