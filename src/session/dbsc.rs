@@ -11,7 +11,8 @@
 //! belong to the session service. Nothing here logs: a proof, a challenge or a key must never
 //! reach a log line.
 //!
-//! Not wired in yet (issue 26 in progress): the registration and refresh endpoints will call it.
+//! The endpoints that use this (`/dbsc/register`, `/dbsc/refresh`) are not written yet (issue 26
+//! in progress): until then parts of it are unused.
 #![allow(dead_code)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -15,6 +15,7 @@
 //! `401` ([`SessionError::Handle`]).
 
 pub(crate) mod csrf;
+pub(crate) mod device;
 pub(crate) mod records;
 
 use std::sync::Arc;
