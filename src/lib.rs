@@ -28,6 +28,7 @@
 //! 8. [`server`]: assembles the Pingora server, and watches files (secrets, certificates).
 
 pub(crate) mod admin;
+pub(crate) mod binding;
 pub(crate) mod certs;
 pub mod claims;
 pub mod config;

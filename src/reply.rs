@@ -117,6 +117,8 @@ pub(crate) enum Fault {
     Forbidden,
     /// The provider will not issue a token for the route's audience (`resource`, `scopes`).
     InsufficientScope,
+    /// A DBSC registration or refresh whose proof was refused.
+    InvalidDeviceProof,
     /// The session is bound to a device (DBSC) and the request brought no valid proof of it.
     DeviceProofRequired,
     /// The route takes only sessions bound to their device, and this one is not.
@@ -128,7 +130,7 @@ impl Fault {
         use Fault::*;
         match self {
             NotFound => 404,
-            BadPath | BadRequest => 400,
+            BadPath | BadRequest | InvalidDeviceProof => 400,
             Unauthenticated | SessionExpired | DeviceProofRequired => 401,
             // The provider cannot be used, as for ProviderUnavailable (until the config or
             // the provider is fixed).
@@ -225,6 +227,7 @@ impl Fault {
             DeviceProofRequired => {
                 "this session is bound to a device, and the request did not prove it"
             }
+            InvalidDeviceProof => "the device's proof was refused",
             DeviceBindingRequired => {
                 "this API needs a session bound to its device (a browser with Device Bound Session Credentials)"
             }
@@ -265,6 +268,7 @@ impl Fault {
                 | Fault::Forbidden
                 | Fault::InsufficientScope
                 | Fault::DeviceBindingRequired
+                | Fault::InvalidDeviceProof
         )
     }
 }
@@ -364,6 +368,27 @@ impl Reply {
         self
     }
 
+    /// The same reply with another status (a fault's body under the status a protocol asks).
+    pub(crate) fn with_status(mut self, status: u16) -> Reply {
+        self.status = status;
+        self
+    }
+
+    /// One more header (`Secure-Session-Challenge`, …).
+    pub(crate) fn with_header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The value of the extra header `name`, if set.
+    #[cfg(test)]
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub(crate) fn with_outcome(mut self, outcome: &'static str) -> Reply {
         self.outcome = outcome;
         self
@@ -461,6 +486,7 @@ impl Fault {
             Forbidden => "forbidden",
             InsufficientScope => "insufficient_scope",
             DeviceProofRequired => "device_proof_required",
+            InvalidDeviceProof => "invalid_device_proof",
             DeviceBindingRequired => "device_binding_required",
         }
     }

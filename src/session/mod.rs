@@ -338,6 +338,18 @@ impl SessionCodec {
         self
     }
 
+    /// A `Set-Cookie` line for another of tollgate's cookies, with the session cookie's
+    /// attributes (the DBSC bound cookie).
+    pub(crate) fn cookie_line(&self, name: &str, value: &str, max_age: Duration) -> String {
+        cookie::cookie_line(
+            name,
+            value,
+            max_age,
+            self.attrs.secure,
+            self.attrs.same_site,
+        )
+    }
+
     /// The key ring sessions are sealed with (shared with the other sealed values).
     pub(crate) fn sealer(&self) -> &Sealer {
         &self.sealer

@@ -115,6 +115,10 @@ impl Sessions {
         &self.codec
     }
 
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub(crate) fn csrf(&self) -> &CsrfPolicy {
         &self.csrf
     }
