@@ -7,10 +7,6 @@
 //! `403` with `Secure-Session-Challenge: "<nonce>";id="<session identifier>"`, and the browser
 //! repeats it signed. A refused proof is `400 invalid_device_proof`, counted and logged with its
 //! reason (never the proof).
-//!
-//! Not routed yet (issue 26 in progress): `Endpoints` does not call it, and the login's answer
-//! does not offer the registration header yet.
-#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -38,6 +34,35 @@ pub(crate) struct Binding {
     pub(crate) attributes: String,
 }
 
+impl Binding {
+    /// The endpoints' settings from `config`, with `device_binding = "dbsc"`.
+    pub(crate) fn from_config(config: &crate::config::Config) -> Option<Binding> {
+        if config.session.device_binding != crate::config::DeviceBinding::Dbsc {
+            return None;
+        }
+        let same_site = match config.session.same_site {
+            crate::config::SameSite::Lax => "Lax",
+            crate::config::SameSite::Strict => "Strict",
+        };
+        let secure = if config.server.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        };
+        Some(Binding {
+            origin: config.server.public_origin.clone(),
+            host: config
+                .server
+                .public_url
+                .host_str()
+                .unwrap_or_default()
+                .to_string(),
+            bound_cookie_lifetime: config.session.bound_cookie_lifetime,
+            attributes: format!("Path=/{secure}; HttpOnly; SameSite={same_site}"),
+        })
+    }
+}
+
 fn proof<'f>(facts: &Facts<'f>) -> Option<&'f str> {
     facts
         .headers
@@ -47,7 +72,18 @@ fn proof<'f>(facts: &Facts<'f>) -> Option<&'f str> {
 
 fn refused(sessions: &Sessions, e: &DeviceError, facts: &Facts<'_>) -> Fault {
     sessions.metrics().dbsc("refused");
-    tracing::info!(request_id = facts.request_id, reason = %e, "a device proof was refused");
+    let reason = match e {
+        DeviceError::Missing => "missing",
+        DeviceError::Proof(p) => p.reason(),
+        DeviceError::Challenge => "challenge",
+        DeviceError::Replayed => "replayed",
+        DeviceError::Store(_) => "store_unavailable",
+    };
+    tracing::info!(
+        request_id = facts.request_id,
+        reason,
+        "a device proof was refused"
+    );
     match e {
         DeviceError::Store(_) => Fault::StoreUnavailable,
         _ => Fault::InvalidDeviceProof,

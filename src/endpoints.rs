@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::Method;
 use serde::Serialize;
 
+use crate::binding::Binding;
 use crate::oidc::logout::CONTINUE_PATH;
 use crate::oidc::Oidc;
 use crate::ops::health::{self, Readiness};
@@ -32,6 +33,10 @@ pub(crate) enum Endpoint {
     Session,
     Healthz,
     Readyz,
+    /// `POST /dbsc/register` (with `device_binding = "dbsc"`).
+    DeviceRegister,
+    /// `POST /dbsc/refresh` (with `device_binding = "dbsc"`).
+    DeviceRefresh,
 }
 
 /// The endpoints, built once from the config.
@@ -41,6 +46,8 @@ pub(crate) struct Endpoints {
     readiness: Arc<Readiness>,
     callback_path: String,
     backchannel_logout_path: String,
+    /// The DBSC endpoints, with `device_binding = "dbsc"`.
+    binding: Option<Binding>,
 }
 
 #[derive(Serialize)]
@@ -65,7 +72,14 @@ impl Endpoints {
             readiness,
             callback_path,
             backchannel_logout_path,
+            binding: None,
         }
+    }
+
+    /// Serves the DBSC endpoints with `binding` (`device_binding = "dbsc"`).
+    pub(crate) fn with_binding(mut self, binding: Option<Binding>) -> Self {
+        self.binding = binding;
+        self
     }
 
     /// Whether the endpoint at `path` reads the request body (up to `[server] max_body_bytes`).
@@ -84,6 +98,12 @@ impl Endpoints {
             "/readyz" => Endpoint::Readyz,
             p if p == self.callback_path => Endpoint::Callback,
             p if p == self.backchannel_logout_path => Endpoint::BackchannelLogout,
+            crate::sessions::device::REGISTER_PATH if self.binding.is_some() => {
+                Endpoint::DeviceRegister
+            }
+            crate::sessions::device::REFRESH_PATH if self.binding.is_some() => {
+                Endpoint::DeviceRefresh
+            }
             _ => return None,
         })
     }
@@ -108,6 +128,17 @@ impl Endpoints {
                 .logout(facts, sessions)
                 .await
                 .unwrap_or_else(Reply::from),
+            Endpoint::DeviceRegister | Endpoint::DeviceRefresh => {
+                let Some(binding) = &self.binding else {
+                    return Reply::from(Fault::NotFound);
+                };
+                let answer = if endpoint == Endpoint::DeviceRegister {
+                    binding.register(facts, sessions).await
+                } else {
+                    binding.refresh(facts, sessions).await
+                };
+                answer.unwrap_or_else(Reply::from)
+            }
             _ if !read_only => Reply::from(Fault::MethodNotAllowed),
             Endpoint::Login => self
                 .oidc

@@ -204,6 +204,8 @@ impl Oidc {
             device_key: None,
         };
         let sub = session.claims.sub.to_string();
+        // With device binding on, the browser is offered to bind this new session (DBSC).
+        let registration = sessions.registration_header(&session, now);
         let mut cookies = sessions.start(session, facts).await.map_err(|e| {
             tracing::error!(request_id = rid, error = %e, "callback: session could not be stored");
             match e {
@@ -213,9 +215,13 @@ impl Oidc {
         })?;
         cookies.push(self.expire_login_cookie(cookie_name));
         tracing::info!(request_id = rid, sub = %sub, provider_ms, "login complete");
-        Ok(Reply::redirect(302, login.return_to)
+        let reply = Reply::redirect(302, login.return_to)
             .with_cookies(cookies)
-            .with_outcome("callback"))
+            .with_outcome("callback");
+        Ok(match registration {
+            Some(header) => reply.with_header("secure-session-registration", header),
+            None => reply,
+        })
     }
 
     pub(crate) async fn validate_id_token(

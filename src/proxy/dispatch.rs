@@ -86,7 +86,8 @@ impl Dispatch {
             CsrfPolicy::new(&config.csrf, &config.server.public_origin),
             metrics.clone(),
             config.session.storage,
-        );
+        )
+        .with_device_binding(config.session.device_binding == crate::config::DeviceBinding::Dbsc);
         let gate = Gate::new(
             Arc::new(sessions),
             metrics.clone(),
@@ -107,7 +108,8 @@ impl Dispatch {
                 readiness,
                 config.oidc.callback_path.clone(),
                 config.oidc.backchannel_logout_path.clone(),
-            ),
+            )
+            .with_binding(crate::binding::Binding::from_config(config)),
             oidc,
             metrics,
             limits: config.server.limits.clone(),

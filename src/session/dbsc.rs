@@ -10,10 +10,6 @@
 //! This file only checks proofs: what the challenge and nonce are, and where the key is kept,
 //! belong to the session service. Nothing here logs: a proof, a challenge or a key must never
 //! reach a log line.
-//!
-//! The endpoints that use this (`/dbsc/register`, `/dbsc/refresh`) are not written yet (issue 26
-//! in progress): until then parts of it are unused.
-#![allow(dead_code)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -5,10 +5,6 @@
 //! a challenge is sealed for one session and answered once (across replicas through the store,
 //! as logout token ids are), and a registration puts the device's public key into the session,
 //! which is then re-sealed wherever sessions live (cookie or store).
-//!
-//! The endpoints that use this (`/dbsc/register`, `/dbsc/refresh`) are not written yet (issue 26
-//! in progress): until then parts of it are unused.
-#![allow(dead_code)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -90,6 +86,18 @@ impl Sessions {
             session.id,
             now,
         )
+    }
+
+    /// The `Secure-Session-Registration` header a login's answer carries with device binding
+    /// on: ES256 keys, the registration path, and a challenge for the new session.
+    pub(crate) fn registration_header(&self, session: &Session<'_>, now: u64) -> Option<String> {
+        if !self.device_binding() {
+            return None;
+        }
+        let challenge = self.device_challenge(session, now)?;
+        Some(format!(
+            "(ES256);path=\"{REGISTER_PATH}\";challenge=\"{challenge}\""
+        ))
     }
 
     /// The identifier the browser names the bound session by: derived from the session id, so

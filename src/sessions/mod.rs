@@ -45,6 +45,8 @@ pub(crate) struct Sessions {
     records: Option<Records>,
     /// The DBSC bound cookie's name (`{cookie_name}-bound`).
     bound_cookie: String,
+    /// `device_binding = "dbsc"`: logins offer browsers to bind the session.
+    device_binding: bool,
 }
 
 /// A request's session cookies and what they opened to.
@@ -101,6 +103,7 @@ impl Sessions {
         let bound_cookie = crate::session::cookie::bound_cookie_name(codec.cookie_name());
         Sessions {
             bound_cookie,
+            device_binding: false,
             codec,
             revocations,
             store,
@@ -113,6 +116,17 @@ impl Sessions {
 
     pub(crate) fn codec(&self) -> &SessionCodec {
         &self.codec
+    }
+
+    /// Offers device binding (DBSC) at each login (`device_binding = "dbsc"`).
+    pub(crate) fn with_device_binding(mut self, on: bool) -> Sessions {
+        self.device_binding = on;
+        self
+    }
+
+    /// Whether logins offer device binding.
+    pub(crate) fn device_binding(&self) -> bool {
+        self.device_binding
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
