@@ -174,8 +174,8 @@ impl Oidc {
         }
     }
 
-    /// The names of the request's pending login cookies, and of its pending-logout cookie when
-    /// `with_logout`.
+    /// The names of the request's pending login cookies, its DBSC bound cookie, and its
+    /// pending-logout cookie when `with_logout`.
     fn helper_cookies<'f>(
         &self,
         facts: &Facts<'f>,
@@ -183,12 +183,15 @@ impl Oidc {
     ) -> impl Iterator<Item = String> + 'f {
         let session_cookie = self.session_cookie.clone();
         let logout = logout_cookie_name(&session_cookie);
+        // The DBSC bound cookie proves a session that ends here.
+        let bound = cookie::bound_cookie_name(&session_cookie);
         facts
             .cookie_headers()
             .flat_map(cookie::pairs)
             .filter(move |(name, _)| {
                 cookie::login_cookie_state(name, &session_cookie).is_some()
                     || (with_logout && *name == logout)
+                    || *name == bound
             })
             .map(|(name, _)| name.to_string())
     }
