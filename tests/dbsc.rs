@@ -86,4 +86,65 @@ async fn chromium_binds_the_session_and_refreshes_its_bound_cookie() {
         !metrics.contains("tollgate_dbsc_total{event=\"refused\"}"),
         "a real browser never sees a refusal: {metrics}"
     );
+
+    // Replay from elsewhere (the cookies an infostealer copies), over the plain listener.
+    let result: serde_json::Value =
+        serde_json::from_str(printed.trim().lines().last().unwrap()).unwrap();
+    let cookies: Vec<String> = result["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let all = cookies.join("; ");
+    let session_only: String = cookies
+        .iter()
+        .filter(|c| !c.starts_with("__Host-tollgate-bound="))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert_ne!(all, session_only, "a bound cookie was set: {cookies:?}");
+    let replay = |cookie: String| {
+        let url = tg.url("/api/replay");
+        async move {
+            let r = plain()
+                .get(url)
+                .header("cookie", cookie)
+                .header("x-csrf", "1")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (
+                status,
+                body["error"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    assert_eq!(
+        replay(session_only).await,
+        (401, "device_proof_required".to_string()),
+        "the session cookie without its bound cookie"
+    );
+    // The whole copy works only while its bound cookie lasts (10 s at most); then the thief,
+    // who cannot sign a refresh, is out. Polled, bounded.
+    let mut last = (0, String::new());
+    for _ in 0..150 {
+        last = replay(all.clone()).await;
+        if last.0 == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last,
+        (401, "device_proof_required".to_string()),
+        "{}",
+        tg.log()
+    );
+    let metrics = tg
+        .wait_metrics(&["tollgate_dbsc_total{event=\"refused\"} 2"])
+        .await;
+    assert!(metrics.contains("tollgate_dbsc_total{event=\"refused\"} 2"));
 }

@@ -48,7 +48,11 @@ try {
   await page.waitForTimeout((boundSecs + 1) * 1000);
   const second = await call();
   const kinds = events.filter((e) => e.succeeded).map((e) => Object.keys(e).find((k) => k.endsWith('EventDetails')));
-  console.log(JSON.stringify({ first, second, events: kinds }));
+  // tollgate's cookies as a copy would take them (the replay test sends them from elsewhere).
+  const cookies = (await context.cookies(base))
+    .filter((c) => c.name.startsWith('__Host-tollgate'))
+    .map((c) => `${c.name}=${c.value}`);
+  console.log(JSON.stringify({ first, second, events: kinds, cookies }));
   failed = first !== 200 || second !== 200 || !kinds.includes('creationEventDetails') || !kinds.includes('refreshEventDetails');
 } finally {
   await browser.close();
