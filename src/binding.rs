@@ -14,7 +14,7 @@ use http::Method;
 
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
-use crate::session::dbsc::{seal_bound, BoundKey};
+use crate::session::dbsc::{seal_bound, BoundKey, Purpose};
 use crate::session::{Session, SessionError};
 use crate::sessions::device::{DeviceError, Registration};
 use crate::sessions::{CookieWork, Sessions};
@@ -77,6 +77,7 @@ fn refused(sessions: &Sessions, e: &DeviceError, facts: &Facts<'_>) -> Fault {
         DeviceError::Proof(p) => p.reason(),
         DeviceError::Challenge => "challenge",
         DeviceError::Replayed => "replayed",
+        DeviceError::AlreadyBound => "already_bound",
         DeviceError::Store(_) => "store_unavailable",
     };
     tracing::info!(
@@ -125,6 +126,10 @@ impl Binding {
         let session = sessions
             .session(&opened.payload, facts)
             .map_err(no_session)?;
+        // Bound once, for the session's life: a new key would be a thief's.
+        if session.device_key.is_some() {
+            return Err(refused(sessions, &DeviceError::AlreadyBound, facts));
+        }
         let key = sessions
             .check_device_proof(&session, proof(facts), None, facts)
             .await
@@ -166,7 +171,7 @@ impl Binding {
         };
         let Some(given) = proof(facts) else {
             let nonce = sessions
-                .device_challenge(&session, facts.now)
+                .device_challenge(&session, Purpose::Refresh, facts.now)
                 .ok_or(Fault::Internal)?;
             let id = sessions.device_session_identifier(&session);
             return Ok(Reply::from(Fault::DeviceProofRequired)
@@ -305,7 +310,9 @@ mod tests {
             let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).unwrap()
         };
-        let challenge = s.device_challenge(&session, NOW).unwrap();
+        let challenge = s
+            .device_challenge(&session, Purpose::Register, NOW)
+            .unwrap();
         let mut h = HeaderMap::new();
         h.insert("cookie", session_cookie.parse().unwrap());
         h.insert(RESPONSE_HEADER, proof(&device, &challenge).parse().unwrap());
@@ -317,6 +324,32 @@ mod tests {
             .any(|l| l.starts_with("__Host-tg-bound=") && l.contains("Max-Age=10")));
         // The re-sealed session carries the key: without a bound cookie it is refused.
         let bound_session = cookie(&set);
+        // Bound once: another registration, even for a fresh registration challenge, is a
+        // thief's attempt to move the session to their own key.
+        let thief = {
+            let rng = SystemRandom::new();
+            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).unwrap()
+        };
+        let again = s
+            .device_challenge(&session, Purpose::Register, NOW + 2)
+            .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("cookie", bound_session.parse().unwrap());
+        h.insert(RESPONSE_HEADER, proof(&thief, &again).parse().unwrap());
+        assert!(matches!(
+            b.register(&facts(&h, NOW + 2), &s).await,
+            Err(Fault::InvalidDeviceProof)
+        ));
+        // A refresh nonce (which anyone with the session cookie can get) registers nothing.
+        let nonce = s.device_challenge(&session, Purpose::Refresh, NOW).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("cookie", session_cookie.parse().unwrap());
+        h.insert(RESPONSE_HEADER, proof(&thief, &nonce).parse().unwrap());
+        assert!(matches!(
+            b.register(&facts(&h, NOW + 2), &s).await,
+            Err(Fault::InvalidDeviceProof)
+        ));
 
         // Refresh: first a challenge.
         let mut h = HeaderMap::new();
@@ -330,11 +363,6 @@ mod tests {
         let nonce = challenge_header.split('"').nth(1).unwrap().to_string();
         assert!(challenge_header.contains(";id=\""));
         // Another device's proof of that nonce: refused.
-        let thief = {
-            let rng = SystemRandom::new();
-            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).unwrap()
-        };
         h.insert(RESPONSE_HEADER, proof(&thief, &nonce).parse().unwrap());
         assert!(matches!(
             b.refresh(&facts(&h, NOW + 21), &s).await,
@@ -358,7 +386,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"tollgate_dbsc_total{event="refused"} 1"#),
+            text.contains(r#"tollgate_dbsc_total{event="refused"} 3"#),
             "{text}"
         );
     }

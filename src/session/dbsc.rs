@@ -259,10 +259,22 @@ pub(crate) fn check_bound(
     Ok(())
 }
 
-/// The context challenges are sealed under (never a cookie's name, so neither opens as the
-/// other).
-fn challenge_context(session_cookie: &str) -> String {
-    format!("{session_cookie}#dbsc-challenge")
+/// What a challenge is for. A registration challenge comes only in a login's answer; a refresh
+/// nonce comes to anyone holding the session cookie, so it must never register a key (that
+/// would let a cookie thief bind the session to a device of their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Register,
+    Refresh,
+}
+
+/// The context challenges are sealed under: one per purpose, never a cookie's name, so none
+/// opens as another.
+fn challenge_context(session_cookie: &str, purpose: Purpose) -> String {
+    match purpose {
+        Purpose::Register => format!("{session_cookie}#dbsc-register"),
+        Purpose::Refresh => format!("{session_cookie}#dbsc-refresh"),
+    }
 }
 
 /// A new challenge (registration) or nonce (refresh) for session `id`: sealed, so any replica
@@ -270,6 +282,7 @@ fn challenge_context(session_cookie: &str) -> String {
 pub(crate) fn seal_challenge(
     sealer: &Sealer,
     session_cookie: &str,
+    purpose: Purpose,
     id: u128,
     now: u64,
 ) -> Option<String> {
@@ -281,7 +294,7 @@ pub(crate) fn seal_challenge(
     sealer.seal_value(
         CHALLENGE_VERSION,
         &challenge,
-        &challenge_context(session_cookie),
+        &challenge_context(session_cookie, purpose),
     )
 }
 
@@ -291,6 +304,7 @@ pub(crate) fn seal_challenge(
 pub(crate) fn check_challenge(
     sealer: &Sealer,
     session_cookie: &str,
+    purpose: Purpose,
     challenge: &str,
     id: u128,
     now: u64,
@@ -299,7 +313,7 @@ pub(crate) fn check_challenge(
         .open_value::<Challenge>(
             CHALLENGE_VERSION,
             challenge,
-            &challenge_context(session_cookie),
+            &challenge_context(session_cookie, purpose),
         )
         .is_some_and(|c| {
             c.id == id && c.issued_at <= now && now < c.issued_at.saturating_add(CHALLENGE_TTL_SECS)
@@ -489,27 +503,42 @@ mod tests {
             Err(BoundError::Invalid)
         );
         // A challenge is not a bound cookie, nor the other way round.
-        let c = seal_challenge(&sealer, "tg", 7, 50).unwrap();
+        let c = seal_challenge(&sealer, "tg", Purpose::Register, 7, 50).unwrap();
         assert_eq!(
             check_bound(&sealer, name, Some(&c), 7, 99),
             Err(BoundError::Invalid)
         );
-        assert!(!check_challenge(&sealer, "tg", &v, 7, 50));
+        assert!(!check_challenge(
+            &sealer,
+            "tg",
+            Purpose::Register,
+            &v,
+            7,
+            50
+        ));
     }
 
     #[test]
     fn a_challenge_is_for_one_session_for_a_while() {
         let sealer = Sealer::new(&[[4u8; 32]]);
-        let c = seal_challenge(&sealer, "tg", 7, 1_000).unwrap();
+        let c = seal_challenge(&sealer, "tg", Purpose::Register, 7, 1_000).unwrap();
         assert_ne!(
             c,
-            seal_challenge(&sealer, "tg", 7, 1_000).unwrap(),
+            seal_challenge(&sealer, "tg", Purpose::Register, 7, 1_000).unwrap(),
             "random"
         );
-        assert!(check_challenge(&sealer, "tg", &c, 7, 1_000));
         assert!(check_challenge(
             &sealer,
             "tg",
+            Purpose::Register,
+            &c,
+            7,
+            1_000
+        ));
+        assert!(check_challenge(
+            &sealer,
+            "tg",
+            Purpose::Register,
             &c,
             7,
             1_000 + CHALLENGE_TTL_SECS - 1
@@ -517,12 +546,60 @@ mod tests {
         assert!(!check_challenge(
             &sealer,
             "tg",
+            Purpose::Register,
             &c,
             7,
             1_000 + CHALLENGE_TTL_SECS
         ));
-        assert!(!check_challenge(&sealer, "tg", &c, 8, 1_000));
-        assert!(!check_challenge(&sealer, "other", &c, 7, 1_000));
-        assert!(!check_challenge(&sealer, "tg", "not-a-challenge", 7, 1_000));
+        assert!(!check_challenge(
+            &sealer,
+            "tg",
+            Purpose::Register,
+            &c,
+            8,
+            1_000
+        ));
+        assert!(!check_challenge(
+            &sealer,
+            "other",
+            Purpose::Register,
+            &c,
+            7,
+            1_000
+        ));
+        assert!(!check_challenge(
+            &sealer,
+            "tg",
+            Purpose::Register,
+            "not-a-challenge",
+            7,
+            1_000
+        ));
+        // A refresh nonce never registers a key, nor a registration challenge refreshes.
+        assert!(!check_challenge(
+            &sealer,
+            "tg",
+            Purpose::Refresh,
+            &c,
+            7,
+            1_000
+        ));
+        let n = seal_challenge(&sealer, "tg", Purpose::Refresh, 7, 1_000).unwrap();
+        assert!(check_challenge(
+            &sealer,
+            "tg",
+            Purpose::Refresh,
+            &n,
+            7,
+            1_000
+        ));
+        assert!(!check_challenge(
+            &sealer,
+            "tg",
+            Purpose::Register,
+            &n,
+            7,
+            1_000
+        ));
     }
 }

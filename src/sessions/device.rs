@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::Sessions;
 use crate::request::Facts;
-use crate::session::dbsc::{self, BoundKey, ProofError};
+use crate::session::dbsc::{self, BoundKey, ProofError, Purpose};
 use crate::session::Session;
 use crate::store::StoreError;
 
@@ -31,6 +31,8 @@ pub(crate) enum DeviceError {
     Challenge,
     #[error("the challenge was answered before")]
     Replayed,
+    #[error("the session is bound to a key already")]
+    AlreadyBound,
     #[error("the store cannot say whether the challenge was answered before: {0}")]
     Store(#[from] StoreError),
 }
@@ -79,10 +81,16 @@ fn claimed_jti(proof: &str) -> Option<String> {
 impl Sessions {
     /// A new challenge for `session` (the registration header of a login's answer, or a
     /// refresh's `Secure-Session-Challenge`).
-    pub(crate) fn device_challenge(&self, session: &Session<'_>, now: u64) -> Option<String> {
+    pub(crate) fn device_challenge(
+        &self,
+        session: &Session<'_>,
+        purpose: Purpose,
+        now: u64,
+    ) -> Option<String> {
         dbsc::seal_challenge(
             self.codec().sealer(),
             self.codec().cookie_name(),
+            purpose,
             session.id,
             now,
         )
@@ -94,7 +102,7 @@ impl Sessions {
         if !self.device_binding() {
             return None;
         }
-        let challenge = self.device_challenge(session, now)?;
+        let challenge = self.device_challenge(session, Purpose::Register, now)?;
         Some(format!(
             "(ES256);path=\"{REGISTER_PATH}\";challenge=\"{challenge}\""
         ))
@@ -123,9 +131,14 @@ impl Sessions {
         }
         let jti = claimed_jti(proof).ok_or(ProofError::Malformed)?;
         let sealer = self.codec().sealer();
+        let purpose = match key {
+            Some(_) => Purpose::Refresh,
+            None => Purpose::Register,
+        };
         if !dbsc::check_challenge(
             sealer,
             self.codec().cookie_name(),
+            purpose,
             &jti,
             session.id,
             facts.now,
@@ -265,7 +278,9 @@ mod tests {
             client: None,
         };
         let dev = device();
-        let challenge = s.device_challenge(&session, NOW).unwrap();
+        let challenge = s
+            .device_challenge(&session, Purpose::Register, NOW)
+            .unwrap();
         let registration = proof(&dev, &challenge, true);
         let key = s
             .check_device_proof(&session, Some(&registration), None, &facts)
@@ -281,7 +296,11 @@ mod tests {
         // Another session's challenge, or none at all.
         let mut other = fixture::session(NOW, "at");
         other.id ^= 1;
-        let foreign = proof(&dev, &s.device_challenge(&other, NOW).unwrap(), true);
+        let foreign = proof(
+            &dev,
+            &s.device_challenge(&other, Purpose::Register, NOW).unwrap(),
+            true,
+        );
         assert!(matches!(
             s.check_device_proof(&session, Some(&foreign), None, &facts)
                 .await,
@@ -292,7 +311,7 @@ mod tests {
             Err(DeviceError::Missing)
         ));
         // A refresh: the bound key signs a new nonce; another device cannot.
-        let nonce = s.device_challenge(&session, NOW).unwrap();
+        let nonce = s.device_challenge(&session, Purpose::Refresh, NOW).unwrap();
         assert!(matches!(
             s.check_device_proof(
                 &session,

@@ -29,7 +29,7 @@ use crate::session::revocations::{Revocation, Revocations, SeenJtis};
 use crate::session::{Payload, Session, SessionCodec, SessionError};
 use crate::store::{Store, StoreError};
 use csrf::CsrfPolicy;
-use records::{Found, Records, Write};
+use records::{Found, Records, Write, FRESH_SECS};
 
 /// The session service, built once from the config and shared by everything that serves a
 /// request.
@@ -205,7 +205,7 @@ impl Sessions {
                 return opened;
             }
         };
-        let mut found = records.get(id, &self.codec, facts.now, false).await;
+        let mut found = records.get(id, &self.codec, facts.now, FRESH_SECS).await;
         if let Ok(Found::Record(r)) = &found {
             // A copy idle-expired here may have been used on another replica since.
             if self
@@ -213,7 +213,19 @@ impl Sessions {
                 .decode(&Payload::from(r.session.clone()), facts.now)
                 == Err(SessionError::Idle)
             {
-                found = records.get(id, &self.codec, facts.now, true).await;
+                found = records.get(id, &self.codec, facts.now, 0).await;
+            } else if self.device_binding()
+                && r.session.device_key.is_none()
+                && facts.now
+                    < r.session
+                        .created_at
+                        .saturating_add(crate::session::dbsc::CHALLENGE_TTL_SECS + 1)
+            {
+                // A session is bound within a challenge's lifetime of its login, maybe on
+                // another replica: an unbound copy that young is read again (at most once a
+                // second), so that a cookie without its bound cookie does not pass on a copy
+                // from before the binding.
+                found = records.get(id, &self.codec, facts.now, 1).await;
             }
         }
         opened.payload = match found {
@@ -366,7 +378,7 @@ impl Sessions {
             .and_then(|v| self.codec.open_handle(&v).ok())
             .filter(|old| *old != session.id)
         {
-            if let Ok(Found::Record(r)) = records.get(old, &self.codec, facts.now, true).await {
+            if let Ok(Found::Record(r)) = records.get(old, &self.codec, facts.now, 0).await {
                 if let Err(e) = self.end_records(&[r], "login", facts.now).await {
                     tracing::warn!(request_id = facts.request_id, error = %e, "the session this login replaces could not be ended");
                 }
@@ -433,7 +445,7 @@ impl Sessions {
         let Some(records) = &self.records else {
             return Ok(None);
         };
-        Ok(match records.get(id, &self.codec, now, true).await? {
+        Ok(match records.get(id, &self.codec, now, 0).await? {
             Found::Record(r)
                 if self
                     .codec

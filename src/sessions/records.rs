@@ -237,14 +237,15 @@ impl Records {
         self.metrics.sessions_active(n);
     }
 
-    /// Session `id`: from memory while fresh, else from the store. `idle_retry`: the caller
-    /// found the copy idle-expired, so memory is skipped (another replica may have renewed it).
+    /// Session `id`: from memory if read from the store less than `fresh_for` seconds ago
+    /// (normally [`FRESH_SECS`]; 0 when the caller found the copy idle-expired, since another
+    /// replica may have renewed it), else from the store.
     pub(crate) async fn get(
         &self,
         id: u128,
         codec: &SessionCodec,
         now: u64,
-        idle_retry: bool,
+        fresh_for: u64,
     ) -> Result<Found, StoreError> {
         let cached = self.cached(id, now);
         let Some(store) = &self.shared else {
@@ -254,7 +255,7 @@ impl Records {
             });
         };
         if let Some(e) = &cached {
-            if !idle_retry && now.saturating_sub(e.fetched_at) < FRESH_SECS {
+            if now.saturating_sub(e.fetched_at) < fresh_for {
                 return Ok(Found::Record(e.record.clone()));
             }
         }
@@ -335,7 +336,7 @@ impl Records {
                 }
                 // Another request moved it in first: use what it stored.
                 Write::MoveIn if !written => {
-                    if let Found::Record(r) = self.get(id, codec, now, true).await? {
+                    if let Found::Record(r) = self.get(id, codec, now, 0).await? {
                         (session, meta) = (r.session, r.meta);
                     }
                 }
@@ -437,7 +438,7 @@ impl Records {
             let Ok(id) = u128::from_str_radix(&hex, 16) else {
                 continue;
             };
-            match self.get(id, codec, now, true).await? {
+            match self.get(id, codec, now, 0).await? {
                 Found::Record(r) if matches(&r.session) => out.push(r),
                 // Expired since it was listed: tidy the index.
                 _ => store.unindex_session(&key, &hex).await?,
@@ -527,7 +528,7 @@ mod tests {
                 .unwrap();
         }
         assert!(
-            matches!(records.get(a.id, &codec, NOW + 1, false).await.unwrap(), Found::Record(r) if r.session == a)
+            matches!(records.get(a.id, &codec, NOW + 1, FRESH_SECS).await.unwrap(), Found::Record(r) if r.session == a)
         );
         assert_eq!(
             records
@@ -542,14 +543,20 @@ mod tests {
         assert_eq!(by_sid[0].session.id, a.id);
         records.delete(&by_sid[0]).await.unwrap();
         assert!(matches!(
-            records.get(a.id, &codec, NOW + 1, false).await.unwrap(),
+            records
+                .get(a.id, &codec, NOW + 1, FRESH_SECS)
+                .await
+                .unwrap(),
             Found::Gone
         ));
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(text.contains("tollgate_sessions_active 2"), "{text}");
         // Past the idle timeout: gone, and swept from memory.
         assert!(matches!(
-            records.get(b.id, &codec, NOW + 600, false).await.unwrap(),
+            records
+                .get(b.id, &codec, NOW + 600, FRESH_SECS)
+                .await
+                .unwrap(),
             Found::Gone
         ));
         let text = String::from_utf8(metrics.render()).unwrap();
@@ -573,7 +580,7 @@ mod tests {
                 .unwrap();
             // B reads it (a copy in its memory), then A refreshes.
             assert!(matches!(
-                b.get(first.id, &codec, NOW, false).await.unwrap(),
+                b.get(first.id, &codec, NOW, FRESH_SECS).await.unwrap(),
                 Found::Record(_)
             ));
             let mut refreshed = (*first).clone();
@@ -601,7 +608,8 @@ mod tests {
             .await
             .unwrap();
             let c = Records::new(Some(Arc::new(redis.store("t:"))), Metrics::new());
-            let Found::Record(stored) = c.get(first.id, &codec, NOW + 21, false).await.unwrap()
+            let Found::Record(stored) =
+                c.get(first.id, &codec, NOW + 21, FRESH_SECS).await.unwrap()
             else {
                 panic!("the session is gone");
             };
