@@ -188,8 +188,13 @@ pub(crate) fn verify_refresh(proof: &str, key: &BoundKey, nonce: &str) -> Result
     parsed.verify(key, nonce)
 }
 
-/// How long a registration challenge or a refresh nonce may be answered.
+/// How long a refresh nonce may be answered.
 pub(crate) const CHALLENGE_TTL_SECS: u64 = 300;
+
+/// How long a login's registration challenge is valid. Chromium registers as soon as it reads
+/// the login's answer, so a minute is plenty; and once it has passed, an unbound session stays
+/// unbound, which lets replicas trust their memory of it again (see [`Purpose::ttl`]).
+pub(crate) const REGISTRATION_TTL_SECS: u64 = 60;
 
 const BOUND_VERSION: u8 = 1;
 const CHALLENGE_VERSION: u8 = 1;
@@ -268,6 +273,16 @@ pub(crate) enum Purpose {
     Refresh,
 }
 
+impl Purpose {
+    /// How long a challenge for this purpose is valid.
+    pub(crate) fn ttl(self) -> u64 {
+        match self {
+            Purpose::Register => REGISTRATION_TTL_SECS,
+            Purpose::Refresh => CHALLENGE_TTL_SECS,
+        }
+    }
+}
+
 /// The context challenges are sealed under: one per purpose, never a cookie's name, so none
 /// opens as another.
 fn challenge_context(session_cookie: &str, purpose: Purpose) -> String {
@@ -299,7 +314,7 @@ pub(crate) fn seal_challenge(
 }
 
 /// Whether `challenge` is one tollgate issued for session `id` less than
-/// [`CHALLENGE_TTL_SECS`] ago. (That it is used once is for the caller to check, in the
+/// [`Purpose::ttl`] ago. (That it is used once is for the caller to check, in the
 /// store across replicas.)
 pub(crate) fn check_challenge(
     sealer: &Sealer,
@@ -316,7 +331,7 @@ pub(crate) fn check_challenge(
             &challenge_context(session_cookie, purpose),
         )
         .is_some_and(|c| {
-            c.id == id && c.issued_at <= now && now < c.issued_at.saturating_add(CHALLENGE_TTL_SECS)
+            c.id == id && c.issued_at <= now && now < c.issued_at.saturating_add(purpose.ttl())
         })
 }
 
@@ -541,7 +556,7 @@ mod tests {
             Purpose::Register,
             &c,
             7,
-            1_000 + CHALLENGE_TTL_SECS - 1
+            1_000 + REGISTRATION_TTL_SECS - 1
         ));
         assert!(!check_challenge(
             &sealer,
@@ -549,7 +564,7 @@ mod tests {
             Purpose::Register,
             &c,
             7,
-            1_000 + CHALLENGE_TTL_SECS
+            1_000 + REGISTRATION_TTL_SECS
         ));
         assert!(!check_challenge(
             &sealer,

@@ -155,10 +155,7 @@ impl Sessions {
         // Once: a copied proof is worth nothing. The id is a digest (the challenge is long).
         let digest = ring::digest::digest(&ring::digest::SHA256, jti.as_bytes());
         let id = format!("dbsc:{}", URL_SAFE_NO_PAD.encode(digest.as_ref()));
-        if !self
-            .first_use(&id, dbsc::CHALLENGE_TTL_SECS, facts.now)
-            .await?
-        {
+        if !self.first_use(&id, purpose.ttl(), facts.now).await? {
             return Err(DeviceError::Replayed);
         }
         Ok(bound)

@@ -214,18 +214,19 @@ impl Sessions {
                 == Err(SessionError::Idle)
             {
                 found = records.get(id, &self.codec, facts.now, 0).await;
-            } else if self.device_binding()
-                && r.session.device_key.is_none()
-                && facts.now
-                    < r.session
-                        .created_at
-                        .saturating_add(crate::session::dbsc::CHALLENGE_TTL_SECS + 1)
-            {
-                // A session is bound within a challenge's lifetime of its login, maybe on
-                // another replica: an unbound copy that young is read again (at most once a
-                // second), so that a cookie without its bound cookie does not pass on a copy
-                // from before the binding.
-                found = records.get(id, &self.codec, facts.now, 1).await;
+            } else if self.device_binding() && r.session.device_key.is_none() {
+                // A session can be bound until its registration challenge expires, maybe on
+                // another replica, so a copy read before then may be stale: it is read again,
+                // so that a cookie without its bound cookie does not pass on a copy from before
+                // the binding. A copy read after then is trusted for FRESH_SECS as usual.
+                let settled = r
+                    .session
+                    .created_at
+                    .saturating_add(crate::session::dbsc::REGISTRATION_TTL_SECS + 1);
+                if facts.now < settled.saturating_add(FRESH_SECS) {
+                    let fresh_for = FRESH_SECS.min(facts.now.saturating_sub(settled));
+                    found = records.get(id, &self.codec, facts.now, fresh_for).await;
+                }
             }
         }
         opened.payload = match found {
