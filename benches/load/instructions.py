@@ -15,18 +15,25 @@ runs with redis are skipped when redis-server is not installed. With `--variants
 more: with the API route's upstream as a pool (a one-member list with an active health check,
 so each request goes through the load balancer's selection), and with traces on, exported over
 OTLP/HTTP to the nginx upstream (which answers the exporter's POSTs with 200), every request
-sampled, then one in ten. Needs valgrind, nginx and the test provider (`npm ci` in tests/idp).
+sampled, then one in ten. With `--dbsc`, device binding (`device_binding = "dbsc"`): a
+request of a bound session (the bound cookie checked) against one of an unbound session, in the
+same configuration (the device-binding issue's budget: at most 3 % more), and what a bound
+cookie's refresh costs (the challenge and the signed answer, with a software P-256 key; needs
+python3-cryptography). Needs valgrind, nginx and the test provider (`npm ci` in tests/idp).
 Loopback only.
 
-Usage: python3 benches/load/instructions.py [--requests 2000] [--allocator mimalloc|jemalloc|system] [--variants]
+Usage: python3 benches/load/instructions.py [--requests 2000] [--allocator mimalloc|jemalloc|system] [--variants] [--dbsc]
 """
 
 import argparse
+import base64
 import collections
 import http.client
+import json
 import os
 import shutil
 import signal
+import urllib.parse
 import urllib.request
 import subprocess
 import sys
@@ -35,6 +42,108 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as R  # noqa: E402  (the load benchmark's process helpers and config)
+
+
+def dbsc_conf():
+    """tollgate's config with device binding: public_url on https://localhost (DBSC needs
+    https; the login's callback is followed to the plain listener by `dbsc_session`), a fresh
+    key (the published one is refused with https), bound cookies valid for an hour."""
+    text = open(R.tollgate_conf()).read()
+    plain = f'public_url = "http://{R.HOST}:{R.PORTS["tollgate"]}"'
+    assert plain in text, "public_url line"
+    text = text.replace(plain, f'public_url = "https://localhost:{R.PORTS["tollgate"]}"')
+    assert f'keys = ["{R.KEY}"]' in text
+    text = text.replace(f'keys = ["{R.KEY}"]', f'keys = ["{base64.b64encode(os.urandom(32)).decode()}"]\n'
+                        'device_binding = "dbsc"\nbound_cookie_lifetime = "1h"')
+    return R.write(os.path.join(R.WORK, "tollgate-dbsc.toml"), text)
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Device:
+    """A software P-256 key that answers DBSC challenges as Chromium does."""
+
+    def __init__(self):
+        from cryptography.hazmat.primitives.asymmetric import ec
+        self.key = ec.generate_private_key(ec.SECP256R1())
+
+    def proof(self, jti):
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+        n = self.key.public_key().public_numbers()
+        header = {"alg": "ES256", "typ": "dbsc+jwt",
+                  "jwk": {"kty": "EC", "crv": "P-256", "x": b64url(n.x.to_bytes(32, "big")),
+                          "y": b64url(n.y.to_bytes(32, "big"))}}
+        signed = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps({'jti': jti}).encode())}"
+        r, s = decode_dss_signature(self.key.sign(signed.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signed}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def dbsc_session(bind, device=None):
+    """Logs in at the dbsc tollgate, following redirects by hand (the callback at the https
+    public_url is sent to the plain listener); with `bind`, registers `device`. The Cookie
+    header of tollgate's cookies."""
+    public = f"https://localhost:{R.PORTS['tollgate']}"
+    plain = f"http://{R.HOST}:{R.PORTS['tollgate']}"
+    jar, registration = {}, None
+    url = f"{plain}/login?return_to=/landing"
+    for _ in range(20):
+        u = urllib.parse.urlsplit(url)
+        c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        c.request("GET", u.path + (f"?{u.query}" if u.query else ""),
+                  headers={"Cookie": "; ".join(f"{k}={v}" for k, v in jar.items()),
+                           "Accept": "text/html"})
+        r = c.getresponse()
+        r.read()
+        for line in r.headers.get_all("set-cookie") or []:
+            name, value = line.split(";", 1)[0].split("=", 1)
+            jar[name.strip()] = value
+        registration = r.headers.get("secure-session-registration") or registration
+        c.close()
+        if r.status not in (301, 302, 303, 307, 308):
+            break
+        url = urllib.parse.urljoin(url, r.headers["location"]).replace(public, plain)
+    if registration is None:
+        raise SystemExit("dbsc: the login's answer offered no Secure-Session-Registration")
+    cookies = lambda: "; ".join(f"{k}={v}" for k, v in jar.items() if k.startswith("__Host-tollgate"))
+    if bind:
+        challenge = registration.split('"')[3]
+        c = http.client.HTTPConnection(R.HOST, R.PORTS["tollgate"], timeout=30)
+        c.request("POST", "/dbsc/register", headers={"Cookie": cookies(),
+                                                     "Secure-Session-Response": device.proof(challenge)})
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise SystemExit(f"dbsc: registration answered {r.status}")
+        for line in r.headers.get_all("set-cookie") or []:
+            name, value = line.split(";", 1)[0].split("=", 1)
+            jar[name.strip()] = value
+        c.close()
+        if "__Host-tollgate-bound" not in jar:
+            raise SystemExit("dbsc: registration set no bound cookie")
+    return cookies()
+
+
+def drive_refresh(port, n, headers, device):
+    """`n` bound-cookie refreshes: the challenge, then the device's signed answer."""
+    c = http.client.HTTPConnection(R.HOST, port, timeout=120)
+    for _ in range(n):
+        c.request("POST", "/dbsc/refresh", headers={"Cookie": headers["Cookie"]})
+        r = c.getresponse()
+        r.read()
+        challenge = r.headers.get("secure-session-challenge")
+        if r.status != 403 or not challenge:
+            raise SystemExit(f"dbsc refresh: {r.status} without a challenge")
+        c.request("POST", "/dbsc/refresh", headers={"Cookie": headers["Cookie"],
+                                                    "Secure-Session-Response": device.proof(challenge.split('"')[1])})
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise SystemExit(f"dbsc refresh: the answer got {r.status}")
+    c.close()
 
 
 def drive(port, n, headers):
@@ -80,16 +189,16 @@ def parse(path):
 ALLOC_ENTRIES = ("malloc", "mi_malloc_aligned", "_rjem_malloc", "_rjem_mallocx")
 
 
-def measure(name, argv, port, ready_url, n, headers_for, env=None):
+def measure(name, argv, port, ready_url, n, headers_for, env=None, driver=drive):
     out = os.path.join(R.WORK, f"callgrind.{name}.out")
     R.start(name, ["valgrind", "--tool=callgrind", "--compress-strings=no", "--compress-pos=no",
                    f"--callgrind-out-file={out}"] + argv, env=env)
     R.wait_http(name, ready_url, timeout=180)
     headers = headers_for()
-    drive(port, 200, headers)
+    driver(port, 200, headers)
     pid = R.procs[name].pid
     callgrind_control(pid, "--zero")
-    drive(port, n, headers)
+    driver(port, n, headers)
     callgrind_control(pid, "--dump")
     time.sleep(1)
     dumps = sorted(p for p in os.listdir(R.WORK) if p.startswith(f"callgrind.{name}.out."))
@@ -135,6 +244,8 @@ def main():
                     help="the global allocator of both builds (default: tollgate's, mimalloc)")
     ap.add_argument("--variants", action="store_true",
                     help="also measure a pool route and traces on, each against plain tollgate")
+    ap.add_argument("--dbsc", action="store_true",
+                    help="also measure device binding: a bound session against an unbound one, and a refresh")
     args = ap.parse_args()
     R.build(args.allocator)
     idp_dir = os.path.join(R.ROOT, "tests", "idp")
@@ -144,7 +255,8 @@ def main():
     location / {{ default_type application/json; return 200 '{{"ok":true,"from":"upstream"}}'; }} }}"""), "-g", "daemon off;"])
         R.start("idp", ["node", os.path.join(idp_dir, "server.js")], env={**os.environ,
                 "IDP_PORT": str(R.PORTS["idp"]),
-                "REDIRECT_URIS": f"http://{R.HOST}:{R.PORTS['tollgate']}/callback"})
+                "REDIRECT_URIS": f"http://{R.HOST}:{R.PORTS['tollgate']}/callback,"
+                                 f"https://localhost:{R.PORTS['tollgate']}/callback"})
         R.wait_http("upstream", f"http://{R.HOST}:{R.PORTS['upstream']}/")
         R.wait_http("idp", f"{R.ISSUER}/.well-known/openid-configuration")
         cookie = {}
@@ -206,6 +318,28 @@ def main():
                 variants[label] = measure(name, [tollgate_bin, "--config", conf], R.PORTS["tollgate"],
                                           ready, args.requests, tollgate_headers, env=quiet)
                 stop(name)
+        dbsc = {}
+        if args.dbsc:
+            conf = dbsc_conf()
+            device = Device()
+            dbsc["unbound"] = measure("tollgate-dbsc-unbound", [tollgate_bin, "--config", conf], R.PORTS["tollgate"],
+                                      ready, args.requests, lambda: {"Cookie": dbsc_session(False), "x-csrf": "1"},
+                                      env=quiet)
+            stop("tollgate-dbsc-unbound")
+            bound = {}
+
+            def bound_headers():
+                bound["v"] = {"Cookie": dbsc_session(True, device), "x-csrf": "1"}
+                return bound["v"]
+
+            dbsc["bound"] = measure("tollgate-dbsc-bound", [tollgate_bin, "--config", conf], R.PORTS["tollgate"],
+                                    ready, args.requests, bound_headers, env=quiet)
+            stop("tollgate-dbsc-bound")
+            # A refresh is rare (once per bound_cookie_lifetime per browser): 200 of them.
+            dbsc["refresh"] = measure("tollgate-dbsc-refresh", [tollgate_bin, "--config", conf], R.PORTS["tollgate"],
+                                      ready, 200, bound_headers, env=quiet,
+                                      driver=lambda port, n, h: drive_refresh(port, n, h, device))
+            stop("tollgate-dbsc-refresh")
         bp = measure("bare-pingora", [os.path.join(R.ROOT, "target", "release", "examples", "bare_pingora"),
                                       f"{R.HOST}:{R.PORTS['bare-pingora']}", f"{R.HOST}:{R.PORTS['upstream']}", "2"],
                      R.PORTS["bare-pingora"], f"http://{R.HOST}:{R.PORTS['bare-pingora']}/", args.requests,
@@ -227,6 +361,15 @@ def main():
         print(f"| instructions | {tss['instructions']:,.0f} | {tg['instructions']:,.0f} | {tss['instructions'] / tg['instructions']:.3f} |")
         print(f"| heap allocations | {tss['allocations']:.1f} | {tg['allocations']:.1f} | {tss['allocations'] / tg['allocations']:.3f} |")
         print(f"| Cookie header bytes | {len(cookie['store'])} | {len(cookie['v'])} | {len(cookie['store']) / len(cookie['v']):.3f} |")
+    if dbsc:
+        u, b, r = dbsc["unbound"], dbsc["bound"], dbsc["refresh"]
+        print(f"\n| device binding (`device_binding = \"dbsc\"`) | bound session | unbound session | ratio |")
+        print("|---|---|---|---|")
+        print(f"| instructions | {b['instructions']:,.0f} | {u['instructions']:,.0f} | {b['instructions'] / u['instructions']:.3f} |")
+        print(f"| heap allocations | {b['allocations']:.1f} | {u['allocations']:.1f} | {b['allocations'] / u['allocations']:.3f} |")
+        print(f"| unbound session vs tollgate without device binding (instructions) | | | {u['instructions'] / tg['instructions']:.3f} |")
+        print(f"\na bound cookie's refresh (challenge + signed answer): {r['instructions']:,.0f} instructions, "
+              f"{r['allocations']:.0f} allocations ({r['instructions'] / b['instructions']:.1f}x a proxied request)")
     for label, v in variants.items():
         print(f"\n| {label} | tollgate, {label} | tollgate | ratio |")
         print("|---|---|---|---|")
