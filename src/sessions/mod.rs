@@ -505,21 +505,21 @@ impl Sessions {
         Ok(())
     }
 
-    /// Whether the request proves the device `session` is bound to (DBSC): its bound cookie is
-    /// this session's and fresh. `Ok` for a session that is not bound.
+    /// Whether the request proves the device `session` is bound to (DBSC): its bound cookie
+    /// (among the cookies `present`) is this session's and fresh. `Ok` for a session that is not bound.
     pub(crate) fn check_device(
         &self,
         session: &Session<'_>,
+        present: &SessionCookies<'_>,
         facts: &Facts<'_>,
     ) -> Result<(), crate::session::dbsc::BoundError> {
         if session.device_key.is_none() {
             return Ok(());
         }
-        let value = crate::session::cookie::find(&self.bound_cookie, facts.cookie_headers());
         crate::session::dbsc::check_bound(
             self.codec.sealer(),
             &self.bound_cookie,
-            value,
+            present.bound(),
             session.id,
             facts.now,
         )

@@ -31,7 +31,7 @@ use crate::oidc::refresh::{self, RefreshOutcome};
 use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
-use crate::session::cookie::ChunkError;
+use crate::session::cookie::{ChunkError, SessionCookies};
 use crate::session::{Session, SessionError};
 use crate::sessions::{CookieWork, Sessions};
 use grant::affinity;
@@ -125,7 +125,9 @@ impl Gate {
         let opened = self.sessions.open(facts).await;
         let (verdict, work) = match self.sessions.session(&opened.payload, facts) {
             Ok(session) => {
-                let (verdict, work) = self.with_session(session, policy, facts, refresher).await;
+                let (verdict, work) = self
+                    .with_session(session, &opened.present, policy, facts, refresher)
+                    .await;
                 match work {
                     // A cookie session met under `storage = "store"` moves in now.
                     CookieWork::Keep if opened.moved => match &opened.payload {
@@ -230,6 +232,7 @@ impl Gate {
     async fn with_session(
         &self,
         session: Session<'_>,
+        present: &SessionCookies<'_>,
         policy: Policy<'_>,
         facts: &Facts<'_>,
         refresher: &impl Refresher,
@@ -239,7 +242,11 @@ impl Gate {
             return (Err(fault), CookieWork::Keep);
         }
         // A session bound to its device needs the device's proof on every request.
-        if self.sessions.check_device(&session, facts).is_err() {
+        if self
+            .sessions
+            .check_device(&session, present, facts)
+            .is_err()
+        {
             return (Err(Fault::DeviceProofRequired), CookieWork::Keep);
         }
         if policy.require_device_binding && session.device_key.is_none() {
