@@ -6,6 +6,8 @@
 //! - `DELETE /sessions/{id}`: ends one session; `404` when there is no such live session;
 //! - `DELETE /sessions?sub=…`: ends all of the user's sessions.
 //!
+//! `sub` is a user of the default provider; `&provider=NAME` names another's.
+//!
 //! Ending a session revokes it on every replica (the store's pub/sub: within a moment),
 //! removes its record, and revokes its refresh token at the provider, as `/logout` does.
 //! Every call needs `Authorization: Bearer <token>` (`[admin] token_file`, re-read when it
@@ -23,7 +25,7 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::config::Secret;
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::ops::metrics::Metrics;
 use crate::proxy::request_id;
 use crate::session::record::Record;
@@ -32,7 +34,7 @@ use crate::sessions::Sessions;
 /// The admin API, built once from the config.
 pub(crate) struct Admin {
     pub(crate) sessions: Arc<Sessions>,
-    pub(crate) oidc: Arc<Oidc>,
+    pub(crate) providers: Arc<Providers>,
     /// The bearer token (`[admin] token_file`, replaced when the file changes).
     pub(crate) token: std::sync::RwLock<Secret>,
     pub(crate) metrics: Metrics,
@@ -93,6 +95,17 @@ fn same(given: &[u8], token: &[u8]) -> bool {
         .zip(b.as_ref())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0
+}
+
+/// The `provider` of a query (the default provider without one).
+fn provider_of(query: Option<&str>) -> String {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
+        .ok()
+        .and_then(|q| {
+            q.into_iter()
+                .find(|(k, v)| k == "provider" && !v.is_empty())
+        })
+        .map_or_else(|| crate::config::DEFAULT_PROVIDER.to_string(), |(_, v)| v)
 }
 
 /// The `sub` of a query, if it has a non-empty one.
@@ -172,7 +185,8 @@ impl Admin {
                 error(400, "invalid_request", "sub is required"),
             );
         };
-        match self.sessions.of_user(&sub, false, r.now).await {
+        let provider = provider_of(r.query);
+        match self.sessions.of_user(&provider, &sub, false, r.now).await {
             Ok(records) => {
                 let listed: Vec<Listed<'_>> = records.iter().map(|rec| self.listed(rec)).collect();
                 ("ok", reply(200, serde_json::json!({ "sessions": listed })))
@@ -185,11 +199,7 @@ impl Admin {
         let s = &rec.session;
         Listed {
             id: crate::sessions::records::id_hex(s.id),
-            provider: if rec.meta.provider.is_empty() {
-                crate::sessions::records::PROVIDER
-            } else {
-                &rec.meta.provider
-            },
+            provider: s.provider_name(),
             sub: &s.claims.sub,
             created_at: s.created_at,
             last_seen: s.last_seen,
@@ -214,7 +224,9 @@ impl Admin {
         if let Err(e) = self.sessions.end_records(ended, "admin", r.now).await {
             return self.unavailable(r, &e);
         }
-        self.oidc.end_tokens(&found.session, r.request_id).await;
+        self.providers
+            .end_tokens(&found.session, r.request_id)
+            .await;
         ("ok", reply(200, serde_json::json!({ "ended": 1 })))
     }
 
@@ -227,11 +239,11 @@ impl Admin {
         };
         match self
             .sessions
-            .end_user(&sub, r.now + 1, "admin", r.now)
+            .end_user(&provider_of(r.query), &sub, r.now + 1, "admin", r.now)
             .await
         {
             Ok(ended) => {
-                self.oidc.end_all_tokens(&ended, r.request_id).await;
+                self.providers.end_all_tokens(&ended, r.request_id).await;
                 (
                     "ok",
                     reply(200, serde_json::json!({ "ended": ended.len() })),
@@ -310,6 +322,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::oidc::discovery::ProviderStore;
+    use crate::oidc::Oidc;
     use crate::request::Facts;
     use crate::session::fixture;
     use crate::session::revocations::Revocations;
@@ -332,7 +345,7 @@ mod tests {
         )
         .unwrap();
         let metrics = Metrics::new();
-        let http = crate::oidc::http_client(&config).unwrap();
+        let http = crate::oidc::http::http_client(&config).unwrap();
         let oidc = Oidc::new(
             &config,
             http,
@@ -351,7 +364,7 @@ mod tests {
         );
         Admin {
             sessions: Arc::new(sessions),
-            oidc: Arc::new(oidc),
+            providers: Arc::new(Providers::one(Arc::new(oidc))),
             token: std::sync::RwLock::new(Secret::new(TOKEN.into())),
             metrics,
         }
@@ -408,7 +421,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::COOKIE, pair.parse().unwrap());
         let (second, _) = start_with(&a, "alice", &headers).await;
-        let left = a.sessions.of_user("alice", false, NOW + 1).await.unwrap();
+        let left = a
+            .sessions
+            .of_user("default", "alice", false, NOW + 1)
+            .await
+            .unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].session.id, second);
         assert!(a.sessions.find(first, NOW + 1).await.unwrap().is_none());
@@ -467,7 +484,11 @@ mod tests {
             call(&a, Method::DELETE, &one, Some(TOKEN)).await.status,
             404
         );
-        let left = a.sessions.of_user("alice", false, NOW + 1).await.unwrap();
+        let left = a
+            .sessions
+            .of_user("default", "alice", false, NOW + 1)
+            .await
+            .unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].session.id, second);
 
@@ -475,13 +496,13 @@ mod tests {
         assert_eq!((r.status, r.body.as_str()), (200, r#"{"ended":1}"#));
         assert!(a
             .sessions
-            .of_user("alice", false, NOW + 1)
+            .of_user("default", "alice", false, NOW + 1)
             .await
             .unwrap()
             .is_empty());
         assert_eq!(
             a.sessions
-                .of_user("bob", false, NOW + 1)
+                .of_user("default", "bob", false, NOW + 1)
                 .await
                 .unwrap()
                 .len(),

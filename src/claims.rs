@@ -16,6 +16,11 @@
 //! - a claim that is missing, or of another type (`"true"` is not `true`), does not match.
 //!
 //! Values are compared exactly: no case folding, no trimming.
+//!
+//! Two keys are not claims but a step-up rule (RFC 9470, [`StepUp`]): `acr` (the
+//! authentication context classes any one of which the login must have had) and `max_age`
+//! (how long ago, at most, the user authenticated: seconds, or `"10m"`, `"1h"`). A session
+//! that falls short is not refused (`403`) but asked to log in again, more strongly.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -101,9 +106,64 @@ pub fn claim<'k>(kept: &'k KeptClaims, name: &str) -> Option<&'k ClaimValue> {
 pub struct ClaimRule {
     /// Claim name and the values any one of which it must have.
     terms: Vec<(String, Vec<Scalar>)>,
+    /// `acr` and `max_age`: how strong and how recent the login must be.
+    step_up: Option<StepUp>,
+}
+
+/// A step-up rule (RFC 9470): the login's `acr` must be one of `acr` (when any is listed), and
+/// its `auth_time` at most `max_age` seconds old (when set).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StepUp {
+    pub acr: Vec<String>,
+    pub max_age: Option<u64>,
+}
+
+impl StepUp {
+    /// Whether a session with claims `kept` (its ID token's `acr` and `auth_time`) meets the
+    /// rule at `now`.
+    pub fn satisfied(&self, kept: &KeptClaims, now: u64) -> bool {
+        let acr_ok = self.acr.is_empty()
+            || matches!(claim(kept, "acr"), Some(ClaimValue::One(Scalar::Str(a))) if self.acr.contains(a));
+        let age_ok = match self.max_age {
+            None => true,
+            Some(max) => matches!(
+                claim(kept, "auth_time"),
+                Some(ClaimValue::One(Scalar::Int(t))) if u64::try_from(*t).is_ok_and(|t| t <= now && now - t <= max)
+            ),
+        };
+        acr_ok && age_ok
+    }
+
+    /// `acr_values` as a login asks for them: space-separated.
+    pub fn acr_values(&self) -> String {
+        self.acr.join(" ")
+    }
+}
+
+/// `"90"`, `"90s"`, `"10m"`, `"1h"`, `"1d"`: seconds.
+fn parse_secs(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().ok()?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 impl ClaimRule {
+    /// The step-up part of the rule, if it has one.
+    pub fn step_up(&self) -> Option<&StepUp> {
+        self.step_up.as_ref()
+    }
+
     /// Whether a session with claims `kept` satisfies the rule.
     pub fn allows(&self, kept: &KeptClaims) -> bool {
         self.terms
@@ -119,13 +179,21 @@ impl ClaimRule {
             .any(|(name, _)| claim(kept, name).is_none())
     }
 
-    /// The claim names the rule reads (what a session must keep).
+    /// The claim names the rule reads (what a session must keep): a step-up rule reads `acr`
+    /// and `auth_time`.
     pub fn claim_names(&self) -> impl Iterator<Item = &str> {
-        self.terms.iter().map(|(n, _)| n.as_str())
+        let step_up: &[&str] = match &self.step_up {
+            Some(_) => &["acr", "auth_time"],
+            None => &[],
+        };
+        self.terms
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(step_up.iter().copied())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.terms.is_empty()
+        self.terms.is_empty() && self.step_up.is_none()
     }
 }
 
@@ -206,7 +274,7 @@ impl<'de> Deserialize<'de> for RuleValue {
 
 impl<'de> Deserialize<'de> for ClaimRule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<String, RuleValue>::deserialize(d)?;
+        let mut map = BTreeMap::<String, RuleValue>::deserialize(d)?;
         if map.is_empty() {
             return Err(de::Error::custom(
                 "lists no claim; remove it or name at least one claim",
@@ -215,8 +283,42 @@ impl<'de> Deserialize<'de> for ClaimRule {
         if let Some(name) = map.keys().find(|n| n.trim().is_empty()) {
             return Err(de::Error::custom(format!("{name:?} is not a claim name")));
         }
+        let acr = match map.remove("acr") {
+            None => None,
+            Some(v) => Some(
+                v.0.into_iter()
+                    .map(|s| match s {
+                        Scalar::Str(a) if !a.trim().is_empty() && !a.contains(' ') => Ok(a),
+                        other => Err(de::Error::custom(format!(
+                            "acr: {other:?} is not an authentication context class (a string without spaces)"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let max_age = match map.remove("max_age") {
+            None => None,
+            Some(v) => match v.0.as_slice() {
+                [Scalar::Int(n)] if *n >= 0 => Some(*n as u64),
+                [Scalar::Str(t)] => Some(parse_secs(t).ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "max_age: {t:?} is not a duration (\"10m\", \"1h\", or seconds)"
+                    ))
+                })?),
+                _ => {
+                    return Err(de::Error::custom(
+                        "max_age: one duration (\"10m\", \"1h\", or seconds)",
+                    ))
+                }
+            },
+        };
+        let step_up = (acr.is_some() || max_age.is_some()).then(|| StepUp {
+            acr: acr.unwrap_or_default(),
+            max_age,
+        });
         Ok(ClaimRule {
             terms: map.into_iter().map(|(n, v)| (n, v.0)).collect(),
+            step_up,
         })
     }
 }
@@ -243,6 +345,54 @@ mod tests {
             .iter()
             .filter_map(|(k, v)| ClaimValue::from_json(v).map(|v| (k.clone(), v)))
             .collect()
+    }
+
+    #[test]
+    fn acr_and_max_age_are_a_step_up_rule() {
+        let r = rule(r#"require = { acr = ["urn:mfa", "urn:hw"], max_age = "10m" }"#).unwrap();
+        let s = r.step_up().unwrap();
+        assert_eq!(s.acr_values(), "urn:mfa urn:hw");
+        assert_eq!(s.max_age, Some(600));
+        assert!(r.allows(&[]), "no claim terms");
+        let names: Vec<&str> = r.claim_names().collect();
+        assert_eq!(names, ["acr", "auth_time"]);
+        let now = 10_000;
+        let session = |acr: &str, t: i64| kept(json!({ "acr": acr, "auth_time": t }));
+        assert!(s.satisfied(&session("urn:mfa", now as i64 - 600), now));
+        assert!(
+            !s.satisfied(&session("urn:mfa", now as i64 - 601), now),
+            "too old"
+        );
+        assert!(
+            !s.satisfied(&session("urn:pwd", now as i64), now),
+            "too weak"
+        );
+        assert!(
+            !s.satisfied(&kept(json!({ "acr": "urn:mfa" })), now),
+            "no auth_time"
+        );
+        assert!(
+            !s.satisfied(&session("urn:mfa", now as i64 + 5), now),
+            "from the future"
+        );
+        // Alone, with other claims, in seconds.
+        let r = rule(r#"require = { max_age = 30, groups = "ops" }"#).unwrap();
+        assert_eq!(r.step_up().unwrap().max_age, Some(30));
+        assert!(r.step_up().unwrap().acr.is_empty());
+        assert_eq!(
+            r.claim_names().collect::<Vec<_>>(),
+            ["groups", "acr", "auth_time"]
+        );
+        assert!(rule(r#"require = { max_age = "soon" }"#)
+            .unwrap_err()
+            .contains("max_age"));
+        assert!(rule(r#"require = { acr = [1] }"#)
+            .unwrap_err()
+            .contains("acr"));
+        assert!(rule(r#"require = { groups = "ops" }"#)
+            .unwrap()
+            .step_up()
+            .is_none());
     }
 
     #[test]

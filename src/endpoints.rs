@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use crate::binding::Binding;
 use crate::oidc::logout::CONTINUE_PATH;
-use crate::oidc::Oidc;
+use crate::oidc::providers::LoginAt;
+use crate::oidc::Providers;
 use crate::ops::health::{self, Readiness};
 use crate::reply::{Fault, Format, Reply};
 use crate::request::Facts;
@@ -42,7 +43,7 @@ pub(crate) enum Endpoint {
 /// The endpoints, built once from the config.
 #[derive(Debug)]
 pub(crate) struct Endpoints {
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     readiness: Arc<Readiness>,
     callback_path: String,
     backchannel_logout_path: String,
@@ -56,19 +57,20 @@ struct SessionInfo<'a> {
     name: Option<&'a str>,
     email: Option<&'a str>,
     sid: Option<&'a str>,
+    provider: &'a str,
     expires_at: u64,
     logout_url: &'a str,
 }
 
 impl Endpoints {
     pub(crate) fn new(
-        oidc: Arc<Oidc>,
+        providers: Arc<Providers>,
         readiness: Arc<Readiness>,
         callback_path: String,
         backchannel_logout_path: String,
     ) -> Self {
         Endpoints {
-            oidc,
+            providers,
             readiness,
             callback_path,
             backchannel_logout_path,
@@ -119,12 +121,12 @@ impl Endpoints {
         let person = Format::for_person(facts.accept());
         match endpoint {
             Endpoint::BackchannelLogout => self
-                .oidc
+                .providers
                 .backchannel_logout(facts, sessions)
                 .await
                 .unwrap_or_else(Reply::from),
             Endpoint::Logout => self
-                .oidc
+                .providers
                 .logout(facts, sessions)
                 .await
                 .unwrap_or_else(Reply::from),
@@ -140,14 +142,16 @@ impl Endpoints {
                 answer.unwrap_or_else(Reply::from)
             }
             _ if !read_only => Reply::from(Fault::MethodNotAllowed),
-            Endpoint::Login => self
-                .oidc
-                .login(facts)
-                .await
-                .unwrap_or_else(|f| Reply::fault(f, person)),
-            Endpoint::Callback => self.oidc.callback(facts, sessions).await,
+            Endpoint::Login => match self.providers.for_login(facts) {
+                Ok(LoginAt::Provider(oidc)) => oidc.login(facts).await,
+                Ok(LoginAt::Chooser) => Ok(crate::oidc::chooser::page(&self.providers, facts)),
+                Err(f) => Err(f),
+            }
+            .unwrap_or_else(|f| Reply::fault(f, person)),
+            Endpoint::Callback => self.providers.callback(facts, sessions).await,
             Endpoint::LogoutContinue => self
-                .oidc
+                .providers
+                .default_provider()
                 .logout_continue(facts)
                 .unwrap_or_else(|f| Reply::fault(f, person)),
             Endpoint::Session => session_info(facts, sessions)
@@ -186,6 +190,7 @@ async fn session_info(facts: &Facts<'_>, sessions: &Sessions) -> Result<Reply, F
             name: c.name.as_deref(),
             email: c.email.as_deref(),
             sid: c.sid.as_deref(),
+            provider: session.provider_name(),
             expires_at: sessions.codec().expires_at(&session),
             logout_url: "/logout",
         },

@@ -180,6 +180,7 @@ pub struct Harness {
     config: Config,
     app: Tollgate,
     oidc: Arc<Oidc>,
+    providers: Arc<crate::oidc::Providers>,
     codec: SessionCodec,
     sealer: Sealer,
     runtime: tokio::runtime::Runtime,
@@ -210,16 +211,20 @@ impl Harness {
             .expect("the discovery document loads");
         let keys = Jwks::parse(jwks, "fuzz").expect("the JWKS loads");
         provider.set(metadata, keys, Instant::now());
-        readiness.set_provider_loaded();
-        let http = crate::oidc::http_client(&config).expect("an HTTP client");
+        readiness.set_provider_loaded("default");
+        let http = crate::oidc::http::http_client(&config).expect("an HTTP client");
         let oidc = Arc::new(
             Oidc::new(&config, http, provider, None, metrics.clone()).expect("client auth"),
         );
+        let providers = Arc::new(crate::oidc::Providers::new(
+            vec![(oidc.clone(), Vec::new())],
+            false,
+        ));
         let app = Tollgate::new(
             &config,
             metrics,
             readiness,
-            oidc.clone(),
+            providers.clone(),
             Arc::new(Revocations::default()),
             None,
         )
@@ -230,6 +235,7 @@ impl Harness {
             config,
             app,
             oidc,
+            providers,
             codec,
             sealer,
             runtime,
@@ -487,7 +493,7 @@ impl Harness {
         let decided = self.runtime.block_on(gate.decide(
             crate::proxy::gate::Policy::auth(RouteAuth::Required),
             &facts,
-            &self.oidc,
+            &self.providers,
         ));
         match decided {
             Ok(grant) => SessionOutcome {

@@ -196,6 +196,16 @@ fn announce(config: &Config) {
         backchannel_logout_uri = %config.backchannel_logout_uri(),
         "register exactly these URIs at the provider"
     );
+    for p in &config.providers {
+        tracing::info!(
+            provider = %p.name,
+            issuer = %p.issuer_id,
+            client_id = %p.client_id,
+            hosts = %p.hosts.join(","),
+            post_logout_redirect_uri = %p.post_logout_redirect_uri,
+            "provider (register the same redirect_uri and backchannel_logout_uri there)"
+        );
+    }
     for r in &config.routes {
         tracing::info!(prefix = %r.prefix, upstream = %r.upstream, auth = r.auth.as_str(), strip_prefix = r.strip_prefix, "route");
     }

@@ -123,6 +123,26 @@ pub(crate) enum Fault {
     DeviceProofRequired,
     /// The route takes only sessions bound to their device, and this one is not.
     DeviceBindingRequired,
+    /// `/login?provider=` names no configured provider (the names, comma-separated).
+    UnknownProvider(String),
+    /// The route does not take sessions from the session's provider (`providers`).
+    WrongProvider,
+    /// The route's step-up rule (or the upstream, RFC 9470) asks for a stronger or more
+    /// recent login: where to log in, and what to ask for.
+    StepUpRequired(Box<StepUpAsk>),
+    /// A step-up login came back without the strength or recency it asked for.
+    StepUpNotMet,
+}
+
+/// What a `step_up_required` answer carries (RFC 9470's parameters, and the login link that
+/// asks the provider for them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct StepUpAsk {
+    pub(crate) login: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) acr_values: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_age: Option<u64>,
 }
 
 impl Fault {
@@ -130,15 +150,20 @@ impl Fault {
         use Fault::*;
         match self {
             NotFound => 404,
-            BadPath | BadRequest | InvalidDeviceProof => 400,
-            Unauthenticated | SessionExpired | DeviceProofRequired => 401,
+            BadPath | BadRequest | InvalidDeviceProof | UnknownProvider(_) => 400,
+            Unauthenticated | SessionExpired | DeviceProofRequired | StepUpRequired(_) => 401,
             // The provider cannot be used, as for ProviderUnavailable (until the config or
             // the provider is fixed).
             ProviderUnavailable
             | ProviderIssuerMismatch { .. }
             | StoreUnavailable
             | NoHealthyUpstream => 503,
-            Csrf(_) | Forbidden | InsufficientScope | DeviceBindingRequired => 403,
+            Csrf(_)
+            | Forbidden
+            | InsufficientScope
+            | DeviceBindingRequired
+            | WrongProvider
+            | StepUpNotMet => 403,
             MethodNotAllowed => 405,
             UpstreamUnavailable => 502,
             UpstreamTimeout => 504,
@@ -231,6 +256,18 @@ impl Fault {
             DeviceBindingRequired => {
                 "this API needs a session bound to its device (a browser with Device Bound Session Credentials)"
             }
+            WrongProvider => "this API does not take sessions from this identity provider",
+            StepUpRequired(_) => {
+                "this API needs a stronger or more recent sign-in; follow the login link"
+            }
+            StepUpNotMet => {
+                "The sign-in did not reach the strength or recency this page asked for."
+            }
+            UnknownProvider(names) => {
+                return Some(Cow::Owned(format!(
+                    "unknown provider; the providers are: {names}"
+                )))
+            }
             ProviderIssuerMismatch {
                 configured,
                 discovered,
@@ -269,6 +306,8 @@ impl Fault {
                 | Fault::InsufficientScope
                 | Fault::DeviceBindingRequired
                 | Fault::InvalidDeviceProof
+                | Fault::WrongProvider
+                | Fault::UnknownProvider(_)
         )
     }
 }
@@ -439,7 +478,24 @@ impl Reply {
 
     /// Whether the rendered body is an HTML page (it gets a strict content security policy).
     pub(crate) fn is_page(&self) -> bool {
-        matches!(self.content, Content::Fault(_, Format::Html))
+        match &self.content {
+            Content::Fault(_, Format::Html) => true,
+            Content::Body(ct, _) => ct.starts_with("text/html"),
+            _ => false,
+        }
+    }
+
+    /// An HTML page of tollgate's own (strict content security policy, like fault pages):
+    /// `title`, then `body_html` (already escaped).
+    pub(crate) fn page(status: u16, title: &str, body_html: &str) -> Reply {
+        let html = format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head>\
+<body style=\"font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem\">\
+<h1>{title}</h1>{body_html}</body></html>\n",
+            title = escape(title)
+        );
+        Reply::body(status, "text/html; charset=utf-8", Bytes::from(html))
     }
 }
 
@@ -488,6 +544,10 @@ impl Fault {
             DeviceProofRequired => "device_proof_required",
             InvalidDeviceProof => "invalid_device_proof",
             DeviceBindingRequired => "device_binding_required",
+            UnknownProvider(_) => "unknown_provider",
+            WrongProvider => "wrong_provider",
+            StepUpRequired(_) => "step_up_required",
+            StepUpNotMet => "insufficient_user_authentication",
         }
     }
 }
@@ -499,15 +559,28 @@ struct ErrorBody<'a> {
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     login: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acr_values: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_age: Option<u64>,
     request_id: &'a str,
 }
 
 fn fault_json(fault: &Fault, request_id: &str) -> Bytes {
     let message = fault.message();
+    let step_up = match fault {
+        Fault::StepUpRequired(ask) => Some(ask.as_ref()),
+        _ => None,
+    };
     let body = ErrorBody {
         error: fault.code(),
         message: message.as_deref(),
-        login: fault.login_hint().then_some("/login"),
+        login: match step_up {
+            Some(ask) => Some(ask.login.as_str()),
+            None => fault.login_hint().then_some("/login"),
+        },
+        acr_values: step_up.and_then(|a| a.acr_values.as_deref()),
+        max_age: step_up.and_then(|a| a.max_age),
         request_id,
     };
     serde_json::to_vec(&body)
@@ -533,7 +606,8 @@ fn fault_html(fault: &Fault, request_id: &str) -> String {
     )
 }
 
-fn escape(s: &str) -> String {
+/// `s` safe in HTML text and attribute values.
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

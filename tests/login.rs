@@ -234,6 +234,9 @@ async fn an_expired_login_cookie_is_refused() {
         return_to: "/".into(),
         created_at: tollgate::unix_now() - 601,
         dpop_key: None,
+        provider: None,
+        acr_values: Vec::new(),
+        max_age: None,
     }
     .seal(&sealer, &name)
     .unwrap();

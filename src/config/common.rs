@@ -51,3 +51,23 @@ pub(crate) fn host_header(url: &Url) -> Result<(String, HeaderValue), &'static s
     let value = HeaderValue::from_str(&authority).map_err(|_| "is not a valid Host header")?;
     Ok((authority, value))
 }
+
+/// `key` as a `&'static str`, the type secret files are named by ([`super::Config::
+/// secret_files`]): a provider's secret keys (`providers.NAME.client_secret_file`) are made at
+/// load. Each distinct key is kept once for the process's life, so reloading a config leaks
+/// nothing new; only a new provider name adds its few keys.
+pub(crate) fn static_key(key: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static KEYS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(k) = keys.get(key.as_str()) {
+        return k;
+    }
+    let k: &'static str = Box::leak(key.into_boxed_str());
+    keys.insert(k);
+    k
+}

@@ -37,4 +37,7 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub tracing: TracingSection,
     pub admin: Option<AdminSection>,
+    /// `[providers.NAME]`: providers besides `[oidc]` (the default one).
+    #[serde(default)]
+    pub providers: std::collections::BTreeMap<String, OidcSection>,
 }

@@ -40,6 +40,7 @@ pub use error::{ConfigError, Secret};
 pub use model::Config;
 pub use oidc::{
     AuthMethod, EndpointOverrides, OidcConfig, ParMode, PrivateKey, PrivateKeyKind, Profile,
+    DEFAULT_PROVIDER,
 };
 pub use routes::{
     resource_tag, Audience, Balance, HealthCheckConfig, RouteAuth, RouteConfig, TokenBinding,

@@ -18,7 +18,10 @@ use super::tls::TlsConfig;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    /// `[oidc]`: the default provider, named `default`.
     pub oidc: OidcConfig,
+    /// `[providers.NAME]`: the other providers, by name.
+    pub providers: Vec<OidcConfig>,
     pub session: SessionConfig,
     pub csrf: CsrfConfig,
     pub routes: Vec<RouteConfig>,
@@ -39,6 +42,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every provider: `[oidc]` (the default) first, then `[providers.NAME]` by name.
+    pub fn all_providers(&self) -> impl Iterator<Item = &OidcConfig> {
+        std::iter::once(&self.oidc).chain(self.providers.iter())
+    }
+
+    /// The provider named `name`.
+    pub fn provider(&self, name: &str) -> Option<&OidcConfig> {
+        self.all_providers().find(|p| p.name == name)
+    }
+
     /// The ID token claims a session keeps: those the routes' `require` rules read, and the
     /// groups claim when a route sends identity headers (`sub` and `email` are kept anyway).
     pub fn kept_claim_names(&self) -> Vec<String> {
@@ -48,7 +61,9 @@ impl Config {
             .flat_map(|r| r.require.claim_names())
             .collect();
         if self.routes.iter().any(|r| r.identity_headers) {
-            names.insert(&self.oidc.groups_claim);
+            for p in self.all_providers() {
+                names.insert(&p.groups_claim);
+            }
             // X-Auth-Request-Email goes only with a verified address.
             names.insert("email_verified");
         }
@@ -93,7 +108,12 @@ impl Config {
     /// The login's `scope`: `[oidc] scopes`, then every scope a route names, each once (the
     /// grant must cover what a route's token asks for).
     pub fn login_scope(&self) -> String {
-        let mut scopes: Vec<&str> = self.oidc.scopes.iter().map(String::as_str).collect();
+        self.login_scope_at(&self.oidc)
+    }
+
+    /// [`Config::login_scope`] at `provider`: its `scopes`, then every scope a route names.
+    pub fn login_scope_at(&self, provider: &OidcConfig) -> String {
+        let mut scopes: Vec<&str> = provider.scopes.iter().map(String::as_str).collect();
         for s in self
             .routes
             .iter()

@@ -28,10 +28,12 @@ pub(crate) struct OidcSection {
     pub private_key_file: Option<String>,
     #[serde(default = "default_scopes", deserialize_with = "de::list")]
     pub scopes: Vec<String>,
-    #[serde(default = "default_callback_path")]
-    pub callback_path: String,
-    #[serde(default = "default_backchannel_logout_path")]
-    pub backchannel_logout_path: String,
+    /// tollgate's own paths: the same for every provider, so only in `[oidc]`.
+    pub callback_path: Option<String>,
+    pub backchannel_logout_path: Option<String>,
+    /// Hosts whose `/login` goes to this provider (the request's `Host`, without its port).
+    #[serde(default, deserialize_with = "de::list")]
+    pub hosts: Vec<String>,
     #[serde(default)]
     pub extra_auth_params: BTreeMap<String, String>,
     pub private_key_alg: Option<jsonwebtoken::Algorithm>,
@@ -189,6 +191,10 @@ impl EndpointOverrides {
 
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
+    /// `default` for `[oidc]`, `NAME` for `[providers.NAME]`.
+    pub name: String,
+    /// The hosts whose logins go to this provider (lowercase, no port).
+    pub hosts: Vec<String>,
     pub issuer: Url,
     /// The issuer exactly as configured (trailing slash and all): discovery documents and ID
     /// tokens must carry this string, compared as written (OpenID Connect Discovery §4.3).
@@ -245,7 +251,90 @@ const PROTOCOL_PARAMS: [&str; 15] = [
     "request",
 ];
 
+/// The name of the provider `[oidc]` configures.
+pub const DEFAULT_PROVIDER: &str = "default";
+
+/// The longest provider name: it is in each of its sessions' cookies.
+const MAX_PROVIDER_NAME: usize = 32;
+
+/// `[providers.NAME]`: a provider besides `[oidc]`, with every key of `[oidc]` that concerns a
+/// provider. Errors name `providers.NAME.key`.
+pub(super) fn provider(
+    name: &str,
+    o: OidcSection,
+    public_url: &Url,
+) -> Result<OidcConfig, ConfigError> {
+    let section = format!("providers.{name}");
+    if name == DEFAULT_PROVIDER {
+        return Err(ConfigError::invalid(
+            section,
+            "\"default\" is the name of [oidc]; choose another",
+        ));
+    }
+    if name.is_empty()
+        || name.len() > MAX_PROVIDER_NAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(ConfigError::invalid(
+            section,
+            format!("a provider name is 1 to {MAX_PROVIDER_NAME} characters of a-z, 0-9, - and _"),
+        ));
+    }
+    for (key, set) in [
+        ("callback_path", o.callback_path.is_some()),
+        (
+            "backchannel_logout_path",
+            o.backchannel_logout_path.is_some(),
+        ),
+    ] {
+        if set {
+            return Err(ConfigError::invalid(
+                format!("{section}.{key}"),
+                "is tollgate's own path, the same for every provider: set it in [oidc]",
+            ));
+        }
+    }
+    let mut config = oidc(o, public_url).map_err(|e| match e {
+        ConfigError::Invalid { key, problem } => ConfigError::Invalid {
+            key: match key.strip_prefix("oidc.") {
+                Some(rest) => format!("{section}.{rest}"),
+                None => key,
+            },
+            problem,
+        },
+        other => other,
+    })?;
+    config.name = name.to_string();
+    Ok(config)
+}
+
 pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, ConfigError> {
+    let hosts = o
+        .hosts
+        .iter()
+        .map(|h| {
+            let host = h.trim().to_ascii_lowercase();
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if valid {
+                Ok(host)
+            } else {
+                Err(ConfigError::invalid(
+                    "oidc.hosts",
+                    format!("{h:?} is not a host name (no scheme, port or path)"),
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let callback_path = o.callback_path.unwrap_or_else(default_callback_path);
+    let backchannel_logout_path = o
+        .backchannel_logout_path
+        .unwrap_or_else(default_backchannel_logout_path);
     let issuer = o.issuer.url;
     if issuer.query().is_some() || issuer.fragment().is_some() {
         return Err(ConfigError::invalid(
@@ -323,8 +412,8 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         ));
     }
     for (key, path) in [
-        ("oidc.callback_path", &o.callback_path),
-        ("oidc.backchannel_logout_path", &o.backchannel_logout_path),
+        ("oidc.callback_path", &callback_path),
+        ("oidc.backchannel_logout_path", &backchannel_logout_path),
     ] {
         if !path.starts_with('/') || path.contains(['?', '#']) {
             return Err(ConfigError::invalid(
@@ -339,13 +428,12 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
             ));
         }
     }
-    if o.backchannel_logout_path == o.callback_path {
+    if backchannel_logout_path == callback_path {
         return Err(ConfigError::invalid(
             "oidc.backchannel_logout_path",
             "must differ from oidc.callback_path",
         ));
     }
-    let callback_path = o.callback_path;
     if let Some(p) = o
         .extra_auth_params
         .keys()
@@ -422,6 +510,8 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         ));
     }
     Ok(OidcConfig {
+        name: DEFAULT_PROVIDER.to_string(),
+        hosts,
         post_logout_redirect_uri: o
             .post_logout_redirect_uri
             .map_or_else(|| public_url.to_string(), |u| u.0),
@@ -443,7 +533,7 @@ pub(super) fn oidc(o: OidcSection, public_url: &Url) -> Result<OidcConfig, Confi
         private_key,
         scopes,
         callback_path,
-        backchannel_logout_path: o.backchannel_logout_path,
+        backchannel_logout_path,
         extra_auth_params: o.extra_auth_params,
         endpoints,
         http_timeout: o.http_timeout,

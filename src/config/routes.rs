@@ -59,6 +59,9 @@ pub(crate) struct RouteSection {
     /// Scopes of the route's own access token.
     #[serde(default, deserialize_with = "de::list")]
     pub scopes: Vec<String>,
+    /// The providers whose sessions may use the route (empty: any).
+    #[serde(default, deserialize_with = "de::list")]
+    pub providers: Vec<String>,
     #[serde(default = "secs::<5>", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
     #[serde(default = "secs::<60>", deserialize_with = "de::duration")]
@@ -204,6 +207,9 @@ pub struct RouteConfig {
     pub require_device_binding: bool,
     /// The route's own access token (`resource`, `scopes`), instead of the session's.
     pub audience: Option<Arc<Audience>>,
+    /// The providers whose sessions may use the route (`403 wrong_provider` for others);
+    /// empty: any.
+    pub providers: Vec<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }
@@ -297,6 +303,12 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
                 "only applies to auth = \"required\" routes (a binding needs a session)",
             ));
         }
+        if !r.providers.is_empty() && r.auth != RouteAuth::Required {
+            return Err(ConfigError::invalid(
+                key("providers"),
+                "only applies to auth = \"required\" routes (it judges the session's provider)",
+            ));
+        }
         if r.identity_headers && r.auth == RouteAuth::None {
             return Err(ConfigError::invalid(
                 key("identity_headers"),
@@ -334,6 +346,7 @@ pub(super) fn routes(raw: Vec<RouteSection>) -> Result<Vec<RouteConfig>, ConfigE
             token_binding: r.token_binding,
             require_device_binding: r.require_device_binding,
             audience,
+            providers: r.providers,
             connect_timeout: r.connect_timeout,
             read_timeout: r.read_timeout,
         });

@@ -55,6 +55,9 @@ pub(crate) struct ServerSection {
     pub h2_max_concurrent_streams: usize,
     #[serde(default, deserialize_with = "de::lenient")]
     pub redirect_to_https: bool,
+    /// `/login` without a provider shows a page listing the providers.
+    #[serde(default, deserialize_with = "de::lenient")]
+    pub provider_chooser: bool,
     /// Where `tollgate --upgrade` takes the listening sockets from the running process.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
@@ -91,6 +94,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Plain listeners answer `308` to `public_url` (health and readiness excepted).
     pub redirect_to_https: bool,
+    /// `/login` without a provider (and no host that picks one) lists the providers.
+    pub provider_chooser: bool,
     /// The Unix socket a `tollgate --upgrade` process takes the listening sockets over.
     pub upgrade_sock: PathBuf,
     /// `hosts_file`: names found there resolve to its addresses, before the system resolver.
@@ -176,6 +181,7 @@ pub(super) fn server(s: ServerSection) -> Result<ServerConfig, ConfigError> {
         hosts_file: s.hosts_file.as_deref().map(std::path::PathBuf::from),
         limits,
         redirect_to_https: s.redirect_to_https,
+        provider_chooser: s.provider_chooser,
     })
 }
 

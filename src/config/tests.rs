@@ -781,3 +781,71 @@ fn device_binding_keys() {
         "{e}"
     );
 }
+
+/// `[providers.NAME]`: every provider key, errors named `providers.NAME.key`; hosts pick one
+/// provider each; routes name providers that exist.
+#[test]
+fn several_providers() {
+    let with = |providers: &str| format!("{EXAMPLE}\n{providers}");
+    let b = "[providers.partner-b]\nissuer = \"https://b.example/as\"\nclient_id = \"cb\"\n\
+             client_secret = \"sb\"\nhosts = [\"Partner.Example.com\"]\nscopes = [\"openid\"]\n";
+    let c = load(&with(b), &[]).unwrap();
+    assert_eq!(c.oidc.name, "default");
+    assert_eq!(c.providers.len(), 1);
+    let p = &c.providers[0];
+    assert_eq!(p.name, "partner-b");
+    assert_eq!(p.hosts, ["partner.example.com"]);
+    assert_eq!(p.issuer_id, "https://b.example/as");
+    assert_eq!(p.callback_path, c.oidc.callback_path);
+    assert_eq!(c.all_providers().count(), 2);
+    assert!(c.provider("partner-b").is_some());
+
+    for (text, expected) in [
+        (
+            with("[providers.default]\nissuer = \"https://b.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\n"),
+            "`providers.default`",
+        ),
+        (
+            with("[providers.B]\nissuer = \"https://b.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\n"),
+            "a provider name is",
+        ),
+        (
+            with("[providers.b]\nissuer = \"https://b.example\"\nclient_id = \"c\"\n"),
+            "`providers.b.client_secret`",
+        ),
+        (
+            with("[providers.b]\nissuer = \"https://b.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\ncallback_path = \"/cb\"\n"),
+            "`providers.b.callback_path`",
+        ),
+        (
+            with("[providers.b]\nissuer = \"https://b.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\nhosts = \"a.example\"\n\
+                  [providers.c]\nissuer = \"https://c.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\nhosts = [\"A.example\"]\n"),
+            "`providers.c.hosts`",
+        ),
+        (
+            with("[providers.b]\nissuer = \"https://b.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\nhosts = [\"https://x\"]\n"),
+            "`providers.b.hosts`",
+        ),
+        (
+            edit("auth = \"required\"", "auth = \"required\"\nproviders = [\"nope\"]"),
+            "`routes[0].providers`: \"nope\" is not a provider (the providers are default)",
+        ),
+    ] {
+        let e = err(&text, &[]);
+        assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+    }
+    // A route may restrict its providers; and step-up rules parse into the route's rule.
+    let c = load(
+        &with(b).replacen(
+            "\nauth = \"required\"",
+            "\nauth = \"required\"\nproviders = [\"partner-b\"]\nrequire = { acr = [\"urn:mfa\"], max_age = \"10m\" }",
+            1,
+        ),
+        &[],
+    )
+    .unwrap();
+    let r = c.routes.iter().find(|r| !r.providers.is_empty()).unwrap();
+    assert_eq!(r.providers, ["partner-b"]);
+    assert_eq!(r.require.step_up().unwrap().max_age, Some(600));
+    assert!(c.kept_claim_names().contains(&"auth_time".to_string()));
+}

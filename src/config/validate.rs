@@ -11,7 +11,7 @@
 
 use url::Url;
 
-use super::common::{is_loopback_http, RESERVED_PATHS};
+use super::common::{is_loopback_http, static_key, RESERVED_PATHS};
 use super::error::ConfigError;
 use super::file::FileConfig;
 use super::model::Config;
@@ -39,10 +39,22 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
         ),
     ]
     .into_iter()
+    .chain(raw.providers.iter().flat_map(|(name, p)| {
+        [
+            ("client_secret_file", p.client_secret_file.clone()),
+            ("private_key_file", p.private_key_file.clone()),
+        ]
+        .map(|(k, f)| (static_key(format!("providers.{name}.{k}")), f))
+    }))
     .filter_map(|(k, f)| Some((k, std::path::PathBuf::from(f?))))
     .collect();
     let server = server::server(raw.server)?;
     let oidc = oidc::oidc(raw.oidc, &server.public_url)?;
+    let providers = raw
+        .providers
+        .into_iter()
+        .map(|(name, p)| oidc::provider(&name, p, &server.public_url))
+        .collect::<Result<Vec<_>, _>>()?;
     let session = session::session(raw.session, server.secure_cookies)?;
     let csrf = csrf::csrf(raw.csrf)?;
     let routes = routes::routes(raw.routes)?;
@@ -56,6 +68,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let config = Config {
         server,
         oidc,
+        providers,
         session: session.config,
         csrf,
         routes,
@@ -114,8 +127,9 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
             "the admin API lists and ends server-side sessions: it needs [session] storage = \"store\"",
         ));
     }
-    if c.oidc.fapi2 {
-        fapi2_cross_section(c)?;
+    providers_cross_section(c)?;
+    for p in c.all_providers().filter(|p| p.fapi2) {
+        fapi2_cross_section(c, p)?;
     }
     for (i, r) in c.routes.iter().enumerate() {
         if r.require_device_binding
@@ -126,11 +140,25 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
                 "needs [session] device_binding = \"dbsc\" (no session is bound without it)",
             ));
         }
-        if r.token_binding == crate::config::TokenBinding::Dpop && !c.oidc.dpop {
-            return Err(ConfigError::invalid(
-                format!("routes[{i}].token_binding"),
-                "\"dpop\" needs [oidc] dpop = true (sessions without a DPoP key cannot sign proofs)",
-            ));
+        if r.token_binding == crate::config::TokenBinding::Dpop {
+            if let Some(p) = c
+                .all_providers()
+                .filter(|p| r.providers.is_empty() || r.providers.contains(&p.name))
+                .find(|p| !p.dpop)
+            {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].token_binding"),
+                    format!(
+                        "\"dpop\" needs [{}] dpop = true (sessions without a DPoP key cannot \
+                         sign proofs)",
+                        if p.name == super::oidc::DEFAULT_PROVIDER {
+                            "oidc".to_string()
+                        } else {
+                            format!("providers.{}", p.name)
+                        }
+                    ),
+                ));
+            }
         }
         if RESERVED_PATHS.contains(&r.prefix.as_str())
             || r.prefix == c.oidc.callback_path
@@ -172,9 +200,47 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// FAPI 2.0 across sections: every route with a session sends its token sender-constrained,
-/// and nothing tokens or assertions travel to is plain http (but on loopback).
-fn fapi2_cross_section(c: &Config) -> Result<(), ConfigError> {
+/// Several providers: hosts choose one provider each, and routes name providers that exist.
+fn providers_cross_section(c: &Config) -> Result<(), ConfigError> {
+    let section = |p: &crate::config::OidcConfig| {
+        if p.name == super::oidc::DEFAULT_PROVIDER {
+            "oidc".to_string()
+        } else {
+            format!("providers.{}", p.name)
+        }
+    };
+    let mut hosts = std::collections::HashMap::new();
+    for p in c.all_providers() {
+        for h in &p.hosts {
+            if let Some(other) = hosts.insert(h.as_str(), &p.name) {
+                return Err(ConfigError::invalid(
+                    format!("{}.hosts", section(p)),
+                    format!(
+                        "{h:?} is also a host of provider {other:?}; a host picks one provider"
+                    ),
+                ));
+            }
+        }
+    }
+    for (i, r) in c.routes.iter().enumerate() {
+        if let Some(unknown) = r.providers.iter().find(|n| c.provider(n).is_none()) {
+            let names: Vec<&str> = c.all_providers().map(|p| p.name.as_str()).collect();
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].providers"),
+                format!(
+                    "{unknown:?} is not a provider (the providers are {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// FAPI 2.0 across sections for provider `p`: every route with a session sends its token
+/// sender-constrained, and nothing tokens or assertions travel to is plain http (but on
+/// loopback).
+fn fapi2_cross_section(c: &Config, p: &crate::config::OidcConfig) -> Result<(), ConfigError> {
     const WHY: &str = "with oidc.profile = \"fapi2\"";
     let tls_only = |key: String, url: &Url| {
         if url.scheme() == "https" || is_loopback_http(url) {
@@ -186,7 +252,12 @@ fn fapi2_cross_section(c: &Config) -> Result<(), ConfigError> {
             ))
         }
     };
-    let e = &c.oidc.endpoints;
+    let e = &p.endpoints;
+    let section = if p.name == super::oidc::DEFAULT_PROVIDER {
+        "oidc".to_string()
+    } else {
+        format!("providers.{}", p.name)
+    };
     for (name, url) in [
         ("authorization_endpoint", &e.authorization_endpoint),
         ("token_endpoint", &e.token_endpoint),
@@ -199,10 +270,15 @@ fn fapi2_cross_section(c: &Config) -> Result<(), ConfigError> {
         ),
     ] {
         if let Some(url) = url {
-            tls_only(format!("oidc.{name}"), url)?;
+            tls_only(format!("{section}.{name}"), url)?;
         }
     }
-    for (i, r) in c.routes.iter().enumerate() {
+    for (i, r) in c
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.providers.is_empty() || r.providers.contains(&p.name))
+    {
         for u in &r.upstreams {
             tls_only(format!("routes[{i}].upstream"), &u.url)?;
         }

@@ -21,7 +21,7 @@ use super::client::Oidc;
 use super::id_token::{self, KindDescription, LEEWAY_SECS};
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
-use crate::session::revocations::Revocation;
+use crate::session::revocations::{qualified, Revocation};
 use crate::sessions::Sessions;
 
 /// The event a logout token must carry.
@@ -65,6 +65,22 @@ struct Form {
     logout_token: Option<String>,
 }
 
+/// The `iss` a request's logout token claims, unverified: which provider is to check it.
+pub(crate) fn claimed_issuer(body: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let form: Form = serde_urlencoded::from_bytes(body).ok()?;
+    let token = form.logout_token?;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: String,
+    }
+    serde_json::from_slice::<Iss>(&bytes).ok().map(|c| c.iss)
+}
+
 impl Oidc {
     /// `POST {backchannel_logout_path}` with a form `logout_token`.
     pub(crate) async fn backchannel_logout(
@@ -86,7 +102,10 @@ impl Oidc {
         };
         // Kept as long as the token could be accepted at all.
         let jti_ttl = MAX_AGE_SECS + 2 * LEEWAY_SECS;
-        match sessions.first_use(&claims.jti, jti_ttl, facts.now).await {
+        match sessions
+            .first_use(&qualified(&self.name, &claims.jti), jti_ttl, facts.now)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(request_id = rid, reason = %LogoutTokenError::Replayed, "back-channel logout refused");
@@ -101,11 +120,11 @@ impl Oidc {
         let until = sessions.codec().lives_until(facts.now);
         let revocation = match (&claims.sid, &claims.sub) {
             (Some(sid), _) => Revocation::ProviderSession {
-                sid: sid.clone(),
+                sid: qualified(&self.name, sid).into_owned(),
                 until,
             },
             (None, Some(sub)) => Revocation::UserBefore {
-                sub: sub.clone(),
+                sub: qualified(&self.name, sub).into_owned(),
                 before: claims.iat,
                 until,
             },
@@ -122,7 +141,7 @@ impl Oidc {
             (None, Some(sub)) => (sub.as_str(), false),
             (None, None) => return Err(Fault::InvalidLogoutToken),
         };
-        let ended = match sessions.of_user(value, by_sid, facts.now).await {
+        let ended = match sessions.of_user(&self.name, value, by_sid, facts.now).await {
             Ok(found) => {
                 // With only a `sub`, the sessions that started before the token.
                 let found: Vec<_> = found
@@ -145,6 +164,7 @@ impl Oidc {
         };
         tracing::info!(
             request_id = rid,
+            provider = %self.name,
             by = if by_sid { "sid" } else { "sub" },
             stored_sessions = ended,
             "back-channel logout: sessions revoked"

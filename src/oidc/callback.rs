@@ -21,6 +21,21 @@ use crate::session::cookie::{is_plausible_state, login_cookie_name};
 use crate::session::{Claims, Session};
 use crate::sessions::{Sessions, StartError};
 
+/// Whether the ID token of a step-up login has what the login asked for: one of the `acr`
+/// values, and an `auth_time` within `max_age` of the login's start (clock leeway allowed).
+fn step_up_met(login: &LoginState, claims: &id_token::IdClaims) -> bool {
+    let acr_ok = login.acr_values.is_empty()
+        || claims
+            .acr()
+            .is_some_and(|a| login.acr_values.iter().any(|v| v == a));
+    let age_ok = login.max_age.is_none_or(|max| {
+        claims.auth_time().is_some_and(|t| {
+            t.saturating_add(max).saturating_add(id_token::LEEWAY_SECS) >= login.created_at
+        })
+    });
+    acr_ok && age_ok
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct CallbackQuery {
     code: Option<String>,
@@ -101,6 +116,19 @@ impl Oidc {
                 _ => Fault::UnknownState,
             }
         })?;
+        if login
+            .provider
+            .as_deref()
+            .unwrap_or(crate::config::DEFAULT_PROVIDER)
+            != self.name
+        {
+            // Dispatched by the state's provider ([`super::providers`]): never happens.
+            tracing::error!(
+                request_id = rid,
+                "callback: the login was for another provider"
+            );
+            return Err(Fault::UnknownState);
+        }
         let provider = self.loaded_provider()?;
         match q.iss.as_deref() {
             Some(iss) if iss != provider.metadata.issuer => {
@@ -181,6 +209,15 @@ impl Oidc {
                 }
             })?;
 
+        if !step_up_met(&login, &claims) {
+            tracing::warn!(
+                request_id = rid,
+                acr = claims.acr().unwrap_or("-"),
+                asked = %login.acr_values.join(" "),
+                "callback: the step-up login did not reach what it asked for"
+            );
+            return Err(Fault::StepUpNotMet);
+        }
         let kept_claims = claims.keep(&self.kept_claims);
         let session = Session {
             access_expires_at: expires_at(now, tokens.expires_in),
@@ -202,6 +239,7 @@ impl Oidc {
             resources: self.resource_tags.clone().into(),
             access_lifetime: lifetime(tokens.expires_in),
             device_key: None,
+            provider: login.provider.clone().map(Into::into),
         };
         let sub = session.claims.sub.to_string();
         // With device binding on, the browser is offered to bind this new session (DBSC).
@@ -214,7 +252,7 @@ impl Oidc {
             }
         })?;
         cookies.push(self.expire_login_cookie(cookie_name));
-        tracing::info!(request_id = rid, sub = %sub, provider_ms, "login complete");
+        tracing::info!(request_id = rid, provider = %self.name, sub = %sub, provider_ms, "login complete");
         let reply = Reply::redirect(302, login.return_to)
             .with_cookies(cookies)
             .with_outcome("callback");

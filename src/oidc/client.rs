@@ -25,6 +25,10 @@ const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Everything the login endpoints need, built once from the config.
 #[derive(Debug)]
 pub(crate) struct Oidc {
+    /// The provider's name: `default` for `[oidc]`, `NAME` for `[providers.NAME]`.
+    pub(crate) name: String,
+    /// The issuer as configured (what its ID and logout tokens' `iss` must be).
+    pub(crate) issuer_id: String,
     pub(crate) provider: Arc<ProviderStore>,
     pub(super) http: reqwest::Client,
     pub(super) tokens: TokenClient,
@@ -71,6 +75,9 @@ pub(crate) struct Oidc {
 pub(crate) const PAR_IN_FLIGHT: usize = 64;
 
 impl Oidc {
+    /// The client of `[oidc]`, the default provider (tests and the fuzz harness; the server
+    /// builds one per provider with [`Oidc::at`]).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new(
         config: &Config,
         http: reqwest::Client,
@@ -78,30 +85,41 @@ impl Oidc {
         store: Option<Arc<crate::store::Store>>,
         metrics: crate::ops::metrics::Metrics,
     ) -> Result<Oidc, ClientAuthError> {
-        let auth = ClientAuth::new(&config.oidc)?;
+        let sealer = Sealer::new(&config.session.keys);
+        Oidc::at(config, &config.oidc, sealer, http, provider, store, metrics)
+    }
+
+    /// The client of provider `p` (one of `config`'s), sealing with `sealer` (one key ring
+    /// for every provider: a reload replaces it for all).
+    pub(crate) fn at(
+        config: &Config,
+        p: &crate::config::OidcConfig,
+        sealer: Sealer,
+        http: reqwest::Client,
+        provider: Arc<ProviderStore>,
+        store: Option<Arc<crate::store::Store>>,
+        metrics: crate::ops::metrics::Metrics,
+    ) -> Result<Oidc, ClientAuthError> {
+        let auth = ClientAuth::new(p)?;
         Ok(Oidc {
+            name: p.name.clone(),
+            issuer_id: p.issuer_id.clone(),
             provider,
-            tokens: TokenClient::new(
-                http.clone(),
-                auth,
-                config.oidc.max_response_bytes,
-                metrics.clone(),
-            )
-            // FAPI 2.0: client assertions name the issuer as their audience.
-            .with_assertion_audience(config.oidc.fapi2.then(|| config.oidc.issuer_id.clone())),
+            tokens: TokenClient::new(http.clone(), auth, p.max_response_bytes, metrics.clone())
+                // FAPI 2.0: client assertions name the issuer as their audience.
+                .with_assertion_audience(p.fapi2.then(|| p.issuer_id.clone())),
             http,
-            sealer: Sealer::new(&config.session.keys),
-            client_id: config.oidc.client_id.clone(),
+            sealer,
+            client_id: p.client_id.clone(),
             redirect_uri: config.redirect_uri(),
-            scope: config.login_scope(),
+            scope: config.login_scope_at(p),
             resources: config.resources(),
             resource_tags: config
                 .resources()
                 .iter()
                 .map(|r| crate::config::resource_tag(r))
                 .collect(),
-            extra_auth_params: config
-                .oidc
+            extra_auth_params: p
                 .extra_auth_params
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
@@ -124,13 +142,13 @@ impl Oidc {
             rotation_ttl: config.session.idle_timeout.max(RESULT_TTL),
             store,
             metrics,
-            http_timeout: config.oidc.http_timeout,
-            max_response_bytes: config.oidc.max_response_bytes,
-            post_logout_redirect_uri: config.oidc.post_logout_redirect_uri.clone(),
-            allow_get_logout: config.oidc.allow_get_logout,
+            http_timeout: p.http_timeout,
+            max_response_bytes: p.max_response_bytes,
+            post_logout_redirect_uri: p.post_logout_redirect_uri.clone(),
+            allow_get_logout: p.allow_get_logout,
             kept_claims: config.kept_claim_names(),
-            dpop: config.oidc.dpop,
-            fapi2: config.oidc.fapi2,
+            dpop: p.dpop,
+            fapi2: p.fapi2,
             par_slots: tokio::sync::Semaphore::new(PAR_IN_FLIGHT),
         })
     }

@@ -82,6 +82,7 @@ struct Document {
     require_pushed_authorization_requests: bool,
     dpop_signing_alg_values_supported: Option<Vec<String>>,
     scopes_supported: Option<Vec<String>>,
+    acr_values_supported: Option<Vec<String>>,
 }
 
 /// The provider as tollgate uses it: discovered values with the config's overrides applied.
@@ -104,6 +105,9 @@ pub(crate) struct Metadata {
     pub revocation_source: RevocationSource,
     /// `[oidc] scopes` the provider does not list in `scopes_supported` (logged at load).
     pub unsupported_scopes: Vec<String>,
+    /// The discovery document's `acr_values_supported`, if it has one (step-up rules are
+    /// checked against it at load).
+    pub acr_values_supported: Option<Vec<String>>,
 }
 
 /// The scopes of `configured` that `supported` (a discovery document's `scopes_supported`)
@@ -208,6 +212,7 @@ pub(crate) async fn fetch_metadata(
             require_pushed_authorization_requests: false,
             dpop_signing_alg_values_supported: None,
             scopes_supported: None,
+            acr_values_supported: None,
         };
         return metadata(doc, cfg);
     }
@@ -458,6 +463,7 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
     };
     Ok(Metadata {
         unsupported_scopes: unsupported_scopes(&cfg.scopes, doc.scopes_supported.as_deref()),
+        acr_values_supported: doc.acr_values_supported.clone(),
         revocation_source,
         par_endpoint,
         authorization_endpoint: required(
@@ -634,11 +640,35 @@ pub(crate) struct MetadataRefresher {
     pub config: OidcConfig,
     pub readiness: Arc<Readiness>,
     pub metrics: crate::ops::metrics::Metrics,
+    /// The `acr` values the routes' step-up rules ask for: each should be in the provider's
+    /// `acr_values_supported`.
+    pub step_up_acr: Vec<String>,
 }
 
 /// Logs what the operator should know about freshly loaded metadata: at the first load, and
 /// again only when it changed since `before` (not at every periodic refresh, nor per request).
-fn announce(before: Option<&Metadata>, now: &Metadata) {
+fn announce(provider: &str, before: Option<&Metadata>, now: &Metadata, step_up_acr: &[String]) {
+    if before.is_none()
+        || before.map(|b| &b.acr_values_supported) != Some(&now.acr_values_supported)
+    {
+        if let Some(supported) = &now.acr_values_supported {
+            let missing: Vec<&str> = step_up_acr
+                .iter()
+                .filter(|a| !supported.contains(a))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    provider,
+                    issuer = %now.issuer,
+                    acr = %missing.join(" "),
+                    supported = %supported.join(" "),
+                    "routes ask for acr values the provider does not list in acr_values_supported: \
+                     their step-up logins may not reach them"
+                );
+            }
+        }
+    }
     // Said again only when the kind of source changes (not each time a reason's text does).
     let kind = std::mem::discriminant::<RevocationSource>;
     if before.map(|b| kind(&b.revocation_source)) != Some(kind(&now.revocation_source)) {
@@ -681,17 +711,25 @@ impl BackgroundService for MetadataRefresher {
             let before = self.store.get();
             let wait = match self.store.load(&self.http, &self.config).await {
                 Ok(()) => {
-                    if !self.readiness.provider_loaded() {
-                        tracing::info!(issuer = %self.config.issuer_id, "provider metadata and keys loaded");
+                    let name = self.config.name.as_str();
+                    if !self.readiness.provider_loaded(name) {
+                        tracing::info!(provider = name, issuer = %self.config.issuer_id, "provider metadata and keys loaded");
                     }
                     if let Some(now) = self.store.get() {
-                        announce(before.as_ref().map(|p| &p.metadata), &now.metadata);
+                        announce(
+                            name,
+                            before.as_ref().map(|p| &p.metadata),
+                            &now.metadata,
+                            &self.step_up_acr,
+                        );
                     }
-                    self.readiness.set_provider_loaded();
+                    self.readiness.set_provider_loaded(name);
                     backoff = BACKOFF_START;
                     self.config.metadata_refresh
                 }
-                Err(e @ DiscoveryError::Conflict { .. }) if !self.readiness.provider_loaded() => {
+                Err(e @ DiscoveryError::Conflict { .. })
+                    if !self.readiness.provider_loaded(&self.config.name) =>
+                {
                     // Not transient: this provider cannot serve this configuration. At
                     // startup that stops the process, as a configuration error does.
                     tracing::error!(error = %e, "the provider does not fit the configuration");
@@ -703,7 +741,8 @@ impl BackgroundService for MetadataRefresher {
                         self.metrics.limit("provider_response_bytes");
                     }
                     // Keep serving with the previous snapshot, if any.
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "provider metadata not loaded");
+                    tracing::warn!(provider = %self.config.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "provider metadata not loaded");
+                    self.readiness.set_provider_down(&self.config.name);
                     self.store.set_failure(e);
                     let w = backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -743,6 +782,7 @@ mod tests {
             par_endpoint: None,
             revocation_source: RevocationSource::Discovery,
             unsupported_scopes: Vec::new(),
+            acr_values_supported: None,
         }
     }
 

@@ -3,14 +3,22 @@
 
 use std::time::Duration;
 
+#[cfg(any(test, feature = "fuzzing"))]
 use crate::config::Config;
+use crate::config::OidcConfig;
 
 /// The HTTP client for every request to the provider (shared: connection reuse). Failing to
 /// build it (no TLS roots, say) is a startup error: a default client would have no timeouts.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
+    http_client_for(&config.oidc)
+}
+
+/// [`http_client`] for provider `p` (each provider has its own, with its `http_timeout`).
+pub(crate) fn http_client_for(p: &OidcConfig) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
-        .timeout(config.oidc.http_timeout)
-        .connect_timeout(config.oidc.http_timeout.min(Duration::from_secs(5)))
+        .timeout(p.http_timeout)
+        .connect_timeout(p.http_timeout.min(Duration::from_secs(5)))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
         .build()

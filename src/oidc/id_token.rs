@@ -76,6 +76,16 @@ impl IdClaims {
             .collect()
     }
 
+    /// The authentication context class the login reached (`acr`), if the token says.
+    pub(crate) fn acr(&self) -> Option<&str> {
+        self.others.get("acr").and_then(|v| v.as_str())
+    }
+
+    /// When the user authenticated (`auth_time`), if the token says.
+    pub(crate) fn auth_time(&self) -> Option<u64> {
+        self.others.get("auth_time").and_then(|v| v.as_u64())
+    }
+
     fn claim(&self, name: &str) -> Option<serde_json::Value> {
         let text = |v: &Option<String>| v.clone().map(serde_json::Value::String);
         match name {

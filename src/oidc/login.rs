@@ -42,6 +42,16 @@ pub struct LoginState {
     /// it; the code exchange proves possession of it.
     #[serde(default)]
     pub dpop_key: Option<Vec<u8>>,
+    /// The provider the login went to, when it is not `[oidc]`. (This and the next two are
+    /// appended compatibly: a cookie of an earlier build opens with them empty.)
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// A step-up login (RFC 9470): the `acr` values asked for (any one will do) ...
+    #[serde(default)]
+    pub acr_values: Vec<String>,
+    /// ... and how long ago, at most, the user may have authenticated.
+    #[serde(default)]
+    pub max_age: Option<u64>,
 }
 
 impl std::fmt::Debug for LoginState {
@@ -92,9 +102,14 @@ impl LoginState {
         now: u64,
     ) -> Result<LoginState, LoginStateError> {
         let value = value.ok_or(LoginStateError::Missing)?;
-        let state: LoginState = sealer
-            .open_value(PAYLOAD_VERSION, value, cookie_name)
-            .ok_or(LoginStateError::Invalid)?;
+        let raw = sealer
+            .open(value, cookie_name.as_bytes())
+            .map_err(|_| LoginStateError::Invalid)?;
+        let state = match raw.split_first() {
+            Some((v, body)) if *v == PAYLOAD_VERSION => decode(body),
+            _ => None,
+        }
+        .ok_or(LoginStateError::Invalid)?;
         if now >= state.created_at.saturating_add(LOGIN_TTL.as_secs()) {
             return Err(LoginStateError::Expired);
         }
@@ -102,11 +117,64 @@ impl LoginState {
     }
 }
 
-/// `/login?return_to=…&prompt=…` query parameters.
+/// A login state, or one sealed before the last fields were appended (`provider`,
+/// `acr_values`, `max_age`): postcard writes fields in order, so a trailing 0 reads as "none"
+/// for each one missing.
+fn decode(body: &[u8]) -> Option<LoginState> {
+    (0..=3).find_map(|missing| {
+        let padded = [body, &[0u8; 3][..missing]].concat();
+        postcard::from_bytes::<LoginState>(&padded).ok()
+    })
+}
+
+/// `/login?return_to=…&prompt=…&acr_values=…&max_age=…` query parameters (`provider` is read
+/// by [`super::providers::Providers::for_login`]).
 #[derive(Debug, Default, Deserialize)]
 struct LoginQuery {
     return_to: Option<String>,
     prompt: Option<String>,
+    acr_values: Option<String>,
+    max_age: Option<String>,
+}
+
+/// The most `acr` values a step-up login asks for, and the longest one.
+const MAX_ACR_VALUES: usize = 8;
+const MAX_ACR_LEN: usize = 200;
+
+/// `acr_values` as a login may ask for them: space-separated, printable, bounded.
+fn step_up_acr(values: Option<&str>) -> Result<Vec<String>, Fault> {
+    let Some(values) = values else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<String> = values
+        .split(' ')
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+        .collect();
+    let valid = list.len() <= MAX_ACR_VALUES
+        && list.iter().all(|v| {
+            v.len() <= MAX_ACR_LEN
+                && v.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        });
+    if valid {
+        Ok(list)
+    } else {
+        Err(Fault::BadRequest)
+    }
+}
+
+/// `max_age` as a login may ask for it: seconds, at most a year.
+fn step_up_max_age(value: Option<&str>) -> Result<Option<u64>, Fault> {
+    match value {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= 365 * 86400)
+            .map(Some)
+            .ok_or(Fault::BadRequest),
+    }
 }
 
 /// `prompt` values passed on to the provider (OpenID Connect Core §3.1.2.1).
@@ -147,12 +215,17 @@ impl super::client::Oidc {
             })?),
             false => None,
         };
+        let acr_values = step_up_acr(q.acr_values.as_deref())?;
+        let max_age = step_up_max_age(q.max_age.as_deref())?;
         let login = LoginState {
             nonce: random_token(),
             code_verifier: random_token(),
             return_to: super::return_to::safe_return_to(q.return_to.as_deref()),
             created_at: now,
             dpop_key: dpop.as_ref().map(|k| k.pkcs8().to_vec()),
+            provider: (self.name != crate::config::DEFAULT_PROVIDER).then(|| self.name.clone()),
+            acr_values,
+            max_age,
         };
         let name = cookie_name(&self.session_cookie, &state);
         let sealed = login.seal(&self.sealer, &name).ok_or(Fault::Internal)?;
@@ -169,8 +242,26 @@ impl super::client::Oidc {
         for r in &self.resources {
             params.push(("resource", r.clone()));
         }
+        let step_up = !login.acr_values.is_empty() || login.max_age.is_some();
         for (k, v) in &self.extra_auth_params {
+            // A step-up login's own `acr_values`, `max_age` and `claims` win.
+            if step_up && matches!(k.as_str(), "acr_values" | "max_age" | "claims") {
+                continue;
+            }
             params.push((k, v.clone()));
+        }
+        if !login.acr_values.is_empty() {
+            params.push(("acr_values", login.acr_values.join(" ")));
+            // Providers that re-authenticate only for essential claims (oidc-provider) are
+            // asked for `acr` as one.
+            params.push((
+                "claims",
+                serde_json::json!({"id_token": {"acr": {"essential": true, "values": login.acr_values}}})
+                    .to_string(),
+            ));
+        }
+        if let Some(max_age) = login.max_age {
+            params.push(("max_age", max_age.to_string()));
         }
         if let Some(prompt) = q.prompt.filter(|p| allowed_prompt(p)) {
             params.push(("prompt", prompt));
@@ -291,6 +382,9 @@ mod tests {
             return_to: "/app".into(),
             created_at: 1000,
             dpop_key: Some(vec![1, 2, 3]),
+            provider: Some("b".into()),
+            acr_values: vec!["urn:mfa".into()],
+            max_age: Some(60),
         };
         let name = cookie_name("tg", "state-aaaaaaaaaaaaaaaa");
         let sealed = s.seal(&sealer, &name).unwrap();
@@ -312,6 +406,48 @@ mod tests {
             LoginState::open(&sealer, &name, None, 1001),
             Err(LoginStateError::Missing)
         );
+    }
+
+    /// A login cookie sealed before `provider`, `acr_values` and `max_age` were appended opens
+    /// with them empty.
+    #[test]
+    fn an_earlier_login_state_opens() {
+        #[derive(Serialize)]
+        struct Before {
+            nonce: String,
+            code_verifier: String,
+            return_to: String,
+            created_at: u64,
+            dpop_key: Option<Vec<u8>>,
+        }
+        let sealer = Sealer::new(&[[5u8; 32]]);
+        let name = cookie_name("tg", "state-aaaaaaaaaaaaaaaa");
+        let before = Before {
+            nonce: "n".into(),
+            code_verifier: "v".into(),
+            return_to: "/a".into(),
+            created_at: 1000,
+            dpop_key: None,
+        };
+        let sealed = sealer.seal_value(PAYLOAD_VERSION, &before, &name).unwrap();
+        let state = LoginState::open(&sealer, &name, Some(&sealed), 1001).unwrap();
+        assert_eq!(state.return_to, "/a");
+        assert_eq!(state.provider, None);
+        assert!(state.acr_values.is_empty());
+        assert_eq!(state.max_age, None);
+    }
+
+    #[test]
+    fn step_up_parameters_are_bounded() {
+        assert_eq!(
+            step_up_acr(Some("urn:mfa  urn:hw")).unwrap(),
+            ["urn:mfa", "urn:hw"]
+        );
+        assert!(step_up_acr(Some("a\"b")).is_err());
+        assert!(step_up_acr(Some(&"a ".repeat(9))).is_err());
+        assert_eq!(step_up_max_age(Some("600")).unwrap(), Some(600));
+        assert!(step_up_max_age(Some("-1")).is_err());
+        assert!(step_up_max_age(Some("99999999999")).is_err());
     }
 
     #[test]

@@ -105,7 +105,13 @@ impl Oidc {
             if everywhere {
                 // Sessions that start from now on are not affected.
                 match sessions
-                    .end_user(&s.claims.sub, facts.now + 1, "logout", facts.now)
+                    .end_user(
+                        &self.name,
+                        &s.claims.sub,
+                        facts.now + 1,
+                        "logout",
+                        facts.now,
+                    )
                     .await
                 {
                     Ok(others) => {

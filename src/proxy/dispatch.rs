@@ -14,7 +14,7 @@ use super::routes::{ResolveError, RouteTable};
 use super::screen::screen;
 use crate::config::{Config, Limits};
 use crate::endpoints::{Endpoint, Endpoints};
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::ops::health::Readiness;
 use crate::ops::metrics::Metrics;
 use crate::reply::{Fault, Reply};
@@ -54,7 +54,7 @@ pub(crate) struct Dispatch {
     routes: RouteTable,
     gate: Gate,
     endpoints: Endpoints,
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     metrics: Metrics,
     limits: Limits,
     /// `[server] redirect_to_https`: plain requests get `308` to `public_url`.
@@ -67,13 +67,13 @@ impl Dispatch {
         config: &Config,
         metrics: Metrics,
         readiness: Arc<Readiness>,
-        oidc: Arc<Oidc>,
+        providers: Arc<Providers>,
         revocations: Arc<Revocations>,
         store: Option<Arc<Store>>,
     ) -> Result<Dispatch, ResolveError> {
         let sessions = Sessions::new(
             SessionCodec::new(&config.session, config.server.secure_cookies)
-                .with_sealer(oidc.sealer().clone())
+                .with_sealer(providers.default_provider().sealer().clone())
                 .with_cookie_budget(
                     config
                         .server
@@ -95,6 +95,9 @@ impl Dispatch {
             config.session.idle_timeout.as_secs(),
         )
         .with_groups_claim(&config.oidc.groups_claim);
+        let gate = config.providers.iter().fold(gate, |g, p| {
+            g.with_provider_groups_claim(&p.name, &p.groups_claim)
+        });
         let routes = RouteTable::new(
             &config.routes,
             config.server.hosts_file.as_deref(),
@@ -104,13 +107,13 @@ impl Dispatch {
             routes,
             gate,
             endpoints: Endpoints::new(
-                oidc.clone(),
+                providers.clone(),
                 readiness,
                 config.oidc.callback_path.clone(),
                 config.oidc.backchannel_logout_path.clone(),
             )
             .with_binding(crate::binding::Binding::from_config(config)),
-            oidc,
+            providers,
             metrics,
             limits: config.server.limits.clone(),
             redirect_to_https: config.server.redirect_to_https,
@@ -261,9 +264,10 @@ impl Dispatch {
             dpop: route.dpop,
             audience: route.audience.as_ref(),
             require_device_binding: route.require_device_binding,
+            providers: &route.providers,
         };
         ctx.route = Some(index);
-        let grant = match self.gate.decide(policy, &facts, &self.oidc).await {
+        let grant = match self.gate.decide(policy, &facts, &self.providers).await {
             Ok(grant) => grant,
             Err(reply) => return Some(reply),
         };

@@ -41,7 +41,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::Config;
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::ops::health::Readiness;
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::{self, RequestTrace};
@@ -71,7 +71,7 @@ impl Tollgate {
         config: &Config,
         metrics: Metrics,
         readiness: Arc<Readiness>,
-        oidc: Arc<Oidc>,
+        providers: Arc<Providers>,
         revocations: Arc<Revocations>,
         store: Option<Arc<Store>>,
     ) -> Result<Self, ResolveError> {
@@ -79,7 +79,7 @@ impl Tollgate {
             config,
             metrics.clone(),
             readiness.clone(),
-            oidc,
+            providers,
             revocations,
             store,
         )?;

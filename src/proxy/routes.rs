@@ -48,6 +48,8 @@ pub(crate) struct Route {
     pub audience: Option<std::sync::Arc<crate::config::Audience>>,
     /// `require_device_binding`: only sessions bound to their device.
     pub require_device_binding: bool,
+    /// `providers`: only sessions of these providers (empty: any).
+    pub providers: Vec<String>,
     /// `scheme://authority` of the upstream as it sees itself (a DPoP proof's `htu` is this
     /// and the upstream path).
     pub origin: String,
@@ -146,6 +148,7 @@ impl RouteTable {
                 dpop: c.token_binding == crate::config::TokenBinding::Dpop,
                 audience: c.audience.clone(),
                 require_device_binding: c.require_device_binding,
+                providers: c.providers.clone(),
                 origin: c.upstream.origin().ascii_serialization(),
                 strip_prefix: c.strip_prefix,
                 base_path: c.upstream.path().trim_end_matches('/').to_string(),
@@ -222,6 +225,7 @@ mod tests {
             identity_headers: false,
             token_binding: Default::default(),
             require_device_binding: false,
+            providers: Vec::new(),
             audience: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),

@@ -20,7 +20,7 @@ use crate::admin::{Admin, AdminApp};
 use crate::config::Config;
 use crate::oidc::client_auth::ClientAuthError;
 use crate::oidc::discovery::{MetadataRefresher, ProviderStore};
-use crate::oidc::Oidc;
+use crate::oidc::{Oidc, Providers};
 use crate::ops::health::Readiness;
 use crate::ops::metrics::{Metrics, MetricsApp};
 use crate::proxy::front::{self, FrontDoor, Listener};
@@ -97,9 +97,9 @@ pub fn build(
         ));
     }
     let metrics = Metrics::new();
-    let readiness = Arc::new(Readiness::default());
-    let http = crate::oidc::http_client(config).map_err(StartError::HttpClient)?;
-    let provider = Arc::new(ProviderStore::default());
+    let readiness = Arc::new(Readiness::new(
+        config.all_providers().map(|p| p.name.clone()),
+    ));
     let revocations = Arc::new(Revocations::default());
     let store = match &config.store {
         Some(c) => {
@@ -117,28 +117,46 @@ pub fn build(
         }
         None => None,
     };
-    let oidc = Arc::new(Oidc::new(
-        config,
-        http.clone(),
-        provider.clone(),
-        store.clone(),
-        metrics.clone(),
-    )?);
-    server.add_service(pingora::services::background::background_service(
-        "provider metadata",
-        MetadataRefresher {
-            store: provider,
-            http,
-            config: config.oidc.clone(),
-            readiness: readiness.clone(),
-            metrics: metrics.clone(),
-        },
-    ));
+    // One client per provider, sharing one key ring; each loads its own metadata.
+    let sealer = crate::session::seal::Sealer::new(&config.session.keys);
+    let step_up_acr: Vec<String> = config
+        .routes
+        .iter()
+        .filter_map(|r| r.require.step_up())
+        .flat_map(|s| s.acr.iter().cloned())
+        .collect();
+    let mut clients = Vec::new();
+    for p in config.all_providers() {
+        let http = crate::oidc::http::http_client_for(p).map_err(StartError::HttpClient)?;
+        let metadata = Arc::new(ProviderStore::default());
+        let oidc = Arc::new(Oidc::at(
+            config,
+            p,
+            sealer.clone(),
+            http.clone(),
+            metadata.clone(),
+            store.clone(),
+            metrics.clone(),
+        )?);
+        server.add_service(pingora::services::background::background_service(
+            "provider metadata",
+            MetadataRefresher {
+                store: metadata,
+                http: http.clone(),
+                config: p.clone(),
+                readiness: readiness.clone(),
+                metrics: metrics.clone(),
+                step_up_acr: step_up_acr.clone(),
+            },
+        ));
+        clients.push((oidc, p.hosts.clone()));
+    }
+    let providers = Arc::new(Providers::new(clients, config.server.provider_chooser));
     let app = Tollgate::new(
         config,
         metrics.clone(),
         readiness.clone(),
-        oidc.clone(),
+        providers.clone(),
         revocations,
         store.clone(),
     )?;
@@ -146,7 +164,7 @@ pub fn build(
     let admin_api = config.admin.as_ref().map(|a| {
         Arc::new(Admin {
             sessions: sessions.clone(),
-            oidc: oidc.clone(),
+            providers: providers.clone(),
             token: std::sync::RwLock::new(a.token.clone()),
             metrics: metrics.clone(),
         })
@@ -157,7 +175,7 @@ pub fn build(
         watched.push(Box::new(SecretWatch {
             config_path: config_path.to_path_buf(),
             files: config.secret_files.clone(),
-            oidc: oidc.clone(),
+            providers: providers.clone(),
             store: store.clone(),
             admin: admin_api.clone(),
             metrics: metrics.clone(),

@@ -24,7 +24,7 @@ use super::watch::Reload;
 use crate::admin::Admin;
 use crate::config::{Config, StoreTarget};
 use crate::oidc::client_auth::ClientAuth;
-use crate::oidc::Oidc;
+use crate::oidc::Providers;
 use crate::ops::metrics::Metrics;
 use crate::store::Store;
 
@@ -34,7 +34,7 @@ pub(crate) struct SecretWatch {
     pub(crate) config_path: PathBuf,
     /// Each secret's config key and file.
     pub(crate) files: Vec<(&'static str, PathBuf)>,
-    pub(crate) oidc: Arc<Oidc>,
+    pub(crate) providers: Arc<Providers>,
     pub(crate) store: Option<Arc<Store>>,
     /// The admin API, when `[admin]` is configured (its token file is a secret file).
     pub(crate) admin: Option<Arc<Admin>>,
@@ -92,10 +92,12 @@ impl SecretWatch {
         match secret {
             "session.keys_file" => {
                 let keys = &config.session.keys;
-                if self.oidc.sealer().has_keys(keys) {
+                // One key ring, shared by every provider's client and the sessions.
+                let sealer = self.providers.default_provider().sealer();
+                if sealer.has_keys(keys) {
                     return Ok("session keys unchanged".into());
                 }
-                self.oidc.sealer().replace_keys(keys);
+                sealer.replace_keys(keys);
                 Ok(format!(
                     "session keys reloaded: {} key(s); new cookies are sealed with key id {}",
                     keys.len(),
@@ -106,8 +108,27 @@ impl SecretWatch {
             }
             "oidc.client_secret_file" | "oidc.private_key_file" => {
                 let auth = ClientAuth::new(&config.oidc).map_err(|e| e.to_string())?;
-                self.oidc.replace_client_auth(auth);
+                self.providers.default_provider().replace_client_auth(auth);
                 Ok("client authentication reloaded; the next provider call uses it".into())
+            }
+            other if other.starts_with("providers.") => {
+                // providers.NAME.client_secret_file or providers.NAME.private_key_file
+                let name = other
+                    .strip_prefix("providers.")
+                    .and_then(|rest| rest.split_once('.'))
+                    .map(|(name, _)| name)
+                    .unwrap_or_default();
+                let (Some(oidc), Some(p)) = (self.providers.get(name), config.provider(name))
+                else {
+                    return Err(format!(
+                        "provider {name:?} was not configured at startup; restart to add it"
+                    ));
+                };
+                let auth = ClientAuth::new(p).map_err(|e| e.to_string())?;
+                oidc.replace_client_auth(auth);
+                Ok(format!(
+                    "client authentication of provider {name} reloaded; its next call uses it"
+                ))
             }
             "store.url_file" => {
                 let (Some(store), Some(c)) = (&self.store, &config.store) else {

@@ -40,5 +40,6 @@ pub fn session(now: u64, access_token: &str) -> Session<'static> {
         resources: Default::default(),
         access_lifetime: 300,
         device_key: None,
+        provider: None,
     }
 }

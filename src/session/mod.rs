@@ -85,6 +85,10 @@ pub struct Session<'a> {
     /// cookie, which only that device can renew. Appended compatibly, as `access_lifetime`.
     #[serde(borrow, deserialize_with = "borrowed_bytes")]
     pub device_key: Option<Cow<'a, [u8]>>,
+    /// The provider that issued the tokens, when it is not `[oidc]` (`None`: the default
+    /// provider, so a one-provider session is no longer for it). Appended compatibly.
+    #[serde(borrow, deserialize_with = "borrowed")]
+    pub provider: Option<Cow<'a, str>>,
 }
 
 /// As [`borrowed`], for bytes.
@@ -113,6 +117,11 @@ fn lend<'a>(s: &'a Option<Cow<'_, str>>) -> Option<Cow<'a, str>> {
 }
 
 impl Session<'_> {
+    /// The name of the provider that issued the session's tokens (`default` for `[oidc]`).
+    pub fn provider_name(&self) -> &str {
+        self.provider.as_deref().unwrap_or("default")
+    }
+
     /// The same session borrowing its strings from this one (no copy).
     pub fn lend(&self) -> Session<'_> {
         Session {
@@ -135,6 +144,7 @@ impl Session<'_> {
             resources: Cow::Borrowed(&self.resources),
             access_lifetime: self.access_lifetime,
             device_key: self.device_key.as_deref().map(Cow::Borrowed),
+            provider: lend(&self.provider),
         }
     }
 
@@ -160,6 +170,7 @@ impl Session<'_> {
             resources: Cow::Owned(self.resources.into_owned()),
             access_lifetime: self.access_lifetime,
             device_key: self.device_key.map(|k| Cow::Owned(k.into_owned())),
+            provider: own(self.provider),
         }
     }
 }
@@ -172,6 +183,7 @@ impl std::fmt::Debug for Session<'_> {
             .field("access_expires_at", &self.access_expires_at)
             .field("access_lifetime", &self.access_lifetime)
             .field("device_bound", &self.device_key.is_some())
+            .field("provider", &self.provider_name())
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("created_at", &self.created_at)
             .field("last_seen", &self.last_seen)
@@ -277,11 +289,11 @@ fn decode_payload(bytes: &[u8]) -> Result<Session<'static>, SessionError> {
     if let Ok(session) = postcard::from_bytes::<Session<'_>>(bytes) {
         return Ok(session.into_owned());
     }
-    // Sealed before the last fields were appended (`access_lifetime`, then `device_key`):
-    // postcard writes fields in order with nothing between them, so a trailing 0 reads as
-    // "unknown" or "none" for each field missing.
-    for missing in 1..=2 {
-        let padded = [bytes, &[0u8; 2][..missing]].concat();
+    // Sealed before the last fields were appended (`access_lifetime`, `device_key`, then
+    // `provider`): postcard writes fields in order with nothing between them, so a trailing 0
+    // reads as "unknown" or "none" for each field missing.
+    for missing in 1..=3 {
+        let padded = [bytes, &[0u8; 3][..missing]].concat();
         if let Ok(session) = postcard::from_bytes::<Session<'_>>(&padded) {
             return Ok(session.into_owned());
         }
@@ -630,10 +642,12 @@ mod tests {
         let mut s = session(1);
         s.access_lifetime = 0;
         let now = postcard::to_allocvec(&s).unwrap();
-        // Before: the same bytes without the last field, `device_key` (None is one byte) ...
-        let before = &now[..now.len() - 1];
+        // Before: the same bytes without the last field, `provider` (None is one byte) ...
+        let no_provider = &now[..now.len() - 1];
+        // ... without `device_key` (None is one byte) either ...
+        let before = &now[..now.len() - 2];
         // ... and, earlier still, without `access_lifetime` (0 is one byte) either.
-        let first = &now[..now.len() - 2];
+        let first = &now[..now.len() - 3];
         let open = |version: u8, body: &[u8]| {
             let payload = [&[version], body].concat();
             let sealed = codec.sealer.seal(&payload, codec.name.as_bytes()).unwrap();
@@ -643,9 +657,10 @@ mod tests {
         };
         assert_eq!(open(5, first).unwrap(), s);
         assert_eq!(open(5, before).unwrap(), s);
+        assert_eq!(open(5, no_provider).unwrap(), s);
         assert_eq!(open(5, &now).unwrap(), s);
         assert_eq!(open(4, before), Err(SessionError::Payload));
-        assert_eq!(open(5, &now[..now.len() - 3]), Err(SessionError::Payload));
+        assert_eq!(open(5, &now[..now.len() - 4]), Err(SessionError::Payload));
         // An older build decodes a payload sealed now: its fields are a prefix.
         s.access_lifetime = 3_600;
         let sealed = postcard::to_allocvec(&s).unwrap();
@@ -656,7 +671,7 @@ mod tests {
                 access_lifetime: 0,
                 ..s.clone()
             })
-            .unwrap()[..now.len() - 2]
+            .unwrap()[..now.len() - 3]
         ));
     }
 }
@@ -706,6 +721,7 @@ mod properties {
             resources in proptest::collection::vec(any::<u64>(), 0..4),
             access_lifetime in any::<u64>(),
             device_key in proptest::option::of(proptest::collection::vec(any::<u8>(), 65..=65)),
+            provider in proptest::option::of("[a-z0-9_-]{1,32}".prop_map(Cow::Owned)),
         ) -> (Session<'static>, u64) {
             let kept: Vec<(String, crate::claims::ClaimValue)> = kept
                 .into_iter()
@@ -728,6 +744,7 @@ mod properties {
                 resources: Cow::Owned(resources),
                 access_lifetime,
                 device_key: device_key.map(Cow::Owned),
+                provider,
             }, now)
         }
     }

@@ -53,6 +53,18 @@ mod hex_id {
     }
 }
 
+/// How a provider's user (`sub`) or provider session (`sid`) is named in a revocation: as
+/// is for the default provider (so revocations recorded before there were several providers
+/// still apply), `NAME` and a unit separator before it for the others, so that two providers'
+/// values never meet.
+pub fn qualified<'v>(provider: &str, value: &'v str) -> std::borrow::Cow<'v, str> {
+    if provider == "default" {
+        std::borrow::Cow::Borrowed(value)
+    } else {
+        std::borrow::Cow::Owned(format!("{provider}\u{1f}{value}"))
+    }
+}
+
 impl Revocation {
     /// Until when it matters (after that, no session it covers can open).
     pub fn until(&self) -> u64 {
@@ -108,13 +120,18 @@ impl Revocations {
         if sets.sessions.get(&session.id).is_some_and(|u| live(*u)) {
             return true;
         }
+        let provider = session.provider_name();
         if let Some(sid) = session.claims.sid.as_deref() {
-            if sets.provider_sessions.get(sid).is_some_and(|u| live(*u)) {
+            if sets
+                .provider_sessions
+                .get(&*qualified(provider, sid))
+                .is_some_and(|u| live(*u))
+            {
                 return true;
             }
         }
         sets.users
-            .get(&*session.claims.sub)
+            .get(&*qualified(provider, &session.claims.sub))
             .is_some_and(|(before, until)| live(*until) && session.created_at < *before)
     }
 
@@ -218,6 +235,36 @@ mod tests {
             !r.is_revoked(&later, 2_001),
             "a login after the logout is a new session"
         );
+    }
+
+    /// Two providers' users or provider sessions of the same name are not each other's.
+    #[test]
+    fn revocations_are_per_provider() {
+        let s = fixture::session(1_000, "at");
+        let mut b = fixture::session(1_000, "at");
+        b.claims.sub = s.claims.sub.clone();
+        b.claims.sid = s.claims.sid.clone();
+        b.provider = Some("b".into());
+        let r = Revocations::default();
+        r.revoke_user_before(&s.claims.sub, 1_001, 5_000, 1_001);
+        r.revoke_provider_session(s.claims.sid.as_deref().unwrap(), 5_000, 1_001);
+        assert!(r.is_revoked(&s, 1_002));
+        assert!(
+            !r.is_revoked(&b, 1_002),
+            "the default provider's user, not b's"
+        );
+        let r = Revocations::default();
+        r.revoke_user_before(&qualified("b", &b.claims.sub), 1_001, 5_000, 1_001);
+        assert!(r.is_revoked(&b, 1_002));
+        assert!(!r.is_revoked(&s, 1_002));
+        let r = Revocations::default();
+        r.revoke_provider_session(
+            &qualified("b", b.claims.sid.as_deref().unwrap()),
+            5_000,
+            1_001,
+        );
+        assert!(r.is_revoked(&b, 1_002));
+        assert!(!r.is_revoked(&s, 1_002));
     }
 
     #[test]

@@ -305,7 +305,7 @@ impl Sessions {
         let meta = opened
             .meta
             .clone()
-            .unwrap_or_else(|| Arc::new(self.meta(facts)));
+            .unwrap_or_else(|| Arc::new(self.meta(facts, &session)));
         let session: Arc<Session<'static>> = Arc::new(*session);
         if let Err(e) = records
             .put(
@@ -343,9 +343,9 @@ impl Sessions {
     }
 
     /// What the admin API will list about a session started by this request.
-    fn meta(&self, facts: &Facts<'_>) -> Meta {
+    fn meta(&self, facts: &Facts<'_>, session: &Session<'_>) -> Meta {
         Meta {
-            provider: records::PROVIDER.into(),
+            provider: session.provider_name().into(),
             user_agent: user_agent_family(
                 facts
                     .headers
@@ -389,7 +389,7 @@ impl Sessions {
         records
             .put(
                 session.clone(),
-                Arc::new(self.meta(facts)),
+                Arc::new(self.meta(facts, &session)),
                 &self.codec,
                 facts.now,
                 Write::Start,
@@ -431,12 +431,17 @@ impl Sessions {
     /// first. Empty under `storage = "cookie"`, where no replica knows them.
     pub(crate) async fn of_user(
         &self,
+        provider: &str,
         sub: &str,
         by_sid: bool,
         now: u64,
     ) -> Result<Vec<Record>, StoreError> {
         match &self.records {
-            Some(records) => records.of_user(sub, by_sid, &self.codec, now).await,
+            Some(records) => {
+                records
+                    .of_user(provider, sub, by_sid, &self.codec, now)
+                    .await
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -465,6 +470,7 @@ impl Sessions {
     /// ended one by one and returned, for their refresh tokens to be revoked at the provider.
     pub(crate) async fn end_user(
         &self,
+        provider: &str,
         sub: &str,
         before: u64,
         source: &'static str,
@@ -474,12 +480,12 @@ impl Sessions {
         // here; a cookie session (not yet moved in) started before now is.
         let before = if self.records.is_some() { now } else { before };
         let revocation = Revocation::UserBefore {
-            sub: sub.to_string(),
+            sub: crate::session::revocations::qualified(provider, sub).into_owned(),
             before,
             until: self.codec.lives_until(now),
         };
         self.revoke(revocation, source, now).await?;
-        let ended = self.of_user(sub, false, now).await?;
+        let ended = self.of_user(provider, sub, false, now).await?;
         self.end_records(&ended, source, now).await?;
         Ok(ended)
     }

@@ -97,8 +97,9 @@ pub(crate) enum Write {
 /// The most sessions of one user listed or ended at once (the rest on the next call).
 pub(crate) const MAX_PER_CALL: usize = 1000;
 
-/// The provider every session has until several are configured.
-pub(crate) const PROVIDER: &str = "default";
+/// The default provider's name (`[oidc]`), in the tests.
+#[cfg(test)]
+const PROVIDER: &str = crate::config::DEFAULT_PROVIDER;
 
 /// The sessions of `storage = "store"`.
 pub(crate) struct Records {
@@ -330,7 +331,7 @@ impl Records {
             match write {
                 Write::Start => {
                     let lives = codec.lives_until(session.created_at).saturating_sub(now);
-                    for key in index_keys(&session, &meta) {
+                    for key in index_keys(&session) {
                         store.index_session(&key, &hex, lives).await?;
                     }
                 }
@@ -342,7 +343,7 @@ impl Records {
                 }
                 Write::MoveIn => {
                     let lives = codec.lives_until(session.created_at).saturating_sub(now);
-                    for key in index_keys(&session, &meta) {
+                    for key in index_keys(&session) {
                         store.index_session(&key, &hex, lives).await?;
                     }
                 }
@@ -388,7 +389,7 @@ impl Records {
         if let Some(store) = &self.shared {
             let hex = id_hex(id);
             store.delete_session(&hex).await?;
-            for key in index_keys(&record.session, &record.meta) {
+            for key in index_keys(&record.session) {
                 store.unindex_session(&key, &hex).await?;
             }
         }
@@ -399,17 +400,19 @@ impl Records {
     /// read from the store, not memory.
     pub(crate) async fn of_user(
         &self,
+        provider: &str,
         value: &str,
         by_sid: bool,
         codec: &SessionCodec,
         now: u64,
     ) -> Result<Vec<Record>, StoreError> {
         let matches = |s: &Session<'_>| {
-            if by_sid {
-                s.claims.sid.as_deref() == Some(value)
-            } else {
-                s.claims.sub == value
-            }
+            s.provider_name() == provider
+                && if by_sid {
+                    s.claims.sid.as_deref() == Some(value)
+                } else {
+                    s.claims.sub == value
+                }
         };
         let Some(store) = &self.shared else {
             let mut out = Vec::new();
@@ -427,7 +430,7 @@ impl Records {
             out.sort_by_key(|r| r.session.created_at);
             return Ok(out);
         };
-        let key = user_key(if by_sid { "sid" } else { "sub" }, PROVIDER, value);
+        let key = user_key(if by_sid { "sid" } else { "sub" }, provider, value);
         let mut out = Vec::new();
         for hex in store
             .sessions_of(&key)
@@ -455,12 +458,8 @@ fn same_tokens(a: &Session<'_>, b: &Session<'_>) -> bool {
 }
 
 /// The index keys a session is listed under: its user, and its provider session when known.
-fn index_keys(session: &Session<'_>, meta: &Meta) -> Vec<String> {
-    let provider = if meta.provider.is_empty() {
-        PROVIDER
-    } else {
-        &meta.provider
-    };
+fn index_keys(session: &Session<'_>) -> Vec<String> {
+    let provider = session.provider_name();
     let mut keys = vec![user_key("sub", provider, &session.claims.sub)];
     if let Some(sid) = session.claims.sid.as_deref() {
         keys.push(user_key("sid", provider, sid));
@@ -532,13 +531,16 @@ mod tests {
         );
         assert_eq!(
             records
-                .of_user("alice", false, &codec, NOW + 1)
+                .of_user(PROVIDER, "alice", false, &codec, NOW + 1)
                 .await
                 .unwrap()
                 .len(),
             2
         );
-        let by_sid = records.of_user("p1", true, &codec, NOW + 1).await.unwrap();
+        let by_sid = records
+            .of_user(PROVIDER, "p1", true, &codec, NOW + 1)
+            .await
+            .unwrap();
         assert_eq!(by_sid.len(), 1);
         assert_eq!(by_sid[0].session.id, a.id);
         records.delete(&by_sid[0]).await.unwrap();

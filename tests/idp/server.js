@@ -28,6 +28,11 @@
 //                              (first, so route rules still match) then N - 1 group object ids
 //                              as Entra ID sends them (36-character UUIDs, the same for the same
 //                              N at every start): big ID tokens and sessions (default: ['staff'])
+//
+// Step-up (RFC 9470): a login is a password login (acr urn:tollgate:pwd) unless the request asks
+// for urn:tollgate:mfa (acr_values, or an essential acr claim), which it then reaches (acr
+// urn:tollgate:mfa, amr pwd+otp). ID tokens always carry auth_time. /__test/stats counts the
+// logins by acr.
 import http from 'node:http';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -153,7 +158,24 @@ const signJwt = (claims, forged, typ) => {
   return `${input}.${crypto.sign('sha256', Buffer.from(input), key).toString('base64url')}`;
 };
 
+export const ACR_PASSWORD = 'urn:tollgate:pwd';
+export const ACR_MFA = 'urn:tollgate:mfa';
+
+// The acr a login reaches: MFA when the request asks for it, else a password login.
+const acrAsked = (params) => {
+  const asked = (params.acr_values || '').split(' ').filter(Boolean);
+  try {
+    const claims = JSON.parse(params.claims || '{}');
+    const acr = claims?.id_token?.acr;
+    if (acr?.values) asked.push(...acr.values);
+    if (acr?.value) asked.push(acr.value);
+  } catch { /* not JSON: oidc-provider refuses it anyway */ }
+  return asked.includes(ACR_MFA) ? ACR_MFA : ACR_PASSWORD;
+};
+
 const common = {
+  // Step-up rules read auth_time: in every ID token.
+  require_auth_time: true,
   grant_types: ['authorization_code', 'refresh_token'],
   response_types: ['code'],
   redirect_uris: redirectUris,
@@ -214,10 +236,13 @@ const provider = new Provider(issuer, {
     email: ['email', 'email_verified'],
   },
   conformIdTokenClaims: false,
+  acrValues: [ACR_PASSWORD, ACR_MFA],
   findAccount: async (ctx, id) =>
     id === user.sub ? { accountId: id, claims: async () => ({ ...user }) } : undefined,
   features: {
     devInteractions: { enabled: false },
+    // Step-up logins ask for acr as an essential claim (OpenID Connect Core §5.5).
+    claimsParameter: { enabled: true },
     revocation: { enabled: true },
     backchannelLogout: { enabled: true },
     // DPoP (RFC 9449) is on by default in oidc-provider; nonces need a secret.
@@ -317,6 +342,8 @@ const stats = {
   // Refreshes for a resource (RFC 8707), by resource; refresh errors by code.
   resource_refreshes: {},
   refresh_errors: {},
+  // Logins by the acr they reached.
+  logins: {},
 };
 let refuseNextToken = null;
 let stallNextToken = false;
@@ -375,7 +402,10 @@ async function interaction(req, res) {
         return send(res, 401, `<!doctype html><p>Unknown user. <a href="">Try again</a> with test-user.</p>`, 'text/html');
       }
     }
-    return provider.interactionFinished(req, res, { login: { accountId: user.sub } }, { mergeWithLastSubmission: false });
+    const acr = acrAsked(params);
+    stats.logins[acr] = (stats.logins[acr] || 0) + 1;
+    const amr = acr === ACR_MFA ? ['pwd', 'otp'] : ['pwd'];
+    return provider.interactionFinished(req, res, { login: { accountId: user.sub, acr, amr } }, { mergeWithLastSubmission: false });
   }
   if (prompt.name === 'consent') {
     const grant = details.grantId
@@ -409,6 +439,7 @@ const server = http.createServer(async (req, res) => {
       stats.dpop = { nonce_refusals: 0, bound_grants: 0 };
       stats.resource_refreshes = {};
       stats.refresh_errors = {};
+      stats.logins = {};
       return send(res, 200, stats);
     }
     // Test hook: a logout token with the given claims (JSON body), signed with the provider's

@@ -137,6 +137,8 @@ pub(crate) fn rotated_to<'s>(spent: &'s Spent, key: &[u8; 32]) -> Option<&'s str
 /// What one refresh is: for whom, with what, for which purpose.
 #[derive(Clone)]
 pub(crate) struct RefreshRequest<'a> {
+    /// The session's provider (`default` for `[oidc]`): the refresh goes there.
+    pub(crate) provider: &'a str,
     pub(crate) refresh_token: &'a str,
     /// The session's user, and its id (a route token is kept per session).
     pub(crate) sub: &'a str,

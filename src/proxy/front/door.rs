@@ -135,7 +135,8 @@ where
             // The old process still accepts for a few seconds: answer once the provider
             // metadata is in, so no request meets a provider that is not loaded yet.
             let started = tokio::time::Instant::now();
-            while !self.shared.readiness.provider_loaded() && started.elapsed() < UPGRADE_READY_WAIT
+            while !self.shared.readiness.all_providers_loaded()
+                && started.elapsed() < UPGRADE_READY_WAIT
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

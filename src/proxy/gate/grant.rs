@@ -9,8 +9,8 @@ use http::HeaderValue;
 use crate::claims::ClaimRule;
 use crate::config::{Audience, RouteAuth};
 use crate::oidc::audience_tokens::AudienceToken;
-use crate::oidc::refresh::{Refresh, RefreshRequest};
-use crate::oidc::Oidc;
+use crate::oidc::refresh::{Refresh, RefreshOutcome, RefreshRequest};
+use crate::oidc::Providers;
 use crate::proxy::credential::DpopGrant;
 use crate::proxy::headers::Identity;
 use crate::session::Session;
@@ -20,27 +20,35 @@ use crate::session::Session;
 pub(crate) trait Refresher: Sync {
     fn refresh(&self, req: RefreshRequest<'_>) -> impl Future<Output = Refresh> + Send;
 
-    /// The kept, unexpired token of session `session` for `audience`, if any.
+    /// The kept, unexpired token of session `session` (of `provider`) for `audience`, if any.
     fn route_token(
         &self,
+        provider: &str,
         session: u128,
         audience: &Audience,
         now: u64,
     ) -> impl Future<Output = Option<Arc<AudienceToken>>> + Send;
 }
 
-impl Refresher for Arc<Oidc> {
-    fn refresh(&self, req: RefreshRequest<'_>) -> impl Future<Output = Refresh> + Send {
-        Oidc::refresh(self, req)
+impl Refresher for Arc<Providers> {
+    async fn refresh(&self, req: RefreshRequest<'_>) -> Refresh {
+        match self.get(req.provider) {
+            Some(oidc) => oidc.refresh(req).await,
+            // A session of a provider no longer configured cannot be refreshed.
+            None => Refresh::only(RefreshOutcome::Rejected("unknown_provider".into())),
+        }
     }
 
-    fn route_token(
+    async fn route_token(
         &self,
+        provider: &str,
         session: u128,
         audience: &Audience,
         now: u64,
-    ) -> impl Future<Output = Option<Arc<AudienceToken>>> + Send {
-        self.audience_token(session, audience, now)
+    ) -> Option<Arc<AudienceToken>> {
+        self.get(provider)?
+            .audience_token(session, audience, now)
+            .await
     }
 }
 
@@ -81,6 +89,8 @@ pub(crate) struct Policy<'a> {
     pub(crate) audience: Option<&'a Arc<Audience>>,
     /// `require_device_binding`: only sessions bound to their device (DBSC).
     pub(crate) require_device_binding: bool,
+    /// `providers`: only sessions of these providers (empty: any).
+    pub(crate) providers: &'a [String],
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -94,6 +104,7 @@ impl Policy<'_> {
             dpop: false,
             audience: None,
             require_device_binding: false,
+            providers: &[],
         }
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct Gate {
     idle_reseal_after: u64,
     /// The claim that lists the user's groups (`[oidc] groups_claim`).
     groups_claim: String,
+    /// Other providers' `groups_claim`, where it differs, by provider name.
+    other_groups_claims: Vec<(String, String)>,
     /// Sessions' DPoP keys, loaded once.
     dpop_keys: DpopKeys,
 }
@@ -69,6 +71,7 @@ impl Gate {
             skew_capped: AtomicBool::new(false),
             idle_reseal_after: (idle_timeout / 2).max(1),
             groups_claim: "groups".into(),
+            other_groups_claims: Vec::new(),
             dpop_keys: DpopKeys::default(),
         }
     }
@@ -77,6 +80,24 @@ impl Gate {
     pub(crate) fn with_groups_claim(mut self, claim: &str) -> Gate {
         self.groups_claim = claim.to_string();
         self
+    }
+
+    /// Reads the groups of provider `provider`'s sessions from `claim`.
+    pub(crate) fn with_provider_groups_claim(mut self, provider: &str, claim: &str) -> Gate {
+        if claim != self.groups_claim {
+            self.other_groups_claims
+                .push((provider.to_string(), claim.to_string()));
+        }
+        self
+    }
+
+    /// The groups claim of `session`'s provider.
+    fn groups_claim(&self, session: &Session<'_>) -> &str {
+        let provider = session.provider_name();
+        self.other_groups_claims
+            .iter()
+            .find(|(p, _)| p == provider)
+            .map_or(self.groups_claim.as_str(), |(_, c)| c.as_str())
     }
 
     /// The session service the gate decides with.
@@ -178,6 +199,15 @@ impl Gate {
             .csrf()
             .check(facts.headers, facts.method)
             .map_err(Fault::Csrf)?;
+        let provider = session.provider_name();
+        if !policy.providers.is_empty() && !policy.providers.iter().any(|p| p == provider) {
+            tracing::info!(
+                request_id = facts.request_id,
+                provider,
+                "the route does not take sessions of this provider"
+            );
+            return Err(Fault::WrongProvider);
+        }
         let Some(rule) = policy.require else {
             return Ok(());
         };
@@ -197,6 +227,19 @@ impl Gate {
                 "the session's claims do not satisfy the route's require rule"
             );
             return Err(Fault::Forbidden);
+        }
+        if let Some(step_up) = rule.step_up() {
+            if !step_up.satisfied(&session.kept_claims, facts.now) {
+                tracing::info!(
+                    request_id = facts.request_id,
+                    "the session's login is not strong or recent enough for the route: step-up"
+                );
+                return Err(step_up_required(
+                    provider,
+                    (!step_up.acr.is_empty()).then(|| step_up.acr_values()),
+                    step_up.max_age,
+                ));
+            }
         }
         Ok(())
     }
@@ -221,7 +264,9 @@ impl Gate {
                 return Err(Fault::Unauthenticated);
             }
         }
-        let kept = refresher.route_token(session.id, audience, facts.now).await;
+        let kept = refresher
+            .route_token(session.provider_name(), session.id, audience, facts.now)
+            .await;
         if kept.as_ref().is_some_and(|t| t.refused) {
             return Err(Fault::InsufficientScope);
         }
@@ -253,7 +298,7 @@ impl Gate {
             return (Err(Fault::DeviceBindingRequired), CookieWork::Keep);
         }
         let identity = if policy.identity_headers {
-            identity(&session, &self.groups_claim, rid)
+            identity(&session, self.groups_claim(&session), rid)
         } else {
             None
         };
@@ -407,6 +452,35 @@ impl Gate {
     }
 }
 
+/// `401 step_up_required` (RFC 9470) for a session of `provider`: the login link asks that
+/// provider for `acr_values` and `max_age` (the SPA adds its `return_to`).
+pub(crate) fn step_up_required(
+    provider: &str,
+    acr_values: Option<String>,
+    max_age: Option<u64>,
+) -> Fault {
+    let mut login = url::form_urlencoded::Serializer::new(String::new());
+    if provider != crate::config::DEFAULT_PROVIDER {
+        login.append_pair("provider", provider);
+    }
+    if let Some(acr) = &acr_values {
+        login.append_pair("acr_values", acr);
+    }
+    if let Some(max_age) = max_age {
+        login.append_pair("max_age", &max_age.to_string());
+    }
+    let query = login.finish();
+    Fault::StepUpRequired(Box::new(crate::reply::StepUpAsk {
+        login: if query.is_empty() {
+            "/login".to_string()
+        } else {
+            format!("/login?{query}")
+        },
+        acr_values,
+        max_age,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::Future;
@@ -467,6 +541,7 @@ mod tests {
 
         fn route_token(
             &self,
+            _provider: &str,
             _session: u128,
             _audience: &Audience,
             now: u64,
@@ -608,6 +683,7 @@ mod tests {
         let required = Policy::auth(RouteAuth::Required);
         let binding = Policy {
             require_device_binding: true,
+            providers: &[],
             ..Policy::auth(RouteAuth::Required)
         };
         for (what, extra, policy, want) in [
@@ -845,6 +921,7 @@ mod tests {
             dpop: false,
             audience: None,
             require_device_binding: false,
+            providers: &[],
         };
         let r = g.decide(policy, &facts, &p).await;
         assert_eq!(refused(r), (403, "forbidden".into(), 0));

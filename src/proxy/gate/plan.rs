@@ -126,6 +126,7 @@ pub(crate) fn refresh_request<'s>(
         .as_deref()
         .filter(|_| session.refresh_expires_at.is_none_or(|at| at > now))?;
     Some(RefreshRequest {
+        provider: session.provider_name(),
         refresh_token,
         sub: &session.claims.sub,
         session_id: session.id,
