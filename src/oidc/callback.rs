@@ -288,3 +288,48 @@ impl Oidc {
         .await?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(acr: &[&str], max_age: Option<u64>) -> LoginState {
+        LoginState {
+            nonce: "n".into(),
+            code_verifier: "v".into(),
+            return_to: "/".into(),
+            created_at: 10_000,
+            dpop_key: None,
+            provider: None,
+            acr_values: acr.iter().map(|a| a.to_string()).collect(),
+            max_age,
+        }
+    }
+
+    fn claims(v: serde_json::Value) -> id_token::IdClaims {
+        let mut base = serde_json::json!({"sub": "u", "iat": 10_000, "aud": "c"});
+        base.as_object_mut()
+            .unwrap()
+            .extend(v.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    /// A step-up login's ID token must reach one of the asked `acr` values and have
+    /// authenticated within `max_age` of the login's start; an ordinary login asks nothing.
+    #[test]
+    fn a_step_up_login_must_reach_what_it_asked() {
+        let mfa = claims(serde_json::json!({"acr": "urn:mfa", "auth_time": 10_000}));
+        let pwd = claims(serde_json::json!({"acr": "urn:pwd", "auth_time": 10_000}));
+        let none = claims(serde_json::json!({}));
+        assert!(step_up_met(&login(&[], None), &none));
+        assert!(step_up_met(&login(&["urn:mfa", "urn:hw"], None), &mfa));
+        assert!(!step_up_met(&login(&["urn:mfa"], None), &pwd));
+        assert!(!step_up_met(&login(&["urn:mfa"], None), &none));
+        // max_age 60: authenticated at most 60 s (and the clock leeway) before the login.
+        let old = claims(serde_json::json!({"auth_time": 10_000 - 60 - id_token::LEEWAY_SECS - 1}));
+        let recent = claims(serde_json::json!({"auth_time": 9_990}));
+        assert!(step_up_met(&login(&[], Some(60)), &recent));
+        assert!(!step_up_met(&login(&[], Some(60)), &old));
+        assert!(!step_up_met(&login(&[], Some(60)), &none), "no auth_time");
+    }
+}

@@ -83,6 +83,8 @@ struct Document {
     dpop_signing_alg_values_supported: Option<Vec<String>>,
     scopes_supported: Option<Vec<String>>,
     acr_values_supported: Option<Vec<String>>,
+    #[serde(default)]
+    claims_parameter_supported: bool,
 }
 
 /// The provider as tollgate uses it: discovered values with the config's overrides applied.
@@ -108,6 +110,9 @@ pub(crate) struct Metadata {
     /// The discovery document's `acr_values_supported`, if it has one (step-up rules are
     /// checked against it at load).
     pub acr_values_supported: Option<Vec<String>>,
+    /// The provider takes the `claims` request parameter: a step-up login asks for `acr` as
+    /// an essential claim there (OpenID Connect Core §5.5.1.1), else with `acr_values`.
+    pub claims_parameter_supported: bool,
 }
 
 /// The scopes of `configured` that `supported` (a discovery document's `scopes_supported`)
@@ -213,6 +218,7 @@ pub(crate) async fn fetch_metadata(
             dpop_signing_alg_values_supported: None,
             scopes_supported: None,
             acr_values_supported: None,
+            claims_parameter_supported: false,
         };
         return metadata(doc, cfg);
     }
@@ -464,6 +470,7 @@ fn metadata(doc: Document, cfg: &OidcConfig) -> Result<Metadata, DiscoveryError>
     Ok(Metadata {
         unsupported_scopes: unsupported_scopes(&cfg.scopes, doc.scopes_supported.as_deref()),
         acr_values_supported: doc.acr_values_supported.clone(),
+        claims_parameter_supported: doc.claims_parameter_supported,
         revocation_source,
         par_endpoint,
         authorization_endpoint: required(
@@ -783,6 +790,7 @@ mod tests {
             revocation_source: RevocationSource::Discovery,
             unsupported_scopes: Vec::new(),
             acr_values_supported: None,
+            claims_parameter_supported: false,
         }
     }
 

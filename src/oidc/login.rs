@@ -251,14 +251,18 @@ impl super::client::Oidc {
             params.push((k, v.clone()));
         }
         if !login.acr_values.is_empty() {
-            params.push(("acr_values", login.acr_values.join(" ")));
-            // Providers that re-authenticate only for essential claims (oidc-provider) are
-            // asked for `acr` as one.
-            params.push((
-                "claims",
-                serde_json::json!({"id_token": {"acr": {"essential": true, "values": login.acr_values}}})
-                    .to_string(),
-            ));
+            if provider.metadata.claims_parameter_supported {
+                // `acr` as an essential claim: a provider must reach one of the values or
+                // fail (oidc-provider re-authenticates only for essential claims). Not with
+                // `acr_values` too, which would make the request voluntary again there.
+                params.push((
+                    "claims",
+                    serde_json::json!({"id_token": {"acr": {"essential": true, "values": login.acr_values}}})
+                        .to_string(),
+                ));
+            } else {
+                params.push(("acr_values", login.acr_values.join(" ")));
+            }
         }
         if let Some(max_age) = login.max_age {
             params.push(("max_age", max_age.to_string()));

@@ -48,6 +48,10 @@ pub(crate) struct Ctx {
     /// its first bytes came (not an upgrade's), when it must have arrived.
     pub(crate) upload_timeout: Option<Duration>,
     pub(crate) body_deadline: Option<Instant>,
+    /// The session's provider when it is not the default (a step-up link names it).
+    pub(crate) provider: Option<Box<str>>,
+    /// What to answer instead of the upstream's response (its step-up challenge).
+    pub(crate) replace: Option<crate::reply::Fault>,
 }
 
 impl Ctx {
@@ -73,6 +77,8 @@ impl Ctx {
             private: false,
             upload_timeout: None,
             body_deadline: None,
+            provider: None,
+            replace: None,
         }
     }
 

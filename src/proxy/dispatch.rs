@@ -278,6 +278,7 @@ impl Dispatch {
         // A session's affinity is never 0.
         ctx.private = grant.affinity != 0 && !route.cache_public;
         ctx.affinity = grant.affinity;
+        ctx.provider = grant.provider;
         ctx.upload_timeout = Some(route.read_timeout);
         if let Cow::Owned(p) = target.path {
             ctx.path = Some(p);

@@ -17,6 +17,7 @@
 //! Per-request state lives in [`Ctx`].
 
 pub(crate) mod access_log;
+pub(crate) mod challenge;
 pub(crate) mod credential;
 pub(crate) mod ctx;
 pub(crate) mod dispatch;
@@ -284,6 +285,31 @@ impl ProxyHttp for Tollgate {
         if let Some(t) = ctx.trace.as_mut() {
             t.upstream_answered(upstream_response.status.as_u16());
         }
+        if upstream_response.status.as_u16() == 401 && ctx.route.is_some() {
+            // RFC 9470: the upstream asks for a stronger or more recent login. Answered as a
+            // route's own step-up rule is, through `fail_to_proxy` (the upstream's body is
+            // not read; its connection is not reused).
+            if let Some(c) = challenge::step_up(
+                upstream_response
+                    .headers
+                    .get_all(http::header::WWW_AUTHENTICATE)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            ) {
+                tracing::info!(request_id = %ctx.request_id, "the upstream asks for a step-up login");
+                ctx.replace = Some(gate::step_up_required(
+                    ctx.provider
+                        .as_deref()
+                        .unwrap_or(crate::config::DEFAULT_PROVIDER),
+                    c.acr_values,
+                    c.max_age,
+                ));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(401),
+                    "the upstream asks for a step-up login",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -305,7 +331,10 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (fault, upload_timed_out) = upstream::failure(e, session, ctx);
+        let (fault, upload_timed_out) = match ctx.replace.take() {
+            Some(fault) => (Some(fault), false),
+            None => upstream::failure(e, session, ctx),
+        };
         if upload_timed_out {
             self.dispatch
                 .body_timed_out(&ctx.request_id, BodyLimit::Route);

@@ -365,7 +365,11 @@ provider.on('grant.error', (ctx, err) => {
 });
 provider.on('server_error', (ctx, err) => console.error('idp server_error:', err));
 provider.on('backchannel.success', () => { stats.backchannel.success += 1; });
-provider.on('pushed_authorization_request.success', () => { stats.par.success += 1; });
+provider.on('pushed_authorization_request.success', (ctx) => {
+  stats.par.success += 1;
+  const p = ctx.oidc?.params || {};
+  stats.par.last = { acr_values: p.acr_values ?? null, claims: p.claims ?? null, max_age: p.max_age ?? null };
+});
 provider.on('pushed_authorization_request.error', () => { stats.par.error += 1; });
 provider.on('backchannel.error', (ctx, err) => {
   stats.backchannel.error += 1;
@@ -404,6 +408,7 @@ async function interaction(req, res) {
     }
     const acr = acrAsked(params);
     stats.logins[acr] = (stats.logins[acr] || 0) + 1;
+    stats.last_login = { acr, acr_values: params.acr_values ?? null, claims: params.claims ?? null, max_age: params.max_age ?? null };
     const amr = acr === ACR_MFA ? ['pwd', 'otp'] : ['pwd'];
     return provider.interactionFinished(req, res, { login: { accountId: user.sub, acr, amr } }, { mergeWithLastSubmission: false });
   }

@@ -67,6 +67,9 @@ pub(crate) struct Grant {
     pub(crate) set_cookies: Vec<String>,
     /// What a sticky upstream pool hashes: from the session's id (0 without a session).
     pub(crate) affinity: u64,
+    /// The session's provider when it is not the default (an upstream's step-up challenge
+    /// links to a login there).
+    pub(crate) provider: Option<Box<str>>,
 }
 
 /// What a sticky upstream pool hashes for `session`: its random id, folded to 64 bits

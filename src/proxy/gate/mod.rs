@@ -448,6 +448,7 @@ impl Gate {
             dpop,
             set_cookies: Vec::new(),
             affinity: affinity(session),
+            provider: session.provider.as_deref().map(Box::from),
         })
     }
 }

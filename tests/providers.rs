@@ -1,0 +1,284 @@
+//! Several providers behind one tollgate, and step-up logins (RFC 9470), against real
+//! `oidc-provider` instances: two providers with different issuers log in, call APIs with their
+//! own tokens, refresh at their own provider, are ended by their own provider's back-channel
+//! logout, and one provider down leaves the other's logins and sessions working. Step-up: a
+//! password session on an MFA route gets `401 step_up_required`; following its link logs in
+//! with MFA and the route answers; `max_age` is enforced; an upstream's
+//! `insufficient_user_authentication` challenge becomes the same JSON.
+
+mod common;
+
+use std::time::Duration;
+
+use common::flow::*;
+use common::idp::{Idp, CLIENTS};
+use common::*;
+
+const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// `GET path` with the CSRF header, as the SPA calls an API: status and JSON body.
+async fn call(b: &reqwest::Client, tg: &Tollgate, path: &str) -> (u16, serde_json::Value) {
+    let r = b
+        .get(tg.url(path))
+        .header("x-csrf", "1")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// Polls `path` (bounded) until it answers `status`; the last answer.
+async fn until(
+    b: &reqwest::Client,
+    tg: &Tollgate,
+    path: &str,
+    status: u16,
+) -> (u16, serde_json::Value) {
+    let mut last = call(b, tg, path).await;
+    for _ in 0..100 {
+        if last.0 == status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = call(b, tg, path).await;
+    }
+    last
+}
+
+/// A browser logged in at `/login{query}`.
+async fn logged_in_at(tg: &Tollgate, query: &str) -> reqwest::Client {
+    let b = browser();
+    let r = b
+        .get(tg.url(&format!("/login{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "login {query}: {}", tg.log());
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_providers_each_serve_their_own_sessions() {
+    let port = free_port();
+    // Tokens live 4 s: refreshed from half-way through.
+    let (mut idp_a, idp_b) = (
+        Idp::start_env(port, Some(4), &[]).await,
+        Idp::start_env(port, Some(4), &[]).await,
+    );
+    assert_ne!(idp_a.issuer, idp_b.issuer);
+    let echo = Echo::start().await;
+    let config = tollgate_config(&idp_a, &CLIENTS[0], &echo.url(), "")
+        .section(&format!(
+            "[providers.b]\nissuer = \"{}\"\n{}scopes = [\"openid\", \"profile\", \"email\"]\n",
+            idp_b.issuer,
+            CLIENTS[0].oidc_toml()
+        ))
+        .route("/only-a", &echo.url(), "providers = [\"default\"]");
+    let tg = start_ready(port, &config).await;
+    let ready: serde_json::Value = plain()
+        .get(tg.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["providers"]["b"], "up", "{ready}");
+
+    // A login at each provider: the default one, and b by name.
+    let a = logged_in_at(&tg, "").await;
+    let b = logged_in_at(&tg, "?provider=b").await;
+    assert_eq!(call(&a, &tg, "/session").await.1["provider"], "default");
+    assert_eq!(call(&b, &tg, "/session").await.1["provider"], "b");
+    assert_eq!(
+        idp_a.stats().await["token_requests"]["authorization_code"],
+        1
+    );
+    assert_eq!(
+        idp_b.stats().await["token_requests"]["authorization_code"],
+        1
+    );
+    let (status, body) = call(&plain(), &tg, "/login?provider=nope").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "unknown_provider");
+    assert!(
+        body["message"].as_str().unwrap().contains("default, b"),
+        "{body}"
+    );
+
+    // Each session's API calls carry its own provider's token.
+    for (browser, idp, other) in [(&a, &idp_a, &idp_b), (&b, &idp_b, &idp_a)] {
+        assert_eq!(call(browser, &tg, "/api/x").await.0, 200);
+        let bearer = echo.last().header("authorization").unwrap().to_string();
+        let token = bearer.strip_prefix("Bearer ").unwrap();
+        assert_eq!(idp.userinfo(token).await.0, 200);
+        assert_eq!(other.userinfo(token).await.0, 401, "not the other's token");
+    }
+    // A route for the default provider's sessions only.
+    assert_eq!(call(&a, &tg, "/only-a/x").await.0, 200);
+    let (status, body) = call(&b, &tg, "/only-a/x").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("wrong_provider"))
+    );
+
+    // b's token is refreshed at b (a's provider sees no refresh).
+    let mut refreshed = 0;
+    for _ in 0..60 {
+        assert_eq!(call(&b, &tg, "/api/x").await.0, 200, "{}", tg.log());
+        refreshed = idp_b.stats().await["token_requests"]["refresh_token"]
+            .as_u64()
+            .unwrap();
+        if refreshed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refreshed > 0, "b's session was refreshed at b");
+    assert_eq!(idp_a.stats().await["token_requests"]["refresh_token"], 0);
+
+    // A back-channel logout from b for the user ends b's session only, although both
+    // providers call the user `test-user`.
+    let token = idp_b
+        .logout_token(
+            serde_json::json!({"aud": CLIENTS[0].id, "sub": "test-user", "events": {EVENT: {}}}),
+            false,
+        )
+        .await;
+    let r = plain()
+        .post(tg.url("/backchannel-logout"))
+        .form(&[("logout_token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", tg.log());
+    assert_eq!(until(&b, &tg, "/api/x", 401).await.0, 401);
+    assert_eq!(call(&a, &tg, "/api/x").await.0, 200, "a's session stays");
+    // A logout token whose issuer is none of the providers is refused.
+    let forged = idp_b
+        .logout_token(
+            serde_json::json!({"iss": "https://elsewhere.example", "aud": CLIENTS[0].id, "sub": "test-user", "events": {EVENT: {}}}),
+            false,
+        )
+        .await;
+    let r = plain()
+        .post(tg.url("/backchannel-logout"))
+        .form(&[("logout_token", forged)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // The default provider down: b's logins and sessions go on.
+    idp_a.stop();
+    let b2 = logged_in_at(&tg, "?provider=b").await;
+    assert_eq!(call(&b2, &tg, "/api/x").await.0, 200);
+    assert_eq!(call(&b2, &tg, "/session").await.1["provider"], "b");
+}
+
+/// Step-up (RFC 9470) at one provider: `acr` and `max_age` rules, the login they link to, the
+/// callback's check, and an upstream's challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_logs_in_again_with_mfa() {
+    let port = free_port();
+    let idp = Idp::start_env(port, None, &[]).await;
+    let echo = Echo::start().await;
+    let challenger = step_up_upstream().await;
+    let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "")
+        .route(
+            "/pay",
+            &echo.url(),
+            "require = { acr = [\"urn:tollgate:mfa\"] }",
+        )
+        .route("/recent", &echo.url(), "require = { max_age = 2 }")
+        .route("/challenging", &challenger, "");
+    let tg = start_ready(port, &config).await;
+
+    let b = logged_in_at(&tg, "").await;
+    assert_eq!(call(&b, &tg, "/api/x").await.0, 200);
+    let (status, body) = call(&b, &tg, "/pay/x").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "step_up_required");
+    assert_eq!(body["acr_values"], "urn:tollgate:mfa");
+    let login = body["login"].as_str().unwrap().to_string();
+    assert_eq!(login, "/login?acr_values=urn%3Atollgate%3Amfa");
+    // The SPA follows the link (with its return_to): the provider asks for MFA, and the
+    // route answers.
+    let r = b
+        .get(tg.url(&format!("{login}&return_to=/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}\n{}", idp.stats().await, tg.log());
+    assert_eq!(call(&b, &tg, "/pay/x").await.0, 200);
+    let logins = idp.stats().await["logins"].clone();
+    assert_eq!(logins["urn:tollgate:pwd"], 1, "{logins}");
+    assert_eq!(logins["urn:tollgate:mfa"], 1, "{logins}");
+
+    // max_age: a login more than 2 s old must be renewed.
+    let (status, body) = until(&b, &tg, "/recent/x", 401).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "step_up_required");
+    assert_eq!(body["max_age"], 2);
+    let login = body["login"].as_str().unwrap().to_string();
+    assert_eq!(login, "/login?max_age=2");
+    let r = b.get(tg.url(&login)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(call(&b, &tg, "/recent/x").await.0, 200);
+
+    // An upstream's own challenge: the same JSON, with the upstream's values.
+    let (status, body) = call(&b, &tg, "/challenging/x").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "step_up_required");
+    assert_eq!(body["acr_values"], "urn:tollgate:mfa");
+    assert_eq!(body["max_age"], 300);
+    assert_eq!(
+        body["login"],
+        "/login?acr_values=urn%3Atollgate%3Amfa&max_age=300"
+    );
+    // The connection still serves the next request.
+    assert_eq!(call(&b, &tg, "/api/x").await.0, 200);
+}
+
+/// An upstream that answers every request with an RFC 9470 challenge.
+async fn step_up_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let body = b"{\"error\":\"insufficient_user_authentication\"}";
+                        let head = format!(
+                            "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer error=\"insufficient_user_authentication\", error_description=\"MFA needed\", acr_values=\"urn:tollgate:mfa\", max_age=300\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if stream.write_all(head.as_bytes()).await.is_err()
+                            || stream.write_all(body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
