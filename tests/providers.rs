@@ -240,6 +240,12 @@ async fn step_up_logs_in_again_with_mfa() {
     );
     // The connection still serves the next request.
     assert_eq!(call(&b, &tg, "/api/x").await.0, 200);
+    tg.wait_metrics(&[
+        "tollgate_logins_total{outcome=\"ok\",provider=\"default\"} 3",
+        "tollgate_step_ups_total{provider=\"default\",source=\"route\"} 2",
+        "tollgate_step_ups_total{provider=\"default\",source=\"upstream\"} 1",
+    ])
+    .await;
 }
 
 /// An upstream that answers every request with an RFC 9470 challenge.

@@ -64,8 +64,16 @@ impl Oidc {
             .finish_login(facts, sessions, &q, login_cookie.as_deref())
             .await
         {
-            Ok(reply) => reply,
+            Ok(reply) => {
+                self.metrics.login(&self.name, "ok");
+                reply
+            }
             Err(fault) => {
+                let outcome = match fault {
+                    Fault::StepUpNotMet => "step_up_not_met",
+                    _ => "failed",
+                };
+                self.metrics.login(&self.name, outcome);
                 let reply = Reply::fault(fault, Format::for_person(facts.accept()));
                 match login_cookie {
                     Some(name) => reply.with_cookies([self.expire_login_cookie(&name)]),

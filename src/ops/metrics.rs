@@ -35,6 +35,10 @@
 //! - `tollgate_sessions_active`: server-side sessions (`[session] storage = "store"`) in this
 //!   replica's memory: every session with the in-process store, the recently used ones with
 //!   `[store]`;
+//! - `tollgate_logins_total{provider, outcome}`: logins finished at the callback, by provider,
+//!   `ok`, `step_up_not_met` (a step-up login came back without what it asked for) or `failed`;
+//! - `tollgate_step_ups_total{provider, source}`: `401 step_up_required` answers, by the
+//!   session's provider and whether a route's rule (`route`) or the upstream (`upstream`) asked;
 //! - `tollgate_dbsc_total{event}`: Device Bound Session Credentials — `registered`,
 //!   `refreshed`, `refused` (a bound session's request without a valid bound cookie);
 //! - `tollgate_admin_actions_total{action, outcome}`: admin API calls (`[admin]`), by `list`,
@@ -114,6 +118,8 @@ pub(crate) struct Metrics {
     sessions_active: IntGauge,
     admin_actions: IntCounterVec,
     dbsc: IntCounterVec,
+    logins: IntCounterVec,
+    step_ups: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -275,6 +281,22 @@ impl Metrics {
             &["event"],
         )
         .expect("valid metric");
+        let logins = IntCounterVec::new(
+            Opts::new(
+                "tollgate_logins_total",
+                "Logins finished at the callback, by provider and outcome (ok, step_up_not_met, failed)",
+            ),
+            &["provider", "outcome"],
+        )
+        .expect("valid metric");
+        let step_ups = IntCounterVec::new(
+            Opts::new(
+                "tollgate_step_ups_total",
+                "401 step_up_required answers, by the session's provider and source (route, upstream)",
+            ),
+            &["provider", "source"],
+        )
+        .expect("valid metric");
         let cert_stale = IntGauge::new(
             "tollgate_tls_cert_stale",
             "1 while the certificate files did not load and the previous certificate is served",
@@ -301,6 +323,8 @@ impl Metrics {
             Box::new(sessions_active.clone()),
             Box::new(admin_actions.clone()),
             Box::new(dbsc.clone()),
+            Box::new(logins.clone()),
+            Box::new(step_ups.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -327,7 +351,20 @@ impl Metrics {
             sessions_active,
             admin_actions,
             dbsc,
+            logins,
+            step_ups,
         }
+    }
+
+    /// A login finished at the callback of `provider`: `ok`, `step_up_not_met` or `failed`.
+    pub(crate) fn login(&self, provider: &str, outcome: &str) {
+        self.logins.with_label_values(&[provider, outcome]).inc();
+    }
+
+    /// A `401 step_up_required` for a session of `provider`, asked by `source` (`route`,
+    /// `upstream`).
+    pub(crate) fn step_up(&self, provider: &str, source: &str) {
+        self.step_ups.with_label_values(&[provider, source]).inc();
     }
 
     /// A DBSC event: `registered`, `refreshed` or `refused`.

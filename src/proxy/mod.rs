@@ -297,6 +297,15 @@ impl ProxyHttp for Tollgate {
                     .map(|v| v.as_bytes()),
             ) {
                 tracing::info!(request_id = %ctx.request_id, "the upstream asks for a step-up login");
+                let provider = ctx
+                    .provider
+                    .as_deref()
+                    .unwrap_or(crate::config::DEFAULT_PROVIDER);
+                self.dispatch
+                    .gate()
+                    .sessions()
+                    .metrics()
+                    .step_up(provider, "upstream");
                 ctx.replace = Some(gate::step_up_required(
                     ctx.provider
                         .as_deref()

@@ -234,6 +234,7 @@ impl Gate {
                     request_id = facts.request_id,
                     "the session's login is not strong or recent enough for the route: step-up"
                 );
+                self.metrics.step_up(provider, "route");
                 return Err(step_up_required(
                     provider,
                     (!step_up.acr.is_empty()).then(|| step_up.acr_values()),
