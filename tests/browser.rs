@@ -129,6 +129,11 @@ async fn in_chromium(https: bool) {
         .scopes(&["openid", "profile", "email", "offline_access"])
         .route("/api", &format!("http://127.0.0.1:{}", apps.api_port), "")
         .route(
+            "/api/payments",
+            &format!("http://127.0.0.1:{}", apps.api_port),
+            "require = { acr = [\"urn:tollgate:mfa\"] }",
+        )
+        .route(
             "/",
             &format!("http://127.0.0.1:{}", apps.spa_port),
             "auth = \"none\"",
@@ -172,6 +177,8 @@ async fn in_chromium(https: bool) {
         "provider-login-form",
         "spa-logged-in",
         "api-call-with-bearer",
+        "step-up-provider-login",
+        "step-up-api-call",
         "document-cookie-empty",
         "spa-logged-out",
         "api-call-after-logout-401",

@@ -70,8 +70,10 @@ async fn two_providers_each_serve_their_own_sessions() {
     assert_ne!(idp_a.issuer, idp_b.issuer);
     let echo = Echo::start().await;
     let config = tollgate_config(&idp_a, &CLIENTS[0], &echo.url(), "")
+        .server("provider_chooser = true")
         .section(&format!(
-            "[providers.b]\nissuer = \"{}\"\n{}scopes = [\"openid\", \"profile\", \"email\"]\n",
+            "[providers.b]\nissuer = \"{}\"\n{}scopes = [\"openid\", \"profile\", \"email\"]\n\
+             hosts = [\"partner.localhost\"]\n",
             idp_b.issuer,
             CLIENTS[0].oidc_toml()
         ))
@@ -87,8 +89,40 @@ async fn two_providers_each_serve_their_own_sessions() {
         .unwrap();
     assert_eq!(ready["providers"]["b"], "up", "{ready}");
 
-    // A login at each provider: the default one, and b by name.
-    let a = logged_in_at(&tg, "").await;
+    // Without a provider, the chooser lists both (keeping return_to); a host of b's picks b.
+    let r = plain()
+        .get(tg.url("/login?return_to=/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = r.text().await.unwrap();
+    for link in [
+        "/login?provider=default&amp;return_to=%2Fx",
+        "/login?provider=b&amp;return_to=%2Fx",
+    ] {
+        assert!(page.contains(link), "{link} in {page}");
+    }
+    let r = plain()
+        .get(tg.url("/login"))
+        .header("host", format!("Partner.localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with(&format!("http://127.0.0.1:{}/", idp_b.port)),
+        "{location}"
+    );
+
+    // A login at each provider by name.
+    let a = logged_in_at(&tg, "?provider=default").await;
     let b = logged_in_at(&tg, "?provider=b").await;
     assert_eq!(call(&a, &tg, "/session").await.1["provider"], "default");
     assert_eq!(call(&b, &tg, "/session").await.1["provider"], "b");

@@ -95,7 +95,7 @@ fn example_config_is_valid() {
         "http drops the __Host- prefix"
     );
     assert!(c.session.dropped_host_prefix);
-    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes.len(), 3);
     assert_eq!(c.oidc.auth_method, AuthMethod::ClientSecretBasic);
     assert_eq!(c.session.idle_timeout, Duration::from_secs(8 * 3600));
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9100".parse().unwrap()));

@@ -136,6 +136,22 @@ try {
   check(seen.userinfo?.sub === 'test-user', `the provider accepts the token at userinfo: ${r.body}`);
   await snap('api-call-with-bearer');
 
+  // 4b. Step-up: the payments API needs an MFA login. The SPA sees step_up_required, follows
+  // tollgate's link, the provider asks the user to sign in again, and the call then succeeds.
+  await page.click('#pay');
+  await page.waitForSelector('input[name="login"]', { timeout: STEP_TIMEOUT });
+  check(!page.url().startsWith(base), `step-up: the provider asks again: ${page.url()}`);
+  await snap('step-up-provider-login');
+  await page.fill('input[name="login"]', 'test-user');
+  await page.fill('input[name="password"]', 'correct horse battery staple');
+  await page.click('button[type="submit"]');
+  await page.waitForURL(`${base}/`, { timeout: STEP_TIMEOUT });
+  await page.waitForSelector('#user[data-state="ok"]');
+  await page.click('#pay');
+  r = await apiResult();
+  check(r.status === 'HTTP 200', `after the step-up the payments API answers: ${r.status} ${r.body}`);
+  await snap('step-up-api-call');
+
   // 5. The page cannot read the session: the cookie exists, HttpOnly, absent from document.cookie.
   const cookies = await tollgateCookies(context);
   check(cookies.length > 0, 'the browser holds a tollgate session cookie');

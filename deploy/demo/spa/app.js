@@ -31,12 +31,28 @@ async function loadSession() {
   }
 }
 
-async function callApi() {
+async function callApi(path) {
   show($('api-status'), 'Calling …', 'busy');
   $('api-result').textContent = '';
   try {
-    const r = await fetch('/api/hello', { headers: CSRF });
+    const r = await fetch(path, { headers: CSRF });
     const text = await r.text();
+    if (r.status === 401) {
+      // Step-up (RFC 9470): this API needs a stronger or more recent login. tollgate's link
+      // asks the provider for it; come back here afterwards.
+      let problem = {};
+      try {
+        problem = JSON.parse(text);
+      } catch (_) {
+        // not JSON
+      }
+      if (problem.error === 'step_up_required') {
+        show($('api-status'), 'Step-up required: signing in again …', 'busy');
+        const sep = problem.login.includes('?') ? '&' : '?';
+        window.location.assign(`${problem.login}${sep}return_to=${encodeURIComponent(location.pathname)}`);
+        return;
+      }
+    }
     let body = text;
     try {
       body = JSON.stringify(JSON.parse(text), null, 2);
@@ -62,6 +78,7 @@ async function logout() {
   }
 }
 
-$('call-api').addEventListener('click', callApi);
+$('call-api').addEventListener('click', () => callApi('/api/hello'));
+$('pay').addEventListener('click', () => callApi('/api/payments'));
 $('logout').addEventListener('click', logout);
 loadSession();
