@@ -227,6 +227,11 @@ async fn spans_follow_the_request_to_the_upstream_provider_and_store() {
                     == Some("authorization_code")
         })
         .await;
+    assert_eq!(
+        exchange.attrs.get("tollgate.provider").map(String::as_str),
+        Some("default"),
+        "provider calls are labelled with the provider"
+    );
     let callback = receiver
         .wait_for("for the callback", |s| s.span_id == exchange.parent)
         .await;

@@ -107,7 +107,8 @@ impl Oidc {
             provider,
             tokens: TokenClient::new(http.clone(), auth, p.max_response_bytes, metrics.clone())
                 // FAPI 2.0: client assertions name the issuer as their audience.
-                .with_assertion_audience(p.fapi2.then(|| p.issuer_id.clone())),
+                .with_assertion_audience(p.fapi2.then(|| p.issuer_id.clone()))
+                .with_provider(&p.name),
             http,
             sealer,
             client_id: p.client_id.clone(),

@@ -95,6 +95,8 @@ pub struct TokenClient {
     /// A client assertion's `aud` for every endpoint, when set (the issuer, under FAPI 2.0);
     /// otherwise the token endpoint.
     assertion_audience: Option<String>,
+    /// The provider's name, on the calls' spans (`default` for `[oidc]`).
+    provider: String,
 }
 
 impl TokenClient {
@@ -116,12 +118,19 @@ impl TokenClient {
             metrics,
             dpop_nonce: std::sync::Mutex::new(None),
             assertion_audience: None,
+            provider: "default".to_string(),
         }
     }
 
     /// Client assertions name `audience` (when given) instead of the token endpoint.
     pub(crate) fn with_assertion_audience(mut self, audience: Option<String>) -> Self {
         self.assertion_audience = audience;
+        self
+    }
+
+    /// Names the provider on its calls' spans (`tollgate.provider`).
+    pub(crate) fn with_provider(mut self, name: &str) -> Self {
+        self.provider = name.to_string();
         self
     }
 
@@ -340,7 +349,10 @@ impl TokenClient {
             };
             crate::ops::telemetry::ChildSpan::start(
                 "oidc.provider",
-                vec![opentelemetry::KeyValue::new("tollgate.oidc.call", call)],
+                vec![
+                    opentelemetry::KeyValue::new("tollgate.oidc.call", call),
+                    opentelemetry::KeyValue::new("tollgate.provider", self.provider.clone()),
+                ],
             )
         } else {
             crate::ops::telemetry::ChildSpan::start("oidc.provider", Vec::new())
