@@ -366,10 +366,23 @@ impl Sessions {
     ) -> Result<Vec<String>, StartError> {
         let previous = SessionCookies::scan(self.codec.cookie_name(), facts.cookie_headers());
         let Some(records) = &self.records else {
-            return self
+            let lines = self
                 .codec
                 .set_cookie_lines(&session, &previous, facts.now)
-                .map_err(|_| StartError::TooLarge);
+                .map_err(|_| StartError::TooLarge)?;
+            // A new login (a step-up, another account) in a browser that had a session: that
+            // one ends, so a copy of its cookie opens to nothing either.
+            if let Some(old) = previous
+                .value()
+                .ok()
+                .and_then(|v| self.codec.open_sealed(&v).ok())
+                .filter(|old| old.session().id != session.id)
+            {
+                if let Err(e) = self.end(old.session(), "login", facts.now).await {
+                    tracing::warn!(request_id = facts.request_id, error = %e, "the session this login replaces was ended here only");
+                }
+            }
+            return Ok(lines);
         };
         // A new login in a browser that had a stored session: that one ends (it would stay
         // listed, and usable from a copy of its cookie, until it expired).
@@ -547,5 +560,92 @@ impl Sessions {
     /// Whether sessions live only in this process (`storage = "store"` without `[store]`).
     pub(crate) fn in_process(&self) -> bool {
         self.records.as_ref().is_some_and(Records::in_process)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CsrfConfig, SameSite, SessionConfig};
+    use crate::session::fixture;
+    use http::{HeaderMap, Method};
+    use std::time::Duration;
+
+    const NOW: u64 = 1_700_000_000;
+
+    /// A new login (a step-up, another account) in a browser whose cookie holds a session
+    /// ends that session: a copy of the old cookie opens to nothing.
+    #[tokio::test]
+    async fn a_new_login_ends_the_cookie_session_it_replaces() {
+        let config = SessionConfig {
+            cookie_name: "tg".into(),
+            dropped_host_prefix: false,
+            keys: vec![[3u8; 32]],
+            same_site: SameSite::Lax,
+            max_lifetime: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(600),
+            refresh_skew: Duration::from_secs(30),
+            storage: Default::default(),
+            device_binding: Default::default(),
+            bound_cookie_lifetime: Duration::from_secs(300),
+        };
+        let s = Sessions::new(
+            SessionCodec::new(&config, false),
+            Arc::default(),
+            None,
+            csrf::CsrfPolicy::new(
+                &CsrfConfig {
+                    header: http::HeaderName::from_static("x-csrf"),
+                    allowed_origins: vec![],
+                },
+                "http://127.0.0.1:1",
+            ),
+            Metrics::new(),
+            config.storage,
+        );
+        let empty = HeaderMap::new();
+        let first = fixture::session(NOW, "at");
+        let old = cookie(&s.start(first, &facts(&empty)).await.unwrap());
+        assert!(opens(&s, &old).await);
+        let mut second = fixture::session(NOW, "at");
+        second.id = first_id_plus_one(&old, &s);
+        let new = cookie(&s.start(second, &facts(&old)).await.unwrap());
+        assert!(opens(&s, &new).await);
+        assert!(!opens(&s, &old).await, "the replaced session is revoked");
+    }
+
+    fn facts(headers: &HeaderMap) -> Facts<'_> {
+        Facts {
+            method: &Method::GET,
+            query: None,
+            headers,
+            body: None,
+            request_id: "rid",
+            now: NOW,
+            client: None,
+        }
+    }
+
+    fn cookie(lines: &[String]) -> HeaderMap {
+        let pairs: Vec<&str> = lines.iter().map(|l| l.split(';').next().unwrap()).collect();
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, pairs.join("; ").parse().unwrap());
+        h
+    }
+
+    async fn opens(s: &Sessions, h: &HeaderMap) -> bool {
+        let f = facts(h);
+        let opened = s.open(&f).await;
+        s.session(&opened.payload, &f).is_ok()
+    }
+
+    /// An id other than the session's in `h`.
+    fn first_id_plus_one(h: &HeaderMap, s: &Sessions) -> u128 {
+        let found = SessionCookies::scan(
+            s.codec.cookie_name(),
+            [h[http::header::COOKIE].to_str().unwrap()],
+        );
+        let payload = s.codec.open_sealed(&found.value().unwrap()).unwrap();
+        payload.session().id.wrapping_add(1)
     }
 }
