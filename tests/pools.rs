@@ -32,8 +32,11 @@ async fn wait_metric(tg: &Tollgate, line: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_member_costs_no_failed_request_and_an_empty_pool_answers_503() {
-    let a = Echo::start().await;
-    let b = Echo::start().await;
+    // On a loopback address of this test's own: once `b` stops, its port is free, and another
+    // test of this file binding it on 127.0.0.1 would answer in its place (seen: 200, not 502).
+    let own = |port| SocketAddr::from(([127, 0, 0, 9], port));
+    let a = Echo::start_at(own(0)).await;
+    let b = Echo::start_at(own(0)).await;
     let config = TestConfig::without_provider().threads(2).route(
         "/",
         &format!("{},{}", a.url(), b.url()),
