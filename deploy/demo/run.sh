@@ -11,6 +11,10 @@
 #                                  server-side sessions ([session] storage = "store"): the
 #                                  cookie holds a small handle; the session is in this process
 #                                  (one tollgate) or in the replicas' redis-server
+#   ./deploy/demo/run.sh --providers [--replicas N]
+#                                  two identity providers: the demo provider (default) and a
+#                                  second one on 9091 ([providers.partner]); /login shows the
+#                                  chooser page ([server] provider_chooser = true)
 #
 # Ports (fixed by conf/tollgate.toml, which this demo uses unchanged): tollgate 8080, metrics
 # 9100, provider 9090, echo API 9000, SPA 9001.
@@ -34,13 +38,15 @@ die() { printf '\033[1;31m[demo]\033[0m %s\n' "$*" >&2; exit 1; }
 
 # Empty: one tollgate, as always. Otherwise how many replicas to run behind the balancer.
 replicas=""
+providers=""
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --replicas) [ "$#" -ge 2 ] || die "--replicas needs a number from 1 to 9"; replicas="$2"; shift 2 ;;
     --replicas=*) replicas="${1#--replicas=}"; shift ;;
     --store-sessions) export TOLLGATE__SESSION__STORAGE=store; shift ;;
+    --providers) providers=1; export TOLLGATE__SERVER__PROVIDER_CHOOSER=true; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-    *) die "unknown argument $1 (usage: $0 [--replicas N] [--store-sessions])" ;;
+    *) die "unknown argument $1 (usage: $0 [--replicas N] [--store-sessions] [--providers])" ;;
   esac
 done
 if [ -n "$replicas" ]; then
@@ -64,6 +70,7 @@ if [ -n "$replicas" ]; then
   ports=(8080 9090 9000 9001 "$redis_port")
   for i in $(seq 1 "$replicas"); do ports+=("808$i" "910$i"); done
 fi
+if [ -n "$providers" ]; then ports+=(9091); fi
 for port in "${ports[@]}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "port $port on 127.0.0.1 is already in use; stop what listens there and try again"
@@ -110,13 +117,27 @@ wait_for() {
   die "$name did not answer $url within 90 s (load: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null))"
 }
 
+# The config: conf/tollgate.toml, and with --providers a second provider after it.
+config_base=conf/tollgate.toml
+if [ -n "$providers" ]; then
+  tmp="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-demo.XXXXXX")"
+  config_base="$tmp/providers.toml"
+  {
+    cat conf/tollgate.toml
+    printf '\n# Added by deploy/demo/run.sh --providers: a second provider (the same test provider\n'
+    printf '# program on another port), chosen at /login.\n'
+    printf '[providers.partner]\nissuer = "http://127.0.0.1:9091/as"\nclient_id = "tollgate-demo"\n'
+    printf 'client_secret = "demo-secret-change-me"\nscopes = ["openid", "profile", "email", "offline_access"]\n'
+  } >"$config_base"
+fi
+
 # --replicas N: redis-server, N tollgate replicas with the same config plus [store], the
 # balancer on 8080 in front of them, and the summary.
 run_replicas() {
-  tmp="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-demo.XXXXXX")"
+  tmp="${tmp:-$(mktemp -d "${TMPDIR:-/tmp}/tollgate-demo.XXXXXX")}"
   local config="$tmp/tollgate.toml"
   {
-    cat conf/tollgate.toml
+    cat "$config_base"
     printf '\n# Added by deploy/demo/run.sh --replicas: every replica shares this store.\n'
     printf '[store]\nurl = "redis://127.0.0.1:%s/0"\nkey_prefix = "tollgate-demo:"\ntimeout = "500ms"\n' "$redis_port"
   } >"$config"
@@ -204,6 +225,14 @@ IDP_PORT=9090 IDP_ISSUER_PATH=/as IDP_INTERACTIVE=1 \
   env "${idp_env[@]}" node tests/idp/server.js &
 pids+=($!)
 wait_for http://127.0.0.1:9090/as/.well-known/openid-configuration "$!" "the provider"
+if [ -n "$providers" ]; then
+  say "starting the second OpenID Provider on http://127.0.0.1:9091/as ([providers.partner])"
+  IDP_PORT=9091 IDP_ISSUER_PATH=/as IDP_INTERACTIVE=1 \
+    REDIRECT_URIS=http://127.0.0.1:8080/callback POST_LOGOUT_REDIRECT_URIS=http://127.0.0.1:8080/ \
+    env "${idp_env[@]}" node tests/idp/server.js &
+  pids+=($!)
+  wait_for http://127.0.0.1:9091/as/.well-known/openid-configuration "$!" "the second provider"
+fi
 
 say "starting the echo API (9000) and the SPA (9001)"
 API_PORT=9000 SPA_PORT=9001 USERINFO_URL=http://127.0.0.1:9090/as/userinfo node deploy/demo/apps.js &
@@ -213,8 +242,8 @@ wait_for http://127.0.0.1:9001/ "$!" "the demo apps"
 if [ -n "$replicas" ]; then
   run_replicas
 else
-  say "starting tollgate on http://127.0.0.1:8080 (config: conf/tollgate.toml)"
-  TOLLGATE_LOG="${TOLLGATE_LOG:-info}" "$tollgate_bin" --config conf/tollgate.toml &
+  say "starting tollgate on http://127.0.0.1:8080 (config: $config_base)"
+  TOLLGATE_LOG="${TOLLGATE_LOG:-info}" "$tollgate_bin" --config "$config_base" &
   pids+=($!)
   wait_for http://127.0.0.1:8080/readyz "$!" "tollgate"
 
@@ -226,7 +255,9 @@ else
     Log in    as test-user (any password)
     Metrics   http://127.0.0.1:9100/metrics${TOLLGATE__SESSION__STORAGE:+
     Sessions  in this process ([session] storage = \"store\", --store-sessions): the cookie is
-              a small sealed handle; a restart logs you out}
+              a small sealed handle; a restart logs you out}${providers:+
+    Providers default (http://127.0.0.1:9090/as) and partner (http://127.0.0.1:9091/as):
+              /login shows the chooser; /session names the one you chose}
 
   Ctrl-C stops everything.
 
