@@ -165,6 +165,21 @@ impl ProxyHttp for Tollgate {
         }
         ctx.request_id = request_id::from_headers(&session.req_header().headers);
         ctx.protocol = if session.is_http2() { "h2" } else { "h1" };
+        if session.is_http2()
+            && session.req_header().uri.path() == "/login"
+            && !session
+                .req_header()
+                .headers
+                .contains_key(http::header::HOST)
+        {
+            // HTTP/2 names the host in `:authority`; `/login` picks a provider by `Host` (its
+            // `hosts`), as over HTTP/1.1.
+            if let Some(authority) = session.req_header().uri.authority().map(|a| a.to_string()) {
+                let _ = session
+                    .req_header_mut()
+                    .insert_header(http::header::HOST, authority);
+            }
+        }
         ctx.tls = access_log::tls_version(session);
         if telemetry::enabled() {
             let req = session.req_header();
