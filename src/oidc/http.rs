@@ -1,4 +1,4 @@
-//! Calls to the provider over HTTP: the one client (timeouts, no redirects) and reading a
+//! Calls to a provider over HTTP: its client (timeouts, no redirects) and reading a
 //! response body within `[oidc] max_response_bytes`, for discovery, JWKS and the token client.
 
 use std::time::Duration;
@@ -7,14 +7,15 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::config::OidcConfig;
 
-/// The HTTP client for every request to the provider (shared: connection reuse). Failing to
-/// build it (no TLS roots, say) is a startup error: a default client would have no timeouts.
+/// The default provider's client (tests and the fuzz harness).
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
     http_client_for(&config.oidc)
 }
 
-/// [`http_client`] for provider `p` (each provider has its own, with its `http_timeout`).
+/// The HTTP client for every request to provider `p` (shared by its calls: connection reuse;
+/// each provider has its own, with its `http_timeout`). Failing to build it (no TLS roots,
+/// say) is a startup error: a default client would have no timeouts.
 pub(crate) fn http_client_for(p: &OidcConfig) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .timeout(p.http_timeout)
