@@ -901,3 +901,64 @@ async fn every_websocket_tunnel_to_a_fast_upstream_stays_open() {
         }
     }
 }
+
+/// cloudflare/pingora#201 (#998): a pooled upstream connection taken back while its idle
+/// poller was letting go of it was dropped and dialled again, with an ERROR line. Eight
+/// clients at a time keep taking connections from the pool and giving them back: no error
+/// line, and new connections only as many as the concurrency needs; the metric says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_upstream_connections_are_reused_quietly() {
+    let echo = Echo::start().await;
+    let config =
+        TestConfig::without_provider()
+            .threads(2)
+            .route("/", &echo.url(), "auth = \"none\"");
+    let tg = Tollgate::start(|port, metrics| config.render(port, metrics)).await;
+    const CLIENTS: u64 = 8;
+    const EACH: u64 = 250;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let url = tg.url("/");
+        tasks.push(tokio::spawn(async move {
+            let client = plain();
+            for i in 0..EACH {
+                let r = client.get(format!("{url}r/{c}/{i}")).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let metrics = tg
+        .wait_metrics(&["tollgate_upstream_connections_total{reused=\"true\"}"])
+        .await;
+    let count = |reused: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "tollgate_upstream_connections_total{{reused=\"{reused}\"}} "
+                ))
+            })
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let (new, reused) = (count("false"), count("true"));
+    assert_eq!(new + reused, CLIENTS * EACH, "{metrics}");
+    let lost = tg
+        .log()
+        .matches("failed to acquire reusable stream")
+        .count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} pooled connections lost; {new} new of {}",
+        CLIENTS * EACH
+    );
+    assert!(
+        new <= 2 * CLIENTS,
+        "{new} of {} requests dialled a new upstream connection",
+        CLIENTS * EACH
+    );
+}

@@ -39,6 +39,8 @@
 //!   `ok`, `step_up_not_met` (a step-up login came back without what it asked for) or `failed`;
 //! - `tollgate_step_ups_total{provider, source}`: `401 step_up_required` answers, by the
 //!   session's provider and whether a route's rule (`route`) or the upstream (`upstream`) asked;
+//! - `tollgate_upstream_connections_total{reused}`: upstream connections proxied requests went
+//!   out on, `true` when taken from the keep-alive pool, `false` when newly made;
 //! - `tollgate_dbsc_total{event}`: Device Bound Session Credentials — `registered`,
 //!   `refreshed`, `refused` (a bound session's request without a valid bound cookie);
 //! - `tollgate_admin_actions_total{action, outcome}`: admin API calls (`[admin]`), by `list`,
@@ -120,6 +122,9 @@ pub(crate) struct Metrics {
     dbsc: IntCounterVec,
     logins: IntCounterVec,
     step_ups: IntCounterVec,
+    upstream_connections: IntCounterVec,
+    /// `upstream_connections` by `reused`, resolved once (the hot path).
+    upstream_reused: [OnceLock<IntCounter>; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -297,6 +302,14 @@ impl Metrics {
             &["provider", "source"],
         )
         .expect("valid metric");
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_connections_total",
+                "Upstream connections proxied requests went out on, by whether the keep-alive pool gave them (reused)",
+            ),
+            &["reused"],
+        )
+        .expect("valid metric");
         let cert_stale = IntGauge::new(
             "tollgate_tls_cert_stale",
             "1 while the certificate files did not load and the previous certificate is served",
@@ -325,6 +338,7 @@ impl Metrics {
             Box::new(dbsc.clone()),
             Box::new(logins.clone()),
             Box::new(step_ups.clone()),
+            Box::new(upstream_connections.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -353,7 +367,22 @@ impl Metrics {
             dbsc,
             logins,
             step_ups,
+            upstream_connections,
+            upstream_reused: [OnceLock::new(), OnceLock::new()],
         }
+    }
+
+    /// A proxied request went out on an upstream connection: `reused` from the pool, or new.
+    pub(crate) fn upstream_connection(&self, reused: bool) {
+        self.upstream_reused[usize::from(reused)]
+            .get_or_init(|| {
+                self.upstream_connections.with_label_values(&[if reused {
+                    "true"
+                } else {
+                    "false"
+                }])
+            })
+            .inc();
     }
 
     /// A login finished at the callback of `provider`: `ok`, `step_up_not_met` or `failed`.

@@ -237,6 +237,25 @@ impl ProxyHttp for Tollgate {
         upstream::peer(route, session, ctx)
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        // `tollgate_upstream_connections_total{reused}`: how well the keep-alive pool serves.
+        self.dispatch
+            .gate()
+            .sessions()
+            .metrics()
+            .upstream_connection(reused);
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
