@@ -108,6 +108,15 @@ fn provider_of(query: Option<&str>) -> String {
         .map_or_else(|| crate::config::DEFAULT_PROVIDER.to_string(), |(_, v)| v)
 }
 
+/// `400` for a `provider` that is none of the configured ones.
+fn unknown_provider(providers: &Providers) -> AdminReply {
+    error(
+        400,
+        "unknown_provider",
+        &format!("unknown provider; the providers are: {}", providers.names()),
+    )
+}
+
 /// The `sub` of a query, if it has a non-empty one.
 fn sub_of(query: Option<&str>) -> Option<String> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
@@ -186,6 +195,9 @@ impl Admin {
             );
         };
         let provider = provider_of(r.query);
+        if self.providers.get(&provider).is_none() {
+            return ("bad_request", unknown_provider(&self.providers));
+        }
         match self.sessions.of_user(&provider, &sub, false, r.now).await {
             Ok(records) => {
                 let listed: Vec<Listed<'_>> = records.iter().map(|rec| self.listed(rec)).collect();
@@ -237,9 +249,13 @@ impl Admin {
                 error(400, "invalid_request", "sub is required"),
             );
         };
+        let provider = provider_of(r.query);
+        if self.providers.get(&provider).is_none() {
+            return ("bad_request", unknown_provider(&self.providers));
+        }
         match self
             .sessions
-            .end_user(&provider_of(r.query), &sub, r.now + 1, "admin", r.now)
+            .end_user(&provider, &sub, r.now + 1, "admin", r.now)
             .await
         {
             Ok(ended) => {
@@ -450,6 +466,20 @@ mod tests {
         assert_eq!(listed[0]["client"], "10.0.0.7");
         assert_eq!(listed[0]["provider"], "default");
         assert!(!r.body.contains("\"at\""), "no token: {}", r.body);
+        // Another provider's users by name; an unknown provider is refused.
+        let r = call(
+            &a,
+            Method::GET,
+            "/sessions?sub=alice&provider=default",
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        for method in [Method::GET, Method::DELETE] {
+            let r = call(&a, method, "/sessions?sub=alice&provider=nope", Some(TOKEN)).await;
+            assert_eq!(r.status, 400);
+            assert!(r.body.contains("unknown_provider"), "{}", r.body);
+        }
 
         assert_eq!(
             call(&a, Method::GET, "/sessions", Some(TOKEN)).await.status,

@@ -126,9 +126,11 @@ impl StepUp {
             || matches!(claim(kept, "acr"), Some(ClaimValue::One(Scalar::Str(a))) if self.acr.contains(a));
         let age_ok = match self.max_age {
             None => true,
+            // A provider's clock a little ahead of ours (a minute, as for ID tokens) is not a
+            // login from the future: it would ask for a step-up again and again.
             Some(max) => matches!(
                 claim(kept, "auth_time"),
-                Some(ClaimValue::One(Scalar::Int(t))) if u64::try_from(*t).is_ok_and(|t| t <= now && now - t <= max)
+                Some(ClaimValue::One(Scalar::Int(t))) if u64::try_from(*t).is_ok_and(|t| t <= now.saturating_add(CLOCK_LEEWAY_SECS) && now.saturating_sub(t) <= max)
             ),
         };
         acr_ok && age_ok
@@ -139,6 +141,9 @@ impl StepUp {
         self.acr.join(" ")
     }
 }
+
+/// How far ahead of ours a provider's clock may be (its `auth_time`).
+const CLOCK_LEEWAY_SECS: u64 = 60;
 
 /// `"90"`, `"90s"`, `"10m"`, `"1h"`, `"1d"`: seconds.
 fn parse_secs(text: &str) -> Option<u64> {
@@ -312,6 +317,11 @@ impl<'de> Deserialize<'de> for ClaimRule {
                 }
             },
         };
+        if max_age == Some(0) {
+            return Err(de::Error::custom(
+                "max_age: 0 can never be met; at least 1s",
+            ));
+        }
         let step_up = (acr.is_some() || max_age.is_some()).then(|| StepUp {
             acr: acr.unwrap_or_default(),
             max_age,
@@ -372,9 +382,16 @@ mod tests {
             "no auth_time"
         );
         assert!(
-            !s.satisfied(&session("urn:mfa", now as i64 + 5), now),
+            s.satisfied(&session("urn:mfa", now as i64 + 5), now),
+            "a provider clock a little ahead"
+        );
+        assert!(
+            !s.satisfied(&session("urn:mfa", now as i64 + 61), now),
             "from the future"
         );
+        assert!(rule(r#"require = { max_age = 0 }"#)
+            .unwrap_err()
+            .contains("max_age"));
         // Alone, with other claims, in seconds.
         let r = rule(r#"require = { max_age = 30, groups = "ops" }"#).unwrap();
         assert_eq!(r.step_up().unwrap().max_age, Some(30));

@@ -237,7 +237,10 @@ async fn step_up_logs_in_again_with_mfa() {
     assert_eq!(body["error"], "step_up_required");
     assert_eq!(body["acr_values"], "urn:tollgate:mfa");
     let login = body["login"].as_str().unwrap().to_string();
-    assert_eq!(login, "/login?acr_values=urn%3Atollgate%3Amfa");
+    assert_eq!(
+        login,
+        "/login?provider=default&acr_values=urn%3Atollgate%3Amfa"
+    );
     // The SPA follows the link (with its return_to): the provider asks for MFA, and the
     // route answers.
     let r = b
@@ -257,7 +260,7 @@ async fn step_up_logs_in_again_with_mfa() {
     assert_eq!(body["error"], "step_up_required");
     assert_eq!(body["max_age"], 2);
     let login = body["login"].as_str().unwrap().to_string();
-    assert_eq!(login, "/login?max_age=2");
+    assert_eq!(login, "/login?provider=default&max_age=2");
     let r = b.get(tg.url(&login)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(call(&b, &tg, "/recent/x").await.0, 200);
@@ -270,7 +273,7 @@ async fn step_up_logs_in_again_with_mfa() {
     assert_eq!(body["max_age"], 300);
     assert_eq!(
         body["login"],
-        "/login?acr_values=urn%3Atollgate%3Amfa&max_age=300"
+        "/login?provider=default&acr_values=urn%3Atollgate%3Amfa&max_age=300"
     );
     // The connection still serves the next request.
     assert_eq!(call(&b, &tg, "/api/x").await.0, 200);

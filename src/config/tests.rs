@@ -799,6 +799,22 @@ fn several_providers() {
     assert_eq!(p.callback_path, c.oidc.callback_path);
     assert_eq!(c.all_providers().count(), 2);
     assert!(c.provider("partner-b").is_some());
+    // With several providers, a route with a rule and no providers takes the default's only.
+    let payments = c
+        .routes
+        .iter()
+        .find(|r| r.prefix == "/api/payments")
+        .unwrap();
+    assert_eq!(payments.providers, ["default"]);
+    assert!(c
+        .routes
+        .iter()
+        .find(|r| r.prefix == "/api")
+        .unwrap()
+        .providers
+        .is_empty());
+    let single = load(EXAMPLE, &[]).unwrap();
+    assert!(single.routes.iter().all(|r| r.providers.is_empty()));
 
     for (text, expected) in [
         (
@@ -825,6 +841,10 @@ fn several_providers() {
         (
             with("[providers.b]\nissuer = \"https://b.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\nhosts = [\"https://x\"]\n"),
             "`providers.b.hosts`",
+        ),
+        (
+            with("[providers.b]\nissuer = \"http://127.0.0.1:9090/as\"\nclient_id = \"c\"\nclient_secret = \"s\"\n"),
+            "`providers.b.issuer`: is also provider \"default\"'s issuer",
         ),
         (
             edit("auth = \"required\"", "auth = \"required\"\nproviders = [\"nope\"]"),

@@ -57,7 +57,17 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
         .collect::<Result<Vec<_>, _>>()?;
     let session = session::session(raw.session, server.secure_cookies)?;
     let csrf = csrf::csrf(raw.csrf)?;
-    let routes = routes::routes(raw.routes)?;
+    let mut routes = routes::routes(raw.routes)?;
+    if !providers.is_empty() {
+        // Claim values and acr names are each provider's own: with several providers, a route
+        // whose rule names none takes only the default provider's sessions, so that another
+        // provider (a tenant's) cannot pass it by minting the same claim.
+        for r in routes.iter_mut() {
+            if !r.require.is_empty() && r.providers.is_empty() {
+                r.providers = vec![super::oidc::DEFAULT_PROVIDER.to_string()];
+            }
+        }
+    }
     let metrics = MetricsConfig {
         listen: raw.metrics.listen.map(|a| a.0),
     };
@@ -209,6 +219,15 @@ fn providers_cross_section(c: &Config) -> Result<(), ConfigError> {
             format!("providers.{}", p.name)
         }
     };
+    let mut issuers = std::collections::HashMap::new();
+    for p in c.all_providers() {
+        if let Some(other) = issuers.insert(p.issuer_id.as_str(), &p.name) {
+            return Err(ConfigError::invalid(
+                format!("{}.issuer", section(p)),
+                format!("is also provider {other:?}'s issuer; a back-channel logout could not tell them apart"),
+            ));
+        }
+    }
     let mut hosts = std::collections::HashMap::new();
     for p in c.all_providers() {
         for h in &p.hosts {

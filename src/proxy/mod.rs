@@ -390,7 +390,11 @@ impl ProxyHttp for Tollgate {
             // Pingora does not reuse a connection after a proxy failure; say so in the
             // response (`Connection: close`) so that clients do not send the next request on it.
             session.set_keepalive(None);
-            if let Err(write_err) = self.answer(session, ctx, &Reply::from(fault)).await {
+            // The gate's cookie lines (a refreshed session's new tokens, an upstream's step-up
+            // answer included) go out with the error: the browser must not keep a spent
+            // refresh token because the upstream failed.
+            let reply = Reply::from(fault).with_cookies(std::mem::take(&mut ctx.set_cookies));
+            if let Err(write_err) = self.answer(session, ctx, &reply).await {
                 tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send error response");
             }
         }

@@ -230,6 +230,21 @@ impl std::fmt::Debug for Payload {
 ///    after it the same way: a payload without it opens unbound.
 pub(crate) const PAYLOAD_VERSION: u8 = 5;
 
+/// 6: the same layout as 5, for a session of a provider other than `[oidc]` (`provider`
+/// set). A build from before several providers reads only the fields it knows and would take
+/// such a session for the default provider's (and send its refresh token there), so it must
+/// not open it at all: it knows no version 6.
+pub(crate) const PROVIDER_PAYLOAD_VERSION: u8 = 6;
+
+/// The payload version `session` is sealed with.
+pub(crate) fn payload_version(session: &Session<'_>) -> u8 {
+    if session.provider.is_some() {
+        PROVIDER_PAYLOAD_VERSION
+    } else {
+        PAYLOAD_VERSION
+    }
+}
+
 /// Why a request's session could not be used. `reason()` is the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -285,6 +300,21 @@ impl SessionError {
 }
 
 /// A session from its serialized bytes (after the version byte).
+/// A payload of `version`: 5 without a provider, 6 with one (anything else is refused).
+pub(crate) fn decode_versioned(
+    version: u8,
+    bytes: &[u8],
+) -> Result<Session<'static>, SessionError> {
+    let session = match version {
+        PAYLOAD_VERSION | PROVIDER_PAYLOAD_VERSION => decode_payload(bytes)?,
+        _ => return Err(SessionError::Payload),
+    };
+    if payload_version(&session) != version {
+        return Err(SessionError::Payload);
+    }
+    Ok(session)
+}
+
 fn decode_payload(bytes: &[u8]) -> Result<Session<'static>, SessionError> {
     if let Ok(session) = postcard::from_bytes::<Session<'_>>(bytes) {
         return Ok(session.into_owned());
@@ -387,7 +417,7 @@ impl SessionCodec {
 
     /// Serializes and seals `session` into the cookie value (before chunking).
     pub fn seal(&self, session: &Session<'_>) -> Result<String, SessionError> {
-        let mut payload = vec![PAYLOAD_VERSION];
+        let mut payload = vec![payload_version(session)];
         payload = postcard::to_extend(session, payload).map_err(|_| SessionError::Seal)?;
         self.sealer
             .seal(&payload, self.name.as_bytes())
@@ -421,10 +451,10 @@ impl SessionCodec {
             return Ok(Payload(session));
         }
         let plain = self.sealer.open(sealed, self.name.as_bytes())?;
-        let Some((&PAYLOAD_VERSION, bytes)) = plain.split_first() else {
+        let Some((&version, bytes)) = plain.split_first() else {
             return Err(SessionError::Payload);
         };
-        let session = std::sync::Arc::new(decode_payload(bytes)?);
+        let session = std::sync::Arc::new(decode_versioned(version, bytes)?);
         self.opened.put(sealed, session.clone(), generation);
         Ok(Payload(session))
     }
@@ -631,6 +661,34 @@ mod tests {
         ] {
             assert!(!debug.contains(&secret[..40]), "{debug}");
         }
+    }
+
+    /// A session of another provider than `[oidc]` is sealed as version 6, which a build from
+    /// before several providers does not open (it would take it for the default provider's);
+    /// each version opens only with its kind of session.
+    #[test]
+    fn another_providers_session_has_its_own_version() {
+        let mut s = session(1);
+        let plain = postcard::to_allocvec(&s).unwrap();
+        assert_eq!(payload_version(&s), PAYLOAD_VERSION);
+        assert_eq!(decode_versioned(5, &plain).unwrap(), s);
+        assert!(decode_versioned(6, &plain).is_err());
+        s.provider = Some("b".into());
+        let plain = postcard::to_allocvec(&s).unwrap();
+        assert_eq!(payload_version(&s), PROVIDER_PAYLOAD_VERSION);
+        assert_eq!(decode_versioned(6, &plain).unwrap(), s);
+        assert!(
+            decode_versioned(5, &plain).is_err(),
+            "never as the default's"
+        );
+        assert!(decode_versioned(4, &plain).is_err());
+        // Through the codec: sealed as 6, opened again.
+        let codec = SessionCodec::new(&config(), true);
+        let sealed = codec.seal(&s).unwrap();
+        let raw = codec.sealer.open(&sealed, codec.name.as_bytes()).unwrap();
+        assert_eq!(raw[0], PROVIDER_PAYLOAD_VERSION);
+        let payload = codec.open_sealed(&sealed).unwrap();
+        assert_eq!(payload.session().provider.as_deref(), Some("b"));
     }
 
     /// A cookie sealed before `access_lifetime` existed still opens, with the lifetime unknown

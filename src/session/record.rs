@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::cookie::SessionCookies;
-use super::{Session, SessionCodec, SessionError, PAYLOAD_VERSION};
+use super::{Session, SessionCodec, SessionError};
 
 /// The first byte of a record's plaintext.
 const RECORD_VERSION: u8 = 1;
@@ -116,7 +116,7 @@ impl SessionCodec {
     ) -> Result<String, SessionError> {
         let mut plain =
             postcard::to_extend(meta, vec![RECORD_VERSION]).map_err(|_| SessionError::Seal)?;
-        plain.push(PAYLOAD_VERSION);
+        plain.push(super::payload_version(session));
         let plain = postcard::to_extend(session, plain).map_err(|_| SessionError::Seal)?;
         self.sealer
             .seal(&plain, self.record_context(session.id).as_bytes())
@@ -133,10 +133,10 @@ impl SessionCodec {
         };
         let (meta, rest) =
             postcard::take_from_bytes::<Meta>(rest).map_err(|_| SessionError::Payload)?;
-        let Some((&PAYLOAD_VERSION, bytes)) = rest.split_first() else {
+        let Some((&version, bytes)) = rest.split_first() else {
             return Err(SessionError::Payload);
         };
-        let session = super::decode_payload(bytes)?;
+        let session = super::decode_versioned(version, bytes)?;
         if session.id != id {
             return Err(SessionError::Payload);
         }

@@ -461,23 +461,18 @@ pub(crate) fn step_up_required(
     acr_values: Option<String>,
     max_age: Option<u64>,
 ) -> Fault {
+    // The session's provider, named even when it is the default one: a chooser or a host
+    // that maps to another provider must not send the step-up elsewhere.
     let mut login = url::form_urlencoded::Serializer::new(String::new());
-    if provider != crate::config::DEFAULT_PROVIDER {
-        login.append_pair("provider", provider);
-    }
+    login.append_pair("provider", provider);
     if let Some(acr) = &acr_values {
         login.append_pair("acr_values", acr);
     }
     if let Some(max_age) = max_age {
         login.append_pair("max_age", &max_age.to_string());
     }
-    let query = login.finish();
     Fault::StepUpRequired(Box::new(crate::reply::StepUpAsk {
-        login: if query.is_empty() {
-            "/login".to_string()
-        } else {
-            format!("/login?{query}")
-        },
+        login: format!("/login?{}", login.finish()),
         acr_values,
         max_age,
     }))
