@@ -27,7 +27,9 @@ use crate::sessions::Sessions;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoint {
     Login,
-    Callback,
+    /// The callback of the provider at this index (the default's at `callback_path`, each
+    /// other one's below it).
+    Callback(usize),
     Logout,
     LogoutContinue,
     BackchannelLogout,
@@ -91,6 +93,12 @@ impl Endpoints {
 
     /// The endpoint at `path`, if it is one (checked before routing; never proxied).
     pub(crate) fn find(&self, path: &str) -> Option<Endpoint> {
+        if let Some(i) = path
+            .strip_prefix(self.callback_path.as_str())
+            .and_then(|rest| self.providers.at_callback(rest))
+        {
+            return Some(Endpoint::Callback(i));
+        }
         Some(match path {
             "/login" => Endpoint::Login,
             "/logout" => Endpoint::Logout,
@@ -98,7 +106,6 @@ impl Endpoints {
             "/session" => Endpoint::Session,
             "/healthz" => Endpoint::Healthz,
             "/readyz" => Endpoint::Readyz,
-            p if p == self.callback_path => Endpoint::Callback,
             p if p == self.backchannel_logout_path => Endpoint::BackchannelLogout,
             crate::sessions::device::REGISTER_PATH if self.binding.is_some() => {
                 Endpoint::DeviceRegister
@@ -148,7 +155,7 @@ impl Endpoints {
                 Err(f) => Err(f),
             }
             .unwrap_or_else(|f| Reply::fault(f, person)),
-            Endpoint::Callback => self.providers.callback(facts, sessions).await,
+            Endpoint::Callback(i) => self.providers.callback(i, facts, sessions).await,
             Endpoint::LogoutContinue => self
                 .providers
                 .default_provider()

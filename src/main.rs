@@ -196,14 +196,29 @@ fn announce(config: &Config) {
         backchannel_logout_uri = %config.backchannel_logout_uri(),
         "register exactly these URIs at the provider"
     );
-    for p in &config.providers {
+    let host_origins = config.host_origins();
+    for p in config.all_providers() {
+        // A login on one of the providers' hosts comes back to that host.
+        let redirect_uris: Vec<String> =
+            std::iter::once(config.redirect_uri_at(p, &config.server.public_origin))
+                .chain(
+                    host_origins
+                        .iter()
+                        .map(|(_, origin)| config.redirect_uri_at(p, origin)),
+                )
+                .collect();
+        if p.name == tollgate::config::DEFAULT_PROVIDER && host_origins.is_empty() {
+            continue;
+        }
         tracing::info!(
             provider = %p.name,
             issuer = %p.issuer_id,
             client_id = %p.client_id,
             hosts = %p.hosts.join(","),
+            redirect_uris = %redirect_uris.join(" "),
             post_logout_redirect_uri = %p.post_logout_redirect_uri,
-            "provider (register the same redirect_uri and backchannel_logout_uri there)"
+            backchannel_logout_uri = %config.backchannel_logout_uri(),
+            "provider: register exactly these URIs there"
         );
     }
     for r in &config.routes {

@@ -44,3 +44,15 @@ pub(crate) fn is_websocket(method: &Method, headers: &HeaderMap) -> bool {
             .get(UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
+
+/// A `Host` value as a bare host name: lowercase, without its port (IPv6 literals keep their
+/// brackets).
+pub(crate) fn host_without_port(host: &str) -> String {
+    let host = host.trim();
+    let bare = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    bare.to_ascii_lowercase()
+}

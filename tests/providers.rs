@@ -63,9 +63,17 @@ async fn logged_in_at(tg: &Tollgate, query: &str) -> reqwest::Client {
 async fn two_providers_each_serve_their_own_sessions() {
     let port = free_port();
     // Tokens live 4 s: refreshed from half-way through.
+    // b answers at its own callback path, on public_url's host and on its own host.
     let (mut idp_a, idp_b) = (
         Idp::start_env(port, Some(4), &[]).await,
-        Idp::start_env(port, Some(4), &[]).await,
+        Idp::start_for_uris(
+            port,
+            &format!(
+                "http://127.0.0.1:{port}/callback/b,http://partner.localhost:{port}/callback/b"
+            ),
+            Some(4),
+        )
+        .await,
     );
     assert_ne!(idp_a.issuer, idp_b.issuer);
     let echo = Echo::start().await;
@@ -121,19 +129,85 @@ async fn two_providers_each_serve_their_own_sessions() {
         "{location}"
     );
 
+    // A whole login on b's host: it comes back to that host (where its login cookie is),
+    // and the SPA served there may call the API with that origin.
+    let partner = reqwest::Client::builder()
+        .cookie_store(true)
+        .resolve("partner.localhost", tg.addr())
+        .timeout(HANG)
+        .build()
+        .unwrap();
+    let partner_url = |path: &str| format!("http://partner.localhost:{port}{path}");
+    let r = partner
+        .get(partner_url("/login?return_to=/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "login on b's host: {}", tg.log());
+    assert_eq!(r.url().as_str(), partner_url("/x"));
+    let r = partner
+        .post(partner_url("/api/x"))
+        .header("x-csrf", "1")
+        .header("origin", format!("http://partner.localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", tg.log());
+    let session: serde_json::Value = partner
+        .get(partner_url("/session"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["provider"], "b");
+    assert_eq!(
+        idp_b.stats().await["token_requests"]["authorization_code"],
+        1
+    );
+    idp_b.reset_stats().await;
+
+    // Mix-up: a login that went to b, answered on the default provider's callback, is
+    // refused, and its code goes to no provider.
+    let r = plain()
+        .get(tg.url("/login?provider=b"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = set_cookies(&r)[0].split(';').next().unwrap().to_string();
+    // The login cookie is named after the state (`{cookie}-login-{state}`).
+    let state = cookie
+        .split('=')
+        .next()
+        .and_then(|name| name.rsplit_once("-login-"))
+        .unwrap()
+        .1
+        .to_string();
+    let r = plain()
+        .get(tg.url(&format!("/callback?code=stolen&state={state}")))
+        .header("cookie", &cookie)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "issuer_mismatch", "{body}");
+    assert!(tg.log().contains("mix-up"));
+    for idp in [&idp_a, &idp_b] {
+        assert_eq!(idp.stats().await["token_requests"]["authorization_code"], 0);
+    }
+
     // A login at each provider by name.
     let a = logged_in_at(&tg, "?provider=default").await;
     let b = logged_in_at(&tg, "?provider=b").await;
     assert_eq!(call(&a, &tg, "/session").await.1["provider"], "default");
     assert_eq!(call(&b, &tg, "/session").await.1["provider"], "b");
-    assert_eq!(
-        idp_a.stats().await["token_requests"]["authorization_code"],
-        1
-    );
-    assert_eq!(
-        idp_b.stats().await["token_requests"]["authorization_code"],
-        1
-    );
+    for idp in [&idp_a, &idp_b] {
+        assert_eq!(idp.stats().await["token_requests"]["authorization_code"], 1);
+    }
     let (status, body) = call(&plain(), &tg, "/login?provider=nope").await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "unknown_provider");

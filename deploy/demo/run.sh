@@ -228,7 +228,7 @@ wait_for http://127.0.0.1:9090/as/.well-known/openid-configuration "$!" "the pro
 if [ -n "$providers" ]; then
   say "starting the second OpenID Provider on http://127.0.0.1:9091/as ([providers.partner])"
   IDP_PORT=9091 IDP_ISSUER_PATH=/as IDP_INTERACTIVE=1 \
-    REDIRECT_URIS=http://127.0.0.1:8080/callback POST_LOGOUT_REDIRECT_URIS=http://127.0.0.1:8080/ \
+    REDIRECT_URIS=http://127.0.0.1:8080/callback/partner POST_LOGOUT_REDIRECT_URIS=http://127.0.0.1:8080/ \
     env "${idp_env[@]}" node tests/idp/server.js &
   pids+=($!)
   wait_for http://127.0.0.1:9091/as/.well-known/openid-configuration "$!" "the second provider"

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::admin::AdminConfig;
 use super::csrf::CsrfConfig;
-use super::oidc::OidcConfig;
+use super::oidc::{OidcConfig, DEFAULT_PROVIDER};
 use super::routes::RouteConfig;
 use super::server::ServerConfig;
 use super::session::SessionConfig;
@@ -86,14 +86,45 @@ impl Config {
         out
     }
 
-    /// The `redirect_uri` tollgate sends (`{public_url}{callback_path}`): what the provider
-    /// must have registered, character for character.
+    /// The default provider's `redirect_uri` at `public_url` (`{public_url}{callback_path}`):
+    /// what the provider must have registered, character for character.
     pub fn redirect_uri(&self) -> String {
-        format!(
+        self.redirect_uri_at(&self.oidc, &self.server.public_origin)
+    }
+
+    /// `provider`'s `redirect_uri` for a login on `origin`: `{origin}{callback_path}`, and
+    /// `/{name}` after it for a provider other than the default. Each provider answers at its
+    /// own path so that an answer can be checked against the provider the login went to (the
+    /// mix-up defence of RFC 9700 §4.4.2, which needs no `iss` from the provider).
+    pub fn redirect_uri_at(&self, provider: &OidcConfig, origin: &str) -> String {
+        let base = format!(
             "{}{}",
-            self.server.public_origin.trim_end_matches('/'),
+            origin.trim_end_matches('/'),
             self.oidc.callback_path
-        )
+        );
+        if provider.name == DEFAULT_PROVIDER {
+            base
+        } else {
+            format!("{base}/{}", provider.name)
+        }
+    }
+
+    /// Every host a provider lists in `hosts`, with the origin a login there uses
+    /// (`public_url`'s scheme and port, that host), `public_url`'s own host left out. A login
+    /// started on such a host comes back to it, where its login cookie is.
+    pub fn host_origins(&self) -> Vec<(String, String)> {
+        let public_host = self.server.public_url.host_str().unwrap_or_default();
+        let mut out: Vec<(String, String)> = Vec::new();
+        for host in self.all_providers().flat_map(|p| p.hosts.iter()) {
+            if host.eq_ignore_ascii_case(public_host) || out.iter().any(|(h, _)| h == host) {
+                continue;
+            }
+            let mut url = self.server.public_url.clone();
+            if url.set_host(Some(host)).is_ok() {
+                out.push((host.clone(), url.origin().ascii_serialization()));
+            }
+        }
+        out
     }
 
     /// The `backchannel_logout_uri` to register at the provider.

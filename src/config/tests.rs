@@ -799,6 +799,23 @@ fn several_providers() {
     assert_eq!(p.callback_path, c.oidc.callback_path);
     assert_eq!(c.all_providers().count(), 2);
     assert!(c.provider("partner-b").is_some());
+    // Each provider answers at its own callback path; a host's logins come back to it.
+    let public = &c.server.public_origin;
+    assert_eq!(
+        c.redirect_uri_at(&c.oidc, public),
+        format!("{public}/callback")
+    );
+    assert_eq!(
+        c.redirect_uri_at(p, public),
+        format!("{public}/callback/partner-b")
+    );
+    assert_eq!(
+        c.host_origins(),
+        [(
+            "partner.example.com".to_string(),
+            "http://partner.example.com:8080".to_string()
+        )]
+    );
     // With several providers, a route with a rule and no providers takes the default's only.
     let payments = c
         .routes

@@ -130,12 +130,16 @@ impl Oidc {
             .unwrap_or(crate::config::DEFAULT_PROVIDER)
             != self.name
         {
-            // Dispatched by the state's provider ([`super::providers`]): never happens.
-            tracing::error!(
+            // The answer came back on another provider's callback path: a provider sent the
+            // browser back with a login that went elsewhere (mix-up, RFC 9700 §4.4). Its code
+            // must not go to the provider the login names.
+            tracing::warn!(
                 request_id = rid,
-                "callback: the login was for another provider"
+                login_provider = login.provider.as_deref().unwrap_or(crate::config::DEFAULT_PROVIDER),
+                callback_provider = %self.name,
+                "callback: the answer came back on another provider's callback (mix-up?)"
             );
-            return Err(Fault::UnknownState);
+            return Err(Fault::IssuerMismatch);
         }
         let provider = self.loaded_provider()?;
         match q.iss.as_deref() {
@@ -178,7 +182,7 @@ impl Oidc {
             .exchange_code(
                 provider.metadata.token_endpoint.as_str(),
                 code,
-                &self.redirect_uri,
+                login.redirect_uri.as_deref().unwrap_or(&self.redirect_uri),
                 &login.code_verifier,
                 dpop.as_ref(),
             )
@@ -311,6 +315,7 @@ mod tests {
             provider: None,
             acr_values: acr.iter().map(|a| a.to_string()).collect(),
             max_age,
+            redirect_uri: None,
         }
     }
 

@@ -17,6 +17,7 @@ use super::refresh::outcome::RESULT_TTL;
 use super::token_client::TokenClient;
 use crate::config::Config;
 use crate::reply::Fault;
+use crate::request::Facts;
 use crate::session::seal::Sealer;
 
 /// The least time between two JWKS fetches caused by an unknown `kid`.
@@ -35,6 +36,9 @@ pub(crate) struct Oidc {
     pub(super) sealer: Sealer,
     pub(super) client_id: String,
     pub(super) redirect_uri: String,
+    /// Host (lowercase, no port) → this provider's `redirect_uri` for a login on that host,
+    /// for every host some provider lists in `hosts`.
+    host_redirect_uris: std::collections::HashMap<String, String>,
     pub(super) scope: String,
     /// The resources every login asks for (RFC 8707 §2.1; [`Config::resources`]).
     pub(super) resources: Vec<String>,
@@ -112,7 +116,15 @@ impl Oidc {
             http,
             sealer,
             client_id: p.client_id.clone(),
-            redirect_uri: config.redirect_uri(),
+            redirect_uri: config.redirect_uri_at(p, &config.server.public_origin),
+            host_redirect_uris: config
+                .host_origins()
+                .into_iter()
+                .map(|(host, origin)| {
+                    let uri = config.redirect_uri_at(p, &origin);
+                    (host, uri)
+                })
+                .collect(),
             scope: config.login_scope_at(p),
             resources: config.resources(),
             resource_tags: config
@@ -152,6 +164,21 @@ impl Oidc {
             fapi2: p.fapi2,
             par_slots: tokio::sync::Semaphore::new(PAR_IN_FLIGHT),
         })
+    }
+
+    /// The `redirect_uri` of a login on the request's host when that is one of the providers'
+    /// `hosts` (the login cookie is set there, so the answer must come back there); `None` on
+    /// `public_url`'s host or any other.
+    pub(super) fn host_redirect_uri(&self, facts: &Facts<'_>) -> Option<&str> {
+        if self.host_redirect_uris.is_empty() {
+            return None;
+        }
+        let host = facts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(crate::request::host_without_port)?;
+        self.host_redirect_uris.get(&host).map(String::as_str)
     }
 
     /// The key ring every sealed value uses (cookies, login state, shared results).

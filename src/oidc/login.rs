@@ -52,6 +52,10 @@ pub struct LoginState {
     /// ... and how long ago, at most, the user may have authenticated.
     #[serde(default)]
     pub max_age: Option<u64>,
+    /// The `redirect_uri` the login sent, when it is not the provider's at `public_url` (a
+    /// login on one of the providers' `hosts`): the code exchange must send it again.
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
 }
 
 impl std::fmt::Debug for LoginState {
@@ -118,11 +122,11 @@ impl LoginState {
 }
 
 /// A login state, or one sealed before the last fields were appended (`provider`,
-/// `acr_values`, `max_age`): postcard writes fields in order, so a trailing 0 reads as "none"
-/// for each one missing.
+/// `acr_values`, `max_age`, `redirect_uri`): postcard writes fields in order, so a trailing 0
+/// reads as "none" for each one missing.
 fn decode(body: &[u8]) -> Option<LoginState> {
-    (0..=3).find_map(|missing| {
-        let padded = [body, &[0u8; 3][..missing]].concat();
+    (0..=4).find_map(|missing| {
+        let padded = [body, &[0u8; 4][..missing]].concat();
         postcard::from_bytes::<LoginState>(&padded).ok()
     })
 }
@@ -226,13 +230,20 @@ impl super::client::Oidc {
             provider: (self.name != crate::config::DEFAULT_PROVIDER).then(|| self.name.clone()),
             acr_values,
             max_age,
+            redirect_uri: self.host_redirect_uri(facts).map(str::to_string),
         };
         let name = cookie_name(&self.session_cookie, &state);
         let sealed = login.seal(&self.sealer, &name).ok_or(Fault::Internal)?;
         let mut params: Vec<(&str, String)> = vec![
             ("response_type", "code".into()),
             ("client_id", self.client_id.clone()),
-            ("redirect_uri", self.redirect_uri.clone()),
+            (
+                "redirect_uri",
+                login
+                    .redirect_uri
+                    .clone()
+                    .unwrap_or_else(|| self.redirect_uri.clone()),
+            ),
             ("scope", self.scope.clone()),
             ("state", state),
             ("nonce", login.nonce.clone()),
@@ -389,6 +400,7 @@ mod tests {
             provider: Some("b".into()),
             acr_values: vec!["urn:mfa".into()],
             max_age: Some(60),
+            redirect_uri: Some("http://partner.localhost:8080/callback/b".into()),
         };
         let name = cookie_name("tg", "state-aaaaaaaaaaaaaaaa");
         let sealed = s.seal(&sealer, &name).unwrap();

@@ -11,8 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::client::Oidc;
-use super::login::LoginState;
-use crate::config::DEFAULT_PROVIDER;
 use crate::reply::{Fault, Reply};
 use crate::request::Facts;
 use crate::session::record::Record;
@@ -106,7 +104,7 @@ impl Providers {
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(host_without_port);
+            .map(crate::request::host_without_port);
         if let Some(i) = host.and_then(|h| self.hosts.get(&h)) {
             return Ok(LoginAt::Provider(&self.list[*i]));
         }
@@ -118,32 +116,34 @@ impl Providers {
 }
 
 impl Providers {
-    /// `GET /callback`, at the provider the login went to (named in its sealed state; the
-    /// default when the state does not open, which then says why).
-    pub(crate) async fn callback(&self, facts: &Facts<'_>, sessions: &Sessions) -> Reply {
-        let oidc = self
-            .callback_provider(facts)
-            .unwrap_or_else(|| self.default_provider());
-        oidc.callback(facts, sessions).await
+    /// The provider whose callback is at `{callback_path}{rest}`: the default at the path
+    /// itself, each other one at `/{name}` below it.
+    pub(crate) fn at_callback(&self, rest: &str) -> Option<usize> {
+        if rest.is_empty() {
+            return Some(0);
+        }
+        let name = rest.strip_prefix('/')?;
+        self.list
+            .iter()
+            .skip(1)
+            .position(|o| o.name == name)
+            .map(|i| i + 1)
     }
 
-    fn callback_provider(&self, facts: &Facts<'_>) -> Option<&Arc<Oidc>> {
-        if self.list.len() == 1 {
-            return None;
-        }
-        let state = serde_urlencoded::from_str::<Vec<(String, String)>>(facts.query?)
-            .ok()?
-            .into_iter()
-            .find(|(k, _)| k == "state")?
-            .1;
-        if !crate::session::cookie::is_plausible_state(&state) {
-            return None;
-        }
-        let default = self.default_provider();
-        let name = crate::session::cookie::login_cookie_name(&default.session_cookie, &state);
-        let value = crate::session::cookie::find(&name, facts.cookie_headers());
-        let login = LoginState::open(&default.sealer, &name, value, facts.now).ok()?;
-        self.get(login.provider.as_deref().unwrap_or(DEFAULT_PROVIDER))
+    /// `GET {callback_path}[/{name}]`, at the provider whose path it is (`index`, from
+    /// [`Providers::at_callback`]). The login state must name the same provider: an answer
+    /// that comes back on another provider's path is refused (mix-up).
+    pub(crate) async fn callback(
+        &self,
+        index: usize,
+        facts: &Facts<'_>,
+        sessions: &Sessions,
+    ) -> Reply {
+        let oidc = self
+            .list
+            .get(index)
+            .unwrap_or_else(|| self.default_provider());
+        oidc.callback(facts, sessions).await
     }
 
     /// `/logout`, at the provider of the request's session (revocation and end-session go
@@ -226,19 +226,10 @@ fn query_provider(query: Option<&str>) -> Option<String> {
 }
 
 /// `Host` lowercased, without its port (`[::1]:8080` → `[::1]`).
-fn host_without_port(host: &str) -> String {
-    let host = host.trim();
-    let bare = if host.starts_with('[') {
-        host.split_inclusive(']').next().unwrap_or(host)
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    bare.to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::host_without_port;
 
     #[test]
     fn hosts_lose_their_port_and_case() {

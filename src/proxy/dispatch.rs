@@ -83,7 +83,8 @@ impl Dispatch {
                 ),
             revocations,
             store,
-            CsrfPolicy::new(&config.csrf, &config.server.public_origin),
+            CsrfPolicy::new(&config.csrf, &config.server.public_origin)
+                .with_origins(config.host_origins().into_iter().map(|(_, origin)| origin)),
             metrics.clone(),
             config.session.storage,
         )

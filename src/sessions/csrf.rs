@@ -35,6 +35,13 @@ impl CsrfPolicy {
         }
     }
 
+    /// Accepts `origins` too: the origins of the providers' `hosts`, where the SPA is served
+    /// as well and its sessions live.
+    pub(crate) fn with_origins(mut self, origins: impl IntoIterator<Item = String>) -> Self {
+        self.origins.extend(origins);
+        self
+    }
+
     /// Checks an authenticated request. Without the header, only a WebSocket handshake
     /// (asked only then, off the common path) may pass, and only with an `Origin`.
     pub(crate) fn check(&self, headers: &HeaderMap, method: &Method) -> Result<(), CsrfError> {

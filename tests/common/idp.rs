@@ -165,6 +165,23 @@ impl Idp {
         .await
     }
 
+    /// A provider whose client registers `redirect_uris` (comma-separated), for tollgate on
+    /// `port` (post-logout `/`).
+    pub async fn start_for_uris(
+        port: u16,
+        redirect_uris: &str,
+        access_token_ttl: Option<u64>,
+    ) -> Idp {
+        Self::launch(
+            redirect_uris,
+            &format!("http://127.0.0.1:{port}/"),
+            access_token_ttl,
+            false,
+            &[],
+        )
+        .await
+    }
+
     async fn launch(
         redirect_uri: &str,
         post_logout_redirect_uri: &str,
@@ -195,7 +212,7 @@ impl Idp {
         if let Some(origin) = redirect_uri
             .split(',')
             .next()
-            .and_then(|u| u.strip_suffix("/callback"))
+            .and_then(|u| u.rsplit_once("/callback").map(|(origin, _)| origin))
         {
             env.push((
                 "BACKCHANNEL_LOGOUT_URI",
