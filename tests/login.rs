@@ -237,6 +237,7 @@ async fn an_expired_login_cookie_is_refused() {
         provider: None,
         acr_values: Vec::new(),
         max_age: None,
+        redirect_uri: None,
     }
     .seal(&sealer, &name)
     .unwrap();
