@@ -399,3 +399,145 @@ async fn step_up_upstream() -> String {
     });
     format!("http://{addr}")
 }
+
+/// A browser logged in at `tg` through `/login{query}`: the `Cookie` header it then sends.
+async fn cookie_after_login(tg: &Tollgate, query: &str) -> String {
+    use reqwest::cookie::CookieStore;
+    let (jar, b) = browser_with_jar();
+    let r = b
+        .get(tg.url(&format!("/login{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "login {query}: {}", tg.log());
+    jar.cookies(&tg.url("/").parse().unwrap())
+        .expect("session cookies")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `GET /api/x` at `tg` with `cookie`: the status, polled (bounded) until it is `want`.
+async fn api_until(tg: &Tollgate, cookie: &str, want: u16) -> u16 {
+    let mut last = 0;
+    for _ in 0..100 {
+        last = tg
+            .with_session(&plain(), reqwest::Method::GET, "/api/x", cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if last == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    last
+}
+
+/// Two providers on two replicas sharing a real Redis store: each provider's sessions serve
+/// on either replica; the store's per-user index and the admin API keep the providers' users
+/// apart although both call their user `test-user`; a back-channel logout from b, delivered
+/// to one replica, ends b's session on both and leaves the default provider's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_providers_share_a_store_without_colliding() {
+    let echo = Echo::start().await;
+    let redis = common::redis::Redis::start().await;
+    let ports = [free_port(), free_port()];
+    let admin_port = free_port();
+    let idp_a = idp_for(&ports).await;
+    let idp_b = Idp::start_for_uris(
+        ports[0],
+        &ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}/callback/b"))
+            .collect::<Vec<_>>()
+            .join(","),
+        None,
+    )
+    .await;
+    let token = tempfile::NamedTempFile::new().unwrap();
+    const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef-0123456789";
+    std::fs::write(token.path(), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let mut tgs = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let mut sections = format!(
+            "[store]\nurl = \"{}\"\nkey_prefix = \"test:\"\ntimeout = \"300ms\"\n\
+             [providers.b]\nissuer = \"{}\"\n{}",
+            redis.url(),
+            idp_b.issuer,
+            CLIENTS[0].oidc_toml()
+        );
+        if i == 0 {
+            sections += &format!(
+                "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"{}\"\n",
+                token.path().display()
+            );
+        }
+        let config = tollgate_config(&idp_a, &CLIENTS[0], &echo.url(), "")
+            .session("storage = \"store\"")
+            .section(&sections);
+        tgs.push(start_ready(*port, &config).await);
+    }
+
+    let a = cookie_after_login(&tgs[0], "?provider=default").await;
+    let b = cookie_after_login(&tgs[1], "?provider=b").await;
+    for tg in &tgs {
+        assert_eq!(api_until(tg, &a, 200).await, 200, "{}", tg.log());
+        assert_eq!(api_until(tg, &b, 200).await, 200, "{}", tg.log());
+    }
+    let listed = |provider: &'static str| async move {
+        let r = plain()
+            .get(format!(
+                "http://127.0.0.1:{admin_port}/sessions?sub=test-user&provider={provider}"
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        body["sessions"].as_array().unwrap().clone()
+    };
+    let mut created_at = 0;
+    for provider in ["default", "b"] {
+        let sessions = listed(provider).await;
+        assert_eq!(sessions.len(), 1, "{provider}: {sessions:?}");
+        assert_eq!(sessions[0]["provider"], provider);
+        created_at = sessions[0]["created_at"].as_u64().unwrap();
+    }
+
+    // b's back-channel logout, to replica 0, for b's `test-user`, issued in the very second
+    // b's session was created (`iat` has whole seconds): it ends that session too.
+    let logout = idp_b
+        .logout_token(
+            serde_json::json!({"aud": CLIENTS[0].id, "sub": "test-user", "iat": created_at, "events": {EVENT: {}}}),
+            false,
+        )
+        .await;
+    let r = plain()
+        .post(tgs[0].url("/backchannel-logout"))
+        .form(&[("logout_token", logout)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", tgs[0].log());
+    for tg in &tgs {
+        assert_eq!(
+            api_until(tg, &b, 401).await,
+            401,
+            "b's session ends everywhere: {}",
+            tg.log()
+        );
+        assert_eq!(api_until(tg, &a, 200).await, 200, "the default's stays");
+    }
+    assert!(listed("b").await.is_empty());
+    assert_eq!(listed("default").await.len(), 1);
+    for tg in &tgs {
+        for cookie in [&a, &b] {
+            let value = cookie.split_once('=').unwrap().1;
+            assert!(!tg.log().contains(value), "no cookie value in a log");
+        }
+    }
+}

@@ -142,12 +142,14 @@ impl Config {
         self.login_scope_at(&self.oidc)
     }
 
-    /// [`Config::login_scope`] at `provider`: its `scopes`, then every scope a route names.
+    /// [`Config::login_scope`] at `provider`: its `scopes`, then every scope a route that
+    /// takes its sessions names (a route limited to other providers asks nothing of it).
     pub fn login_scope_at(&self, provider: &OidcConfig) -> String {
         let mut scopes: Vec<&str> = provider.scopes.iter().map(String::as_str).collect();
         for s in self
             .routes
             .iter()
+            .filter(|r| r.providers.is_empty() || r.providers.contains(&provider.name))
             .filter_map(|r| r.audience.as_ref()?.scope.as_deref())
             .flat_map(|s| s.split(' '))
         {

@@ -118,6 +118,10 @@ impl Oidc {
         }
         // Any session this ends was created before now, so it opens until at most this.
         let until = sessions.codec().lives_until(facts.now);
+        // With only a `sub`: the user's sessions created up to the token's second, inclusive
+        // (`iat` has whole seconds: a login in that second may be before it, and ending one
+        // too many is the safe side of a logout).
+        let before = claims.iat.saturating_add(1);
         let revocation = match (&claims.sid, &claims.sub) {
             (Some(sid), _) => Revocation::ProviderSession {
                 sid: qualified(&self.name, sid).into_owned(),
@@ -125,7 +129,7 @@ impl Oidc {
             },
             (None, Some(sub)) => Revocation::UserBefore {
                 sub: qualified(&self.name, sub).into_owned(),
-                before: claims.iat,
+                before,
                 until,
             },
             (None, None) => return Err(Fault::InvalidLogoutToken),
@@ -146,7 +150,7 @@ impl Oidc {
                 // With only a `sub`, the sessions that started before the token.
                 let found: Vec<_> = found
                     .into_iter()
-                    .filter(|r| by_sid || r.session.created_at < claims.iat)
+                    .filter(|r| by_sid || r.session.created_at < before)
                     .collect();
                 sessions
                     .end_records(&found, "backchannel", facts.now)

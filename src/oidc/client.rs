@@ -181,6 +181,14 @@ impl Oidc {
         self.host_redirect_uris.get(&host).map(String::as_str)
     }
 
+    /// The `claims` parameter among `extra_auth_params`, if the operator set one.
+    pub(super) fn operator_claims(&self) -> Option<&str> {
+        self.extra_auth_params
+            .iter()
+            .find(|(k, _)| k == "claims")
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The key ring every sealed value uses (cookies, login state, shared results).
     pub(crate) fn sealer(&self) -> &Sealer {
         &self.sealer

@@ -146,7 +146,7 @@ const MAX_ACR_VALUES: usize = 8;
 const MAX_ACR_LEN: usize = 200;
 
 /// `acr_values` as a login may ask for them: space-separated, printable, bounded.
-fn step_up_acr(values: Option<&str>) -> Result<Vec<String>, Fault> {
+pub(crate) fn step_up_acr(values: Option<&str>) -> Result<Vec<String>, Fault> {
     let Some(values) = values else {
         return Ok(Vec::new());
     };
@@ -169,7 +169,7 @@ fn step_up_acr(values: Option<&str>) -> Result<Vec<String>, Fault> {
 }
 
 /// `max_age` as a login may ask for it: seconds, at most a year.
-fn step_up_max_age(value: Option<&str>) -> Result<Option<u64>, Fault> {
+pub(crate) fn step_up_max_age(value: Option<&str>) -> Result<Option<u64>, Fault> {
     match value {
         None => Ok(None),
         Some(v) => v
@@ -179,6 +179,24 @@ fn step_up_max_age(value: Option<&str>) -> Result<Option<u64>, Fault> {
             .map(Some)
             .ok_or(Fault::BadRequest),
     }
+}
+
+/// The `claims` request parameter of a step-up login: the operator's own `claims` (from
+/// `extra_auth_params`, when it is a JSON object) with `id_token.acr` set to an essential
+/// claim for `acr_values`.
+fn essential_acr(operator: Option<&str>, acr_values: &[String]) -> String {
+    let mut claims = operator
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    let acr = serde_json::json!({"essential": true, "values": acr_values});
+    match claims.get_mut("id_token") {
+        Some(serde_json::Value::Object(id_token)) => {
+            id_token.insert("acr".into(), acr);
+        }
+        _ => claims["id_token"] = serde_json::json!({ "acr": acr }),
+    }
+    claims.to_string()
 }
 
 /// `prompt` values passed on to the provider (OpenID Connect Core §3.1.2.1).
@@ -268,8 +286,7 @@ impl super::client::Oidc {
                 // `acr_values` too, which would make the request voluntary again there.
                 params.push((
                     "claims",
-                    serde_json::json!({"id_token": {"acr": {"essential": true, "values": login.acr_values}}})
-                        .to_string(),
+                    essential_acr(self.operator_claims(), &login.acr_values),
                 ));
             } else {
                 params.push(("acr_values", login.acr_values.join(" ")));
@@ -386,6 +403,32 @@ mod tests {
         assert!(!crate::session::cookie::is_plausible_state(
             "has;semicolon-and-is-long-enough"
         ));
+    }
+
+    #[test]
+    fn a_step_up_keeps_the_operators_claims() {
+        let acr = ["urn:mfa".to_string()];
+        let v = |s: String| serde_json::from_str::<serde_json::Value>(&s).unwrap();
+        assert_eq!(
+            v(essential_acr(None, &acr)),
+            serde_json::json!({"id_token": {"acr": {"essential": true, "values": ["urn:mfa"]}}})
+        );
+        assert_eq!(
+            v(essential_acr(
+                Some(
+                    r#"{"userinfo": {"email": null}, "id_token": {"groups": null, "acr": {"value": "x"}}}"#
+                ),
+                &acr
+            )),
+            serde_json::json!({
+                "userinfo": {"email": null},
+                "id_token": {"groups": null, "acr": {"essential": true, "values": ["urn:mfa"]}}
+            })
+        );
+        assert_eq!(
+            v(essential_acr(Some("not json"), &acr)),
+            v(essential_acr(None, &acr))
+        );
     }
 
     #[test]

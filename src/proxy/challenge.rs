@@ -30,12 +30,18 @@ fn parse(field: &str) -> Option<StepUpChallenge> {
     for (name, value) in params_of(params) {
         match name.to_ascii_lowercase().as_str() {
             "error" => found = value == "insufficient_user_authentication",
+            // Only values `/login` takes, so that the link the SPA gets works; others are
+            // left out (the login then asks for what the route's own rule says, if anything).
             "acr_values" => {
                 out.acr_values = Some(value).filter(|v| {
-                    v.len() <= 1024 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                    crate::oidc::login::step_up_acr(Some(v)).is_ok_and(|list| !list.is_empty())
                 })
             }
-            "max_age" => out.max_age = value.parse().ok(),
+            "max_age" => {
+                out.max_age = crate::oidc::login::step_up_max_age(Some(&value))
+                    .ok()
+                    .flatten()
+            }
             _ => {}
         }
     }
@@ -130,6 +136,13 @@ mod tests {
         assert_eq!(
             one(r#"Bearer error="insufficient_user_authentication"#),
             Some(StepUpChallenge::default())
+        );
+        assert_eq!(
+            one(
+                r#"Bearer error="insufficient_user_authentication", max_age="99999999999", acr_values="a\\b""#
+            ),
+            Some(StepUpChallenge::default()),
+            "values /login would refuse are left out"
         );
         assert_eq!(
             one(r#"Bearer error="insufficient_user_authentication", max_age="soon""#),
