@@ -158,6 +158,11 @@ impl ProxyHttp for Tollgate {
         Ctx::new()
     }
 
+    /// No downstream modules. Pingora's default installs a response-compression module that
+    /// is disabled (level 0): an allocation and a filter call per response for nothing, since
+    /// tollgate never compresses (its upstreams do, and the SPA's assets come compressed).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         if self.readiness.handed_over() {
             // A graceful upgrade is under way: this connection ends with this response.
