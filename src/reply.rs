@@ -391,6 +391,17 @@ impl Reply {
         }
     }
 
+    /// No body: what a forward-auth answer carries is in its headers.
+    pub(crate) fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            content: Content::Empty,
+            headers: Vec::new(),
+            set_cookies: Vec::new(),
+            outcome: "builtin",
+        }
+    }
+
     /// A redirect (`302`, or `303` after a POST).
     pub(crate) fn redirect(status: u16, location: impl Into<String>) -> Reply {
         Reply {

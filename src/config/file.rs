@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::admin::AdminSection;
 use super::csrf::CsrfSection;
+use super::forward_auth::ForwardAuthSection;
 use super::oidc::OidcSection;
 use super::routes::RouteSection;
 use super::server::ServerSection;
@@ -37,6 +38,7 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub tracing: TracingSection,
     pub admin: Option<AdminSection>,
+    pub forward_auth: Option<ForwardAuthSection>,
     /// `[providers.NAME]`: providers besides `[oidc]` (the default one).
     #[serde(default)]
     pub providers: std::collections::BTreeMap<String, OidcSection>,

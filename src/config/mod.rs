@@ -20,6 +20,7 @@ mod de;
 pub(crate) mod env;
 pub(crate) mod error;
 pub(crate) mod file;
+pub(crate) mod forward_auth;
 pub(crate) mod model;
 pub(crate) mod oidc;
 pub(crate) mod routes;
@@ -37,6 +38,7 @@ use std::path::Path;
 pub use admin::AdminConfig;
 pub use csrf::CsrfConfig;
 pub use error::{ConfigError, Secret};
+pub use forward_auth::ForwardAuthConfig;
 pub use model::Config;
 pub use oidc::{
     AuthMethod, EndpointOverrides, OidcConfig, ParMode, PrivateKey, PrivateKeyKind, Profile,

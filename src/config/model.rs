@@ -35,6 +35,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// `[admin]`: the admin API's listener and token; `None` when off.
     pub admin: Option<AdminConfig>,
+    /// `[forward_auth]`: the endpoint an ingress asks about its requests; `None` when off.
+    pub forward_auth: Option<super::forward_auth::ForwardAuthConfig>,
     /// The secrets read from files (`session.keys_file`, `oidc.client_secret_file`,
     /// `oidc.private_key_file`, `store.url_file`): each key and its file, for the reload
     /// ([`crate::server::secrets`]).

@@ -75,6 +75,10 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
     let tls = raw.tls.map(tls::tls).transpose()?;
     let tracing = telemetry::tracing(raw.tracing)?;
     let admin = raw.admin.map(admin::admin).transpose()?;
+    let forward_auth = raw
+        .forward_auth
+        .map(super::forward_auth::forward_auth)
+        .transpose()?;
     let config = Config {
         server,
         oidc,
@@ -87,6 +91,7 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
         tls,
         tracing,
         admin,
+        forward_auth,
         secret_files,
     };
     cross_section(&config, &session.key_names)?;
@@ -95,6 +100,27 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
 
 /// The checks that need more than one section. `key_names` names each of `session.keys`.
 fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
+    if let Some(f) = &c.forward_auth {
+        let own = [
+            "/login",
+            "/logout",
+            "/session",
+            "/healthz",
+            "/readyz",
+            "/dbsc/register",
+            "/dbsc/refresh",
+            c.oidc.callback_path.as_str(),
+            c.oidc.backchannel_logout_path.as_str(),
+        ];
+        if own.contains(&f.path.as_str())
+            || f.path.starts_with(&format!("{}/", c.oidc.callback_path))
+        {
+            return Err(ConfigError::invalid(
+                "forward_auth.path",
+                format!("{} is one of tollgate's own endpoints", f.path),
+            ));
+        }
+    }
     if c.server.redirect_to_https && c.server.public_url.scheme() != "https" {
         return Err(ConfigError::invalid(
             "server.redirect_to_https",

@@ -9,6 +9,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::ctx::Ctx;
+use super::forward_auth::ForwardAuth;
 use super::gate::{Gate, Policy};
 use super::routes::{ResolveError, RouteTable};
 use super::screen::screen;
@@ -37,6 +38,8 @@ pub(crate) enum Destination {
     Endpoint(Endpoint),
     /// The route with this index in the route table.
     Route(usize),
+    /// `[forward_auth] path`: an ingress asks about a request it is about to proxy.
+    ForwardAuth,
 }
 
 /// Which limit a request body did not arrive within.
@@ -60,6 +63,8 @@ pub(crate) struct Dispatch {
     /// `[server] redirect_to_https`: plain requests get `308` to `public_url`.
     redirect_to_https: bool,
     public_origin: String,
+    /// `[forward_auth]`, when on.
+    forward_auth: Option<ForwardAuth>,
 }
 
 impl Dispatch {
@@ -119,6 +124,10 @@ impl Dispatch {
             limits: config.server.limits.clone(),
             redirect_to_https: config.server.redirect_to_https,
             public_origin: config.server.public_origin.clone(),
+            forward_auth: config
+                .forward_auth
+                .clone()
+                .map(|f| ForwardAuth::new(f, &config.server.public_origin)),
         })
     }
 
@@ -160,6 +169,13 @@ impl Dispatch {
         })?;
         if let Some(endpoint) = self.endpoints.find(&target.path) {
             return Ok((target, Destination::Endpoint(endpoint)));
+        }
+        if self
+            .forward_auth
+            .as_ref()
+            .is_some_and(|f| f.path() == target.path)
+        {
+            return Ok((target, Destination::ForwardAuth));
         }
         match self.routes.resolve(&target) {
             Ok(index) => Ok((target, Destination::Route(index))),
@@ -254,6 +270,11 @@ impl Dispatch {
                 return Some(self.endpoints.answer(endpoint, &facts, sessions).await);
             }
             Destination::Route(index) => index,
+            Destination::ForwardAuth => {
+                let (reply, route) = self.forward_auth(req, &facts).await;
+                ctx.route = route;
+                return Some(reply);
+            }
         };
         let Some(route) = self.routes.get(index) else {
             return Some(Reply::from(Fault::Internal));
@@ -285,6 +306,74 @@ impl Dispatch {
             ctx.path = Some(p);
         }
         None
+    }
+}
+
+impl Dispatch {
+    /// `[forward_auth] path`: decides the request a trusted ingress describes (or, from
+    /// anywhere else, this one) as if it had arrived itself, on its route; `200` with what
+    /// the ingress copies upstream, or the refusal it would have had. With the route it was
+    /// decided on, for the access log.
+    async fn forward_auth(&self, req: &RequestHeader, facts: &Facts<'_>) -> (Reply, Option<usize>) {
+        let reply = |r: Reply| (r, None);
+        let Some(fa) = self.forward_auth.as_ref() else {
+            return reply(Reply::from(Fault::Internal));
+        };
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            return reply(Reply::from(Fault::MethodNotAllowed));
+        }
+        let rid = facts.request_id;
+        let original = match fa.describe(&req.method, &req.headers, facts.client, rid) {
+            Ok(o) => o,
+            Err(fault) => return reply(Reply::from(fault)),
+        };
+        let target = match crate::target::check(original.target.as_bytes(), original.path()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(request_id = rid, reason = %e, "forward-auth: original target refused");
+                return reply(Reply::from(Fault::BadPath));
+            }
+        };
+        if original.trusted && self.endpoints.find(&target.path).is_some() {
+            // tollgate's own endpoints (`/login`, `/callback`, …) check their own requests.
+            return reply(Reply::empty(200).with_outcome("forward_auth"));
+        }
+        let index = match self.routes.resolve(&target) {
+            Ok(i) => i,
+            Err(fault) => {
+                tracing::info!(
+                    request_id = rid,
+                    code = fault.code(),
+                    "forward-auth: not routed"
+                );
+                return reply(Reply::from(fault));
+            }
+        };
+        let Some(route) = self.routes.get(index) else {
+            return reply(Reply::from(Fault::Internal));
+        };
+        let policy = Policy {
+            auth: route.auth,
+            require: route.require.as_ref(),
+            // The ingress copies them if it wants them.
+            identity_headers: true,
+            dpop: route.dpop,
+            audience: route.audience.as_ref(),
+            require_device_binding: route.require_device_binding,
+            providers: &route.providers,
+        };
+        let facts = Facts {
+            method: &original.method,
+            query: original.query(),
+            ..*facts
+        };
+        let answer = match self.gate.decide(policy, &facts, &self.providers).await {
+            Ok(grant) => fa
+                .allowed(&original, grant, rid)
+                .unwrap_or_else(Reply::from),
+            Err(refused) => refused,
+        };
+        (answer, Some(index))
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) mod challenge;
 pub(crate) mod credential;
 pub(crate) mod ctx;
 pub(crate) mod dispatch;
+pub(crate) mod forward_auth;
 pub(crate) mod front;
 pub(crate) mod gate;
 pub mod headers;
