@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::flow::*;
 use common::idp::{Idp, CLIENTS};
+use common::nginx::Nginx;
 use common::redis::Redis;
 use common::*;
 
@@ -109,66 +110,6 @@ fn after(cookie: &str, set: &[String]) -> String {
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// nginx 1.22 with its default header buffers (`large_client_header_buffers 4 8k`) in front of
-/// `upstream`, on a free loopback port.
-struct Nginx {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    async fn start(upstream: std::net::SocketAddr) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let d = dir.path().display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             server {{\n  listen 127.0.0.1:{port};\n  location / {{ proxy_pass http://{upstream}; }}\n }}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let nginx = ["/usr/sbin/nginx", "nginx"]
-            .into_iter()
-            .find(|p| std::process::Command::new(p).arg("-v").output().is_ok())
-            .expect("nginx is installed (.ci/run installs it)");
-        let child = std::process::Command::new(nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut up = false;
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        assert!(up, "nginx did not listen");
-        Nginx {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// 300 groups: cookie mode refuses the login with a clear page; store mode logs in with a

@@ -4,6 +4,7 @@
 //! - [`session`]: minting sessions with the library and sending requests with one;
 //! - [`raw`]: requests written byte for byte (HTTP clients normalise request targets);
 //! - [`redis`]: a real `redis-server` for the shared-store tests;
+//! - [`nginx`]: Debian's nginx in front (default buffers, `auth_request` for forward-auth);
 //! - [`ca`]: a test CA issuing server certificates for the TLS tests;
 //! - [`config`]: one builder for every test's config text;
 //! - [`idp`] and [`flow`]: the real OpenID Provider (npm `oidc-provider`) and login flows.
@@ -19,6 +20,7 @@ pub mod dpop_rs;
 pub mod echo;
 pub mod flow;
 pub mod idp;
+pub mod nginx;
 pub mod process;
 pub mod raw;
 pub mod redis;
