@@ -173,7 +173,7 @@ impl Dispatch {
         if self
             .forward_auth
             .as_ref()
-            .is_some_and(|f| f.path() == target.path)
+            .is_some_and(|f| f.serves(&target.path))
         {
             return Ok((target, Destination::ForwardAuth));
         }
@@ -319,11 +319,15 @@ impl Dispatch {
         let Some(fa) = self.forward_auth.as_ref() else {
             return reply(Reply::from(Fault::Internal));
         };
-        if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            return reply(Reply::from(Fault::MethodNotAllowed));
-        }
         let rid = facts.request_id;
-        let original = match fa.describe(&req.method, &req.headers, facts.client, rid) {
+        let original = match fa.describe(
+            &req.method,
+            req.uri.path(),
+            req.uri.query(),
+            &req.headers,
+            facts.client,
+            rid,
+        ) {
             Ok(o) => o,
             Err(fault) => return reply(Reply::from(fault)),
         };

@@ -66,21 +66,29 @@ impl ForwardAuth {
         }
     }
 
-    pub(crate) fn path(&self) -> &str {
-        &self.config.path
+    /// Whether a request to `path` is for this endpoint: `{path}` itself (nginx, Traefik) or
+    /// below it (Envoy's `path_prefix` form, `{path}{original path}`).
+    pub(crate) fn serves(&self, path: &str) -> bool {
+        path.strip_prefix(self.config.path.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
-    /// The request to decide: the one the headers describe when `peer` is a trusted proxy,
-    /// else a plain `method` request to the endpoint itself.
+    /// The request to decide: the one a trusted proxy describes, else a plain request to the
+    /// endpoint itself. `method`, `path` and `query` are this request's own: Envoy describes
+    /// the original request by its method and by the path after `{path}`
+    /// (`/auth/api/x?y` for `/api/x?y`), nginx and Traefik in headers on a `GET {path}`.
     pub(crate) fn describe(
         &self,
         method: &Method,
+        path: &str,
+        query: Option<&str>,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
         request_id: &str,
     ) -> Result<Original, Fault> {
+        let suffix = path.strip_prefix(self.config.path.as_str()).unwrap_or("");
         if !peer.is_some_and(|ip| self.config.trusts(ip)) {
-            if described(headers) {
+            if described(headers) || !suffix.is_empty() {
                 tracing::warn!(
                     request_id,
                     peer = ?peer,
@@ -89,12 +97,20 @@ impl ForwardAuth {
             }
             return Ok(Original {
                 method: method.clone(),
-                target: self.config.path.clone(),
+                target: path.to_string(),
                 origin: self.public_origin.clone(),
                 trusted: false,
             });
         }
-        read(headers, &self.public_origin).map_err(|problem| {
+        let read = if suffix.is_empty() {
+            if method != Method::GET && method != Method::HEAD {
+                return Err(Fault::MethodNotAllowed);
+            }
+            read(headers, &self.public_origin)
+        } else {
+            envoy(method, suffix, query, headers, &self.public_origin)
+        };
+        read.map_err(|problem| {
             tracing::info!(
                 request_id,
                 problem,
@@ -186,6 +202,42 @@ fn once<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str
         .map_err(|_| "a header of the description is not text")
 }
 
+/// The original request in Envoy's form: its own method, the path after `{path}`, the query;
+/// the browser's origin from `X-Forwarded-Proto` and `Host` (Envoy keeps the original
+/// `:authority`).
+fn envoy(
+    method: &Method,
+    suffix: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    public_origin: &str,
+) -> Result<Original, &'static str> {
+    if described(headers) {
+        return Err("both the path and X-Original-*/X-Forwarded-Uri describe the request");
+    }
+    let target = match query {
+        Some(q) => format!("{suffix}?{q}"),
+        None => suffix.to_string(),
+    };
+    if target.len() > MAX_URI {
+        return Err("the original URI is longer than 8 KiB");
+    }
+    let origin = match (once(headers, FORWARDED_PROTO)?, once(headers, "host")?) {
+        (Some(proto @ ("http" | "https")), Some(host))
+            if host.parse::<http::uri::Authority>().is_ok() =>
+        {
+            format!("{proto}://{host}")
+        }
+        _ => public_origin.to_string(),
+    };
+    Ok(Original {
+        method: method.clone(),
+        target,
+        origin,
+        trusted: true,
+    })
+}
+
 /// The original request from a trusted proxy's headers.
 fn read(headers: &HeaderMap, public_origin: &str) -> Result<Original, &'static str> {
     let (o_uri, o_method) = (
@@ -268,7 +320,14 @@ mod tests {
     }
 
     fn describe(pairs: &[(&str, &str)], peer: &str) -> Result<Original, Fault> {
-        fa().describe(&Method::GET, &headers(pairs), peer.parse().ok(), "rid")
+        fa().describe(
+            &Method::GET,
+            "/auth",
+            None,
+            &headers(pairs),
+            peer.parse().ok(),
+            "rid",
+        )
     }
 
     const TRUSTED: &str = "10.1.1.1";
@@ -304,6 +363,63 @@ mod tests {
         assert_eq!(o.method, Method::DELETE);
         assert_eq!(o.origin, "https://shop.example:8443");
         assert_eq!(o.target, "/api/z");
+    }
+
+    #[test]
+    fn envoy_describes_by_method_and_path_below_the_endpoint() {
+        let f = fa();
+        assert!(f.serves("/auth") && f.serves("/auth/api/x"));
+        assert!(!f.serves("/authx") && !f.serves("/api"));
+        let h = headers(&[("host", "shop.example"), ("x-forwarded-proto", "https")]);
+        let o = f
+            .describe(
+                &Method::POST,
+                "/auth/api/x",
+                Some("a=1"),
+                &h,
+                "10.0.0.9".parse().ok(),
+                "rid",
+            )
+            .unwrap();
+        assert_eq!((o.method, o.target.as_str()), (Method::POST, "/api/x?a=1"));
+        assert_eq!(o.origin, "https://shop.example");
+        assert!(o.trusted);
+        // Both forms at once is ambiguous; a plain form takes GET only.
+        let both = headers(&[("x-forwarded-uri", "/public")]);
+        assert_eq!(
+            f.describe(
+                &Method::GET,
+                "/auth/api/x",
+                None,
+                &both,
+                "10.0.0.9".parse().ok(),
+                "rid"
+            ),
+            Err(Fault::BadRequest)
+        );
+        assert_eq!(
+            f.describe(
+                &Method::POST,
+                "/auth",
+                None,
+                &headers(&[("x-original-uri", "/api")]),
+                "10.0.0.9".parse().ok(),
+                "rid"
+            ),
+            Err(Fault::MethodNotAllowed)
+        );
+        // From elsewhere the path below the endpoint is just a path: no description.
+        let o = f
+            .describe(
+                &Method::GET,
+                "/auth/api/x",
+                None,
+                &h,
+                "11.0.0.1".parse().ok(),
+                "rid",
+            )
+            .unwrap();
+        assert_eq!((o.target.as_str(), o.trusted), ("/auth/api/x", false));
     }
 
     /// GHSA-7x63's class: from outside `trusted_proxies` no spelling of the headers counts.
