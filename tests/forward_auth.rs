@@ -88,7 +88,7 @@ async fn nginx_auth_request_in_front_of_tollgate() {
     )
     .await;
     let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "")
-        .public_url(&public)
+        .public_url(public)
         .section("[forward_auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
     let port = free_port();
     let tg = start_ready(port, &config).await;
