@@ -167,8 +167,11 @@ impl ForwardAuth {
     }
 }
 
-/// nginx's and Traefik's/Envoy's names for the original request's parts.
+/// nginx's and Traefik's/Envoy's names for the original request's parts. ingress-nginx sends
+/// `X-Original-URL` (`scheme://host/path?query`), and `X-Original-URI` only with
+/// `auth-method`.
 const ORIGINAL_URI: &str = "x-original-uri";
+const ORIGINAL_URL: &str = "x-original-url";
 const ORIGINAL_METHOD: &str = "x-original-method";
 const FORWARDED_URI: &str = "x-forwarded-uri";
 const FORWARDED_METHOD: &str = "x-forwarded-method";
@@ -244,10 +247,26 @@ fn read(headers: &HeaderMap, public_origin: &str) -> Result<Original, &'static s
         once(headers, ORIGINAL_URI)?,
         once(headers, ORIGINAL_METHOD)?,
     );
+    let o_url = once(headers, ORIGINAL_URL)?
+        .map(|u| url::Url::parse(u).map_err(|_| "X-Original-URL is not a URL"))
+        .transpose()?;
     let (f_uri, f_method) = (
         once(headers, FORWARDED_URI)?,
         once(headers, FORWARDED_METHOD)?,
     );
+    // The URL's path and query as sent (`Url` keeps them percent-encoded as given).
+    let url_target = o_url.as_ref().map(|u| match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_string(),
+    });
+    if let (Some(uri), Some(from_url)) = (o_uri, url_target.as_deref()) {
+        // ingress-nginx sends both only when they agree; a client's own X-Original-URI
+        // passed through beside the ingress's X-Original-URL would not.
+        if uri != from_url {
+            return Err("X-Original-URI and X-Original-URL name different requests");
+        }
+    }
+    let o_uri = o_uri.or(url_target.as_deref());
     let nginx = o_uri.is_some() || o_method.is_some();
     if nginx && (f_uri.is_some() || f_method.is_some()) {
         return Err("both X-Original-* and X-Forwarded-Uri/-Method describe the request");
@@ -257,7 +276,7 @@ fn read(headers: &HeaderMap, public_origin: &str) -> Result<Original, &'static s
     } else {
         (f_uri, f_method)
     };
-    let uri = uri.ok_or("no X-Original-URI or X-Forwarded-Uri")?;
+    let uri = uri.ok_or("no X-Original-URI, X-Original-URL or X-Forwarded-Uri")?;
     if !uri.starts_with('/') || uri.len() > MAX_URI || uri.contains('#') {
         return Err("the original URI is not a path (origin-form, at most 8 KiB)");
     }
@@ -278,8 +297,12 @@ fn read(headers: &HeaderMap, public_origin: &str) -> Result<Original, &'static s
     let origin = match (
         once(headers, FORWARDED_PROTO)?,
         once(headers, FORWARDED_HOST)?,
+        o_url
+            .as_ref()
+            .filter(|u| matches!(u.scheme(), "http" | "https")),
     ) {
-        (Some(proto @ ("http" | "https")), Some(host))
+        (_, _, Some(url)) => url.origin().ascii_serialization(),
+        (Some(proto @ ("http" | "https")), Some(host), None)
             if !host.is_empty() && host.parse::<http::uri::Authority>().is_ok() =>
         {
             format!("{proto}://{host}")
@@ -348,6 +371,29 @@ mod tests {
         );
         assert_eq!(o.origin, "https://app.example");
         assert!(o.trusted);
+        // ingress-nginx: X-Original-URL (and X-Original-URI with auth-method, the same).
+        let o = describe(
+            &[
+                ("X-Original-URL", "https://shop.example/api/u?b=2"),
+                ("X-Original-Method", "PUT"),
+            ],
+            TRUSTED,
+        )
+        .unwrap();
+        assert_eq!(
+            (o.method.as_str(), o.target.as_str()),
+            ("PUT", "/api/u?b=2")
+        );
+        assert_eq!(o.origin, "https://shop.example");
+        let o = describe(
+            &[
+                ("X-Original-URL", "https://shop.example/api/u"),
+                ("X-Original-URI", "/api/u"),
+            ],
+            TRUSTED,
+        )
+        .unwrap();
+        assert_eq!(o.target, "/api/u");
         let o = describe(&[("x-original-uri", "/api/y")], TRUSTED).unwrap();
         assert_eq!((o.method, o.target.as_str()), (Method::GET, "/api/y"));
         let o = describe(
@@ -457,6 +503,16 @@ mod tests {
             // Two families: the ingress sets one, the client the other.
             &[("X-Original-URI", "/api"), ("X-Forwarded-Uri", "/public")][..],
             &[("X-Forwarded-Uri", "/api"), ("X-Original-Method", "GET")][..],
+            // A client's X-Original-URI passed through beside ingress-nginx's X-Original-URL.
+            &[
+                ("X-Original-URL", "https://shop.example/api/admin"),
+                ("X-Original-URI", "/public"),
+            ][..],
+            &[
+                ("X-Original-URL", "https://shop.example/api"),
+                ("X-Forwarded-Uri", "/public"),
+            ][..],
+            &[("X-Original-URL", "not a url")][..],
             // Nothing, or not a path.
             &[][..],
             &[("X-Forwarded-Method", "GET")][..],
