@@ -372,6 +372,38 @@ def validate_raw_files():
         validate_schemas(str(path.relative_to(ROOT)), path.read_text())
 
 
+def check_forward_auth(binary):
+    """deploy/forward-auth: the ingress-nginx Ingresses against the Kubernetes schemas, the
+    Traefik and Envoy Gateway objects against their CRD schemas (check/validate.mjs), and
+    tollgate.toml through `tollgate check` (its secret files supplied here)."""
+    base = ROOT / "deploy/forward-auth"
+    validate_schemas("deploy/forward-auth/ingress-nginx.yaml", (base / "ingress-nginx.yaml").read_text())
+    r = subprocess.run(
+        ["node", "validate.mjs", "../traefik.yaml", "../envoy-gateway.yaml"],
+        cwd=base / "check", capture_output=True, text=True,
+    )
+    print(r.stdout.rstrip())
+    if r.returncode != 0:
+        fail("deploy/forward-auth", f"CRD schema validation:\n{r.stdout}{r.stderr}")
+    with tempfile.TemporaryDirectory() as d:
+        secret = Path(d) / "client_secret"
+        secret.write_text("example-client-secret-0123456789abcdef\n")
+        keys = Path(d) / "cookie_keys"
+        keys.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        env = {
+            **os.environ,
+            "TOLLGATE__OIDC__CLIENT_SECRET_FILE": str(secret),
+            "TOLLGATE__SESSION__KEYS_FILE": str(keys),
+        }
+        r = subprocess.run([binary, "check", "--config", str(base / "tollgate.toml")],
+                           capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            fail("deploy/forward-auth/tollgate.toml", f"tollgate check refuses it:\n{r.stdout}{r.stderr}")
+        else:
+            print("ok   deploy/forward-auth/tollgate.toml: tollgate check accepts it")
+    # nginx.conf is run by tests/forward_auth.rs, in front of real tollgate.
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -398,6 +430,8 @@ def main():
     ]:
         if needle not in dockerfile:
             fail("deploy/Dockerfile", f"expected {needle!r}")
+    check_forward_auth(binary)
+
     # The image's example config must load.
     r = subprocess.run([binary, "check", "--config", str(ROOT / "conf/tollgate.toml")], capture_output=True, text=True)
     if r.returncode != 0:

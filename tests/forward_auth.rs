@@ -15,46 +15,18 @@ use common::idp::{Idp, CLIENTS};
 use common::nginx::Nginx;
 use common::*;
 
-/// nginx's side, as `deploy/forward-auth/nginx.conf` has it: `/api/` asks tollgate first
-/// (`auth_request`), copies its `Authorization` upstream and its `Set-Cookie` to the browser;
-/// a 401 sends navigations to `/login`; everything else (login, callback, logout, session, the
-/// SPA) goes to tollgate.
-fn nginx_server(tollgate: u16, api: &str) -> String {
-    format!(
-        r#"
-  location = /_tollgate_auth {{
-    internal;
-    proxy_pass http://127.0.0.1:{tollgate}/auth;
-    proxy_pass_request_body off;
-    proxy_set_header Content-Length "";
-    proxy_set_header Host $http_host;
-    proxy_set_header X-Original-URI $request_uri;
-    proxy_set_header X-Original-Method $request_method;
-  }}
-  location /api/ {{
-    auth_request /_tollgate_auth;
-    auth_request_set $tollgate_authorization $upstream_http_authorization;
-    auth_request_set $tollgate_user $upstream_http_x_auth_request_user;
-    auth_request_set $tollgate_cookie $upstream_http_set_cookie;
-    proxy_set_header Authorization $tollgate_authorization;
-    proxy_set_header X-Auth-Request-User $tollgate_user;
-    add_header Set-Cookie $tollgate_cookie always;
-    error_page 401 = @login;
-    proxy_pass {api};
-  }}
-  location @login {{
-    if ($http_accept ~* "text/html") {{
-      return 302 /login?return_to=$request_uri;
-    }}
-    default_type application/json;
-    return 401 '{{"error":"unauthenticated","login":"/login"}}';
-  }}
-  location / {{
-    proxy_pass http://127.0.0.1:{tollgate};
-    proxy_set_header Host $http_host;
-  }}
-"#
-    )
+/// nginx's side: `deploy/forward-auth/nginx.conf` as shipped, with loopback addresses for
+/// tollgate, the API and nginx itself.
+fn nginx_server(nginx: u16, tollgate: u16, api: &str) -> String {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/forward-auth/nginx.conf");
+    let text = std::fs::read_to_string(path).unwrap();
+    for placeholder in ["listen 80;", "tollgate:8080", "api:8080"] {
+        assert!(text.contains(placeholder), "{placeholder} in nginx.conf");
+    }
+    text.replace("listen 80;", &format!("listen 127.0.0.1:{nginx};"))
+        .replace("tollgate:8080", &format!("127.0.0.1:{tollgate}"))
+        .replace("api:8080", api.trim_start_matches("http://"))
 }
 
 /// `method path` through nginx with `cookie` and the SPA's headers: status, headers, body.
@@ -93,7 +65,7 @@ async fn nginx_auth_request_in_front_of_tollgate() {
     let port = free_port();
     let tg = start_ready(port, &config).await;
     let api = echo.url();
-    let nginx = Nginx::start_on(nginx_port, |_| nginx_server(port, &api)).await;
+    let nginx = Nginx::start_server(nginx_port, &nginx_server(nginx_port, port, &api)).await;
 
     // Anonymous: the API gets nothing; a fetch gets 401, a navigation the way to log in.
     let (status, _, body) = through(&nginx, reqwest::Method::GET, "/api/x", &[]).await;

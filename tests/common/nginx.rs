@@ -25,6 +25,13 @@ impl Nginx {
 
     /// As [`Nginx::start_with`], on `port`.
     pub async fn start_on(port: u16, body: impl FnOnce(u16) -> String) -> Nginx {
+        let server = format!("server {{\n  listen 127.0.0.1:{port};\n{}\n }}", body(port));
+        Self::start_server(port, &server).await
+    }
+
+    /// nginx with `server` (whole `server { }` blocks, listening on `port`) in its `http`
+    /// block.
+    pub async fn start_server(port: u16, server: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let conf = format!(
@@ -32,8 +39,7 @@ impl Nginx {
              error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             server {{\n  listen 127.0.0.1:{port};\n{}\n }}\n}}\n",
-            body(port)
+             {server}\n}}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let nginx = ["/usr/sbin/nginx", "nginx"]
