@@ -13,6 +13,10 @@ of every contender:
   store         tollgate with `[session] storage = "store"` and a `[store]` on a local
                 redis-server: logged in the same way, its cookie a sealed handle, the session in
                 redis and in this replica's memory (each request after the login is warm)
+  forward-auth  nginx proxying to the upstream after asking a second tollgate about each request
+                (`auth_request` to its `[forward_auth]` endpoint, keep-alive, the Authorization
+                it answers copied upstream), with the tollgate contender's session cookie (same
+                keys); as deploy/forward-auth/nginx.conf does it
 
 Scenarios (GitHub issue 14):
 
@@ -35,7 +39,8 @@ kept) and a chart to benches/results.svg.
 
 Needs (Debian): nginx wrk apache2 libapache2-mod-auth-openidc redis-server, Node.js with `npm ci`
 in tests/idp, and the Rust toolchain (or --prebuilt DIR with tollgate and bare_pingora in it).
-`--without apache-oidc` and `--without store` leave those contenders (and their packages) out.
+`--without apache-oidc`, `--without store` and `--without forward-auth` leave those contenders
+(and their packages) out.
 Usage: python3 benches/load/run.py [--quick] [--prebuilt DIR] [--allocator mimalloc|jemalloc|system]
 """
 
@@ -84,6 +89,10 @@ PORTS = {
     "idp": 18090,
     "idp-storm": 18091,
     "redis": 18095,
+    # The forward-auth contender: nginx in front, the tollgate it asks.
+    "nginx-forward-auth": 18088,
+    "tollgate-fa": 18099,
+    "tollgate-fa-metrics": 18093,
 }
 THREADS = 2
 CLIENT_ID = "tollgate-basic"
@@ -824,7 +833,7 @@ def main():
     ap.add_argument("--allocator", choices=sorted(ALLOCATORS), default="mimalloc",
                     help="global allocator of both builds (default mimalloc); with --prebuilt, what DIR's "
                          "binaries were built with (recorded, not checked)")
-    ap.add_argument("--without", action="append", default=[], choices=["apache-oidc", "store"],
+    ap.add_argument("--without", action="append", default=[], choices=["apache-oidc", "store", "forward-auth"],
                     help="leave a contender out (apache-oidc when Apache or mod_auth_openidc is not installed, "
                          "store when redis-server is not)")
     args = ap.parse_args()
@@ -890,6 +899,22 @@ def main():
                                      "--log-format", "json"], env={**os.environ, "TOLLGATE_LOG": "warn"})
         if apache:
             start("apache-oidc", ["/usr/sbin/apache2", "-f", apache_conf(), "-DFOREGROUND"])
+        forward_auth = "forward-auth" not in args.without
+        if forward_auth:
+            fa_conf = open(tollgate_conf(instance="tollgate-fa")).read() + \
+                '\n[forward_auth]\ntrusted_proxies = ["127.0.0.1/32"]\n'
+            start("tollgate-fa", [tollgate_bin, "--config", write(os.path.join(WORK, "tollgate-fa-forward-auth.toml"), fa_conf),
+                                  "--log-format", "json"], env={**os.environ, "TOLLGATE_LOG": "warn"})
+            start("nginx-forward-auth", ["nginx", "-p", WORK, "-c", nginx_conf("nginx-forward-auth", PORTS["nginx-forward-auth"], f"""
+  upstream up {{ server {HOST}:{PORTS['upstream']}; keepalive 256; }}
+  upstream tollgate {{ server {HOST}:{PORTS['tollgate-fa']}; keepalive 256; }}
+  server {{ listen {HOST}:{PORTS['nginx-forward-auth']};
+    location = /_tollgate_auth {{ internal; proxy_pass http://tollgate/auth; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_pass_request_body off; proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri; proxy_set_header X-Original-Method $request_method; }}
+    location / {{ auth_request /_tollgate_auth; auth_request_set $tollgate_authorization $upstream_http_authorization;
+      proxy_set_header Authorization $tollgate_authorization;
+      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""), "-g", "daemon off;"])
         wait_http("nginx", f"http://{HOST}:{PORTS['nginx']}/")
         wait_http("bare-pingora", f"http://{HOST}:{PORTS['bare-pingora']}/")
         wait_http("tollgate", f"http://{HOST}:{PORTS['tollgate']}/readyz")
@@ -919,7 +944,10 @@ def main():
             ("apache-oidc", f"http://{HOST}:{PORTS['apache-oidc']}/api/items", [f"Cookie: {ap_cookie}"]),
             ("tollgate", f"http://{HOST}:{PORTS['tollgate']}/api/items", [f"Cookie: {tg_cookie}", "x-csrf: 1"]),
             ("store", f"http://{HOST}:{PORTS['tollgate-store']}/api/items", [f"Cookie: {st_cookie}", "x-csrf: 1"]),
+            ("forward-auth", f"http://{HOST}:{PORTS['nginx-forward-auth']}/api/items", [f"Cookie: {tg_cookie}", "x-csrf: 1"]),
         ]
+        if forward_auth:
+            wait_http("tollgate-fa", f"http://{HOST}:{PORTS['tollgate-fa']}/readyz")
         contenders = [c for c in contenders if c[0] not in args.without]
         results["contenders"] = [c[0] for c in contenders]
         # Each must answer 200 with its credentials before the load starts.
@@ -1160,6 +1188,10 @@ def report(args, conns, results, failed):
     for base in [n for n in ("bare-pingora", "nginx", "apache-oidc") if n in names]:
         lines.append(f"| tollgate / {base} | " + " | ".join(f"{t[('tollgate', c)]['rps'] / t[(base, c)]['rps']:.2f}" for c in conns) + " |")
     lines.append("| tollgate p99 / bare-pingora p99 | " + " | ".join(f"{t[('tollgate', c)]['p99'] / max(1, t[('bare-pingora', c)]['p99']):.2f}" for c in conns) + " |")
+    if "forward-auth" in names:
+        lines.append("| forward-auth / tollgate (nginx asking tollgate / tollgate proxying) | " + " | ".join(f"{t[('forward-auth', c)]['rps'] / t[('tollgate', c)]['rps']:.2f}" for c in conns) + " |")
+        if "apache-oidc" in names:
+            lines.append("| forward-auth / apache-oidc | " + " | ".join(f"{t[('forward-auth', c)]['rps'] / t[('apache-oidc', c)]['rps']:.2f}" for c in conns) + " |")
     if "store" in names:
         lines.append("| store / tollgate (sessions in the store / in the cookie) | " + " | ".join(f"{t[('store', c)]['rps'] / t[('tollgate', c)]['rps']:.2f}" for c in conns) + " |")
         lines.append("| store p99 / tollgate p99 | " + " | ".join(f"{t[('store', c)]['p99'] / max(1, t[('tollgate', c)]['p99']):.2f}" for c in conns) + " |")
@@ -1172,7 +1204,7 @@ def report(args, conns, results, failed):
         lines.append(f"- store contender: CPU time per proxied request {results['st_cpu_us_per_req']:.1f} µs; "
                      f"redis commands per request during its runs {results['st_redis_commands_per_req']:.4f} "
                      "(warm sessions: only the background ones)")
-    for left_out in ("apache-oidc", "store"):
+    for left_out in ("apache-oidc", "store", "forward-auth"):
         if left_out not in names:
             lines.append(f"- {left_out} left out of this run (--without {left_out})")
     n = args.idle
