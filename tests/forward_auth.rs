@@ -103,6 +103,17 @@ async fn nginx_auth_request_in_front_of_tollgate() {
     // (Cookies are per host, not per port: the provider's are in the jar too.)
     assert!(cookie.contains("tollgate="), "{cookie}");
 
+    // /session through nginx (routed to tollgate itself).
+    let (status, _, body) = through(
+        &nginx,
+        reqwest::Method::GET,
+        "/session",
+        &[("cookie", cookie.as_str()), ("x-csrf", "1")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"sub\":\"test-user\""), "{body}");
+
     // A logged-in call reaches the API with the bearer and the user tollgate gave nginx.
     let spa = [("cookie", cookie.as_str()), ("x-csrf", "1")];
     let (status, _, body) = through(&nginx, reqwest::Method::GET, "/api/x", &spa).await;
