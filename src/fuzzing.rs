@@ -319,7 +319,7 @@ impl Harness {
         )
         .map(|t| (t.path.into_owned(), t.canonical))
         .map_err(|f| f.status());
-        let (target, destination) = match self.app.dispatch().destination(&req, "fuzz") {
+        let (target, destination) = match self.app.dispatch().destination(&req, "fuzz", false) {
             Ok(d) => d,
             Err(fault) => {
                 return Some(TargetOutcome {

@@ -17,15 +17,16 @@ use common::*;
 
 /// nginx's side: `deploy/forward-auth/nginx.conf` as shipped, with loopback addresses for
 /// tollgate, the API and nginx itself.
-fn nginx_server(nginx: u16, tollgate: u16, api: &str) -> String {
+fn nginx_server(nginx: u16, tollgate: u16, forward_auth: u16, api: &str) -> String {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/forward-auth/nginx.conf");
     let text = std::fs::read_to_string(path).unwrap();
-    for placeholder in ["listen 80;", "tollgate:8080", "api:8080"] {
+    for placeholder in ["listen 80;", "tollgate:8080", "tollgate:9093", "api:8080"] {
         assert!(text.contains(placeholder), "{placeholder} in nginx.conf");
     }
     text.replace("listen 80;", &format!("listen 127.0.0.1:{nginx};"))
         .replace("tollgate:8080", &format!("127.0.0.1:{tollgate}"))
+        .replace("tollgate:9093", &format!("127.0.0.1:{forward_auth}"))
         .replace("api:8080", api.trim_start_matches("http://"))
 }
 
@@ -59,13 +60,17 @@ async fn nginx_auth_request_in_front_of_tollgate() {
         Some(4),
     )
     .await;
+    let fa_port = free_port();
     let config = tollgate_config(&idp, &CLIENTS[0], &echo.url(), "")
         .public_url(public)
-        .section("[forward_auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
+        .section(&format!(
+            "[forward_auth]\nlisten = \"127.0.0.1:{fa_port}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n"
+        ));
     let port = free_port();
     let tg = start_ready(port, &config).await;
     let api = echo.url();
-    let nginx = Nginx::start_server(nginx_port, &nginx_server(nginx_port, port, &api)).await;
+    let nginx =
+        Nginx::start_server(nginx_port, &nginx_server(nginx_port, port, fa_port, &api)).await;
 
     // Anonymous: the API gets nothing; a fetch gets 401, a navigation the way to log in.
     let (status, _, body) = through(&nginx, reqwest::Method::GET, "/api/x", &[]).await;
@@ -173,16 +178,18 @@ async fn nginx_auth_request_in_front_of_tollgate() {
         "one refresh"
     );
 
-    // Spoofing: straight to tollgate's /auth, claiming to be nginx describing /api/x. From
-    // 127.0.0.2 (not trusted) the description is ignored and no token comes back; from
-    // 127.0.0.1 the same request gets one (so the first assertion could fail).
-    let described = |local: &str| {
+    // Spoofing. The answers with a token come only from [forward_auth] listen, and there only
+    // for trusted_proxies: a request describing /api/x gets no token from 127.0.0.2 there, none
+    // on the public port (where /auth is an ordinary path), none through nginx (the browser's
+    // way in, nginx being trusted), in either form; the same request from 127.0.0.1 to the
+    // forward-auth port gets one (so the others could fail).
+    let fa_url = format!("http://127.0.0.1:{fa_port}/auth");
+    let described = |local: &str, url: String| {
         let client = reqwest::Client::builder()
             .local_address(local.parse::<std::net::IpAddr>().unwrap())
             .build()
             .unwrap();
         let cookie = cookie.clone();
-        let url = tg.url("/auth");
         async move {
             client
                 .get(url)
@@ -195,15 +202,26 @@ async fn nginx_auth_request_in_front_of_tollgate() {
                 .unwrap()
         }
     };
-    let r = described("127.0.0.2").await;
-    assert!(
-        r.headers().get("authorization").is_none(),
-        "{:?}",
-        r.headers()
-    );
-    assert!(r.headers().get("x-auth-request-user").is_none());
+    for (local, url) in [
+        ("127.0.0.2", fa_url.clone()),
+        ("127.0.0.1", tg.url("/auth")),
+        ("127.0.0.1", nginx.url("/auth")),
+        ("127.0.0.1", nginx.url("/auth/api/x")),
+    ] {
+        let r = described(local, url.clone()).await;
+        let token = r
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert!(
+            token.as_deref().is_none_or(|t| !t.contains("Bearer")),
+            "{url} from {local}: {:?}",
+            r.headers()
+        );
+        assert!(r.headers().get("x-auth-request-user").is_none(), "{url}");
+    }
     assert!(tg.log().contains("outside forward_auth.trusted_proxies"));
-    let r = described("127.0.0.1").await;
+    let r = described("127.0.0.1", fa_url.clone()).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["authorization"]
         .to_str()

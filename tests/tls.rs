@@ -458,8 +458,11 @@ async fn zero_window_http2_streams_do_not_hold_upstream_connections() {
         );
     }
     assert_eq!(h.echo.count(), 8);
+    // At most h2_max_concurrent_streams (4) at once; the echo may count one more, a closed
+    // connection whose end it has not read yet when the next stream's connection arrives (seen
+    // on a loaded 2-core CI machine). Without the limit all 8 would be open at once.
     assert!(
-        h.echo.peak_connections() <= 4,
+        h.echo.peak_connections() <= 5,
         "{} upstream connections at once",
         h.echo.peak_connections()
     );

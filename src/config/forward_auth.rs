@@ -8,14 +8,18 @@
 //! since whoever can set them chooses which route's rules are applied (the bypass class of
 //! oauth2-proxy's GHSA-7x63).
 
+use std::net::SocketAddr;
+
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::de::Addr;
 use super::error::ConfigError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ForwardAuthSection {
+    pub listen: Addr,
     pub path: Option<String>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -24,6 +28,9 @@ pub(crate) struct ForwardAuthSection {
 /// `[forward_auth]`, validated.
 #[derive(Debug, Clone)]
 pub struct ForwardAuthConfig {
+    /// Its own listener, and the only one that serves it: an answer carries an access token,
+    /// so the port the browser's requests reach (through the ingress too) must never give one.
+    pub listen: SocketAddr,
     /// The endpoint the ingress calls (default `/auth`).
     pub path: String,
     /// Who may describe the original request (CIDRs; a bare address is one host).
@@ -31,6 +38,13 @@ pub struct ForwardAuthConfig {
 }
 
 impl ForwardAuthConfig {
+    /// Whether a connection accepted at `local` came in on [`Self::listen`] (an unspecified
+    /// listen address matches its port on any address).
+    pub fn listens_on(&self, local: SocketAddr) -> bool {
+        local.port() == self.listen.port()
+            && (self.listen.ip().is_unspecified() || local.ip() == self.listen.ip())
+    }
+
     /// Whether a connection from `ip` may describe the original request.
     pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
         let ip = match ip {
@@ -83,6 +97,7 @@ pub(super) fn forward_auth(s: ForwardAuthSection) -> Result<ForwardAuthConfig, C
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ForwardAuthConfig {
+        listen: s.listen.0,
         path,
         trusted_proxies,
     })
@@ -94,6 +109,7 @@ mod tests {
 
     fn load(path: Option<&str>, nets: &[&str]) -> Result<ForwardAuthConfig, ConfigError> {
         forward_auth(ForwardAuthSection {
+            listen: Addr("127.0.0.1:9093".parse().unwrap()),
             path: path.map(str::to_string),
             trusted_proxies: nets.iter().map(|s| s.to_string()).collect(),
         })
@@ -103,6 +119,9 @@ mod tests {
     fn cidrs_and_addresses_are_trusted_others_not() {
         let c = load(None, &["10.0.0.0/8", "192.168.1.7", "fd00::/8"]).unwrap();
         assert_eq!(c.path, "/auth");
+        assert!(c.listens_on("127.0.0.1:9093".parse().unwrap()));
+        assert!(!c.listens_on("127.0.0.1:8080".parse().unwrap()));
+        assert!(!c.listens_on("10.0.0.1:9093".parse().unwrap()));
         for ip in ["10.1.2.3", "192.168.1.7", "fd00::1", "::ffff:10.9.9.9"] {
             assert!(c.trusts(ip.parse().unwrap()), "{ip}");
         }

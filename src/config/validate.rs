@@ -141,11 +141,16 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
         )
         .chain(c.metrics.listen.iter().map(|a| ("metrics.listen", a)))
         .chain(c.admin.iter().map(|a| ("admin.listen", &a.listen)))
+        .chain(
+            c.forward_auth
+                .iter()
+                .map(|f| ("forward_auth.listen", &f.listen)),
+        )
     {
         if !seen.insert(*addr) {
             return Err(ConfigError::invalid(
                 key,
-                format!("{addr} is listed twice (server.listen, tls.listen, metrics.listen and admin.listen must not share an address)"),
+                format!("{addr} is listed twice (server.listen, tls.listen, metrics.listen, admin.listen and forward_auth.listen must not share an address)"),
             ));
         }
     }

@@ -148,10 +148,13 @@ impl Dispatch {
 
     /// Where `req` goes, before any session is read: its checked target ([`screen`]) and
     /// one of tollgate's endpoints or a route (`RouteTable::resolve`).
+    /// On `[forward_auth] listen` only the forward-auth endpoint is served, and it is served
+    /// nowhere else (`forward_auth_listener`).
     pub(crate) fn destination<'r>(
         &self,
         req: &'r RequestHeader,
         request_id: &str,
+        forward_auth_listener: bool,
     ) -> Result<(Target<'r>, Destination), Fault> {
         let target = screen(
             &req.method,
@@ -167,15 +170,14 @@ impl Dispatch {
                 self.metrics.limit("cookie_bytes");
             }
         })?;
+        if forward_auth_listener {
+            return match self.forward_auth.as_ref() {
+                Some(f) if f.serves(&target.path) => Ok((target, Destination::ForwardAuth)),
+                _ => Err(Fault::NotFound),
+            };
+        }
         if let Some(endpoint) = self.endpoints.find(&target.path) {
             return Ok((target, Destination::Endpoint(endpoint)));
-        }
-        if self
-            .forward_auth
-            .as_ref()
-            .is_some_and(|f| f.serves(&target.path))
-        {
-            return Ok((target, Destination::ForwardAuth));
         }
         match self.routes.resolve(&target) {
             Ok(index) => Ok((target, Destination::Route(index))),
@@ -238,11 +240,19 @@ impl Dispatch {
         body: Option<&[u8]>,
     ) -> Option<Reply> {
         let req = session.req_header();
-        let (target, destination) = match self.destination(req, &ctx.request_id) {
-            Ok(d) => d,
-            Err(fault) => return Some(Reply::from(fault)),
-        };
+        let forward_auth_listener = self.forward_auth.as_ref().is_some_and(|f| {
+            session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .is_some_and(|local| f.listens_on(*local))
+        });
+        let (target, destination) =
+            match self.destination(req, &ctx.request_id, forward_auth_listener) {
+                Ok(d) => d,
+                Err(fault) => return Some(Reply::from(fault)),
+            };
         if self.redirect_to_https
+            && !forward_auth_listener
             && ctx.tls == "none"
             && !matches!(target.path.as_ref(), "/healthz" | "/readyz")
         {
@@ -271,7 +281,7 @@ impl Dispatch {
             }
             Destination::Route(index) => index,
             Destination::ForwardAuth => {
-                let (reply, route) = self.forward_auth(req, &facts).await;
+                let (reply, route) = self.forward_auth(req, &target.path, &facts).await;
                 ctx.route = route;
                 return Some(reply);
             }
@@ -314,7 +324,12 @@ impl Dispatch {
     /// anywhere else, this one) as if it had arrived itself, on its route; `200` with what
     /// the ingress copies upstream, or the refusal it would have had. With the route it was
     /// decided on, for the access log.
-    async fn forward_auth(&self, req: &RequestHeader, facts: &Facts<'_>) -> (Reply, Option<usize>) {
+    async fn forward_auth(
+        &self,
+        req: &RequestHeader,
+        path: &str,
+        facts: &Facts<'_>,
+    ) -> (Reply, Option<usize>) {
         let reply = |r: Reply| (r, None);
         let Some(fa) = self.forward_auth.as_ref() else {
             return reply(Reply::from(Fault::Internal));
@@ -322,7 +337,7 @@ impl Dispatch {
         let rid = facts.request_id;
         let original = match fa.describe(
             &req.method,
-            req.uri.path(),
+            path,
             req.uri.query(),
             &req.headers,
             facts.client,
@@ -373,7 +388,7 @@ impl Dispatch {
         };
         let answer = match self.gate.decide(policy, &facts, &self.providers).await {
             Ok(grant) => fa
-                .allowed(&original, grant, rid)
+                .allowed(&original, grant, route.keep_authorization, rid)
                 .unwrap_or_else(Reply::from),
             Err(refused) => refused,
         };

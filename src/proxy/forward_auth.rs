@@ -66,6 +66,12 @@ impl ForwardAuth {
         }
     }
 
+    /// Whether a connection accepted at `local` came in on `[forward_auth] listen`, the only
+    /// listener that serves this endpoint.
+    pub(crate) fn listens_on(&self, local: std::net::SocketAddr) -> bool {
+        self.config.listens_on(local)
+    }
+
     /// Whether a request to `path` is for this endpoint: `{path}` itself (nginx, Traefik) or
     /// below it (Envoy's `path_prefix` form, `{path}{original path}`).
     pub(crate) fn serves(&self, path: &str) -> bool {
@@ -122,19 +128,30 @@ impl ForwardAuth {
 
     /// The `200` for an allowed request: the credential and identity for the ingress to copy
     /// (only when a trusted proxy described the request), and the session's new cookie lines.
+    ///
+    /// Every header the ingress copies is sent, empty when there is nothing to say: an
+    /// ingress that copies only the headers an answer has (Envoy) would otherwise pass the
+    /// client's own `X-Auth-Request-Groups` or `Authorization` through. The client's
+    /// `Authorization` and `DPoP` are kept (not answered) only on a route with
+    /// `keep_authorization` and no token of tollgate's, as when tollgate proxies.
     pub(crate) fn allowed(
         &self,
         original: &Original,
         grant: Grant,
+        keep_authorization: bool,
         request_id: &str,
     ) -> Result<Reply, Fault> {
         let mut reply = Reply::empty(200).with_outcome("forward_auth");
-        if original.trusted {
-            if let Some(value) = grant.bearer.as_ref() {
-                let value = value.to_str().map_err(|_| Fault::Internal)?;
-                reply = reply.with_header("authorization", value.to_string());
-            }
-            if let Some(dpop) = grant.dpop.as_deref() {
+        if !original.trusted {
+            return Ok(reply.with_cookies(grant.set_cookies));
+        }
+        let bearer = match grant.bearer.as_ref() {
+            Some(v) => Some(v.to_str().map_err(|_| Fault::Internal)?.to_string()),
+            None if keep_authorization => None,
+            None => Some(String::new()),
+        };
+        let proof = match grant.dpop.as_deref() {
+            Some(dpop) => {
                 let htu = format!("{}{}", original.origin, original.path());
                 let proof = dpop
                     .key
@@ -149,19 +166,25 @@ impl ForwardAuth {
                         tracing::error!(request_id, error = %e, "forward-auth: no DPoP proof");
                         Fault::Internal
                     })?;
-                reply = reply.with_header("dpop", proof);
+                Some(proof)
             }
-            if let Some(who) = grant.identity.as_deref() {
-                for (name, value) in [
-                    ("x-auth-request-user", Some(&who.user)),
-                    ("x-auth-request-email", who.email.as_ref()),
-                    ("x-auth-request-groups", who.groups.as_ref()),
-                ] {
-                    if let Some(v) = value.and_then(|v| v.to_str().ok()) {
-                        reply = reply.with_header(name, v.to_string());
-                    }
-                }
-            }
+            None if bearer.is_some() => Some(String::new()),
+            None => None,
+        };
+        if let Some(value) = bearer {
+            reply = reply.with_header("authorization", value);
+        }
+        if let Some(proof) = proof {
+            reply = reply.with_header("dpop", proof);
+        }
+        let who = grant.identity.as_deref();
+        for (name, value) in [
+            ("x-auth-request-user", who.map(|w| &w.user)),
+            ("x-auth-request-email", who.and_then(|w| w.email.as_ref())),
+            ("x-auth-request-groups", who.and_then(|w| w.groups.as_ref())),
+        ] {
+            let text = value.and_then(|v| v.to_str().ok()).unwrap_or("");
+            reply = reply.with_header(name, text.to_string());
         }
         Ok(reply.with_cookies(grant.set_cookies))
     }
@@ -241,32 +264,46 @@ fn envoy(
     })
 }
 
+/// `X-Original-URL` (ingress-nginx's `$scheme://$http_host$request_uri`) split as sent,
+/// nothing resolved or decoded: its origin, and its target for [`crate::target::check`] to
+/// judge as it judges a request line. (A URL parser would resolve `..` and `\\` first, and
+/// would read a `?` or `@` in a client's `Host` as the end of the host.)
+fn split_url(url: &str) -> Result<(String, &str), &'static str> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or("X-Original-URL is not an absolute URL")?;
+    if scheme != "http" && scheme != "https" {
+        return Err("X-Original-URL is not http or https");
+    }
+    let slash = rest.find('/').ok_or("X-Original-URL has no path")?;
+    let (host, target) = rest.split_at(slash);
+    let host_like = |b: u8| b.is_ascii_alphanumeric() || b".:[]-".contains(&b);
+    if host.is_empty() || !host.bytes().all(host_like) {
+        return Err("X-Original-URL's host is not a host and port");
+    }
+    Ok((format!("{scheme}://{host}"), target))
+}
+
 /// The original request from a trusted proxy's headers.
 fn read(headers: &HeaderMap, public_origin: &str) -> Result<Original, &'static str> {
     let (o_uri, o_method) = (
         once(headers, ORIGINAL_URI)?,
         once(headers, ORIGINAL_METHOD)?,
     );
-    let o_url = once(headers, ORIGINAL_URL)?
-        .map(|u| url::Url::parse(u).map_err(|_| "X-Original-URL is not a URL"))
-        .transpose()?;
+    let o_url = once(headers, ORIGINAL_URL)?.map(split_url).transpose()?;
     let (f_uri, f_method) = (
         once(headers, FORWARDED_URI)?,
         once(headers, FORWARDED_METHOD)?,
     );
-    // The URL's path and query as sent (`Url` keeps them percent-encoded as given).
-    let url_target = o_url.as_ref().map(|u| match u.query() {
-        Some(q) => format!("{}?{q}", u.path()),
-        None => u.path().to_string(),
-    });
-    if let (Some(uri), Some(from_url)) = (o_uri, url_target.as_deref()) {
+    let url_target = o_url.as_ref().map(|(_, target)| *target);
+    if let (Some(uri), Some(from_url)) = (o_uri, url_target) {
         // ingress-nginx sends both only when they agree; a client's own X-Original-URI
         // passed through beside the ingress's X-Original-URL would not.
         if uri != from_url {
             return Err("X-Original-URI and X-Original-URL name different requests");
         }
     }
-    let o_uri = o_uri.or(url_target.as_deref());
+    let o_uri = o_uri.or(url_target);
     let nginx = o_uri.is_some() || o_method.is_some();
     if nginx && (f_uri.is_some() || f_method.is_some()) {
         return Err("both X-Original-* and X-Forwarded-Uri/-Method describe the request");
@@ -297,11 +334,9 @@ fn read(headers: &HeaderMap, public_origin: &str) -> Result<Original, &'static s
     let origin = match (
         once(headers, FORWARDED_PROTO)?,
         once(headers, FORWARDED_HOST)?,
-        o_url
-            .as_ref()
-            .filter(|u| matches!(u.scheme(), "http" | "https")),
+        o_url.as_ref().map(|(origin, _)| origin),
     ) {
-        (_, _, Some(url)) => url.origin().ascii_serialization(),
+        (_, _, Some(origin)) => origin.clone(),
         (Some(proto @ ("http" | "https")), Some(host), None)
             if !host.is_empty() && host.parse::<http::uri::Authority>().is_ok() =>
         {
@@ -324,6 +359,7 @@ mod tests {
     fn fa() -> ForwardAuth {
         ForwardAuth::new(
             ForwardAuthConfig {
+                listen: "127.0.0.1:9093".parse().unwrap(),
                 path: "/auth".into(),
                 trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             },
@@ -394,6 +430,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o.target, "/api/u");
+        // Dot segments stay for the target check to refuse, as in a request line.
+        let o = describe(
+            &[("X-Original-URL", "https://shop.example/api/%2e%2e/admin")],
+            TRUSTED,
+        )
+        .unwrap();
+        assert_eq!(o.target, "/api/%2e%2e/admin");
         let o = describe(&[("x-original-uri", "/api/y")], TRUSTED).unwrap();
         assert_eq!((o.method, o.target.as_str()), (Method::GET, "/api/y"));
         let o = describe(
@@ -513,6 +556,11 @@ mod tests {
                 ("X-Forwarded-Uri", "/public"),
             ][..],
             &[("X-Original-URL", "not a url")][..],
+            // A client's Host that a URL parser would cut short (`?`, `@`), or no path.
+            &[("X-Original-URL", "https://app.example:?/api/admin")][..],
+            &[("X-Original-URL", "https://evil@app.example/api")][..],
+            &[("X-Original-URL", "https://app.example")][..],
+            &[("X-Original-URL", "ftp://app.example/api")][..],
             // Nothing, or not a path.
             &[][..],
             &[("X-Forwarded-Method", "GET")][..],
@@ -553,14 +601,29 @@ mod tests {
             ..Grant::default()
         };
         let trusted = describe(&[("X-Original-URI", "/api")], TRUSTED).unwrap();
-        let r = fa().allowed(&trusted, grant(), "rid").unwrap();
+        let r = fa().allowed(&trusted, grant(), false, "rid").unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.header("authorization"), Some("Bearer t0k3n"));
         assert_eq!(r.header("x-auth-request-user"), Some("alice"));
         assert_eq!(r.header("x-auth-request-email"), Some("a@example.com"));
+        // Sent empty, so that an ingress copying what is there overwrites a client's own.
+        assert_eq!(r.header("x-auth-request-groups"), Some(""));
+        assert_eq!(r.header("dpop"), Some(""));
         assert_eq!(r.set_cookies(), ["tollgate=new; Path=/"]);
+        // No session on an `auth = "none"` route: everything empty; the client's own
+        // Authorization stays only with keep_authorization.
+        let r = fa()
+            .allowed(&trusted, Grant::default(), false, "rid")
+            .unwrap();
+        assert_eq!(r.header("authorization"), Some(""));
+        assert_eq!(r.header("x-auth-request-user"), Some(""));
+        let r = fa()
+            .allowed(&trusted, Grant::default(), true, "rid")
+            .unwrap();
+        assert_eq!(r.header("authorization"), None);
+        assert_eq!(r.header("dpop"), None);
         let untrusted = describe(&[("X-Original-URI", "/api")], "11.0.0.1").unwrap();
-        let r = fa().allowed(&untrusted, grant(), "rid").unwrap();
+        let r = fa().allowed(&untrusted, grant(), false, "rid").unwrap();
         assert_eq!(r.header("authorization"), None);
         assert_eq!(r.header("x-auth-request-user"), None);
         assert_eq!(r.set_cookies(), ["tollgate=new; Path=/"]);

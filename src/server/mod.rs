@@ -205,6 +205,15 @@ pub fn build(
             tls: None,
         });
     }
+    // Forward-auth answers carry access tokens: they are served on this listener only, which
+    // the ingress reaches and the browser does not ([`crate::config::ForwardAuthConfig`]).
+    if let Some(fa) = &config.forward_auth {
+        listeners.push(Listener {
+            addr: fa.listen,
+            socket: bind(&fa.listen)?,
+            tls: None,
+        });
+    }
     if let Some(tls) = &config.tls {
         let first = crate::tls::load(&tls.cert_file, &tls.key_file)?;
         let (server_config, store) = crate::tls::server_config(tls, first)?;
@@ -247,6 +256,7 @@ pub fn build(
         .chain(config.tls.iter().flat_map(|t| t.listen.iter()))
         .chain(config.metrics.listen.iter())
         .chain(config.admin.iter().map(|a| &a.listen))
+        .chain(config.forward_auth.iter().map(|f| &f.listen))
         .map(|a| a.to_string())
         .collect();
     claimed.sort();
