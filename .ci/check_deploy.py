@@ -390,10 +390,13 @@ def check_forward_auth(binary):
         secret.write_text("example-client-secret-0123456789abcdef\n")
         keys = Path(d) / "cookie_keys"
         keys.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        store = Path(d) / "store_url"
+        store.write_text("redis://redis.shop.svc.cluster.local:6379/0\n")
         env = {
             **os.environ,
             "TOLLGATE__OIDC__CLIENT_SECRET_FILE": str(secret),
             "TOLLGATE__SESSION__KEYS_FILE": str(keys),
+            "TOLLGATE__STORE__URL_FILE": str(store),
         }
         r = subprocess.run([binary, "check", "--config", str(base / "tollgate.toml")],
                            capture_output=True, text=True, env=env)

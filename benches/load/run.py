@@ -93,6 +93,7 @@ PORTS = {
     "nginx-forward-auth": 18088,
     "tollgate-fa": 18099,
     "tollgate-fa-metrics": 18093,
+    "tollgate-fa-auth": 18079,
 }
 THREADS = 2
 CLIENT_ID = "tollgate-basic"
@@ -902,12 +903,12 @@ def main():
         forward_auth = "forward-auth" not in args.without
         if forward_auth:
             fa_conf = open(tollgate_conf(instance="tollgate-fa")).read() + \
-                '\n[forward_auth]\ntrusted_proxies = ["127.0.0.1/32"]\n'
+                f'\n[forward_auth]\nlisten = "{HOST}:{PORTS["tollgate-fa-auth"]}"\ntrusted_proxies = ["127.0.0.1/32"]\n'
             start("tollgate-fa", [tollgate_bin, "--config", write(os.path.join(WORK, "tollgate-fa-forward-auth.toml"), fa_conf),
                                   "--log-format", "json"], env={**os.environ, "TOLLGATE_LOG": "warn"})
             start("nginx-forward-auth", ["nginx", "-p", WORK, "-c", nginx_conf("nginx-forward-auth", PORTS["nginx-forward-auth"], f"""
   upstream up {{ server {HOST}:{PORTS['upstream']}; keepalive 256; }}
-  upstream tollgate {{ server {HOST}:{PORTS['tollgate-fa']}; keepalive 256; }}
+  upstream tollgate {{ server {HOST}:{PORTS['tollgate-fa-auth']}; keepalive 256; }}
   server {{ listen {HOST}:{PORTS['nginx-forward-auth']};
     location = /_tollgate_auth {{ internal; proxy_pass http://tollgate/auth; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_pass_request_body off; proxy_set_header Content-Length "";
