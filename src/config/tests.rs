@@ -867,6 +867,20 @@ fn several_providers() {
             edit("auth = \"required\"", "auth = \"required\"\nproviders = [\"nope\"]"),
             "`routes[0].providers`: \"nope\" is not a provider (the providers are default)",
         ),
+        // A provider's callback ({callback_path}/NAME) may not hide another endpoint or route.
+        (
+            with("[providers.b]\nissuer = \"https://b.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\n")
+                .replace(
+                    "backchannel_logout_path = \"/backchannel-logout\"",
+                    "backchannel_logout_path = \"/callback/b\"",
+                ),
+            "`providers.b.name`: its callback \"/callback/b\"",
+        ),
+        (
+            with("[providers.b]\nissuer = \"https://b.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\n")
+                .replace("callback_path = \"/callback\"", "callback_path = \"/cb/\""),
+            "`oidc.callback_path`",
+        ),
     ] {
         let e = err(&text, &[]);
         assert!(e.contains(expected), "expected {expected:?} in {e:?}");

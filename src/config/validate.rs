@@ -259,6 +259,31 @@ fn providers_cross_section(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    // The callbacks: [oidc]'s at callback_path, each other provider's below it. None may be
+    // another endpoint or a route's prefix: the callback is looked for first and would hide it.
+    let callback = c.oidc.callback_path.as_str();
+    let own = |path: &str| {
+        RESERVED_PATHS.contains(&path)
+            || path == c.oidc.backchannel_logout_path
+            || path.starts_with("/dbsc/")
+    };
+    if own(callback) || (!c.providers.is_empty() && callback.ends_with('/')) {
+        return Err(ConfigError::invalid(
+            "oidc.callback_path",
+            format!(
+                "{callback:?} is another of tollgate's endpoints, or ends in / while other                  providers answer below it"
+            ),
+        ));
+    }
+    for p in &c.providers {
+        let path = format!("{callback}/{}", p.name);
+        if own(&path) || c.routes.iter().any(|r| r.prefix == path) {
+            return Err(ConfigError::invalid(
+                format!("{}.name", section(p)),
+                format!("its callback {path:?} is another endpoint or a route's prefix"),
+            ));
+        }
+    }
     let mut hosts = std::collections::HashMap::new();
     for p in c.all_providers() {
         for h in &p.hosts {

@@ -121,7 +121,9 @@ impl Oidc {
         // With only a `sub`: the user's sessions created up to the token's second, inclusive
         // (`iat` has whole seconds: a login in that second may be before it, and ending one
         // too many is the safe side of a logout).
-        let before = claims.iat.saturating_add(1);
+        // (An `iat` ahead of this clock, within the minute allowed, counts as now: logins
+        // after the logout must not end.)
+        let before = claims.iat.min(facts.now).saturating_add(1);
         let revocation = match (&claims.sid, &claims.sub) {
             (Some(sid), _) => Revocation::ProviderSession {
                 sid: qualified(&self.name, sid).into_owned(),

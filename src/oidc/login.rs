@@ -271,16 +271,23 @@ impl super::client::Oidc {
         for r in &self.resources {
             params.push(("resource", r.clone()));
         }
-        let step_up = !login.acr_values.is_empty() || login.max_age.is_some();
+        let essential_claims =
+            !login.acr_values.is_empty() && provider.metadata.claims_parameter_supported;
         for (k, v) in &self.extra_auth_params {
-            // A step-up login's own `acr_values`, `max_age` and `claims` win.
-            if step_up && matches!(k.as_str(), "acr_values" | "max_age" | "claims") {
-                continue;
+            // A step-up login's own `acr_values` and `max_age` win; the operator's `claims`
+            // is merged into the step-up's own when there is one.
+            let replaced = match k.as_str() {
+                "acr_values" => !login.acr_values.is_empty(),
+                "max_age" => login.max_age.is_some(),
+                "claims" => essential_claims,
+                _ => false,
+            };
+            if !replaced {
+                params.push((k, v.clone()));
             }
-            params.push((k, v.clone()));
         }
         if !login.acr_values.is_empty() {
-            if provider.metadata.claims_parameter_supported {
+            if essential_claims {
                 // `acr` as an essential claim: a provider must reach one of the values or
                 // fail (oidc-provider re-authenticates only for essential claims). Not with
                 // `acr_values` too, which would make the request voluntary again there.

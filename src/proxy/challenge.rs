@@ -9,6 +9,9 @@
 pub(crate) struct StepUpChallenge {
     pub(crate) acr_values: Option<String>,
     pub(crate) max_age: Option<u64>,
+    /// The challenge named `acr_values` or a `max_age` that `/login` would refuse: no login
+    /// tollgate can link to satisfies it.
+    pub(crate) unusable: bool,
 }
 
 /// The step-up challenge among `values` (the `WWW-Authenticate` fields of a `401`), if any.
@@ -30,17 +33,19 @@ fn parse(field: &str) -> Option<StepUpChallenge> {
     for (name, value) in params_of(params) {
         match name.to_ascii_lowercase().as_str() {
             "error" => found = value == "insufficient_user_authentication",
-            // Only values `/login` takes, so that the link the SPA gets works; others are
-            // left out (the login then asks for what the route's own rule says, if anything).
+            // Only values `/login` takes, so that the link the SPA gets works; a challenge
+            // with others is `unusable` (a plain login would not satisfy it either).
             "acr_values" => {
                 out.acr_values = Some(value).filter(|v| {
                     crate::oidc::login::step_up_acr(Some(v)).is_ok_and(|list| !list.is_empty())
-                })
+                });
+                out.unusable |= out.acr_values.is_none();
             }
             "max_age" => {
                 out.max_age = crate::oidc::login::step_up_max_age(Some(&value))
                     .ok()
-                    .flatten()
+                    .flatten();
+                out.unusable |= out.max_age.is_none();
             }
             _ => {}
         }
@@ -104,7 +109,8 @@ mod tests {
             ),
             Some(StepUpChallenge {
                 acr_values: Some("myACR".into()),
-                max_age: None
+                max_age: None,
+                unusable: false
             })
         );
         assert_eq!(
@@ -113,14 +119,16 @@ mod tests {
             ),
             Some(StepUpChallenge {
                 acr_values: None,
-                max_age: Some(5)
+                max_age: Some(5),
+                unusable: false
             })
         );
         assert_eq!(
             one(r#"DPoP error="insufficient_user_authentication",max_age=60,acr_values="a b""#),
             Some(StepUpChallenge {
                 acr_values: Some("a b".into()),
-                max_age: Some(60)
+                max_age: Some(60),
+                unusable: false
             })
         );
     }
@@ -141,12 +149,18 @@ mod tests {
             one(
                 r#"Bearer error="insufficient_user_authentication", max_age="99999999999", acr_values="a\\b""#
             ),
-            Some(StepUpChallenge::default()),
-            "values /login would refuse are left out"
+            Some(StepUpChallenge {
+                unusable: true,
+                ..StepUpChallenge::default()
+            }),
+            "values /login would refuse are left out, and the challenge is unusable"
         );
         assert_eq!(
             one(r#"Bearer error="insufficient_user_authentication", max_age="soon""#),
-            Some(StepUpChallenge::default())
+            Some(StepUpChallenge {
+                unusable: true,
+                ..StepUpChallenge::default()
+            })
         );
     }
 }

@@ -336,6 +336,15 @@ impl ProxyHttp for Tollgate {
                     .iter()
                     .map(|v| v.as_bytes()),
             ) {
+                if c.unusable {
+                    // A login link would not satisfy it: the SPA would log in again and again.
+                    tracing::warn!(request_id = %ctx.request_id, "the upstream asks for a step-up login with acr_values or max_age that /login cannot ask for");
+                    ctx.replace = Some(crate::reply::Fault::StepUpNotMet);
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(401),
+                        "the upstream asks for a step-up login tollgate cannot ask for",
+                    ));
+                }
                 tracing::info!(request_id = %ctx.request_id, "the upstream asks for a step-up login");
                 let provider = ctx
                     .provider
