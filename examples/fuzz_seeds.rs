@@ -63,6 +63,8 @@ fn main() {
         kept_claims: Default::default(),
         dpop_key: None,
         resources: vec![tollgate::config::resource_tag("https://orders.example")].into(),
+        device_key: None,
+        provider: None,
     };
     let mut due = from_provider.clone();
     due.access_expires_at = NOW + 5;

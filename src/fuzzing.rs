@@ -330,7 +330,7 @@ impl Harness {
             }
         };
         let index = match destination {
-            Destination::Endpoint(_) => {
+            Destination::Endpoint(_) | Destination::ForwardAuth => {
                 return Some(TargetOutcome {
                     checked,
                     destination: Ok(None),

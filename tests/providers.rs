@@ -199,6 +199,33 @@ async fn two_providers_each_serve_their_own_sessions() {
     for idp in [&idp_a, &idp_b] {
         assert_eq!(idp.stats().await["token_requests"]["authorization_code"], 0);
     }
+    // And the other way: the default provider's login answered on b's callback.
+    let r = plain()
+        .get(tg.url("/login?provider=default"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = set_cookies(&r)[0].split(';').next().unwrap().to_string();
+    let state = cookie
+        .split('=')
+        .next()
+        .and_then(|name| name.rsplit_once("-login-"))
+        .unwrap()
+        .1
+        .to_string();
+    let r = plain()
+        .get(tg.url(&format!("/callback/b?code=stolen&state={state}")))
+        .header("cookie", &cookie)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "issuer_mismatch", "{body}");
+    for idp in [&idp_a, &idp_b] {
+        assert_eq!(idp.stats().await["token_requests"]["authorization_code"], 0);
+    }
 
     // A login at each provider by name.
     let a = logged_in_at(&tg, "?provider=default").await;

@@ -816,6 +816,16 @@ fn several_providers() {
             "http://partner.example.com:8080".to_string()
         )]
     );
+    // public_url's own host needs no origin of its own.
+    let twice = load(
+        &with(b).replace(
+            "hosts = [\"Partner.Example.com\"]",
+            "hosts = [\"Partner.Example.com\", \"127.0.0.1\"]",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(twice.host_origins(), c.host_origins());
     // With several providers, a route with a rule and no providers takes the default's only.
     let payments = c
         .routes
