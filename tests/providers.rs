@@ -59,6 +59,32 @@ async fn logged_in_at(tg: &Tollgate, query: &str) -> reqwest::Client {
     b
 }
 
+/// A login started at `provider`, answered (with a code of the attacker's choosing) on
+/// `callback`: the answer to that callback.
+async fn answered_elsewhere(tg: &Tollgate, provider: &str, callback: &str) -> reqwest::Response {
+    let r = plain()
+        .get(tg.url(&format!("/login?provider={provider}")))
+        .send()
+        .await
+        .unwrap();
+    let cookie = set_cookies(&r)[0].split(';').next().unwrap().to_string();
+    // The login cookie is named after the state (`{cookie}-login-{state}`).
+    let state = cookie
+        .split('=')
+        .next()
+        .and_then(|name| name.rsplit_once("-login-"))
+        .unwrap()
+        .1
+        .to_string();
+    plain()
+        .get(tg.url(&format!("{callback}?code=stolen&state={state}")))
+        .header("cookie", &cookie)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_providers_each_serve_their_own_sessions() {
     let port = free_port();
@@ -170,28 +196,8 @@ async fn two_providers_each_serve_their_own_sessions() {
     idp_b.reset_stats().await;
 
     // Mix-up: a login that went to b, answered on the default provider's callback, is
-    // refused, and its code goes to no provider.
-    let r = plain()
-        .get(tg.url("/login?provider=b"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = set_cookies(&r)[0].split(';').next().unwrap().to_string();
-    // The login cookie is named after the state (`{cookie}-login-{state}`).
-    let state = cookie
-        .split('=')
-        .next()
-        .and_then(|name| name.rsplit_once("-login-"))
-        .unwrap()
-        .1
-        .to_string();
-    let r = plain()
-        .get(tg.url(&format!("/callback?code=stolen&state={state}")))
-        .header("cookie", &cookie)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    // refused, and its code goes to no provider; and the other way round.
+    let r = answered_elsewhere(&tg, "b", "/callback").await;
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "issuer_mismatch", "{body}");
@@ -199,27 +205,7 @@ async fn two_providers_each_serve_their_own_sessions() {
     for idp in [&idp_a, &idp_b] {
         assert_eq!(idp.stats().await["token_requests"]["authorization_code"], 0);
     }
-    // And the other way: the default provider's login answered on b's callback.
-    let r = plain()
-        .get(tg.url("/login?provider=default"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = set_cookies(&r)[0].split(';').next().unwrap().to_string();
-    let state = cookie
-        .split('=')
-        .next()
-        .and_then(|name| name.rsplit_once("-login-"))
-        .unwrap()
-        .1
-        .to_string();
-    let r = plain()
-        .get(tg.url(&format!("/callback/b?code=stolen&state={state}")))
-        .header("cookie", &cookie)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = answered_elsewhere(&tg, "default", "/callback/b").await;
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "issuer_mismatch", "{body}");
@@ -451,21 +437,7 @@ async fn cookie_after_login(tg: &Tollgate, query: &str) -> String {
 
 /// `GET /api/x` at `tg` with `cookie`: the status, polled (bounded) until it is `want`.
 async fn api_until(tg: &Tollgate, cookie: &str, want: u16) -> u16 {
-    let mut last = 0;
-    for _ in 0..100 {
-        last = tg
-            .with_session(&plain(), reqwest::Method::GET, "/api/x", cookie)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if last == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    last
+    tg.status_until("/api/x", cookie, want).await
 }
 
 /// Two providers on two replicas sharing a real Redis store: each provider's sessions serve

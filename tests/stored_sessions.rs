@@ -61,15 +61,7 @@ async fn api_status(tg: &Tollgate, cookie: &str) -> u16 {
 
 /// Polls until `tg` answers `cookie` with `status` (bounded); the last status.
 async fn until_status(tg: &Tollgate, cookie: &str, status: u16) -> u16 {
-    let mut last = 0;
-    for _ in 0..100 {
-        last = api_status(tg, cookie).await;
-        if last == status {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    last
+    tg.status_until("/api/data", cookie, status).await
 }
 
 /// Whether every one of `tgs` refuses `cookie` (401) within one second of `since`: the admin

@@ -47,6 +47,26 @@ impl Tollgate {
             .header("cookie", cookie)
             .header("x-csrf", "1")
     }
+
+    /// Polls (bounded, 100 × 20 ms) `GET path` with `cookie` until it answers `want`; the
+    /// last status.
+    pub async fn status_until(&self, path: &str, cookie: &str, want: u16) -> u16 {
+        let mut last = 0;
+        for _ in 0..100 {
+            last = self
+                .with_session(&super::flow::plain(), reqwest::Method::GET, path, cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            if last == want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        last
+    }
 }
 
 /// `name=value; …` from `Set-Cookie` lines, skipping deletions.
