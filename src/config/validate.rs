@@ -101,19 +101,10 @@ pub(crate) fn validate(raw: FileConfig) -> Result<Config, ConfigError> {
 /// The checks that need more than one section. `key_names` names each of `session.keys`.
 fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
     if let Some(f) = &c.forward_auth {
-        let own = [
-            "/login",
-            "/logout",
-            "/session",
-            "/healthz",
-            "/readyz",
-            "/dbsc/register",
-            "/dbsc/refresh",
-            c.oidc.callback_path.as_str(),
-            c.oidc.backchannel_logout_path.as_str(),
-        ];
-        if own.contains(&f.path.as_str())
-            || f.path.starts_with(&format!("{}/", c.oidc.callback_path))
+        let callback = c.oidc.callback_path.as_str();
+        if other_endpoint(c, &f.path)
+            || f.path == callback
+            || f.path.starts_with(&format!("{callback}/"))
         {
             return Err(ConfigError::invalid(
                 "forward_auth.path",
@@ -242,6 +233,14 @@ fn cross_section(c: &Config, key_names: &[String]) -> Result<(), ConfigError> {
 }
 
 /// Several providers: hosts choose one provider each, and routes name providers that exist.
+/// Whether `path` is one of tollgate's own endpoints other than the callbacks: the fixed ones,
+/// the back-channel logout, the DBSC ones.
+fn other_endpoint(c: &Config, path: &str) -> bool {
+    RESERVED_PATHS.contains(&path)
+        || path == c.oidc.backchannel_logout_path
+        || path.starts_with("/dbsc/")
+}
+
 fn providers_cross_section(c: &Config) -> Result<(), ConfigError> {
     let section = |p: &crate::config::OidcConfig| {
         if p.name == super::oidc::DEFAULT_PROVIDER {
@@ -262,12 +261,7 @@ fn providers_cross_section(c: &Config) -> Result<(), ConfigError> {
     // The callbacks: [oidc]'s at callback_path, each other provider's below it. None may be
     // another endpoint or a route's prefix: the callback is looked for first and would hide it.
     let callback = c.oidc.callback_path.as_str();
-    let own = |path: &str| {
-        RESERVED_PATHS.contains(&path)
-            || path == c.oidc.backchannel_logout_path
-            || path.starts_with("/dbsc/")
-    };
-    if own(callback) || (!c.providers.is_empty() && callback.ends_with('/')) {
+    if other_endpoint(c, callback) || (!c.providers.is_empty() && callback.ends_with('/')) {
         return Err(ConfigError::invalid(
             "oidc.callback_path",
             format!(
@@ -277,7 +271,7 @@ fn providers_cross_section(c: &Config) -> Result<(), ConfigError> {
     }
     for p in &c.providers {
         let path = format!("{callback}/{}", p.name);
-        if own(&path) || c.routes.iter().any(|r| r.prefix == path) {
+        if other_endpoint(c, &path) || c.routes.iter().any(|r| r.prefix == path) {
             return Err(ConfigError::invalid(
                 format!("{}.name", section(p)),
                 format!("its callback {path:?} is another endpoint or a route's prefix"),
