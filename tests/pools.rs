@@ -127,7 +127,9 @@ async fn a_stopped_member_costs_no_failed_request_and_an_empty_pool_answers_503(
     b.stop();
     wait_closed(b.addr).await;
     let r = c.get(tg.url("/refused")).send().await.unwrap();
-    assert_eq!(r.status(), 502);
+    // 503 when the health check has taken `b` out before this request (it can, on a busy
+    // machine: seen once in CI), else the connect failure's 502.
+    assert!(matches!(r.status().as_u16(), 502 | 503), "{}", r.status());
     wait_metric(
         &tg,
         "tollgate_upstream_members{route=\"/\",state=\"unhealthy\"} 2",
