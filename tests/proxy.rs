@@ -789,6 +789,45 @@ async fn forwarding_headers_from_clients_do_not_reach_the_upstream() {
     assert_eq!(seen.header_count("x-forwarded-for"), 1);
 }
 
+/// Hop-by-hop fields, and those a client's `Connection` names, end at tollgate (Pingora's
+/// standard upstream request policy, done in one pass over the names by tollgate's patch in
+/// `vendor/PATCHES.md`); the other fields pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_do_not_reach_the_upstream() {
+    let (echo, tg) = start().await;
+    let hop_by_hop = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "http2-settings",
+        "x-nominated",
+    ];
+    let requests = [
+        "GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive, X-Nominated\r\n\
+         Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nProxy-Authenticate: Basic\r\n\
+         Proxy-Authorization: Basic dTpw\r\nTE: trailers\r\nTrailer: x-checksum\r\n\
+         X-Nominated: 1\r\nX-App: kept\r\n\r\n",
+        "GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nX-App: kept\r\n\r\n",
+        // Only one of them.
+        "GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\nTE: trailers\r\nX-App: kept\r\n\r\n",
+    ];
+    for request in requests {
+        let (head, _) = raw_request(&tg, request).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let seen = echo.last();
+        for name in hop_by_hop {
+            assert_eq!(seen.header(name), None, "{name} reached the upstream");
+        }
+        assert_eq!(seen.header("x-app"), Some("kept"));
+    }
+}
+
 /// `TRACE` is refused, an HTTP/1.1 request needs `Host`, and tollgate's own replies say
 /// `nosniff`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

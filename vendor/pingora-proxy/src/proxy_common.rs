@@ -175,17 +175,36 @@ impl ConnectionNominations {
     }
 }
 
+/// The fields [`strip_standard_hop_by_hop_headers`] removes.
+const STANDARD_HOP_BY_HOP: [&str; 10] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    HTTP2_SETTINGS,
+];
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    // One pass over the names present, then a removal for each one found, instead of a hashed
+    // removal for each of the ten names: most requests carry none of them or one
+    // (`Connection`), and each removal looked up both the header map and the case map.
+    let mut present: [Option<HeaderName>; STANDARD_HOP_BY_HOP.len()] = Default::default();
+    let mut found = 0;
+    // `keys()` yields each name once, so at most ten match.
+    for name in req.headers.keys() {
+        if found < present.len() && STANDARD_HOP_BY_HOP.contains(&name.as_str()) {
+            present[found] = Some(name.clone());
+            found += 1;
+        }
+    }
+    for name in present.iter().take(found).flatten() {
+        req.remove_header(name);
+    }
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -360,18 +379,23 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            // Already gone when the hop-by-hop fields were stripped above.
+            if !policy.strip_hop_by_hop {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
         H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if !policy.strip_hop_by_hop {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
         }
         H1UpgradePolicy::Preserve => {}
     }
