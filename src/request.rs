@@ -29,7 +29,10 @@ impl<'r> Facts<'r> {
         self.headers
             .get_all(COOKIE)
             .into_iter()
-            .filter_map(|v| v.to_str().ok())
+            // UTF-8, not `to_str`'s visible ASCII: checked a word at a time (the session makes
+            // this field a few KB), and another cookie's non-ASCII value does not hide the
+            // session in the same field.
+            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
     }
 
     pub(crate) fn accept(&self) -> Option<&'r str> {

@@ -7,6 +7,8 @@
 use rand::RngCore;
 
 pub(crate) const HEADER: &str = "x-request-id";
+/// [`HEADER`] as a name, so a lookup need not parse it first.
+const NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 
 /// Whether a client-supplied id may be kept.
 pub(crate) fn is_valid(id: &[u8]) -> bool {
@@ -31,7 +33,7 @@ pub(crate) fn generate() -> String {
 
 /// The client's id when valid, else a new one.
 pub(crate) fn from_headers(headers: &http::HeaderMap) -> String {
-    match headers.get(HEADER) {
+    match headers.get(&NAME) {
         Some(v) if is_valid(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
         _ => generate(),
     }

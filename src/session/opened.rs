@@ -73,11 +73,22 @@ fn key(sealed: &str) -> u64 {
 /// Equality without an early exit: how long a prefix of a kept value a guess matches is not
 /// told by the time taken.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    // Eight bytes at a time, then the rest: the same constant-time fold, fewer steps.
+    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = wa
+        .remainder()
+        .iter()
+        .zip(wb.remainder())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let words = wa.zip(wb).fold(0u64, |acc, (x, y)| {
+        let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
+        acc | (word(x) ^ word(y))
+    });
+    words == 0 && tail == 0
 }
 
 impl<V> OpenedCache<V> {
@@ -153,6 +164,19 @@ mod tests {
         assert_eq!(cache.get(&other, 0), None);
         assert_eq!(cache.get(&s[1..], 0), None);
         assert_eq!(cache.get("", 0), None);
+    }
+
+    #[test]
+    fn same_sees_a_difference_anywhere() {
+        let a = "abcdefghijklmnopqrstu"; // two words and a tail of five
+        assert!(same(a, a));
+        for i in 0..a.len() {
+            let mut b = a.as_bytes().to_vec();
+            b[i] ^= 1;
+            assert!(!same(a, std::str::from_utf8(&b).unwrap()), "byte {i}");
+        }
+        assert!(!same(a, &a[..20]));
+        assert!(same("", ""));
     }
 
     #[test]
