@@ -23,6 +23,7 @@ python3-cryptography). Needs valgrind, nginx and the test provider (`npm ci` in 
 Loopback only.
 
 Usage: python3 benches/load/instructions.py [--requests 2000] [--allocator mimalloc|jemalloc|system] [--variants] [--dbsc]
+       [--no-store]
 """
 
 import argparse
@@ -246,6 +247,8 @@ def main():
                     help="also measure a pool route and traces on, each against plain tollgate")
     ap.add_argument("--dbsc", action="store_true",
                     help="also measure device binding: a bound session against an unbound one, and a refresh")
+    ap.add_argument("--no-store", action="store_true",
+                    help="skip the runs with redis ([store], server-side sessions): tollgate and bare Pingora only")
     args = ap.parse_args()
     R.build(args.allocator)
     idp_dir = os.path.join(R.ROOT, "tests", "idp")
@@ -272,7 +275,7 @@ def main():
                      R.PORTS["tollgate"], ready, args.requests, tollgate_headers, env=quiet)
         stop("tollgate")
         ts = tss = None
-        if shutil.which("redis-server"):
+        if shutil.which("redis-server") and not args.no_store:
             R.start("redis", ["redis-server", "--port", str(R.PORTS["redis"]), "--bind", R.HOST,
                               "--save", "", "--appendonly", "no"])
 
@@ -301,7 +304,7 @@ def main():
                           R.PORTS["tollgate"], ready, args.requests, store_session_headers, env=quiet)
             stop("tollgate-store-sessions")
         else:
-            R.log("redis-server not installed: the [store] and server-side session runs are skipped")
+            R.log("no redis-server (or --no-store): the [store] and server-side session runs are skipped")
         variants = {}
         if args.variants:
             base = open(R.tollgate_conf()).read()
@@ -340,16 +343,25 @@ def main():
                                       ready, 200, bound_headers, env=quiet,
                                       driver=lambda port, n, h: drive_refresh(port, n, h, device))
             stop("tollgate-dbsc-refresh")
-        bp = measure("bare-pingora", [os.path.join(R.ROOT, "target", "release", "examples", "bare_pingora"),
-                                      f"{R.HOST}:{R.PORTS['bare-pingora']}", f"{R.HOST}:{R.PORTS['upstream']}", "2"],
-                     R.PORTS["bare-pingora"], f"http://{R.HOST}:{R.PORTS['bare-pingora']}/", args.requests,
-                     lambda: {"Cookie": cookie["v"], "x-csrf": "1"})
+        # Bare Pingora as released is the baseline; with tollgate's patches, to show what they
+        # change in the framework itself.
+        bare = {}
+        for name, binary in (("bare-pingora", R.BARE_RELEASED), ("bare-pingora-patched", R.BARE_PATCHED)):
+            bare[name] = measure(name, [binary, f"{R.HOST}:{R.PORTS['bare-pingora']}",
+                                        f"{R.HOST}:{R.PORTS['upstream']}", "2"],
+                                 R.PORTS["bare-pingora"], f"http://{R.HOST}:{R.PORTS['bare-pingora']}/", args.requests,
+                                 lambda: {"Cookie": cookie["v"], "x-csrf": "1"})
+            stop(name)
+        bp, bpp = bare["bare-pingora"], bare["bare-pingora-patched"]
     finally:
         R.stop_all()
-    print(f"\n| per proxied request ({args.requests} keep-alive requests, callgrind) | tollgate | bare Pingora | ratio |")
-    print("|---|---|---|---|")
-    print(f"| instructions | {tg['instructions']:,.0f} | {bp['instructions']:,.0f} | {tg['instructions'] / bp['instructions']:.2f} |")
-    print(f"| heap allocations | {tg['allocations']:.1f} | {bp['allocations']:.1f} | {tg['allocations'] / bp['allocations']:.2f} |")
+    print(f"\n| per proxied request ({args.requests} keep-alive requests, callgrind) | tollgate | bare Pingora 0.9.1 "
+          "| ratio | bare Pingora with tollgate's patches |")
+    print("|---|---|---|---|---|")
+    print(f"| instructions | {tg['instructions']:,.0f} | {bp['instructions']:,.0f} | {tg['instructions'] / bp['instructions']:.3f} "
+          f"| {bpp['instructions']:,.0f} |")
+    print(f"| heap allocations | {tg['allocations']:.1f} | {bp['allocations']:.1f} | {tg['allocations'] / bp['allocations']:.3f} "
+          f"| {bpp['allocations']:.1f} |")
     if ts:
         print(f"\n| with [store] (redis-server on loopback) | tollgate + [store] | tollgate | ratio |")
         print("|---|---|---|---|")

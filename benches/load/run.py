@@ -5,7 +5,8 @@ Everything listens on 127.0.0.1. One nginx (`return 200` + a small JSON body) is
 of every contender:
 
   upstream      the upstream itself, direct
-  bare-pingora  examples/bare_pingora.rs: same Pingora version and thread count as tollgate
+  bare-pingora  examples/bare_pingora.rs built against Pingora 0.9.1 as released (benches/bare-pingora,
+                without tollgate's patches): same Pingora version and thread count as tollgate
   nginx         nginx as a plain keep-alive reverse proxy
   apache-oidc   Apache httpd + mod_auth_openidc, logged in at the test provider, bearer header
   tollgate      tollgate with a session from a real login at the test provider (the session
@@ -38,7 +39,7 @@ Results go to benches/RESULTS.md (between this script's markers; the rest of the
 kept) and a chart to benches/results.svg.
 
 Needs (Debian): nginx wrk apache2 libapache2-mod-auth-openidc redis-server, Node.js with `npm ci`
-in tests/idp, and the Rust toolchain (or --prebuilt DIR with tollgate and bare_pingora in it).
+in tests/idp, and the Rust toolchain (or --prebuilt DIR with tollgate and bare_pingora_released in it).
 `--without apache-oidc`, `--without store` and `--without forward-auth` leave those contenders
 (and their packages) out.
 Usage: python3 benches/load/run.py [--quick] [--prebuilt DIR] [--allocator mimalloc|jemalloc|system]
@@ -123,11 +124,20 @@ ALLOCATORS = {
 }
 
 
+# The bare Pingora baseline: Pingora 0.9.1 as released (benches/bare-pingora, without tollgate's
+# vendor/PATCHES.md), and the same example with the patches (the main workspace's build).
+BARE_RELEASED = os.path.join(ROOT, "target", "release", "bare_pingora_released")
+BARE_PATCHED = os.path.join(ROOT, "target", "release", "examples", "bare_pingora")
+
+
 def build(allocator="mimalloc"):
-    """Builds tollgate and the bare Pingora baseline with `allocator`."""
-    log(f"building tollgate and the bare Pingora baseline (release, {allocator})")
+    """Builds tollgate and the bare Pingora baselines (released and patched) with `allocator`."""
+    log(f"building tollgate and the bare Pingora baselines (release, {allocator})")
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "tollgate", "--example", "bare_pingora"]
                    + ALLOCATORS[allocator], cwd=ROOT, check=True)
+    # The same target directory: only the unpatched crates and the binary are built anew.
+    subprocess.run(["cargo", "build", "--release", "--locked", "--target-dir", os.path.join(ROOT, "target")]
+                   + ALLOCATORS[allocator], cwd=os.path.join(ROOT, "benches", "bare-pingora"), check=True)
 
 
 def binaries_note(args, tollgate_bin, bare_bin):
@@ -144,7 +154,7 @@ def binaries_note(args, tollgate_bin, bare_bin):
         commit = "unknown commit"
     if args.prebuilt:
         built = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(tollgate_bin)))
-        return (f"prebuilt `tollgate` and `bare_pingora` from `{args.prebuilt}` (built {built}; allocator "
+        return (f"prebuilt `tollgate` and `bare_pingora_released` from `{args.prebuilt}` (built {built}; allocator "
                 f"{args.allocator}, as stated with --allocator); the script at {commit}")
     return f"release builds of {commit} with `cargo build --release` (allocator {args.allocator}, both)"
 
@@ -830,7 +840,7 @@ def main():
     ap.add_argument("--chart", default=os.path.join(ROOT, "benches", "results.svg"),
                     help="the SVG chart of req/s and p99 (default benches/results.svg)")
     ap.add_argument("--prebuilt", metavar="DIR",
-                    help="take tollgate and bare_pingora from DIR instead of building them with cargo")
+                    help="take tollgate and bare_pingora_released from DIR instead of building them with cargo")
     ap.add_argument("--allocator", choices=sorted(ALLOCATORS), default="mimalloc",
                     help="global allocator of both builds (default mimalloc); with --prebuilt, what DIR's "
                          "binaries were built with (recorded, not checked)")
@@ -858,7 +868,7 @@ def main():
 
     if args.prebuilt:
         tollgate_bin = os.path.join(os.path.abspath(args.prebuilt), "tollgate")
-        bare_bin = os.path.join(os.path.abspath(args.prebuilt), "bare_pingora")
+        bare_bin = os.path.join(os.path.abspath(args.prebuilt), "bare_pingora_released")
         for b in (tollgate_bin, bare_bin):
             if not os.access(b, os.X_OK):
                 raise SystemExit(f"--prebuilt: {b} is not an executable")
@@ -866,7 +876,7 @@ def main():
     else:
         build(args.allocator)
         tollgate_bin = os.path.join(ROOT, "target", "release", "tollgate")
-        bare_bin = os.path.join(ROOT, "target", "release", "examples", "bare_pingora")
+        bare_bin = BARE_RELEASED
     results["binaries"] = binaries_note(args, tollgate_bin, bare_bin)
     idp_dir = os.path.join(ROOT, "tests", "idp")
     if not os.path.exists(os.path.join(idp_dir, "node_modules", "oidc-provider")):
