@@ -540,7 +540,8 @@ impl ChildSpan {
 /// The trace id of a `traceparent` value (version 00), for the access log when traces are
 /// off: the client's trace, which the upstream continues.
 pub(crate) fn incoming_trace_id(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get("traceparent")?.to_str().ok()?;
+    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    let v = headers.get(&TRACEPARENT)?.to_str().ok()?;
     let id = v.get(3..35)?;
     (v.starts_with("00-")
         && v.as_bytes().get(35) == Some(&b'-')

@@ -73,7 +73,11 @@ impl AccessLog {
                 t.finish(status, ctx.outcome, error);
                 Some(Cow::Owned(t.trace_id()))
             }
-            None => telemetry::incoming_trace_id(&req.headers).map(Cow::Borrowed),
+            // Looked for only when the access log is written.
+            None if tracing::enabled!(target: "tollgate::access", tracing::Level::INFO) => {
+                telemetry::incoming_trace_id(&req.headers).map(Cow::Borrowed)
+            }
+            None => None,
         };
         tracing::info!(
             target: "tollgate::access",
