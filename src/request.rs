@@ -59,3 +59,31 @@ pub(crate) fn host_without_port(host: &str) -> String {
     };
     bare.to_ascii_lowercase()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_fields_are_read_as_utf8_and_skipped_when_not() {
+        let mut headers = HeaderMap::new();
+        let utf8 = http::HeaderValue::from_bytes("app=caf\u{e9}; tg=sealed".as_bytes()).unwrap();
+        headers.append(COOKIE, utf8);
+        // Latin-1: not UTF-8, so not text.
+        headers.append(COOKIE, http::HeaderValue::from_bytes(b"x=caf\xe9").unwrap());
+        headers.append(COOKIE, http::HeaderValue::from_static("other=1"));
+        let facts = Facts {
+            method: &Method::GET,
+            query: None,
+            headers: &headers,
+            body: None,
+            request_id: "r",
+            now: 0,
+            client: None,
+        };
+        let fields: Vec<&str> = facts.cookie_headers().collect();
+        assert_eq!(fields, ["app=caf\u{e9}; tg=sealed", "other=1"]);
+        let found = crate::session::cookie::SessionCookies::scan("tg", facts.cookie_headers());
+        assert_eq!(found.value().unwrap(), "sealed");
+    }
+}
