@@ -31,6 +31,7 @@ use http::header::{AUTHORIZATION, COOKIE, HOST, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use super::request_id::NAME as X_REQUEST_ID;
 use crate::session::cookie::{is_own_cookie, pair_ranges};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -100,7 +101,6 @@ fn authorization_value(scheme: &str, token: &str) -> Result<HeaderValue, Rewrite
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static(super::request_id::HEADER);
 const DPOP: HeaderName = HeaderName::from_static("dpop");
 const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
 const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");

@@ -7,8 +7,8 @@
 use rand::RngCore;
 
 pub(crate) const HEADER: &str = "x-request-id";
-/// [`HEADER`] as a name, so a lookup need not parse it first.
-const NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
+/// [`HEADER`] as a name, so a lookup or insert need not parse it first.
+pub(crate) const NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 
 /// Whether a client-supplied id may be kept.
 pub(crate) fn is_valid(id: &[u8]) -> bool {
