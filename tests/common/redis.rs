@@ -116,10 +116,11 @@ impl Redis {
         if s.write_all(b"PING\r\n").await.is_err() {
             return false;
         }
-        // With the default user off, a live server answers `-NOAUTH …`.
+        // With the default user off, a live server answers `-NOAUTH …`. Bounded: something
+        // else on the port (another node's cluster bus) may accept and never answer.
         let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).await.is_ok()
-            && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
+        let read = tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await;
+        matches!(read, Ok(Ok(_))) && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
     }
 
     pub fn stop(&mut self) {
@@ -147,7 +148,14 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+        // Three different ports (each is only checked free, not yet bound).
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 {
+            let port = cluster_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
         let mut nodes = Vec::new();
         for port in &ports {
             let child = Command::new("redis-server")
@@ -245,11 +253,13 @@ impl Drop for RedisCluster {
 
 /// A port for a cluster node whose cluster bus port (the port + 10000) is free too and, like
 /// the port, below the kernel's ephemeral range (where an outbound connection could take it
-/// before the node binds it).
+/// before the node binds it). Ports are below 20000 and bus ports from 20000 on, so one node's
+/// port is never another's bus port (a node that lost that race exited, and the readiness
+/// check met the other node's bus instead).
 fn cluster_port() -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     for _ in 0..10_000 {
-        let port = 10_000 + rand::random::<u16>() % 12_768;
+        let port = 10_000 + rand::random::<u16>() % 10_000;
         if free(port) && free(port + 10_000) {
             return port;
         }
